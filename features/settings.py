@@ -1,0 +1,81 @@
+"""One settings object for the whole service, read at the edges (CLI and API).
+
+Library functions never read settings themselves: they take what they need as arguments.
+Values come from ``FUNNELCAST_*`` environment variables or a ``.env`` file; the MLflow
+tracking URI also honours the standard ``MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of an API key: its SHA-256 hex digest."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUNNELCAST_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".funnelcast"), description="Project data folder")
+    data: str | None = Field(None, description="Default CRM export: folder or SQLAlchemy URL")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; default: MLFLOW_TRACKING_URI or SQLite under home"
+    )
+    experiment: str = "funnelcast"
+    open_stages: tuple[str, ...] = ("qualification", "proposal", "contract")
+    horizon_days: int = Field(91, gt=0)
+    snapshot_every_days: int = Field(14, gt=0)
+    max_batch: int = Field(1000, gt=0)
+    model_alias: str = "champion"
+    api_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of accepted API keys (FUNNELCAST_API_KEY_HASHES='[\"..\"]')",
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Plain API keys, hashed on read and never kept (for local use and tests)",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("open_stages", mode="before")
+    @classmethod
+    def _stages_from_str(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(s.strip().casefold() for s in v.split(",") if s.strip())
+        return v
+
+    @property
+    def sample_dir(self) -> Path:
+        return self.home / "sample"
+
+    @property
+    def sample_export(self) -> Path:
+        return self.sample_dir / "export"
+
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    def artifact_location(self) -> str:
+        return (self.home / "mlartifacts").resolve().as_uri()
+
+    def accepted_key_hashes(self) -> frozenset[str]:
+        return frozenset(self.api_key_hashes) | {hash_api_key(k) for k in self.api_keys}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
