@@ -1,0 +1,33 @@
+"""Reading and validating a CRM export, point-in-time features and labels, the sample CRM."""
+
+from features.contract import DEFAULT_OPEN_STAGES, TABLES, Export
+from features.leads import (
+    LeadContext,
+    LeadFeatureSpec,
+    converted_within_horizon,
+    lead_context,
+    lead_features,
+    lead_snapshots,
+    snapshot_times,
+)
+from features.pit import known_as_of, open_leads, rows_before, utc
+from features.settings import Settings, get_settings
+
+__all__ = [
+    "DEFAULT_OPEN_STAGES",
+    "TABLES",
+    "Export",
+    "LeadContext",
+    "LeadFeatureSpec",
+    "Settings",
+    "converted_within_horizon",
+    "get_settings",
+    "known_as_of",
+    "lead_context",
+    "lead_features",
+    "lead_snapshots",
+    "open_leads",
+    "rows_before",
+    "snapshot_times",
+    "utc",
+]

@@ -1,0 +1,90 @@
+"""MLflow: the pyfunc wrapper of a scorer, and reading the registry by alias.
+
+A model is one ``PythonModel``: ``load_context`` loads the pickled scorer artifact and
+``predict`` takes the scorer's feature frame and returns calibrated probabilities (so
+``mlflow models serve`` can serve it without reasons). funnelcast's own API unwraps the
+scorer and calls it directly for scores with reasons. The registry is addressed by alias
+(``models:/lead_quality@champion``), never by the deprecated stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import joblib
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from features.errors import ModelNotAvailable
+
+
+class ScorerModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc form of a funnelcast scorer (artifact ``scorer``: a joblib file)."""
+
+    def load_context(self, context: Any) -> None:
+        self.scorer = joblib.load(context.artifacts["scorer"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        X = model_input[self.scorer.classifier.feature_names_]
+        return pd.DataFrame({"probability": self.scorer.predict_proba(X)}, index=model_input.index)
+
+
+def configure(tracking_uri: str) -> MlflowClient:
+    """Point MLflow's tracking and registry at ``tracking_uri`` and return a client."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    scorer: Any
+
+
+def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> LoadedModel:
+    """Load the scorer registered as ``name`` under ``alias``, or raise ModelNotAvailable."""
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise ModelNotAvailable(name, f"no version has the alias {alias!r} yet; run `funnelcast train`") from exc
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    scorer = model.unwrap_python_model().scorer
+    return LoadedModel(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, scorer=scorer)
+
+
+def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every registered version of ``name``: aliases, training window, metrics, params."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    out = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
+        if mv.run_id:
+            try:
+                run = client.get_run(mv.run_id)
+                metrics, params = dict(run.data.metrics), dict(run.data.params)
+            except MlflowException:
+                pass
+        out.append(
+            {
+                "name": name,
+                "version": str(mv.version),
+                "aliases": list(mv.aliases or []),
+                "run_id": mv.run_id,
+                "created_at": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").isoformat(),
+                "trained_from": params.get("train_from"),
+                "trained_until": params.get("trained_until"),
+                "metrics": metrics,
+            }
+        )
+    return out

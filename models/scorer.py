@@ -1,0 +1,120 @@
+"""The lead scorer: the one object MLflow logs and serving loads.
+
+It holds everything needed to go from a CRM's records to an explained score: the feature
+spec, the point-in-time context of its training cutoff, the calibrated classifier, the
+value of a converted lead and the grade cut-offs. Batch scoring and the API both call
+:meth:`LeadScorer.score`, so a lead gets the same score either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.errors import InvalidRecord
+from features.leads import LeadContext, LeadFeatureSpec, lead_features
+from models.estimators import CalibratedBoostedClassifier
+from models.explain import log_odds_contributions, to_probability, top_reasons
+from models.tasks import Task
+
+GRADES = ("A", "B", "C", "D")
+#: Share of leads in grades A, B, C (D is the rest), among the training snapshots.
+GRADE_SHARES = (0.10, 0.20, 0.30)
+
+
+def grade_cuts_from(probabilities: np.ndarray) -> tuple[float, float, float]:
+    """Probability thresholds so that A, B and C hold 10%, 20% and 30% of ``probabilities``."""
+    q = np.cumsum(GRADE_SHARES)
+    return tuple(float(np.quantile(probabilities, 1 - s)) for s in q)  # type: ignore[return-value]
+
+
+@dataclass
+class LeadScorer:
+    spec: LeadFeatureSpec
+    context: LeadContext
+    classifier: CalibratedBoostedClassifier
+    value_if_converted: dict[str, float]
+    value_overall: float
+    grade_cuts: tuple[float, float, float]
+    task: str = Task.LEAD_QUALITY.value
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def trained_until(self) -> pd.Timestamp:
+        return self.context.as_of
+
+    def features(
+        self, leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp
+    ) -> pd.DataFrame:
+        if as_of < self.context.as_of:
+            raise InvalidRecord(
+                "as_of",
+                f"{as_of.isoformat()} is before the model's training cutoff {self.context.as_of.isoformat()}: "
+                "the model has seen what happened after it, so the score would leak. "
+                "Score as of a later time, or train with --as-of on earlier history.",
+            )
+        late = leads["created_at"] >= as_of
+        if late.any():
+            first = leads.loc[late, "lead_id"].iloc[0]
+            raise InvalidRecord(f"lead {first}", f"created_at is not before as_of {as_of.isoformat()}")
+        return lead_features(leads, accounts, activities, as_of, self.context, self.spec)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.classifier.predict_proba(X)
+
+    def grade(self, p: np.ndarray) -> np.ndarray:
+        a, b, c = self.grade_cuts
+        return np.select([p >= a, p >= b, p >= c], ["A", "B", "C"], default="D")
+
+    def _warnings(self, X: pd.DataFrame, leads: pd.DataFrame, accounts: pd.DataFrame) -> list[list[str]]:
+        warnings: list[list[str]] = [[] for _ in range(len(X))]
+        for col, mask in self.classifier.unseen_categories(X).items():
+            for i in np.flatnonzero(mask):
+                warnings[i].append(f"{col} {X[col].iloc[i]!r} was not seen in training: scored as unknown")
+        watched = [*self.spec.lead_categoricals, *(f"account_{c}" for c in self.spec.account_categoricals)]
+        missing = X[watched].isna().to_numpy()
+        for i, j in zip(*np.nonzero(missing), strict=True):
+            warnings[i].append(f"{watched[j]} is missing: scored as unknown")
+        known_accounts = set(accounts["account_id"])
+        acc = leads["account_id"].to_numpy(dtype=object)
+        for i, a in enumerate(acc):
+            if isinstance(a, str) and a not in known_accounts:
+                warnings[i].append(f"account {a!r} was not sent: firmographics scored as unknown")
+        return warnings
+
+    def score_frame(self, X: pd.DataFrame, n_reasons: int = 5) -> pd.DataFrame:
+        """Scores and reasons for an already computed feature frame."""
+        clf = self.classifier
+        raw = clf.contributions(X)
+        contrib = to_probability(log_odds_contributions(raw, clf.feature_names_, clf.calib_slope_, clf.calib_intercept_))
+        p = contrib.base + contrib.values.sum(axis=1)
+        industry = X["account_industry"] if "account_industry" in X else pd.Series(np.nan, index=X.index)
+        value = industry.map(self.value_if_converted).fillna(self.value_overall).to_numpy(dtype=float)
+        out = pd.DataFrame(
+            {
+                "lead_id": X.index.to_numpy(),
+                "probability": p,
+                "score": np.rint(p * 100).astype(int),
+                "grade": self.grade(p),
+                "expected_value": p * value,
+                "base_probability": contrib.base,
+            }
+        )
+        out["reasons"] = top_reasons(contrib.values, X, n_reasons) if n_reasons else [[] for _ in range(len(X))]
+        return out
+
+    def score(
+        self,
+        leads: pd.DataFrame,
+        accounts: pd.DataFrame,
+        activities: pd.DataFrame,
+        as_of: pd.Timestamp,
+        n_reasons: int = 5,
+    ) -> pd.DataFrame:
+        """Score ``leads`` as of ``as_of``: probability, score 0-100, grade, expected value, reasons, warnings."""
+        X = self.features(leads, accounts, activities, as_of)
+        out = self.score_frame(X, n_reasons)
+        out["warnings"] = self._warnings(X, leads, accounts)
+        return out
