@@ -66,8 +66,10 @@ class LeadFeatureSpec:
         windows: Sequence[int] = (7, 30, 90),
         exclude: Iterable[str] = (),
         min_activity_share: float = 0.005,
+        as_of: pd.Timestamp | None = None,
     ) -> LeadFeatureSpec:
-        """Spec for an export: its custom fields and the activity types that occur on leads."""
+        """Spec for an export: its custom fields and the activity types that occur on leads
+        (before ``as_of`` when given, so even the column set is point-in-time)."""
         exclude = tuple(exclude)
         lead_custom = custom_columns("leads", export.leads)
         acc_custom = custom_columns("accounts", export.accounts)
@@ -76,6 +78,8 @@ class LeadFeatureSpec:
         acc_num = [c for c in acc_custom if pd.api.types.is_numeric_dtype(export.accounts[c])]
         acc_cat = [c for c in acc_custom if c not in acc_num]
         acts = export.activities[export.activities["lead_id"].notna()]
+        if as_of is not None:
+            acts = rows_before(acts, "occurred_at", as_of)
         shares = acts["type"].value_counts(normalize=True)
         types = tuple(sorted(shares[shares >= min_activity_share].index.astype(str)))
         spec = cls(

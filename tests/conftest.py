@@ -1,0 +1,70 @@
+"""Shared, seeded fixtures: a small generated CRM export, a trained lead scorer, an MLflow store.
+
+Everything is built once per test session on small data (scale 0.15) so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SEED = 7
+SCALE = 0.15
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from features.sample import generate_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    generate_sample(out, seed=SEED, scale=SCALE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_export(sample_dir: Path):
+    from features.io import load_export
+
+    export, report = load_export(sample_dir / "export")
+    assert not report, report.summary()
+    return export
+
+
+@pytest.fixture(scope="session")
+def train_config():
+    from training.train import TrainConfig
+
+    return TrainConfig(snapshot_every_days=28, seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def trained(sample_export, train_config):
+    from training.train import build_lead_model
+
+    return build_lead_model(sample_export, train_config, sample_export.exported_at)
+
+
+@pytest.fixture(scope="session")
+def lead_scorer(trained):
+    return trained.scorer
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory, trained, train_config):
+    """A local SQLite MLflow store with ``lead_quality@champion`` registered from ``trained``."""
+    from models.registry import configure
+    from training.train import log_and_register
+
+    home = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = configure(uri)
+    result = log_and_register(
+        trained,
+        client,
+        experiment="funnelcast-tests",
+        artifact_location=(home / "artifacts").as_uri(),
+        cfg=train_config,
+        data_source="generated sample",
+    )
+    return {"uri": uri, "client": client, "version": result.version, "home": home}
