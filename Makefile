@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  make run  (sample data, train, register, serve)  and  make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+# a local development key for `make run`; set your own (or FUNNELCAST_API_KEY_HASHES) in production
+FUNNELCAST_API_KEYS ?= ["dev-key"]
+export FUNNELCAST_API_KEYS
+
+.PHONY: install run test bench lock clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/funnelcast run
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/lead_quality.py
+	$(BIN)/python benchmarks/serving_speed.py
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^funnelcast' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .funnelcast

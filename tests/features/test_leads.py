@@ -1,0 +1,216 @@
+"""Point-in-time tests of the lead features: the future never changes a feature, and the
+vectorised frame equals a deliberately naive per-lead loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import Export
+from features.leads import (
+    LeadFeatureSpec,
+    converted_within_horizon,
+    lead_context,
+    lead_features,
+    lead_snapshots,
+)
+from features.pit import open_leads
+
+
+def _features(export: Export, as_of: pd.Timestamp, spec: LeadFeatureSpec) -> pd.DataFrame:
+    leads = open_leads(export.leads, as_of)
+    ctx = lead_context(export, as_of, spec.horizon_days)
+    return lead_features(leads, export.accounts, export.activities, as_of, ctx, spec)
+
+
+def _as_of(export: Export, frac: float) -> pd.Timestamp:
+    lo, hi = export.leads["created_at"].min(), export.exported_at
+    return (lo + (hi - lo) * frac).floor("D")
+
+
+def _with_future_rewritten(export: Export, as_of: pd.Timestamp, rng: np.random.Generator) -> Export:
+    """The same export with everything at or after ``as_of`` scrambled or added to."""
+    leads = export.leads.copy()
+    future = leads["converted_at"] >= as_of
+    leads.loc[future, "converted_at"] = as_of + pd.Timedelta(hours=1)
+    disq = leads["disqualified_at"] >= as_of
+    leads.loc[disq, "disqualified_at"] = pd.NaT
+    # leads created later get other fields
+    later = leads["created_at"] >= as_of
+    leads.loc[later, "source"] = "referral"
+
+    acts = export.activities
+    lead_ids = open_leads(export.leads, as_of)["lead_id"].to_numpy()
+    n = 500
+    junk = pd.DataFrame(
+        {
+            "activity_id": [f"FUTURE{i}" for i in range(n)],
+            "occurred_at": as_of + pd.to_timedelta(rng.uniform(0, 200, n), unit="D"),
+            "type": rng.choice(["email", "web_visit", "meeting", "event"], n),
+            "lead_id": rng.choice(lead_ids, n),
+            "opportunity_id": pd.Series([np.nan] * n, dtype="str"),
+            "account_id": pd.Series([np.nan] * n, dtype="str"),
+            "direction": rng.choice(["inbound", "outbound"], n),
+            "score": np.nan,
+        }
+    )
+    # and rows exactly at as_of are invisible too
+    junk.loc[0, "occurred_at"] = as_of
+    acts = pd.concat([acts.drop(index=acts.index[acts["occurred_at"] >= as_of]), junk[acts.columns]], ignore_index=True)
+
+    opps = export.opportunities.copy()
+    closed_later = opps["closed_at"] >= as_of
+    opps.loc[closed_later, "outcome"] = "won"
+    opps.loc[closed_later, "amount"] = 1e9
+    accounts = export.accounts.copy()
+    new_acc = accounts["created_at"] >= as_of
+    accounts.loc[new_acc, "industry"] = "changed"
+    return Export(
+        accounts=accounts,
+        leads=leads,
+        opportunities=opps,
+        stage_history=export.stage_history,
+        activities=acts,
+        reps=export.reps,
+        open_stages=export.open_stages,
+        exported_at=export.exported_at,
+        custom_fields=export.custom_fields,
+    )
+
+
+@pytest.mark.parametrize("frac", [0.4, 0.7, 0.95])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rows_after_as_of_never_change_a_feature(sample_export, frac, seed):
+    as_of = _as_of(sample_export, frac)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    before = _features(sample_export, as_of, spec)
+    changed = _with_future_rewritten(sample_export, as_of, np.random.default_rng(seed))
+    after = _features(changed, as_of, spec)
+    assert len(before) > 20
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_context_only_reads_the_past(sample_export):
+    as_of = _as_of(sample_export, 0.6)
+    a = lead_context(sample_export, as_of)
+    b = lead_context(_with_future_rewritten(sample_export, as_of, np.random.default_rng(3)), as_of)
+    assert a.source_rate == b.source_rate and a.owner_rate == b.owner_rate
+    assert a.owner_open_leads == b.owner_open_leads
+    pd.testing.assert_frame_equal(a.account_history, b.account_history)
+
+
+def test_context_newer_than_as_of_is_refused(sample_export):
+    as_of = _as_of(sample_export, 0.5)
+    spec = LeadFeatureSpec.from_export(sample_export)
+    ctx = lead_context(sample_export, as_of + pd.Timedelta(days=1))
+    leads = open_leads(sample_export.leads, as_of)
+    with pytest.raises(ValueError, match="would leak"):
+        lead_features(leads, sample_export.accounts, sample_export.activities, as_of, ctx, spec)
+
+
+def _naive_features(export: Export, lead: pd.Series, as_of: pd.Timestamp, ctx, spec: LeadFeatureSpec) -> dict:
+    """One lead at a time, plain Python: the reference for the vectorised frame."""
+    day = 86400.0
+    row: dict[str, object] = {}
+    for c in spec.lead_categoricals:
+        v = lead.get(c)
+        row[c] = None if pd.isna(v) else str(v)
+    for c in spec.lead_numerics:
+        v = lead.get(c)
+        row[c] = math.nan if pd.isna(v) else float(v)
+    account = None
+    for _, a in export.accounts.iterrows():
+        if a["account_id"] == lead["account_id"] and a["created_at"] < as_of:
+            account = a
+            break
+    for c in spec.account_categoricals:
+        v = None if account is None else account[c]
+        row[f"account_{c}"] = None if v is None or pd.isna(v) else str(v)
+    for c in spec.account_numerics:
+        v = None if account is None else account[c]
+        row[f"account_{c}"] = math.nan if v is None or pd.isna(v) else float(v)
+    row["lead_age_days"] = (as_of - lead["created_at"]).total_seconds() / day
+    row["account_age_days"] = math.nan if account is None else (as_of - account["created_at"]).total_seconds() / day
+    mine = [a for a in export.activities.itertuples() if a.lead_id == lead["lead_id"] and a.occurred_at < as_of]
+    ages = {}
+    for t in spec.activity_types:
+        ages[t] = [(as_of - a.occurred_at).total_seconds() / day for a in mine if a.type == t]
+        for w in spec.windows:
+            row[f"{t}_{w}d"] = float(sum(1 for x in ages[t] if x < w))
+        row[f"{t}_total"] = float(len(ages[t]))
+        row[f"days_since_{t}"] = min(ages[t]) if ages[t] else math.nan
+    inbound = [(as_of - a.occurred_at).total_seconds() / day for a in mine if a.direction == "inbound"]
+    for w in spec.windows:
+        row[f"inbound_{w}d"] = float(sum(1 for x in inbound if x < w))
+    all_ages = [(as_of - a.occurred_at).total_seconds() / day for a in mine]
+    row["activities_total"] = float(len(all_ages))
+    row["days_since_activity"] = min(all_ages) if all_ages else math.nan
+    src, owner = lead["source"], lead["owner_id"]
+    row["source_conversion_rate"] = ctx.source_rate.get(src, ctx.global_rate) if isinstance(src, str) else ctx.global_rate
+    row["owner_conversion_rate"] = ctx.owner_rate.get(owner, ctx.global_rate) if isinstance(owner, str) else ctx.global_rate
+    row["owner_open_leads"] = float(ctx.owner_open_leads.get(owner, 0)) if isinstance(owner, str) else 0.0
+    hist = ctx.account_history
+    for c in ("won_deals", "won_amount", "lost_deals", "open_opportunities"):
+        acc_id = lead["account_id"]
+        row[f"account_{c}"] = float(hist.loc[acc_id, c]) if isinstance(acc_id, str) and acc_id in hist.index else 0.0
+    return row
+
+
+@pytest.mark.parametrize("frac", [0.5, 0.9])
+def test_vectorised_frame_equals_naive_loop(sample_export, frac):
+    as_of = _as_of(sample_export, frac)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    frame = _features(sample_export, as_of, spec)
+    ctx = lead_context(sample_export, as_of)
+    leads = open_leads(sample_export.leads, as_of)
+    sample = leads.sample(n=min(40, len(leads)), random_state=0)
+    for _, lead in sample.iterrows():
+        expected = _naive_features(sample_export, lead, as_of, ctx, spec)
+        got = frame.loc[lead["lead_id"]]
+        for col in spec.feature_names:
+            e, g = expected[col], got[col]
+            if e is None or (isinstance(e, float) and math.isnan(e)):
+                assert pd.isna(g), (lead["lead_id"], col, g)
+            elif isinstance(e, str):
+                assert g == e, (lead["lead_id"], col, g, e)
+            else:
+                assert g == pytest.approx(e, rel=1e-9, abs=1e-9), (lead["lead_id"], col, g, e)
+
+
+def test_one_lead_scores_like_in_a_batch(sample_export):
+    """Features of a lead computed alone (as the API does) equal its row in the batch frame."""
+    as_of = _as_of(sample_export, 0.8)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    frame = _features(sample_export, as_of, spec)
+    ctx = lead_context(sample_export, as_of)
+    lead = open_leads(sample_export.leads, as_of).iloc[[3]]
+    acts = sample_export.activities[sample_export.activities["lead_id"] == lead["lead_id"].iloc[0]]
+    acc = sample_export.accounts[sample_export.accounts["account_id"].isin(lead["account_id"])]
+    alone = lead_features(lead, acc, acts, as_of, ctx, spec)
+    pd.testing.assert_frame_equal(alone, frame.loc[alone.index], check_dtype=False)
+
+
+def test_label_is_conversion_within_horizon():
+    leads = pd.DataFrame(
+        {
+            "lead_id": ["a", "b", "c", "d"],
+            "converted_at": pd.to_datetime(
+                ["2025-01-10", "2025-05-01", None, "2024-12-31"], utc=True
+            ),
+        }
+    )
+    as_of = pd.Timestamp("2025-01-01", tz="UTC")
+    y = converted_within_horizon(leads, as_of, 91)
+    assert y.to_dict() == {"a": 1, "b": 0, "c": 0, "d": 0}
+
+
+def test_snapshots_hold_only_open_leads_with_labels(sample_export):
+    as_of = _as_of(sample_export, 0.5)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    snaps = lead_snapshots(sample_export, [as_of], spec)
+    open_ids = set(open_leads(sample_export.leads, as_of)["lead_id"])
+    assert set(snaps["lead_id"]) == open_ids
+    assert snaps["label"].isin([0, 1]).all() and 0 < snaps["label"].mean() < 1
