@@ -56,7 +56,10 @@ class CalibratedBoostedClassifier:
 
     def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X[self.feature_names_]
-        cats = {c: pd.Categorical(X[c], categories=self.categories_[c]) for c in self.categories_}
+        cats = {}
+        for c, known in self.categories_.items():
+            values = X[c].astype("str").where(X[c].notna())
+            cats[c] = pd.Categorical(values.where(values.isin(known)), categories=known)
         return X.assign(**cats) if cats else X
 
     def fit(
