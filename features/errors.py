@@ -104,3 +104,11 @@ class ModelNotAvailable(FunnelcastError):
     def __init__(self, name: str, reason: str):
         self.name = name
         super().__init__(f"model {name!r} is not available: {reason}")
+
+
+class ExportSourceError(FunnelcastError):
+    """The export source itself cannot be read: no such folder, a table present twice, a corrupt file."""
+
+    def __init__(self, where: str, reason: str):
+        self.where, self.reason = where, reason
+        super().__init__(f"cannot read the CRM export {where}: {reason}")
