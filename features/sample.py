@@ -342,13 +342,14 @@ def _simulate_lead_exits(
     return age, converted
 
 
-def _lead_truth(
-    m: LeadModel, lin: np.ndarray, age: np.ndarray, counts: np.ndarray, horizon: float
-) -> np.ndarray:
-    """P(convert within ``horizon`` | open at ``age`` with ``counts`` informative activities so far).
+def _lead_posterior(m: LeadModel, lin: np.ndarray, age: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Posterior over GRID of the hidden quality z of leads open at ``age`` (days).
 
     ``lin`` is the known part of the log conversion hazard (incl. skill); ``counts[:, k]`` are the
-    numbers of ``m.informative[k]`` activities before ``age``.
+    numbers of ``m.informative[k]`` activities before ``age``. Each informative process adds
+    ``n_k delta_k z - rho_k e^(delta_k z) G_k(age)`` to the log-likelihood, being still open adds
+    ``-(c(z) + d(z)) tau (1 - e^(-age/tau))``; the activity times and the noise activities
+    carry no information on z.
     """
     z = GRID[None, :]
     age = age[:, None]
@@ -357,7 +358,16 @@ def _lead_truth(
         ll = ll + counts[:, k : k + 1] * act.effect * z - act.rate * np.exp(act.effect * z) * _exposure(act.tau, age)
     c, d = _lead_rates(m, lin[:, None], z)
     ll = ll - (c + d) * m.tau * -np.expm1(-age / m.tau)
-    post = _softmax_rows(ll)
+    return _softmax_rows(ll)
+
+
+def _lead_truth(
+    m: LeadModel, lin: np.ndarray, age: np.ndarray, counts: np.ndarray, horizon: float
+) -> np.ndarray:
+    """P(convert within ``horizon`` | open at ``age`` with ``counts`` informative activities so far)."""
+    post = _lead_posterior(m, lin, age, counts)
+    z, age = GRID[None, :], age[:, None]
+    c, d = _lead_rates(m, lin[:, None], z)
     end = np.minimum(age + horizon, m.max_age)
     hazard = (c + d) * m.tau * (np.exp(-age / m.tau) - np.exp(-end / m.tau))
     return (post * c / (c + d) * -np.expm1(-hazard)).sum(axis=1)

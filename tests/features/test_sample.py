@@ -25,7 +25,9 @@ from features.sample import (
     DealModel,
     LeadModel,
     SampleSummary,
+    _deal_posterior,
     _deal_truth,
+    _lead_posterior,
     _lead_truth,
     _poisson_times,
     _simulate_deal_paths,
@@ -294,6 +296,10 @@ def test_lead_truth_matches_brute_force_monte_carlo():
         exact = _lead_truth(m, lin[:1], np.array([age]), np.array([pattern], dtype=float), horizon)[0]
         se = np.sqrt(exact * (1 - exact) / keep.sum())
         assert abs(mc - exact) < 4 * se, (pattern, mc, exact)
+        # the posterior itself: the simulated z of the matching leads against the grid posterior
+        post = _lead_posterior(m, lin[:1], np.array([age]), np.array([pattern], dtype=float))[0]
+        mean, sd = post @ GRID, np.sqrt(post @ GRID**2 - (post @ GRID) ** 2)
+        assert abs(z[keep].mean() - mean) < 4 * sd / np.sqrt(keep.sum()), (pattern, z[keep].mean(), mean)
     # the patterns are informative: more inbound activity, more conversions
     p = _lead_truth(m, lin[:2], np.array([age, age]), np.array([[0, 0, 0], [3, 1, 1]], dtype=float), horizon)
     assert p[1] > 2 * p[0]
@@ -329,6 +335,10 @@ def test_deal_truth_matches_brute_force_monte_carlo():
         exact = _deal_truth(m, lin[:1], np.array([0]), np.array([[age, 0.0, 0.0]]), np.array([0.0]),
                             np.array([pattern], dtype=float), np.array([age]), horizon)
         outcomes = (won[keep], won[keep] & (closed[keep] < age + horizon), proposal_at[keep] < age + horizon)
+        post = _deal_posterior(m, lin[:1], np.array([[age, 0.0, 0.0]]), np.array([0.0]),
+                               np.array([pattern], dtype=float), np.array([age]))[0]
+        mean, sd = post @ GRID, np.sqrt(post @ GRID**2 - (post @ GRID) ** 2)
+        assert abs(w[keep].mean() - mean) < 4 * sd / np.sqrt(keep.sum()), (pattern, w[keep].mean(), mean)
         for p, y in zip(exact, outcomes, strict=True):
             se = np.sqrt(p[0] * (1 - p[0]) / keep.sum())
             assert abs(y.mean() - p[0]) < 4 * se, (pattern, y.mean(), p[0])
