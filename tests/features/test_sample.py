@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.linalg import expm
 from sklearn.metrics import roc_auc_score
 
 from features.contract import DEFAULT_OPEN_STAGES, FOREIGN_KEYS, OUTCOMES, TABLES, normalize_category
@@ -25,8 +26,10 @@ from features.sample import (
     DealModel,
     LeadModel,
     SampleSummary,
+    _deal_generators,
     _deal_posterior,
     _deal_truth,
+    _expm,
     _lead_posterior,
     _lead_truth,
     _poisson_times,
@@ -273,6 +276,15 @@ def test_eventual_win_is_calibrated_per_as_of(truths):
     for (_, _), g in truths[1].groupby(["seed", "as_of"]):
         se = np.sqrt((g["p_win"] * (1 - g["p_win"])).sum())
         assert abs(g["won"].sum() - g["p_win"].sum()) < 4 * se + 1
+
+
+def test_vectorised_expm_equals_scipy():
+    rng = np.random.default_rng(2)
+    q = _deal_generators(DealModel(), rng.normal(0.0, 1.0, 50)[:, None], GRID[None, :]) * 91.0
+    assert np.abs(_expm(q) - expm(q)).max() < 1e-12
+    a = rng.normal(size=(20, 4, 4)) * 3.0
+    assert np.allclose(_expm(a), expm(a), rtol=1e-10, atol=1e-12)
+    assert np.allclose(_expm(np.zeros((2, 3, 3))), np.eye(3))
 
 
 def test_lead_truth_matches_brute_force_monte_carlo():
