@@ -855,8 +855,8 @@ def generate_sample(
     # the truth ------------------------------------------------------------------------------
     lead_truth, deal_truth = _truth(world, float(horizon_days), ids, created, exit_at, converted, lead_lin,
                                     activities, dframe, path)
-    lead_truth.to_csv(truth_dir / "leads.csv", index=False, float_format="%.6f", lineterminator="\n")
-    deal_truth.to_csv(truth_dir / "opportunities.csv", index=False, float_format="%.6f", lineterminator="\n")
+    lead_truth.to_csv(truth_dir / "leads.csv", index=False, float_format="%.8g", lineterminator="\n")
+    deal_truth.to_csv(truth_dir / "opportunities.csv", index=False, float_format="%.8g", lineterminator="\n")
     params = {
         "seed": seed,
         "scale": scale,
