@@ -365,7 +365,7 @@ def _as_text(raw: pd.Series) -> pd.Series:
     elif pd.api.types.is_bool_dtype(dtype):
         text = raw.map({True: "true", False: "false"}).astype("str")
     elif pd.api.types.is_integer_dtype(dtype):
-        text = raw.astype("Int64").astype("str")
+        text = raw.astype("str")
     elif pd.api.types.is_float_dtype(dtype):
         text = _float_text(raw)
     elif dtype != object:  # str, or another extension type
@@ -374,8 +374,8 @@ def _as_text(raw: pd.Series) -> pd.Series:
         kind = _object_kind(raw)
         if kind in ("string", "empty"):
             text = raw.astype("str")
-        elif kind == "integer":
-            text = raw.astype("Int64").astype("str")
+        elif kind == "integer":  # Python ints of any size, written exactly
+            text = raw.map(str, na_action="ignore").astype("str")
         elif kind in ("floating", "mixed-integer-float", "decimal"):
             text = _float_text(pd.to_numeric(raw, errors="coerce"))
         elif kind in ("datetime", "datetime64", "date"):
@@ -577,7 +577,9 @@ def _check_rows(problems: _Problems, spec: TableSpec, frame: pd.DataFrame, typed
 # --------------------------------------------------------------------------------------------
 
 
-def _foreign_key_problems(frames: dict[str, pd.DataFrame], keep: dict[str, np.ndarray], *, cascade: bool) -> list[BadRow]:
+def _foreign_key_problems(
+    frames: dict[str, pd.DataFrame], keep: dict[str, np.ndarray], *, cascade: bool
+) -> list[BadRow]:
     """Foreign keys pointing at no row; with ``cascade``, also at rows being skipped (to a fixpoint).
 
     ``keep`` is updated in place: rows found bad here are no longer kept.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import tempfile
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def base_tables() -> dict[str, list[dict[str, str]]]:
 def write_tables(folder: Path, tables: dict[str, list[dict[str, str]]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
-        pd.DataFrame(rows, dtype=str).to_csv(folder / f"{name}.csv", index=False)
+        # CRLF line ends, as Excel writes them; the csv module then quotes any cell holding \r or \n
+        pd.DataFrame(rows, dtype=str).to_csv(folder / f"{name}.csv", index=False, lineterminator="\r\n")
     return folder
 
 
@@ -360,7 +362,10 @@ def test_every_duplicate_after_the_first_is_reported(tmp_path: Path) -> None:
     tables["activities"][1]["activity_id"] = "X1"
     tables["activities"][2]["activity_id"] = "X1"
     found = bad_rows_of(tmp_path, tables)
-    assert found == [("activities", 2, "activity_id", REASON_DUPLICATE), ("activities", 3, "activity_id", REASON_DUPLICATE)]
+    assert found == [
+        ("activities", 2, "activity_id", REASON_DUPLICATE),
+        ("activities", 3, "activity_id", REASON_DUPLICATE),
+    ]
 
 
 def test_bad_row_carries_the_value(tmp_path: Path) -> None:
@@ -546,6 +551,74 @@ def test_sql_text_ids_and_naive_timestamps(tmp_path: Path) -> None:
     assert export.accounts["created_at"].tolist() == [pd.Timestamp("2024-01-01", tz="UTC"),
                                                       pd.Timestamp("2024-01-02", tz="UTC")]
     assert pd.isna(export.leads.loc[1, "account_id"])
+
+
+def test_parquet_written_by_someone_else(export_dir: Path, tmp_path: Path) -> None:
+    """Native Parquet types: float ids with gaps, naive and zoned timestamps, date32, booleans."""
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    for name in TABLES:
+        pd.read_csv(export_dir / f"{name}.csv", dtype=str, keep_default_na=False).to_parquet(folder / f"{name}.parquet")
+    opps = pd.read_parquet(folder / "opportunities.parquet")
+    opps["created_at"] = pd.to_datetime(["2024-01-10T09:00:00", "2024-01-11T00:00:00"])  # naive: UTC
+    opps["closed_at"] = pd.Series([pd.Timestamp("2024-02-01T12:00", tz="America/New_York"), pd.NaT])
+    opps["expected_close_date"] = [dt.date(2024, 3, 1), None]
+    opps["amount"] = [1000, None]
+    opps["is_priority"] = [True, False]
+    opps.to_parquet(folder / "opportunities.parquet")
+    reps = pd.DataFrame({"owner_id": [1.0, 2.0], "capacity": [30, 10]})
+    reps.to_parquet(folder / "reps.parquet")
+
+    export, report = load_export(folder)
+
+    assert [(b.table, b.row, b.reason) for b in report.bad_rows] == []
+    o = export.opportunities
+    assert o["created_at"].tolist() == [
+        pd.Timestamp("2024-01-10T09:00", tz="UTC"),
+        pd.Timestamp("2024-01-11", tz="UTC"),
+    ]
+    assert o.loc[0, "closed_at"] == pd.Timestamp("2024-02-01T17:00", tz="UTC")
+    assert o.loc[0, "expected_close_date"] == pd.Timestamp("2024-03-01", tz="UTC")
+    assert o["expected_close_date"].dtype == "datetime64[ns, UTC]" and o["amount"].dtype == "float64"
+    assert o["is_priority"].tolist() == ["true", "false"]
+    assert export.reps["owner_id"].tolist() == ["1", "2"]
+
+
+def test_json_records_of_mixed_python_types() -> None:
+    records = [
+        {"activity_id": 2**70, "occurred_at": dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+         "type": "Email", "lead_id": 7, "score": "3"},
+        {"activity_id": "b", "occurred_at": "2024-01-02", "type": True, "lead_id": None, "score": 4.5},
+    ]
+    typed, bad = coerce_table("activities", pd.DataFrame(records), row_offset=0)
+
+    assert typed["activity_id"].tolist() == [str(2**70), "b"]
+    assert typed.loc[0, "occurred_at"] == pd.Timestamp("2024-01-01T11:00", tz="UTC")
+    assert typed["lead_id"].tolist()[0] == "7" and typed["score"].tolist() == [3.0, 4.5]
+    assert [(b.row, b.reason) for b in bad] == [(1, REASON_NO_LINK)]
+
+
+_json_value = st.one_of(
+    st.none(), st.integers(-(10**20), 10**20), st.floats(), st.booleans(), st.text(max_size=8),
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())), st.dates(),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    table=st.sampled_from(list(TABLES)),
+    edits=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 20), _json_value), max_size=6),
+)
+def test_coerce_table_survives_any_json_values(table, edits) -> None:
+    rows = copy.deepcopy(base_tables()[table])
+    columns = list(rows[0])
+    for i, c, value in edits:
+        rows[i % len(rows)][columns[c % len(columns)]] = value
+
+    typed, bad = coerce_table(table, pd.DataFrame(rows), row_offset=0)
+
+    assert len(typed) == len(rows)
+    assert all(0 <= b.row < len(rows) and b.table == table for b in bad)
 
 
 # --------------------------------------------------------------------------------------------
