@@ -185,6 +185,9 @@ def coerce_table(
     spec = TABLES[table]
     stages = _normalize_stages(open_stages)
     frame = frame.rename(columns=lambda c: str(c).strip())
+    doubled = frame.columns[frame.columns.duplicated()].unique().tolist()
+    if doubled:
+        raise ExportSourceError(f"table {table!r}", f"column(s) {', '.join(map(repr, doubled))} appear twice")
     for col in spec.columns:
         if col.required and col.name not in frame.columns:
             raise MissingColumn(table, col.name)

@@ -504,6 +504,12 @@ def test_both_csv_and_parquet_is_an_error(export_dir: Path) -> None:
         load_export(export_dir)
 
 
+def test_a_column_named_twice_is_an_error() -> None:
+    frame = pd.DataFrame([["A", "2024-01-01", "x", "y"]], columns=["account_id", "created_at", "tier", " tier"])
+    with pytest.raises(ExportSourceError, match="'tier' appear twice"):
+        coerce_table("accounts", frame)
+
+
 def test_no_such_folder(tmp_path: Path) -> None:
     with pytest.raises(ExportSourceError, match="no such folder"):
         load_export(tmp_path / "nope")
