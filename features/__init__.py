@@ -1,6 +1,7 @@
 """Reading and validating a CRM export, point-in-time features and labels, the sample CRM."""
 
 from features.contract import DEFAULT_OPEN_STAGES, TABLES, Export
+from features.io import coerce_table, load_export, write_export
 from features.leads import (
     LeadContext,
     LeadFeatureSpec,
@@ -20,14 +21,17 @@ __all__ = [
     "LeadContext",
     "LeadFeatureSpec",
     "Settings",
+    "coerce_table",
     "converted_within_horizon",
     "get_settings",
     "known_as_of",
     "lead_context",
     "lead_features",
     "lead_snapshots",
+    "load_export",
     "open_leads",
     "rows_before",
     "snapshot_times",
     "utc",
+    "write_export",
 ]

@@ -29,8 +29,8 @@ from features.pit import known_as_of, open_leads, rows_before
 
 DAY = pd.Timedelta(days=1)
 
-#: Lead fields of the contract used as categorical features.
-LEAD_CATEGORICALS = ("source", "seniority", "country")
+#: Lead fields of the contract used as categorical features (the owner stands for the rep's skill).
+LEAD_CATEGORICALS = ("source", "seniority", "country", "owner_id")
 #: Account fields of the contract used as features (prefixed ``account_`` in the frame).
 ACCOUNT_CATEGORICALS = ("industry", "country")
 ACCOUNT_NUMERICS = ("employees", "annual_revenue")
@@ -42,6 +42,17 @@ _ACCOUNT_NON_FEATURES = {c.name for c in ACCOUNTS.columns} - set(ACCOUNT_CATEGOR
 RATE_PRIOR_WEIGHT = 20.0
 #: How far back the point-in-time conversion rates look.
 RATE_LOOKBACK = pd.Timedelta(days=365)
+
+
+def activity_kind(activities: pd.DataFrame) -> pd.Series:
+    """An activity's kind: its type, joined with its direction when it has one.
+
+    An inbound email (the prospect wrote) and an outbound one (the rep wrote) say very
+    different things about a lead, so they are counted apart: ``email_inbound``, ``email_outbound``.
+    """
+    kind = activities["type"].astype("str")
+    direction = activities["direction"]
+    return kind.where(direction.isna(), kind + "_" + direction.astype("str"))
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class LeadFeatureSpec:
         acts = export.activities[export.activities["lead_id"].notna()]
         if as_of is not None:
             acts = rows_before(acts, "occurred_at", as_of)
-        shares = acts["type"].value_counts(normalize=True)
+        shares = activity_kind(acts).value_counts(normalize=True)
         types = tuple(sorted(shares[shares >= min_activity_share].index.astype(str)))
         spec = cls(
             activity_types=types,
@@ -103,7 +114,7 @@ class LeadFeatureSpec:
     def feature_names(self) -> list[str]:
         acts = []
         for t in self.activity_types:
-            acts += [f"{t}_{w}d" for w in self.windows] + [f"{t}_total", f"days_since_{t}"]
+            acts += [f"{t}_{w}d" for w in self.windows] + [f"{t}_total", f"{t}_per_week", f"days_since_{t}"]
         cols = [
             *self.lead_categoricals,
             *self.lead_numerics,
@@ -190,9 +201,10 @@ def lead_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) ->
 
 
 def _activity_features(
-    activities: pd.DataFrame, lead_ids: pd.Index, as_of: pd.Timestamp, spec: LeadFeatureSpec
+    activities: pd.DataFrame, lead_ids: pd.Index, created_at: pd.Series, as_of: pd.Timestamp, spec: LeadFeatureSpec
 ) -> dict[str, np.ndarray]:
-    """Counts by type over each window, all-time counts and days since the last one.
+    """Counts by activity kind (see :func:`activity_kind`) over each window, all-time counts
+    and days since the last one; inbound touches of any type per window.
 
     Vectorised with integer codes and ``np.bincount`` so that one lead (the API) costs
     microseconds and a snapshot of thousands of leads costs milliseconds.
@@ -202,9 +214,11 @@ def _activity_features(
     mine = pos >= 0
     pos = pos[mine]
     age = ((as_of - acts["occurred_at"]) / DAY).to_numpy(dtype=float)[mine]
-    type_pos = pd.Index(spec.activity_types).get_indexer(acts["type"])[mine]
+    type_pos = pd.Index(spec.activity_types).get_indexer(activity_kind(acts))[mine]
     inbound = (acts["direction"] == "inbound").to_numpy(dtype=bool)[mine]
     n, k = len(lead_ids), len(spec.activity_types)
+    # engagement intensity: all-time count per week of the lead's life (at least one day)
+    lead_age = np.maximum(((as_of - created_at) / DAY).to_numpy(dtype=float), 1.0)
     typed = type_pos >= 0
     cell = pos[typed] * k + type_pos[typed]
     cell_age = age[typed]
@@ -226,6 +240,7 @@ def _activity_features(
         for w in spec.windows:
             cols[f"{t}_{w}d"] = window_counts[w][:, j]
         cols[f"{t}_total"] = totals[:, j]
+        cols[f"{t}_per_week"] = totals[:, j] * 7.0 / lead_age
         cols[f"days_since_{t}"] = since[:, j]
     for w in spec.windows:
         cols[f"inbound_{w}d"] = np.bincount(pos[inbound & (age < w)], minlength=n).astype(float)
@@ -272,7 +287,7 @@ def lead_features(
         cols[f"account_{c}"] = _column(acc_rows, c, numeric=True)
     cols["lead_age_days"] = ((as_of - leads["created_at"]) / DAY).to_numpy(dtype=float)
     cols["account_age_days"] = ((as_of - acc_rows["created_at"]) / DAY).to_numpy(dtype=float)
-    cols.update(_activity_features(activities, lead_ids, as_of, spec))
+    cols.update(_activity_features(activities, lead_ids, leads["created_at"], as_of, spec))
     source, owner = leads["source"], leads["owner_id"]
     cols["source_conversion_rate"] = source.map(context.source_rate).fillna(context.global_rate).to_numpy(dtype=float)
     cols["owner_conversion_rate"] = owner.map(context.owner_rate).fillna(context.global_rate).to_numpy(dtype=float)

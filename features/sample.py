@@ -190,7 +190,7 @@ class CustomerModel:
 
 @dataclass(frozen=True)
 class WorldModel:
-    leads_per_weekday: float = 12.0
+    leads_per_weekday: float = 36.0
     weekend_share: float = 0.2
     growth: tuple[float, float] = (0.9, 1.4)
     rep_skill_sd: float = 0.35
@@ -716,7 +716,7 @@ def generate_sample(
     ``accounts.tech_stack``, ``leads.budget_k`` and ``leads.campaign``); ``out/truth/`` holds
     the true outcome probabilities given what was observable at four ``as_of`` times, the
     actual outcomes, the true parameters and the planted high-value traits. ``scale``
-    multiplies the arrival rate of leads (1.0: about 12 a weekday, ~10k in 2.5 years).
+    multiplies the arrival rate of leads (1.0: about 36 a weekday, ~29k in 2.5 years).
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale!r}")

@@ -86,6 +86,8 @@ def feature_label(name: str) -> str:
         return f"Days since the last {_humanize(m[1])}"
     if m := re.fullmatch(r"(.+)_(\d+)d", name):
         return f"{_humanize(m[1]).capitalize()} count, last {m[2]} days"
+    if m := re.fullmatch(r"(.+)_per_week", name):
+        return f"{_humanize(m[1]).capitalize()}s per week since the lead came in"
     if m := re.fullmatch(r"(.+)_total", name):
         return f"{_humanize(m[1]).capitalize()} count, all time"
     if name.startswith("account_"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SEED = 7
-SCALE = 0.15
+SCALE = 0.05
 
 
 @pytest.fixture(scope="session")

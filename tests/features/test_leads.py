@@ -137,10 +137,15 @@ def _naive_features(export: Export, lead: pd.Series, as_of: pd.Timestamp, ctx, s
     mine = [a for a in export.activities.itertuples() if a.lead_id == lead["lead_id"] and a.occurred_at < as_of]
     ages = {}
     for t in spec.activity_types:
-        ages[t] = [(as_of - a.occurred_at).total_seconds() / day for a in mine if a.type == t]
+        ages[t] = [
+            (as_of - a.occurred_at).total_seconds() / day
+            for a in mine
+            if (a.type if pd.isna(a.direction) else f"{a.type}_{a.direction}") == t
+        ]
         for w in spec.windows:
             row[f"{t}_{w}d"] = float(sum(1 for x in ages[t] if x < w))
         row[f"{t}_total"] = float(len(ages[t]))
+        row[f"{t}_per_week"] = len(ages[t]) * 7.0 / max(row["lead_age_days"], 1.0)
         row[f"days_since_{t}"] = min(ages[t]) if ages[t] else math.nan
     inbound = [(as_of - a.occurred_at).total_seconds() / day for a in mine if a.direction == "inbound"]
     for w in spec.windows:
