@@ -63,6 +63,9 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     """Every registered version of ``name``: aliases, training window, metrics, params."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
+        aliases: dict[str, list[str]] = {}
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
     except MlflowException:
         return []
     out = []
@@ -79,7 +82,7 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
             {
                 "name": name,
                 "version": str(mv.version),
-                "aliases": list(mv.aliases or []),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
                 "run_id": mv.run_id,
                 "created_at": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").isoformat(),
                 "trained_from": params.get("train_from"),

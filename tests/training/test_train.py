@@ -1,0 +1,145 @@
+"""Training: the time split, leakage through --as-of, the MLflow round trip, batch scoring, the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import Export
+from features.pit import open_leads
+from training.score import score_open_leads
+from training.train import build_lead_model, split_times
+
+
+def test_split_keeps_a_horizon_between_training_labels_and_evaluation():
+    times = list(pd.date_range("2024-01-01", "2025-12-31", freq="14D", tz="UTC"))
+    plan = split_times(times, horizon_days=91, eval_days=91, calib_days=91)
+    assert plan.fit and plan.calibrate and plan.evaluate
+    assert max(plan.fit) < min(plan.calibrate) and max(plan.calibrate) < min(plan.evaluate)
+    # a calibration label (as_of + 91 days) is known before the evaluation starts
+    assert max(plan.calibrate) + pd.Timedelta(days=91) < min(plan.evaluate)
+    assert plan.evaluate[-1] == times[-1]
+
+
+def test_split_refuses_too_short_a_history():
+    times = list(pd.date_range("2025-01-01", periods=6, freq="14D", tz="UTC"))
+    with pytest.raises(ValueError, match="not enough history"):
+        split_times(times, 91, 91, 91)
+
+
+def test_model_beats_naive_bayes_on_the_later_window(trained):
+    m, b = trained.metrics, trained.baseline_metrics
+    assert m["roc_auc"] > b["roc_auc"] + 0.05
+    assert m["brier"] < b["brier"]
+    assert 0 <= m["calibration_error"] < 0.05
+
+
+def _scramble_after(export: Export, t: pd.Timestamp) -> Export:
+    """Rewrite every outcome and activity at or after ``t`` (what --as-of t must never read)."""
+    leads = export.leads.copy()
+    late = leads["converted_at"] >= t
+    leads.loc[late, "converted_at"] = pd.NaT
+    leads.loc[leads["disqualified_at"] >= t, "disqualified_at"] = t + pd.Timedelta(days=3)
+    opps = export.opportunities.copy()
+    opps.loc[opps["closed_at"] >= t, "outcome"] = "lost"
+    acts = export.activities[export.activities["occurred_at"] < t]
+    return Export(
+        accounts=export.accounts,
+        leads=leads,
+        opportunities=opps,
+        stage_history=export.stage_history,
+        activities=acts,
+        reps=export.reps,
+        open_stages=export.open_stages,
+        exported_at=export.exported_at,
+        custom_fields=export.custom_fields,
+    )
+
+
+def test_training_as_of_t_reads_nothing_after_t(sample_export, train_config):
+    t = sample_export.exported_at - pd.Timedelta(days=120)
+    a = build_lead_model(sample_export, train_config, t)
+    b = build_lead_model(_scramble_after(sample_export, t), train_config, t)
+    leads = open_leads(sample_export.leads, t)
+    Xa = a.scorer.features(leads, sample_export.accounts, sample_export.activities, t)
+    Xb = b.scorer.features(leads, sample_export.accounts, sample_export.activities, t)
+    pd.testing.assert_frame_equal(Xa, Xb)
+    np.testing.assert_allclose(a.scorer.predict_proba(Xa), b.scorer.predict_proba(Xb), atol=1e-12)
+    assert a.metrics == b.metrics
+
+
+def test_scoring_before_the_training_cutoff_is_refused(sample_export, lead_scorer):
+    from features.errors import InvalidRecord
+
+    with pytest.raises(InvalidRecord, match="would leak"):
+        score_open_leads(sample_export, lead_scorer, sample_export.exported_at - pd.Timedelta(days=30))
+
+
+def test_batch_scores_every_open_lead_best_first(sample_export, lead_scorer):
+    as_of = sample_export.exported_at
+    out = score_open_leads(sample_export, lead_scorer, as_of)
+    assert set(out["lead_id"]) == set(open_leads(sample_export.leads, as_of)["lead_id"])
+    assert out["probability"].is_monotonic_decreasing
+    assert out["score"].between(0, 100).all() and set(out["grade"]) <= set("ABCD")
+    assert (out["expected_value"] >= 0).all()
+    assert out["reason_1"].str.contains("the probability by").all()
+    top_a = out[out["grade"] == "A"]["probability"].min()
+    assert top_a >= out[out["grade"] == "D"]["probability"].max()
+
+
+def test_mlflow_round_trip_gives_identical_scores(mlflow_store, sample_export, lead_scorer):
+    from models.registry import describe_versions, load_scorer
+
+    loaded = load_scorer(mlflow_store["client"], "lead_quality", "champion")
+    assert loaded.version == mlflow_store["version"]
+    as_of = sample_export.exported_at
+    a = score_open_leads(sample_export, lead_scorer, as_of)
+    b = score_open_leads(sample_export, loaded.scorer, as_of)
+    pd.testing.assert_frame_equal(a, b)
+    versions = describe_versions(mlflow_store["client"], "lead_quality")
+    assert versions[0]["aliases"] == ["champion"]
+    assert versions[0]["metrics"]["eval_roc_auc"] > 0.6
+    assert versions[0]["trained_until"] is not None
+
+
+def test_pyfunc_predicts_from_the_feature_frame(mlflow_store, trained):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/lead_quality@champion")
+    X = trained.snapshots[trained.scorer.spec.feature_names].head(20)
+    out = model.predict(X)
+    np.testing.assert_allclose(out["probability"].to_numpy(), trained.scorer.predict_proba(X))
+
+
+@pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["score"], ["score", "leads"], ["serve"], ["run"]])
+def test_every_command_has_help(argv, capsys):
+    from training.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "usage: funnelcast" in capsys.readouterr().out
+
+
+def test_cli_generate_train_score_end_to_end(tmp_path, monkeypatch, capsys):
+    from features.settings import get_settings
+    from training.cli import main
+
+    monkeypatch.setenv("FUNNELCAST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FUNNELCAST_TRACKING_URI", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert main(["generate", "--out", str(tmp_path / "s"), "--seed", "3", "--scale", "0.05"]) == 0
+        data = str(tmp_path / "s" / "export")
+        assert main(["train", "--data", data]) == 0
+        out = tmp_path / "scores.csv"
+        assert main(["score", "leads", "--data", data, "--out", str(out)]) == 0
+        scored = pd.read_csv(out)
+        assert {"lead_id", "probability", "score", "grade", "expected_value", "reason_1"} <= set(scored.columns)
+        assert (tmp_path / "home" / "mlflow.db").exists()
+        assert main(["train", "--data", str(tmp_path / "nowhere")]) == 2
+        assert "error:" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
