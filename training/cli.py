@@ -21,7 +21,8 @@ def _timestamp(value: str) -> pd.Timestamp:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {value!r}") from exc
 
 
-def _load(args: argparse.Namespace, settings: Settings):
+def load_data(args: argparse.Namespace, settings: Settings):
+    """The export named by ``--data`` (or settings, or the sample), loaded and validated."""
     from features.io import load_export
 
     source = args.data or settings.data or str(settings.sample_export)
@@ -31,7 +32,8 @@ def _load(args: argparse.Namespace, settings: Settings):
     return source, export
 
 
-def _client(settings: Settings):
+def mlflow_client(settings: Settings):
+    """An MLflow client on the configured tracking/registry store (SQLite under home by default)."""
     from models.registry import configure
 
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.train import TrainConfig, build_lead_model, log_and_register
 
-    source, export = _load(args, settings)
+    source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
     if export.exported_at is not None and cutoff > export.exported_at:
         print(f"note: --as-of {cutoff} is after the export's last timestamp {export.exported_at}", file=sys.stderr)
@@ -61,7 +63,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
     )
     result = build_lead_model(export, cfg, cutoff, progress=True)
-    client = _client(settings)
+    client = mlflow_client(settings)
     result = log_and_register(
         result,
         client,
@@ -86,9 +88,9 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from models.registry import load_scorer
     from training.score import score_open_leads
 
-    _, export = _load(args, settings)
+    _, export = load_data(args, settings)
     as_of = args.as_of or export.exported_at
-    loaded = load_scorer(_client(settings), "lead_quality", settings.model_alias)
+    loaded = load_scorer(mlflow_client(settings), "lead_quality", settings.model_alias)
     out = score_open_leads(export, loaded.scorer, as_of)
     out["model_version"] = loaded.version
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return cmd_serve(argparse.Namespace(host=None, port=None, workers=1), settings)
 
 
+def data_args(sp: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--skip-bad-rows``, shared by every command that reads an export."""
+    sp.add_argument("--data", help="CRM export: a folder of CSV/Parquet files or a SQLAlchemy URL "
+                    "(default: FUNNELCAST_DATA, else the generated sample)")
+    sp.add_argument("--skip-bad-rows", action="store_true",
+                    help="skip rows that break the data contract (reported per reason) instead of failing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="funnelcast",
@@ -132,12 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from FUNNELCAST_* environment variables (see README).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", help="CRM export: a folder of CSV/Parquet files or a SQLAlchemy URL "
-                        "(default: FUNNELCAST_DATA, else the generated sample)")
-        sp.add_argument("--skip-bad-rows", action="store_true",
-                        help="skip rows that break the data contract (reported per reason) instead of failing")
 
     g = sub.add_parser("generate", help="write the sample CRM export and its truth files",
                        description="Generate a realistic sample B2B CRM export (deterministic by seed) "
@@ -179,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", type=float, default=1.0, help="sample size multiplier (default 1.0)")
     r.add_argument("--no-serve", action="store_true", help="stop after training")
     r.set_defaults(func=cmd_run)
+
+    # further command groups register themselves here, one line each: module.register(sub, ssub)
     return p
 
 
