@@ -27,32 +27,8 @@ from features.io import load_export
 from features.pit import open_leads
 from features.sample import generate_sample
 from models.registry import configure
+from serving.records import export_items
 from training.train import TrainConfig, build_lead_model, log_and_register
-
-
-def _records(export, leads: pd.DataFrame, as_of: pd.Timestamp) -> list[dict]:
-    """The JSON a CRM sends: each lead with its account and its activities before as_of."""
-
-    def clean(row: dict) -> dict:
-        out = {}
-        for k, v in row.items():
-            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
-                continue
-            out[k] = v.isoformat() if isinstance(v, pd.Timestamp) else v
-        return out
-
-    accounts = export.accounts.set_index("account_id", drop=False)
-    acts = export.activities[export.activities["lead_id"].isin(leads["lead_id"]) & (export.activities["occurred_at"] < as_of)]
-    by_lead = {k: g for k, g in acts.groupby("lead_id")}
-    items = []
-    for lead in leads.to_dict("records"):
-        item = {"lead": clean(lead), "activities": []}
-        if isinstance(lead.get("account_id"), str) and lead["account_id"] in accounts.index:
-            item["account"] = clean(accounts.loc[lead["account_id"]].to_dict())
-        if lead["lead_id"] in by_lead:
-            item["activities"] = [clean(r) for r in by_lead[lead["lead_id"]].to_dict("records")]
-        items.append(item)
-    return items
 
 
 def _timeit(fn, repeats: int) -> np.ndarray:
@@ -123,8 +99,8 @@ def main() -> None:
                     time.sleep(0.2)
                 else:
                     raise SystemExit("server did not become ready")
-                one_body = json.dumps({"as_of": as_of.isoformat(), "leads": _records(export, one, as_of)})
-                batch_body = json.dumps({"as_of": as_of.isoformat(), "leads": _records(export, batch, as_of)})
+                one_body = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(one, export.accounts, export.activities, as_of)})
+                batch_body = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(batch, export.accounts, export.activities, as_of)})
                 hdr = {"Content-Type": "application/json"}
 
                 def post(body: str) -> None:

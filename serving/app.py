@@ -1,0 +1,71 @@
+"""The FastAPI app factory: ``uvicorn serving.app:create_app --factory``.
+
+Nothing is built at import time. The lifespan loads the champion models from the MLflow
+registry; when none is registered yet the app still starts, ``/readyz`` says why it is not
+ready and scoring answers 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from features.errors import FunnelcastError
+from features.settings import Settings, get_settings
+from models.registry import LoadedModel, configure, load_scorer
+from models.tasks import Task
+from serving import errors, routes_admin, routes_leads
+
+log = logging.getLogger("funnelcast.serving")
+
+#: Models the API serves; each is loaded by alias at start.
+SERVED_TASKS = (Task.LEAD_QUALITY,)
+
+
+def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+    """Load each served task's model at the configured alias; collect why any could not load."""
+    models, problems = {}, {}
+    try:
+        client = configure(settings.resolved_tracking_uri())
+    except Exception as exc:  # a broken store must not keep the API down
+        return {}, {t.value: f"cannot open the MLflow store: {exc}" for t in SERVED_TASKS}
+    for task in SERVED_TASKS:
+        try:
+            models[task.value] = load_scorer(client, task.value, settings.model_alias)
+        except FunnelcastError as exc:
+            problems[task.value] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported through /readyz, not raised
+            log.exception("loading %s failed", task.value)
+            problems[task.value] = f"loading failed: {exc}"
+    return models, problems
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.models, app.state.load_errors = load_models(settings)
+        for name, m in app.state.models.items():
+            log.info("serving %s version %s (@%s)", name, m.version, m.alias)
+        yield
+
+    app = FastAPI(
+        title="funnelcast",
+        version="0.1.0",
+        summary="Lead scoring with reasons, learned from your CRM's history",
+        description=(
+            "Authenticate with the `X-API-Key` header. Send leads as your CRM holds them "
+            "(data contract v1); every error names the field path and the reason."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
+    errors.install(app)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_leads.router)
+    return app

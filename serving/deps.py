@@ -1,0 +1,54 @@
+"""Typed dependencies: settings, the loaded models, the API key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from features.errors import ModelNotAvailable
+from features.settings import Settings, hash_api_key
+from models.registry import LoadedModel
+from models.tasks import Task
+from serving.errors import RequestProblem
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your funnelcast API key")
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    accepted = settings.accepted_key_hashes()
+    if not accepted:
+        raise RequestProblem(
+            "no API key is configured on this server: set FUNNELCAST_API_KEY_HASHES (or FUNNELCAST_API_KEYS) "
+            "and restart",
+            status_code=401,
+        )
+    if not key:
+        raise RequestProblem("missing API key: send it in the X-API-Key header", status_code=401)
+    digest = hash_api_key(key)
+    if not any(hmac.compare_digest(digest, h) for h in accepted):
+        raise RequestProblem("invalid API key", status_code=401)
+
+
+ApiKeyDep = Depends(require_api_key)
+
+
+def get_lead_model(request: Request) -> LoadedModel:
+    models: dict[str, LoadedModel] = request.app.state.models
+    loaded = models.get(Task.LEAD_QUALITY.value)
+    if loaded is None:
+        reason = request.app.state.load_errors.get(Task.LEAD_QUALITY.value, "not loaded")
+        raise ModelNotAvailable(Task.LEAD_QUALITY.value, reason)
+    return loaded
+
+
+LeadModelDep = Annotated[LoadedModel, Depends(get_lead_model)]

@@ -1,0 +1,96 @@
+"""The one place where errors become HTTP answers a CRM admin can act on.
+
+Domain errors raised in ``features`` and ``models`` are mapped here; request validation
+errors are rewritten as ``path: reason`` items; nothing a client sends gets a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from features.errors import (
+    BadRow,
+    ExportValidationError,
+    FunnelcastError,
+    InvalidRecord,
+    ModelNotAvailable,
+)
+
+log = logging.getLogger("funnelcast.serving")
+
+
+class RequestProblem(FunnelcastError):
+    """A request that is well-formed JSON but cannot be scored; ``errors`` are (path, reason)."""
+
+    def __init__(self, detail: str, errors: list[tuple[str, str]] | None = None, status_code: int = 422):
+        self.detail, self.errors, self.status_code = detail, errors or [], status_code
+        super().__init__(detail)
+
+
+def _path(loc: tuple) -> str:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _reason(err: dict) -> str:
+    kind, msg = err.get("type", ""), err.get("msg", "invalid")
+    if kind == "missing":
+        return "required field missing"
+    if kind.startswith("datetime") or kind.startswith("date"):
+        return f"not an ISO 8601 timestamp ({msg})"
+    if kind == "json_invalid":
+        ctx = err.get("ctx") or {}
+        return f"invalid JSON: {ctx.get('error', msg)}"
+    return msg
+
+
+def _body(detail: str, errors: list[tuple[str, str]]) -> dict:
+    return {"detail": detail, "errors": [{"path": p, "reason": r} for p, r in errors]}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [(_path(tuple(e.get("loc", ()))), _reason(e)) for e in exc.errors()]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return JSONResponse(_body("the request body is not valid JSON", errors), status_code=400)
+        if any(e.get("type") == "model_attributes_type" and tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+            detail = "the request body must be a JSON object (Content-Type: application/json)"
+            return JSONResponse(_body(detail, errors), status_code=422)
+        detail = f"{len(errors)} invalid field(s): " + "; ".join(f"{p}: {r}" for p, r in errors[:5])
+        return JSONResponse(_body(detail, errors), status_code=422)
+
+    @app.exception_handler(RequestProblem)
+    def _problem(request: Request, exc: RequestProblem) -> JSONResponse:
+        return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status_code)
+
+    @app.exception_handler(ModelNotAvailable)
+    def _no_model(request: Request, exc: ModelNotAvailable) -> JSONResponse:
+        return JSONResponse(_body(str(exc), []), status_code=503, headers={"Retry-After": "60"})
+
+    @app.exception_handler(InvalidRecord)
+    def _invalid(request: Request, exc: InvalidRecord) -> JSONResponse:
+        return JSONResponse(_body(str(exc), [(exc.path, exc.reason)]), status_code=422)
+
+    @app.exception_handler(ExportValidationError)
+    def _export(request: Request, exc: ExportValidationError) -> JSONResponse:
+        errors = [(f"{b.table}[{b.row}].{b.column}", b.reason) for b in exc.report.bad_rows]
+        return JSONResponse(_body("invalid records", errors), status_code=422)
+
+    @app.exception_handler(FunnelcastError)
+    def _domain(request: Request, exc: FunnelcastError) -> JSONResponse:
+        return JSONResponse(_body(str(exc), []), status_code=422)
+
+
+def bad_rows_as_problem(bad: list[tuple[str, BadRow]]) -> RequestProblem:
+    """BadRows of records a client sent, each with the request path of its record."""
+    errors = [(f"{path}.{b.column}", b.reason + (f" (value {b.value!r})" if b.value is not None else "")) for path, b in bad]
+    detail = f"{len(errors)} invalid field(s): " + "; ".join(f"{p}: {r}" for p, r in errors[:5])
+    return RequestProblem(detail, errors)

@@ -1,0 +1,225 @@
+"""The API: auth, scoring with reasons, served == batch, every error path a CRM can hit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from features.pit import open_leads
+from features.settings import Settings
+from models.registry import LoadedModel
+from serving.app import create_app
+from serving.deps import get_lead_model
+from serving.records import export_items
+from training.score import score_open_leads
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def client(lead_scorer, tmp_path_factory):
+    """The app with a test key and the session's scorer swapped in for the registry."""
+    home = tmp_path_factory.mktemp("api")
+    settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'empty.db'}")
+    app = create_app(settings)
+    loaded = LoadedModel(name="lead_quality", version="7", alias="champion", run_id=None, scorer=lead_scorer)
+    app.dependency_overrides[get_lead_model] = lambda: loaded
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        c.app.state.models["lead_quality"] = loaded
+        yield c
+
+
+@pytest.fixture(scope="module")
+def open_at_export(sample_export):
+    as_of = sample_export.exported_at
+    return as_of, open_leads(sample_export.leads, as_of)
+
+
+def _body(sample_export, leads, as_of) -> dict:
+    items = export_items(leads, sample_export.accounts, sample_export.activities, as_of)
+    return {"as_of": as_of.isoformat(), "leads": items}
+
+
+def test_health_and_docs_need_no_key(client):
+    anon = TestClient(client.app)
+    assert anon.get("/healthz").json() == {"status": "ok"}
+    assert anon.get("/docs").status_code == 200
+    schema = anon.get("/openapi.json").json()
+    assert "/v1/leads/score" in schema["paths"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+def test_scoring_without_a_valid_key_is_401(client, headers, sample_export, open_at_export):
+    as_of, leads = open_at_export
+    r = TestClient(client.app).post("/v1/leads/score", json=_body(sample_export, leads.head(1), as_of), headers=headers)
+    assert r.status_code == 401
+    assert "API key" in r.json()["detail"]
+
+
+def test_no_configured_key_refuses_with_a_hint(lead_scorer, tmp_path):
+    app = create_app(Settings(home=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'x.db'}"))
+    with TestClient(app) as c:
+        r = c.get("/v1/models", headers={"X-API-Key": "anything"})
+    assert r.status_code == 401 and "FUNNELCAST_API_KEY_HASHES" in r.json()["detail"]
+
+
+def test_scores_come_with_reasons_that_add_up(client, sample_export, open_at_export):
+    as_of, leads = open_at_export
+    r = client.post("/v1/leads/score", json=_body(sample_export, leads.head(5), as_of))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": "lead_quality", "version": "7"}
+    assert len(body["scores"]) == 5
+    for s in body["scores"]:
+        assert s["model"]["version"] == "7"
+        assert len(s["reasons"]) == 5
+        assert all("the probability by" in x["text"] for x in s["reasons"])
+        assert 0 <= s["score"] <= 100 and s["grade"] in "ABCD"
+    # all contributions (not just the top 5) add up: check via the top-5 bound
+    s = body["scores"][0]
+    top = sum(x["contribution"] for x in s["reasons"])
+    assert abs(s["base_probability"] + top - s["probability"]) < 0.5
+
+
+def test_served_score_equals_the_batch_score(client, sample_export, lead_scorer, open_at_export):
+    as_of, leads = open_at_export
+    batch = score_open_leads(sample_export, lead_scorer, as_of).set_index("lead_id")
+    sample = leads.sample(n=min(25, len(leads)), random_state=1)
+    r = client.post("/v1/leads/score", json=_body(sample_export, sample, as_of))
+    assert r.status_code == 200, r.text
+    for s in r.json()["scores"]:
+        b = batch.loc[s["lead_id"]]
+        assert s["probability"] == pytest.approx(b["probability"], abs=1e-9)
+        assert s["score"] == b["score"] and s["grade"] == b["grade"]
+        assert s["expected_value"] == pytest.approx(b["expected_value"], rel=1e-9)
+        assert s["reasons"][0]["text"] == b["reason_1"]
+
+
+def test_messy_values_are_normalised_like_the_loader(client, sample_export, open_at_export):
+    as_of, leads = open_at_export
+    body = _body(sample_export, leads.head(1), as_of)
+    clean = client.post("/v1/leads/score", json=body).json()["scores"][0]
+    lead = body["leads"][0]["lead"]
+    if "source" in lead:
+        lead["source"] = f"  {lead['source'].upper()} "
+    lead["created_at"] = pd.Timestamp(lead["created_at"]).tz_convert("Europe/Berlin").isoformat()
+    messy = client.post("/v1/leads/score", json=body).json()["scores"][0]
+    assert messy["probability"] == pytest.approx(clean["probability"], abs=1e-12)
+
+
+def test_missing_optional_fields_and_unseen_categories_are_scored_with_warnings(client, open_at_export):
+    as_of, _ = open_at_export
+    body = {
+        "as_of": as_of.isoformat(),
+        "leads": [
+            {"lead": {"lead_id": "new-1", "created_at": (as_of - pd.Timedelta(days=3)).isoformat(), "source": "tiktok"}},
+            {"lead": {"lead_id": "new-2", "created_at": (as_of - pd.Timedelta(days=30)).isoformat()}, "activities": []},
+        ],
+    }
+    r = client.post("/v1/leads/score", json=body)
+    assert r.status_code == 200, r.text
+    first, second = r.json()["scores"]
+    assert any("tiktok" in w and "not seen in training" in w for w in first["warnings"])
+    assert any("seniority is missing" in w for w in second["warnings"])
+    assert 0 < first["probability"] < 1
+
+
+def _post(client, body):
+    return client.post("/v1/leads/score", json=body)
+
+
+def test_bad_timestamp_is_422_naming_the_field(client, open_at_export):
+    as_of, _ = open_at_export
+    r = _post(client, {"as_of": as_of.isoformat(), "leads": [{"lead": {"lead_id": "a", "created_at": "yesterday"}}]})
+    assert r.status_code == 422
+    paths = [e["path"] for e in r.json()["errors"]]
+    assert paths == ["leads[0].lead.created_at"]
+
+
+def test_missing_lead_id_is_422_naming_the_field(client):
+    r = _post(client, {"leads": [{"lead": {"created_at": "2026-01-01"}}]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0] == {"path": "leads[0].lead.lead_id", "reason": "required field missing"}
+
+
+def test_lead_created_after_as_of_is_422(client, open_at_export):
+    as_of, _ = open_at_export
+    body = {"as_of": as_of.isoformat(), "leads": [{"lead": {"lead_id": "late", "created_at": (as_of + pd.Timedelta(days=1)).isoformat()}}]}
+    r = _post(client, body)
+    assert r.status_code == 422 and "late" in r.json()["detail"]
+
+
+def test_as_of_before_the_training_cutoff_is_422(client, open_at_export):
+    as_of, _ = open_at_export
+    early = as_of - pd.Timedelta(days=400)
+    body = {"as_of": early.isoformat(), "leads": [{"lead": {"lead_id": "x", "created_at": (early - pd.Timedelta(days=2)).isoformat()}}]}
+    r = _post(client, body)
+    assert r.status_code == 422 and "training cutoff" in r.json()["detail"]
+
+
+def test_duplicate_ids_in_a_batch_are_422(client):
+    lead = {"lead_id": "dup", "created_at": "2026-09-01"}
+    r = _post(client, {"as_of": "2026-10-01", "leads": [{"lead": lead}, {"lead": lead}]})
+    assert r.status_code == 422
+    assert [e["path"] for e in r.json()["errors"]] == ["leads[0].lead.lead_id", "leads[1].lead.lead_id"]
+
+
+def test_activity_of_another_lead_is_422(client):
+    item = {
+        "lead": {"lead_id": "a", "created_at": "2026-09-01"},
+        "activities": [{"activity_id": "1", "occurred_at": "2026-09-02", "type": "email", "lead_id": "b"}],
+    }
+    r = _post(client, {"as_of": "2026-10-01", "leads": [item]})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "leads[0].activities[0].lead_id"
+
+
+def test_negative_employees_is_422(client):
+    item = {"lead": {"lead_id": "a", "created_at": "2026-09-01", "account_id": "acc"},
+            "account": {"account_id": "acc", "created_at": "2025-01-01", "employees": -5}}
+    r = _post(client, {"as_of": "2026-10-01", "leads": [item]})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "leads[0].account.employees"
+
+
+def test_batch_over_the_limit_is_refused_with_a_clear_message(client):
+    leads = [{"lead": {"lead_id": f"l{i}", "created_at": "2026-09-01"}} for i in range(1001)]
+    r = _post(client, {"as_of": "2026-10-01", "leads": leads})
+    assert r.status_code == 413
+    assert "exceeds the limit of 1,000" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "ctype"),
+    [("{not json", "application/json"), ("leads=1", "application/x-www-form-urlencoded"), ("[]", "application/json"),
+     (json.dumps({"leads": []}), "application/json")],
+)
+def test_malformed_bodies_are_4xx_never_500(client, content, ctype):
+    r = client.post("/v1/leads/score", content=content, headers={"Content-Type": ctype})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["detail"]
+
+
+def test_without_a_model_readyz_is_503_and_scoring_says_why(tmp_path):
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}")
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        s = c.post("/v1/leads/score", json={"leads": [{"lead": {"lead_id": "a", "created_at": "2026-01-01"}}]})
+        assert s.status_code == 503
+        assert "funnelcast train" in s.json()["detail"]
+
+
+def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, open_at_export):
+    settings = Settings(home=mlflow_store["home"], api_keys=[KEY], tracking_uri=mlflow_store["uri"])
+    as_of, leads = open_at_export
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
+        assert c.get("/readyz").json() == {"ready": True, "models": {"lead_quality": mlflow_store["version"]}, "reason": None}
+        r = c.post("/v1/leads/score", json=_body(sample_export, leads.head(2), as_of))
+        assert r.status_code == 200 and r.json()["model"]["version"] == mlflow_store["version"]
+        models = c.get("/v1/models").json()["models"]
+        assert models[0]["aliases"] == ["champion"] and models[0]["loaded"] is True
+        assert models[0]["metrics"]["eval_roc_auc"] > 0.6
+        assert np.isfinite(models[0]["metrics"]["eval_brier"])
