@@ -212,10 +212,11 @@ def _activity_features(
     acts = rows_before(activities, "occurred_at", as_of)
     pos = lead_ids.get_indexer(acts["lead_id"])
     mine = pos >= 0
+    acts = acts[mine]
     pos = pos[mine]
-    age = ((as_of - acts["occurred_at"]) / DAY).to_numpy(dtype=float)[mine]
-    type_pos = pd.Index(spec.activity_types).get_indexer(activity_kind(acts))[mine]
-    inbound = (acts["direction"] == "inbound").to_numpy(dtype=bool)[mine]
+    age = ((as_of - acts["occurred_at"]) / DAY).to_numpy(dtype=float)
+    type_pos = pd.Index(spec.activity_types).get_indexer(activity_kind(acts))
+    inbound = (acts["direction"] == "inbound").to_numpy(dtype=bool)
     n, k = len(lead_ids), len(spec.activity_types)
     # engagement intensity: all-time count per week of the lead's life (at least one day)
     lead_age = np.maximum(((as_of - created_at) / DAY).to_numpy(dtype=float), 1.0)
@@ -249,13 +250,19 @@ def _activity_features(
     return cols
 
 
+def _lookup(keys: np.ndarray, mapping: dict, default: float) -> np.ndarray:
+    return np.fromiter((mapping.get(k, default) if isinstance(k, str) else default for k in keys), float, len(keys))
+
+
 def _column(frame: pd.DataFrame, name: str, numeric: bool) -> np.ndarray:
     if name not in frame:
         return np.full(len(frame), np.nan)
     if numeric:
         return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
     values = frame[name]
-    return values.astype("str").where(values.notna()).to_numpy(dtype=object)
+    if not pd.api.types.is_string_dtype(values):
+        values = values.astype("str").where(values.notna())
+    return values.to_numpy(dtype=object, na_value=np.nan)
 
 
 def lead_features(
@@ -288,13 +295,16 @@ def lead_features(
     cols["lead_age_days"] = ((as_of - leads["created_at"]) / DAY).to_numpy(dtype=float)
     cols["account_age_days"] = ((as_of - acc_rows["created_at"]) / DAY).to_numpy(dtype=float)
     cols.update(_activity_features(activities, lead_ids, leads["created_at"], as_of, spec))
-    source, owner = leads["source"], leads["owner_id"]
-    cols["source_conversion_rate"] = source.map(context.source_rate).fillna(context.global_rate).to_numpy(dtype=float)
-    cols["owner_conversion_rate"] = owner.map(context.owner_rate).fillna(context.global_rate).to_numpy(dtype=float)
-    cols["owner_open_leads"] = owner.map(context.owner_open_leads).fillna(0).to_numpy(dtype=float)
-    hist = context.account_history.reindex(leads["account_id"].to_numpy())
+    source = leads["source"].to_numpy(dtype=object)
+    owner = leads["owner_id"].to_numpy(dtype=object)
+    cols["source_conversion_rate"] = _lookup(source, context.source_rate, context.global_rate)
+    cols["owner_conversion_rate"] = _lookup(owner, context.owner_rate, context.global_rate)
+    cols["owner_open_leads"] = _lookup(owner, context.owner_open_leads, 0.0)
+    hist = context.account_history
+    row = hist.index.get_indexer(leads["account_id"].to_numpy(dtype=object))
     for c in ("won_deals", "won_amount", "lost_deals", "open_opportunities"):
-        cols[f"account_{c}"] = hist[c].fillna(0.0).to_numpy(dtype=float) if c in hist else np.zeros(len(leads))
+        values = hist[c].to_numpy(dtype=float) if c in hist else np.zeros(len(hist))
+        cols[f"account_{c}"] = np.where(row >= 0, values[row] if len(values) else 0.0, 0.0)
     return pd.DataFrame({c: cols[c] for c in spec.feature_names}, index=lead_ids)
 
 

@@ -95,9 +95,34 @@ class CalibratedBoostedClassifier:
             self.calib_intercept_ = float(platt.intercept_[0])
         return self
 
+    def _category_codes(self) -> dict[str, pd.Index]:
+        # LightGBM codes a pandas categorical by its position in the categories given at fit
+        if getattr(self, "_codes", None) is None:
+            self._codes = {c: pd.Index(cats) for c, cats in self.categories_.items()}
+        return self._codes
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """The feature frame as LightGBM's float matrix: categories as their codes, unseen as missing.
+
+        Much faster than handing LightGBM a DataFrame (one lead scores in well under a millisecond).
+        """
+        codes = self._category_codes()
+        numeric = [j for j, c in enumerate(self.feature_names_) if c not in codes]
+        out = np.empty((len(X), len(self.feature_names_)), dtype=float)
+        out[:, numeric] = X[[self.feature_names_[j] for j in numeric]].to_numpy(dtype=float, na_value=np.nan)
+        for j, c in enumerate(self.feature_names_):
+            if c in codes:
+                idx = codes[c].get_indexer(X[c].to_numpy(dtype=object)).astype(float)
+                idx[idx < 0] = np.nan
+                out[:, j] = idx
+        return out
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_codes"}
+
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of the trees."""
-        return self.booster_.predict(self._frame(X), raw_score=True, num_iteration=self.n_rounds_)
+        return self.booster_.predict(self._matrix(X), raw_score=True, num_iteration=self.n_rounds_)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the positive class, one per row."""
@@ -106,12 +131,12 @@ class CalibratedBoostedClassifier:
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """TreeSHAP values in raw log-odds, one column per feature plus the base value last."""
-        return self.booster_.predict(self._frame(X), pred_contrib=True, num_iteration=self.n_rounds_)
+        return self.booster_.predict(self._matrix(X), pred_contrib=True, num_iteration=self.n_rounds_)
 
     def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """Per categorical column, a boolean mask of values not seen in training."""
         out = {}
-        for c, cats in self.categories_.items():
-            values = X[c]
-            out[c] = (values.notna() & ~values.astype("str").isin(cats)).to_numpy()
+        for c, index in self._category_codes().items():
+            values = X[c].to_numpy(dtype=object)
+            out[c] = (index.get_indexer(values) < 0) & pd.notna(values)
         return out

@@ -52,6 +52,7 @@ def to_probability(c: Contributions) -> Contributions:
 # ---------------------------------------------------------------- reasons as sentences
 _LABELS = {
     "source": "Source",
+    "owner_id": "Owner",
     "seniority": "Contact seniority",
     "country": "Country",
     "account_industry": "Industry",
