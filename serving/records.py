@@ -35,10 +35,12 @@ def utc_timestamp(value: datetime | None) -> pd.Timestamp:
 
 
 def _row(model) -> dict:
+    # timestamps go back to ISO text: coerce_table parses a whole column at once, like a CSV
+    # (no offset = UTC, as the contract says)
     row = model.model_dump(mode="python")
     for k, v in row.items():
         if isinstance(v, datetime):
-            row[k] = utc_timestamp(v)
+            row[k] = v.isoformat()
     return row
 
 
