@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.contract import DEFAULT_OPEN_STAGES, TABLES, Export, Kind
+from features.contract import DEFAULT_OPEN_STAGES, FOREIGN_KEYS, TABLES, Export, Kind
 from features.errors import BadRow, ExportSourceError, ExportValidationError, FunnelcastError, ValidationReport
-from features.io import coerce_table, load_export, write_export
+from features.io import REASON_FK_NOWHERE, REASON_FK_SKIPPED, coerce_table, load_export, write_export
 
 __all__ = [
     "FIELD_HISTORY",
@@ -464,13 +464,15 @@ def import_export(
     kept = {t: f[keep[t]].reset_index(drop=True) for t, f in typed.items()}
     history = kept.pop(FIELD_HISTORY, None)
 
-    export, fk = _validate_keys(kept, open_stages, skip_bad_rows, built, positions)
+    dropped = {t: set(typed[t].loc[~keep[t], TABLES[t].key].dropna()) for t in typed
+               if t in TABLES and TABLES[t].key}
+    export, fk = _validate_keys(kept, open_stages, skip_bad_rows, built, positions, dropped)
     report = ValidationReport(bad_rows=[p[2] for p in problems] + fk, skipped=skip_bad_rows)
     report.row_counts = {name: len(export.table(name)) for name in TABLES if export.table(name) is not None}
     return ImportResult(export, report, notes, synthetic, mapping.name, history)
 
 
-def _validate_keys(frames, open_stages, skip, built, positions) -> tuple[Export, list[BadRow]]:
+def _validate_keys(frames, open_stages, skip, built, positions, dropped) -> tuple[Export, list[BadRow]]:
     """Foreign keys and the final typing, by the loader itself: write, then ``load_export``."""
     tmp = Path(tempfile.mkdtemp(prefix="funnelcast-import-"))
     try:
@@ -480,17 +482,21 @@ def _validate_keys(frames, open_stages, skip, built, positions) -> tuple[Export,
             loaded, report = load_export(tmp, open_stages=open_stages, skip_bad_rows=skip)
         except ExportValidationError as exc:
             raise ExportValidationError(ValidationReport(
-                bad_rows=[_translate_output(b, built, positions) for b in exc.report.bad_rows])) from None
+                bad_rows=[_translate_output(b, built, positions, dropped) for b in exc.report.bad_rows])) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return loaded, [_translate_output(b, built, positions) for b in report.bad_rows]
+    return loaded, [_translate_output(b, built, positions, dropped) for b in report.bad_rows]
 
 
-def _translate_output(bad: BadRow, built: dict[str, _Built], positions: dict[str, np.ndarray]) -> BadRow:
+def _translate_output(bad: BadRow, built: dict[str, _Built], positions: dict[str, np.ndarray],
+                      dropped: dict[str, set[str]]) -> BadRow:
     b = built.get(bad.table)
     if b is None:
         return bad
     pos = int(positions[bad.table][bad.row - 1])
+    target = FOREIGN_KEYS.get((bad.table, bad.column))
+    if bad.reason == REASON_FK_NOWHERE and target and bad.value in dropped.get(target[0], set()):
+        bad = BadRow(bad.table, bad.row, bad.column, REASON_FK_SKIPPED, bad.value)
     return _translate(b, bad.table, pos, bad)
 
 
@@ -551,7 +557,10 @@ def _apply_source(table: str, src: Source, reader: _Reader, notes: list[str], sy
     # header: every source column a rule names must exist
     absent: set[str] = set()
     for name, rule in src.columns.items():
-        for col in rule.source_columns():
+        needed = rule.source_columns()
+        if rule.coalesce and any(c in raw.columns for c in needed):
+            needed = []  # a coalesce needs one of its columns
+        for col in needed:
             if col not in raw.columns and col not in absent:
                 absent.add(col)
                 if _required(table, name):
@@ -565,7 +574,9 @@ def _apply_source(table: str, src: Source, reader: _Reader, notes: list[str], sy
         return pd.DataFrame(index=range(0)), np.zeros(0, dtype=int), {}, problems
 
     src_rows = np.arange(1, n_all + 1)
-    if src.where is not None:
+    if src.where is not None and not src.where.on_field and src.where.name not in raw.columns:
+        notes.append(f"{where_}: column {src.where.name!r} of the mapping's 'where' not in the file; all rows kept")
+    elif src.where is not None:
         mask = _condition(src.where, raw, {}, where_)
         if (~mask).any():
             notes.append(f"{where_}: {int((~mask).sum())} of {n_all} rows not selected by the mapping's 'where'")
@@ -577,7 +588,9 @@ def _apply_source(table: str, src: Source, reader: _Reader, notes: list[str], sy
     for name, rule in src.columns.items():
         kind = _kind(table, name)
         values, invalid, reason = _evaluate(rule, raw, out, kind, reader, where_)
-        if rule.column:
+        if rule.lookup is not None:
+            source_cols[name] = f"{rule.lookup['value']} (in {rule.lookup['file']}, by {rule.column})"
+        elif rule.column:
             source_cols[name] = rule.column
         if rule.synthetic is not None or (rule.from_field in synthetic_fields):
             synthetic_fields.add(name)
@@ -670,8 +683,6 @@ def _evaluate(rule: Rule, raw: pd.DataFrame, out: dict[str, pd.Series], kind: Ki
         if rule.from_field not in out:
             raise MappingError(where, f"'from: {rule.from_field}' is not computed before it")
         values = out[rule.from_field]
-        if rule.offset is not None:
-            values = values + rule.offset
     elif rule.value is not None:
         values = pd.Series(rule.value, index=range(n), dtype="str")
     else:
@@ -705,6 +716,8 @@ def _evaluate(rule: Rule, raw: pd.DataFrame, out: dict[str, pd.Series], kind: Ki
         if is_time:
             values, bad, reason = _parse_time(values, rule)
             invalid |= bad
+    if rule.offset is not None:
+        values = values + rule.offset
     if rule.when is not None:
         values = values.where(_condition(rule.when, raw, out, where))
         invalid &= _condition(rule.when, raw, out, where)

@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     # further command groups register themselves here, one line each: module.register(sub, ssub)
+    __import__("training.cli_adapters").cli_adapters.register(sub, ssub)
     return p
 
 
