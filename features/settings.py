@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Plain API keys, hashed on read and never kept (for local use and tests)",
     )
+    rate_limit_per_minute: int = Field(1200, ge=0, description="Requests per minute per API key (0: no limit)")
+    max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted")
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
     host: str = "127.0.0.1"
     port: int = 8000
 

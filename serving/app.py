@@ -12,12 +12,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
 
 from features.errors import FunnelcastError
 from features.settings import Settings, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from models.tasks import Task
 from serving import errors, routes_admin, routes_leads
+from serving.middleware import IdempotencyCache, Metrics, RateLimiter, RequestContextMiddleware
 
 log = logging.getLogger("funnelcast.serving")
 
@@ -43,8 +47,20 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     return models, problems
 
 
+def _json_access_log() -> None:
+    """Access lines are JSON already: print them as they are, once."""
+    access = logging.getLogger("funnelcast.access")
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    _json_access_log()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +81,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
+    app.state.metrics = Metrics()
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.idempotency = IdempotencyCache()
     errors.install(app)
+    if settings.cors_origins:  # closed unless origins are configured
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics: request latency, errors, scores served per model version."""
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.include_router(routes_admin.router)
     app.include_router(routes_leads.router)
     return app

@@ -13,6 +13,7 @@ from features.settings import Settings, hash_api_key
 from models.registry import LoadedModel
 from models.tasks import Task
 from serving.errors import RequestProblem
+from serving.middleware import retry_after
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -24,7 +25,10 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your funnelcast API key")
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+def require_api_key(
+    request: Request, settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> str:
+    """Check the key (401) and its rate limit (429 with Retry-After); returns the key's digest."""
     accepted = settings.accepted_key_hashes()
     if not accepted:
         raise RequestProblem(
@@ -37,9 +41,20 @@ def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_
     digest = hash_api_key(key)
     if not any(hmac.compare_digest(digest, h) for h in accepted):
         raise RequestProblem("invalid API key", status_code=401)
+    wait = request.app.state.rate_limiter.check(digest)
+    if wait > 0:
+        raise RequestProblem(
+            f"rate limit of {settings.rate_limit_per_minute} requests per minute for this API key exceeded; "
+            "retry after the Retry-After seconds",
+            status_code=429,
+            headers={"Retry-After": retry_after(wait)},
+        )
+    return digest
 
 
 ApiKeyDep = Depends(require_api_key)
+#: The caller's key digest (scopes idempotency keys to the caller).
+CallerDep = Annotated[str, Depends(require_api_key)]
 
 
 def get_lead_model(request: Request) -> LoadedModel:

@@ -26,8 +26,14 @@ log = logging.getLogger("funnelcast.serving")
 class RequestProblem(FunnelcastError):
     """A request that is well-formed JSON but cannot be scored; ``errors`` are (path, reason)."""
 
-    def __init__(self, detail: str, errors: list[tuple[str, str]] | None = None, status_code: int = 422):
-        self.detail, self.errors, self.status_code = detail, errors or [], status_code
+    def __init__(
+        self,
+        detail: str,
+        errors: list[tuple[str, str]] | None = None,
+        status_code: int = 422,
+        headers: dict[str, str] | None = None,
+    ):
+        self.detail, self.errors, self.status_code, self.headers = detail, errors or [], status_code, headers
         super().__init__(detail)
 
 
@@ -69,7 +75,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestProblem)
     def _problem(request: Request, exc: RequestProblem) -> JSONResponse:
-        return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status_code)
+        return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ModelNotAvailable)
     def _no_model(request: Request, exc: ModelNotAvailable) -> JSONResponse:

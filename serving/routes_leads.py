@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Request, Response
 
-from serving.deps import ApiKeyDep, LeadModelDep, SettingsDep
+from serving.deps import ApiKeyDep, CallerDep, LeadModelDep, SettingsDep
 from serving.errors import RequestProblem
 from serving.records import lead_frames, utc_timestamp
 from serving.schemas import ErrorResponse, LeadScore, LeadScoreRequest, LeadScoreResponse, ModelRef, Reason
@@ -17,6 +19,7 @@ _ERRORS = {
     401: {"model": ErrorResponse, "description": "Missing or invalid X-API-Key"},
     413: {"model": ErrorResponse, "description": "Too many leads in one request"},
     422: {"model": ErrorResponse, "description": "Invalid records: each error names the field path and the reason"},
+    429: {"model": ErrorResponse, "description": "Rate limit for this API key exceeded (see Retry-After)"},
     503: {"model": ErrorResponse, "description": "No model is loaded yet (run `funnelcast train`)"},
 }
 
@@ -26,11 +29,36 @@ def _clean(value: object) -> object:
 
 
 @router.post("/leads/score", response_model=LeadScoreResponse, responses=_ERRORS)
-def score_leads(body: LeadScoreRequest, model: LeadModelDep, settings: SettingsDep) -> LeadScoreResponse:
+def score_leads(
+    body: LeadScoreRequest,
+    model: LeadModelDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="Retry-safe requests: a retried request with the same key gets the first answer, "
+               "not a second scoring", max_length=200),
+    ] = None,
+):
     """Score up to 1,000 leads: probability of becoming an opportunity within the horizon,
     score 0-100, grade A-D, expected value and the top 5 reasons, each with its signed
     contribution in probability points. Send each lead with its account and activities as
     the CRM holds them; missing optional fields and unseen values are scored, with warnings."""
+    cache = request.app.state.idempotency
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else ""
+    if idempotency_key:
+        hit = cache.get((caller, idempotency_key))
+        if hit is not None:
+            first_fingerprint, content, status = hit
+            if first_fingerprint != fingerprint:
+                raise RequestProblem(
+                    "Idempotency-Key was already used with a different request body; use a new key for a new request",
+                    [("Idempotency-Key", "reused with a different body")],
+                )
+            return Response(content, status_code=status, media_type="application/json",
+                            headers={"Idempotent-Replayed": "true"})
     if len(body.leads) > settings.max_batch:
         raise RequestProblem(
             f"batch of {len(body.leads):,} leads exceeds the limit of {settings.max_batch:,}; "
@@ -57,4 +85,9 @@ def score_leads(body: LeadScoreRequest, model: LeadModelDep, settings: SettingsD
         )
         for row in scored.itertuples(index=False)
     ]
-    return LeadScoreResponse(as_of=as_of.to_pydatetime(), horizon_days=scorer.spec.horizon_days, model=ref, scores=scores)
+    out = LeadScoreResponse(as_of=as_of.to_pydatetime(), horizon_days=scorer.spec.horizon_days, model=ref, scores=scores)
+    request.app.state.metrics.scores.labels(model.name, model.version).inc(len(scores))
+    response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
+    if idempotency_key:
+        cache.put((caller, idempotency_key), fingerprint, out.model_dump_json().encode(), 200)
+    return out

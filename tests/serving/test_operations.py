@@ -1,0 +1,109 @@
+"""Request ids, JSON access logs, metrics, body limit, rate limiting, idempotency, CORS."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from features.settings import Settings
+from models.registry import LoadedModel
+from serving.app import create_app
+from serving.deps import get_lead_model
+from serving.middleware import IdempotencyCache, RateLimiter
+
+KEY = "ops-key"
+
+
+def _app(lead_scorer, tmp_path, **overrides):
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'e.db'}", **overrides)
+    app = create_app(settings)
+    loaded = LoadedModel(name="lead_quality", version="3", alias="champion", run_id=None, scorer=lead_scorer)
+    app.dependency_overrides[get_lead_model] = lambda: loaded
+    return app
+
+
+def _lead(i: int = 0) -> dict:
+    return {"as_of": "2026-10-01T00:00:00Z", "leads": [{"lead": {"lead_id": f"L{i}", "created_at": "2026-09-20", "source": "web"}}]}
+
+
+def test_every_response_has_a_request_id_and_a_json_access_line(lead_scorer, tmp_path, caplog):
+    with TestClient(_app(lead_scorer, tmp_path), headers={"X-API-Key": KEY}) as c:
+        with caplog.at_level(logging.INFO, logger="funnelcast.access"):
+            r = c.post("/v1/leads/score", json=_lead(), headers={"X-Request-ID": "crm-42"})
+            anon = c.get("/healthz")
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == "crm-42"
+    assert len(anon.headers["X-Request-ID"]) == 32
+    assert r.headers["X-Model-Version"] == "lead_quality/3"
+    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "funnelcast.access"]
+    scored = next(x for x in lines if x["request_id"] == "crm-42")
+    assert scored["path"] == "/v1/leads/score" and scored["status"] == 200 and scored["model_version"] == "lead_quality/3"
+    assert KEY not in caplog.text
+
+
+def test_metrics_count_latency_errors_and_scores_per_model_version(lead_scorer, tmp_path):
+    with TestClient(_app(lead_scorer, tmp_path), headers={"X-API-Key": KEY}) as c:
+        c.post("/v1/leads/score", json=_lead())
+        c.post("/v1/leads/score", json={"leads": []})
+        text = c.get("/metrics").text
+    assert 'funnelcast_scores_total{model="lead_quality",version="3"} 1.0' in text
+    assert 'funnelcast_request_seconds_count{method="POST",route="/v1/leads/score",status="200"} 1.0' in text
+    assert 'funnelcast_errors_total{route="/v1/leads/score",status="422"} 1.0' in text
+
+
+def test_rate_limit_answers_429_with_retry_after(lead_scorer, tmp_path):
+    with TestClient(_app(lead_scorer, tmp_path, rate_limit_per_minute=2), headers={"X-API-Key": KEY}) as c:
+        codes = [c.post("/v1/leads/score", json=_lead(i)).status_code for i in range(3)]
+        r = c.post("/v1/leads/score", json=_lead(9))
+    assert codes == [200, 200, 429]
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert "rate limit" in r.json()["detail"]
+
+
+def test_token_bucket_refills_with_time():
+    limiter = RateLimiter(per_minute=60)
+    assert all(limiter.check("k", now=0.0) == 0 for _ in range(60))
+    assert limiter.check("k", now=0.0) == pytest.approx(1.0)
+    assert limiter.check("k", now=1.0) == 0
+    assert limiter.check("other", now=0.0) == 0
+
+
+def test_a_retried_request_is_answered_from_the_first_result(lead_scorer, tmp_path):
+    with TestClient(_app(lead_scorer, tmp_path), headers={"X-API-Key": KEY}) as c:
+        first = c.post("/v1/leads/score", json=_lead(), headers={"Idempotency-Key": "abc"})
+        again = c.post("/v1/leads/score", json=_lead(), headers={"Idempotency-Key": "abc"})
+        other = c.post("/v1/leads/score", json=_lead(1), headers={"Idempotency-Key": "abc"})
+        metrics = c.get("/metrics").text
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert other.status_code == 422 and "different request body" in other.json()["detail"]
+    assert 'funnelcast_scores_total{model="lead_quality",version="3"} 1.0' in metrics  # scored once
+
+
+def test_idempotency_entries_expire_and_are_bounded():
+    cache = IdempotencyCache(size=2, ttl=10)
+    cache.put(("k", "a"), "f", b"1", 200, now=0)
+    assert cache.get(("k", "a"), now=5) == ("f", b"1", 200)
+    assert cache.get(("k", "a"), now=11) is None
+    for i in range(3):
+        cache.put(("k", str(i)), "f", b"x", 200, now=0)
+    assert cache.get(("k", "0"), now=0) is None and cache.get(("k", "2"), now=0) is not None
+
+
+def test_oversized_body_is_413(lead_scorer, tmp_path):
+    with TestClient(_app(lead_scorer, tmp_path, max_body_bytes=200), headers={"X-API-Key": KEY}) as c:
+        r = c.post("/v1/leads/score", json=_lead() | {"padding": "x" * 500})
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+
+
+def test_cors_is_closed_by_default_and_opens_only_to_configured_origins(lead_scorer, tmp_path):
+    pre = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(_app(lead_scorer, tmp_path)) as c:
+        assert "access-control-allow-origin" not in c.options("/v1/leads/score", headers=pre).headers
+    with TestClient(_app(lead_scorer, tmp_path / "b", cors_origins=["https://crm.example"])) as c:
+        ok = c.options("/v1/leads/score", headers={**pre, "Origin": "https://crm.example"})
+        assert ok.headers["access-control-allow-origin"] == "https://crm.example"
+        bad = c.options("/v1/leads/score", headers=pre)
+        assert bad.headers.get("access-control-allow-origin") != "https://evil.example"
