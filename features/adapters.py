@@ -317,7 +317,7 @@ def _utc(value: Any, where: str) -> pd.Timestamp:
 
 def _delta(value: Any, where: str) -> pd.Timedelta:
     try:
-        return pd.Timedelta(str(value))
+        return pd.Timedelta(re.sub(r"(?<=\d)\s*d\b", "D", str(value)))
     except ValueError as exc:
         raise MappingError(where, f"not a duration (e.g. 14d, 2h): {value!r}") from exc
 
@@ -433,6 +433,8 @@ def import_export(
             built[table] = b
 
     header = [bad for b in built.values() for _, _, bad in b.bad if bad.row == 0]
+    if header:  # a source column or a required mapping is missing: every row would be bad
+        raise ExportValidationError(ValidationReport(bad_rows=header))
     typed: dict[str, pd.DataFrame] = {}
     problems: list[tuple[str, int, BadRow]] = []  # (table, position, translated BadRow)
     for table, b in built.items():
@@ -448,8 +450,6 @@ def import_export(
             if (bad.row, col) in seen:
                 continue
             problems.append((table, bad.row, _translate(b, table, bad.row, bad)))
-    if header:
-        raise ExportValidationError(ValidationReport(bad_rows=header + [p[2] for p in problems]))
     if problems and not skip_bad_rows:
         raise ExportValidationError(ValidationReport(bad_rows=[p[2] for p in problems]))
 
