@@ -58,13 +58,17 @@ def _json_access_log() -> None:
         access.propagate = False
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedModel] | None = None) -> FastAPI:
+    """The app. ``preloaded`` models (e.g. in tests or when embedding) replace loading from the registry."""
     settings = settings or get_settings()
     _json_access_log()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.models, app.state.load_errors = load_models(settings)
+        if preloaded is None:
+            app.state.models, app.state.load_errors = load_models(settings)
+        else:
+            app.state.models, app.state.load_errors = dict(preloaded), {}
         for name, m in app.state.models.items():
             log.info("serving %s version %s (@%s)", name, m.version, m.alias)
         yield
