@@ -1,5 +1,6 @@
 """Reading and validating a CRM export, point-in-time features and labels, the sample CRM."""
 
+from features.adapters import ImportResult, Mapping, MappingError, builtin_mappings, import_export, load_mapping
 from features.contract import DEFAULT_OPEN_STAGES, TABLES, Export
 from features.io import coerce_table, load_export, write_export
 from features.leads import (
@@ -18,17 +19,23 @@ __all__ = [
     "DEFAULT_OPEN_STAGES",
     "TABLES",
     "Export",
+    "ImportResult",
     "LeadContext",
     "LeadFeatureSpec",
+    "Mapping",
+    "MappingError",
     "Settings",
+    "builtin_mappings",
     "coerce_table",
     "converted_within_horizon",
     "get_settings",
+    "import_export",
     "known_as_of",
     "lead_context",
     "lead_features",
     "lead_snapshots",
     "load_export",
+    "load_mapping",
     "open_leads",
     "rows_before",
     "snapshot_times",

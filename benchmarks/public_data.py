@@ -1,0 +1,160 @@
+"""Lead-model quality on the three public datasets (../shared/data), leaking columns excluded.
+
+Per dataset: import with its built-in mapping (``funnelcast import``), build the lead model's
+point-in-time snapshots and its time split exactly as ``funnelcast train`` does (record order
+for X Education, whose timestamps are synthetic: stated), and compare on the same evaluation
+rows: the funnelcast model (calibrated LightGBM), a logistic regression on the same features
+(one-hot categories, median-imputed standardised numbers with missing indicators), and the
+naive-Bayes lead score (Odoo-style). A last row keeps the leaking columns, to show what they do.
+
+    python benchmarks/public_data.py [--data ../shared/data] [--only xeducation maven_crm olist]
+
+Maven CRM has no leads: its mapping writes each engaged deal as a lead that converts when the
+deal is won, so these figures are a deal-win score from engagement-time facts. The dedicated
+deal-win model and the forecast backtest (issue 3) are not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from tqdm.auto import tqdm
+
+from features.adapters import import_export
+from models.metrics import classification_metrics
+from training.train import TrainConfig, build_lead_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    folder: str
+    mapping: str
+    leaks: tuple[str, ...]  # from ../shared/data/README.md
+    horizon_days: int = 91
+    snapshot_every_days: int = 14
+    eval_days: int = 91
+    calib_days: int = 91
+    # evaluate up to the last lead's arrival (+ horizon) instead of the latest timestamp: Olist's won dates
+    # run months past its last MQL, and snapshots there hold only stale leads
+    cutoff_at_last_lead: bool = False
+
+
+DATASETS = (
+    Dataset("xeducation", "xeducation_leads", "xeducation",
+            ("tags", "lead_quality", "last_activity", "last_notable_activity", "lead_profile",
+             "asymmetrique_activity_index", "asymmetrique_profile_index", "asymmetrique_activity_score",
+             "asymmetrique_profile_score")),
+    # 14 months of deals: a shorter evaluation and calibration window leaves room to fit
+    Dataset("maven_crm", "maven_crm", "maven_crm", ("close_value",), eval_days=63, calib_days=63),
+    # 11 months of leads with a median of 14 days to close: a 60-day horizon, weekly snapshots
+    Dataset("olist", "olist_marketing_funnel", "olist",
+            ("business_segment", "lead_type", "lead_behaviour_profile", "has_company", "has_gtin", "average_stock",
+             "business_type", "declared_product_catalog_size", "declared_monthly_revenue", "sdr_id", "sr_id"),
+            horizon_days=60, snapshot_every_days=7, eval_days=63, calib_days=63, cutoff_at_last_lead=True),
+)
+
+
+def logistic_regression(fit: pd.DataFrame, y: np.ndarray, later: pd.DataFrame, categorical: list[str]) -> np.ndarray:
+    """A plain, well-specified logistic regression on the same feature frame."""
+    numeric = [c for c in fit.columns if c not in categorical and fit[c].notna().any()]
+    cats = [c for c in categorical if fit[c].notna().any()]
+
+    def text(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[cats].astype("str").where(frame[cats].notna(), "(missing)").astype(object)
+
+    pre = ColumnTransformer([
+        ("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20), cats),
+        ("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler()), numeric),
+    ])
+    model = make_pipeline(pre, LogisticRegression(C=1.0, max_iter=3000))
+    model.fit(pd.concat([text(fit), fit[numeric]], axis=1), y)
+    return model.predict_proba(pd.concat([text(later), later[numeric]], axis=1))[:, 1]
+
+
+def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
+    t0 = time.perf_counter()
+    imported = import_export(ds.mapping, data / ds.folder, skip_bad_rows=True)
+    export = imported.export
+    skipped = sum(imported.report.counts_by_reason().values())
+    rows, info = [], {}
+    cutoff = export.exported_at
+    if ds.cutoff_at_last_lead:
+        cutoff = min(cutoff, export.leads["created_at"].max().ceil("D") + pd.Timedelta(days=ds.horizon_days))
+    for leaks_kept in (False, True):
+        cfg = TrainConfig(horizon_days=ds.horizon_days, snapshot_every_days=ds.snapshot_every_days,
+                          eval_days=ds.eval_days, calib_days=ds.calib_days,
+                          exclude=() if leaks_kept else ds.leaks, seed=seed)
+        res = build_lead_model(export, cfg, cutoff)
+        ev = res.evaluation
+        y = ev["label"].to_numpy()
+        if leaks_kept:
+            rows.append({"dataset": ds.name, "model": "funnelcast, leaking columns KEPT",
+                         **classification_metrics(y, ev["p_model"].to_numpy())})
+            continue
+        snaps, plan, spec = res.snapshots, res.plan, res.scorer.spec
+        fit = snaps[snaps["as_of"].isin(plan.fit + plan.calibrate)]
+        later = snaps[snaps["as_of"].isin(plan.evaluate)]
+        assert (later["lead_id"].to_numpy() == ev["lead_id"].to_numpy()).all()
+        cols = spec.feature_names
+        p_lr = logistic_regression(fit[cols], fit["label"].to_numpy(), later[cols], spec.categorical_features)
+        for label, p in (("funnelcast", ev["p_model"]), ("logistic regression", p_lr),
+                         ("naive Bayes (Odoo-style)", ev["p_naive_bayes"])):
+            rows.append({"dataset": ds.name, "model": label, **classification_metrics(y, np.asarray(p))})
+        info = {
+            "dataset": ds.name,
+            "order": "record order (synthetic)" if "leads.created_at" in imported.synthetic else "time",
+            "split": res.plan.describe(),
+            "eval_rows": len(ev),
+            "eval_positive_rate": float(y.mean()),
+            "skipped_source_rows": skipped,
+            "horizon_days": ds.horizon_days,
+            "cutoff": str(cutoff.date()),
+            "excluded": ", ".join(ds.leaks),
+        }
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    return rows, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder of the public datasets")
+    ap.add_argument("--only", nargs="*", choices=[d.name for d in DATASETS], help="run only these datasets")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not data.is_dir():
+        raise SystemExit(f"{data} not found: the public datasets are read from there, never copied into the repo")
+    chosen = [d for d in DATASETS if not args.only or d.name in args.only]
+    rows, infos = [], []
+    for ds in tqdm(chosen, desc="datasets", unit="dataset"):
+        r, info = run(ds, data, args.seed)
+        rows += r
+        infos.append(info)
+    table = pd.DataFrame(rows)[["dataset", "model", "roc_auc", "brier", "calibration_error", "log_loss", "pr_auc",
+                                "positive_rate", "n"]]
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        print("\nEvaluation window of each dataset's time split (same rows for every model):")
+        print(table.round(4).to_string(index=False))
+        print()
+        for info in infos:
+            print(f"{info['dataset']}: split by {info['order']}; {info['split']}; horizon {info['horizon_days']}d; "
+                  f"{info['eval_rows']} evaluation rows ({info['eval_positive_rate']:.1%} positive); "
+                  f"{info['skipped_source_rows']} source rows skipped as invalid; {info['seconds']} s")
+            print(f"  excluded as leaking: {info['excluded']}")
+
+
+if __name__ == "__main__":
+    main()
