@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # further command groups register themselves here, one line each: module.register(sub, ssub)
     __import__("training.cli_adapters").cli_adapters.register(sub, ssub)
+    __import__("training.cli_accounts").cli_accounts.register(sub, ssub)
     return p
 
 

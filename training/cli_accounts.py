@@ -1,0 +1,120 @@
+"""Commands for customer value, traits and allocation: ``traits``, ``train-accounts``, ``allocate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from features.settings import Settings
+from training.cli import _timestamp, data_args, load_data, mlflow_client
+
+
+def _config(args: argparse.Namespace):
+    from training.accounts import AccountConfig
+
+    return AccountConfig(window_days=args.window_days, quantile=args.quantile, n_bootstrap=args.bootstrap, seed=args.seed)
+
+
+def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
+    from training.accounts import build_high_value_model, log_and_register, write_traits_report
+
+    source, export = load_data(args, settings)
+    cutoff = args.as_of or export.exported_at
+    cfg = _config(args)
+    result = build_high_value_model(export, cfg, cutoff, progress=True)
+    paths = write_traits_report(result, Path(args.out))
+    print(f"{len(result.snapshots):,} customers with a complete {cfg.window_days}-day value before {cutoff.date()}; "
+          f"high value = at least {result.scorer.threshold:,.0f} (top {1 - cfg.quantile:.0%})")
+    cols = ["rank", "trait", "accounts", "share", "lift", "heldout_lift", "heldout_low", "heldout_high", "stability"]
+    if len(result.traits):
+        print(result.traits[cols].round(2).to_string(index=False))
+    else:
+        print("no trait beats the base with confidence")
+    print("global SHAP importance (P(high value)):")
+    print(result.importance.head(8)[["feature", "importance", "direction"]].round(4).to_string(index=False))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    if args.register:
+        result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
+                                  artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
+                                  alias=settings.model_alias)
+        print(f"registered high_value version {result.version} as @{settings.model_alias} (run {result.run_id})")
+    return 0
+
+
+def cmd_train_accounts(args: argparse.Namespace, settings: Settings) -> int:
+    from training.accounts import build_high_value_model, log_and_register
+
+    source, export = load_data(args, settings)
+    cutoff = args.as_of or export.exported_at
+    cfg = _config(args)
+    result = build_high_value_model(export, cfg, cutoff, progress=True)
+    result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
+                              artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
+                              alias=settings.model_alias)
+    m, b = result.metrics, result.baseline_metrics
+    print(f"high_value on {len(result.snapshots):,} customers; evaluation on the latest {int(m['n'])}: "
+          f"ROC AUC {m['roc_auc']:.3f} (first deal amount alone {b['roc_auc']:.3f}), Brier {m['brier']:.3f} "
+          f"({b['brier']:.3f}), value Spearman {m['value_spearman']:.3f}")
+    print(f"registered high_value version {result.version} as @{settings.model_alias} (run {result.run_id})")
+    return 0
+
+
+def cmd_allocate(args: argparse.Namespace, settings: Settings) -> int:
+    from features.pit import open_leads
+    from models.allocation import allocate, lead_items, own_by_score, reps_from_export, round_robin
+    from models.registry import load_scorer
+
+    _, export = load_data(args, settings)
+    as_of = args.as_of or export.exported_at
+    loaded = load_scorer(mlflow_client(settings), "lead_quality", settings.model_alias)
+    scorer = loaded.scorer
+    leads = open_leads(export.leads, as_of)
+    scored = scorer.score(leads, export.accounts, export.activities, as_of, n_reasons=1)
+    reps = reps_from_export(export.reps, scorer.context.owner_rate, scorer.context.global_rate, args.default_capacity)
+    items = lead_items(scored, leads)
+    result = allocate(reps, items)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    result.assignments.to_csv(args.out, index=False)
+    rr, own = round_robin(reps, items, seed=args.seed), own_by_score(reps, items)
+    print(f"{len(items):,} open leads at {as_of}, {len(reps)} reps, capacity {int(reps['capacity'].sum()):,} per week")
+    print(f"assigned {len(result.assignments):,}; expected value {result.total_value:,.0f} "
+          f"(round robin {rr.total_value:,.0f}, own leads by score {own.total_value:,.0f}) -> {args.out}")
+    print(result.assignments.groupby("owner_id").head(1)[["owner_id", "item_id", "value", "why"]].to_string(index=False))
+    return 0
+
+
+def _account_args(sp: argparse.ArgumentParser) -> None:
+    data_args(sp)
+    sp.add_argument("--as-of", type=_timestamp, help="use history before this time only (default: export time)")
+    sp.add_argument("--window-days", type=int, default=365, help="customer value window after the first win (default 365)")
+    sp.add_argument("--quantile", type=float, default=0.8, help="high value = at least this quantile of value (default 0.8)")
+    sp.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for trait stability (default 50)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("traits", help="mine high-value customer traits (table and plots)",
+                       description="Compute customer value per account, mine high-value traits (1-3 conditions with "
+                       "support, lift, held-out CI and bootstrap stability) and global SHAP importance; write "
+                       "traits.csv, traits.json, importance.csv, traits.png and shap_summary.png to OUT.")
+    _account_args(t)
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--register", action="store_true", help="also register the high_value model with its traits")
+    t.set_defaults(func=cmd_traits)
+
+    h = sub.add_parser("train-accounts", help="train, evaluate and register the high_value model",
+                       description="Train the high_value model (P(high value) and expected customer value) on a time "
+                       "split of customers, log it with its traits to MLflow and register high_value@champion.")
+    _account_args(h)
+    h.set_defaults(func=cmd_train_accounts)
+
+    a = sub.add_parser("allocate", help="assign open leads to reps (exact, within capacity)",
+                       description="Score every lead open at --as-of with lead_quality@champion and assign them to the "
+                       "export's reps to maximise total expected value within weekly capacity (exact assignment); "
+                       "writes each rep's ordered worklist with why each item is there.")
+    data_args(a)
+    a.add_argument("--as-of", type=_timestamp, help="allocation time (default: export time)")
+    a.add_argument("--out", required=True, help="output CSV file")
+    a.add_argument("--default-capacity", type=int, default=40, help="capacity of a rep without one (default 40)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the round-robin comparison (default 0)")
+    a.set_defaults(func=cmd_allocate)
