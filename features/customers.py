@@ -200,7 +200,7 @@ def account_features(
     deals = _first_deals(export, as_of).reindex(ids)
     cols["first_deal_amount"] = deals["amount"].to_numpy(dtype=float)
     cols["first_deal_product"] = deals["product"].astype("str").where(deals["product"].notna()).to_numpy(dtype=object)
-    won_at = deals["first_won_at"]
+    won_at = pd.to_datetime(deals["first_won_at"], utc=True)
     cols["is_customer"] = won_at.notna().to_numpy(dtype=float)
     cols["days_since_first_win"] = ((as_of - won_at) / DAY).to_numpy(dtype=float)
 

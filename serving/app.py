@@ -20,13 +20,13 @@ from features.errors import FunnelcastError
 from features.settings import Settings, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from models.tasks import Task
-from serving import errors, routes_admin, routes_leads
+from serving import errors, page, routes_accounts, routes_admin, routes_leads
 from serving.middleware import IdempotencyCache, Metrics, RateLimiter, RequestContextMiddleware
 
 log = logging.getLogger("funnelcast.serving")
 
 #: Models the API serves; each is loaded by alias at start.
-SERVED_TASKS = (Task.LEAD_QUALITY,)
+SERVED_TASKS = (Task.LEAD_QUALITY, Task.HIGH_VALUE)  # high_value is optional: leads score without it
 
 
 def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, str]]:
@@ -103,4 +103,6 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
 
     app.include_router(routes_admin.router)
     app.include_router(routes_leads.router)
+    app.include_router(routes_accounts.router)
+    app.include_router(page.router)
     return app
