@@ -27,6 +27,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
+#: Rows from which prediction uses every core.
+_PARALLEL_ROWS = 2000
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p))
@@ -120,9 +124,15 @@ class CalibratedBoostedClassifier:
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_codes"}
 
+    def _predict(self, X: pd.DataFrame, **kind: bool) -> np.ndarray:
+        # small requests run in one thread: OpenMP threads spinning in several concurrent
+        # requests (the API's thread pool) slow everything down; large batches use all cores
+        threads = 1 if len(X) < _PARALLEL_ROWS else 0
+        return self.booster_.predict(self._matrix(X), num_iteration=self.n_rounds_, num_threads=threads, **kind)
+
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of the trees."""
-        return self.booster_.predict(self._matrix(X), raw_score=True, num_iteration=self.n_rounds_)
+        return self._predict(X, raw_score=True)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the positive class, one per row."""
@@ -131,7 +141,7 @@ class CalibratedBoostedClassifier:
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """TreeSHAP values in raw log-odds, one column per feature plus the base value last."""
-        return self.booster_.predict(self._matrix(X), pred_contrib=True, num_iteration=self.n_rounds_)
+        return self._predict(X, pred_contrib=True)
 
     def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """Per categorical column, a boolean mask of values not seen in training."""
