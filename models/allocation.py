@@ -85,8 +85,8 @@ def value_matrix(reps: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
     V = ev[:, None] * factor[None, :]
     for col in ("region", "team"):
         if col in items and col in reps:
-            need = items[col].map(_text).to_numpy(dtype=object)
-            have = reps[col].map(_text).to_numpy(dtype=object)
+            need = [_text(v) for v in items[col]]  # not Series.map: it turns None back into NaN
+            have = [_text(v) for v in reps[col]]
             clash = np.array([[n is not None and h is not None and n != h for h in have] for n in need], dtype=bool)
             V[clash.reshape(V.shape)] = _FORBIDDEN
     if "product" in items and "skills" in reps:

@@ -55,3 +55,9 @@ def test_invalid_input_names_the_field(reps, items, path):
     with pytest.raises(AllocationError) as e:
         allocate(pd.DataFrame(reps), pd.DataFrame(items))
     assert e.value.path == path
+
+
+def test_missing_region_is_no_constraint():
+    reps = pd.DataFrame([{"owner_id": "a", "capacity": 1, "region": None}, {"owner_id": "b", "capacity": 1, "region": "emea"}])
+    items = pd.DataFrame([{"item_id": "x", "expected_value": 5.0, "region": None}, {"item_id": "y", "expected_value": 9.0, "region": "emea"}])
+    assert allocate(reps, items).total_value == 14.0

@@ -1,0 +1,151 @@
+"""Accounts API: scoring with reasons, traits, allocation and its 422s, the worklist, and the
+managers' page in a real headless browser (Debian's chromium; skipped when absent)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from features.settings import Settings
+from models.registry import LoadedModel
+from serving.app import create_app
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def account_result(tmp_path_factory):
+    """The high_value model needs a few hundred customers: a sample at scale 0.3 (same columns as the session's)."""
+    from features.io import load_export
+    from features.sample import generate_sample
+    from training.accounts import AccountConfig, build_high_value_model
+
+    out = tmp_path_factory.mktemp("accounts_sample")
+    generate_sample(out, seed=7, scale=0.3)
+    export, _ = load_export(out / "export")
+    return build_high_value_model(export, AccountConfig(n_bootstrap=5, seed=7), export.exported_at)
+
+
+@pytest.fixture(scope="module")
+def app(lead_scorer, account_result, sample_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("acc")
+    settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'x.db'}",
+                        data=str(sample_dir / "export"))
+    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
+              "high_value": LoadedModel("high_value", "1", "champion", None, account_result.scorer)}
+    return create_app(settings, preloaded=models)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        yield c
+
+
+def test_account_scores_have_probability_value_and_reasons(client, sample_export):
+    acc = sample_export.accounts.iloc[0]
+    body = {"as_of": sample_export.exported_at.isoformat(), "accounts": [
+        {"account": {"account_id": acc["account_id"], "created_at": acc["created_at"].isoformat(),
+                     "industry": "software", "employees": 900, "tech_stack": "aws"},
+         "opportunities": [{"opportunity_id": "o1", "created_at": "2026-01-01", "amount": 50000, "stage": "won",
+                            "outcome": "won", "closed_at": "2026-02-01", "product": "platform"}]},
+        {"account": {"account_id": "new-prospect", "created_at": "2026-05-01"}}]}
+    r = client.post("/v1/accounts/score", json=body)
+    assert r.status_code == 200, r.text
+    s = r.json()["scores"]
+    assert [x["account_id"] for x in s] == [acc["account_id"], "new-prospect"]
+    assert 0 <= s[0]["probability"] <= 1 and s[0]["expected_value"] >= 0 and s[0]["is_customer"]
+    assert not s[1]["is_customer"] and len(s[0]["reasons"]) == 5 and "probability" in s[0]["reasons"][0]["text"]
+
+
+def test_traits_route(client, account_result):
+    r = client.get("/v1/traits").json()
+    assert len(r["traits"]) == len(account_result.scorer.traits)
+    assert r["importance"][0]["importance"] >= r["importance"][-1]["importance"]
+
+
+def test_allocation_and_its_422s(client):
+    reps = [{"owner_id": "a", "capacity": 1}, {"owner_id": "b", "capacity": 2, "region": "emea"}]
+    items = [{"item_id": "x", "expected_value": 5}, {"item_id": "y", "expected_value": 9, "region": "emea"},
+             {"item_id": "z", "expected_value": 1}, {"item_id": "w", "expected_value": 3}]
+    r = client.post("/v1/allocation", json={"reps": reps, "items": items})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["total_value"] == 17 and out["unassigned"] == ["z"]
+    for wl in out["worklists"]:
+        assert [i["rank"] for i in wl["items"]] == list(range(1, len(wl["items"]) + 1))
+        assert [i["value"] for i in wl["items"]] == sorted((i["value"] for i in wl["items"]), reverse=True)
+        assert len(wl["items"]) <= wl["capacity"]
+    bad = client.post("/v1/allocation", json={"reps": [{"owner_id": "a", "capacity": -2}], "items": items})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "reps[0].capacity"
+    bad = client.post("/v1/allocation", json={"reps": reps, "items": [{"item_id": "x", "expected_value": 1, "owner_id": "ghost"}]})
+    assert bad.status_code == 422 and "ghost" in bad.json()["detail"] and bad.json()["errors"][0]["path"] == "items[0].owner_id"
+
+
+def test_worklist_ranks_by_value_per_effort_and_filters(client):
+    w = client.get("/v1/worklist", params={"limit": 20}).json()
+    v = [i["value_per_effort"] for i in w["items"]]
+    assert v == sorted(v, reverse=True) and {i["kind"] for i in w["items"]} <= {"lead", "account"}
+    owner = w["owners"][0]
+    mine = client.get("/v1/worklist", params={"owner": owner}).json()["items"]
+    assert mine and all(i["owner_id"] == owner for i in mine)
+    assert client.get("/v1/worklist", params={"owner": "nobody"}).status_code == 422
+    assert TestClient(client.app).get("/v1/worklist").status_code == 401
+
+
+def test_page_is_served_without_network_references(client):
+    html = TestClient(client.app).get("/").text
+    assert "Prioritised list" in html and "http" not in html.replace("http-equiv", "")
+    js = TestClient(client.app).get("/static/page.js").text
+    assert "https://" not in js and "http://" not in js
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_managers_page_in_a_headless_browser(app, client):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run"])
+            page = browser.new_page()
+            for _ in range(200):  # the server thread needs a moment to bind; no sleeping: poll the page load
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/", timeout=2000)
+                    break
+                except sync_api.Error:
+                    continue
+            page.fill("#key", KEY)
+            page.click("#connect")
+            rows = page.locator("#worklist tbody tr")
+            rows.first.wait_for(timeout=30000)
+            assert rows.count() == 50
+            assert page.locator("#traits-svg").count() == 1 or "No trait" in page.inner_text("#traits-chart")
+            page.wait_for_function("() => document.getElementById('funnel').textContent.length > 0", timeout=30000)
+            assert "not served by this API yet" in page.inner_text("#funnel") or "Served at" in page.inner_text("#funnel")
+            owner = page.locator("#owner option").nth(1).get_attribute("value")
+            page.select_option("#owner", owner)
+            page.wait_for_function(
+                "o => [...document.querySelectorAll('#worklist tbody tr')].every(r => r.dataset.owner === o)", arg=owner,
+                timeout=30000)
+            assert all(r == owner for r in page.locator("#worklist tbody tr").evaluate_all("rs => rs.map(r => r.dataset.owner)"))
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
