@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Plain API keys, hashed on read and never kept (for local use and tests)",
     )
+    admin_api_key_hashes: list[str] = Field(
+        default_factory=list, description="SHA-256 hex digests of admin keys (model reload); also valid as API keys"
+    )
+    admin_api_keys: list[str] = Field(default_factory=list, description="Plain admin keys, hashed on read (local use)")
+    store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the outcomes and served-scores store; default SQLite under home"
+    )
     rate_limit_per_minute: int = Field(1200, ge=0, description="Requests per minute per API key (0: no limit)")
     max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
@@ -76,7 +83,13 @@ class Settings(BaseSettings):
         return (self.home / "mlartifacts").resolve().as_uri()
 
     def accepted_key_hashes(self) -> frozenset[str]:
-        return frozenset(self.api_key_hashes) | {hash_api_key(k) for k in self.api_keys}
+        return frozenset(self.api_key_hashes) | {hash_api_key(k) for k in self.api_keys} | self.admin_key_hashes()
+
+    def admin_key_hashes(self) -> frozenset[str]:
+        return frozenset(self.admin_api_key_hashes) | {hash_api_key(k) for k in self.admin_api_keys}
+
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{(self.home / 'operations.db').resolve()}"
 
 
 @lru_cache

@@ -51,6 +51,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.train import TrainConfig, build_lead_model, log_and_register
+    from training.tune import load_tuned_params
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
@@ -62,7 +63,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         exclude=tuple(args.exclude or ()),
         seed=args.seed,
     )
+    tuned = None if args.default_params else load_tuned_params(settings.home)
+    if tuned:
+        cfg.params = dict(tuned["params"])
+        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
     result = build_lead_model(export, cfg, cutoff, progress=True)
+    result.scorer.metadata["params_source"] = f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default"
     client = mlflow_client(settings)
     result = log_and_register(
         result,
@@ -80,7 +86,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"lead_quality trained on history before {cutoff}; evaluation window {result.plan.describe()['evaluate']}")
     print(table.round(4).to_string())
-    print(f"registered lead_quality version {result.version} as @{settings.model_alias} (run {result.run_id})")
+    print(f"registered lead_quality version {result.version} as {', '.join('@' + a for a in result.aliases)} "
+          f"(run {result.run_id})")
+    if settings.model_alias not in result.aliases:
+        print("next: `funnelcast promote --task lead_quality` compares it with the champion")
     return 0
 
 
@@ -119,7 +128,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if not (settings.sample_export / "leads.csv").exists() and not settings.data:
         gen = argparse.Namespace(out=str(settings.sample_dir), seed=args.seed, scale=args.scale)
         cmd_generate(gen, settings)
-    train = argparse.Namespace(data=None, as_of=None, skip_bad_rows=False, exclude=None, seed=args.seed)
+    train = argparse.Namespace(data=None, as_of=None, skip_bad_rows=False, exclude=None, seed=args.seed,
+                               default_params=False)
     cmd_train(train, settings)
     if args.no_serve:
         return 0
@@ -158,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--as-of", type=_timestamp, help="train on history before this time only (default: export time)")
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out (e.g. leaking custom fields)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--default-params", action="store_true", help="ignore the parameters of `funnelcast tune`")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("score", help="batch scoring", description="Score records with the registered champion.")
@@ -186,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # further command groups register themselves here, one line each: module.register(sub, ssub)
     __import__("training.cli_adapters").cli_adapters.register(sub, ssub)
+    __import__("training.cli_ops").cli_ops.register(sub, ssub)
     __import__("training.cli_accounts").cli_accounts.register(sub, ssub)
     return p
 

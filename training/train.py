@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from features.leads import (
     snapshot_times,
 )
 from models.baselines import NaiveBayesLeadScore
+from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import log_odds_contributions, shap_summary_plot
 from models.metrics import classification_metrics
@@ -46,8 +47,11 @@ from models.plots import calibration_plot
 from models.registry import ScorerModel
 from models.scorer import LeadScorer, grade_cuts_from
 from models.tasks import Task
+from training.provenance import export_fingerprint, provenance_tags
 
 DAY = pd.Timedelta(days=1)
+#: Fewest conversions a fit or calibration window may hold before training refuses.
+MIN_POSITIVES = 10
 
 
 @dataclass
@@ -85,6 +89,7 @@ class TrainResult:
     snapshots: pd.DataFrame
     run_id: str | None = None
     version: str | None = None
+    aliases: list[str] = field(default_factory=list)
 
 
 def split_times(times: list[pd.Timestamp], horizon_days: int, eval_days: int, calib_days: int) -> SplitPlan:
@@ -135,6 +140,14 @@ def build_lead_model(
     cols = spec.feature_names
 
     plan = split_times(times, cfg.horizon_days, cfg.eval_days, cfg.calib_days)
+    for window, ts in (("fit", plan.fit), ("calibration", plan.calibrate)):
+        positives = int(_rows(snaps, ts)["label"].sum())
+        if positives < MIN_POSITIVES:
+            raise ValueError(
+                f"only {positives} conversion(s) in the {window} window {plan.describe()[window if window == 'fit' else 'calibrate']}: "
+                f"too few to learn from (at least {MIN_POSITIVES}); the history may start before outcomes were "
+                "recorded, so train with --as-of later or on a longer export"
+            )
     clf = _fit(snaps, plan, spec, cfg)
     ev = _rows(snaps, plan.evaluate)
     y_ev = ev["label"].to_numpy()
@@ -149,6 +162,9 @@ def build_lead_model(
     final_plan = split_times(times, cfg.horizon_days, 0, cfg.calib_days)
     final = _fit(snaps, final_plan, spec, cfg)
     every = _rows(snaps, final_plan.fit + final_plan.calibrate)
+    # drift reference: the final model's latest training rows (its calibration window) and their scores
+    recent = _rows(snaps, final_plan.calibrate)[cols]
+    reference = reference_profile(recent, final.predict_proba(recent), spec.categorical_features)
     value_map, value_overall = converted_lead_value(export, cutoff)
     scorer = LeadScorer(
         spec=spec,
@@ -163,6 +179,9 @@ def build_lead_model(
             "horizon_days": cfg.horizon_days,
             "snapshots": len(times),
             "rows": len(snaps),
+            "train_config": asdict(cfg),
+            "data_fingerprint": export_fingerprint(export),
+            "reference": reference,
         },
     )
     return TrainResult(
@@ -179,8 +198,13 @@ def log_and_register(
     cfg: TrainConfig,
     data_source: str,
     alias: str = "champion",
+    challenger_alias: str = "challenger",
 ) -> TrainResult:
-    """Log params, metrics, plots and the pyfunc to MLflow; register it and set ``alias``."""
+    """Log params, metrics, plots and the pyfunc to MLflow; register it as ``challenger_alias``.
+
+    The first registered version also becomes ``alias`` (the champion) directly; later ones
+    wait for ``funnelcast promote`` to compare them with the champion.
+    """
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
     scorer = result.scorer
@@ -189,6 +213,7 @@ def log_and_register(
     cols = scorer.spec.feature_names
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
         mlflow.set_tags({"task": name, "data_source": data_source})
+        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
         mlflow.log_params(
             {
                 "task": name,
@@ -201,6 +226,8 @@ def log_and_register(
                 "n_features": len(cols),
                 "n_rounds": scorer.classifier.n_rounds_,
                 "calibration": "platt",
+                "seed": cfg.seed,
+                "params_source": str(scorer.metadata.get("params_source", "default")),
                 **{f"split_{k}": v for k, v in result.plan.describe().items()},
                 **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **cfg.params}.items()},
             }
@@ -228,6 +255,7 @@ def log_and_register(
             contrib = log_odds_contributions(clf.contributions(sample), cols, clf.calib_slope_, clf.calib_intercept_)
             shap_summary_plot(contrib, sample, str(d / "shap_summary.png"))
             ev.to_csv(d / "evaluation_predictions.csv", index=False)
+            (d / "reference_distributions.json").write_text(json.dumps(scorer.metadata.get("reference"), indent=1))
             mlflow.log_artifacts(str(d), artifact_path="report")
             joblib.dump(scorer, d / "scorer.joblib")
             example = snaps[cols].head(5)
@@ -241,9 +269,13 @@ def log_and_register(
                 registered_model_name=name,
             )
         version = str(info.registered_model_version)
-        client.set_registered_model_alias(name, alias, version)
+        aliases = [challenger_alias]
+        if alias not in client.get_registered_model(name).aliases:
+            aliases.append(alias)  # a first model becomes champion directly
+        for a in aliases:
+            client.set_registered_model_alias(name, a, version)
         client.set_model_version_tag(name, version, "trained_until", scorer.metadata["trained_until"])
-        result.run_id, result.version = run.info.run_id, version
+        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
     return result
 
 

@@ -1,0 +1,96 @@
+"""Champion / challenger: aliases on train, the promotion rule, both comparison modes, provenance."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from models.registry import configure
+from training.promote import Margins, decide, promote, window_times
+from training.train import TrainConfig, build_lead_model, log_and_register
+
+
+def _register(result, client, cfg, home):
+    return log_and_register(result, client, experiment="promote-tests", artifact_location=(home / "a").as_uri(),
+                            cfg=cfg, data_source="sample")
+
+
+def _aliases(client, version):
+    return sorted(client.get_model_version("lead_quality", version).aliases)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return configure(f"sqlite:///{tmp_path / 'mlflow.db'}"), tmp_path
+
+
+BASE = {"roc_auc": 0.80, "brier": 0.100, "calibration_error": 0.010}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "promote_it", "why"),
+    [
+        ({"roc_auc": 0.81, "brier": 0.099, "calibration_error": 0.011}, True, "better by the margin"),
+        ({"roc_auc": 0.801, "brier": 0.0999, "calibration_error": 0.010}, False, "not better by the margin"),
+        ({"roc_auc": 0.80, "brier": 0.095, "calibration_error": 0.010}, True, "better by the margin"),
+        ({"roc_auc": 0.85, "brier": 0.090, "calibration_error": 0.030}, False, "worse calibrated"),
+        ({"roc_auc": 0.85, "brier": 0.101, "calibration_error": 0.010}, False, "worse on AUC or Brier"),
+        ({"roc_auc": 0.79, "brier": 0.090, "calibration_error": 0.010}, False, "worse on AUC or Brier"),
+    ],
+)
+def test_promotion_rule(challenger, promote_it, why):
+    ok, reason = decide(BASE, challenger, Margins(auc=0.002, brier=0.01, calibration=0.005))
+    assert ok is promote_it and why in reason
+
+
+def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sample_export, trained, train_config):
+    client, home = store
+    champ = _register(trained, client, train_config, home)
+    assert sorted(champ.aliases) == ["challenger", "champion"]  # a first model is champion directly
+    weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "min_child_samples": 2000,
+                                                                  "learning_rate": 0.3}})
+    champ_version = champ.version
+    weak = _register(build_lead_model(sample_export, weak_cfg, sample_export.exported_at), client, weak_cfg, home)
+    assert weak.aliases == ["challenger"]  # later ones wait for promotion
+    assert _aliases(client, champ_version) == ["champion"]
+    d = promote(sample_export, client, experiment="promote-tests", every_days=train_config.snapshot_every_days)
+    assert d.mode == "refit" and not d.promote
+    assert d.champion["n"] == d.challenger["n"] > 0  # the same rows
+    assert d.challenger["roc_auc"] < d.champion["roc_auc"]
+    assert _aliases(client, champ_version) == ["champion"]
+    assert _aliases(client, weak.version) == ["challenger"]
+    run = client.get_run(d.run_id)
+    assert run.data.tags["decision"] == "keep" and run.data.params["mode"] == "refit"
+    assert run.data.metrics["challenger_roc_auc"] == pytest.approx(d.challenger["roc_auc"])
+    assert client.get_model_version("lead_quality", weak.version).tags["promotion"] == "kept challenger"
+
+
+def test_models_trained_before_the_window_are_compared_as_registered(store, sample_export, train_config):
+    client, home = store
+    times = window_times(sample_export, train_config.horizon_days, train_config.snapshot_every_days, 91)
+    older = times[0] - pd.Timedelta(days=60)
+    weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "learning_rate": 0.3,
+                                                                  "min_child_samples": 2000}})
+    champ = _register(build_lead_model(sample_export, weak_cfg, older), client, weak_cfg, home)
+    good = _register(build_lead_model(sample_export, train_config, times[0]), client, train_config, home)
+    d = promote(sample_export, client, experiment="promote-tests", every_days=train_config.snapshot_every_days)
+    assert d.mode == "registered"
+    assert d.promote, d.reason
+    assert _aliases(client, good.version) == ["champion"]
+    assert _aliases(client, champ.version) == ["previous_champion"]
+    # nothing left to compare
+    with pytest.raises(Exception, match="challenger"):
+        promote(sample_export, client, experiment="promote-tests")
+
+
+def test_same_data_and_seed_give_the_same_metrics_and_runs_record_provenance(
+    mlflow_store, sample_export, trained, train_config
+):
+    again = build_lead_model(sample_export, train_config, sample_export.exported_at)
+    assert again.metrics == trained.metrics
+    assert again.scorer.metadata["data_fingerprint"] == trained.scorer.metadata["data_fingerprint"]
+    client = mlflow_store["client"]
+    run_id = client.get_model_version("lead_quality", mlflow_store["version"]).run_id
+    tags = client.get_run(run_id).data.tags
+    assert len(tags["data_fingerprint"]) == 64 and tags["seed"] == str(train_config.seed)
+    assert tags["git_commit"] and "version.lightgbm" in tags and "version.mlflow" in tags

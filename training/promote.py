@@ -1,0 +1,224 @@
+"""Champion / challenger: move ``@champion`` only when the challenger is better on the same window.
+
+Every ``train`` registers a version as ``@challenger`` (a first model becomes ``@champion``
+directly). :func:`promote` compares the two on the **most recent labelled window** of an
+export: the latest ``window_days`` of snapshot times whose label is known (``as_of`` at
+most one horizon before the export time), every lead open then, what happened within the
+horizon.
+
+Both models must be judged on rows neither has learned from, with the same information:
+
+* **registered** mode: when both models' training cutoffs are at or before the window, the
+  registered models themselves score it (exactly what they would have served);
+* **refit** mode: otherwise each model's *recipe* (its training config: parameters,
+  exclusions, seed) is refitted on the history before the window and scores it. When both
+  recipes are identical the challenger differs only by newer data, which a window before
+  its cutoff cannot show: it is promoted as the newer fit of the same recipe, and says so.
+
+The challenger is promoted when it is **better by a margin** (ROC AUC up by at least
+``auc`` or Brier down by at least ``brier`` relative), **not worse** on the other one
+(AUC not down by more than ``auc``, Brier not up) and **not worse calibrated** (calibration
+error up by at most ``calibration``). The figures and the decision go to MLflow (a
+``promote`` run; tags on the challenger's version) and are printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from features.contract import Export
+from features.errors import FunnelcastError, ModelNotAvailable
+from features.leads import converted_within_horizon, snapshot_times
+from features.pit import open_leads
+from models.metrics import classification_metrics
+from models.registry import load_scorer
+from models.scorer import LeadScorer
+from models.tasks import Task
+from training.train import TrainConfig, build_lead_model
+
+COMPARED = ("roc_auc", "brier", "calibration_error", "log_loss", "pr_auc", "top_decile_capture", "n", "positive_rate")
+
+
+@dataclass(frozen=True)
+class Margins:
+    auc: float = 0.002
+    brier: float = 0.01
+    calibration: float = 0.005
+
+
+@dataclass
+class Decision:
+    task: str
+    promote: bool
+    reason: str
+    mode: str
+    window: str
+    champion_version: str | None
+    challenger_version: str | None
+    champion: dict[str, float] = field(default_factory=dict)
+    challenger: dict[str, float] = field(default_factory=dict)
+    margins: Margins = field(default_factory=Margins)
+    run_id: str | None = None
+
+    def table(self) -> pd.DataFrame:
+        rows = [r for r in COMPARED if r in self.champion or r in self.challenger]
+        out = pd.DataFrame(
+            {
+                f"champion v{self.champion_version}": [self.champion.get(r, np.nan) for r in rows],
+                f"challenger v{self.challenger_version}": [self.challenger.get(r, np.nan) for r in rows],
+            },
+            index=rows,
+        )
+        out["difference"] = out.iloc[:, 1] - out.iloc[:, 0]
+        return out
+
+
+def decide(champion: dict[str, float], challenger: dict[str, float], margins: Margins) -> tuple[bool, str]:
+    """The promotion rule on two metric dicts (see the module docstring)."""
+    d_auc = challenger["roc_auc"] - champion["roc_auc"]
+    brier_change = (challenger["brier"] - champion["brier"]) / champion["brier"]
+    d_cal = challenger["calibration_error"] - champion["calibration_error"]
+    figures = f"AUC {d_auc:+.4f}, Brier {brier_change:+.2%}, calibration error {d_cal:+.4f}"
+    if not (np.isfinite(d_auc) and np.isfinite(brier_change)):
+        return False, f"metrics undefined on the window ({figures}): one outcome class only"
+    if d_cal > margins.calibration:
+        return False, f"worse calibrated ({figures}; tolerance {margins.calibration})"
+    if d_auc < -margins.auc or brier_change > 0:
+        return False, f"worse on AUC or Brier ({figures})"
+    if d_auc >= margins.auc or brier_change <= -margins.brier:
+        return True, f"better by the margin ({figures}; margins AUC +{margins.auc}, Brier -{margins.brier:.0%})"
+    return False, f"not better by the margin ({figures}; margins AUC +{margins.auc}, Brier -{margins.brier:.0%})"
+
+
+def window_times(export: Export, horizon_days: int, every_days: int, window_days: int, warmup_days: int = 30) -> list[pd.Timestamp]:
+    """The latest ``window_days`` of snapshot times whose labels are known at the export time."""
+    end = export.exported_at - pd.Timedelta(days=horizon_days)
+    start = export.leads["created_at"].min() + pd.Timedelta(days=warmup_days)
+    times = snapshot_times(start, end, every_days)
+    window = [t for t in times if t > times[-1] - pd.Timedelta(days=window_days)] if times else []
+    if not window:
+        raise FunnelcastError(f"the export ends {export.exported_at}: no labelled snapshot to compare the models on")
+    return window
+
+
+def window_predictions(scorer: LeadScorer, export: Export, times: list[pd.Timestamp]) -> pd.DataFrame:
+    """``lead_id, as_of, label, p``: the scorer on every lead open at each time of the window."""
+    parts = []
+    for t in times:
+        leads = open_leads(export.leads, t)
+        if leads.empty:
+            continue
+        X = scorer.features(leads, export.accounts, export.activities, t)
+        label = converted_within_horizon(leads, t, scorer.spec.horizon_days).reindex(X.index)
+        parts.append(pd.DataFrame({"lead_id": X.index, "as_of": t, "label": label.to_numpy(), "p": scorer.predict_proba(X)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def recipe(scorer: LeadScorer) -> TrainConfig:
+    """The training config a registered scorer was built with (defaults for older models)."""
+    cfg = scorer.metadata.get("train_config")
+    if isinstance(cfg, dict):
+        known = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
+        known["exclude"] = tuple(known.get("exclude", ()))
+        return TrainConfig(**known)
+    return TrainConfig(horizon_days=scorer.spec.horizon_days, exclude=tuple(scorer.spec.excluded))
+
+
+def _version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def promote(
+    export: Export,
+    client: MlflowClient,
+    *,
+    task: str = Task.LEAD_QUALITY.value,
+    experiment: str = "funnelcast",
+    window_days: int = 91,
+    every_days: int = 14,
+    margins: Margins | None = None,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
+    dry_run: bool = False,
+) -> Decision:
+    """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it wins."""
+    if task != Task.LEAD_QUALITY.value:
+        raise FunnelcastError(f"promotion of task {task!r} is not implemented yet; only {Task.LEAD_QUALITY.value!r}")
+    margins = margins or Margins()
+    champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
+    if chall_v is None:
+        raise ModelNotAvailable(task, f"no version has the alias {challenger_alias!r}: run `funnelcast train` first")
+    if champ_v is None or champ_v == chall_v:
+        reason = "no champion yet: the challenger becomes champion" if champ_v is None else "the challenger is the champion already"
+        decision = Decision(task, champ_v is None, reason, "none", "", champ_v, chall_v, margins=margins)
+    else:
+        champ = load_scorer(client, task, champion_alias).scorer
+        chall = load_scorer(client, task, challenger_alias).scorer
+        times = window_times(export, chall.spec.horizon_days, every_days, window_days)
+        window = f"{times[0].date()}..{times[-1].date()} ({len(times)} snapshots)"
+        if max(champ.trained_until, chall.trained_until) <= times[0]:
+            mode, models = "registered", (champ, chall)
+        else:
+            mode = "refit"
+            r_champ, r_chall = recipe(champ), recipe(chall)
+            fit_champ = build_lead_model(export, r_champ, times[0]).scorer
+            fit_chall = fit_champ if asdict(r_champ) == asdict(r_chall) else build_lead_model(export, r_chall, times[0]).scorer
+            models = (fit_champ, fit_chall)
+        preds = [window_predictions(m, export, times) for m in models]
+        y = preds[0]["label"].to_numpy()
+        m_champ = classification_metrics(y, preds[0]["p"].to_numpy())
+        m_chall = classification_metrics(y, preds[1]["p"].to_numpy())
+        if mode == "refit" and models[0] is models[1]:
+            newer = chall.trained_until > champ.trained_until
+            ok, reason = newer, (
+                "same recipe as the champion, trained on newer data (up to "
+                f"{chall.trained_until.date()} vs {champ.trained_until.date()}): promoted as its refresh"
+                if newer else "same recipe and no newer data than the champion: nothing to gain"
+            )
+        else:
+            ok, reason = decide(m_champ, m_chall, margins)
+        decision = Decision(task, ok, reason, mode, window, champ_v, chall_v, m_champ, m_chall, margins)
+    decision.run_id = _log(client, decision, experiment)
+    if decision.promote and not dry_run:
+        if champ_v is not None:
+            client.set_registered_model_alias(task, f"previous_{champion_alias}", champ_v)
+        client.set_registered_model_alias(task, champion_alias, chall_v)
+        client.delete_registered_model_alias(task, challenger_alias)
+    return decision
+
+
+def _log(client: MlflowClient, d: Decision, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"promote-{d.task}") as run:
+        mlflow.set_tags({"task": d.task, "kind": "promotion", "decision": "promote" if d.promote else "keep"})
+        mlflow.log_params(
+            {
+                "champion_version": d.champion_version,
+                "challenger_version": d.challenger_version,
+                "mode": d.mode,
+                "window": d.window,
+                "reason": d.reason[:500],
+                **{f"margin_{k}": v for k, v in asdict(d.margins).items()},
+            }
+        )
+        for who, metrics in (("champion", d.champion), ("challenger", d.challenger)):
+            mlflow.log_metrics({f"{who}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+    if d.challenger_version:
+        client.set_model_version_tag(d.task, d.challenger_version, "promotion", "promoted" if d.promote else "kept challenger")
+        client.set_model_version_tag(d.task, d.challenger_version, "promotion_reason", d.reason[:500])
+    return run.info.run_id
+
+
+def summary(d: Decision) -> dict[str, Any]:
+    return {**asdict(d), "margins": asdict(d.margins)}
