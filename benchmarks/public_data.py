@@ -50,6 +50,8 @@ class Dataset:
     # evaluate up to the last lead's arrival (+ horizon) instead of the latest timestamp: Olist's won dates
     # run months past its last MQL, and snapshots there hold only stale leads
     cutoff_at_last_lead: bool = False
+    # days of history before the first snapshot (outcomes recorded only from some date on)
+    warmup_days: int = 30
 
 
 DATASETS = (
@@ -63,7 +65,10 @@ DATASETS = (
     Dataset("olist", "olist_marketing_funnel", "olist",
             ("business_segment", "lead_type", "lead_behaviour_profile", "has_company", "has_gtin", "average_stock",
              "business_type", "declared_product_catalog_size", "declared_monthly_revenue", "sdr_id", "sr_id"),
-            horizon_days=60, snapshot_every_days=7, eval_days=63, calib_days=63, cutoff_at_last_lead=True),
+            # won dates are recorded only from 2017-12 on: snapshots start then (fewer than 10
+            # conversions in a fit window and training refuses)
+            horizon_days=60, snapshot_every_days=7, eval_days=42, calib_days=42, cutoff_at_last_lead=True,
+            warmup_days=150),
 )
 
 
@@ -95,7 +100,7 @@ def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
         cutoff = min(cutoff, export.leads["created_at"].max().ceil("D") + pd.Timedelta(days=ds.horizon_days))
     for leaks_kept in (False, True):
         cfg = TrainConfig(horizon_days=ds.horizon_days, snapshot_every_days=ds.snapshot_every_days,
-                          eval_days=ds.eval_days, calib_days=ds.calib_days,
+                          eval_days=ds.eval_days, calib_days=ds.calib_days, warmup_days=ds.warmup_days,
                           exclude=() if leaks_kept else ds.leaks, seed=seed)
         res = build_lead_model(export, cfg, cutoff)
         ev = res.evaluation
