@@ -143,3 +143,14 @@ def test_cli_generate_train_score_end_to_end(tmp_path, monkeypatch, capsys):
         assert "error:" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_training_refuses_a_fit_window_without_conversions(sample_export, train_config):
+    from features.contract import Export
+
+    leads = sample_export.leads.copy()
+    early = leads["created_at"] < sample_export.exported_at - pd.Timedelta(days=300)
+    leads.loc[early, "converted_at"] = pd.NaT  # as if outcomes were only recorded recently
+    export = Export(**{**sample_export.__dict__, "leads": leads})
+    with pytest.raises(ValueError, match="too few to learn from"):
+        build_lead_model(export, train_config, sample_export.exported_at)
