@@ -220,6 +220,6 @@ def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, o
         r = c.post("/v1/leads/score", json=_body(sample_export, leads.head(2), as_of))
         assert r.status_code == 200 and r.json()["model"]["version"] == mlflow_store["version"]
         models = c.get("/v1/models").json()["models"]
-        assert models[0]["aliases"] == ["champion"] and models[0]["loaded"] is True
+        assert "champion" in models[0]["aliases"] and models[0]["loaded"] is True
         assert models[0]["metrics"]["eval_roc_auc"] > 0.6
         assert np.isfinite(models[0]["metrics"]["eval_brier"])

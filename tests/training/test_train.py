@@ -98,7 +98,7 @@ def test_mlflow_round_trip_gives_identical_scores(mlflow_store, sample_export, l
     b = score_open_leads(sample_export, loaded.scorer, as_of)
     pd.testing.assert_frame_equal(a, b)
     versions = describe_versions(mlflow_store["client"], "lead_quality")
-    assert versions[0]["aliases"] == ["champion"]
+    assert "champion" in versions[0]["aliases"]
     assert versions[0]["metrics"]["eval_roc_auc"] > 0.6
     assert versions[0]["trained_until"] is not None
 
