@@ -12,6 +12,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	# the managers' page test drives Debian's chromium (no browser download)
+	command -v chromium || (apt-get update && apt-get install -y chromium)
 	touch $@
 
 install: $(BIN)/.installed
