@@ -20,7 +20,7 @@ from features.errors import FunnelcastError
 from features.settings import Settings, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from models.tasks import Task
-from serving import errors, page, routes_accounts, routes_admin, routes_leads
+from serving import errors, page, routes_accounts, routes_admin, routes_leads, routes_ops
 from serving.middleware import IdempotencyCache, Metrics, RateLimiter, RequestContextMiddleware
 
 log = logging.getLogger("funnelcast.serving")
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     )
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
+    app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads
     app.state.metrics = Metrics()
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.idempotency = IdempotencyCache()
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
 
     app.include_router(routes_admin.router)
     app.include_router(routes_leads.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_accounts.router)
     app.include_router(page.router)
     return app

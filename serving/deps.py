@@ -53,6 +53,25 @@ def require_api_key(
 
 
 ApiKeyDep = Depends(require_api_key)
+
+
+def require_admin_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
+    """An admin key (model reload): 401 without a valid key, 403 for a key that may only score."""
+    admin = settings.admin_key_hashes()
+    if not key:
+        raise RequestProblem("missing API key: send an admin key in the X-API-Key header", status_code=401)
+    digest = hash_api_key(key)
+    if any(hmac.compare_digest(digest, h) for h in admin):
+        return digest
+    if not admin:
+        raise RequestProblem("no admin key is configured on this server: set FUNNELCAST_ADMIN_API_KEY_HASHES "
+                             "(or FUNNELCAST_ADMIN_API_KEYS) and restart", status_code=403)
+    if any(hmac.compare_digest(digest, h) for h in settings.accepted_key_hashes()):
+        raise RequestProblem("this API key may score but not administer: use an admin key", status_code=403)
+    raise RequestProblem("invalid API key", status_code=401)
+
+
+AdminKeyDep = Depends(require_admin_key)
 #: The caller's key digest (scopes idempotency keys to the caller).
 CallerDep = Annotated[str, Depends(require_api_key)]
 

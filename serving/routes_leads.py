@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from serving import routes_ops
 from serving.deps import ApiKeyDep, CallerDep, LeadModelDep, SettingsDep
 from serving.errors import RequestProblem
 from serving.records import lead_frames, utc_timestamp
@@ -87,6 +88,7 @@ def score_leads(
     ]
     out = LeadScoreResponse(as_of=as_of.to_pydatetime(), horizon_days=scorer.spec.horizon_days, model=ref, scores=scores)
     request.app.state.metrics.scores.labels(model.name, model.version).inc(len(scores))
+    routes_ops.record_served(request, model, as_of, frames, scored)  # served-score log and drift sample
     response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
     if idempotency_key:
         cache.put((caller, idempotency_key), fingerprint, out.model_dump_json().encode(), 200)

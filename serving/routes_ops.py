@@ -1,0 +1,252 @@
+"""Model operations over HTTP: live reload, outcome feedback, live performance, drift monitoring.
+
+* ``POST /v1/admin/reload`` (admin key): load the models now registered at the serving alias
+  beside the ones in use, then swap ``app.state.models`` in one assignment; a request holds
+  the dict it started with, so every request is answered by one model version, named in it.
+* ``POST /v1/outcomes``: what happened to scored records, idempotent by record id.
+* ``GET /v1/models/{task}/performance``: AUC and calibration per model version, on records
+  scored and then decided.
+* ``GET /v1/monitoring``: feature drift (PSI, missing rates) and score shift of recent
+  scoring traffic against the loaded model's training reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from models.drift import drift_report
+from models.metrics import classification_metrics
+from models.registry import LoadedModel
+from models.tasks import Task
+from serving.deps import AdminKeyDep, ApiKeyDep
+from serving.errors import RequestProblem
+from serving.schemas import ErrorResponse
+from serving.store import OperationsStore, RecentTraffic
+
+log = logging.getLogger("funnelcast.serving")
+router = APIRouter(prefix="/v1", tags=["model operations"])
+_reload_lock = threading.Lock()
+_state_lock = threading.Lock()
+
+#: Which outcomes each task accepts (the first is the positive class).
+TASK_OUTCOMES = {
+    Task.LEAD_QUALITY.value: ("converted", "disqualified"),
+}
+_DEAL_OUTCOMES = ("won", "lost")
+_ERRORS = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid X-API-Key"},
+    422: {"model": ErrorResponse, "description": "Invalid records: each error names the field path and the reason"},
+}
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def operations_store(request: Request) -> OperationsStore:
+    state = request.app.state
+    with _state_lock:
+        if getattr(state, "ops_store", None) is None:
+            state.ops_store = OperationsStore(state.settings.resolved_store_url())
+        return state.ops_store
+
+
+def recent_traffic(request: Request) -> RecentTraffic:
+    state = request.app.state
+    with _state_lock:
+        if getattr(state, "recent_traffic", None) is None:
+            state.recent_traffic = RecentTraffic()
+        return state.recent_traffic
+
+
+def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, frames: Any, scored: pd.DataFrame) -> None:
+    """Log served scores with their model version, and keep the request for drift monitoring.
+
+    A failure here is logged, never turned into a failed scoring request."""
+    try:
+        operations_store(request).record_scores(
+            model.name, model.version, as_of, [str(x) for x in scored["lead_id"]], scored["probability"].tolist()
+        )
+        recent_traffic(request).add(model.name, model.version, as_of, frames, len(scored))
+    except Exception:  # noqa: BLE001 - monitoring must not break scoring
+        log.exception("logging served scores failed")
+
+
+# --- reload -----------------------------------------------------------------------------------
+
+
+class ReloadedModel(BaseModel):
+    version: str | None = Field(description="The version now served (null: none)")
+    previous: str | None = Field(description="The version served before the reload")
+    changed: bool
+
+
+class ReloadResponse(BaseModel):
+    models: dict[str, ReloadedModel]
+    problems: dict[str, str] = Field(description="Models that could not be loaded (the previous one stays in use)")
+
+
+@router.post("/admin/reload", response_model=ReloadResponse, dependencies=[AdminKeyDep], tags=["admin"],
+             responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "Not an admin key"}})
+def reload_models(request: Request) -> ReloadResponse:
+    """Load the models now registered at the serving alias (e.g. a newly promoted champion)
+    beside the ones in use and swap them in atomically; in-flight requests finish on the old
+    version. A model that fails to load leaves the previous one in place."""
+    state = request.app.state
+    with _reload_lock:  # one reload at a time; scoring is never blocked
+        fresh, problems = state.model_loader()
+        old: dict[str, LoadedModel] = state.models
+        swapped = {**old, **fresh}
+        errors = {k: v for k, v in state.load_errors.items() if k not in fresh}
+        errors.update({k: v for k, v in problems.items() if k not in swapped})
+        state.models = swapped  # one assignment: a request sees the old dict or the new one
+        state.load_errors = errors
+    names = sorted(set(old) | set(fresh) | set(problems))
+    out = {}
+    for name in names:
+        before = old[name].version if name in old else None
+        now = swapped[name].version if name in swapped else None
+        out[name] = ReloadedModel(version=now, previous=before, changed=before != now)
+        if before != now:
+            log.info("reloaded %s: version %s -> %s", name, before, now)
+    return ReloadResponse(models=out, problems=problems)
+
+
+# --- outcomes ---------------------------------------------------------------------------------
+
+
+class OutcomeRecord(BaseModel):
+    record_id: str = Field(min_length=1, max_length=256, description="The lead id (or deal id) the CRM scored",
+                           examples=["L-1"])
+    task: str = Field(Task.LEAD_QUALITY.value, description="The model the outcome is for", examples=["lead_quality"])
+    outcome: Literal["converted", "disqualified", "won", "lost"] = Field(
+        description="lead: converted / disqualified; deal: won / lost"
+    )
+    occurred_at: datetime = Field(description="When it happened (ISO 8601; no offset = UTC)")
+
+
+class OutcomesRequest(BaseModel):
+    outcomes: list[OutcomeRecord] = Field(min_length=1, max_length=10_000)
+
+
+class OutcomesResponse(BaseModel):
+    received: int
+    created: int
+    updated: int = Field(description="Records reported before with another outcome or time, now corrected")
+    unchanged: int = Field(description="Records reported before identically (idempotent repeats)")
+
+
+@router.post("/outcomes", response_model=OutcomesResponse, dependencies=[ApiKeyDep], tags=["model operations"],
+             responses=_ERRORS)
+def report_outcomes(body: OutcomesRequest, request: Request) -> OutcomesResponse:
+    """Report what happened to scored records. Idempotent by (task, record_id): sending the
+    same outcome again changes nothing; sending a different one corrects it."""
+    errors = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, o in enumerate(body.outcomes):
+        allowed = TASK_OUTCOMES.get(o.task, _DEAL_OUTCOMES if o.task in {t.value for t in Task} else None)
+        if allowed is None:
+            errors.append((f"outcomes[{i}].task", f"unknown task {o.task!r}; one of {', '.join(t.value for t in Task)}"))
+        elif o.outcome not in allowed:
+            errors.append((f"outcomes[{i}].outcome", f"{o.outcome!r} is not an outcome of {o.task}: {' or '.join(allowed)}"))
+        key = (o.task, o.record_id.strip())
+        if key in seen:
+            errors.append((f"outcomes[{i}].record_id", f"{o.record_id!r} also at outcomes[{seen[key]}] in this request"))
+        seen.setdefault(key, i)
+    if errors:
+        raise RequestProblem(f"{len(errors)} invalid outcome(s): " + "; ".join(f"{p}: {r}" for p, r in errors[:5]), errors)
+    items = [{"task": o.task, "record_id": o.record_id.strip(), "outcome": o.outcome, "occurred_at": o.occurred_at}
+             for o in body.outcomes]
+    counts = operations_store(request).upsert_outcomes(items)
+    return OutcomesResponse(received=len(items), **counts)
+
+
+# --- performance ------------------------------------------------------------------------------
+
+
+class VersionPerformance(BaseModel):
+    version: str
+    loaded: bool
+    n: int = Field(description="Records scored by this version and decided afterwards")
+    positives: int
+    roc_auc: float | None
+    brier: float | None
+    calibration_error: float | None
+    mean_probability: float | None
+    observed_rate: float | None
+
+
+class PerformanceResponse(BaseModel):
+    task: str
+    outcomes_stored: int
+    versions: list[VersionPerformance]
+
+
+@router.get("/models/{task}/performance", response_model=PerformanceResponse, dependencies=[ApiKeyDep],
+            tags=["model operations"], responses={**_ERRORS, 404: {"model": ErrorResponse}})
+def model_performance(task: str, request: Request) -> PerformanceResponse:
+    """Live performance per model version: each record's first score from that version,
+    against the outcome the CRM reported after it (AUC needs both outcomes among them)."""
+    if task not in {t.value for t in Task}:
+        raise RequestProblem(f"unknown task {task!r}", [("task", f"one of {', '.join(t.value for t in Task)}")], 404)
+    store = operations_store(request)
+    joined = store.scored_then_decided(task)
+    loaded = request.app.state.models.get(task)
+    versions = []
+    for version, g in sorted(joined.groupby("model_version"), key=lambda kv: -int(kv[0]) if kv[0].isdigit() else 0):
+        y, p = g["label"].to_numpy(), g["probability"].to_numpy(dtype=float)
+        m = classification_metrics(y, p)
+        versions.append(VersionPerformance(
+            version=str(version), loaded=loaded is not None and loaded.version == str(version), n=len(g),
+            positives=int(y.sum()), roc_auc=_finite(m["roc_auc"]), brier=_finite(m["brier"]),
+            calibration_error=_finite(m["calibration_error"]), mean_probability=float(p.mean()),
+            observed_rate=float(y.mean()),
+        ))
+    return PerformanceResponse(task=task, outcomes_stored=store.outcome_count(task), versions=versions)
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+
+@router.get("/monitoring", dependencies=[ApiKeyDep], tags=["model operations"], responses=_ERRORS)
+def monitoring(request: Request, top: int = 20) -> dict[str, Any]:
+    """Drift of recent scoring traffic (this process, the latest requests up to 5,000 leads)
+    against each loaded model's training reference: per feature PSI (> 0.1 moderate, > 0.25
+    major) and missing-rate change, and the shift of the score distribution."""
+    out = []
+    for name, model in request.app.state.models.items():
+        scorer = model.scorer
+        reference = getattr(scorer, "metadata", {}).get("reference")
+        entry: dict[str, Any] = {"name": name, "version": model.version}
+        if not reference:
+            out.append({**entry, "rows": 0, "note": "this model has no reference distributions: retrain it"})
+            continue
+        frames = []
+        for req in recent_traffic(request).requests(name):
+            if req.version != model.version:
+                continue
+            f = req.frames
+            frames.append(scorer.features(f.leads, f.accounts, f.activities, req.as_of))
+        X = pd.concat(frames) if frames else pd.DataFrame(columns=list(reference["features"]))
+        scores = scorer.predict_proba(X) if len(X) else np.array([])
+        report = drift_report(reference, X, scores)
+        feats = [{k: _finite(v) for k, v in r.items()} for r in report["features"]]
+        score = {k: _finite(v) for k, v in (report["score"] or {}).items()}
+        out.append({
+            **entry,
+            "rows": report["rows"],
+            "reference_rows": report["reference_rows"],
+            "score": score,
+            "drifted": [r["feature"] for r in feats if r["level"] in ("moderate", "major")],
+            "features": feats[:top],
+        })
+    return {"models": out}

@@ -1,0 +1,199 @@
+"""Durable operations data: the scores the API served and the outcomes the CRM reports.
+
+SQLAlchemy Core on any URL (SQLite under the project home by default). Outcomes are keyed
+by ``(task, record_id)``: reporting the same record again is idempotent (unchanged when the
+same, updated when the CRM corrects it). Served scores are appended with the model version
+that produced them; live performance joins each version's first score of a record with the
+record's outcome decided after it ("scored, then decided").
+
+Also here, in memory: a bounded sample of the most recent scoring requests, from which
+``GET /v1/monitoring`` computes feature drift against the model's training reference.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+#: Outcomes that count as the positive class of their task.
+POSITIVE = {"converted", "won"}
+OUTCOMES = ("converted", "disqualified", "won", "lost")
+
+_meta = MetaData()
+served_scores = Table(
+    "served_scores",
+    _meta,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task", String(64), nullable=False, index=True),
+    Column("model_version", String(32), nullable=False),
+    Column("record_id", String(256), nullable=False, index=True),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("served_at", DateTime(timezone=True), nullable=False),
+)
+outcomes = Table(
+    "outcomes",
+    _meta,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task", String(64), nullable=False),
+    Column("record_id", String(256), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("task", "record_id", name="uq_outcome_record"),
+)
+
+
+def _utc(ts: Any) -> datetime:
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.to_pydatetime()
+
+
+class OperationsStore:
+    """Served scores and outcomes in one database; the engine is created on first use."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                if self.url.startswith("sqlite:///"):
+                    Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                self._engine = create_engine(self.url, future=True)
+                _meta.create_all(self._engine)
+            return self._engine
+
+    def record_scores(self, task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> None:
+        now = datetime.now(UTC)
+        at = _utc(as_of)
+        rows = [
+            {"task": task, "model_version": version, "record_id": r, "as_of": at, "probability": float(p), "served_at": now}
+            for r, p in zip(record_ids, probabilities, strict=True)
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(served_scores.insert(), rows)
+
+    def upsert_outcomes(self, items: list[dict[str, Any]]) -> dict[str, int]:
+        """Store outcomes ``{task, record_id, outcome, occurred_at}``; counts of created/updated/unchanged."""
+        counts = {"created": 0, "updated": 0, "unchanged": 0}
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            for it in items:
+                occurred = _utc(it["occurred_at"])
+                key = (outcomes.c.task == it["task"]) & (outcomes.c.record_id == it["record_id"])
+                old = conn.execute(select(outcomes.c.outcome, outcomes.c.occurred_at).where(key)).first()
+                if old is None:
+                    conn.execute(outcomes.insert().values(task=it["task"], record_id=it["record_id"], outcome=it["outcome"],
+                                                          occurred_at=occurred, received_at=now))
+                    counts["created"] += 1
+                elif old.outcome == it["outcome"] and _utc(old.occurred_at) == occurred:
+                    counts["unchanged"] += 1
+                else:
+                    conn.execute(outcomes.update().where(key).values(outcome=it["outcome"], occurred_at=occurred,
+                                                                     received_at=now))
+                    counts["updated"] += 1
+        return counts
+
+    def outcome_count(self, task: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(outcomes).where(outcomes.c.task == task)).scalar_one())
+
+    def scored_then_decided(self, task: str) -> pd.DataFrame:
+        """Per model version, each record's first served score before its outcome, with the label."""
+        first = (
+            select(
+                served_scores.c.model_version,
+                served_scores.c.record_id,
+                func.min(served_scores.c.id).label("first_id"),
+            )
+            .where(served_scores.c.task == task)
+            .group_by(served_scores.c.model_version, served_scores.c.record_id)
+            .subquery()
+        )
+        q = (
+            select(
+                served_scores.c.model_version,
+                served_scores.c.record_id,
+                served_scores.c.probability,
+                served_scores.c.as_of,
+                outcomes.c.outcome,
+                outcomes.c.occurred_at,
+            )
+            .join(first, served_scores.c.id == first.c.first_id)
+            .join(outcomes, (outcomes.c.task == task) & (outcomes.c.record_id == served_scores.c.record_id))
+        )
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(q).mappings().all())
+        if frame.empty:
+            return pd.DataFrame(columns=["model_version", "record_id", "probability", "as_of", "outcome", "label"])
+        as_of = frame["as_of"].map(_utc)
+        occurred = frame["occurred_at"].map(_utc)
+        frame = frame[occurred.to_numpy() > as_of.to_numpy()].copy()  # decided after it was scored
+        frame["label"] = frame["outcome"].isin(POSITIVE).astype(int)
+        return frame
+
+    def served_probabilities(self, task: str, version: str, limit: int = 10_000) -> list[float]:
+        q = (
+            select(served_scores.c.probability)
+            .where((served_scores.c.task == task) & (served_scores.c.model_version == version))
+            .order_by(served_scores.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [float(r[0]) for r in conn.execute(q)]
+
+
+@dataclass
+class _Request:
+    version: str
+    as_of: pd.Timestamp
+    frames: Any
+    n: int
+
+
+class RecentTraffic:
+    """The latest scoring requests (up to ``max_records`` leads) kept in memory, per task."""
+
+    def __init__(self, max_records: int = 5000):
+        self.max_records = max_records
+        self._items: dict[str, deque[_Request]] = {}
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task: str, version: str, as_of: pd.Timestamp, frames: Any, n: int) -> None:
+        with self._lock:
+            q = self._items.setdefault(task, deque())
+            q.append(_Request(version, as_of, frames, n))
+            self._counts[task] = self._counts.get(task, 0) + n
+            while self._counts[task] > self.max_records and len(q) > 1:
+                self._counts[task] -= q.popleft().n
+
+    def requests(self, task: str) -> list[_Request]:
+        with self._lock:
+            return list(self._items.get(task, ()))
