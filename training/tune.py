@@ -57,15 +57,16 @@ def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
 
 def cv_folds(times: list[pd.Timestamp], cfg: TrainConfig, n_folds: int, fold_days: int | None = None) -> list[SplitPlan]:
     """Expanding-window folds, oldest first; folds without enough history are left out."""
-    step = pd.Timedelta(days=fold_days or cfg.eval_days)
-    plans = []
-    for k in reversed(range(n_folds)):
-        end = times[-1] - k * step
+    plans: list[SplitPlan] = []
+    end = times[-1]
+    for _ in range(n_folds):  # latest first; each older fold ends just before the next one validates
         part = [t for t in times if t <= end]
         try:
-            plans.append(split_times(part, cfg.horizon_days, cfg.eval_days, cfg.calib_days))
+            plan = split_times(part, cfg.horizon_days, fold_days or cfg.eval_days, cfg.calib_days)
         except ValueError:
-            continue
+            break
+        plans.insert(0, plan)
+        end = min(plan.evaluate) - pd.Timedelta(days=1)
     if not plans:
         raise FunnelcastError(
             f"not enough history for time-ordered cross-validation: snapshots {times[0].date()}..{times[-1].date()}"
@@ -137,7 +138,6 @@ def tune(
     start = export.leads["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
     times = snapshot_times(start, cutoff - h, cfg.snapshot_every_days)
     spec = LeadFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
-    snaps = lead_snapshots(export, times, spec, progress=progress)
     cols = spec.feature_names
     plans = cv_folds(times, cfg, n_folds)
     fingerprint = export_fingerprint(export)
@@ -161,12 +161,17 @@ def tune(
         for k, v in identity.items():
             study.set_user_attr(k, v)
         study.enqueue_trial({k: DEFAULT_PARAMS[k] for k in SEARCHED})  # the defaults are trial 0
+    snaps = lead_snapshots(export, times, spec, progress=progress)
+    exp_id = None
+    if client:
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial)
         trial_cfg = TrainConfig(**{**cfg.__dict__, "params": {**cfg.params, **params}})
         losses, aucs, briers = [], [], []
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) if client else _null():
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", nested=True) if client else _null():
             if client:
                 mlflow.log_params({**params, "trial": trial.number, "study": study_name})
             for step, plan in enumerate(plans):
@@ -195,8 +200,6 @@ def tune(
     run_id = None
     started = time.perf_counter()
     if client:
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         with mlflow.start_run(experiment_id=exp_id, run_name=f"tune-{Task.LEAD_QUALITY.value}") as run:
             mlflow.set_tags({"task": Task.LEAD_QUALITY.value, "kind": "tuning", "study": study_name,
                              **provenance_tags(cfg.seed, fingerprint)})
