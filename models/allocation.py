@@ -26,6 +26,10 @@ __all__ = ["AllocationError", "Allocation", "allocate", "round_robin", "own_by_s
 _FORBIDDEN = -1e18
 
 
+#: Largest assignment matrix (items x rep slots) solved in one call (~400 MB of floats).
+MAX_CELLS = 50_000_000
+
+
 class AllocationError(FunnelcastError):
     """Invalid allocation input; ``path`` names the bad field (e.g. ``reps[2].capacity``)."""
 
@@ -145,13 +149,19 @@ def allocate(reps: pd.DataFrame, items: pd.DataFrame) -> Allocation:
     """
     reps, items = reps.reset_index(drop=True), items.reset_index(drop=True)
     validate(reps, items)
-    caps = reps["capacity"].astype(float).astype(int).to_numpy()
+    # at most len(items) slots per rep can be useful: clip first so a huge capacity costs nothing
+    caps = np.minimum(reps["capacity"].astype(float).to_numpy(), len(items)).astype(int)
+    cells = len(items) * int(caps.sum())
+    if cells > MAX_CELLS:
+        raise AllocationError(
+            "items",
+            f"too large to solve exactly in one request ({len(items):,} items x {int(caps.sum()):,} rep slots); "
+            "allocate per team or region, or lower the capacities to what reps can really work",
+        )
     slot_rep = np.repeat(np.arange(len(reps)), caps)
     V = value_matrix(reps, items)
     if len(items) == 0 or len(slot_rep) == 0:
         return _result(reps, items, V, np.array([], int), np.array([], int), "exact")
-    # at most len(items) slots per rep can be useful: trim to keep the matrix small
-    slot_rep = np.repeat(np.arange(len(reps)), np.minimum(caps, len(items)))
     gain = np.maximum(V[:, slot_rep], 0.0)  # a forbidden pair is worth nothing (same as unassigned)
     rows, cols = linear_sum_assignment(gain, maximize=True)
     j = slot_rep[cols]

@@ -82,7 +82,7 @@ class AccountScoreResponse(BaseModel):
 
 class RepIn(BaseModel):
     owner_id: str = Field(min_length=1)
-    capacity: float = Field(description="Items per week (>= 0)")
+    capacity: float = Field(description="Items per week (>= 0)", le=100_000)
     team: str | None = None
     region: str | None = None
     skills: list[str] | None = Field(None, description="Products the rep can sell (none: all)")
@@ -102,8 +102,8 @@ class ItemIn(BaseModel):
 
 
 class AllocationRequest(BaseModel):
-    reps: list[RepIn] = Field(min_length=1)
-    items: list[ItemIn]
+    reps: list[RepIn] = Field(min_length=1, max_length=1_000)
+    items: list[ItemIn] = Field(max_length=10_000)
 
 
 class Assignment(BaseModel):

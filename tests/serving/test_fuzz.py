@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     ignored_auth,
     negative_data_rejection,
@@ -44,9 +45,16 @@ def test_api_never_errors_and_matches_its_schema(api_schema):
         def check(case):
             # generated timestamps may fall before the training cutoff or after as_of: those are 422s
             # by design, so the "positive data must be accepted" check does not apply
-            case.call_and_validate(
+            response = case.call(headers={"X-API-Key": KEY})
+            # the only 5xx allowed is the documented 503 of a route whose model is not loaded
+            # (only lead_quality is loaded here)
+            if response.status_code >= 500:
+                assert response.status_code == 503, response.text
+                assert "is not available" in response.json()["detail"], response.text
+            case.validate_response(
+                response,
                 headers={"X-API-Key": KEY},
-                excluded_checks=[positive_data_acceptance, negative_data_rejection, ignored_auth],
+                excluded_checks=[positive_data_acceptance, negative_data_rejection, ignored_auth, not_a_server_error],
             )
 
         check()
