@@ -123,6 +123,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: What `funnelcast run` trains after the lead model (each registers its champion).
+FOLLOW_UP_TRAINING: list[list[str]] = [["train-accounts"]]
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """The main job on the embedded default: sample data if absent, train, register, serve."""
     if not (settings.sample_export / "leads.csv").exists() and not settings.data:
@@ -131,6 +135,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     train = argparse.Namespace(data=None, as_of=None, skip_bad_rows=False, exclude=None, seed=args.seed,
                                default_params=False)
     cmd_train(train, settings)
+    # the other models the API and the managers' page serve, when their commands are installed
+    for argv in FOLLOW_UP_TRAINING:
+        print(f"funnelcast {' '.join(argv)}")
+        follow = build_parser().parse_args(argv)
+        follow.func(follow, settings)
     if args.no_serve:
         return 0
     print(f"serving on http://{settings.host}:{settings.port}  (OpenAPI docs at /docs)")
