@@ -114,7 +114,18 @@ class LeadScorer:
         n_reasons: int = 5,
     ) -> pd.DataFrame:
         """Score ``leads`` as of ``as_of``: probability, score 0-100, grade, expected value, reasons, warnings."""
+        return self.score_with_features(leads, accounts, activities, as_of, n_reasons)[0]
+
+    def score_with_features(
+        self,
+        leads: pd.DataFrame,
+        accounts: pd.DataFrame,
+        activities: pd.DataFrame,
+        as_of: pd.Timestamp,
+        n_reasons: int = 5,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """:meth:`score`, and the feature frame it scored (for monitoring)."""
         X = self.features(leads, accounts, activities, as_of)
         out = self.score_frame(X, n_reasons)
         out["warnings"] = self._warnings(X, leads, accounts)
-        return out
+        return out, X

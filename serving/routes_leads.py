@@ -69,8 +69,8 @@ def score_leads(
         )
     scorer = model.scorer
     as_of = utc_timestamp(body.as_of)
-    frames = lead_frames(body.leads, scorer.spec, settings.open_stages)
-    scored = scorer.score(frames.leads, frames.accounts, frames.activities, as_of)
+    frames = lead_frames(body.leads, scorer.spec, settings.open_stages, as_of)
+    scored, features = scorer.score_with_features(frames.leads, frames.accounts, frames.activities, as_of)
     ref = ModelRef(name=model.name, version=model.version)
     scores = [
         LeadScore(
@@ -88,7 +88,7 @@ def score_leads(
     ]
     out = LeadScoreResponse(as_of=as_of.to_pydatetime(), horizon_days=scorer.spec.horizon_days, model=ref, scores=scores)
     request.app.state.metrics.scores.labels(model.name, model.version).inc(len(scores))
-    routes_ops.record_served(request, model, as_of, frames, scored)  # served-score log and drift sample
+    routes_ops.record_served(request, model, as_of, features, scored)  # served-score log and drift sample
     response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
     if idempotency_key:
         cache.put((caller, idempotency_key), fingerprint, out.model_dump_json().encode(), 200)

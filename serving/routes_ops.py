@@ -68,7 +68,7 @@ def recent_traffic(request: Request) -> RecentTraffic:
         return state.recent_traffic
 
 
-def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, frames: Any, scored: pd.DataFrame) -> None:
+def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, features: pd.DataFrame, scored: pd.DataFrame) -> None:
     """Log served scores with their model version, and keep the request for drift monitoring.
 
     A failure here is logged, never turned into a failed scoring request."""
@@ -76,7 +76,7 @@ def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, fra
         operations_store(request).record_scores(
             model.name, model.version, as_of, [str(x) for x in scored["lead_id"]], scored["probability"].tolist()
         )
-        recent_traffic(request).add(model.name, model.version, as_of, frames, len(scored))
+        recent_traffic(request).add(model.name, model.version, as_of, features, len(scored))
     except Exception:  # noqa: BLE001 - monitoring must not break scoring
         log.exception("logging served scores failed")
 
@@ -230,13 +230,12 @@ def monitoring(request: Request, top: int = 20) -> dict[str, Any]:
         if not reference:
             out.append({**entry, "rows": 0, "note": "this model has no reference distributions: retrain it"})
             continue
-        frames = []
-        for req in recent_traffic(request).requests(name):
-            if req.version != model.version:
-                continue
-            f = req.frames
-            frames.append(scorer.features(f.leads, f.accounts, f.activities, req.as_of))
-        X = pd.concat(frames) if frames else pd.DataFrame(columns=list(reference["features"]))
+        rows = [r for req in recent_traffic(request).requests(name) if req.version == model.version for r in req.rows]
+        columns = list(reference["features"]) if not rows else scorer.spec.feature_names
+        X = pd.DataFrame(rows, columns=columns)
+        for c in X.columns:
+            if c not in scorer.spec.categorical_features:
+                X[c] = pd.to_numeric(X[c], errors="coerce")
         scores = scorer.predict_proba(X) if len(X) else np.array([])
         report = drift_report(reference, X, scores)
         feats = [{k: _finite(v) for k, v in r.items()} for r in report["features"]]

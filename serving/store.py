@@ -173,7 +173,7 @@ class OperationsStore:
 class _Request:
     version: str
     as_of: pd.Timestamp
-    frames: Any
+    rows: list[tuple]  # the scored feature rows, as plain tuples (a few KB per lead)
     n: int
 
 
@@ -186,10 +186,11 @@ class RecentTraffic:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, task: str, version: str, as_of: pd.Timestamp, frames: Any, n: int) -> None:
+    def add(self, task: str, version: str, as_of: pd.Timestamp, features: pd.DataFrame, n: int) -> None:
+        rows = list(features.itertuples(index=False, name=None))
         with self._lock:
             q = self._items.setdefault(task, deque())
-            q.append(_Request(version, as_of, frames, n))
+            q.append(_Request(version, as_of, rows, n))
             self._counts[task] = self._counts.get(task, 0) + n
             while self._counts[task] > self.max_records and len(q) > 1:
                 self._counts[task] -= q.popleft().n
