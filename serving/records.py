@@ -52,8 +52,16 @@ def _custom_kinds(table: str, categoricals: tuple[str, ...], numerics: tuple[str
     return kinds
 
 
-def lead_frames(items: list[LeadScoreItem], spec: LeadFeatureSpec, open_stages: tuple[str, ...]) -> LeadFrames:
-    """Type the leads, accounts and activities of a request; 422 naming the path of any bad field."""
+def lead_frames(
+    items: list[LeadScoreItem],
+    spec: LeadFeatureSpec,
+    open_stages: tuple[str, ...],
+    as_of: pd.Timestamp | None = None,
+) -> LeadFrames:
+    """Type the leads, accounts and activities of a request; 422 naming the path of any bad field.
+
+    With ``as_of``, a lead created at or after it (it did not exist yet) is a 422 at
+    ``leads[i].lead.created_at``."""
     ids = [it.lead.lead_id.strip() for it in items]
     dup = [i for i, n in Counter(ids).items() if n > 1]
     if dup:
@@ -114,6 +122,14 @@ def lead_frames(items: list[LeadScoreItem], spec: LeadFeatureSpec, open_stages: 
     activities = typed("activities", act_rows, act_paths, {})
     if bad:
         raise bad_rows_as_problem(bad)
+    if as_of is not None:
+        late = (leads["created_at"] >= as_of).to_numpy()
+        if late.any():
+            errors = [
+                (f"leads[{i}].lead.created_at", f"{leads['created_at'].iloc[i].isoformat()} is not before as_of {as_of.isoformat()}")
+                for i in late.nonzero()[0]
+            ]
+            raise RequestProblem(f"{len(errors)} lead(s) created at or after as_of: " + "; ".join(f"{p}: {r}" for p, r in errors[:5]), errors)
     return LeadFrames(leads=leads, accounts=accounts, activities=activities)
 
 
