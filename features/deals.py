@@ -1,0 +1,640 @@
+"""Deal histories as of any time: the state of every open opportunity, point-in-time.
+
+The ``opportunities`` table is a snapshot at export time: its ``stage``, ``amount``,
+``expected_close_date``, ``outcome`` and ``closed_at`` are what the CRM held *then*. A
+deal's state as of an earlier ``as_of`` therefore comes from ``stage_history`` rows entered
+before ``as_of`` (stage, amount and close date at each stage change), from activities
+before ``as_of`` and from ``closed_at`` only when it is before ``as_of``. Nothing else of the
+snapshot row is read, except the fields that never change (account, owner, type, product,
+the originating lead, custom fields: the same caveat as for leads applies to those).
+
+Features fall in four groups, all as of ``as_of``:
+
+* the deal's history (:func:`deal_state`): current stage, days in it, age, advances and
+  regressions, days spent in each open stage, pace against the typical time in the stage,
+  amount and its changes, the close date, how often and how far it was pushed, overdue;
+* its activities by kind (meetings, calls, emails, quotes, ...) over several windows, and
+  their recency;
+* its originating lead's fields and its account's firmographics;
+* the *context* (:class:`DealContext`): what the history said at ``as_of`` about stages
+  (typical time, win rates), owners (wins, win rate, revenue, tenure, open deals) and
+  accounts (prior wins, revenue, customer tenure).
+
+As for leads, one function (:func:`deal_features`) serves the batch job and the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from features.contract import ACCOUNTS, DEFAULT_OPEN_STAGES, OPPORTUNITIES, TERMINAL_STAGES, Export, custom_columns
+from features.leads import activity_kind
+from features.pit import known_as_of, rows_before
+
+DAY = pd.Timedelta(days=1)
+#: How far back the point-in-time win rates of stages and owners look.
+RATE_LOOKBACK = pd.Timedelta(days=365)
+#: Smoothing weight (pseudo-deals) of the point-in-time win rates.
+RATE_PRIOR_WEIGHT = 10.0
+
+OPPORTUNITY_CATEGORICALS = ("type", "product", "owner_id")
+LEAD_CATEGORICALS = ("source", "seniority")
+ACCOUNT_CATEGORICALS = ("industry", "country")
+ACCOUNT_NUMERICS = ("employees", "annual_revenue")
+_OPP_NON_FEATURES = {c.name for c in OPPORTUNITIES.columns}
+_ACC_NON_FEATURES = {c.name for c in ACCOUNTS.columns}
+
+#: The history columns of :func:`deal_state` (besides one ``days_in_<stage>`` per open stage).
+STATE_COLUMNS = (
+    "stage",
+    "stage_index",
+    "stage_entered_at",
+    "days_in_stage",
+    "age_days",
+    "stage_entries",
+    "advances",
+    "regressions",
+    "amount",
+    "first_amount",
+    "amount_changes",
+    "amount_change_ratio",
+    "expected_close_date",
+    "first_expected_close_date",
+    "close_date_pushes",
+    "close_date_push_days",
+    "days_to_close_date",
+    "overdue",
+)
+
+
+def stage_codes(stages: pd.Series | np.ndarray, open_stages: Sequence[str]) -> np.ndarray:
+    """Open stage ``i`` -> ``i``; ``won`` -> ``len(open_stages)``; ``lost`` -> ``+1``; anything else -1."""
+    order = pd.Index([*open_stages, *TERMINAL_STAGES])
+    return order.get_indexer(np.asarray(stages, dtype=object))
+
+
+def open_opportunities(
+    opportunities: pd.DataFrame, stage_history: pd.DataFrame, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """Deals open at ``as_of``: created before it, no won/lost entered before it, not closed before it."""
+    created = opportunities["created_at"] < as_of
+    closed = known_as_of(opportunities["closed_at"], as_of).notna()
+    hist = rows_before(stage_history, "entered_at", as_of)
+    ended = hist.loc[hist["stage"].isin(TERMINAL_STAGES), "opportunity_id"].unique()
+    return opportunities[created & ~closed & ~opportunities["opportunity_id"].isin(ended)]
+
+
+def _days(values: pd.Series | np.ndarray) -> np.ndarray:
+    """UTC timestamps as float days since the epoch (NaT -> NaN)."""
+    v = pd.DatetimeIndex(values)
+    out = v.asi8.astype(float) / 86_400e9
+    out[v.isna()] = np.nan
+    return out
+
+
+def deal_state(
+    opportunities: pd.DataFrame,
+    stage_history: pd.DataFrame,
+    as_of: pd.Timestamp,
+    open_stages: Sequence[str] = DEFAULT_OPEN_STAGES,
+) -> pd.DataFrame:
+    """Each deal's history as of ``as_of``, from ``stage_history`` rows entered before it.
+
+    One row per deal of ``opportunities`` (indexed by ``opportunity_id``, same order).
+    Entries of a deal are taken in time order (ties in file order). A deal without any
+    entry before ``as_of`` is in the first open stage since its creation, amount and close
+    date unknown. Amount and close date are the last known (non-missing) values; a push is
+    a close date later than the previous known one. Days in a stage add up every sojourn.
+    """
+    ids = pd.Index(opportunities["opportunity_id"], name="opportunity_id")
+    n, k = len(ids), len(open_stages)
+    t_now = _days(pd.DatetimeIndex([as_of]))[0]
+    created = _days(opportunities["created_at"])
+    hist = rows_before(stage_history, "entered_at", as_of)
+    pos = ids.get_indexer(hist["opportunity_id"])
+    hist, pos = hist[pos >= 0], pos[pos >= 0]
+    t = _days(hist["entered_at"])
+    order = np.lexsort((t, pos))  # stable: ties keep file order
+    p, t = pos[order], t[order]
+    code = stage_codes(hist["stage"].to_numpy(dtype=object)[order], open_stages)
+    amount = hist["amount"].to_numpy(dtype=float)[order]
+    ecd = _days(hist["expected_close_date"])[order]
+    first = np.r_[True, p[1:] != p[:-1]] if len(p) else np.zeros(0, bool)
+    last = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, bool)
+    nxt = np.r_[t[1:], np.nan]
+    nxt[last] = t_now
+    dur = nxt - t
+    prev = np.r_[-1, code[:-1]]
+    prev[first] = -1
+
+    has = np.bincount(p, minlength=n) > 0
+    cur_code = np.zeros(n, dtype=np.int64)
+    entered = created.copy()
+    cur_code[p[last]] = code[last]
+    entered[p[last]] = t[last]
+    per_stage = np.zeros((n, k))
+    in_open = (code >= 0) & (code < k)
+    np.add.at(per_stage, (p[in_open], code[in_open]), dur[in_open])
+    per_stage[~has, 0] = t_now - created[~has]
+    moved = ~first
+    advances = np.bincount(p[moved & (code > prev)], minlength=n).astype(float)
+    regressions = np.bincount(p[moved & (code < prev) & (code >= 0)], minlength=n).astype(float)
+
+    def last_first_changes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Last and first known value per deal, and count / total of increases and of changes."""
+        known = ~np.isnan(values)
+        vp, vv = p[known], values[known]
+        lastv, firstv = np.full(n, np.nan), np.full(n, np.nan)
+        lastv[vp] = vv  # later rows overwrite: the last known value
+        firstv[vp[::-1]] = vv[::-1]
+        same = np.r_[False, vp[1:] == vp[:-1]]
+        diff = np.r_[0.0, np.diff(vv)]
+        changed = same & (diff != 0)
+        up = same & (diff > 0)
+        return (
+            lastv,
+            firstv,
+            np.bincount(vp[changed], minlength=n).astype(float),
+            np.stack([np.bincount(vp[up], minlength=n), np.bincount(vp[up], weights=diff[up], minlength=n)]),
+        )
+
+    amt, amt0, amt_changes, _ = last_first_changes(amount)
+    close, close0, _, pushes = last_first_changes(ecd)
+    names = np.array([*open_stages, *TERMINAL_STAGES], dtype=object)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(amt0 > 0, amt / amt0, np.nan)
+    to_close = close - t_now
+    out = pd.DataFrame(
+        {
+            "stage": names[cur_code],
+            "stage_index": cur_code.astype(float),
+            "stage_entered_at": pd.to_datetime(entered * 86_400e9, utc=True).as_unit("ns"),
+            "days_in_stage": t_now - entered,
+            "age_days": t_now - created,
+            "stage_entries": np.bincount(p, minlength=n).astype(float),
+            "advances": advances,
+            "regressions": regressions,
+            "amount": amt,
+            "first_amount": amt0,
+            "amount_changes": amt_changes,
+            "amount_change_ratio": ratio,
+            "expected_close_date": pd.to_datetime(close * 86_400e9, utc=True).as_unit("ns"),
+            "first_expected_close_date": pd.to_datetime(close0 * 86_400e9, utc=True).as_unit("ns"),
+            "close_date_pushes": pushes[0].astype(float),
+            "close_date_push_days": pushes[1],
+            "days_to_close_date": to_close,
+            "overdue": np.where(np.isnan(to_close), np.nan, (to_close < 0).astype(float)),
+        },
+        index=ids,
+    )
+    for j, s in enumerate(open_stages):
+        out[f"days_in_{s}"] = per_stage[:, j]
+    return out
+
+
+# ----------------------------------------------------------------------------- the context
+@dataclass
+class DealContext:
+    """What the CRM's history said at ``as_of`` about stages, owners and accounts."""
+
+    as_of: pd.Timestamp
+    horizon_days: int
+    open_stages: tuple[str, ...]
+    global_win_rate: float
+    stage_days_median: dict[str, float] = field(default_factory=dict)
+    stage_days_p90: dict[str, float] = field(default_factory=dict)
+    stage_win_rate: dict[str, float] = field(default_factory=dict)
+    owner_history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    account_history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    amount_median: dict[str, float] = field(default_factory=dict)
+    amount_overall: float = float("nan")
+
+
+def decided_deals(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Deals decided before ``as_of``: ``opportunity_id``, ``outcome`` (won/lost), ``closed_at``,
+    ``amount`` (last known before the close), ``owner_id``, ``account_id``.
+
+    A deal is decided when it entered won or lost before ``as_of`` (its first terminal
+    entry counts) or its ``closed_at`` is before ``as_of``.
+    """
+    hist = rows_before(export.stage_history, "entered_at", as_of)
+    term = hist[hist["stage"].isin(TERMINAL_STAGES)].sort_values("entered_at", kind="stable")
+    term = term.drop_duplicates("opportunity_id")[["opportunity_id", "stage", "entered_at"]]
+    term = term.rename(columns={"stage": "outcome", "entered_at": "closed_at"})
+    opps = export.opportunities
+    closed = opps[known_as_of(opps["closed_at"], as_of).notna() & ~opps["opportunity_id"].isin(term["opportunity_id"])]
+    more = closed[["opportunity_id", "outcome", "closed_at"]]
+    out = pd.concat([term, more], ignore_index=True)
+    amounts = hist.dropna(subset=["amount"]).sort_values("entered_at", kind="stable").groupby("opportunity_id")["amount"].last()
+    out["amount"] = out["opportunity_id"].map(amounts)
+    info = opps.set_index("opportunity_id")
+    for c in ("owner_id", "account_id", "created_at"):
+        out[c] = out["opportunity_id"].map(info[c])
+    return out
+
+
+def _smoothed(hits: pd.Series, keys: pd.Series, prior: float) -> pd.Series:
+    g = pd.DataFrame({"k": keys, "y": hits}).dropna(subset=["k"]).groupby("k")["y"]
+    return (g.sum() + RATE_PRIOR_WEIGHT * prior) / (g.count() + RATE_PRIOR_WEIGHT)
+
+
+def deal_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) -> DealContext:
+    """Point-in-time history statistics at ``as_of``, from rows before ``as_of`` only."""
+    stages = tuple(export.open_stages)
+    hist = rows_before(export.stage_history, "entered_at", as_of).sort_values(
+        ["opportunity_id", "entered_at"], kind="stable"
+    )
+    same = hist["opportunity_id"].eq(hist["opportunity_id"].shift(-1))
+    dur = ((hist["entered_at"].shift(-1) - hist["entered_at"]) / DAY).where(same)
+    done = pd.DataFrame({"stage": hist["stage"], "days": dur}).dropna()
+    median = done.groupby("stage")["days"].median()
+    p90 = done.groupby("stage")["days"].quantile(0.9)
+
+    decided = decided_deals(export, as_of)
+    recent = decided[decided["closed_at"] >= as_of - RATE_LOOKBACK]
+    won = (recent["outcome"] == "won").astype(float)
+    global_rate = float(won.mean()) if len(won) else 0.0
+    entered = hist[hist["opportunity_id"].isin(recent["opportunity_id"]) & hist["stage"].isin(stages)]
+    entered = entered[["opportunity_id", "stage"]].drop_duplicates()
+    entered = entered.merge(recent[["opportunity_id", "outcome"]], on="opportunity_id")
+    stage_rate = _smoothed((entered["outcome"] == "won").astype(float), entered["stage"], global_rate)
+
+    owner = pd.DataFrame(
+        {
+            "won_deals": won.groupby(recent["owner_id"]).sum(),
+            "lost_deals": (1 - won).groupby(recent["owner_id"]).sum(),
+            "won_amount": recent["amount"].where(won == 1, 0.0).fillna(0.0).groupby(recent["owner_id"]).sum(),
+            "win_rate": _smoothed(won, recent["owner_id"], global_rate),
+        }
+    )
+    opps = rows_before(export.opportunities, "created_at", as_of)
+    leads = rows_before(export.leads, "created_at", as_of)
+    first_seen = pd.concat([opps[["owner_id", "created_at"]], leads[["owner_id", "created_at"]]]).groupby("owner_id")[
+        "created_at"
+    ].min()
+    open_now = open_opportunities(opps, export.stage_history, as_of)["owner_id"].value_counts()
+    owner = owner.reindex(owner.index.union(first_seen.index))
+    owner["first_seen_day"] = _days(first_seen.reindex(owner.index))
+    owner["open_deals"] = open_now.reindex(owner.index).fillna(0.0).astype(float)
+    owner.index.name = "owner_id"
+
+    dwon = (decided["outcome"] == "won").astype(float)
+    account = pd.DataFrame(
+        {
+            "won_deals": dwon.groupby(decided["account_id"]).sum(),
+            "lost_deals": (1 - dwon).groupby(decided["account_id"]).sum(),
+            "won_amount": decided["amount"].where(dwon == 1, 0.0).fillna(0.0).groupby(decided["account_id"]).sum(),
+        }
+    )
+    first_won = decided["closed_at"].where(dwon == 1).groupby(decided["account_id"]).min()
+    account["first_won_day"] = _days(first_won.reindex(account.index))
+    account.index.name = "account_id"
+
+    # typical amounts by product and type (first known amount of deals created before as_of)
+    first_amount = hist.dropna(subset=["amount"]).groupby("opportunity_id")["amount"].first()
+    info = opps.set_index("opportunity_id")
+    a = pd.DataFrame({"amount": first_amount})
+    a["key"] = _amount_key(info["product"].reindex(a.index), info["type"].reindex(a.index))
+    a["type_key"] = _amount_key(pd.Series(np.nan, index=a.index, dtype=object), info["type"].reindex(a.index))
+    med = {**a.groupby("type_key")["amount"].median().to_dict(), **a.groupby("key")["amount"].median().to_dict()}
+    return DealContext(
+        as_of=as_of,
+        horizon_days=horizon_days,
+        open_stages=stages,
+        global_win_rate=global_rate,
+        stage_days_median={str(k): float(v) for k, v in median.items()},
+        stage_days_p90={str(k): float(v) for k, v in p90.items()},
+        stage_win_rate={str(k): float(v) for k, v in stage_rate.items()},
+        owner_history=owner,
+        account_history=account,
+        amount_median={str(k): float(v) for k, v in med.items()},
+        amount_overall=float(a["amount"].median()) if len(a) else float("nan"),
+    )
+
+
+def _amount_key(product: pd.Series, type_: pd.Series) -> pd.Series:
+    return product.astype("str").fillna("?").astype(object).where(product.notna(), "?") + "|" + type_.astype(
+        "str"
+    ).astype(object).where(type_.notna(), "?")
+
+
+def predicted_amount(opportunities: pd.DataFrame, context: DealContext) -> np.ndarray:
+    """An amount for deals without one: the median first amount of deals of the same product
+    and type (else the same type, else all deals) created before the context's ``as_of``."""
+    key = _amount_key(opportunities["product"], opportunities["type"])
+    tkey = _amount_key(pd.Series(np.nan, index=opportunities.index, dtype=object), opportunities["type"])
+    by_key = key.map(context.amount_median).astype(float)
+    by_type = tkey.map(context.amount_median).astype(float)
+    return by_key.fillna(by_type).fillna(context.amount_overall).to_numpy(dtype=float)
+
+
+# ----------------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class DealFeatureSpec:
+    """Which columns a deal feature frame has: fixed when a model is trained, reused to score."""
+
+    activity_types: tuple[str, ...]
+    open_stages: tuple[str, ...] = DEFAULT_OPEN_STAGES
+    opportunity_categoricals: tuple[str, ...] = OPPORTUNITY_CATEGORICALS
+    opportunity_numerics: tuple[str, ...] = ()
+    lead_categoricals: tuple[str, ...] = LEAD_CATEGORICALS
+    lead_numerics: tuple[str, ...] = ()
+    account_categoricals: tuple[str, ...] = ACCOUNT_CATEGORICALS
+    account_numerics: tuple[str, ...] = ACCOUNT_NUMERICS
+    windows: tuple[int, ...] = (7, 30, 90)
+    horizon_days: int = 91
+    excluded: tuple[str, ...] = ()
+
+    @classmethod
+    def from_export(
+        cls,
+        export: Export,
+        *,
+        horizon_days: int = 91,
+        windows: Sequence[int] = (7, 30, 90),
+        exclude: Iterable[str] = (),
+        min_activity_share: float = 0.005,
+        as_of: pd.Timestamp | None = None,
+    ) -> DealFeatureSpec:
+        """Spec for an export: its custom fields and the activity kinds that occur on deals
+        (before ``as_of`` when given, so the column set is point-in-time too)."""
+        exclude = tuple(exclude)
+
+        def split(table: str, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+            custom = [c for c in custom_columns(table, frame) if c not in exclude]
+            num = [c for c in custom if pd.api.types.is_numeric_dtype(frame[c])]
+            return [c for c in custom if c not in num], num
+
+        opp_cat, opp_num = split("opportunities", export.opportunities)
+        lead_cat, lead_num = split("leads", export.leads)
+        acc_cat, acc_num = split("accounts", export.accounts)
+        acts = export.activities[export.activities["opportunity_id"].notna()]
+        if as_of is not None:
+            acts = rows_before(acts, "occurred_at", as_of)
+        shares = activity_kind(acts).value_counts(normalize=True)
+        types = tuple(sorted(shares[shares >= min_activity_share].index.astype(str)))
+        keep = lambda cols: tuple(c for c in cols if c not in exclude)  # noqa: E731
+        return cls(
+            activity_types=types,
+            open_stages=tuple(export.open_stages),
+            opportunity_categoricals=keep((*OPPORTUNITY_CATEGORICALS, *opp_cat)),
+            opportunity_numerics=keep(opp_num),
+            lead_categoricals=keep((*LEAD_CATEGORICALS, *lead_cat)),
+            lead_numerics=keep(lead_num),
+            account_categoricals=keep((*ACCOUNT_CATEGORICALS, *acc_cat)),
+            account_numerics=keep((*ACCOUNT_NUMERICS, *acc_num)),
+            windows=tuple(windows),
+            horizon_days=horizon_days,
+            excluded=exclude,
+        )
+
+    @property
+    def categorical_features(self) -> list[str]:
+        cols = [
+            "stage",
+            *self.opportunity_categoricals,
+            *(f"lead_{c}" for c in self.lead_categoricals),
+            *(f"account_{c}" for c in self.account_categoricals),
+        ]
+        return [c for c in cols if c not in self.excluded]
+
+    @property
+    def feature_names(self) -> list[str]:
+        acts = []
+        for t in self.activity_types:
+            acts += [f"{t}_{w}d" for w in self.windows] + [f"{t}_total", f"days_since_{t}"]
+        cols = [
+            "stage",
+            *self.opportunity_categoricals,
+            *self.opportunity_numerics,
+            *(f"lead_{c}" for c in self.lead_categoricals),
+            *(f"lead_{c}" for c in self.lead_numerics),
+            *(f"account_{c}" for c in self.account_categoricals),
+            *(f"account_{c}" for c in self.account_numerics),
+            "stage_index",
+            "days_in_stage",
+            "stage_pace",
+            "age_days",
+            "stage_entries",
+            "advances",
+            "regressions",
+            *(f"days_in_{s}" for s in self.open_stages),
+            "amount",
+            "amount_changes",
+            "amount_change_ratio",
+            "days_to_close_date",
+            "overdue",
+            "close_date_pushes",
+            "close_date_push_days",
+            "lead_age_at_conversion",
+            *acts,
+            "activities_total",
+            "activities_30d",
+            "days_since_activity",
+            "stage_win_rate",
+            "owner_win_rate",
+            "owner_won_deals",
+            "owner_won_amount",
+            "owner_tenure_days",
+            "owner_open_deals",
+            "account_won_deals",
+            "account_lost_deals",
+            "account_won_amount",
+            "account_customer_days",
+        ]
+        return [c for c in cols if c not in self.excluded]
+
+
+def _column(frame: pd.DataFrame, name: str, numeric: bool) -> np.ndarray:
+    if name not in frame:
+        return np.full(len(frame), np.nan)
+    if numeric:
+        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    values = frame[name]
+    if not pd.api.types.is_string_dtype(values):
+        values = values.astype("str").where(values.notna())
+    return values.to_numpy(dtype=object, na_value=np.nan)
+
+
+def _activity_features(
+    activities: pd.DataFrame, ids: pd.Index, as_of: pd.Timestamp, spec: DealFeatureSpec
+) -> dict[str, np.ndarray]:
+    """Per deal and activity kind: counts per window, all-time count, days since the last one."""
+    acts = rows_before(activities, "occurred_at", as_of)
+    pos = ids.get_indexer(acts["opportunity_id"])
+    acts, pos = acts[pos >= 0], pos[pos >= 0]
+    age = ((as_of - acts["occurred_at"]) / DAY).to_numpy(dtype=float)
+    n, k = len(ids), len(spec.activity_types)
+    kind = pd.Index(spec.activity_types).get_indexer(activity_kind(acts))
+    typed = kind >= 0
+    cell, cell_age = pos[typed] * k + kind[typed], age[typed]
+
+    def counts(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(cell[mask], minlength=n * k).reshape(n, k).astype(float)
+
+    def latest(idx: np.ndarray, ages: np.ndarray, size: int) -> np.ndarray:
+        out = np.full(size, np.inf)
+        np.minimum.at(out, idx, ages)
+        out[np.isinf(out)] = np.nan
+        return out
+
+    per_window = {w: counts(cell_age < w) for w in spec.windows}
+    totals = counts(np.ones(len(cell), dtype=bool))
+    since = latest(cell, cell_age, n * k).reshape(n, k)
+    cols: dict[str, np.ndarray] = {}
+    for j, t in enumerate(spec.activity_types):
+        for w in spec.windows:
+            cols[f"{t}_{w}d"] = per_window[w][:, j]
+        cols[f"{t}_total"] = totals[:, j]
+        cols[f"days_since_{t}"] = since[:, j]
+    cols["activities_total"] = np.bincount(pos, minlength=n).astype(float)
+    cols["activities_30d"] = np.bincount(pos[age < 30], minlength=n).astype(float)
+    cols["days_since_activity"] = latest(pos, age, n)
+    return cols
+
+
+def _history_lookup(history: pd.DataFrame, keys: np.ndarray, column: str, default: float = 0.0) -> np.ndarray:
+    if column not in history or history.empty:
+        return np.full(len(keys), default)
+    row = history.index.get_indexer(keys)
+    values = history[column].to_numpy()
+    out = np.where(row >= 0, values[np.maximum(row, 0)] if len(values) else default, default)
+    return out
+
+
+def deal_features(
+    opportunities: pd.DataFrame,
+    stage_history: pd.DataFrame,
+    activities: pd.DataFrame,
+    leads: pd.DataFrame,
+    accounts: pd.DataFrame,
+    as_of: pd.Timestamp,
+    context: DealContext,
+    spec: DealFeatureSpec,
+    state: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The feature frame of ``opportunities`` as of ``as_of``, one row per deal, indexed by ``opportunity_id``.
+
+    Only rows before ``as_of`` are read (stage entries, activities, leads' conversion,
+    accounts created). ``context`` must not be newer than ``as_of``. ``state`` is
+    :func:`deal_state` when the caller already has it.
+    """
+    if context.as_of > as_of:
+        raise ValueError(f"context as of {context.as_of} is newer than as_of {as_of}: it would leak")
+    ids = pd.Index(opportunities["opportunity_id"], name="opportunity_id")
+    if state is None:
+        state = deal_state(opportunities, stage_history, as_of, spec.open_stages)
+    cols: dict[str, np.ndarray] = {"stage": state["stage"].to_numpy(dtype=object)}
+    for c in spec.opportunity_categoricals:
+        cols[c] = _column(opportunities, c, numeric=False)
+    for c in spec.opportunity_numerics:
+        cols[c] = _column(opportunities, c, numeric=True)
+    lead_rows = rows_before(leads, "created_at", as_of).drop_duplicates("lead_id").set_index("lead_id")
+    lead_rows = lead_rows.reindex(opportunities["lead_id"].to_numpy())
+    for c in spec.lead_categoricals:
+        cols[f"lead_{c}"] = _column(lead_rows, c, numeric=False)
+    for c in spec.lead_numerics:
+        cols[f"lead_{c}"] = _column(lead_rows, c, numeric=True)
+    acc = rows_before(accounts, "created_at", as_of).drop_duplicates("account_id").set_index("account_id")
+    acc_rows = acc.reindex(opportunities["account_id"].to_numpy())
+    for c in spec.account_categoricals:
+        cols[f"account_{c}"] = _column(acc_rows, c, numeric=False)
+    for c in spec.account_numerics:
+        cols[f"account_{c}"] = _column(acc_rows, c, numeric=True)
+    for c in ("stage_index", "days_in_stage", "age_days", "stage_entries", "advances", "regressions", "amount",
+              "amount_changes", "amount_change_ratio", "days_to_close_date", "overdue", "close_date_pushes",
+              "close_date_push_days", *(f"days_in_{s}" for s in spec.open_stages)):
+        cols[c] = state[c].to_numpy(dtype=float)
+    typical = state["stage"].map(context.stage_days_median).to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cols["stage_pace"] = np.where(typical > 0, cols["days_in_stage"] / typical, np.nan)
+    cols["lead_age_at_conversion"] = _days(opportunities["created_at"]) - _days(lead_rows["created_at"])
+    cols.update(_activity_features(activities, ids, as_of, spec))
+    cols["stage_win_rate"] = state["stage"].map(context.stage_win_rate).fillna(context.global_win_rate).to_numpy(float)
+    owners = opportunities["owner_id"].to_numpy(dtype=object)
+    oh = context.owner_history
+    cols["owner_win_rate"] = _history_lookup(oh, owners, "win_rate", context.global_win_rate).astype(float)
+    cols["owner_win_rate"] = np.where(np.isnan(cols["owner_win_rate"]), context.global_win_rate, cols["owner_win_rate"])
+    cols["owner_won_deals"] = np.nan_to_num(_history_lookup(oh, owners, "won_deals").astype(float))
+    cols["owner_won_amount"] = np.nan_to_num(_history_lookup(oh, owners, "won_amount").astype(float))
+    cols["owner_open_deals"] = np.nan_to_num(_history_lookup(oh, owners, "open_deals").astype(float))
+    t_now = _days(pd.DatetimeIndex([as_of]))[0]
+    cols["owner_tenure_days"] = t_now - _history_lookup(oh, owners, "first_seen_day", np.nan).astype(float)
+    ah = context.account_history
+    accounts_of = opportunities["account_id"].to_numpy(dtype=object)
+    for c in ("won_deals", "lost_deals", "won_amount"):
+        cols[f"account_{c}"] = np.nan_to_num(_history_lookup(ah, accounts_of, c).astype(float))
+    cols["account_customer_days"] = t_now - _history_lookup(ah, accounts_of, "first_won_day", np.nan).astype(float)
+    return pd.DataFrame({c: cols[c] for c in spec.feature_names}, index=ids)
+
+
+# ----------------------------------------------------------------------------- labels, snapshots
+def deal_outcomes(export: Export) -> pd.DataFrame:
+    """What became of each deal, as far as the export knows (labels only: reads the future on
+    purpose). Indexed by ``opportunity_id``: ``closed_at`` (NaT while open: censored at the
+    export time) and ``won`` (1, 0, NaN while open) and ``won_amount`` (the last amount
+    known at the close)."""
+    dec = decided_deals(export, pd.Timestamp.max.tz_localize("UTC"))
+    dec = dec.set_index("opportunity_id")
+    ids = pd.Index(export.opportunities["opportunity_id"], name="opportunity_id")
+    out = pd.DataFrame(index=ids)
+    out["closed_at"] = dec["closed_at"].reindex(ids)
+    out["won"] = (dec["outcome"] == "won").astype(float).reindex(ids)
+    out["won_amount"] = dec["amount"].where(dec["outcome"] == "won").reindex(ids)
+    return out
+
+
+def next_stage_entered_at(
+    stage_history: pd.DataFrame, ids: pd.Index, stage: pd.Series | np.ndarray, as_of: pd.Timestamp,
+    open_stages: Sequence[str],
+) -> np.ndarray:
+    """When each deal first entered the stage after its stage at ``as_of`` (won after the last
+    open stage), at or after ``as_of``; NaT when it has not (yet). A label: reads the future."""
+    code = stage_codes(np.asarray(stage, dtype=object), open_stages)
+    target = np.array([*open_stages, "won"], dtype=object)[np.clip(code + 1, 0, len(open_stages))]
+    want = pd.DataFrame({"opportunity_id": ids.to_numpy(), "stage": target})
+    later = stage_history[stage_history["entered_at"] >= as_of][["opportunity_id", "stage", "entered_at"]]
+    hit = want.merge(later, on=["opportunity_id", "stage"], how="left").groupby("opportunity_id", sort=False)["entered_at"].min()
+    return hit.reindex(ids).to_numpy()
+
+
+def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
+    """As-of times every ``every_days`` ending exactly at ``end`` (inclusive), none before ``start``."""
+    times = pd.date_range(end=end.floor("D"), start=start.ceil("D"), freq=f"{every_days}D")
+    return [pd.Timestamp(t) for t in times]
+
+
+def deal_snapshots(
+    export: Export, as_ofs: Sequence[pd.Timestamp], spec: DealFeatureSpec, *, progress: bool = False
+) -> pd.DataFrame:
+    """For each ``as_of``, every deal open then: its features (point-in-time) and what happened
+    later as the export knows it (``closed_at``, ``won``, ``won_amount``, ``next_stage_at``).
+
+    The future columns are labels: the trainer censors them at its own cutoff, so one
+    snapshot frame serves every cutoff of a backtest.
+    """
+    outcomes = deal_outcomes(export)
+    parts = []
+    for as_of in tqdm(as_ofs, desc="deal snapshots", disable=not progress, unit="snapshot"):
+        opps = open_opportunities(export.opportunities, export.stage_history, as_of)
+        if opps.empty:
+            continue
+        ctx = deal_context(export, as_of, spec.horizon_days)
+        state = deal_state(opps, export.stage_history, as_of, spec.open_stages)
+        X = deal_features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of, ctx,
+                          spec, state=state)
+        X.insert(0, "as_of", as_of)
+        X["amount_filled"] = np.where(np.isnan(state["amount"]), predicted_amount(opps, ctx), state["amount"])
+        X["expected_close_date"] = state["expected_close_date"].to_numpy()
+        X["crm_stage_win_rate"] = X["stage_win_rate"].to_numpy()
+        X["next_stage_at"] = next_stage_entered_at(export.stage_history, X.index, state["stage"], as_of, spec.open_stages)
+        X = X.join(outcomes)
+        parts.append(X.reset_index())
+    if not parts:
+        raise ValueError("no deal was open at any snapshot time: the export is too short or empty")
+    return pd.concat(parts, ignore_index=True)
