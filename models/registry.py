@@ -54,6 +54,9 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise ModelNotAvailable(name, f"no version has the alias {alias!r} yet; run `funnelcast train`") from exc
+    # models:/ URIs resolve through MLflow's global URIs: point them at this client's store
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client._registry_uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
     scorer = model.unwrap_python_model().scorer
     return LoadedModel(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, scorer=scorer)

@@ -106,6 +106,9 @@ def test_mlflow_round_trip_gives_identical_scores(mlflow_store, sample_export, l
 def test_pyfunc_predicts_from_the_feature_frame(mlflow_store, trained):
     import mlflow
 
+    from models.registry import configure
+
+    configure(mlflow_store["uri"])  # other tests may have pointed MLflow elsewhere
     model = mlflow.pyfunc.load_model("models:/lead_quality@champion")
     X = trained.snapshots[trained.scorer.spec.feature_names].head(20)
     out = model.predict(X)
