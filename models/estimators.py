@@ -28,7 +28,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 
 #: Rows from which prediction uses every core.
-_PARALLEL_ROWS = 2000
+_PARALLEL_ROWS = 200
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
