@@ -2,9 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-# a local development key for `make run`; set your own (or FUNNELCAST_API_KEY_HASHES) in production
-FUNNELCAST_API_KEYS ?= ["dev-key"]
-export FUNNELCAST_API_KEYS
+# a local development key for `make run` only; set your own (or FUNNELCAST_API_KEY_HASHES) in production
+DEV_API_KEYS ?= ["dev-key"]
 
 .PHONY: install browser run test bench lock clean
 
@@ -17,7 +16,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/funnelcast run
+	FUNNELCAST_API_KEYS='$(DEV_API_KEYS)' $(BIN)/funnelcast run
 
 # the managers' page test drives Debian's chromium (no browser download); without root or apt
 # the test skips itself
