@@ -5,9 +5,14 @@ Everything is built once per test session on small data (scale 0.15) so the suit
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# tests configure everything explicitly: a developer's FUNNELCAST_* / MLflow settings must not leak in
+for _name in [n for n in os.environ if n.startswith("FUNNELCAST_") or n == "MLFLOW_TRACKING_URI"]:
+    del os.environ[_name]
 
 SEED = 7
 SCALE = 0.05
