@@ -91,7 +91,7 @@ def open_opportunities(
 
 def _days(values: pd.Series | np.ndarray) -> np.ndarray:
     """UTC timestamps as float days since the epoch (NaT -> NaN)."""
-    v = pd.DatetimeIndex(values)
+    v = pd.DatetimeIndex(values).as_unit("ns")  # asi8 is in the index's own unit (s, ms, us or ns)
     out = v.asi8.astype(float) / 86_400e9
     out[v.isna()] = np.nan
     return out

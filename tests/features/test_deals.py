@@ -207,3 +207,13 @@ def test_snapshots_keep_open_deals_censored(sample_export):
     out = deal_outcomes(sample_export)
     closed = sample_export.opportunities.set_index("opportunity_id")["closed_at"]
     assert (out["closed_at"].notna() == closed.reindex(out.index).notna()).all()
+
+
+def test_as_of_resolution_does_not_matter(sample_export):
+    """An as_of parsed at second resolution (as from a CSV or a request) gives the same features."""
+    as_of = _as_of(sample_export, 0.75)
+    spec = DealFeatureSpec.from_export(sample_export, as_of=as_of)
+    a = _features(sample_export, as_of.as_unit("ns"), spec)
+    b = _features(sample_export, pd.Timestamp(as_of.isoformat()).as_unit("s"), spec)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a["age_days"] > 0).all() and (a["days_in_stage"] >= 0).all()

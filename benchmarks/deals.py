@@ -1,0 +1,103 @@
+"""Deal models against the truth and the CRM's stage win rate, on the sample's truth origins.
+
+At each ``as_of`` of ``truth/opportunities.csv`` (T - 273, T - 182, T - 91, T days): fit the
+deal models on the history before ``as_of`` only (labels censored there), score every deal
+open then, and compare with the truth's exact probabilities and with the stage win rate
+(the CRM's probability by stage, point-in-time), against what actually happened (the truth
+files follow every deal to its end). Pooled over the origins, with a paired bootstrap CI
+of the AUC gap to the truth.
+
+    python benchmarks/deals.py --sample .funnelcast/sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from features.io import load_export
+from models.metrics import classification_metrics
+from training.deals import DealTrainConfig, build_snapshots, fit_deal_scorer
+
+
+def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True) -> pd.DataFrame:
+    """Per origin and deal: truth, model and stage-win-rate probabilities, and the outcomes."""
+    export, _ = load_export(sample / "export")
+    truth = pd.read_csv(sample / "truth" / "opportunities.csv")
+    truth["as_of"] = pd.to_datetime(truth["as_of"], utc=True)
+    spec, snaps = build_snapshots(export, export.exported_at, cfg, progress=progress,
+                                  spec=None)
+    rows = []
+    for as_of in tqdm(sorted(truth["as_of"].unique()), desc="truth origins", disable=not progress):
+        as_of = pd.Timestamp(as_of)
+        scorer = fit_deal_scorer(export, snaps, spec, as_of, cfg, surrogate=False)
+        opps = export.opportunities.set_index("opportunity_id")
+        t = truth[truth["as_of"] == as_of]
+        scored = scorer.score(opps.loc[t["opportunity_id"]].reset_index(), export.stage_history, export.activities,
+                              export.leads, export.accounts, as_of, n_reasons=0).set_index("opportunity_id")
+        t = t.set_index("opportunity_id")
+        out = t[["as_of", "stage", "p_win", "p_win_within_horizon", "p_next_stage_within_horizon", "won",
+                 "won_within_horizon", "next_stage_within_horizon"]].rename(
+            columns={"p_win": "truth_p_win", "p_win_within_horizon": "truth_p_win_h",
+                     "p_next_stage_within_horizon": "truth_p_next"})
+        out["model_p_win"] = scored["p_win"]
+        out["model_p_win_h"] = scored["p_win_within_horizon"]
+        out["model_p_next"] = scored["p_next_stage"]
+        out["stage_p_win"] = out["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate)
+        rows.append(out.reset_index())
+    return pd.concat(rows, ignore_index=True)
+
+
+def auc_gap_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 500, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[i])) < 2:
+            continue
+        gaps.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    return float(np.quantile(gaps, 0.025)), float(np.quantile(gaps, 0.975))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sample", default=".funnelcast/sample", help="a generated sample (export/ and truth/)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    start = time.perf_counter()
+    cmp = truth_comparison(Path(args.sample), DealTrainConfig(seed=args.seed))
+    print(f"{len(cmp)} open-deal snapshots over {cmp['as_of'].nunique()} origins ({time.perf_counter() - start:.0f} s)\n")
+    table = []
+    for target, y, cols in (
+        ("won eventually", "won", [("truth", "truth_p_win"), ("funnelcast", "model_p_win"), ("stage win rate", "stage_p_win")]),
+        ("won within 91 d", "won_within_horizon", [("truth", "truth_p_win_h"), ("funnelcast", "model_p_win_h")]),
+        ("next stage within 91 d", "next_stage_within_horizon", [("truth", "truth_p_next"), ("funnelcast", "model_p_next")]),
+    ):
+        for name, col in cols:
+            m = classification_metrics(cmp[y].to_numpy(), cmp[col].to_numpy())
+            table.append({"target": target, "model": name, "roc_auc": m["roc_auc"], "brier": m["brier"],
+                          "log_loss": m["log_loss"], "calibration_error": m["calibration_error"]})
+    print(pd.DataFrame(table).round(4).to_string(index=False))
+    y = cmp["won"].to_numpy()
+    lo, hi = auc_gap_ci(y, cmp["truth_p_win"].to_numpy(), cmp["model_p_win"].to_numpy(), seed=args.seed)
+    truth_auc = roc_auc_score(y, cmp["truth_p_win"])
+    model_auc = roc_auc_score(y, cmp["model_p_win"])
+    stage_auc = roc_auc_score(y, cmp["stage_p_win"])
+    print(f"\nwin AUC gap to the truth: {truth_auc - model_auc:.4f} (95% paired bootstrap {lo:.4f}..{hi:.4f}); "
+          f"above the stage win rate: {model_auc - stage_auc:+.4f}")
+    per = cmp.groupby("as_of").apply(
+        lambda g: pd.Series({"truth": roc_auc_score(g["won"], g["truth_p_win"]),
+                             "funnelcast": roc_auc_score(g["won"], g["model_p_win"]),
+                             "stage": roc_auc_score(g["won"], g["stage_p_win"]), "deals": len(g)}),
+        include_groups=False)
+    print("\nper origin (win AUC):\n" + per.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()

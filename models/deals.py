@@ -1,0 +1,219 @@
+"""The deal scorer: stage conversion, win, and when, for every open opportunity.
+
+One object (logged to MLflow as ``stage_conversion``, loaded by serving) holds:
+
+* ``next_stage``: P(the deal enters its next stage within the horizon), a calibrated
+  LightGBM on snapshots (stage is a feature);
+* the **timing** model, a discrete-time survival model on the same snapshots: time after
+  ``as_of`` is cut in periods of ``horizon / 3`` days; ``close_hazard`` is P(the deal closes
+  in period j | still open at its start, features at ``as_of``) and ``win_share`` is
+  P(won | it closes in period j). Deals still open at the training cutoff contribute the
+  periods they were observed open (censored, not dropped). From them: the probability of
+  a win in each period, hence P(won within the horizon), P(won eventually) (the mass of
+  ``n_periods`` periods plus the deals still open after them, at the last win share) and
+  an expected close date (the mean win time, given a win);
+* ``surrogate``: a regression tree on the log-odds of P(won) used only for reasons
+  (TreeSHAP of the surrogate, rescaled so that base + points = P(won) exactly);
+* the context of its training cutoff (stage win rates, typical amounts, owners, accounts).
+
+Expected value = P(won) x amount (the last known amount, else predicted from similar deals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.deals import DealContext, DealFeatureSpec, deal_features, deal_state, predicted_amount
+from features.errors import InvalidRecord
+from models.estimators import CalibratedBoostedClassifier
+from models.explain import log_odds_contributions, to_probability, top_reasons
+from models.tasks import Task
+
+#: Periods of the timing model per horizon (a period is horizon / 3 days: about a month).
+PERIODS_PER_HORIZON = 3
+#: How many periods the timing model looks ahead (12 of ~30 days: a year).
+N_PERIODS = 12
+
+DEAL_OUTPUT_COLUMNS = (
+    "opportunity_id",
+    "stage",
+    "p_win",
+    "p_win_within_horizon",
+    "p_next_stage",
+    "expected_close_date",
+    "amount",
+    "amount_predicted",
+    "expected_value",
+)
+
+
+def period_frame(X: pd.DataFrame, periods: np.ndarray) -> pd.DataFrame:
+    """Rows of ``X`` repeated with a ``period`` column: the input of the timing models."""
+    return X.assign(period=np.asarray(periods, dtype=float))
+
+
+def win_mass(hazard: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """P(won in period j) for j < J, and in a last column the deals still open after J periods
+    times the last win share. ``hazard`` and ``share`` are ``(n, J)``; rows sum to P(won)."""
+    n, J = hazard.shape
+    survive = np.cumprod(np.c_[np.ones(n), 1.0 - hazard], axis=1)  # (n, J + 1): open at the start of j
+    mass = survive[:, :J] * hazard * share
+    return np.c_[mass, survive[:, J] * share[:, -1]]
+
+
+@dataclass
+class DealScorer:
+    spec: DealFeatureSpec
+    context: DealContext
+    next_stage: CalibratedBoostedClassifier
+    close_hazard: CalibratedBoostedClassifier
+    win_share: CalibratedBoostedClassifier
+    surrogate: CalibratedBoostedClassifier | None
+    period_days: float
+    n_periods: int = N_PERIODS
+    task: str = Task.STAGE_CONVERSION.value
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def trained_until(self) -> pd.Timestamp:
+        return self.context.as_of
+
+    @property
+    def classifier(self) -> CalibratedBoostedClassifier:
+        """The feature columns' owner, as for every scorer (the MLflow pyfunc reads its ``feature_names_``)."""
+        return self.next_stage
+
+    @property
+    def horizon_periods(self) -> int:
+        return int(round(self.spec.horizon_days / self.period_days))
+
+    # ------------------------------------------------------------------ features
+    def features(
+        self,
+        opportunities: pd.DataFrame,
+        stage_history: pd.DataFrame,
+        activities: pd.DataFrame,
+        leads: pd.DataFrame,
+        accounts: pd.DataFrame,
+        as_of: pd.Timestamp,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The feature frame and the deal state, refusing a leaking ``as_of`` or a closed deal."""
+        if as_of < self.context.as_of:
+            raise InvalidRecord(
+                "as_of",
+                f"{as_of.isoformat()} is before the model's training cutoff {self.context.as_of.isoformat()}: "
+                "the model has seen what happened after it, so the score would leak. "
+                "Score as of a later time, or train with --as-of on earlier history.",
+            )
+        late = opportunities["created_at"] >= as_of
+        if late.any():
+            first = opportunities.loc[late, "opportunity_id"].iloc[0]
+            raise InvalidRecord(f"opportunity {first}", f"created_at is not before as_of {as_of.isoformat()}")
+        state = deal_state(opportunities, stage_history, as_of, self.spec.open_stages)
+        closed = ~state["stage"].isin(self.spec.open_stages)
+        if closed.any():
+            first = state.index[closed.to_numpy()][0]
+            raise InvalidRecord(
+                f"opportunity {first}",
+                f"is already {state.loc[first, 'stage']} before as_of {as_of.isoformat()}: only open deals are scored",
+            )
+        X = deal_features(opportunities, stage_history, activities, leads, accounts, as_of, self.context, self.spec,
+                          state=state)
+        return X, state
+
+    # ------------------------------------------------------------------ predictions
+    def win_distribution(self, X: pd.DataFrame) -> np.ndarray:
+        """``(n, n_periods + 1)``: P(won in each period after as_of), the last column beyond them."""
+        n, J = len(X), self.n_periods
+        big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
+        hazard = self.close_hazard.predict_proba(big).reshape(n, J)
+        share = self.win_share.predict_proba(big).reshape(n, J)
+        return win_mass(hazard, share)
+
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        """P(won), P(won within the horizon), P(next stage within the horizon), expected days to a win."""
+        mass = self.win_distribution(X)
+        p_win = mass.sum(axis=1)
+        mid = (np.arange(mass.shape[1]) + 0.5) * self.period_days
+        with np.errstate(invalid="ignore", divide="ignore"):
+            days = np.where(p_win > 0, (mass * mid).sum(axis=1) / p_win, np.nan)
+        return pd.DataFrame(
+            {
+                "p_win": p_win,
+                "p_win_within_horizon": mass[:, : self.horizon_periods].sum(axis=1),
+                "p_next_stage": self.next_stage.predict_proba(X),
+                "expected_days_to_win": days,
+            },
+            index=X.index,
+        )
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """P(won eventually): what the pyfunc serves."""
+        return self.predict(X)["p_win"].to_numpy()
+
+    def reasons(self, X: pd.DataFrame, p_win: np.ndarray, n_reasons: int) -> list[list[dict[str, object]]]:
+        """Top reasons for P(won), in probability points that add up to P(won) exactly."""
+        if self.surrogate is None or not n_reasons:
+            return [[] for _ in range(len(X))]
+        s = self.surrogate
+        contrib = to_probability(log_odds_contributions(s.contributions(X), s.feature_names_))
+        values, base = contrib.values, contrib.base
+        residual = (p_win - base) - values.sum(axis=1)
+        weight = np.abs(values)
+        total = weight.sum(axis=1, keepdims=True)
+        values = values + residual[:, None] * np.where(total > 0, weight / np.where(total > 0, total, 1), 1 / values.shape[1])
+        return top_reasons(values, X[s.feature_names_], n_reasons)
+
+    def score_frame(
+        self, X: pd.DataFrame, state: pd.DataFrame, opportunities: pd.DataFrame, as_of: pd.Timestamp, n_reasons: int = 5
+    ) -> pd.DataFrame:
+        pred = self.predict(X)
+        known = state["amount"].to_numpy(dtype=float)
+        guess = predicted_amount(opportunities, self.context)
+        amount = np.where(np.isnan(known), guess, known)
+        close = as_of + pd.to_timedelta(pred["expected_days_to_win"].to_numpy(), unit="D")
+        out = pd.DataFrame(
+            {
+                "opportunity_id": X.index.to_numpy(),
+                "stage": state["stage"].to_numpy(),
+                "p_win": pred["p_win"].to_numpy(),
+                "p_win_within_horizon": pred["p_win_within_horizon"].to_numpy(),
+                "p_next_stage": pred["p_next_stage"].to_numpy(),
+                "expected_close_date": pd.DatetimeIndex(close).floor("D"),
+                "amount": amount,
+                "amount_predicted": np.isnan(known),
+                "expected_value": pred["p_win"].to_numpy() * amount,
+            }
+        )
+        out["reasons"] = self.reasons(X, out["p_win"].to_numpy(), n_reasons)
+        return out
+
+    def _warnings(self, X: pd.DataFrame, state: pd.DataFrame, opportunities: pd.DataFrame) -> list[list[str]]:
+        warnings: list[list[str]] = [[] for _ in range(len(X))]
+        for col, mask in self.next_stage.unseen_categories(X).items():
+            for i in np.flatnonzero(mask):
+                warnings[i].append(f"{col} {X[col].iloc[i]!r} was not seen in training: scored as unknown")
+        for i in np.flatnonzero(np.isnan(state["amount"].to_numpy(dtype=float))):
+            warnings[i].append("amount is missing: predicted from deals of the same product and type")
+        for i in np.flatnonzero(state["stage_entries"].to_numpy() == 0):
+            warnings[i].append("no stage history before as_of: taken as in the first stage since creation")
+        return warnings
+
+    def score(
+        self,
+        opportunities: pd.DataFrame,
+        stage_history: pd.DataFrame,
+        activities: pd.DataFrame,
+        leads: pd.DataFrame,
+        accounts: pd.DataFrame,
+        as_of: pd.Timestamp,
+        n_reasons: int = 5,
+    ) -> pd.DataFrame:
+        """Score open deals as of ``as_of``: probabilities, expected close date and value, reasons, warnings."""
+        X, state = self.features(opportunities, stage_history, activities, leads, accounts, as_of)
+        out = self.score_frame(X, state, opportunities, as_of, n_reasons)
+        out["warnings"] = self._warnings(X, state, opportunities)
+        return out

@@ -1,0 +1,360 @@
+"""Train the deal models (stage conversion, win, timing) and register them as ``stage_conversion``.
+
+Snapshots every ``snapshot_every_days``: every deal open at ``as_of``, its features from
+rows before ``as_of`` and what happened later. The labels are **censored at the cutoff**
+of each fit (:func:`fit_deal_scorer`), so the same snapshot frame serves the evaluation,
+the final model and every origin of a backtest:
+
+* next stage within the horizon: snapshots with ``as_of + h <= cutoff`` only;
+* timing: one row per snapshot and period ``j`` (``h / 3`` days each) while the deal was
+  open at the start of the period and the period ended before the cutoff; a deal open at
+  the cutoff is censored there (it contributes the periods it was seen open).
+
+Evaluation: the model is fitted with its cutoff at the start of the latest window whose
+horizon labels are known (``eval_days`` long, ending ``h`` before the cutoff) and scored
+on that window, against the CRM's stage win rate on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from features.contract import Export
+from features.deals import DealFeatureSpec, deal_context, deal_snapshots, snapshot_times
+from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, period_frame
+from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
+from models.explain import log_odds_contributions, shap_summary_plot
+from models.metrics import classification_metrics
+from models.plots import calibration_plot
+from models.registry import ScorerModel
+from models.tasks import Task
+from training.provenance import export_fingerprint, provenance_tags
+
+DAY = pd.Timedelta(days=1)
+#: LightGBM settings of the deal models over the shared defaults: one thread (OpenMP threads
+#: spinning against other work on a small machine made a fit 28x slower), faster learning.
+DEAL_PARAMS: dict[str, Any] = {"num_threads": 1, "learning_rate": 0.05}
+#: Fewest positives a fit or calibration window may hold.
+MIN_POSITIVES = 10
+#: Columns of a snapshot frame that are not features (ids, labels, the future).
+LABEL_COLUMNS = ("opportunity_id", "as_of", "amount_filled", "expected_close_date", "crm_stage_win_rate",
+                 "next_stage_at", "closed_at", "won", "won_amount")
+
+
+@dataclass
+class DealTrainConfig:
+    horizon_days: int = 91
+    snapshot_every_days: int = 14
+    eval_days: int = 91
+    calib_days: int = 91
+    warmup_days: int = 60
+    n_periods: int = N_PERIODS
+    params: dict[str, Any] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+
+    @property
+    def period_days(self) -> float:
+        return self.horizon_days / PERIODS_PER_HORIZON
+
+
+@dataclass
+class DealTrainResult:
+    scorer: DealScorer
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    evaluation: pd.DataFrame
+    snapshots: pd.DataFrame
+    windows: dict[str, str]
+    run_id: str | None = None
+    version: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+
+def build_snapshots(
+    export: Export, cutoff: pd.Timestamp, cfg: DealTrainConfig, progress: bool = False,
+    spec: DealFeatureSpec | None = None,
+) -> tuple[DealFeatureSpec, pd.DataFrame]:
+    """The spec (point-in-time at ``cutoff``) and the snapshots up to ``cutoff``."""
+    start = export.opportunities["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
+    times = snapshot_times(start, cutoff, cfg.snapshot_every_days)
+    spec = spec or DealFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
+    return spec, deal_snapshots(export, times, spec, progress=progress)
+
+
+def censored(snaps: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Snapshots before ``cutoff`` with their future as known at ``cutoff``: later closes become open."""
+    s = snaps[snaps["as_of"] < cutoff].copy()
+    late = ~(s["closed_at"] < cutoff)
+    s.loc[late, "closed_at"] = pd.NaT
+    s.loc[late, ["won", "won_amount"]] = np.nan
+    s.loc[~(s["next_stage_at"] < cutoff), "next_stage_at"] = pd.NaT
+    return s
+
+
+def next_stage_rows(snaps: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """Snapshots whose horizon ended before ``cutoff``, with ``label`` = next stage entered within it."""
+    h = pd.Timedelta(days=horizon_days)
+    s = censored(snaps, cutoff)
+    s = s[s["as_of"] + h <= cutoff]
+    return s.assign(label=(s["next_stage_at"] < s["as_of"] + h).astype(int))
+
+
+def hazard_rows(snaps: pd.DataFrame, cutoff: pd.Timestamp, period_days: float, n_periods: int) -> pd.DataFrame:
+    """Person-period rows of the timing model, censored at ``cutoff``.
+
+    For a snapshot at ``t`` and period ``j`` (``[t + j d, t + (j + 1) d)``): present while the
+    deal was open at the period's start and the period ended by ``cutoff``; ``closed`` = it
+    closed in the period, ``won`` = it was won then.
+    """
+    s = censored(snaps, cutoff)
+    d = pd.Timedelta(days=period_days).as_unit("ns").value
+    n = len(s)
+    j = np.tile(np.arange(n_periods), n)
+    rep = np.repeat(np.arange(n), n_periods)
+    t0 = pd.DatetimeIndex(s["as_of"]).as_unit("ns").asi8[rep] + j * d
+    t1 = t0 + d
+    closed_ns = pd.DatetimeIndex(s["closed_at"]).as_unit("ns")
+    closed_at = np.where(closed_ns.isna(), np.iinfo(np.int64).max, closed_ns.asi8)[rep]
+    still_open = ~(closed_at < t0)
+    keep = still_open & (t1 <= cutoff.as_unit("ns").value)
+    rows = s.iloc[rep[keep]].reset_index(drop=True)
+    closed = (closed_at[keep] < t1[keep])
+    return period_frame(rows, j[keep]).assign(
+        closed=closed.astype(int), won_label=(closed & (rows["won"].to_numpy() == 1)).astype(int)
+    )
+
+
+def _split(frame: pd.DataFrame, cal_start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return frame[frame["as_of"] <= cal_start], frame[frame["as_of"] > cal_start]
+
+
+def _timing_constraints(cols: list[str]) -> list[list[int]]:
+    """LightGBM interaction constraints of the timing models: the period interacts with the stage
+    only. Rows of later periods come from older snapshots, so a free period x feature interaction
+    learns calendar time through drifting features (owner tenure, history counts) and
+    extrapolates on new snapshots; with the constraint, log-odds = f(period, stage) + g(features)."""
+    j = cols.index("period")
+    with_stage = [j, *(cols.index(c) for c in ("stage", "stage_index") if c in cols)]
+    return [with_stage, [i for i in range(len(cols)) if i != j]]
+
+
+def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
+                label: str, what: str) -> CalibratedBoostedClassifier:
+    for name, part in (("fit", fit), ("calibration", cal)):
+        pos = int(part[label].sum())
+        if pos < MIN_POSITIVES or pos > len(part) - MIN_POSITIVES:
+            raise ValueError(
+                f"{what}: {pos} positive(s) among {len(part)} rows in the {name} window: too few to learn from "
+                f"(at least {MIN_POSITIVES} of each class); train with --as-of later or on a longer export"
+            )
+    params = {**DEAL_PARAMS, **cfg.params}
+    if "period" in cols:
+        params["interaction_constraints"] = _timing_constraints(cols)
+    return CalibratedBoostedClassifier(spec.categorical_features, params=params, random_state=cfg.seed).fit(
+        fit[cols], fit[label].to_numpy(), cal[cols], cal[label].to_numpy()
+    )
+
+
+def fit_deal_scorer(
+    export: Export, snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timestamp, cfg: DealTrainConfig,
+    *, surrogate: bool = True,
+) -> DealScorer:
+    """Fit every deal model on what was known at ``cutoff`` (labels censored there)."""
+    cols = spec.feature_names
+    h = pd.Timedelta(days=cfg.horizon_days)
+    calib = pd.Timedelta(days=cfg.calib_days)
+    ns = next_stage_rows(snaps, cutoff, cfg.horizon_days)
+    ns_fit, ns_cal = _split(ns, cutoff - h - calib)
+    next_stage = _classifier(spec, cfg, ns_fit, ns_cal, cols, "label", "next stage")
+
+    hz = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
+    period = pd.Timedelta(days=cfg.period_days)
+    hz_fit, hz_cal = _split(hz, cutoff - period - calib)
+    tcols = [*cols, "period"]
+    hazard = _classifier(spec, cfg, hz_fit, hz_cal, tcols, "closed", "close hazard")
+    closes = hz[hz["closed"] == 1]
+    c_fit, c_cal = _split(closes, cutoff - period - calib)
+    share = _classifier(spec, cfg, c_fit, c_cal, tcols, "won_label", "win share")
+    scorer = DealScorer(
+        spec=spec,
+        context=deal_context(export, cutoff, cfg.horizon_days),
+        next_stage=next_stage,
+        close_hazard=hazard,
+        win_share=share,
+        surrogate=None,
+        period_days=cfg.period_days,
+        n_periods=cfg.n_periods,
+    )
+    if surrogate:
+        # reasons: a regression tree on logit P(won) over the training snapshots
+        recent = snaps[snaps["as_of"] < cutoff]
+        recent = recent[recent["as_of"] >= recent["as_of"].max() - pd.Timedelta(days=365)]
+        p = np.clip(scorer.predict(recent[cols])["p_win"].to_numpy(), 1e-4, 1 - 1e-4)
+        sur = CalibratedBoostedClassifier(
+            spec.categorical_features,
+            params={**DEAL_PARAMS, **cfg.params, "objective": "regression", "min_child_samples": 50, "num_leaves": 15},
+            max_rounds=300,
+            random_state=cfg.seed,
+        )
+        scorer.surrogate = sur.fit(recent[cols], np.log(p / (1 - p)))
+    return scorer
+
+
+def evaluation_frame(scorer: DealScorer, snaps: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Predictions on ``snaps`` next to what happened (known at ``cutoff``) and the CRM's stage win rate."""
+    cols = scorer.spec.feature_names
+    h = pd.Timedelta(days=scorer.spec.horizon_days)
+    known = censored(snaps, cutoff + pd.Timedelta(seconds=1)) if len(snaps) else snaps
+    pred = scorer.predict(snaps[cols])
+    end = snaps["as_of"] + h
+    out = snaps[["opportunity_id", "as_of", "stage", "amount_filled", "expected_close_date"]].copy()
+    out["p_win"] = pred["p_win"].to_numpy()
+    out["p_win_within_horizon"] = pred["p_win_within_horizon"].to_numpy()
+    out["p_next_stage"] = pred["p_next_stage"].to_numpy()
+    out["stage_win_rate"] = snaps["stage"].map(scorer.context.stage_win_rate).fillna(
+        scorer.context.global_win_rate).to_numpy()
+    out["won"] = known["won"].to_numpy()
+    out["won_within_horizon"] = ((known["closed_at"] < end) & (known["won"] == 1)).astype(int).to_numpy()
+    out["next_stage_within_horizon"] = (known["next_stage_at"] < end).astype(int).to_numpy()
+    return out
+
+
+def deal_metrics(ev: pd.DataFrame, prefix_model: str = "", baseline: str = "stage_win_rate") -> tuple[dict, dict]:
+    """Model and stage-win-rate metrics: win (decided deals), win within the horizon, next stage."""
+    model, base = {}, {}
+    decided = ev[ev["won"].notna()]
+    for name, rows, y, p in (
+        ("win", decided, "won", "p_win"),
+        ("win_h", ev, "won_within_horizon", "p_win_within_horizon"),
+        ("next", ev, "next_stage_within_horizon", "p_next_stage"),
+    ):
+        yv = rows[y].to_numpy(dtype=int)
+        for k, v in classification_metrics(yv, rows[p].to_numpy()).items():
+            model[f"{name}_{k}"] = v
+        for k, v in classification_metrics(yv, rows[baseline].to_numpy()).items():
+            base[f"{name}_{k}"] = v
+    return model, base
+
+
+def build_deal_model(
+    export: Export, cfg: DealTrainConfig, cutoff: pd.Timestamp, progress: bool = False,
+    snaps: pd.DataFrame | None = None, spec: DealFeatureSpec | None = None,
+) -> DealTrainResult:
+    """Snapshots, a time-split evaluation against the stage win rate, and the final scorer."""
+    if snaps is None or spec is None:
+        spec, snaps = build_snapshots(export, cutoff, cfg, progress=progress)
+    h = pd.Timedelta(days=cfg.horizon_days)
+    last_labelled = snaps.loc[snaps["as_of"] + h <= cutoff, "as_of"].max()
+    eval_start = last_labelled - pd.Timedelta(days=cfg.eval_days) + DAY
+    ev_scorer = fit_deal_scorer(export, snaps, spec, eval_start, cfg, surrogate=False)
+    ev_rows = snaps[(snaps["as_of"] >= eval_start) & (snaps["as_of"] <= last_labelled)]
+    evaluation = evaluation_frame(ev_scorer, ev_rows, cutoff)
+    metrics, baseline = deal_metrics(evaluation)
+    scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
+    scorer.metadata = {
+        "train_from": str(snaps["as_of"].min()),
+        "trained_until": str(cutoff),
+        "horizon_days": cfg.horizon_days,
+        "snapshots": int(snaps["as_of"].nunique()),
+        "rows": len(snaps),
+        "train_config": asdict(cfg),
+        "data_fingerprint": export_fingerprint(export),
+    }
+    windows = {
+        "evaluate": f"{eval_start.date()}..{last_labelled.date()} ({ev_rows['as_of'].nunique()})",
+        "fit_until": str(eval_start.date()),
+    }
+    return DealTrainResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, evaluation=evaluation,
+                           snapshots=snaps, windows=windows)
+
+
+def log_and_register_deals(
+    result: DealTrainResult,
+    client: MlflowClient,
+    *,
+    experiment: str,
+    artifact_location: str | None,
+    cfg: DealTrainConfig,
+    data_source: str,
+    alias: str = "champion",
+    challenger_alias: str = "challenger",
+) -> DealTrainResult:
+    """Log params, metrics, plots and the pyfunc; register ``stage_conversion`` (first version: champion)."""
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
+    scorer = result.scorer
+    name = Task.STAGE_CONVERSION.value
+    cols = scorer.spec.feature_names
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
+        mlflow.set_tags({"task": name, "data_source": data_source})
+        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
+        mlflow.log_params(
+            {
+                "task": name,
+                "train_from": scorer.metadata["train_from"],
+                "trained_until": scorer.metadata["trained_until"],
+                "horizon_days": cfg.horizon_days,
+                "period_days": round(cfg.period_days, 3),
+                "n_periods": cfg.n_periods,
+                "snapshot_every_days": cfg.snapshot_every_days,
+                "snapshots": scorer.metadata["snapshots"],
+                "rows": scorer.metadata["rows"],
+                "n_features": len(cols),
+                "seed": cfg.seed,
+                "timing_model": "discrete-time hazard (close) x win share, censored at the cutoff",
+                **{f"split_{k}": v for k, v in result.windows.items()},
+                **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **DEAL_PARAMS, **cfg.params}.items()},
+            }
+        )
+        mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"baseline_stage_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            (d / "features.json").write_text(json.dumps({"features": cols, "spec": scorer.spec.__dict__}, indent=2,
+                                                        default=str))
+            ev = result.evaluation
+            decided = ev[ev["won"].notna()]
+            calibration_plot(decided["won"].to_numpy(), {"funnelcast P(won)": decided["p_win"].to_numpy(),
+                                                         "stage win rate": decided["stage_win_rate"].to_numpy()},
+                             str(d / "calibration_win.png"), title="Deal win: calibration (decided deals)")
+            calibration_plot(ev["won_within_horizon"].to_numpy(),
+                             {"funnelcast": ev["p_win_within_horizon"].to_numpy()},
+                             str(d / "calibration_win_within_horizon.png"), title="Won within the horizon")
+            if scorer.surrogate is not None:
+                sample = result.snapshots.sample(n=min(2000, len(result.snapshots)), random_state=cfg.seed)[cols]
+                contrib = log_odds_contributions(scorer.surrogate.contributions(sample), cols)
+                shap_summary_plot(contrib, sample, str(d / "shap_summary_p_win.png"))
+            ev.to_csv(d / "evaluation_predictions.csv", index=False)
+            mlflow.log_artifacts(str(d), artifact_path="report")
+            joblib.dump(scorer, d / "scorer.joblib")
+            example = result.snapshots[cols].head(5)
+            signature = infer_signature(example, pd.DataFrame({"probability": scorer.predict_proba(example)}))
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=ScorerModel(),
+                artifacts={"scorer": str(d / "scorer.joblib")},
+                signature=signature,
+                input_example=example,
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        aliases = [challenger_alias]
+        if alias not in client.get_registered_model(name).aliases:
+            aliases.append(alias)
+        for a in aliases:
+            client.set_registered_model_alias(name, a, version)
+        client.set_model_version_tag(name, version, "trained_until", scorer.metadata["trained_until"])
+        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
+    return result
