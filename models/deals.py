@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.deals import DealContext, DealFeatureSpec, deal_features, deal_state, predicted_amount
+from features.contract import Export
+from features.deals import (
+    DealContext,
+    DealFeatureSpec,
+    deal_features,
+    deal_state,
+    open_opportunities,
+    predicted_amount,
+)
 from features.errors import InvalidRecord
 from models.estimators import CalibratedBoostedClassifier
 from models.explain import log_odds_contributions, to_probability, top_reasons
@@ -133,8 +141,18 @@ class DealScorer:
         share = self.win_share.predict_proba(big).reshape(n, J)
         return win_mass(hazard, share)
 
-    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
-        """P(won), P(won within the horizon), P(next stage within the horizon), expected days to a win."""
+    def within(self, mass: np.ndarray, days: float) -> np.ndarray:
+        """P(won within ``days``) from :meth:`win_distribution` (a partial period pro rata)."""
+        k = min(days / self.period_days, float(self.n_periods))
+        full = int(np.floor(k))
+        out = mass[:, :full].sum(axis=1)
+        if full < self.n_periods:
+            out = out + (k - full) * mass[:, full]
+        return out
+
+    def predict(self, X: pd.DataFrame, horizon_days: float | None = None) -> pd.DataFrame:
+        """P(won), P(won within the horizon), P(next stage within the model's horizon), expected
+        days to a win. ``horizon_days`` other than the model's reads the timing distribution."""
         mass = self.win_distribution(X)
         p_win = mass.sum(axis=1)
         mid = (np.arange(mass.shape[1]) + 0.5) * self.period_days
@@ -143,7 +161,7 @@ class DealScorer:
         return pd.DataFrame(
             {
                 "p_win": p_win,
-                "p_win_within_horizon": mass[:, : self.horizon_periods].sum(axis=1),
+                "p_win_within_horizon": self.within(mass, horizon_days or self.spec.horizon_days),
                 "p_next_stage": self.next_stage.predict_proba(X),
                 "expected_days_to_win": days,
             },
@@ -168,9 +186,10 @@ class DealScorer:
         return top_reasons(values, X[s.feature_names_], n_reasons)
 
     def score_frame(
-        self, X: pd.DataFrame, state: pd.DataFrame, opportunities: pd.DataFrame, as_of: pd.Timestamp, n_reasons: int = 5
+        self, X: pd.DataFrame, state: pd.DataFrame, opportunities: pd.DataFrame, as_of: pd.Timestamp, n_reasons: int = 5,
+        horizon_days: float | None = None,
     ) -> pd.DataFrame:
-        pred = self.predict(X)
+        pred = self.predict(X, horizon_days)
         known = state["amount"].to_numpy(dtype=float)
         guess = predicted_amount(opportunities, self.context)
         amount = np.where(np.isnan(known), guess, known)
@@ -211,9 +230,21 @@ class DealScorer:
         accounts: pd.DataFrame,
         as_of: pd.Timestamp,
         n_reasons: int = 5,
+        horizon_days: float | None = None,
     ) -> pd.DataFrame:
         """Score open deals as of ``as_of``: probabilities, expected close date and value, reasons, warnings."""
         X, state = self.features(opportunities, stage_history, activities, leads, accounts, as_of)
-        out = self.score_frame(X, state, opportunities, as_of, n_reasons)
+        out = self.score_frame(X, state, opportunities, as_of, n_reasons, horizon_days)
+        out["crm_close_date"] = state["expected_close_date"].to_numpy()
         out["warnings"] = self._warnings(X, state, opportunities)
         return out
+
+
+def score_open_deals(
+    export: Export, scorer: DealScorer, as_of: pd.Timestamp, n_reasons: int = 5, horizon_days: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every deal open at ``as_of``, scored, and the open deals themselves."""
+    opps = open_opportunities(export.opportunities, export.stage_history, as_of)
+    scored = scorer.score(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of,
+                          n_reasons=n_reasons, horizon_days=horizon_days)
+    return scored, opps

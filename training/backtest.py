@@ -1,0 +1,298 @@
+"""Forecast accuracy review: rolling origins over the history, side by side with the CRM.
+
+At each origin (every ``every_days`` over the last ``span_days`` whose horizon ended before
+the export): fit the deal models on what was known then (labels censored at the origin;
+the snapshot features are point-in-time by construction, so one snapshot frame serves
+every origin), forecast the bookings of the next horizon per owner, and compare with what
+happened. Three forecasts side by side: funnelcast (expected bookings: open pipeline + new
+deals; P10-P90), the CRM weighted pipeline (stage win rate x amount, close date in the
+horizon) and the reps' own close dates (the amount of deals whose close date is in the
+horizon). Reported per origin and overall: WAPE across owners, bias, share of owners
+within +-10%, P10-P90 coverage (funnelcast), deal-level AUC and Brier of P(won within the
+horizon) and of the stage win rate, and a waterfall of the starting pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from features.contract import Export
+from features.deals import deal_outcomes
+from models.forecast import forecast_table, group_keys, new_deal_flow, simulate_bookings
+from models.metrics import classification_metrics
+from training.deals import DealTrainConfig, fit_deal_scorer
+
+DAY = pd.Timedelta(days=1)
+METHODS = ("funnelcast", "weighted_pipeline", "reps_close_dates")
+
+
+@dataclass
+class BacktestConfig:
+    every_days: int = 28
+    span_days: int = 364
+    n_sims: int = 2000
+    by: str = "owner_id"
+    deal: DealTrainConfig = field(default_factory=DealTrainConfig)
+
+
+@dataclass
+class BacktestResult:
+    per_origin: pd.DataFrame  # one row per origin and method
+    overall: pd.DataFrame  # one row per method
+    groups: pd.DataFrame  # per origin and group: forecasts and actual
+    waterfall: pd.DataFrame  # per origin: what happened to the starting pipeline
+    deals: pd.DataFrame  # per origin and deal: p_win_within_horizon, stage rate, outcome
+    seconds: float = 0.0
+
+
+def backtest_origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
+    """Origins every ``every_days`` with a complete horizon before the export, over ``span_days``."""
+    last = (export.exported_at - pd.Timedelta(days=cfg.deal.horizon_days)).floor("D")
+    n = cfg.span_days // cfg.every_days
+    return [last - k * pd.Timedelta(days=cfg.every_days) for k in range(n, -1, -1)]
+
+
+def accuracy(forecast: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """WAPE, bias (both relative to total actual) and share of groups within +-10% of their actual."""
+    total = actual.sum()
+    err = forecast - actual
+    return {
+        "wape": float(np.abs(err).sum() / total) if total > 0 else float("nan"),
+        "bias": float(err.sum() / total) if total > 0 else float("nan"),
+        "within_10pct": float(np.mean(np.abs(err) <= 0.1 * np.abs(actual))) if len(actual) else float("nan"),
+    }
+
+
+def _waterfall(pipe: pd.DataFrame, origin: pd.Timestamp, end: pd.Timestamp, new_won: float) -> dict[str, float]:
+    in_h = pipe["crm_close_date"] < end
+    won = (pipe["won"] == 1) & (pipe["closed_at"] < end)
+    lost = (pipe["won"] == 0) & (pipe["closed_at"] < end)
+    still = ~(won | lost)
+    return {
+        "origin": origin,
+        "starting_pipeline": float(pipe["amount"].sum()),
+        "in_horizon_by_close_date": float(pipe.loc[in_h, "amount"].sum()),
+        "won": float(pipe.loc[won, "amount"].sum()),
+        "lost": float(pipe.loc[lost, "amount"].sum()),
+        "pushed_out": float(pipe.loc[still & in_h, "amount"].sum()),
+        "pulled_in": float(pipe.loc[won & ~in_h, "amount"].sum()),
+        "still_open_beyond": float(pipe.loc[still & ~in_h, "amount"].sum()),
+        "amount_changes_of_won": float((pipe.loc[won, "won_amount"] - pipe.loc[won, "amount"]).sum()),
+        "new_deals_won": float(new_won),
+    }
+
+
+def run_backtest(export: Export, cfg: BacktestConfig, progress: bool = True) -> BacktestResult:
+    """Every origin: fit on the past, forecast the next horizon per group, compare with what happened."""
+    start_time = time.perf_counter()
+    dc = cfg.deal
+    h = pd.Timedelta(days=dc.horizon_days)
+    origins = backtest_origins(export, cfg)
+    spec, snaps = _snapshots(export, origins, dc, progress)
+    outcomes = deal_outcomes(export)
+    opps = export.opportunities.set_index("opportunity_id")
+    rows, group_rows, waterfall, deal_rows = [], [], [], []
+    for origin in tqdm(origins, desc="backtest origins", disable=not progress, unit="origin"):
+        end = origin + h
+        scorer = fit_deal_scorer(export, snaps, spec, origin, dc, surrogate=False)
+        now = snaps[snaps["as_of"] == origin]
+        X = now[spec.feature_names].set_axis(now["opportunity_id"].to_numpy())
+        pred = scorer.predict(X)
+        ids = now["opportunity_id"].to_numpy()
+        scored = pd.DataFrame({"opportunity_id": ids, "amount": now["amount_filled"].to_numpy(),
+                               "p_win_within_horizon": pred["p_win_within_horizon"].to_numpy()})
+        groups = group_keys(opps.loc[ids], export, cfg.by)
+        rate = now["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate).to_numpy(float)
+        close = pd.Series(now["expected_close_date"].to_numpy())
+        flow = new_deal_flow(export, origin, dc.horizon_days, cfg.by)
+        table = forecast_table(scored, groups, rate, close, origin, dc.horizon_days, flow, n_sims=cfg.n_sims,
+                               seed=dc.seed).set_index("group")
+        # what happened: wins in [origin, end), from the open pipeline and from deals created after origin
+        out = outcomes.reindex(ids)
+        won_h = ((out["won"] == 1) & (out["closed_at"] >= origin) & (out["closed_at"] < end)).to_numpy()
+        actual_open = pd.Series(np.where(won_h, out["won_amount"].fillna(0.0), 0.0)).groupby(groups.to_numpy()).sum()
+        created = opps[(opps["created_at"] >= origin) & (opps["created_at"] < end)]
+        cout = outcomes.reindex(created.index)
+        cwon = (cout["won"] == 1) & (cout["closed_at"] < end)
+        new_groups = group_keys(created[cwon.to_numpy()], export, cfg.by)
+        actual_new = cout.loc[cwon, "won_amount"].fillna(0.0).groupby(new_groups.to_numpy()).sum()
+        names = sorted(set(table.index) | set(actual_open.index) | set(actual_new.index))
+        t = table.reindex(names).fillna(0.0)
+        actual = actual_open.reindex(names).fillna(0.0) + actual_new.reindex(names).fillna(0.0)
+        g = pd.DataFrame({"origin": origin, "group": names, "actual": actual.to_numpy(),
+                          "actual_open_pipeline": actual_open.reindex(names).fillna(0.0).to_numpy(),
+                          "funnelcast": t["expected_bookings"].to_numpy(), "p10": t["p10"].to_numpy(),
+                          "p50": t["p50"].to_numpy(), "p90": t["p90"].to_numpy(),
+                          "funnelcast_open_pipeline": t["expected_open_pipeline"].to_numpy(),
+                          "weighted_pipeline": t["weighted_pipeline"].to_numpy(),
+                          "reps_close_dates": t["reps_close_dates"].to_numpy()})
+        group_rows.append(g)
+        y = g["actual"].to_numpy()
+        ym = classification_metrics(won_h.astype(int), pred["p_win_within_horizon"].to_numpy())
+        yb = classification_metrics(won_h.astype(int), np.where(close < end, rate, 0.0))
+        for m in METHODS:
+            row = {"origin": origin, "method": m, **accuracy(g[m].to_numpy(), y)}
+            if m == "funnelcast":
+                row["coverage_p10_p90"] = float(np.mean((g["p10"] <= y) & (y <= g["p90"])))
+                row["deal_auc"], row["deal_brier"] = ym["roc_auc"], ym["brier"]
+            elif m == "weighted_pipeline":
+                row["deal_auc"], row["deal_brier"] = yb["roc_auc"], yb["brier"]
+            rows.append(row)
+        pipe = pd.DataFrame({"amount": now["amount_filled"].to_numpy(), "crm_close_date": close.to_numpy(),
+                             "won": out["won"].to_numpy(), "closed_at": out["closed_at"].to_numpy(),
+                             "won_amount": out["won_amount"].to_numpy()})
+        pipe["closed_at"] = pd.to_datetime(pipe["closed_at"], utc=True)
+        pipe["crm_close_date"] = pd.to_datetime(pipe["crm_close_date"], utc=True)
+        waterfall.append(_waterfall(pipe, origin, end, float(actual_new.sum())))
+        deal_rows.append(pd.DataFrame({"origin": origin, "opportunity_id": ids, "stage": now["stage"].to_numpy(),
+                                       "p_win_within_horizon": pred["p_win_within_horizon"].to_numpy(),
+                                       "stage_win_rate": rate, "won_within_horizon": won_h.astype(int)}))
+    per_origin = pd.DataFrame(rows)
+    groups_all = pd.concat(group_rows, ignore_index=True)
+    overall = []
+    for m in METHODS:
+        o = per_origin[per_origin["method"] == m]
+        row = {"method": m, "wape": o["wape"].mean(), "bias": o["bias"].mean(), "within_10pct": o["within_10pct"].mean()}
+        pooled = accuracy(groups_all[m].to_numpy(), groups_all["actual"].to_numpy())
+        row["wape_pooled"] = pooled["wape"]
+        if m == "funnelcast":
+            y = groups_all["actual"]
+            row["coverage_p10_p90"] = float(((groups_all["p10"] <= y) & (y <= groups_all["p90"])).mean())
+        if "deal_auc" in o and o["deal_auc"].notna().any():
+            row["deal_auc"], row["deal_brier"] = o["deal_auc"].mean(), o["deal_brier"].mean()
+        overall.append(row)
+    return BacktestResult(per_origin=per_origin, overall=pd.DataFrame(overall), groups=groups_all,
+                          waterfall=pd.DataFrame(waterfall), deals=pd.concat(deal_rows, ignore_index=True),
+                          seconds=time.perf_counter() - start_time)
+
+
+def _snapshots(export: Export, origins: list[pd.Timestamp], dc: DealTrainConfig, progress: bool):
+    """One snapshot frame whose times include every origin (spec point-in-time at the first origin)."""
+    from features.deals import DealFeatureSpec, deal_snapshots, snapshot_times
+
+    spec = DealFeatureSpec.from_export(export, horizon_days=dc.horizon_days, exclude=dc.exclude, as_of=origins[0])
+    start = export.opportunities["created_at"].min() + pd.Timedelta(days=dc.warmup_days)
+    # snapshot times step back from the last origin, so every origin (a multiple of the step away) is one
+    times = snapshot_times(start, origins[-1], dc.snapshot_every_days)
+    missing = [o for o in origins if o not in set(times)]
+    times = sorted(set(times) | set(missing))
+    return spec, deal_snapshots(export, times, spec, progress=progress)
+
+
+def write_report(result: BacktestResult, out: Path, title: str = "Forecast accuracy review") -> list[Path]:
+    """Markdown report with plots, and the tables as CSV, in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, frame in (("per_origin", result.per_origin), ("overall", result.overall), ("groups", result.groups),
+                        ("waterfall", result.waterfall), ("deals", result.deals)):
+        p = out / f"{name}.csv"
+        frame.to_csv(p, index=False)
+        paths.append(p)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for m in METHODS:
+        o = result.per_origin[result.per_origin["method"] == m]
+        axes[0].plot(o["origin"].dt.date.astype(str), o["wape"], marker="o", label=m)
+    axes[0].set_title("WAPE across owners per origin")
+    axes[0].tick_params(axis="x", labelrotation=45, labelsize=7)
+    axes[0].legend(fontsize=8)
+    tot = result.groups.groupby("origin")[["actual", "funnelcast", "p10", "p90", "weighted_pipeline",
+                                           "reps_close_dates"]].sum()
+    x = tot.index.date.astype(str)
+    axes[1].fill_between(x, tot["p10"], tot["p90"], alpha=0.2, label="funnelcast P10-P90 (sum of owners' bands)")
+    for c in ("actual", "funnelcast", "weighted_pipeline", "reps_close_dates"):
+        axes[1].plot(x, tot[c], marker="o", label=c)
+    axes[1].set_title("Total bookings in the horizon")
+    axes[1].tick_params(axis="x", labelrotation=45, labelsize=7)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+    w = result.waterfall.drop(columns=["origin"]).mean()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    steps = ["starting_pipeline", "lost", "still_open_beyond", "pushed_out", "amount_changes_of_won", "new_deals_won"]
+    vals = [w["starting_pipeline"], -w["lost"], -w["still_open_beyond"], -w["pushed_out"],
+            w["amount_changes_of_won"], w["new_deals_won"]]
+    cum = np.cumsum([0, *vals[:-1]])
+    ax.bar(steps + ["booked"], vals + [sum(vals)], bottom=list(cum) + [0],
+           color=["#689"] + ["#c44" if v < 0 else "#2a6" for v in vals[1:]] + ["#333"])
+    ax.set_title("What happened to the starting pipeline (mean over origins)")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "waterfall.png", dpi=110)
+    plt.close(fig)
+    fmt = lambda f: f.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else f.to_string(index=False)  # noqa: E731
+    origins = result.per_origin["origin"]
+    md = [
+        f"# {title}",
+        "",
+        f"{origins.nunique()} origins from {origins.min().date()} to {origins.max().date()}, "
+        f"forecasting the next horizon's bookings per group; {result.seconds:.0f} s.",
+        "",
+        "## Overall (mean over origins; `wape_pooled` over every origin and group)",
+        "",
+        fmt(result.overall.round(4)),
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        "## Per origin",
+        "",
+        fmt(result.per_origin.assign(origin=origins.dt.date).round(4)),
+        "",
+        "## What happened to the starting pipeline",
+        "",
+        fmt(result.waterfall.assign(origin=result.waterfall["origin"].dt.date).round(0)),
+        "",
+        "![waterfall](waterfall.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(md))
+    paths += [out / "report.md", out / "accuracy.png", out / "waterfall.png"]
+    return paths
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def log_backtest(result: BacktestResult, client, experiment: str, artifact_location: str | None, out: Path,
+                 cfg: BacktestConfig, data_source: str) -> str:
+    """Log the overall and per-origin figures and the report to MLflow; returns the run id."""
+    import mlflow
+
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
+    with mlflow.start_run(experiment_id=exp_id, run_name="forecast-backtest") as run:
+        mlflow.set_tags({"task": "forecast_backtest", "data_source": data_source})
+        mlflow.log_params({"every_days": cfg.every_days, "span_days": cfg.span_days, "by": cfg.by,
+                           "n_sims": cfg.n_sims, "origins": int(result.per_origin["origin"].nunique()),
+                           "deal_config": json.dumps(asdict(cfg.deal), default=str)[:500]})
+        for r in result.overall.to_dict("records"):
+            mlflow.log_metrics({f"{r['method']}_{k}": float(v) for k, v in r.items()
+                                if k != "method" and v is not None and np.isfinite(v)})
+        for step, (origin, o) in enumerate(result.per_origin.groupby("origin")):
+            for r in o.to_dict("records"):
+                mlflow.log_metrics({f"origin_{r['method']}_{k}": float(v) for k, v in r.items()
+                                    if k not in ("method", "origin") and v is not None and np.isfinite(v)}, step=step)
+        mlflow.log_metric("seconds", result.seconds)
+        mlflow.log_artifacts(str(out), artifact_path="backtest")
+        return run.info.run_id
+
+
+__all__ = ["BacktestConfig", "BacktestResult", "accuracy", "backtest_origins", "log_backtest", "run_backtest",
+           "simulate_bookings", "write_report"]
