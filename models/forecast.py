@@ -6,8 +6,9 @@
   not approximated by a normal, and its P10 / P50 / P90 read off the draws.
 * **Deals not yet created**: bookings from deals created *and* won within the horizon,
   learned from the history: per group, the number of such wins in past windows of the same
-  length (every 4 weeks over the last year, each window complete before ``as_of``) gives a
-  Poisson rate, scaled by the lead flow (leads open now vs at those windows' starts); their
+  length (every 4 weeks over the last year, each complete before ``as_of``, recent ones
+  weighing more) gives a rate, scaled by the lead flow (leads open now vs at those windows'
+  starts), drawn as a gamma-Poisson with the windows' over-dispersion; their
   amounts are drawn from the same windows' won amounts (the group's, else everyone's).
 * Beside them, the **CRM weighted pipeline**: stage win rate x amount of the deals whose
   expected close date falls in the horizon, and the **reps' close dates**: the full amount
@@ -57,6 +58,7 @@ class NewDealFlow:
     all_amounts: np.ndarray
     lead_flow_factor: float
     windows: int
+    dispersion: dict[str, float] = field(default_factory=dict)
     details: dict[str, float] = field(default_factory=dict)
 
 
@@ -77,7 +79,13 @@ def new_deal_flow(
         counts.append(inside["group"].value_counts())
         amounts.append(inside[["group", "amount"]])
         open_counts.append(len(open_leads(export.leads, s)))
-    mean_count = pd.concat(counts, axis=1).fillna(0.0).mean(axis=1) if counts else pd.Series(dtype=float)
+    # recent windows weigh more (half-life two windows): the flow grows with the customer base
+    weights = 0.5 ** (np.arange(len(starts)) / 2.0)
+    table = pd.concat(counts, axis=1).fillna(0.0) if counts else pd.DataFrame()
+    mean_count = (table * weights[: table.shape[1]]).sum(axis=1) / weights[: table.shape[1]].sum()
+    # over-dispersion beyond Poisson, from the windows' spread: var = m + d m^2
+    spread = table.var(axis=1, ddof=1) if table.shape[1] > 1 else pd.Series(0.0, index=table.index)
+    dispersion = ((spread - table.mean(axis=1)) / table.mean(axis=1).clip(lower=1e-9) ** 2).clip(lower=0.0)
     pool = pd.concat(amounts, ignore_index=True) if amounts else pd.DataFrame(columns=["group", "amount"])
     pool = pool.dropna(subset=["amount"])
     now = len(open_leads(export.leads, as_of))
@@ -85,6 +93,7 @@ def new_deal_flow(
     factor = float(np.clip(now / past, 0.5, 2.0)) if past > 0 else 1.0
     return NewDealFlow(
         rate={str(k): float(v) * factor for k, v in mean_count.items()},
+        dispersion={str(k): float(v) for k, v in dispersion.items()},
         amounts={str(k): g["amount"].to_numpy(dtype=float) for k, g in pool.groupby("group")},
         all_amounts=pool["amount"].to_numpy(dtype=float),
         lead_flow_factor=factor,
@@ -123,6 +132,7 @@ def simulate_bookings(
         wins = rng.random((stop - start, len(amount))) < p_win
         open_draws[start:stop] = wins @ onehot
     new_draws = np.zeros_like(open_draws)
+    expected_new = np.zeros(len(names))
     if flow is not None:
         for j, g in enumerate(names):
             lam = flow.rate.get(g, 0.0)
@@ -130,7 +140,10 @@ def simulate_bookings(
             pool = pool if pool is not None and len(pool) else flow.all_amounts
             if lam <= 0 or not len(pool):
                 continue
-            n = rng.poisson(lam, n_sims)
+            d = flow.dispersion.get(g, 0.0)
+            lam_sims = lam * rng.gamma(1.0 / d, d, n_sims) if d > 1e-9 else np.full(n_sims, lam)
+            n = rng.poisson(lam_sims)
+            expected_new[j] = lam * float(np.mean(pool))
             picks = rng.choice(pool, size=int(n.sum()))
             sim = np.repeat(np.arange(n_sims), n)
             new_draws[:, j] = np.bincount(sim, weights=picks, minlength=n_sims)
@@ -141,8 +154,8 @@ def simulate_bookings(
         {
             "group": names,
             "expected_open_pipeline": expected_open,
-            "expected_new_deals": new_draws.mean(axis=0) if flow is not None else 0.0,
-            "expected_bookings": expected_open + (new_draws.mean(axis=0) if flow is not None else 0.0),
+            "expected_new_deals": expected_new,
+            "expected_bookings": expected_open + expected_new,
             "p10": p10,
             "p50": p50,
             "p90": p90,

@@ -60,7 +60,7 @@ def funnel_table(
     soj["lost"] = nxt == lost_code
     soj["still_open"] = soj["next_stage"].isna()
     rate = deal_context(export, start).stage_win_rate
-    soj["value_lost"] = np.where(soj["lost"], soj["amount"].fillna(0.0) * soj["stage"].map(rate).fillna(0.0), 0.0)
+    soj["value_lost"] = np.where(soj["lost"], soj["amount"].fillna(0.0).to_numpy(float) * soj["stage"].map(rate).astype(float).fillna(0.0).to_numpy(), 0.0)
     g = soj.groupby(["group", "stage"])
     out = pd.DataFrame(
         {

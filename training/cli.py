@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("training.cli_adapters").cli_adapters.register(sub, ssub)
     __import__("training.cli_ops").cli_ops.register(sub, ssub)
     __import__("training.cli_accounts").cli_accounts.register(sub, ssub)
+    __import__("training.cli_deals").cli_deals.register(sub, ssub)
     return p
 
 

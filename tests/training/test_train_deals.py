@@ -1,0 +1,183 @@
+"""Training the deal models on the small sample: censoring, scores, reasons, point-in-time
+scoring, the MLflow round trip and the commands (train-deals, score opportunities, forecast,
+funnel, backtest)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import Export
+from features.deals import open_opportunities
+from models.deals import score_open_deals
+from training.deals import DealTrainConfig, build_deal_model, censored, hazard_rows, next_stage_rows
+
+DAY = pd.Timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def deal_cfg() -> DealTrainConfig:
+    return DealTrainConfig(snapshot_every_days=28, seed=7)
+
+
+@pytest.fixture(scope="module")
+def deal_result(sample_export, deal_cfg):
+    return build_deal_model(sample_export, deal_cfg, sample_export.exported_at)
+
+
+def test_labels_are_censored_at_the_cutoff(deal_result, deal_cfg):
+    snaps = deal_result.snapshots
+    cutoff = snaps["as_of"].sort_values().unique()[len(snaps["as_of"].unique()) // 2]
+    cutoff = pd.Timestamp(cutoff)
+    c = censored(snaps, cutoff)
+    assert (c["as_of"] < cutoff).all()
+    assert not (c["closed_at"] >= cutoff).any() and not (c["next_stage_at"] >= cutoff).any()
+    hz = hazard_rows(snaps, cutoff, deal_cfg.period_days, deal_cfg.n_periods)
+    ends = hz["as_of"] + pd.to_timedelta((hz["period"] + 1) * deal_cfg.period_days, unit="D")
+    assert (ends <= cutoff).all()
+    # deals still open at the cutoff are kept (censored), not dropped
+    open_at_cut = c[c["closed_at"].isna()]["opportunity_id"]
+    assert hz["opportunity_id"].isin(open_at_cut).any()
+    ns = next_stage_rows(snaps, cutoff, deal_cfg.horizon_days)
+    assert (ns["as_of"] + pd.Timedelta(days=deal_cfg.horizon_days) <= cutoff).all()
+    # a deal that closes after the cutoff has no event in any hazard row
+    later = snaps[(snaps["closed_at"] >= cutoff) & (snaps["as_of"] < cutoff)]["opportunity_id"].unique()
+    assert hz[hz["opportunity_id"].isin(later)]["closed"].sum() == 0
+
+
+def test_scores_are_coherent_and_reasons_add_up(deal_result, sample_export):
+    scorer = deal_result.scorer
+    as_of = sample_export.exported_at
+    scored, opps = score_open_deals(sample_export, scorer, as_of)
+    assert len(scored) == len(opps) > 10
+    for c in ("p_win", "p_win_within_horizon", "p_next_stage"):
+        assert scored[c].between(0, 1).all()
+    assert (scored["p_win_within_horizon"] <= scored["p_win"] + 1e-12).all()
+    assert (scored["expected_close_date"] >= as_of.floor("D")).all()
+    assert np.allclose(scored["expected_value"], scored["p_win"] * scored["amount"])
+    assert scored["amount"].notna().all()
+    X, _ = scorer.features(opps, sample_export.stage_history, sample_export.activities, sample_export.leads,
+                           sample_export.accounts, as_of)
+    contrib = scorer.surrogate.contributions(X)
+    from models.explain import log_odds_contributions, to_probability
+
+    base = to_probability(log_odds_contributions(contrib, scorer.surrogate.feature_names_)).base
+    reasons = scorer.reasons(X, scored["p_win"].to_numpy(), n_reasons=len(X.columns))
+    total = np.array([sum(r["contribution"] for r in row) for row in reasons])
+    assert np.allclose(base + total, scored["p_win"], atol=1e-9)
+    assert all(isinstance(r[0]["text"], str) and "probability" in r[0]["text"] for r in reasons)
+    # the metrics were measured against the stage win rate on the same rows
+    assert deal_result.metrics["win_h_n"] == deal_result.baseline_metrics["win_h_n"] > 0
+
+
+def test_scoring_ignores_rows_after_as_of(deal_result, sample_export):
+    scorer = deal_result.scorer
+    as_of = sample_export.exported_at
+    base, _ = score_open_deals(sample_export, scorer, as_of, n_reasons=0)
+    rng = np.random.default_rng(0)
+    hist = sample_export.stage_history
+    ids = base["opportunity_id"].to_numpy()
+    junk = pd.DataFrame({"opportunity_id": rng.choice(ids, 50), "stage": "won",
+                         "entered_at": as_of + pd.to_timedelta(rng.uniform(0, 30, 50), unit="D"),
+                         "amount": 1e9, "expected_close_date": as_of})
+    opps = sample_export.opportunities.assign(amount=1.0, stage="contract")
+    changed = Export(accounts=sample_export.accounts, leads=sample_export.leads, opportunities=opps,
+                     stage_history=pd.concat([hist, junk[hist.columns]], ignore_index=True),
+                     activities=sample_export.activities, reps=sample_export.reps,
+                     open_stages=sample_export.open_stages, exported_at=sample_export.exported_at)
+    again, _ = score_open_deals(changed, scorer, as_of, n_reasons=0)
+    pd.testing.assert_frame_equal(base.drop(columns="warnings"), again.drop(columns="warnings"))
+
+
+def test_scoring_before_the_cutoff_is_refused(deal_result, sample_export):
+    from features.errors import InvalidRecord
+
+    early = sample_export.exported_at - 30 * DAY
+    opps = open_opportunities(sample_export.opportunities, sample_export.stage_history, early)
+    with pytest.raises(InvalidRecord, match="training cutoff"):
+        deal_result.scorer.score(opps, sample_export.stage_history, sample_export.activities, sample_export.leads,
+                                 sample_export.accounts, early)
+
+
+def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sample_dir, tmp_path, monkeypatch,
+                                        capsys):
+    from features.settings import get_settings
+    from models.registry import configure, load_scorer
+    from training.cli import main
+    from training.deals import log_and_register_deals
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FUNNELCAST_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FUNNELCAST_TRACKING_URI", raising=False)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        home.mkdir(parents=True)
+        client = configure(settings.resolved_tracking_uri())
+        result = log_and_register_deals(deal_result, client, experiment="deals-test",
+                                        artifact_location=settings.artifact_location(), cfg=deal_cfg,
+                                        data_source="sample")
+        assert "champion" in result.aliases
+        loaded = load_scorer(client, "stage_conversion")
+        as_of = sample_export.exported_at
+        a, _ = score_open_deals(sample_export, deal_result.scorer, as_of)
+        b, _ = score_open_deals(sample_export, loaded.scorer, as_of)
+        pd.testing.assert_frame_equal(a, b)
+
+        data = str(sample_dir / "export")
+        out = tmp_path / "deals.csv"
+        assert main(["score", "opportunities", "--data", data, "--out", str(out)]) == 0
+        scored = pd.read_csv(out)
+        assert {"opportunity_id", "p_win", "p_win_within_horizon", "p_next_stage", "expected_close_date",
+                "expected_value", "reason_1"} <= set(scored.columns)
+        assert len(scored) == len(a)
+        fc = tmp_path / "forecast.csv"
+        assert main(["forecast", "--data", data, "--horizon", "91d", "--by", "owner_id", "--out", str(fc),
+                     "--sims", "500"]) == 0
+        table = pd.read_csv(fc)
+        assert {"owner_id", "expected_bookings", "p10", "p50", "p90", "weighted_pipeline",
+                "reps_close_dates"} <= set(table.columns)
+        assert (table["p10"] <= table["p90"]).all()
+        total = tmp_path / "total.csv"
+        assert main(["forecast", "--data", data, "--by", "none", "--out", str(total), "--sims", "500"]) == 0
+        t = pd.read_csv(total)
+        assert len(t) == 1
+        assert t["expected_open_pipeline"].iloc[0] == pytest.approx(table["expected_open_pipeline"].sum())
+        assert t["weighted_pipeline"].iloc[0] == pytest.approx(table["weighted_pipeline"].sum())
+        assert t["expected_bookings"].iloc[0] == pytest.approx(table["expected_bookings"].sum(), rel=0.05)
+        plot = tmp_path / "funnel.png"
+        assert main(["funnel", "--data", data, "--by", "team", "--plot", str(plot)]) == 0
+        assert plot.stat().st_size > 1000
+        assert "bottleneck" in capsys.readouterr().out
+    finally:
+        get_settings.cache_clear()
+
+
+def test_backtest_on_a_few_origins(sample_export, tmp_path):
+    from training.backtest import BacktestConfig, run_backtest, write_report
+
+    cfg = BacktestConfig(every_days=56, span_days=112, n_sims=300,
+                         deal=DealTrainConfig(snapshot_every_days=28, seed=7))
+    result = run_backtest(sample_export, cfg, progress=False)
+    assert result.per_origin["origin"].nunique() == 3
+    assert set(result.overall["method"]) == {"funnelcast", "weighted_pipeline", "reps_close_dates"}
+    fc = result.overall.set_index("method")
+    assert 0 <= fc.loc["funnelcast", "coverage_p10_p90"] <= 1
+    w = result.waterfall
+    parts = w["won"] + w["lost"] + w["pushed_out"] + w["still_open_beyond"]
+    assert np.allclose(parts, w["starting_pipeline"])
+    paths = write_report(result, tmp_path / "bt")
+    assert (tmp_path / "bt" / "report.md").read_text().startswith("# Forecast accuracy review")
+    assert all(p.exists() for p in paths)
+
+
+@pytest.mark.parametrize("argv", [["train-deals"], ["score", "opportunities"], ["forecast"], ["funnel"], ["backtest"]])
+def test_every_command_has_help(argv, capsys):
+    from training.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out
