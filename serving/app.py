@@ -26,7 +26,7 @@ from serving.middleware import IdempotencyCache, Metrics, RateLimiter, RequestCo
 log = logging.getLogger("funnelcast.serving")
 
 #: Models the API serves; each is loaded by alias at start.
-SERVED_TASKS = (Task.LEAD_QUALITY, Task.HIGH_VALUE)  # high_value is optional: leads score without it
+SERVED_TASKS = (Task.LEAD_QUALITY, Task.HIGH_VALUE, Task.STAGE_CONVERSION)  # only lead_quality is needed to be ready
 
 
 def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, str]]:
@@ -106,5 +106,6 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.include_router(routes_leads.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_accounts.router)
+    app.include_router(__import__("serving.routes_deals").routes_deals.router)
     app.include_router(page.router)
     return app
