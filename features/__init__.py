@@ -2,6 +2,7 @@
 
 from features.adapters import ImportResult, Mapping, MappingError, builtin_mappings, import_export, load_mapping
 from features.contract import DEFAULT_OPEN_STAGES, TABLES, Export
+from features.deals import DealContext, DealFeatureSpec, deal_context, deal_features, deal_snapshots, deal_state, open_opportunities
 from features.io import coerce_table, load_export, write_export
 from features.leads import (
     LeadContext,
@@ -18,6 +19,8 @@ from features.settings import Settings, get_settings
 __all__ = [
     "DEFAULT_OPEN_STAGES",
     "TABLES",
+    "DealContext",
+    "DealFeatureSpec",
     "Export",
     "ImportResult",
     "LeadContext",
@@ -28,6 +31,10 @@ __all__ = [
     "builtin_mappings",
     "coerce_table",
     "converted_within_horizon",
+    "deal_context",
+    "deal_features",
+    "deal_snapshots",
+    "deal_state",
     "get_settings",
     "import_export",
     "known_as_of",
@@ -37,6 +44,7 @@ __all__ = [
     "load_export",
     "load_mapping",
     "open_leads",
+    "open_opportunities",
     "rows_before",
     "snapshot_times",
     "utc",

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.deals import deal_outcomes
-from models.forecast import forecast_table, group_keys, new_deal_flow, simulate_bookings
+from models.forecast import forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
 
@@ -295,4 +295,4 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
 
 
 __all__ = ["BacktestConfig", "BacktestResult", "accuracy", "backtest_origins", "log_backtest", "run_backtest",
-           "simulate_bookings", "write_report"]
+           "write_report"]

@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 #: What `funnelcast run` trains after the lead model (each registers its champion).
-FOLLOW_UP_TRAINING: list[list[str]] = [["train-accounts"]]
+FOLLOW_UP_TRAINING: list[list[str]] = [["train-accounts"], ["train-deals"]]
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

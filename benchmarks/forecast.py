@@ -1,0 +1,77 @@
+"""Forecast by owner against the truth's expected bookings and the CRM weighted pipeline.
+
+At the sample's truth origins whose horizon ended before the export (T - 273, T - 182,
+T - 91 days): fit the deal models on the history before the origin, and compare, per owner,
+three forecasts of the bookings from the pipeline open at the origin with what it booked
+within the horizon: funnelcast (sum of P(won within the horizon) x amount), the truth's
+expected bookings (the exact probabilities x the same amounts: the best possible from that
+pipeline) and the CRM weighted pipeline. Deals created after the origin are left out on
+every side (the truth has no probability for them; `funnelcast backtest` covers them).
+
+    python benchmarks/forecast.py --sample .funnelcast/sample
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.deals import deal_outcomes
+from features.io import load_export
+from models.forecast import weighted_pipeline
+from training.backtest import accuracy
+from training.deals import DealTrainConfig, build_snapshots, fit_deal_scorer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sample", default=".funnelcast/sample", help="a generated sample (export/ and truth/)")
+    args = p.parse_args()
+    sample = Path(args.sample)
+    export, _ = load_export(sample / "export")
+    truth = pd.read_csv(sample / "truth" / "opportunities.csv")
+    truth["as_of"] = pd.to_datetime(truth["as_of"], utc=True)
+    cfg = DealTrainConfig()
+    spec, snaps = build_snapshots(export, export.exported_at, cfg, progress=True)
+    outcomes = deal_outcomes(export)
+    opps = export.opportunities.set_index("opportunity_id")
+    h = pd.Timedelta(days=cfg.horizon_days)
+    rows = []
+    for as_of in sorted(truth["as_of"].unique()):
+        as_of = pd.Timestamp(as_of)
+        if as_of + h > export.exported_at:
+            continue
+        scorer = fit_deal_scorer(export, snaps, spec, as_of, cfg, surrogate=False)
+        t = truth[truth["as_of"] == as_of]
+        scored = scorer.score(opps.loc[t["opportunity_id"]].reset_index(), export.stage_history, export.activities,
+                              export.leads, export.accounts, as_of, n_reasons=0)
+        amount = scored["amount"].to_numpy()
+        rate = scored["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate).to_numpy(float)
+        weighted, commit = weighted_pipeline(amount, rate, pd.Series(scored["crm_close_date"].to_numpy()), as_of,
+                                             cfg.horizon_days)
+        out = outcomes.reindex(scored["opportunity_id"])
+        won = ((out["won"] == 1) & (out["closed_at"] < as_of + h)).to_numpy()
+        owner = opps.loc[scored["opportunity_id"], "owner_id"].fillna("(none)").to_numpy()
+        frame = pd.DataFrame({
+            "owner": owner,
+            "actual": np.where(won, out["won_amount"].fillna(0.0).to_numpy(), 0.0),
+            "funnelcast": scored["p_win_within_horizon"].to_numpy() * amount,
+            "truth": t["p_win_within_horizon"].to_numpy() * amount,
+            "weighted_pipeline": weighted,
+            "reps_close_dates": commit,
+        }).groupby("owner").sum()
+        for m in ("funnelcast", "truth", "weighted_pipeline", "reps_close_dates"):
+            rows.append({"origin": as_of.date(), "method": m, **accuracy(frame[m].to_numpy(), frame["actual"].to_numpy())})
+    res = pd.DataFrame(rows)
+    print(res.pivot(index="origin", columns="method", values="wape").round(4).to_string())
+    mean = res.groupby("method")[["wape", "bias", "within_10pct"]].mean()
+    print("\nmean over origins (open pipeline, by owner):\n" + mean.round(4).to_string())
+    print(f"\nfunnelcast / truth WAPE: {mean.loc['funnelcast', 'wape'] / mean.loc['truth', 'wape']:.3f}; "
+          f"funnelcast / weighted pipeline WAPE: {mean.loc['funnelcast', 'wape'] / mean.loc['weighted_pipeline', 'wape']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
