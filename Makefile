@@ -25,6 +25,7 @@ browser:
 		|| echo "note: chromium not installed: the managers' page browser test will be skipped"
 
 test: install browser
+	$(BIN)/python .ci/audit.py
 	$(BIN)/python -m pytest
 
 bench: install
