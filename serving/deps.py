@@ -32,7 +32,8 @@ def require_api_key(
     accepted = settings.accepted_key_hashes()
     if not accepted:
         raise RequestProblem(
-            "no API key is configured on this server: set FUNNELCAST_API_KEY_HASHES (or FUNNELCAST_API_KEYS) "
+            "no API key is configured on this server: set FUNNELCAST_API_KEYS_FILE, FUNNELCAST_API_KEY_HASHES "
+            "(or FUNNELCAST_API_KEYS) "
             "and restart",
             status_code=401,
         )
