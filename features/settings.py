@@ -144,6 +144,7 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         None, description="SQLAlchemy URL of the outcomes and served-scores store; default SQLite under home"
     )
+    reload_poll_seconds: float = Field(60, ge=0, description="Check the model alias every N seconds; 0: off")
     rate_limit_per_minute: int = Field(1200, ge=0, description="Requests per minute per API key (0: no limit)")
     max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")

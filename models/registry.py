@@ -62,6 +62,17 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
     return LoadedModel(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, scorer=scorer)
 
 
+def alias_versions(client: MlflowClient, names: list[str], alias: str = "champion") -> dict[str, str]:
+    """The version each of ``names`` has at ``alias`` now (names without that alias are left out)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            continue
+    return out
+
+
 def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     """Every registered version of ``name``: aliases, training window, metrics, params."""
     try:

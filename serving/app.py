@@ -71,7 +71,10 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
             app.state.models, app.state.load_errors = dict(preloaded), {}
         for name, m in app.state.models.items():
             log.info("serving %s version %s (@%s)", name, m.version, m.alias)
+        poller = routes_ops.start_alias_polling(app.state, settings.reload_poll_seconds) if preloaded is None else None
         yield
+        if poller is not None:
+            poller.cancel()
 
     app = FastAPI(
         title="funnelcast",

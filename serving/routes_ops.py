@@ -3,6 +3,8 @@
 * ``POST /v1/admin/reload`` (admin key): load the models now registered at the serving alias
   beside the ones in use, then swap ``app.state.models`` in one assignment; a request holds
   the dict it started with, so every request is answered by one model version, named in it.
+  With ``FUNNELCAST_RELOAD_POLL_SECONDS`` > 0 a background task of the app checks the alias
+  every so often and, when it points at another version, does the same load-beside and swap.
 * ``POST /v1/outcomes``: what happened to scored records, idempotent by record id.
 * ``GET /v1/models/{task}/performance``: AUC and calibration per model version, on records
   scored and then decided.
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -25,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from models.drift import drift_report
 from models.metrics import classification_metrics
-from models.registry import LoadedModel
+from models.registry import LoadedModel, alias_versions, configure
 from models.tasks import Task
 from serving.deps import AdminKeyDep, ApiKeyDep
 from serving.errors import RequestProblem
@@ -101,15 +104,8 @@ def reload_models(request: Request) -> ReloadResponse:
     """Load the models now registered at the serving alias (e.g. a newly promoted champion)
     beside the ones in use and swap them in atomically; in-flight requests finish on the old
     version. A model that fails to load leaves the previous one in place."""
-    state = request.app.state
-    with _reload_lock:  # one reload at a time; scoring is never blocked
-        fresh, problems = state.model_loader()
-        old: dict[str, LoadedModel] = state.models
-        swapped = {**old, **fresh}
-        errors = {k: v for k, v in state.load_errors.items() if k not in fresh}
-        errors.update({k: v for k, v in problems.items() if k not in swapped})
-        state.models = swapped  # one assignment: a request sees the old dict or the new one
-        state.load_errors = errors
+    old, swapped, problems = swap_in_registered(request.app.state)
+    fresh = {k: v for k, v in swapped.items() if old.get(k) is not v}
     names = sorted(set(old) | set(fresh) | set(problems))
     out = {}
     for name in names:
@@ -119,6 +115,55 @@ def reload_models(request: Request) -> ReloadResponse:
         if before != now:
             log.info("reloaded %s: version %s -> %s", name, before, now)
     return ReloadResponse(models=out, problems=problems)
+
+
+def swap_in_registered(state: Any) -> tuple[dict[str, LoadedModel], dict[str, LoadedModel], dict[str, str]]:
+    """Load the models at the serving alias beside those in use and swap ``state.models`` in
+    one assignment (a model that fails to load keeps its previous version): old, new, problems."""
+    with _reload_lock:  # one reload at a time; scoring is never blocked
+        fresh, problems = state.model_loader()
+        old: dict[str, LoadedModel] = state.models
+        swapped = {**old, **fresh}
+        errors = {k: v for k, v in state.load_errors.items() if k not in fresh}
+        errors.update({k: v for k, v in problems.items() if k not in swapped})
+        state.models = swapped  # one assignment: a request sees the old dict or the new one
+        state.load_errors = errors
+    return old, swapped, problems
+
+
+def poll_alias_once(state: Any) -> bool:
+    """Swap in the registered models when the alias now points at versions not being served."""
+    settings = state.settings
+    names = sorted(set(state.models) | set(state.load_errors))
+    wanted = alias_versions(configure(settings.resolved_tracking_uri()), names, settings.model_alias)
+    served = {name: m.version for name, m in state.models.items()}
+    if all(served.get(name) == version for name, version in wanted.items()):
+        return False
+    old, swapped, problems = swap_in_registered(state)
+    for name in sorted(swapped):
+        before = old[name].version if name in old else None
+        if before != swapped[name].version:
+            log.info("alias poll: %s version %s -> %s", name, before, swapped[name].version)
+    for name, problem in problems.items():
+        if name in wanted:
+            log.warning("alias poll: %s@%s could not load: %s", name, settings.model_alias, problem)
+    return True
+
+
+async def poll_alias(state: Any, seconds: float) -> None:
+    """Every ``seconds``, check the serving alias in the registry (in a worker thread) and swap
+    in a newly promoted version; a failing check is logged and retried at the next tick."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(poll_alias_once, state)
+        except Exception:  # noqa: BLE001 - the registry being down must not stop the API
+            log.exception("alias poll failed")
+
+
+def start_alias_polling(state: Any, seconds: float) -> asyncio.Task | None:
+    """The polling task (``None`` when ``seconds`` is 0: polling off); the app cancels it at shutdown."""
+    return asyncio.create_task(poll_alias(state, seconds)) if seconds > 0 else None
 
 
 # --- outcomes ---------------------------------------------------------------------------------

@@ -67,7 +67,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if tuned:
         cfg.params = dict(tuned["params"])
         print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
-    result = build_lead_model(export, cfg, cutoff, progress=True)
+    outcomes = None
+    if not getattr(args, "no_outcomes", False):
+        from training.outcomes import stored_outcomes
+
+        outcomes = stored_outcomes(settings.resolved_store_url(), "lead_quality", cutoff)
+        if outcomes.empty:
+            outcomes = None  # nothing reported yet: train on the export alone
+        else:
+            print(f"using {len(outcomes)} stored outcome(s) up to {cutoff} (--no-outcomes to ignore)")
+    result = build_lead_model(export, cfg, cutoff, progress=True, outcomes=outcomes)
+    if result.outcome_labels is not None:
+        o = result.outcome_labels
+        print(f"labels decided by stored outcomes: {o.labels_from_outcomes}, changed from the export: {o.labels_changed}")
     result.scorer.metadata["params_source"] = f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default"
     client = mlflow_client(settings)
     result = log_and_register(
@@ -178,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out (e.g. leaking custom fields)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--default-params", action="store_true", help="ignore the parameters of `funnelcast tune`")
+    t.add_argument("--no-outcomes", action="store_true",
+                   help="ignore the outcomes reported through POST /v1/outcomes (default: they decide the labels "
+                   "of the snapshots whose label window they fall in)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("score", help="batch scoring", description="Score records with the registered champion.")

@@ -64,7 +64,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     print(f"decision: {verdict}: {d.reason}{done} (MLflow run {d.run_id})")
     if d.promote and not args.dry_run:
         print(f"{d.task}@{settings.model_alias} -> version {d.challenger_version}; running APIs pick it up with "
-              "POST /v1/admin/reload")
+              "their alias poll (FUNNELCAST_RELOAD_POLL_SECONDS) or POST /v1/admin/reload")
     return 0
 
 

@@ -18,7 +18,9 @@ Both models must be judged on rows neither has learned from, with the same infor
 The challenger is promoted when it is **better by a margin** (ROC AUC up by at least
 ``auc`` or Brier down by at least ``brier`` relative), **not worse** on the other one
 (AUC not down by more than ``auc``, Brier not up) and **not worse calibrated** (calibration
-error up by at most ``calibration``). The figures and the decision go to MLflow (a
+error up by at most ``calibration``). ``stage_conversion`` is compared the same way on the
+latest labelled window of deal snapshots, on "won within the horizon" (next-stage and
+decided-deal win metrics alongside): see :func:`compare_deal_models`. The figures and the decision go to MLflow (a
 ``promote`` run; tags on the challenger's version) and are printed.
 """
 
@@ -152,8 +154,9 @@ def promote(
     dry_run: bool = False,
 ) -> Decision:
     """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it wins."""
-    if task != Task.LEAD_QUALITY.value:
-        raise FunnelcastError(f"promotion of task {task!r} is not implemented yet; only {Task.LEAD_QUALITY.value!r}")
+    supported = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value)
+    if task not in supported:
+        raise FunnelcastError(f"promotion of task {task!r} is not implemented yet; only {', '.join(supported)}")
     margins = margins or Margins()
     champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
     if chall_v is None:
@@ -164,6 +167,16 @@ def promote(
     else:
         champ = load_scorer(client, task, champion_alias).scorer
         chall = load_scorer(client, task, challenger_alias).scorer
+    if champ_v is not None and champ_v != chall_v and task == Task.STAGE_CONVERSION.value:
+        mode, window, m_champ, m_chall, same = compare_deal_models(export, champ, chall, window_days)
+        if same:
+            newer = chall.trained_until > champ.trained_until
+            ok, reason = newer, ("same recipe as the champion, trained on newer data: promoted as its refresh"
+                                 if newer else "same recipe and no newer data than the champion: nothing to gain")
+        else:
+            ok, reason = decide(m_champ, m_chall, margins)
+        decision = Decision(task, ok, reason, mode, window, champ_v, chall_v, m_champ, m_chall, margins)
+    elif champ_v is not None and champ_v != chall_v:
         times = window_times(export, chall.spec.horizon_days, every_days, window_days)
         window = f"{times[0].date()}..{times[-1].date()} ({len(times)} snapshots)"
         if max(champ.trained_until, chall.trained_until) <= times[0]:
@@ -195,6 +208,67 @@ def promote(
         client.set_registered_model_alias(task, champion_alias, chall_v)
         client.delete_registered_model_alias(task, challenger_alias)
     return decision
+
+
+def _deal_recipe(scorer: Any) -> Any:
+    from training.deals import DealTrainConfig
+
+    cfg = scorer.metadata.get("train_config") if isinstance(getattr(scorer, "metadata", None), dict) else None
+    if isinstance(cfg, dict):
+        known = {k: v for k, v in cfg.items() if k in DealTrainConfig.__dataclass_fields__}
+        known["exclude"] = tuple(known.get("exclude", ()))
+        return DealTrainConfig(**known)
+    return DealTrainConfig(horizon_days=scorer.spec.horizon_days)
+
+
+def compare_deal_models(
+    export: Export, champ: Any, chall: Any, window_days: int = 91
+) -> tuple[str, str, dict[str, float], dict[str, float], bool]:
+    """Stage-conversion champion vs challenger on the latest labelled window of deal snapshots.
+
+    Compared on "won within the horizon" (plain metric names, as for leads) with the next-stage
+    and decided-deal win metrics alongside (``next_*``, ``win_*``). Registered mode when both
+    cutoffs are at or before the window; otherwise each recipe is refitted before the window
+    the way ``training.deals.build_deal_model`` evaluates. Returns mode, window, champion and
+    challenger metrics, and whether the two recipes (hence refits) are the same.
+    """
+    from features.deals import DealFeatureSpec
+    from training.deals import build_snapshots, deal_metrics, evaluation_frame, fit_deal_scorer
+
+    cutoff = export.exported_at
+    r_champ, r_chall = _deal_recipe(champ), _deal_recipe(chall)
+    h = pd.Timedelta(days=r_chall.horizon_days)
+    spec, snaps = build_snapshots(export, cutoff, r_chall)
+    last = snaps.loc[snaps["as_of"] + h <= cutoff, "as_of"].max()
+    if pd.isna(last):
+        raise FunnelcastError(f"the export ends {cutoff}: no labelled deal snapshot to compare the models on")
+    start = last - pd.Timedelta(days=window_days) + pd.Timedelta(days=1)
+    rows = snaps[(snaps["as_of"] >= start) & (snaps["as_of"] <= last)]
+    window = f"{start.date()}..{last.date()} ({rows['as_of'].nunique()} snapshots)"
+    same = False
+    if max(champ.trained_until, chall.trained_until) <= start:
+        mode, models = "registered", (champ, chall)
+    else:
+        mode = "refit"
+
+        def refit(cfg: Any) -> Any:
+            s = DealFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=start)
+            _, sn = build_snapshots(export, cutoff, cfg, spec=s)
+            return fit_deal_scorer(export, sn, s, start, cfg, surrogate=False)
+
+        same = asdict(r_champ) == asdict(r_chall)
+        fit_champ = refit(r_champ)
+        models = (fit_champ, fit_champ if same else refit(r_chall))
+    out = []
+    for m in models:
+        cols = m.spec.feature_names
+        # each model's own features for the window rows (a refit or registered spec may differ)
+        _, own = build_snapshots(export, cutoff, _deal_recipe(m), spec=m.spec) if cols != spec.feature_names else (spec, snaps)
+        own_rows = own[(own["as_of"] >= start) & (own["as_of"] <= last)]
+        metrics, _ = deal_metrics(evaluation_frame(m, own_rows, cutoff))
+        plain = {k.removeprefix("win_h_"): v for k, v in metrics.items() if k.startswith("win_h_")}
+        out.append({**plain, **{k: v for k, v in metrics.items() if not k.startswith("win_h_")}})
+    return mode, window, out[0], out[1], same
 
 
 def _log(client: MlflowClient, d: Decision, experiment: str) -> str:

@@ -47,6 +47,7 @@ from models.plots import calibration_plot
 from models.registry import ScorerModel
 from models.scorer import LeadScorer, grade_cuts_from
 from models.tasks import Task
+from training.outcomes import OutcomeLabels, apply_outcomes
 from training.provenance import export_fingerprint, provenance_tags
 
 DAY = pd.Timedelta(days=1)
@@ -87,6 +88,7 @@ class TrainResult:
     plan: SplitPlan
     evaluation: pd.DataFrame
     snapshots: pd.DataFrame
+    outcome_labels: OutcomeLabels | None = None  # None: trained without stored outcomes
     run_id: str | None = None
     version: str | None = None
     aliases: list[str] = field(default_factory=list)
@@ -129,14 +131,27 @@ def _naive_bayes_columns(spec: LeadFeatureSpec) -> list[str]:
 
 
 def build_lead_model(
-    export: Export, cfg: TrainConfig, cutoff: pd.Timestamp, progress: bool = False
+    export: Export,
+    cfg: TrainConfig,
+    cutoff: pd.Timestamp,
+    progress: bool = False,
+    outcomes: pd.DataFrame | None = None,
 ) -> TrainResult:
-    """Snapshots, time-split evaluation against naive Bayes, and the final scorer (no MLflow)."""
+    """Snapshots, time-split evaluation against naive Bayes, and the final scorer (no MLflow).
+
+    ``outcomes`` (``record_id``, ``outcome``, ``occurred_at``; see ``training.outcomes``):
+    outcomes the CRM reported through the API, which decide the label of every snapshot
+    whose label window they fall in; those after ``cutoff`` are ignored.
+    """
     h = pd.Timedelta(days=cfg.horizon_days)
     start = export.leads["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
     times = snapshot_times(start, cutoff - h, cfg.snapshot_every_days)
     spec = LeadFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
     snaps = lead_snapshots(export, times, spec, progress=progress)
+    outcome_labels = None
+    if outcomes is not None:
+        known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
+        snaps, outcome_labels = apply_outcomes(snaps, known, "lead_id", cfg.horizon_days)
     cols = spec.feature_names
 
     plan = split_times(times, cfg.horizon_days, cfg.eval_days, cfg.calib_days)
@@ -182,10 +197,12 @@ def build_lead_model(
             "train_config": asdict(cfg),
             "data_fingerprint": export_fingerprint(export),
             "reference": reference,
+            "outcome_labels": outcome_labels.__dict__ if outcome_labels else None,
         },
     )
     return TrainResult(
-        scorer=scorer, metrics=metrics, baseline_metrics=baseline, plan=plan, evaluation=evaluation, snapshots=snaps
+        scorer=scorer, metrics=metrics, baseline_metrics=baseline, plan=plan, evaluation=evaluation, snapshots=snaps,
+        outcome_labels=outcome_labels,
     )
 
 
@@ -234,6 +251,9 @@ def log_and_register(
         )
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"baseline_nb_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
+        mlflow.log_param("stored_outcomes", "used" if result.outcome_labels is not None else "off")
+        if result.outcome_labels is not None:
+            mlflow.log_metrics(result.outcome_labels.as_metrics())
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             (d / "features.json").write_text(

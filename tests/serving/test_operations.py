@@ -107,3 +107,51 @@ def test_cors_is_closed_by_default_and_opens_only_to_configured_origins(lead_sco
         assert ok.headers["access-control-allow-origin"] == "https://crm.example"
         bad = c.options("/v1/leads/score", headers=pre)
         assert bad.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_the_api_picks_up_a_new_champion_by_polling_the_alias(trained, train_config, tmp_path):
+    """Promote a new version: after a poll the app serves it, with no request failing meanwhile."""
+    import time
+
+    from models.registry import configure
+    from training.train import log_and_register
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = configure(uri)
+
+    def register() -> str:
+        return log_and_register(trained, client, experiment="poll", artifact_location=(tmp_path / "a").as_uri(),
+                                cfg=train_config, data_source="generated sample").version
+
+    first = register()  # the first version becomes champion directly
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=uri, reload_poll_seconds=0.2)
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
+        r = c.post("/v1/leads/score", json=_lead())
+        assert r.status_code == 200 and r.json()["model"]["version"] == first
+        second = register()  # a challenger: not served until promoted
+        assert second != first
+        time.sleep(0.6)
+        assert c.post("/v1/leads/score", json=_lead()).json()["model"]["version"] == first
+        client.set_registered_model_alias("lead_quality", "champion", second)  # what `funnelcast promote` does
+        seen, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline and (not seen or seen[-1] != second):
+            r = c.post("/v1/leads/score", json=_lead(len(seen)))
+            assert r.status_code == 200, r.text  # requests keep succeeding during the swap
+            assert r.headers["X-Model-Version"] == f"lead_quality/{r.json()['model']['version']}"
+            seen.append(r.json()["model"]["version"])
+        assert seen[-1] == second, f"still serving {seen[-1]} after 60 s of polling"
+        assert set(seen) <= {first, second} and seen == sorted(seen, key=int)  # never back to the old one
+        assert c.get("/readyz").json()["models"]["lead_quality"] == second
+
+
+def test_alias_polling_is_off_at_zero(lead_scorer, tmp_path):
+    import asyncio
+
+    from serving.routes_ops import start_alias_polling
+
+    assert Settings(home=tmp_path).reload_poll_seconds == 60
+    assert asyncio.run(_start(start_alias_polling, 0)) is None
+
+
+async def _start(start, seconds):
+    return start(None, seconds)

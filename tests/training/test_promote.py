@@ -94,3 +94,31 @@ def test_same_data_and_seed_give_the_same_metrics_and_runs_record_provenance(
     tags = client.get_run(run_id).data.tags
     assert len(tags["data_fingerprint"]) == 64 and tags["seed"] == str(train_config.seed)
     assert tags["git_commit"] and "version.lightgbm" in tags and "version.mlflow" in tags
+
+
+def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sample_export, tmp_path):
+    """Deal models: a challenger with other parameters is refitted before the latest window and
+    compared with the champion's recipe there; the alias moves exactly when the rule says so."""
+    from training.deals import DealTrainConfig, build_deal_model, log_and_register_deals
+
+    client = configure(f"sqlite:///{tmp_path / 'm.db'}")
+    cfgs = [DealTrainConfig(snapshot_every_days=28, seed=7),
+            DealTrainConfig(snapshot_every_days=28, seed=7, params={"num_leaves": 4, "learning_rate": 0.2})]
+    versions = []
+    for cfg in cfgs:
+        r = build_deal_model(sample_export, cfg, sample_export.exported_at)
+        versions.append(log_and_register_deals(r, client, experiment="promote-deals",
+                                               artifact_location=(tmp_path / "a").as_uri(), cfg=cfg,
+                                               data_source="sample").version)
+    d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals", dry_run=False)
+    assert (d.champion_version, d.challenger_version) == (versions[0], versions[1])
+    assert d.mode == "refit" and "snapshots" in d.window
+    for m in (d.champion, d.challenger):
+        assert 0.5 < m["roc_auc"] <= 1 and 0 < m["brier"] < 0.25 and m["n"] > 50
+        assert "next_roc_auc" in m and "win_roc_auc" in m
+    assert d.champion != d.challenger  # different recipes, different scores on the same rows
+    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins())
+    champion_now = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
+    assert champion_now == (versions[1] if d.promote else versions[0])
+    with pytest.raises(Exception, match="not implemented"):
+        promote(sample_export, client, task="high_value")
