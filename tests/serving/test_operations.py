@@ -30,10 +30,17 @@ def _lead(i: int = 0) -> dict:
 
 
 def test_every_response_has_a_request_id_and_a_json_access_line(lead_scorer, tmp_path, caplog):
+    # the access logger prints its JSON lines itself and does not propagate to the root logger,
+    # where caplog listens: listen on it directly (the test passed or failed with test order)
+    access = logging.getLogger("funnelcast.access")
     with TestClient(_app(lead_scorer, tmp_path), headers={"X-API-Key": KEY}) as c:
-        with caplog.at_level(logging.INFO, logger="funnelcast.access"):
-            r = c.post("/v1/leads/score", json=_lead(), headers={"X-Request-ID": "crm-42"})
-            anon = c.get("/healthz")
+        access.addHandler(caplog.handler)
+        try:
+            with caplog.at_level(logging.INFO, logger="funnelcast.access"):
+                r = c.post("/v1/leads/score", json=_lead(), headers={"X-Request-ID": "crm-42"})
+                anon = c.get("/healthz")
+        finally:
+            access.removeHandler(caplog.handler)
     assert r.status_code == 200 and r.headers["X-Request-ID"] == "crm-42"
     assert len(anon.headers["X-Request-ID"]) == 32
     assert r.headers["X-Model-Version"] == "lead_quality/3"
