@@ -189,8 +189,30 @@ def test_managers_page_in_a_headless_browser(app, client):
             rows.first.wait_for(timeout=30000)
             assert rows.count() == 50
             assert page.locator("#traits-svg").count() == 1 or "No trait" in page.inner_text("#traits-chart")
-            page.wait_for_function("() => document.getElementById('funnel').textContent.length > 0", timeout=30000)
-            assert "not served by this API yet" in page.inner_text("#funnel") or "Served at" in page.inner_text("#funnel")
+            kinds = set(page.locator("#worklist tbody tr .kind").all_inner_texts())
+            assert "deal" in kinds and kinds <= {"lead", "deal", "account"}
+            # the funnel: a bar per stage, the bottleneck named and highlighted as the API says
+            funnel = client.get("/v1/funnel").json()
+            page.wait_for_function("() => document.querySelectorAll('#funnel-svg .stage-bar').length > 0", timeout=30000)
+            assert page.inner_text("#bottleneck").startswith(f"Bottleneck: {funnel['bottleneck']}.")
+            assert page.locator("#funnel-svg .stage-bar").count() == len(funnel["overall"])
+            assert page.inner_text("#funnel tbody tr.bottleneck td >> nth=0") == funnel["bottleneck"]
+            # the forecast: one P10-P90 interval and one P50 tick per rep, positioned in order of the numbers
+            forecast = client.get("/v1/forecast", params={"by": "owner_id", "sims": 2000}).json()
+            page.wait_for_function("() => document.querySelectorAll('#forecast-svg .interval').length > 0", timeout=60000)
+            reps = page.locator("#forecast-svg g.rep").evaluate_all("gs => gs.map(g => g.dataset.rep)")
+            assert reps == [g["group"] for g in forecast["groups"]] and len(reps) >= 2
+            assert page.locator("#forecast-svg .interval").count() == len(reps) == page.locator("#forecast-svg .p50").count()
+            widths = page.locator("#forecast-svg .interval").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
+            spread = [g["p90"] - g["p10"] for g in forecast["groups"]]
+            widest = max(range(len(spread)), key=spread.__getitem__)
+            assert widths[widest] == max(widths)
+            assert "Bookings expected in the next" in page.inner_text("#forecast-note")
+            # the traits: a table row per trait, as the API serves them
+            traits = client.get("/v1/traits").json()["traits"]
+            assert page.locator("#traits tbody tr").count() == len(traits)
+            if traits:
+                assert page.inner_text("#traits tbody tr >> nth=0").startswith(traits[0]["trait"])
             owner = page.locator("#owner option").nth(1).get_attribute("value")
             page.select_option("#owner", owner)
             page.wait_for_function(
