@@ -162,7 +162,7 @@ class WorkItem(BaseModel):
     id: str
     owner_id: str | None
     team: str | None
-    score: float = Field(description="Probability (lead: converts; account: high value)")
+    score: float = Field(description="Probability (lead: converts; deal: won; account: high value)")
     expected_value: float
     effort: float
     value_per_effort: float
@@ -330,14 +330,27 @@ def _worklist_frame(request: Request, settings) -> tuple[pd.DataFrame, str, list
                                            "reasons": [[x["text"] for x in r] for r in s["reasons"]]}))
         else:
             missing.append("accounts: no high_value model loaded (run `funnelcast train-accounts`)")
-        if Task.STAGE_CONVERSION.value not in state.models:
-            missing.append("deals: no deal model is served yet")
+        deal_model = state.models.get(Task.STAGE_CONVERSION.value)
+        if deal_model is not None:
+            from models.deals import score_open_deals
+
+            s, opps = score_open_deals(export, deal_model.scorer, as_of, n_reasons=3)
+            owner = opps.drop_duplicates("opportunity_id").set_index("opportunity_id")["owner_id"]
+            parts.append(pd.DataFrame({"kind": "deal", "id": s["opportunity_id"], "score": s["p_win"],
+                                       "expected_value": s["expected_value"].astype(float).fillna(0.0),
+                                       "owner_id": s["opportunity_id"].map(owner).to_numpy(),
+                                       "reasons": [[f"Stage {st}, amount {amt:,.0f}"
+                                                    + (" (predicted)" if pred else "") + f": P(won) {p:.0%}"]
+                                                   + [x["text"] for x in r]
+                                                   for st, amt, pred, p, r in zip(s["stage"], s["amount"],
+                                                                                   s["amount_predicted"], s["p_win"],
+                                                                                   s["reasons"])]}))
+        else:
+            reason = state.load_errors.get(Task.STAGE_CONVERSION.value, "run `funnelcast train-deals`")
+            missing.append(f"deals: no stage_conversion model loaded ({reason})")
         frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
             columns=["kind", "id", "score", "expected_value", "owner_id", "reasons"])
         frame["team"] = frame["owner_id"].map(teams) if len(teams) else None
-        frame["effort"] = frame["kind"].map(EFFORT).astype(float)
-        frame["value_per_effort"] = frame["expected_value"].astype(float) / frame["effort"]
-        frame = frame.sort_values(["value_per_effort", "id"], ascending=[False, True], ignore_index=True)
         state.worklist = (frame, as_of.isoformat(), missing)
         return state.worklist
 
@@ -350,10 +363,21 @@ def _text(v: object) -> str | None:
 def worklist(request: Request, settings: SettingsDep,
              owner: Annotated[str | None, Query(description="Only this owner's items")] = None,
              team: Annotated[str | None, Query(description="Only this team's items")] = None,
-             limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> WorklistResponse:
-    """The prioritised list over the configured export: open leads and accounts with open deals,
-    ranked by expected value per unit of effort (lead 1, deal 2, account 3), with reasons."""
+             limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+             effort_lead: Annotated[float, Query(gt=0, le=1000, description="Effort of a lead")] = EFFORT["lead"],
+             effort_deal: Annotated[float, Query(gt=0, le=1000, description="Effort of a deal")] = EFFORT["deal"],
+             effort_account: Annotated[float, Query(gt=0, le=1000, description="Effort of an account")] = EFFORT["account"],
+             ) -> WorklistResponse:
+    """The prioritised list over the configured export: open leads (P(converts) x value), open
+    deals (P(won) x amount, from the stage_conversion model) and accounts with open deals
+    (P(high value) x expected customer value), ranked by expected value per unit of effort
+    (default lead 1, deal 2, account 3; set per request), with reasons. A part whose model is
+    not loaded is left out and named in ``missing``."""
     frame, as_of, missing = _worklist_frame(request, settings)
+    effort = {"lead": effort_lead, "deal": effort_deal, "account": effort_account}
+    frame = frame.assign(effort=frame["kind"].map(effort).astype(float))
+    frame["value_per_effort"] = frame["expected_value"].astype(float) / frame["effort"]
+    frame = frame.sort_values(["value_per_effort", "id"], ascending=[False, True], ignore_index=True)
     owners = sorted({o for o in frame["owner_id"] if isinstance(o, str)})
     teams = sorted({t for t in frame["team"] if isinstance(t, str)})
     if owner is not None and owner not in owners:

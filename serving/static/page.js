@@ -56,20 +56,73 @@ async function loadTraits() {
   } catch (e) { $("traits-chart").innerHTML = `<p class="note">Traits not available: ${esc(e.message)}</p>`; }
 }
 
+function funnelChart(stages, bottleneck) {
+  const w = 560, row = 30, left = 120, max = Math.max(1, ...stages.map((s) => s.entered));
+  let s = `<svg id="funnel-svg" width="${w}" height="${row * stages.length + 8}" role="img" aria-label="funnel">`;
+  stages.forEach((st, i) => {
+    const y = i * row + 4, bw = (w - left - 150) * st.entered / max, hot = st.stage === bottleneck;
+    s += `<text x="0" y="${y + 16}" font-size="12"${hot ? ' font-weight="bold"' : ""}>${esc(st.stage)}</text>`;
+    s += `<rect class="stage-bar" data-stage="${esc(st.stage)}" x="${left}" y="${y + 3}" width="${bw}" height="20" fill="${hot ? "#d9534f" : "#3b7dd8"}">` +
+      `<title>${esc(st.stage)}: ${fmt(st.entered)} entered</title></rect>`;
+    const conv = st.conversion == null ? "" : ` · ${fmt(st.conversion * 100)}% on`;
+    s += `<text x="${left + bw + 6}" y="${y + 16}" font-size="11">${fmt(st.entered)}${conv}${hot ? " · bottleneck" : ""}</text>`;
+  });
+  return s + "</svg>";
+}
+
 async function loadFunnel() {
-  const spec = await fetch("/openapi.json").then((r) => r.json());
-  const paths = Object.keys(spec.paths || {});
-  const funnel = paths.find((p) => p.includes("funnel")), forecast = paths.find((p) => p.includes("forecast"));
-  if (!funnel && !forecast) {
-    $("funnel").textContent = "The funnel and the forecast are not served by this API yet (no funnel or forecast route).";
-    return;
+  try {
+    const f = await api("/v1/funnel");
+    $("bottleneck").textContent = `Bottleneck: ${f.bottleneck}.`;
+    $("funnel-summary").textContent = f.summary;
+    $("funnel-chart").innerHTML = funnelChart(f.overall, f.bottleneck);
+    $("funnel").querySelector("tbody").innerHTML = f.overall.map((r) =>
+      `<tr${r.stage === f.bottleneck ? ' class="bottleneck"' : ""}><td>${esc(r.stage)}</td><td class="num">${fmt(r.entered)}</td>` +
+      `<td class="num">${fmt(r.moved_on)}</td><td class="num">${fmt(r.lost)}</td>` +
+      `<td class="num">${r.conversion == null ? "" : fmt(r.conversion * 100) + "%"}</td>` +
+      `<td class="num">${r.median_days == null ? "" : fmt(r.median_days)}</td><td class="num">${fmt(r.value_lost)}</td></tr>`).join("");
+  } catch (e) { $("bottleneck").textContent = "Funnel not available: " + e.message; }
+}
+
+function forecastChart(groups) {
+  const w = 620, row = 24, left = 110, top = 22;
+  const max = Math.max(1, ...groups.map((g) => Math.max(g.p90, g.weighted_pipeline))) * 1.05;
+  const x = (v) => left + (w - left - 20) * v / max;
+  const h = top + row * groups.length + 30;
+  let s = `<svg id="forecast-svg" width="${w}" height="${h}" role="img" aria-label="forecast by rep">`;
+  s += `<text x="${left}" y="12" font-size="10">bar: P10–P90 · tick: P50 · dot: expected · ◇: CRM weighted pipeline</text>`;
+  groups.forEach((g, i) => {
+    const y = top + i * row;
+    s += `<g class="rep" data-rep="${esc(g.group)}"><text x="0" y="${y + 14}" font-size="12">${esc(g.group)}</text>`;
+    s += `<rect class="interval" x="${x(g.p10)}" y="${y + 4}" width="${Math.max(1, x(g.p90) - x(g.p10))}" height="14" fill="#9cc0ef">` +
+      `<title>${esc(g.group)}: P10 ${fmt(g.p10)} · P50 ${fmt(g.p50)} · P90 ${fmt(g.p90)} · expected ${fmt(g.expected_bookings)}</title></rect>`;
+    s += `<line class="p50" x1="${x(g.p50)}" x2="${x(g.p50)}" y1="${y + 2}" y2="${y + 20}" stroke="#123" stroke-width="2"/>`;
+    s += `<circle cx="${x(g.expected_bookings)}" cy="${y + 11}" r="3" fill="#d9534f"/>`;
+    s += `<text x="${x(g.weighted_pipeline) - 4}" y="${y + 15}" font-size="11" fill="#555">◇</text></g>`;
+  });
+  const base = top + row * groups.length + 4, step = Math.pow(10, Math.floor(Math.log10(max / 4)));
+  const tick = step * (max / step / 4 > 5 ? 5 : max / step / 4 > 2 ? 2 : 1);
+  s += `<line x1="${left}" x2="${w - 20}" y1="${base}" y2="${base}" stroke="#999"/>`;
+  for (let v = 0; v <= max; v += tick) {
+    s += `<line x1="${x(v)}" x2="${x(v)}" y1="${base}" y2="${base + 4}" stroke="#999"/>`;
+    s += `<text x="${x(v)}" y="${base + 16}" font-size="10" text-anchor="middle">${fmt(v)}</text>`;
   }
-  $("funnel").textContent = `Served at ${[funnel, forecast].filter(Boolean).join(" and ")}; not drawn on this page yet.`;
+  return s + "</svg>";
+}
+
+async function loadForecast() {
+  try {
+    const f = await api("/v1/forecast?by=owner_id&sims=2000");
+    const total = f.groups.reduce((a, g) => a + g.expected_bookings, 0);
+    $("forecast-note").textContent = `Bookings expected in the next ${f.horizon_days} days: ${fmt(total)} ` +
+      `(${f.groups.length} reps, model ${f.model.name} v${f.model.version}).`;
+    $("forecast-chart").innerHTML = forecastChart(f.groups);
+  } catch (e) { $("forecast-note").textContent = "Forecast not available: " + e.message; }
 }
 
 async function connect() {
   localStorage.setItem("funnelcast-key", $("key").value);
-  try { await loadWorklist(); await loadTraits(); await loadFunnel(); }
+  try { await loadWorklist(); await loadTraits(); await loadFunnel(); await loadForecast(); }
   catch (e) { $("status").textContent = "error: " + e.message; }
 }
 

@@ -31,13 +31,26 @@ def account_result(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(lead_scorer, account_result, sample_dir, tmp_path_factory):
+def deal_scorer(sample_export):
+    from training.deals import DealTrainConfig, build_deal_model
+
+    return build_deal_model(sample_export, DealTrainConfig(snapshot_every_days=28, seed=7),
+                            sample_export.exported_at).scorer
+
+
+def _make_app(tmp_path_factory, sample_dir, models):
     home = tmp_path_factory.mktemp("acc")
     settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'x.db'}",
                         data=str(sample_dir / "export"))
-    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
-              "high_value": LoadedModel("high_value", "1", "champion", None, account_result.scorer)}
     return create_app(settings, preloaded=models)
+
+
+@pytest.fixture(scope="module")
+def app(lead_scorer, account_result, deal_scorer, sample_dir, tmp_path_factory):
+    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
+              "high_value": LoadedModel("high_value", "1", "champion", None, account_result.scorer),
+              "stage_conversion": LoadedModel("stage_conversion", "1", "champion", None, deal_scorer)}
+    return _make_app(tmp_path_factory, sample_dir, models)
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +100,53 @@ def test_allocation_and_its_422s(client):
 
 
 def test_worklist_ranks_by_value_per_effort_and_filters(client):
-    w = client.get("/v1/worklist", params={"limit": 20}).json()
+    w = client.get("/v1/worklist", params={"limit": 1000}).json()
     v = [i["value_per_effort"] for i in w["items"]]
-    assert v == sorted(v, reverse=True) and {i["kind"] for i in w["items"]} <= {"lead", "account"}
+    assert v == sorted(v, reverse=True) and {i["kind"] for i in w["items"]} == {"lead", "deal", "account"}
+    assert w["missing"] == []
+    for i in w["items"]:
+        assert i["value_per_effort"] == pytest.approx(i["expected_value"] / i["effort"]) and i["reasons"]
     owner = w["owners"][0]
     mine = client.get("/v1/worklist", params={"owner": owner}).json()["items"]
     assert mine and all(i["owner_id"] == owner for i in mine)
     assert client.get("/v1/worklist", params={"owner": "nobody"}).status_code == 422
     assert TestClient(client.app).get("/v1/worklist").status_code == 401
+
+
+def test_worklist_deals_are_p_won_times_amount_of_the_open_deals(client, deal_scorer, sample_export):
+    from models.deals import score_open_deals
+
+    scored, opps = score_open_deals(sample_export, deal_scorer, sample_export.exported_at)
+    w = client.get("/v1/worklist", params={"limit": 1000, "effort_lead": 1000, "effort_account": 1000}).json()
+    deals = {i["id"]: i for i in w["items"] if i["kind"] == "deal"}
+    assert deals and set(deals) <= set(opps["opportunity_id"])
+    ev = dict(zip(scored["opportunity_id"], scored["p_win"] * scored["amount"]))
+    p_win = dict(zip(scored["opportunity_id"], scored["p_win"]))
+    owners = dict(zip(opps["opportunity_id"], opps["owner_id"]))
+    for oid, item in deals.items():
+        assert item["expected_value"] == pytest.approx(ev[oid]) and item["score"] == pytest.approx(p_win[oid])
+        assert item["effort"] == 2.0 and item["owner_id"] == owners[oid] and "P(won)" in item["reasons"][0]
+    # with leads and accounts made expensive, the top of the list is deals
+    assert w["items"][0]["kind"] == "deal"
+    cheap = client.get("/v1/worklist", params={"limit": 1000, "effort_deal": 0.5}).json()["items"]
+    d = next(i for i in cheap if i["kind"] == "deal")
+    assert d["effort"] == 0.5 and d["value_per_effort"] == pytest.approx(2 * d["expected_value"])
+    assert client.get("/v1/worklist", params={"effort_deal": 0}).status_code == 422
+    team = next(t for t in w["teams"])
+    mine = client.get("/v1/worklist", params={"team": team, "limit": 1000}).json()["items"]
+    assert mine and all(i["team"] == team for i in mine) and any(i["kind"] == "deal" for i in mine)
+
+
+def test_worklist_without_a_deal_model_says_deals_are_unavailable(lead_scorer, account_result, sample_dir,
+                                                                   tmp_path_factory):
+    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
+              "high_value": LoadedModel("high_value", "1", "champion", None, account_result.scorer)}
+    with TestClient(_make_app(tmp_path_factory, sample_dir, models), headers={"X-API-Key": KEY}) as c:
+        r = c.get("/v1/worklist", params={"limit": 1000})
+        assert r.status_code == 200, r.text
+        w = r.json()
+        assert {i["kind"] for i in w["items"]} == {"lead", "account"}
+        assert any(m.startswith("deals:") and "stage_conversion" in m for m in w["missing"])
 
 
 def test_page_is_served_without_network_references(client):
@@ -137,8 +189,30 @@ def test_managers_page_in_a_headless_browser(app, client):
             rows.first.wait_for(timeout=30000)
             assert rows.count() == 50
             assert page.locator("#traits-svg").count() == 1 or "No trait" in page.inner_text("#traits-chart")
-            page.wait_for_function("() => document.getElementById('funnel').textContent.length > 0", timeout=30000)
-            assert "not served by this API yet" in page.inner_text("#funnel") or "Served at" in page.inner_text("#funnel")
+            kinds = set(page.locator("#worklist tbody tr .kind").all_inner_texts())
+            assert "deal" in kinds and kinds <= {"lead", "deal", "account"}
+            # the funnel: a bar per stage, the bottleneck named and highlighted as the API says
+            funnel = client.get("/v1/funnel").json()
+            page.wait_for_function("() => document.querySelectorAll('#funnel-svg .stage-bar').length > 0", timeout=30000)
+            assert page.inner_text("#bottleneck").startswith(f"Bottleneck: {funnel['bottleneck']}.")
+            assert page.locator("#funnel-svg .stage-bar").count() == len(funnel["overall"])
+            assert page.inner_text("#funnel tbody tr.bottleneck td >> nth=0") == funnel["bottleneck"]
+            # the forecast: one P10-P90 interval and one P50 tick per rep, positioned in order of the numbers
+            forecast = client.get("/v1/forecast", params={"by": "owner_id", "sims": 2000}).json()
+            page.wait_for_function("() => document.querySelectorAll('#forecast-svg .interval').length > 0", timeout=60000)
+            reps = page.locator("#forecast-svg g.rep").evaluate_all("gs => gs.map(g => g.dataset.rep)")
+            assert reps == [g["group"] for g in forecast["groups"]] and len(reps) >= 2
+            assert page.locator("#forecast-svg .interval").count() == len(reps) == page.locator("#forecast-svg .p50").count()
+            widths = page.locator("#forecast-svg .interval").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
+            spread = [g["p90"] - g["p10"] for g in forecast["groups"]]
+            widest = max(range(len(spread)), key=spread.__getitem__)
+            assert widths[widest] == max(widths)
+            assert "Bookings expected in the next" in page.inner_text("#forecast-note")
+            # the traits: a table row per trait, as the API serves them
+            traits = client.get("/v1/traits").json()["traits"]
+            assert page.locator("#traits tbody tr").count() == len(traits)
+            if traits:
+                assert page.inner_text("#traits tbody tr >> nth=0").startswith(traits[0]["trait"])
             owner = page.locator("#owner option").nth(1).get_attribute("value")
             page.select_option("#owner", owner)
             page.wait_for_function(
