@@ -69,6 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sample", default=".funnelcast/sample", help="a generated sample (export/ and truth/)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the per-deal comparison to this CSV")
     args = p.parse_args()
     start = time.perf_counter()
     cmp = truth_comparison(Path(args.sample), DealTrainConfig(seed=args.seed))
@@ -97,6 +98,11 @@ def main() -> None:
                              "stage": roc_auc_score(g["won"], g["stage_p_win"]), "deals": len(g)}),
         include_groups=False)
     print("\nper origin (win AUC):\n" + per.round(4).to_string())
+    mean = cmp.groupby("as_of")[["truth_p_win", "model_p_win", "won", "truth_p_win_h", "model_p_win_h",
+                                 "won_within_horizon"]].mean()
+    print("\nper origin (mean probability against the mean outcome):\n" + mean.round(4).to_string())
+    if args.out:
+        cmp.to_csv(args.out, index=False)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ A deal *entered* stage s in the period when it has a stage entry of s in ``[star
 From that entry, what happened next (as known at ``end``, point-in-time): it moved on to a
 later stage, went back, was lost from s, or is still in s. Per stage:
 
-* ``conversion``: moved on / (moved on + lost) among the entries resolved by ``end``;
+* ``conversion``: the share of entries that moved on to a later stage within ``window_days``
+  of entering s, an Aalen-Johansen cumulative incidence (moving on competes with being lost
+  and going back; an entry still in s at ``known_at`` is censored there). Counting only the
+  entries resolved by ``end`` would favour whatever resolves quickly and make the latest
+  period read differently from the older ones; with censoring the latest period estimates
+  the same quantity as the older, fully observed ones;
 * ``drop_off``: lost from s / entries;
 * ``median_days``, ``p90_days``: time in s of the sojourns that ended before ``end``;
 * ``value_lost``: the **expected value lost** at s: the amount of each deal lost from s times
@@ -30,6 +35,31 @@ FUNNEL_COLUMNS = ("entered", "moved_on", "lost", "still_open", "conversion", "dr
                   "value_lost")
 
 
+def moved_on_within(days: np.ndarray, event: np.ndarray, window: float) -> float:
+    """Aalen-Johansen cumulative incidence of moving on within ``window`` days.
+
+    ``days``: time to the stage exit, or to censoring; ``event``: 1 moved on, 2 any other exit
+    (lost, went back), 0 censored. Exits at a time come before censorings at that time."""
+    days = np.asarray(days, float)
+    event = np.asarray(event, int)
+    if len(days) == 0:
+        return float("nan")
+    order = np.lexsort((event == 0, days))
+    days, event = days[order], event[order]
+    at_risk = len(days) - np.arange(len(days))
+    surv, cif = 1.0, 0.0
+    times, first, count = np.unique(days, return_index=True, return_counts=True)
+    for t, i, c in zip(times, first, count, strict=True):
+        if t > window:
+            break
+        here = event[i: i + c]
+        n = at_risk[i]
+        moved, other = np.count_nonzero(here == 1), np.count_nonzero(here == 2)
+        cif += surv * moved / n
+        surv *= 1.0 - (moved + other) / n
+    return float(cif)
+
+
 def stage_sojourns(export: Export, end: pd.Timestamp) -> pd.DataFrame:
     """Every stage entry before ``end`` with what followed it before ``end``: ``next_stage``,
     ``left_at`` (NaT while still there), ``days`` and the deal's last known ``amount``."""
@@ -45,11 +75,19 @@ def stage_sojourns(export: Export, end: pd.Timestamp) -> pd.DataFrame:
 
 
 def funnel_table(
-    export: Export, start: pd.Timestamp, end: pd.Timestamp, by: str = "none"
+    export: Export, start: pd.Timestamp, end: pd.Timestamp, by: str = "none",
+    window_days: float = 91.0, known_at: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
-    """Per group and open stage: entries in ``[start, end)`` and what became of them by ``end``."""
-    soj = stage_sojourns(export, end)
-    soj = soj[soj["entered_at"] >= start]
+    """Per group and open stage: entries in ``[start, end)`` and what became of them by
+    ``known_at`` (default ``end``; nothing later is read); ``conversion`` is the censoring-
+    corrected share moved on within ``window_days``."""
+    known_at = end if known_at is None else known_at
+    if known_at < end:
+        raise ValueError(f"funnel: known_at {known_at} is before the period end {end}")
+    if not window_days > 0:
+        raise ValueError(f"funnel: window_days must be positive, got {window_days}")
+    soj = stage_sojourns(export, known_at)
+    soj = soj[(soj["entered_at"] >= start) & (soj["entered_at"] < end)]
     stages = tuple(export.open_stages)
     opps = export.opportunities.set_index("opportunity_id")
     soj = soj.assign(group=group_keys(opps.loc[soj["opportunity_id"]], export, by).to_numpy())
@@ -73,8 +111,12 @@ def funnel_table(
             "value_lost": g["value_lost"].sum(),
         }
     )
-    resolved = out["moved_on"] + out["lost"]
-    out["conversion"] = (out["moved_on"] / resolved).where(resolved > 0)
+    followed = soj["days"].fillna((known_at - soj["entered_at"]) / pd.Timedelta(days=1))
+    event = np.where(soj["still_open"], 0, np.where(soj["moved_on"], 1, 2))
+    soj = soj.assign(_days=followed.to_numpy(float), _event=event)
+    out["conversion"] = pd.Series(
+        {k: moved_on_within(d["_days"].to_numpy(), d["_event"].to_numpy(), window_days)
+         for k, d in soj.groupby(["group", "stage"])}, dtype=float)
     out["drop_off"] = out["lost"] / out["entered"]
     out = out.reset_index()
     out["stage"] = pd.Categorical(out["stage"], categories=stages, ordered=True)

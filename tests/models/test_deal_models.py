@@ -92,3 +92,29 @@ def test_funnel_bookkeeping(sample_export):
     assert report.bottleneck in sample_export.open_stages
     assert report.overall.set_index("stage")["value_lost"].idxmax() == report.bottleneck
     assert "bottleneck" in report.summary()
+
+
+def test_moved_on_within_censoring_by_hand():
+    from models.funnel import moved_on_within
+
+    # 4 entries: moved at 1, censored at 2, lost at 3, moved at 4; within 10 days:
+    # t=1: 1/4 moved, S=3/4; t=3: lost, S=3/4*1/2; t=4: moved 3/8*1/1 -> 1/4 + 3/8
+    assert moved_on_within(np.array([1, 2, 3, 4]), np.array([1, 0, 2, 1]), 10) == pytest.approx(0.625)
+    assert moved_on_within(np.array([1, 2, 3, 4]), np.array([1, 0, 2, 1]), 3.5) == pytest.approx(0.25)
+    # the naive share among the resolved would say 2/3; without censoring it is the plain share
+    assert moved_on_within(np.array([1, 2, 3]), np.array([1, 2, 1]), 10) == pytest.approx(2 / 3)
+    assert np.isnan(moved_on_within(np.array([]), np.array([]), 10))
+
+
+def test_funnel_latest_period_has_no_censoring_drop(sample_export):
+    # the last period as of T (outcomes known at T only) against the same entries followed up
+    # a year later: the censoring-corrected conversion must agree
+    T = sample_export.exported_at - pd.Timedelta(days=365)
+    start = T - pd.Timedelta(days=91)
+    cut = funnel_table(sample_export, start, T).set_index("stage")
+    later = funnel_table(sample_export, start, T, known_at=T + pd.Timedelta(days=365)).set_index("stage")
+    assert (cut["entered"] == later["entered"]).all()
+    assert (cut["still_open"] > later["still_open"]).any()  # T really censors
+    assert (cut["conversion"] - later["conversion"]).abs().max() < 0.06, (cut["conversion"], later["conversion"])
+    with pytest.raises(ValueError, match="known_at"):
+        funnel_table(sample_export, start, T, known_at=start)
