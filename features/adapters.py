@@ -19,7 +19,8 @@ unless ``skip_bad_rows``, in which case exactly those rows are dropped and count
 Where a source has no timestamps, a mapping must say so: ``synthetic: record_order`` builds
 them from the record order, evenly spaced, and the import lists every synthetic column in
 :attr:`ImportResult.synthetic` (and in ``IMPORT.json`` beside the written export). Nothing
-invents precision silently.
+invents precision silently. A value derived from real data by an assumption (``from: created_at,
+offset: 45d, assumed: "why"``) is listed the same way, with the stated reason.
 """
 
 from __future__ import annotations
