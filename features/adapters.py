@@ -19,7 +19,8 @@ unless ``skip_bad_rows``, in which case exactly those rows are dropped and count
 Where a source has no timestamps, a mapping must say so: ``synthetic: record_order`` builds
 them from the record order, evenly spaced, and the import lists every synthetic column in
 :attr:`ImportResult.synthetic` (and in ``IMPORT.json`` beside the written export). Nothing
-invents precision silently.
+invents precision silently. A value derived from real data by an assumption (``from: created_at,
+offset: 45d, assumed: "why"``) is listed the same way, with the stated reason.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ REASON_NOT_MAPPED = "required column not mapped"
 REASON_UNMAPPED_VALUE = "value not in the mapping's value map"
 
 _RULE_KEYS = {"column", "value", "from", "offset", "format", "timezone", "values", "other", "when", "pattern",
-              "lookup", "synthetic", "split", "coalesce"}
+              "lookup", "synthetic", "split", "coalesce", "assumed"}
 _SOURCE_KEYS = {"file", "columns", "custom", "custom_rest", "ignore", "where", "optional"}
 
 
@@ -117,6 +118,7 @@ class Rule:
     synthetic: dict[str, Any] | None = None
     split: str | None = None
     coalesce: tuple[Rule, ...] = ()
+    assumed: str | None = None  # why a derived value is an assumption, not data: listed as SYNTHETIC
 
     def source_columns(self) -> list[str]:
         cols = [self.column] if self.column else []
@@ -267,6 +269,7 @@ def _parse_rule(rule: Any, where: str) -> Rule:
         synthetic=synthetic,
         split=rule.get("split"),
         coalesce=tuple(_parse_rule(r, f"{where}.coalesce[{i}]") for i, r in enumerate(rule.get("coalesce") or ())),
+        assumed=None if rule.get("assumed") is None else str(rule["assumed"]),
     )
 
 
@@ -592,7 +595,7 @@ def _apply_source(table: str, src: Source, reader: _Reader, notes: list[str], sy
             source_cols[name] = f"{rule.lookup['value']} (in {rule.lookup['file']}, by {rule.column})"
         elif rule.column:
             source_cols[name] = rule.column
-        if rule.synthetic is not None or (rule.from_field in synthetic_fields):
+        if rule.synthetic is not None or rule.assumed or (rule.from_field in synthetic_fields):
             synthetic_fields.add(name)
             _note_synthetic(notes, synthetic, table, name, rule, src.file)
         for pos in np.flatnonzero(invalid):
@@ -632,6 +635,9 @@ def _note_synthetic(notes: list[str], synthetic: list[str], table: str, name: st
         order = f"by {s['order_by']!r} ascending" if s.get("order_by") else "file order"
         notes.append(f"{key} is SYNTHETIC: {file} has no timestamps; record order ({order}), one record every "
                      f"{s['every']} from {s['start']}. Time-based splits on this data are record-order splits.")
+    elif rule.assumed:
+        base = f"{rule.from_field} + {rule.offset}" if rule.from_field else (rule.column or rule.value)
+        notes.append(f"{key} is SYNTHETIC: {base} ({file}): {rule.assumed}")
     else:
         notes.append(f"{key} is SYNTHETIC: {rule.from_field} + {rule.offset} (derived from a synthetic timestamp)")
 

@@ -202,6 +202,22 @@ def test_required_contract_column_not_mapped_is_a_bad_row(salesforce: Path):
     assert (bad.row, bad.column) == (0, "created_at") and REASON_NOT_MAPPED in bad.reason
 
 
+def test_assumed_value_is_listed_as_synthetic_with_its_reason(salesforce: Path):
+    doc = {"tables": {"leads": {"file": "Lead.csv", "columns": {
+        "lead_id": "Id", "created_at": "CreatedDate",
+        "disqualified_at": {"from": "created_at", "offset": "30d", "assumed": "no disqualification time here",
+                            "when": {"column": "IsConverted", "in": ["false"]}}}}}}
+    r = import_export(parse_mapping(doc), salesforce, skip_bad_rows=True)
+    assert r.synthetic == ["leads.disqualified_at"]
+    assert any(n.startswith("leads.disqualified_at is SYNTHETIC") and "no disqualification time here" in n
+               for n in r.notes)
+    leads = r.export.leads.set_index("lead_id")
+    assert leads.loc["00QB", "disqualified_at"] - leads.loc["00QB", "created_at"] == pd.Timedelta(days=30)
+    # without 'assumed', the same derivation from a real timestamp is not listed
+    del doc["tables"]["leads"]["columns"]["disqualified_at"]["assumed"]
+    assert import_export(parse_mapping(doc), salesforce, skip_bad_rows=True).synthetic == []
+
+
 @pytest.mark.parametrize(
     "doc, message",
     [
