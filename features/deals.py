@@ -592,15 +592,16 @@ def deal_outcomes(export: Export) -> pd.DataFrame:
 def next_stage_entered_at(
     stage_history: pd.DataFrame, ids: pd.Index, stage: pd.Series | np.ndarray, as_of: pd.Timestamp,
     open_stages: Sequence[str],
-) -> np.ndarray:
+) -> pd.arrays.DatetimeArray:
     """When each deal first entered the stage after its stage at ``as_of`` (won after the last
-    open stage), at or after ``as_of``; NaT when it has not (yet). A label: reads the future."""
+    open stage), at or after ``as_of``; NaT when it has not (yet). A label: reads the future.
+    Always UTC, also when no deal has reached its next stage (an all-NaT column)."""
     code = stage_codes(np.asarray(stage, dtype=object), open_stages)
     target = np.array([*open_stages, "won"], dtype=object)[np.clip(code + 1, 0, len(open_stages))]
     want = pd.DataFrame({"opportunity_id": ids.to_numpy(), "stage": target})
     later = stage_history[stage_history["entered_at"] >= as_of][["opportunity_id", "stage", "entered_at"]]
     hit = want.merge(later, on=["opportunity_id", "stage"], how="left").groupby("opportunity_id", sort=False)["entered_at"].min()
-    return hit.reindex(ids).to_numpy()
+    return pd.to_datetime(hit.reindex(ids), utc=True).array
 
 
 def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:

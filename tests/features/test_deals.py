@@ -17,6 +17,7 @@ from features.deals import (
     deal_outcomes,
     deal_snapshots,
     deal_state,
+    next_stage_entered_at,
     open_opportunities,
     predicted_amount,
 )
@@ -217,3 +218,21 @@ def test_as_of_resolution_does_not_matter(sample_export):
     b = _features(sample_export, pd.Timestamp(as_of.isoformat()).as_unit("s"), spec)
     pd.testing.assert_frame_equal(a, b)
     assert (a["age_days"] > 0).all() and (a["days_in_stage"] >= 0).all()
+
+
+def test_next_stage_column_stays_utc_when_no_deal_moves(sample_export):
+    """After the export's last stage change no deal has reached its next stage: the all-NaT
+    label column is still UTC, so censoring it at a cutoff compares like with like (an export
+    whose history ends early, as Maven CRM's does, hit this)."""
+    from training.deals import censored
+
+    t = sample_export.stage_history["entered_at"].max() + DAY
+    opps = open_opportunities(sample_export.opportunities, sample_export.stage_history, t)
+    state = deal_state(opps, sample_export.stage_history, t, DealFeatureSpec.from_export(sample_export, as_of=t).open_stages)
+    col = next_stage_entered_at(sample_export.stage_history, opps.set_index("opportunity_id").index, state["stage"], t,
+                                DealFeatureSpec.from_export(sample_export, as_of=t).open_stages)
+    assert len(col) == len(opps) > 0 and pd.isna(col).all()
+    assert str(col.dtype) == "datetime64[ns, UTC]"
+    snaps = pd.DataFrame({"as_of": t, "closed_at": pd.NaT, "won": np.nan, "won_amount": np.nan, "next_stage_at": col})
+    snaps["closed_at"] = pd.to_datetime(snaps["closed_at"], utc=True)
+    assert len(censored(snaps, t + DAY)) == len(opps)
