@@ -19,6 +19,7 @@ constants below (``REASON_*``), plus ``"below the minimum <m>"`` and ``"<column>
 
 from __future__ import annotations
 
+import datetime
 import functools
 
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,7 @@ __all__ = [
     "REASON_STAGE_OUTCOME",
     "REASON_UNKNOWN_OUTCOME",
     "REASON_UNKNOWN_STAGE",
+    "coerce_records",
     "coerce_table",
     "load_export",
     "write_export",
@@ -214,6 +216,166 @@ def coerce_table(
     for name in custom_columns(table, frame):
         out[name] = _custom(frame[name].reset_index(drop=True), (custom_kinds or {}).get(name), problems)
     return out, problems.rows
+
+
+def coerce_records(
+    table: str,
+    records: Sequence[Mapping[str, object]],
+    *,
+    open_stages: Sequence[str] = DEFAULT_OPEN_STAGES,
+    custom_kinds: Mapping[str, Kind] | None = None,
+) -> tuple[pd.DataFrame, list[BadRow]]:
+    """Type a few records as a JSON API receives them: the same result as :func:`coerce_table`.
+
+    ``records`` are dicts of Python values (``str``, numbers, ``datetime``, ``None``...); a key
+    missing from a record is a missing value, and ``BadRow.row`` is the 0-based record
+    position. The result equals ``coerce_table(table, pd.DataFrame(records), row_offset=0)``
+    with every ``datetime`` written as ISO 8601 text first (as a CSV carries it); no records
+    give the empty typed table.
+
+    Records the API sends are typed value by value in Python, which for one lead is much
+    cheaper than :func:`coerce_table`'s column-wise pandas work. Anything outside that path
+    (a value of another type, a broken rule, a table with cross-column rules) goes through
+    :func:`coerce_table` itself, so the typed frames and the reported rows are identical.
+    """
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; the contract's tables are {', '.join(TABLES)}")
+    fast = _typed_records(TABLES[table], records, custom_kinds or {}) if table in _RECORD_TABLES else None
+    if fast is not None:
+        return fast, []
+    if not records:
+        frame = pd.DataFrame(columns=TABLES[table].column_names)
+    else:
+        frame = pd.DataFrame([{k: _iso_or_value(v) for k, v in r.items()} for r in records])
+    return coerce_table(table, frame, open_stages=open_stages, row_offset=0, custom_kinds=custom_kinds)
+
+
+#: Tables whose rules :func:`_typed_records` checks in full (no stages, dates or outcomes).
+_RECORD_TABLES = ("accounts", "leads", "activities", "reps")
+_INT_EXACT = 2**53
+
+
+class _NotSimple(Exception):
+    """A value or row :func:`_typed_records` leaves to :func:`coerce_table`."""
+
+
+def _iso_or_value(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime.datetime) else value
+
+
+def _typed_records(spec: TableSpec, records: Sequence[Mapping[str, object]], custom_kinds) -> pd.DataFrame | None:
+    """The typed frame of ``records`` value by value, or ``None`` when one needs :func:`coerce_table`.
+
+    Covers what a validated API request holds: text in id and category columns, ``datetime``
+    in timestamp columns, finite numbers in number columns, custom fields of one kind (text,
+    or numbers), and no broken rule. Trimming and case-folding are Python's ``str.strip`` and
+    ``str.casefold``, which pandas' string methods match character for character.
+    """
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    if any(not isinstance(c, str) or c != c.strip() for c in columns):
+        return None  # names coerce_table would trim (and maybe find doubled)
+    known = set(spec.column_names)
+    try:
+        typed = {col.name: _typed_column(col, [r.get(col.name) for r in records]) for col in spec.columns}
+        for name in columns:
+            if name not in known:
+                typed[name] = _typed_custom([r.get(name) for r in records], custom_kinds.get(name))
+    except _NotSimple:
+        return None
+    n = len(records)
+    if spec.name == "leads":
+        created = typed["created_at"]
+        for later in ("converted_at", "disqualified_at"):
+            if (typed[later] < created).any():
+                return None
+    if spec.name == "activities" and n:
+        linked = np.zeros(n, dtype=bool)
+        for name in _ACTIVITY_LINKS:
+            linked |= typed[name].notna().to_numpy()
+        if not linked.all():
+            return None
+    return pd.DataFrame(typed)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _NotSimple
+    return value.strip() or None
+
+
+def _category(value: object) -> str | None:
+    text = _text(value)
+    return (text.casefold() or None) if text is not None else None
+
+
+def _number(value: object) -> float:
+    if value is None:
+        return np.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _NotSimple
+    if isinstance(value, int) and abs(value) >= _INT_EXACT:
+        raise _NotSimple
+    v = float(value)
+    if np.isinf(v):
+        raise _NotSimple  # not a finite number: reported by coerce_table
+    return v
+
+
+def _timestamp_ns(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime.datetime):
+        raise _NotSimple
+    offset = value.utcoffset()
+    if offset is not None and (offset.seconds % 60 or offset.microseconds):
+        raise _NotSimple  # an offset in seconds: its ISO text is not one pandas parses
+    try:
+        ts = pd.Timestamp(value)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        if not _TS_MIN <= ts <= _TS_MAX:
+            raise _NotSimple  # outside 1677-2262: reported by coerce_table
+        return ts.as_unit("ns").value
+    except (OverflowError, ValueError) as exc:
+        raise _NotSimple from exc
+
+
+def _typed_column(col: Column, values: list) -> pd.Series:
+    kind = col.kind
+    if kind is Kind.TIMESTAMP:
+        ns = [_timestamp_ns(v) for v in values]
+        if col.required and None in ns:
+            raise _NotSimple
+        return pd.Series(np.array([v if v is not None else np.iinfo(np.int64).min for v in ns], dtype="datetime64[ns]"),
+                         dtype="datetime64[ns]").dt.tz_localize("UTC")
+    if kind is Kind.NUMBER:
+        v = np.array([_number(x) for x in values], dtype="float64")
+        if col.min_value is not None and (v < col.min_value).any():
+            raise _NotSimple
+        if col.required and np.isnan(v).any():
+            raise _NotSimple
+        return pd.Series(v, dtype="float64")
+    if kind is Kind.ID:
+        text = [_text(v) for v in values]
+    elif kind is Kind.CATEGORY:
+        text = [_category(v) for v in values]
+    else:  # dates and outcomes are not in the record tables
+        raise _NotSimple
+    if col.required and None in text:
+        raise _NotSimple
+    if col.unique and len(set(text)) < len(text):
+        raise _NotSimple  # duplicates (missing values are caught above: unique columns are required)
+    return pd.Series(text, dtype="str")
+
+
+def _typed_custom(values: list, kind: Kind | None) -> pd.Series:
+    """A custom field: forced to its training kind, or (no kind) numbers when all are numbers."""
+    if kind is Kind.CATEGORY:
+        return pd.Series([_category(v) for v in values], dtype="str")
+    if kind is Kind.NUMBER or all(v is None or isinstance(v, (int, float)) for v in values):
+        return pd.Series([_number(v) for v in values], dtype="float64")
+    raise _NotSimple  # text of no known kind: coerce_table decides whether it is all numbers
 
 
 def write_export(export: Export, dest: str | Path, *, fmt: Literal["csv", "parquet"] = "csv") -> None:

@@ -1,8 +1,9 @@
 """Records as a CRM sends them -> the same typed frames the export loader produces.
 
-Every table goes through :func:`features.io.coerce_table`, so trimming, case-folding, UTC
-timestamps and ids-as-strings are identical online and offline; custom fields are forced
-to the kind the model was trained with.
+Every table goes through :func:`features.io.coerce_records`, which gives exactly what the
+export loader's :func:`~features.io.coerce_table` gives (trimming, case-folding, UTC
+timestamps, ids as strings, the same bad rows) at a fraction of its cost for a few records;
+custom fields are forced to the kind the model was trained with.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 
 from features.contract import TABLES, Kind
 from features.errors import BadRow
-from features.io import coerce_table
+from features.io import coerce_records
 from features.leads import LeadFeatureSpec
 from serving.errors import RequestProblem, bad_rows_as_problem
 from serving.schemas import LeadScoreItem
@@ -35,13 +36,13 @@ def utc_timestamp(value: datetime | None) -> pd.Timestamp:
 
 
 def _row(model) -> dict:
-    # timestamps go back to ISO text: coerce_table parses a whole column at once, like a CSV
-    # (no offset = UTC, as the contract says)
-    row = model.model_dump(mode="python")
-    for k, v in row.items():
-        if isinstance(v, datetime):
-            row[k] = v.isoformat()
-    return row
+    # Python values (datetimes stay datetimes: coerce_records reads them as the ISO text a CSV holds)
+    return model.model_dump(mode="python")
+
+
+def _as_sent(row: dict) -> dict:
+    """A record as its JSON said it: timestamps as ISO text (two copies of an account must match)."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def _custom_kinds(table: str, categoricals: tuple[str, ...], numerics: tuple[str, ...]) -> dict[str, Kind]:
@@ -85,7 +86,7 @@ def lead_frames(
             key = acc["account_id"].strip()
             if key in seen_accounts:  # several leads of one account: send it each time, identical
                 first = seen_accounts[key]
-                if acc_rows[first] != acc:
+                if _as_sent(acc_rows[first]) != _as_sent(acc):
                     raise RequestProblem(
                         "conflicting account records",
                         [(f"leads[{i}].account", f"differs from {acc_paths[first]} for the same account_id {key!r}")],
@@ -111,9 +112,7 @@ def lead_frames(
     bad: list[tuple[str, BadRow]] = []
 
     def typed(table: str, rows: list[dict], paths: list[str], kinds: dict[str, Kind]) -> pd.DataFrame:
-        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=TABLES[table].column_names)
-        custom = {c: k for c, k in kinds.items() if c in frame.columns}
-        out, problems = coerce_table(table, frame, open_stages=open_stages, row_offset=0, custom_kinds=custom)
+        out, problems = coerce_records(table, rows, open_stages=open_stages, custom_kinds=kinds)
         bad.extend((paths[b.row], b) for b in problems)
         return out
 

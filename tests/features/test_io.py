@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import features.io as io_module
 from features.contract import TABLES, Kind
 from features.errors import (
     ExportSourceError,
@@ -35,6 +36,7 @@ from features.io import (
     REASON_STAGE_OUTCOME,
     REASON_UNKNOWN_OUTCOME,
     REASON_UNKNOWN_STAGE,
+    coerce_records,
     coerce_table,
     load_export,
     write_export,
@@ -650,6 +652,157 @@ def test_coerce_table_does_not_check_foreign_keys() -> None:
     frame = pd.DataFrame([{"opportunity_id": "O404", "stage": "proposal", "entered_at": "2024-01-01"}])
     _, bad = coerce_table("stage_history", frame)
     assert bad == []
+
+
+# --------------------------------------------------------------------------------------------
+# coerce_records: the API's records, typed value by value, equal coerce_table's frames
+# --------------------------------------------------------------------------------------------
+
+_messy_text = st.text(alphabet=st.sampled_from(list(" \t\nAaBbZz09-_.éßİΣσ\u00a0\u2003ﬁ")), max_size=6) | st.text(max_size=4)
+_offsets = st.timedeltas(min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59))
+_minute_offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+_in_range = st.datetimes(
+    min_value=dt.datetime(1700, 1, 1), max_value=dt.datetime(2200, 1, 1),
+    timezones=st.none() | _minute_offsets | st.just(dt.UTC),
+)
+_moments = st.datetimes(
+    min_value=dt.datetime(1600, 1, 1), max_value=dt.datetime(2300, 1, 1),
+    timezones=st.none() | st.timezones() | st.builds(dt.timezone, _offsets),
+)
+_finite = st.none() | st.floats(0, 1e12) | st.integers(0, 2**40) | st.just(float("nan"))
+_numbers = st.none() | st.floats() | st.integers(-(2**60), 2**60) | st.floats(0, 1e9)
+_anything = st.none() | _messy_text | _numbers | st.booleans() | _moments
+
+
+def _value_for(kind: Kind, clean: bool):
+    """What a validated request holds for this kind (``clean``), or sometimes anything at all."""
+    usual = {
+        Kind.ID: st.none() | _messy_text | st.sampled_from(["L1", " L1", "A1", "x"]),
+        Kind.CATEGORY: st.none() | _messy_text | st.sampled_from(["Web", " REFERRAL ", "web", "", "  "]),
+        Kind.TIMESTAMP: st.none() | (_in_range if clean else _moments),
+        Kind.NUMBER: _finite if clean else _numbers,
+    }[kind]
+    return usual if clean else st.one_of(usual, usual, _anything)
+
+
+@st.composite
+def _records(draw, table: str, clean: bool):
+    """Records of ``table``; ``clean`` ones look like a validated request (required values
+    present, unique ids, timestamps in range, one kind per custom field) but stay messy in
+    case, spaces, offsets and gaps."""
+    spec = TABLES[table]
+    n = draw(st.integers(0, 4))
+    customs = draw(st.lists(st.sampled_from(["tier", "budget_k", "campaign"]), unique=True, max_size=3))
+    kinds = {c: draw(st.sampled_from([None, Kind.CATEGORY, Kind.NUMBER])) for c in customs}
+    if clean:
+        per_column = {c: (_finite if k is not Kind.CATEGORY else st.none() | _messy_text) for c, k in kinds.items()}
+    else:
+        per_column = {c: draw(st.sampled_from([st.none() | _messy_text, _numbers, _anything])) for c in customs}
+    records = []
+    for i in range(n):
+        row = {}
+        for col in spec.columns:
+            if clean and col.required:
+                if col.kind is Kind.TIMESTAMP:
+                    row[col.name] = draw(_in_range)
+                else:
+                    row[col.name] = draw(st.sampled_from([f" Id{i}", f"ID{i} ", f"x{i}"])) if col.unique else "Email"
+            elif col.name == spec.key and draw(st.booleans()):
+                row[col.name] = f" Id{i} "
+            elif draw(st.integers(0, 5)):  # a key may be absent
+                row[col.name] = draw(_value_for(col.kind, clean))
+        if clean and table == "leads":  # converted or disqualified after creation, in any offset
+            for later in ("converted_at", "disqualified_at"):
+                if row.get(later) is not None:
+                    after = row["created_at"] + draw(st.timedeltas(dt.timedelta(0), dt.timedelta(days=400)))
+                    row[later] = after.astimezone(draw(_minute_offsets)) if after.tzinfo else after
+        for c in customs:
+            if draw(st.integers(0, 4)):
+                row[c] = draw(per_column[c])
+        records.append(row)
+    return records, {c: k for c, k in kinds.items() if k is not None}
+
+
+def _as_csv_text(records: list[dict]) -> pd.DataFrame:
+    """The records as the API typed them before coerce_records: datetimes as ISO text, one frame."""
+    return pd.DataFrame([{k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in r.items()} for r in records])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), table=st.sampled_from(["leads", "accounts", "activities"]), clean=st.booleans())
+def test_coerce_records_equals_coerce_table(data, table, clean) -> None:
+    records, kinds = data.draw(_records(table, clean))
+    frame = _as_csv_text(records) if records else pd.DataFrame(columns=TABLES[table].column_names)
+    try:
+        expected, expected_bad = coerce_table(table, frame, row_offset=0, custom_kinds=kinds)
+    except (MissingColumn, ExportSourceError) as exc:
+        with pytest.raises(type(exc)):
+            coerce_records(table, records, custom_kinds=kinds)
+        return
+
+    typed, bad = coerce_records(table, records, custom_kinds=kinds)
+
+    pd.testing.assert_frame_equal(typed, expected)
+    assert [(b.table, b.row, b.column, b.reason, b.value) for b in bad] == [
+        (b.table, b.row, b.column, b.reason, b.value) for b in expected_bad
+    ]
+
+
+def _api_records() -> dict[str, list[dict]]:
+    """Records as a validated scoring request holds them: messy case, spaces, offsets, gaps, custom fields."""
+    berlin = dt.timezone(dt.timedelta(hours=1))
+    return {
+        "leads": [
+            {"lead_id": " L1 ", "created_at": dt.datetime(2024, 1, 3, 8, tzinfo=berlin), "account_id": "A1",
+             "owner_id": "rep_1", "source": "  Web ", "seniority": "VP", "country": None, "converted_at": None,
+             "opportunity_id": None, "disqualified_at": None, "budget_k": 12, "campaign": " Spring SALE"},
+            {"lead_id": "L2", "created_at": dt.datetime(2024, 1, 4, 23, 59, 59, 999999), "account_id": None,
+             "owner_id": None, "source": "", "seniority": "ſtraße", "country": "de", "converted_at": None,
+             "opportunity_id": None, "disqualified_at": dt.datetime(2024, 2, 1, tzinfo=dt.UTC), "budget_k": None},
+        ],
+        "accounts": [
+            {"account_id": "A1", "created_at": dt.datetime(2023, 5, 1), "industry": " SoftWare", "country": "US",
+             "employees": 120.0, "annual_revenue": None, "tier": None},
+        ],
+        "activities": [
+            {"activity_id": "X1", "occurred_at": dt.datetime(2024, 1, 5, 9, 30, tzinfo=berlin), "type": "Email ",
+             "lead_id": "L1", "opportunity_id": None, "account_id": None, "direction": "INBOUND", "score": 3.5},
+            {"activity_id": "X2", "occurred_at": dt.datetime(2024, 1, 6), "type": "call", "lead_id": "L2",
+             "opportunity_id": None, "account_id": None, "direction": None, "score": None},
+        ],
+    }
+
+
+@pytest.mark.parametrize("table", ["leads", "accounts", "activities"])
+def test_api_records_are_typed_without_coerce_table_and_equal_it(table, monkeypatch) -> None:
+    records = _api_records()[table]
+    kinds = {"budget_k": Kind.NUMBER, "campaign": Kind.CATEGORY, "tier": Kind.CATEGORY}
+    expected, expected_bad = coerce_table(table, _as_csv_text(records), row_offset=0, custom_kinds=kinds)
+    assert expected_bad == []
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("valid API records should not need coerce_table")
+
+    monkeypatch.setattr(io_module, "coerce_table", not_called)
+    typed, bad = coerce_records(table, records, custom_kinds=kinds)
+
+    assert bad == []
+    pd.testing.assert_frame_equal(typed, expected)
+
+
+def test_coerce_records_reports_bad_values_like_coerce_table() -> None:
+    records = [
+        {"lead_id": "L1", "created_at": dt.datetime(1500, 1, 1), "budget_k": "lots"},
+        {"lead_id": " L1", "created_at": dt.datetime(2024, 1, 1), "converted_at": dt.datetime(2023, 1, 1)},
+    ]
+    _, bad = coerce_records("leads", records, custom_kinds={"budget_k": Kind.NUMBER})
+
+    assert sorted((b.row, b.column, b.reason) for b in bad) == [
+        (0, "budget_k", REASON_BAD_NUMBER),
+        (0, "created_at", REASON_BAD_TIMESTAMP),
+        (1, "converted_at", "converted_at before created_at"),
+        (1, "lead_id", REASON_DUPLICATE),
+    ]
 
 
 def test_out_of_range_timestamps_are_bad_not_crashes() -> None:
