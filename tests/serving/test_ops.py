@@ -173,3 +173,20 @@ def test_monitoring_reports_drift_of_recent_traffic(app, body):
     assert {"feature", "psi", "missing_change", "level"} <= set(m["features"][0])
     psis = [f["psi"] for f in m["features"]]
     assert psis == sorted(psis, reverse=True)
+
+
+def test_the_served_score_log_commits_without_an_fsync_per_request(tmp_path):
+    """SQLite in WAL mode with synchronous=NORMAL; two workers' stores both write and read."""
+    from sqlalchemy import func, select
+
+    from serving.store import OperationsStore, served_scores
+
+    url = f"sqlite:///{tmp_path / 'operations.db'}"
+    first, second = OperationsStore(url), OperationsStore(url)  # as two uvicorn workers
+    first.record_scores("lead_quality", "1", "2025-01-01", ["L-1"], [0.25])
+    second.record_scores("lead_quality", "1", "2025-01-01", ["L-2", "L-3"], [0.5, 0.75])
+    with first.engine.connect() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        rows = conn.execute(select(func.count()).select_from(served_scores)).scalar()
+    assert (mode, sync, rows) == ("wal", 1, 3)
