@@ -253,6 +253,8 @@ def coerce_records(
 #: Tables whose rules :func:`_typed_records` checks in full (no stages, dates or outcomes).
 _RECORD_TABLES = ("accounts", "leads", "activities", "reps")
 _INT_EXACT = 2**53
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
 
 
 class _NotSimple(Exception):
@@ -324,6 +326,7 @@ def _number(value: object) -> float:
 
 
 def _timestamp_ns(value: object) -> int | None:
+    """Nanoseconds since the epoch, UTC (naive means UTC), by exact integer arithmetic."""
     if value is None:
         return None
     if not isinstance(value, datetime.datetime):
@@ -331,14 +334,11 @@ def _timestamp_ns(value: object) -> int | None:
     offset = value.utcoffset()
     if offset is not None and (offset.seconds % 60 or offset.microseconds):
         raise _NotSimple  # an offset in seconds: its ISO text is not one pandas parses
-    try:
-        ts = pd.Timestamp(value)
-        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        if not _TS_MIN <= ts <= _TS_MAX:
-            raise _NotSimple  # outside 1677-2262: reported by coerce_table
-        return ts.as_unit("ns").value
-    except (OverflowError, ValueError) as exc:
-        raise _NotSimple from exc
+    since = value - (_EPOCH if offset is not None else _EPOCH_NAIVE)
+    ns = (since.days * 86_400 + since.seconds) * 1_000_000_000 + since.microseconds * 1_000
+    if not _TS_MIN.value <= ns <= _TS_MAX.value:
+        raise _NotSimple  # outside 1677-2262: reported by coerce_table
+    return ns
 
 
 def _typed_column(col: Column, values: list) -> pd.Series:
