@@ -205,7 +205,7 @@ class RecentTraffic:
         self._lock = threading.Lock()
 
     def add(self, task: str, version: str, as_of: pd.Timestamp, features: pd.DataFrame, n: int) -> None:
-        rows = list(features.itertuples(index=False, name=None))
+        rows = list(map(tuple, features.to_numpy(dtype=object)))  # ~10x cheaper than itertuples for one row
         with self._lock:
             q = self._items.setdefault(task, deque())
             q.append(_Request(version, as_of, rows, n))
