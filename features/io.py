@@ -255,6 +255,7 @@ _RECORD_TABLES = ("accounts", "leads", "activities", "reps")
 _INT_EXACT = 2**53
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
+_NAT = np.iinfo(np.int64).min  # NaT as datetime64[ns]
 
 
 class _NotSimple(Exception):
@@ -293,10 +294,10 @@ def _typed_records(spec: TableSpec, records: Sequence[Mapping[str, object]], cus
     if spec.name == "activities" and n:
         linked = np.zeros(n, dtype=bool)
         for name in _ACTIVITY_LINKS:
-            linked |= typed[name].notna().to_numpy()
+            linked |= ~typed[name].isna()
         if not linked.all():
             return None
-    return pd.DataFrame(typed)
+    return pd.DataFrame(typed)  # from arrays: several times cheaper than from Series
 
 
 def _text(value: object) -> str | None:
@@ -341,21 +342,22 @@ def _timestamp_ns(value: object) -> int | None:
     return ns
 
 
-def _typed_column(col: Column, values: list) -> pd.Series:
+def _typed_column(col: Column, values: list) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """One contract column as the array of its typed frame column."""
     kind = col.kind
     if kind is Kind.TIMESTAMP:
         ns = [_timestamp_ns(v) for v in values]
         if col.required and None in ns:
             raise _NotSimple
-        return pd.Series(np.array([v if v is not None else np.iinfo(np.int64).min for v in ns], dtype="datetime64[ns]"),
-                         dtype="datetime64[ns]").dt.tz_localize("UTC")
+        wall = np.array([v if v is not None else _NAT for v in ns], dtype=np.int64).view("datetime64[ns]")
+        return pd.array(wall, dtype=_UTC_NS)
     if kind is Kind.NUMBER:
         v = np.array([_number(x) for x in values], dtype="float64")
         if col.min_value is not None and (v < col.min_value).any():
             raise _NotSimple
         if col.required and np.isnan(v).any():
             raise _NotSimple
-        return pd.Series(v, dtype="float64")
+        return v
     if kind is Kind.ID:
         text = [_text(v) for v in values]
     elif kind is Kind.CATEGORY:
@@ -366,15 +368,15 @@ def _typed_column(col: Column, values: list) -> pd.Series:
         raise _NotSimple
     if col.unique and len(set(text)) < len(text):
         raise _NotSimple  # duplicates (missing values are caught above: unique columns are required)
-    return pd.Series(text, dtype="str")
+    return pd.array(text, dtype="str")
 
 
-def _typed_custom(values: list, kind: Kind | None) -> pd.Series:
+def _typed_custom(values: list, kind: Kind | None) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """A custom field: forced to its training kind, or (no kind) numbers when all are numbers."""
     if kind is Kind.CATEGORY:
-        return pd.Series([_category(v) for v in values], dtype="str")
+        return pd.array([_category(v) for v in values], dtype="str")
     if kind is Kind.NUMBER or all(v is None or isinstance(v, (int, float)) for v in values):
-        return pd.Series([_number(v) for v in values], dtype="float64")
+        return np.array([_number(v) for v in values], dtype="float64")
     raise _NotSimple  # text of no known kind: coerce_table decides whether it is all numbers
 
 
