@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from features.contract import TABLES
+from features.io import coerce_table
 from features.pit import open_leads
 from features.settings import Settings
 from models.registry import LoadedModel
@@ -125,6 +129,70 @@ def test_messy_values_are_normalised_like_the_loader(client, sample_export, open
     messy = client.post("/v1/leads/score", json=body).json()["scores"][0]
     assert messy["probability"] == pytest.approx(clean["probability"], abs=1e-12)
 
+
+
+def _via_coerce_table(table, records, *, open_stages, custom_kinds):
+    """How the API typed records before coerce_records: one frame of ISO text through coerce_table."""
+    if not records:
+        frame = pd.DataFrame(columns=TABLES[table].column_names)
+    else:
+        frame = pd.DataFrame([{k: v.isoformat() if isinstance(v, datetime) else v for k, v in r.items()} for r in records])
+    kinds = {c: k for c, k in custom_kinds.items() if c in frame.columns}
+    return coerce_table(table, frame, open_stages=open_stages, row_offset=0, custom_kinds=kinds)
+
+
+def _messy(rng: np.random.Generator, item: dict) -> dict:
+    """The same lead as a different CRM might send it: case, spaces, offsets, dropped optional fields."""
+    def text(v):
+        v = [str.upper, str.lower, str.title, str][rng.integers(4)](v)
+        return " " * rng.integers(3) + v + "\t" * rng.integers(2)
+
+    def moment(v):
+        offset = pd.Timedelta(minutes=int(rng.integers(-14 * 60, 14 * 60)))
+        return pd.Timestamp(v).tz_convert(timezone(offset.to_pytimedelta())).isoformat()
+
+    out = {}
+    for part, value in item.items():
+        records = value if isinstance(value, list) else [value]
+        messed = []
+        for rec in records:
+            rec = dict(rec)
+            for k, v in list(rec.items()):
+                if k.endswith("_at"):
+                    rec[k] = moment(v)
+                elif isinstance(v, str) and not k.endswith("_id"):
+                    rec[k] = text(v) if k == "type" or rng.random() < 0.8 else "  "
+                elif isinstance(v, float) and v.is_integer() and rng.random() < 0.5:
+                    rec[k] = int(v)
+                if k not in ("lead_id", "account_id", "activity_id", "created_at", "occurred_at", "type") and rng.random() < 0.2:
+                    del rec[k]
+            messed.append(rec)
+        out[part] = messed if isinstance(value, list) else messed[0]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_request_frames_equal_the_export_loaders_on_messy_records(seed, sample_export, lead_scorer, open_at_export):
+    """online == batch at the source: the typed frames of a messy request equal coerce_table's."""
+    as_of, leads = open_at_export
+    rng = np.random.default_rng(seed)
+    picked = leads.iloc[rng.choice(len(leads), size=8, replace=False)]
+    body = _body(sample_export, picked, as_of)
+    body["leads"] = [_messy(rng, it) for it in body["leads"]]
+    accounts: dict[str, dict] = {}  # leads of one account send the same account record
+    for it in body["leads"]:
+        if "account" in it:
+            it["account"] = accounts.setdefault(it["account"]["account_id"], it["account"])
+    request = LeadScoreRequest.model_validate(body)
+    stages = Settings().open_stages
+
+    with patch("features.io.coerce_table", side_effect=AssertionError("a valid request needs no coerce_table")):
+        fast = lead_frames(request.leads, lead_scorer.spec, stages, as_of)
+    with patch("serving.records.coerce_records", _via_coerce_table):
+        slow = lead_frames(request.leads, lead_scorer.spec, stages, as_of)
+
+    for table in ("leads", "accounts", "activities"):
+        pd.testing.assert_frame_equal(getattr(fast, table), getattr(slow, table))
 
 def test_missing_optional_fields_and_unseen_categories_are_scored_with_warnings(client, open_at_export):
     as_of, _ = open_at_export
