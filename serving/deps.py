@@ -1,4 +1,9 @@
-"""Typed dependencies: settings, the loaded models, the API key check."""
+"""Typed dependencies: settings, the loaded models, the API key check.
+
+They are ``async def`` because they only read the app's state and hash a key (microseconds):
+FastAPI runs a plain ``def`` dependency in its thread pool, one hand-off per dependency per
+request, which under load cost more than the work itself. Scoring stays a ``def`` handler.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from serving.errors import RequestProblem
 from serving.middleware import retry_after
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -25,7 +30,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your funnelcast API key")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
 ) -> str:
     """Check the key (401) and its rate limit (429 with Retry-After); returns the key's digest."""
@@ -56,7 +61,7 @@ def require_api_key(
 ApiKeyDep = Depends(require_api_key)
 
 
-def require_admin_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
+async def require_admin_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
     """An admin key (model reload): 401 without a valid key, 403 for a key that may only score."""
     admin = settings.admin_key_hashes()
     if not key:
@@ -77,7 +82,7 @@ AdminKeyDep = Depends(require_admin_key)
 CallerDep = Annotated[str, Depends(require_api_key)]
 
 
-def get_lead_model(request: Request) -> LoadedModel:
+async def get_lead_model(request: Request) -> LoadedModel:
     models: dict[str, LoadedModel] = request.app.state.models
     loaded = models.get(Task.LEAD_QUALITY.value)
     if loaded is None:
