@@ -63,6 +63,9 @@ class DealTrainConfig:
     params: dict[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     seed: int = 0
+    #: After early stopping and calibration, grow the timing models' trees again on every row known
+    #: at the cutoff (their fit rows stop where the calibration window starts).
+    refit_timing: bool = True
 
     @property
     def period_days(self) -> float:
@@ -205,6 +208,14 @@ def fit_deal_scorer(
     hazard = _classifier(spec, cfg, *rows["close_hazard"], tcols, "closed", "close hazard")
     c_fit, c_cal = (part[part["closed"] == 1] for part in rows["close_hazard"])
     share = _classifier(spec, cfg, c_fit, c_cal, tcols, "won_label", "win share")
+    if cfg.refit_timing:
+        # the fit rows stop where the calibration window starts (see fit_and_calibration_rows): with
+        # the rounds and the Platt scaling found there, grow the trees again on every hazard row known
+        # at the cutoff, so the last months' outcomes are not left out of the final model
+        every = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
+        hazard.refit(every[tcols], every["closed"].to_numpy())
+        closes = every[every["closed"] == 1]
+        share.refit(closes[tcols], closes["won_label"].to_numpy())
     scorer = DealScorer(
         spec=spec,
         context=deal_context(export, cutoff, cfg.horizon_days),
