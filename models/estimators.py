@@ -99,6 +99,17 @@ class CalibratedBoostedClassifier:
             self.calib_intercept_ = float(platt.intercept_[0])
         return self
 
+    def refit(self, X: pd.DataFrame, y: np.ndarray) -> CalibratedBoostedClassifier:
+        """Grow the trees again on ``X`` (which may include the calibration window's rows) for the
+        number of rounds early stopping chose, keeping the categories and the Platt scaling.
+
+        For when the calibration window is recent data the final model should not do without."""
+        params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
+        train = lgb.Dataset(self._frame(X), label=np.asarray(y), categorical_feature=list(self.categories_) or "auto")
+        self.booster_ = lgb.train(params, train, num_boost_round=max(self.n_rounds_, 1))
+        self.n_rounds_ = int(self.booster_.current_iteration())
+        return self
+
     def _category_codes(self) -> dict[str, dict[str, int]]:
         # LightGBM codes a pandas categorical by its position in the categories given at fit;
         # a dict per column looks a few values up in microseconds (pd.Index.get_indexer costs

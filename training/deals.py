@@ -63,6 +63,11 @@ class DealTrainConfig:
     params: dict[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     seed: int = 0
+    #: After early stopping and calibration, grow the timing models' trees again on every row known
+    #: at the cutoff (their fit rows stop where the calibration window starts). Off by default: on
+    #: the sample it helped (win AUC 0.7578 -> 0.7668), on Maven CRM it turned P(won within 30 d)
+    #: from AUC 0.60 to 0.42 (the rounds and Platt scaling found on the earlier rows did not carry).
+    refit_timing: bool = False
 
     @property
     def period_days(self) -> float:
@@ -167,26 +172,52 @@ def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, 
     )
 
 
+def fit_and_calibration_rows(
+    snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """The fit and calibration rows of the next-stage and the close-hazard models at ``cutoff``.
+
+    The calibration window holds the snapshots of the last ``calib_days`` whose horizon (next
+    stage) or first period (hazard) ended by ``cutoff``; the fit rows are the earlier snapshots.
+    A next-stage label looks one horizon ahead only. A hazard row of period ``j`` looks ``j``
+    periods ahead, so the fit rows' hazard labels are **censored where the calibration window
+    starts**: a deal is in many snapshots, and with labels from later the trees memorise deals
+    (by fields unique to them) whose outcomes the calibration window then scores; early stopping
+    and Platt scaling rewarded that memory instead of stopping it (the timing fits at T - 273 ran
+    to the 1,000-round limit; measured on the sample against the truth, the calibration error of P(won)
+    went from 0.042 to 0.023).
+    """
+    h = pd.Timedelta(days=cfg.horizon_days)
+    calib = pd.Timedelta(days=cfg.calib_days)
+    period = pd.Timedelta(days=cfg.period_days)
+    ns_start = cutoff - h - calib
+    ns_fit, ns_cal = _split(next_stage_rows(snaps, cutoff, cfg.horizon_days), ns_start)
+    hz_start = cutoff - period - calib
+    hz_fit = hazard_rows(snaps, hz_start, cfg.period_days, cfg.n_periods)
+    hz_cal = _split(hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods), hz_start)[1]
+    return {"next_stage": (ns_fit, ns_cal), "close_hazard": (hz_fit, hz_cal)}
+
+
 def fit_deal_scorer(
     export: Export, snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timestamp, cfg: DealTrainConfig,
     *, surrogate: bool = True,
 ) -> DealScorer:
     """Fit every deal model on what was known at ``cutoff`` (labels censored there)."""
     cols = spec.feature_names
-    h = pd.Timedelta(days=cfg.horizon_days)
-    calib = pd.Timedelta(days=cfg.calib_days)
-    ns = next_stage_rows(snaps, cutoff, cfg.horizon_days)
-    ns_fit, ns_cal = _split(ns, cutoff - h - calib)
-    next_stage = _classifier(spec, cfg, ns_fit, ns_cal, cols, "label", "next stage")
-
-    hz = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
-    period = pd.Timedelta(days=cfg.period_days)
-    hz_fit, hz_cal = _split(hz, cutoff - period - calib)
+    rows = fit_and_calibration_rows(snaps, cutoff, cfg)
+    next_stage = _classifier(spec, cfg, *rows["next_stage"], cols, "label", "next stage")
     tcols = [*cols, "period"]
-    hazard = _classifier(spec, cfg, hz_fit, hz_cal, tcols, "closed", "close hazard")
-    closes = hz[hz["closed"] == 1]
-    c_fit, c_cal = _split(closes, cutoff - period - calib)
+    hazard = _classifier(spec, cfg, *rows["close_hazard"], tcols, "closed", "close hazard")
+    c_fit, c_cal = (part[part["closed"] == 1] for part in rows["close_hazard"])
     share = _classifier(spec, cfg, c_fit, c_cal, tcols, "won_label", "win share")
+    if cfg.refit_timing:
+        # the fit rows stop where the calibration window starts (see fit_and_calibration_rows): with
+        # the rounds and the Platt scaling found there, grow the trees again on every hazard row known
+        # at the cutoff, so the last months' outcomes are not left out of the final model
+        every = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
+        hazard.refit(every[tcols], every["closed"].to_numpy())
+        closes = every[every["closed"] == 1]
+        share.refit(closes[tcols], closes["won_label"].to_numpy())
     scorer = DealScorer(
         spec=spec,
         context=deal_context(export, cutoff, cfg.horizon_days),

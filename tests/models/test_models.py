@@ -107,3 +107,18 @@ def test_reason_sentences_read_like_a_person_wrote_them():
         "Web visit count, last 30 days is 4: lowers the probability by 2 points"
     )
     assert "unknown" in reason_sentence("seniority", None, 0.001)
+
+
+def test_refit_grows_the_chosen_rounds_again_and_keeps_the_calibration():
+    """On the fit rows themselves, refit gives the same trees (the calibration window only
+    stopped them); on more rows, new trees with the same number of rounds and Platt scaling."""
+    X, y = _toy(3)
+    clf = CalibratedBoostedClassifier(["source"], random_state=0).fit(X[:2000], y[:2000], X[2000:], y[2000:])
+    rounds, slope, intercept = clf.n_rounds_, clf.calib_slope_, clf.calib_intercept_
+    before = clf.predict_proba(X)
+    assert 0 < rounds < clf.max_rounds
+    clf.refit(X[:2000], y[:2000])
+    np.testing.assert_allclose(clf.predict_proba(X), before, rtol=1e-9)
+    clf.refit(X, y)
+    assert (clf.n_rounds_, clf.calib_slope_, clf.calib_intercept_) == (rounds, slope, intercept)
+    assert not np.allclose(clf.predict_proba(X), before)

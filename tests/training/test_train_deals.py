@@ -11,7 +11,14 @@ import pytest
 from features.contract import Export
 from features.deals import open_opportunities
 from models.deals import score_open_deals
-from training.deals import DealTrainConfig, build_deal_model, censored, hazard_rows, next_stage_rows
+from training.deals import (
+    DealTrainConfig,
+    build_deal_model,
+    censored,
+    fit_and_calibration_rows,
+    hazard_rows,
+    next_stage_rows,
+)
 
 DAY = pd.Timedelta(days=1)
 
@@ -44,6 +51,27 @@ def test_labels_are_censored_at_the_cutoff(deal_result, deal_cfg):
     # a deal that closes after the cutoff has no event in any hazard row
     later = snaps[(snaps["closed_at"] >= cutoff) & (snaps["as_of"] < cutoff)]["opportunity_id"].unique()
     assert hz[hz["opportunity_id"].isin(later)]["closed"].sum() == 0
+
+
+def test_fit_rows_know_nothing_of_the_calibration_window(deal_result, deal_cfg, sample_export):
+    """The timing model's fit rows end, and are censored, where its calibration window starts: a
+    deal that closes inside the window is still open in every fit row (no memorised outcome)."""
+    snaps = deal_result.snapshots
+    cutoff = sample_export.exported_at
+    rows = fit_and_calibration_rows(snaps, cutoff, deal_cfg)
+    start = cutoff - pd.Timedelta(days=deal_cfg.period_days + deal_cfg.calib_days)
+    fit, cal = rows["close_hazard"]
+    assert len(fit) and len(cal) and cal["closed"].sum() > 0
+    ends = fit["as_of"] + pd.to_timedelta((fit["period"] + 1) * deal_cfg.period_days, unit="D")
+    assert (ends <= start).all() and (cal["as_of"] > start).all()
+    inside = snaps[(snaps["closed_at"] >= start) & (snaps["closed_at"] < cutoff)]["opportunity_id"].unique()
+    assert fit["opportunity_id"].isin(inside).any()
+    assert fit[fit["opportunity_id"].isin(inside)]["closed"].sum() == 0
+    assert cal[cal["opportunity_id"].isin(inside)]["closed"].sum() > 0
+    ns_fit, ns_cal = rows["next_stage"]
+    h = pd.Timedelta(days=deal_cfg.horizon_days)
+    assert (ns_fit["as_of"] + h <= cutoff - pd.Timedelta(days=deal_cfg.calib_days)).all()
+    assert (ns_cal["as_of"] + h <= cutoff).all() and len(ns_cal)
 
 
 def test_scores_are_coherent_and_reasons_add_up(deal_result, sample_export):
