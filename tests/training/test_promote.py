@@ -173,7 +173,10 @@ def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sa
 def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(account_sample, tmp_path):
     """train-accounts registers @challenger (the first version also @champion); promote compares
     both recipes refitted before the latest customers and keeps a degenerate challenger out."""
-    from training.accounts import AccountConfig, build_high_value_model, log_and_register as register_accounts
+    from dataclasses import asdict, replace
+
+    from training.accounts import AccountConfig, _split, fit_high_value_classifier
+    from training.accounts import log_and_register as register_accounts
 
     _, export, cfg, result = account_sample
     client = configure(f"sqlite:///{tmp_path / 'hv.db'}")
@@ -183,7 +186,12 @@ def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(a
     champ_version = first.version
     weak_cfg = AccountConfig(**{**cfg.__dict__, "params": {"num_leaves": 2, "min_child_samples": 100,
                                                            "learning_rate": 0.3}})
-    weak = register_accounts(build_high_value_model(export, weak_cfg, export.exported_at), client, cfg=weak_cfg, **kw)
+    # the same customers and split as the champion's final fit, another recipe (cheaper than a full rebuild)
+    fit, cal, ev = _split(result.snapshots)
+    weak_clf = fit_high_value_classifier(pd.concat([fit, cal]), result.scorer.spec, weak_cfg, cal=ev)
+    weak_scorer = replace(result.scorer, classifier=weak_clf,
+                          metadata={**result.scorer.metadata, "train_config": asdict(weak_cfg)})
+    weak = register_accounts(replace(result, scorer=weak_scorer), client, cfg=weak_cfg, **kw)
     assert weak.aliases == ["challenger"]
     assert sorted(client.get_model_version("high_value", champ_version).aliases) == ["champion"]
 
