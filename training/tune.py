@@ -368,6 +368,7 @@ def _optimize(
 ) -> TuneResult:
     """The study shared by every task: ``fold(params, k)`` scores fold ``k``; trial 0 is the defaults."""
     fingerprint = export_fingerprint(export)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -426,7 +427,6 @@ def _optimize(
                 mlflow.log_metrics({"cv_log_loss": value, **{k: v for k, v in summary.items() if np.isfinite(v)}})
         return value
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_id = None
     started = time.perf_counter()
     if client:

@@ -129,8 +129,9 @@ def test_high_value_study_and_train_accounts_uses_the_best_params(tmp_path, acco
     from training.tune import tune_accounts
 
     _, export, cfg, _ = account_sample
-    result = tune_accounts(export, cfg, export.exported_at, n_trials=3, storage=f"sqlite:///{tmp_path / 'o.db'}")
-    assert result.task == "high_value" and result.trials == 3 and len(result.folds) == 3
+    result = tune_accounts(export, cfg, export.exported_at, n_trials=2, n_folds=2,
+                           storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert result.task == "high_value" and result.trials == 2 and len(result.folds) == 2
     assert result.default_value is not None and result.best_value <= result.default_value
     assert set(result.best_params) == set(SEARCHED)
     home = tmp_path / "home"
