@@ -17,7 +17,7 @@ _TASKS = [t.value for t in Task]
 
 def _lead_quality_only(task: str) -> None:
     if task != Task.LEAD_QUALITY.value:
-        raise FunnelcastError(f"task {task!r} has no model operations yet; only {Task.LEAD_QUALITY.value!r}")
+        raise FunnelcastError(f"drift is implemented for {Task.LEAD_QUALITY.value!r} only, not for {task!r}")
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
@@ -54,7 +54,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         result, metric, train = tune(export, cfg, cutoff, **common), "log loss", "train"
     path = write_tuned_params(settings.home, result, args.task)
     print(f"{args.task}: study {result.study_name!r} ({storage}): {result.trials} trials, {result.complete} complete, "
-          f"{result.pruned} pruned; folds (expanding window): " + "; ".join(f["evaluate"] for f in result.folds))
+          f"{result.pruned} pruned; validation folds (time-ordered): " + "; ".join(f["evaluate"] for f in result.folds))
     default = f"{result.default_value:.5f}" if result.default_value is not None else "n/a"
     print(f"cross-validated {metric}: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
     print(json.dumps(result.best_params, indent=2))
