@@ -73,3 +73,33 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory, trained, train_config
         data_source="generated sample",
     )
     return {"uri": uri, "client": client, "version": result.version, "home": home}
+
+
+@pytest.fixture(scope="session")
+def account_sample(tmp_path_factory: pytest.TempPathFactory):
+    """A scale-0.3 sample (about 270 customers with a complete value: the small one has 39) and the
+    high_value model built on it: ``(export folder, export, config, result)``."""
+    from features.io import load_export
+    from features.sample import generate_sample
+    from training.accounts import AccountConfig, build_high_value_model
+
+    out = tmp_path_factory.mktemp("hv_sample")
+    generate_sample(out, seed=SEED, scale=0.3)
+    export, _ = load_export(out / "export")
+    cfg = AccountConfig(n_bootstrap=5, seed=SEED)
+    return out / "export", export, cfg, build_high_value_model(export, cfg, export.exported_at)
+
+
+@pytest.fixture(scope="session")
+def deal_config():
+    from training.deals import DealTrainConfig
+
+    return DealTrainConfig(snapshot_every_days=28, seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def deal_snapshot_frame(sample_export, deal_config):
+    """``(spec, snapshots)`` of the deal models on the small sample, up to the export time."""
+    from training.deals import build_snapshots
+
+    return build_snapshots(sample_export, sample_export.exported_at, deal_config)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 import joblib
@@ -26,12 +27,17 @@ from mlflow.tracking import MlflowClient
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_snapshots
 from models.accounts import AccountScorer, ValueRegressor
-from models.estimators import CalibratedBoostedClassifier
+from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import log_odds_contributions, shap_summary_plot
 from models.metrics import classification_metrics
 from models.registry import ScorerModel
 from models.tasks import Task
 from models.traits import TraitMiner, global_importance
+from training.provenance import export_fingerprint, provenance_tags
+
+#: LightGBM settings of P(high value) over the shared defaults (hundreds of customers, not
+#: tens of thousands of rows); ``AccountConfig.params`` (e.g. from ``funnelcast tune``) overrides them.
+ACCOUNT_PARAMS: dict[str, Any] = {"min_child_samples": 20}
 
 
 @dataclass
@@ -42,6 +48,7 @@ class AccountConfig:
     n_traits: int = 10
     n_bootstrap: int = 50
     seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +63,7 @@ class AccountResult:
     run_id: str | None = None
     version: str | None = None
     extra: dict = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
 
 
 def profile_columns(spec: AccountFeatureSpec) -> list[str]:
@@ -78,14 +86,26 @@ def _split(snaps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     return snaps.iloc[:a], snaps.iloc[a:b], snaps.iloc[b:]
 
 
+def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
+                              cal: pd.DataFrame | None = None) -> CalibratedBoostedClassifier:
+    """P(high value) fitted on ``train`` (sorted by ``as_of``): its earlier two thirds fit the trees,
+    the later third calibrates (early stopping, Platt scaling), unless ``cal`` is given."""
+    if cal is None:
+        cut = int(len(train) * 2 / 3)
+        train, cal = train.iloc[:cut], train.iloc[cut:]
+    cols = spec.feature_names
+    return CalibratedBoostedClassifier(spec.categorical_features, params={**ACCOUNT_PARAMS, **cfg.params},
+                                       random_state=cfg.seed).fit(train[cols], train["label"].to_numpy(), cal[cols],
+                                                                  cal["label"].to_numpy())
+
+
 def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timestamp, progress: bool = False) -> AccountResult:
     """Snapshots, traits, the time-split evaluation and the final scorer (no MLflow)."""
     spec = AccountFeatureSpec.from_export(export, early_days=cfg.early_days, window_days=cfg.window_days)
     snaps, threshold = account_snapshots(export, cutoff, spec, quantile=cfg.quantile, progress=progress)
-    cols, cats = spec.feature_names, spec.categorical_features
+    cols = spec.feature_names
     fit, cal, ev = _split(snaps)
-    clf = CalibratedBoostedClassifier(cats, params={"min_child_samples": 20}, random_state=cfg.seed).fit(
-        fit[cols], fit["label"].to_numpy(), cal[cols], cal["label"].to_numpy())
+    clf = fit_high_value_classifier(fit, spec, cfg, cal=cal)
     p = clf.predict_proba(ev[cols])
     metrics = classification_metrics(ev["label"].to_numpy(), p)
     # baseline: the first deal's amount alone (what a CRM report would sort by)
@@ -99,8 +119,7 @@ def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timest
     evaluation = ev[["account_id", "as_of", "value", "label"]].assign(probability=p, expected_value=pred)
 
     final_fit, final_cal = pd.concat([fit, cal]), ev
-    final = CalibratedBoostedClassifier(cats, params={"min_child_samples": 20}, random_state=cfg.seed).fit(
-        final_fit[cols], final_fit["label"].to_numpy(), final_cal[cols], final_cal["label"].to_numpy())
+    final = fit_high_value_classifier(final_fit, spec, cfg, cal=final_cal)
     final_reg = ValueRegressor(random_state=cfg.seed).fit(final._matrix(snaps[cols]), snaps["value"].to_numpy())
     contrib = log_odds_contributions(final.contributions(snaps[cols]), cols, final.calib_slope_, final.calib_intercept_)
     importance = global_importance(contrib.values, snaps[cols], cols)
@@ -110,7 +129,8 @@ def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timest
         spec=spec, classifier=final, regressor=final_reg, threshold=threshold, trained_until=cutoff,
         traits=[t.as_dict() for t in miner.traits_], importance=importance.to_dict("records"),
         metadata={"train_from": str(snaps["as_of"].min()), "trained_until": str(cutoff), "customers": len(snaps),
-                  "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days},
+                  "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days,
+                  "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export)},
     )
     return AccountResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, snapshots=snaps, traits=traits,
                          importance=importance, evaluation=evaluation, extra={"contributions": contrib})
@@ -149,16 +169,24 @@ def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
 
 
 def log_and_register(result: AccountResult, client: MlflowClient, *, experiment: str, artifact_location: str | None,
-                     cfg: AccountConfig, data_source: str, alias: str = "champion") -> AccountResult:
-    """Log params, metrics, traits, plots and the pyfunc; register ``high_value`` and set ``alias``."""
+                     cfg: AccountConfig, data_source: str, alias: str = "champion",
+                     challenger_alias: str = "challenger") -> AccountResult:
+    """Log params, metrics, traits, plots and the pyfunc; register ``high_value`` as ``challenger_alias``.
+
+    The first registered version also becomes ``alias`` (the champion) directly; later ones
+    wait for ``funnelcast promote --task high_value`` to compare them with the champion.
+    """
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
     scorer, name = result.scorer, Task.HIGH_VALUE.value
     cols = scorer.spec.feature_names
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
         mlflow.set_tags({"task": name, "data_source": data_source})
-        mlflow.log_params({"task": name, **{k: str(v) for k, v in scorer.metadata.items()},
-                           "early_days": cfg.early_days, "n_features": len(cols), "calibration": "platt"})
+        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
+        mlflow.log_params({"task": name, **{k: str(v) for k, v in scorer.metadata.items() if k != "train_config"},
+                           "early_days": cfg.early_days, "n_features": len(cols), "calibration": "platt",
+                           "seed": cfg.seed,
+                           **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **cfg.params}.items()}})
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"baseline_first_deal_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
         with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +200,11 @@ def log_and_register(result: AccountResult, client: MlflowClient, *, experiment:
                                            artifacts={"scorer": str(d / "scorer.joblib")}, signature=signature,
                                            input_example=example, registered_model_name=name)
         version = str(info.registered_model_version)
-        client.set_registered_model_alias(name, alias, version)
+        aliases = [challenger_alias]
+        if alias not in client.get_registered_model(name).aliases:
+            aliases.append(alias)  # a first model becomes champion directly
+        for a in aliases:
+            client.set_registered_model_alias(name, a, version)
         client.set_model_version_tag(name, version, "trained_until", str(scorer.trained_until))
-        result.run_id, result.version = run.info.run_id, version
+        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
     return result

@@ -9,10 +9,18 @@ from features.settings import Settings
 from training.cli import _timestamp, data_args, load_data, mlflow_client
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, settings: Settings | None = None):
+    """The account config; with ``settings``, the parameters of the last ``funnelcast tune --task high_value``
+    unless ``--default-params``."""
     from training.accounts import AccountConfig
+    from training.tune import load_tuned_params
 
-    return AccountConfig(window_days=args.window_days, quantile=args.quantile, n_bootstrap=args.bootstrap, seed=args.seed)
+    cfg = AccountConfig(window_days=args.window_days, quantile=args.quantile, n_bootstrap=args.bootstrap, seed=args.seed)
+    tuned = None if settings is None or getattr(args, "default_params", False) else load_tuned_params(settings.home, "high_value")
+    if tuned:
+        cfg.params = dict(tuned["params"])
+        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
+    return cfg, (f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default")
 
 
 def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
@@ -20,8 +28,9 @@ def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
-    cfg = _config(args)
+    cfg, params_source = _config(args, settings if args.register else None)
     result = build_high_value_model(export, cfg, cutoff, progress=True)
+    result.scorer.metadata["params_source"] = params_source
     paths = write_traits_report(result, Path(args.out))
     print(f"{len(result.snapshots):,} customers with a complete {cfg.window_days}-day value before {cutoff.date()}; "
           f"high value = at least {result.scorer.threshold:,.0f} (top {1 - cfg.quantile:.0%})")
@@ -37,8 +46,15 @@ def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
         result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
                                   artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
                                   alias=settings.model_alias)
-        print(f"registered high_value version {result.version} as @{settings.model_alias} (run {result.run_id})")
+        _print_registered(result, settings)
     return 0
+
+
+def _print_registered(result, settings: Settings) -> None:
+    print(f"registered high_value version {result.version} as {', '.join('@' + a for a in result.aliases)} "
+          f"(run {result.run_id})")
+    if settings.model_alias not in result.aliases:
+        print("next: `funnelcast promote --task high_value` compares it with the champion")
 
 
 def cmd_train_accounts(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,8 +62,9 @@ def cmd_train_accounts(args: argparse.Namespace, settings: Settings) -> int:
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
-    cfg = _config(args)
+    cfg, params_source = _config(args, settings)
     result = build_high_value_model(export, cfg, cutoff, progress=True)
+    result.scorer.metadata["params_source"] = params_source
     result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
                               artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
                               alias=settings.model_alias)
@@ -55,7 +72,7 @@ def cmd_train_accounts(args: argparse.Namespace, settings: Settings) -> int:
     print(f"high_value on {len(result.snapshots):,} customers; evaluation on the latest {int(m['n'])}: "
           f"ROC AUC {m['roc_auc']:.3f} (first deal amount alone {b['roc_auc']:.3f}), Brier {m['brier']:.3f} "
           f"({b['brier']:.3f}), value Spearman {m['value_spearman']:.3f}")
-    print(f"registered high_value version {result.version} as @{settings.model_alias} (run {result.run_id})")
+    _print_registered(result, settings)
     return 0
 
 
@@ -99,13 +116,20 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
                        "traits.csv, traits.json, importance.csv, traits.png and shap_summary.png to OUT.")
     _account_args(t)
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--register", action="store_true", help="also register the high_value model with its traits")
+    t.add_argument("--register", action="store_true", help="also register the high_value model with its traits "
+                   "(as @challenger; the first version also @champion)")
+    t.add_argument("--default-params", action="store_true",
+                   help="with --register: ignore the parameters of `funnelcast tune --task high_value`")
     t.set_defaults(func=cmd_traits)
 
     h = sub.add_parser("train-accounts", help="train, evaluate and register the high_value model",
                        description="Train the high_value model (P(high value) and expected customer value) on a time "
-                       "split of customers, log it with its traits to MLflow and register high_value@champion.")
+                       "split of customers, log it with its traits to MLflow and register it as high_value@challenger (the first "
+                       "version also @champion; later ones wait for `funnelcast promote --task high_value`). Uses the "
+                       "parameters of the last `funnelcast tune --task high_value` when there are some.")
     _account_args(h)
+    h.add_argument("--default-params", action="store_true",
+                   help="ignore the parameters of `funnelcast tune --task high_value`")
     h.set_defaults(func=cmd_train_accounts)
 
     a = sub.add_parser("allocate", help="assign open leads to reps (exact, within capacity)",

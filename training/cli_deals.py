@@ -41,15 +41,35 @@ def _scoring_time(args: argparse.Namespace, export, scorer) -> pd.Timestamp:
 
 
 def cmd_train_deals(args: argparse.Namespace, settings: Settings) -> int:
-    from training.deals import build_deal_model, log_and_register_deals
+    from training.deals import log_and_register_deals
+    from training.outcomes import build_deal_model_with_outcomes, log_outcome_labels, stored_outcomes
+    from training.tune import load_tuned_params
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
     cfg = _deal_config(args, settings)
-    result = build_deal_model(export, cfg, cutoff, progress=True)
-    result = log_and_register_deals(result, mlflow_client(settings), experiment=settings.experiment,
+    tuned = None if getattr(args, "default_params", False) else load_tuned_params(settings.home, "stage_conversion")
+    if tuned:
+        cfg.params = dict(tuned["params"])
+        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
+    outcomes = None
+    if not getattr(args, "no_outcomes", False):
+        outcomes = stored_outcomes(settings.resolved_store_url(), "stage_conversion", cutoff)
+        if outcomes.empty:
+            outcomes = None  # nothing reported yet: train on the export alone
+        else:
+            print(f"using {len(outcomes)} stored deal outcome(s) up to {cutoff} (--no-outcomes to ignore)")
+    result, stats = build_deal_model_with_outcomes(export, cfg, cutoff, outcomes, progress=True)
+    if stats is not None:
+        print(f"snapshot rows decided by stored outcomes: {stats.labels_from_outcomes}, changed from the export: "
+              f"{stats.labels_changed}, dropped (closed before the snapshot): {stats.rows_dropped}")
+    result.scorer.metadata["params_source"] = f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default"
+    client = mlflow_client(settings)
+    result = log_and_register_deals(result, client, experiment=settings.experiment,
                                     artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
                                     alias=settings.model_alias)
+    log_outcome_labels(client, result.run_id, stats)
+    client.log_param(result.run_id, "params_source", result.scorer.metadata["params_source"])
     rows = []
     for target, key in (("won (decided deals)", "win"), (f"won within {cfg.horizon_days} d", "win_h"),
                         (f"next stage within {cfg.horizon_days} d", "next")):
@@ -159,11 +179,17 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
                        description="Build point-in-time deal snapshots, fit P(next stage), the timing model (a "
                        "discrete-time hazard with censoring: P(won), P(won within the horizon), expected close date), "
                        "evaluate on the latest window against the CRM's stage win rate, log to MLflow and register "
-                       "stage_conversion (first version @champion, later ones @challenger).")
+                       "stage_conversion (first version @champion, later ones @challenger). Uses the parameters of the last "
+                       "`funnelcast tune --task stage_conversion` and the deal outcomes stored through POST /v1/outcomes.")
     _common(t, "train on history before this time only (default: export time)")
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out")
     t.add_argument("--snapshot-every-days", type=int, default=14, help="days between snapshots (default 14)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--default-params", action="store_true",
+                   help="ignore the parameters of `funnelcast tune --task stage_conversion`")
+    t.add_argument("--no-outcomes", action="store_true",
+                   help="ignore the deal outcomes (won / lost) reported through POST /v1/outcomes (default: one "
+                   "reported before the cutoff replaces what the export says happened to the deal)")
     t.set_defaults(func=cmd_train_deals)
 
     so = score_sub.add_parser("opportunities", help="score every deal open at --as-of",

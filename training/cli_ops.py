@@ -17,33 +17,48 @@ _TASKS = [t.value for t in Task]
 
 def _lead_quality_only(task: str) -> None:
     if task != Task.LEAD_QUALITY.value:
-        raise FunnelcastError(f"task {task!r} has no model operations yet; only {Task.LEAD_QUALITY.value!r}")
+        raise FunnelcastError(f"drift is implemented for {Task.LEAD_QUALITY.value!r} only, not for {task!r}")
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
-    from training.train import TrainConfig
-    from training.tune import study_storage, tune, write_tuned_params
+    from training.tune import study_storage, tune, tune_accounts, tune_deals, write_tuned_params
 
-    _lead_quality_only(args.task)
     if args.trials is None and args.timeout is None:
         print("error: give --trials N and/or --timeout S", file=sys.stderr)
         return 2
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
-    cfg = TrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
-                      exclude=tuple(args.exclude or ()), seed=args.seed)
+    exclude = tuple(args.exclude or ())
     storage = args.storage or study_storage(settings.home)
     client = mlflow_client(settings)
-    result = tune(export, cfg, cutoff, n_trials=args.trials, timeout=args.timeout, storage=storage,
-                  study_name=args.study or args.task, n_folds=args.folds, client=client,
-                  experiment=settings.experiment, progress=True)
+    common = dict(n_trials=args.trials, timeout=args.timeout, storage=storage, study_name=args.study or args.task,
+                  n_folds=args.folds, client=client, experiment=settings.experiment, progress=True)
+    if args.task == Task.STAGE_CONVERSION.value:
+        from training.deals import DealTrainConfig
+
+        cfg = DealTrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
+                              exclude=exclude, seed=args.seed)
+        result, metric, train = tune_deals(export, cfg, cutoff, **common), "won-within-horizon log loss", "train-deals"
+    elif args.task == Task.HIGH_VALUE.value:
+        from training.accounts import AccountConfig
+
+        if exclude:
+            raise FunnelcastError("--exclude applies to lead_quality and stage_conversion, not to high_value")
+        cfg = AccountConfig(seed=args.seed)
+        result, metric, train = tune_accounts(export, cfg, cutoff, **common), "P(high value) log loss", "train-accounts"
+    else:
+        from training.train import TrainConfig
+
+        cfg = TrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
+                          exclude=exclude, seed=args.seed)
+        result, metric, train = tune(export, cfg, cutoff, **common), "log loss", "train"
     path = write_tuned_params(settings.home, result, args.task)
-    print(f"study {result.study_name!r} ({storage}): {result.trials} trials, {result.complete} complete, "
-          f"{result.pruned} pruned; folds (expanding window): " + "; ".join(f["evaluate"] for f in result.folds))
+    print(f"{args.task}: study {result.study_name!r} ({storage}): {result.trials} trials, {result.complete} complete, "
+          f"{result.pruned} pruned; validation folds (time-ordered): " + "; ".join(f["evaluate"] for f in result.folds))
     default = f"{result.default_value:.5f}" if result.default_value is not None else "n/a"
-    print(f"cross-validated log loss: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
+    print(f"cross-validated {metric}: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
     print(json.dumps(result.best_params, indent=2))
-    print(f"best parameters -> {path}; the next `funnelcast train` uses them (MLflow run {result.run_id})")
+    print(f"best parameters -> {path}; the next `funnelcast {train}` uses them (MLflow run {result.run_id})")
     return 0
 
 
@@ -53,7 +68,8 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     _, export = load_data(args, settings)
     d = promote(export, mlflow_client(settings), task=args.task, experiment=settings.experiment,
                 window_days=args.window_days, every_days=settings.snapshot_every_days,
-                margins=Margins(auc=args.auc_margin, brier=args.brier_margin, calibration=args.calibration_tolerance),
+                margins=Margins(auc=args.auc_margin, brier=args.brier_margin, calibration=args.calibration_tolerance,
+                                wape=args.wape_tolerance),
                 champion_alias=settings.model_alias, dry_run=args.dry_run)
     if d.champion:
         print(f"{d.task}: champion v{d.champion_version} vs challenger v{d.challenger_version} on {d.window}, "
@@ -106,27 +122,32 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tune", help="Optuna search of the LightGBM parameters (time-ordered CV)",
-                       description="Search the LightGBM parameters with Optuna: expanding-window cross-validation "
-                       "over as_of, median pruning, the study stored in <home>/optuna.db (resumable), each trial a "
-                       "nested MLflow run. The best parameters go to <home>/tuned/<task>.json; the next `train` "
-                       "uses them.")
+                       description="Search a task's LightGBM parameters with Optuna: time-ordered cross-validation "
+                       "(expanding window over as_of; for stage_conversion each fold's labels censored at its cutoff; "
+                       "for high_value consecutive blocks of the latest customers), median pruning, the study stored in "
+                       "<home>/optuna.db (resumable), each trial a nested MLflow run. The best parameters go to "
+                       "<home>/tuned/<task>.json; the next `train` (lead_quality), `train-deals` (stage_conversion) or "
+                       "`train-accounts` (high_value) uses them.")
     data_args(t)
-    t.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value, help="task (default lead_quality)")
+    t.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
+                   help="task (default lead_quality): lead_quality, stage_conversion (the deal models) or high_value")
     t.add_argument("--trials", type=int, help="number of trials to add to the study")
     t.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     t.add_argument("--folds", type=int, default=3, help="time-ordered folds (default 3)")
     t.add_argument("--study", help="study name (default: the task); a new name starts a fresh study")
     t.add_argument("--storage", help="Optuna storage URL (default sqlite:///<home>/optuna.db)")
     t.add_argument("--as-of", type=_timestamp, help="tune on history before this time only (default: export time)")
-    t.add_argument("--exclude", nargs="*", help="feature columns to leave out")
+    t.add_argument("--exclude", nargs="*", help="feature columns to leave out (lead_quality, stage_conversion)")
     t.add_argument("--seed", type=int, default=0, help="sampler and model seed (default 0)")
     t.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("promote", help="compare @challenger with @champion and move @champion if it wins",
                        description="Compare the challenger and the champion on the same most recent labelled "
-                       "window of the export (ROC AUC, Brier, calibration error); move @champion only when the "
-                       "challenger is better by a margin and not worse calibrated. The figures and the decision "
-                       "are printed and logged to MLflow.")
+                       "window of the export (ROC AUC, Brier, calibration error; lead_quality: converts within the "
+                       "horizon; stage_conversion: won within the horizon, plus the forecast's WAPE by owner; "
+                       "high_value: P(high value) on the latest customers); move @champion only when the challenger "
+                       "is better by a margin, not worse calibrated and (stage_conversion) not a worse forecast. The "
+                       "figures and the decision are printed and logged to MLflow.")
     data_args(p)
     p.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value, help="task (default lead_quality)")
     p.add_argument("--window-days", type=int, default=91, help="length of the comparison window (default 91)")
@@ -135,6 +156,8 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
                    help="relative Brier reduction that counts as better (default 0.01 = 1%%)")
     p.add_argument("--calibration-tolerance", type=float, default=0.005,
                    help="largest increase of the calibration error accepted (default 0.005)")
+    p.add_argument("--wape-tolerance", type=float, default=0.02,
+                   help="stage_conversion: largest increase of the forecast's WAPE by owner accepted (default 0.02)")
     p.add_argument("--dry-run", action="store_true", help="decide and log, but leave the aliases alone")
     p.set_defaults(func=cmd_promote)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import MetaData, Table, create_engine, inspect, select
 
@@ -86,3 +87,85 @@ def apply_outcomes(
         labels_changed=int((label != snaps["label"]).sum()),
     )
     return snaps.assign(label=label), stats
+
+
+@dataclass
+class DealOutcomeLabels(OutcomeLabels):
+    """How stored deal outcomes changed a deal snapshot frame (see :func:`apply_deal_outcomes`)."""
+
+    rows_dropped: int = 0  # snapshots taken at or after the reported close: the deal was not open then
+
+
+def apply_deal_outcomes(
+    snaps: pd.DataFrame, outcomes: pd.DataFrame, last_open_stage: str | None = None
+) -> tuple[pd.DataFrame, DealOutcomeLabels]:
+    """Deal snapshots (``opportunity_id``, ``as_of``, ``stage``, ``amount_filled``, ``closed_at``,
+    ``won``, ``won_amount``, ``next_stage_at``) with stored ``won`` / ``lost`` outcomes applied.
+
+    The deal models' labels are built from these columns and censored at each fit's cutoff
+    (``training.deals``), so the outcome replaces what the export says happened: for a row at
+    ``as_of = t`` whose deal was reported closed at ``o``:
+
+    * ``t < o``: ``closed_at = o``, ``won`` = 1 or 0, ``won_amount`` the export's won amount
+      (else the row's amount) when won, else empty; ``next_stage_at``: a win is the next stage
+      of a deal in ``last_open_stage`` (it becomes ``o`` unless reached earlier); after a loss
+      no later stage is entered (a next stage at or after ``o`` is cleared);
+    * ``t >= o``: the row is dropped (the deal was closed, not open, at that snapshot).
+
+    Which outcomes count is the caller's: pass those at or before the training cutoff (the
+    fit censors later closes anyway). Features are never touched.
+    """
+    if outcomes.empty:
+        return snaps, DealOutcomeLabels(0, 0, 0, 0, 0)
+    latest = outcomes.sort_values("occurred_at").drop_duplicates("record_id", keep="last").set_index("record_id")
+    ids = snaps["opportunity_id"].astype("str")
+    matched = ids.isin(latest.index)
+    occurred = pd.to_datetime(ids.map(latest["occurred_at"]), utc=True)
+    won = ids.map(latest["outcome"]).isin(POSITIVE)
+    drop = matched & (snaps["as_of"] >= occurred)
+    decides = matched & ~drop
+    out = snaps.copy()
+    out.loc[decides, "closed_at"] = occurred[decides]
+    out.loc[decides, "won"] = won[decides].astype(float)
+    amount = out["won_amount"].where(out["won_amount"].notna(), out["amount_filled"])
+    out.loc[decides, "won_amount"] = amount.where(won, np.nan)[decides]
+    nxt = out["next_stage_at"]
+    if last_open_stage is not None:
+        reach = decides & won & (out["stage"] == last_open_stage) & ~(nxt < occurred)
+        out.loc[reach, "next_stage_at"] = occurred[reach]
+    out.loc[decides & ~won & (nxt >= occurred), "next_stage_at"] = pd.NaT
+    kept = ~drop
+    same_close = (out["closed_at"] == snaps["closed_at"]) | (out["closed_at"].isna() & snaps["closed_at"].isna())
+    changed = ((out["won"].fillna(-1) != snaps["won"].fillna(-1)) | ~same_close) & kept
+    stats = DealOutcomeLabels(
+        outcomes=len(latest),
+        records_matched=int(latest.index.isin(ids).sum()),
+        labels_from_outcomes=int(decides.sum()),
+        labels_changed=int(changed.sum()),
+        rows_dropped=int(drop.sum()),
+    )
+    return out[kept].reset_index(drop=True), stats
+
+
+def build_deal_model_with_outcomes(export, cfg, cutoff: pd.Timestamp, outcomes: pd.DataFrame | None,
+                                   progress: bool = False):
+    """``training.deals.build_deal_model`` with the stored deal outcomes at or before ``cutoff``
+    applied to its snapshots (``outcomes`` None: the export alone). Returns the result and the
+    :class:`DealOutcomeLabels` (None without outcomes); the stats go into the scorer's metadata."""
+    from training.deals import build_deal_model, build_snapshots
+
+    spec, snaps = build_snapshots(export, cutoff, cfg, progress=progress)
+    stats = None
+    if outcomes is not None:
+        known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
+        snaps, stats = apply_deal_outcomes(snaps, known, spec.open_stages[-1] if len(spec.open_stages) else None)
+    result = build_deal_model(export, cfg, cutoff, progress=progress, snaps=snaps, spec=spec)
+    result.scorer.metadata["outcome_labels"] = stats.__dict__ if stats else None
+    return result, stats
+
+
+def log_outcome_labels(client, run_id: str, stats: OutcomeLabels | None) -> None:
+    """On a finished training run: ``stored_outcomes`` (used / off) and the ``outcomes_*`` metrics."""
+    client.log_param(run_id, "stored_outcomes", "used" if stats is not None else "off")
+    for k, v in (stats.as_metrics() if stats is not None else {}).items():
+        client.log_metric(run_id, k, v)

@@ -1,7 +1,7 @@
 """Champion / challenger: move ``@champion`` only when the challenger is better on the same window.
 
-Every ``train`` registers a version as ``@challenger`` (a first model becomes ``@champion``
-directly). :func:`promote` compares the two on the **most recent labelled window** of an
+Every ``train`` / ``train-deals`` / ``train-accounts`` registers a version as ``@challenger``
+(a first model becomes ``@champion`` directly). :func:`promote` compares the two on the **most recent labelled window** of an
 export: the latest ``window_days`` of snapshot times whose label is known (``as_of`` at
 most one horizon before the export time), every lead open then, what happened within the
 horizon.
@@ -20,8 +20,13 @@ The challenger is promoted when it is **better by a margin** (ROC AUC up by at l
 (AUC not down by more than ``auc``, Brier not up) and **not worse calibrated** (calibration
 error up by at most ``calibration``). ``stage_conversion`` is compared the same way on the
 latest labelled window of deal snapshots, on "won within the horizon" (next-stage and
-decided-deal win metrics alongside): see :func:`compare_deal_models`. The figures and the decision go to MLflow (a
-``promote`` run; tags on the challenger's version) and are printed.
+decided-deal win metrics alongside), and as a timing model also on the **forecast's WAPE by
+owner** on that window (expected bookings of the open pipeline within the horizon against
+what it booked): the challenger must not be worse by more than ``wape``; see
+:func:`compare_deal_models` and :func:`owner_forecast_accuracy`. ``high_value`` is compared
+on P(high value) over the latest customers: see :func:`compare_account_models`. The figures
+and the decision go to MLflow (a ``promote`` run; tags on the challenger's version) and are
+printed.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from models.scorer import LeadScorer
 from models.tasks import Task
 from training.train import TrainConfig, build_lead_model
 
-COMPARED = ("roc_auc", "brier", "calibration_error", "log_loss", "pr_auc", "top_decile_capture", "n", "positive_rate")
+COMPARED = ("roc_auc", "brier", "calibration_error", "log_loss", "pr_auc", "top_decile_capture", "n", "positive_rate",
+            "wape", "bias")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Margins:
     auc: float = 0.002
     brier: float = 0.01
     calibration: float = 0.005
+    wape: float = 0.02  # timing models: largest increase of the forecast's WAPE by owner accepted
 
 
 @dataclass
@@ -88,10 +95,15 @@ def decide(champion: dict[str, float], challenger: dict[str, float], margins: Ma
     brier_change = (challenger["brier"] - champion["brier"]) / champion["brier"]
     d_cal = challenger["calibration_error"] - champion["calibration_error"]
     figures = f"AUC {d_auc:+.4f}, Brier {brier_change:+.2%}, calibration error {d_cal:+.4f}"
+    d_wape = challenger.get("wape", np.nan) - champion.get("wape", np.nan)
+    if "wape" in champion and "wape" in challenger:
+        figures += f", forecast WAPE by owner {d_wape:+.4f}"
     if not (np.isfinite(d_auc) and np.isfinite(brier_change)):
         return False, f"metrics undefined on the window ({figures}): one outcome class only"
     if d_cal > margins.calibration:
         return False, f"worse calibrated ({figures}; tolerance {margins.calibration})"
+    if d_wape > margins.wape:  # NaN (no WAPE: not a timing model) compares False
+        return False, f"worse forecast ({figures}; WAPE tolerance {margins.wape})"
     if d_auc < -margins.auc or brier_change > 0:
         return False, f"worse on AUC or Brier ({figures})"
     if d_auc >= margins.auc or brier_change <= -margins.brier:
@@ -154,9 +166,9 @@ def promote(
     dry_run: bool = False,
 ) -> Decision:
     """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it wins."""
-    supported = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value)
+    supported = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value, Task.HIGH_VALUE.value)
     if task not in supported:
-        raise FunnelcastError(f"promotion of task {task!r} is not implemented yet; only {', '.join(supported)}")
+        raise FunnelcastError(f"promotion of task {task!r} is not implemented; only {', '.join(supported)}")
     margins = margins or Margins()
     champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
     if chall_v is None:
@@ -167,8 +179,9 @@ def promote(
     else:
         champ = load_scorer(client, task, champion_alias).scorer
         chall = load_scorer(client, task, challenger_alias).scorer
-    if champ_v is not None and champ_v != chall_v and task == Task.STAGE_CONVERSION.value:
-        mode, window, m_champ, m_chall, same = compare_deal_models(export, champ, chall, window_days)
+    if champ_v is not None and champ_v != chall_v and task in (Task.STAGE_CONVERSION.value, Task.HIGH_VALUE.value):
+        compare = compare_deal_models if task == Task.STAGE_CONVERSION.value else compare_account_models
+        mode, window, m_champ, m_chall, same = compare(export, champ, chall, window_days)
         if same:
             newer = chall.trained_until > champ.trained_until
             ok, reason = newer, ("same recipe as the champion, trained on newer data: promoted as its refresh"
@@ -265,10 +278,103 @@ def compare_deal_models(
         # each model's own features for the window rows (a refit or registered spec may differ)
         _, own = build_snapshots(export, cutoff, _deal_recipe(m), spec=m.spec) if cols != spec.feature_names else (spec, snaps)
         own_rows = own[(own["as_of"] >= start) & (own["as_of"] <= last)]
-        metrics, _ = deal_metrics(evaluation_frame(m, own_rows, cutoff))
+        ev = evaluation_frame(m, own_rows, cutoff)
+        metrics, _ = deal_metrics(ev)
         plain = {k.removeprefix("win_h_"): v for k, v in metrics.items() if k.startswith("win_h_")}
-        out.append({**plain, **{k: v for k, v in metrics.items() if not k.startswith("win_h_")}})
+        out.append({**plain, **{k: v for k, v in metrics.items() if not k.startswith("win_h_")},
+                    **owner_forecast_accuracy(export, ev, own_rows["won_amount"].to_numpy())})
     return mode, window, out[0], out[1], same
+
+
+def owner_forecast_accuracy(export: Export, ev: pd.DataFrame, won_amount: np.ndarray) -> dict[str, float]:
+    """The forecast's accuracy by owner on an evaluation frame of deal snapshots (``ev`` from
+    ``training.deals.evaluation_frame``; ``won_amount`` of the same rows, as the export knows it).
+
+    At each snapshot time of the window and for each owner: the expected bookings of the open
+    pipeline within the horizon (sum of P(won within the horizon) x amount) against what those
+    deals booked within it (the won amount of the deals won within the horizon, as in the
+    forecast backtest). ``wape`` = sum |expected - booked| / sum booked over every (time, owner),
+    ``bias`` = sum (expected - booked) / sum booked. Deals created later are left out: their
+    part of the forecast does not depend on the deal model, so it cannot tell two models apart.
+    """
+    from models.forecast import group_keys
+    from training.backtest import accuracy
+
+    opps = export.opportunities.drop_duplicates("opportunity_id").set_index("opportunity_id")
+    owner = group_keys(opps.reindex(ev["opportunity_id"].to_numpy()), export, "owner_id").to_numpy()
+    booked = np.where(ev["won_within_horizon"].to_numpy() == 1, np.nan_to_num(np.asarray(won_amount, dtype=float)), 0.0)
+    expected = ev["p_win_within_horizon"].to_numpy() * np.nan_to_num(ev["amount_filled"].to_numpy(dtype=float))
+    per = pd.DataFrame({"as_of": ev["as_of"].to_numpy(), "owner": owner, "expected": expected, "booked": booked})
+    per = per.groupby(["as_of", "owner"], sort=True)[["expected", "booked"]].sum()
+    acc = accuracy(per["expected"].to_numpy(), per["booked"].to_numpy())
+    return {"wape": acc["wape"], "bias": acc["bias"]}
+
+
+def _account_recipe(scorer: Any) -> Any:
+    from training.accounts import AccountConfig
+
+    meta = scorer.metadata if isinstance(getattr(scorer, "metadata", None), dict) else {}
+    cfg = meta.get("train_config")
+    if isinstance(cfg, dict):
+        return AccountConfig(**{k: v for k, v in cfg.items() if k in AccountConfig.__dataclass_fields__})
+    return AccountConfig(window_days=int(meta.get("window_days", 365)), quantile=float(meta.get("quantile", 0.8)),
+                         early_days=scorer.spec.early_days)
+
+
+def compare_account_models(
+    export: Export, champ: Any, chall: Any, window_days: int = 91
+) -> tuple[str, str, dict[str, float], dict[str, float], bool]:
+    """high_value champion vs challenger on the latest customers (snapshots in the last
+    ``window_days`` among those whose value is complete at the export time).
+
+    Labels: high value by the challenger recipe's quantile of the values complete at the
+    export time, the same for both models. **Registered** mode when neither model had any of
+    the window's customers among its training customers (complete at its cutoff); otherwise
+    **refit**: each recipe's P(high value) is fitted on the customers before the window (the
+    earlier two thirds fit, the later third calibrates) and scores the window. Compared on
+    P(high value): AUC, Brier, calibration error.
+    """
+    from features.customers import AccountFeatureSpec, account_snapshots, customer_value
+    from training.accounts import fit_high_value_classifier
+
+    cutoff = export.exported_at
+    r_champ, r_chall = _account_recipe(champ), _account_recipe(chall)
+    spec = AccountFeatureSpec.from_export(export, early_days=r_chall.early_days, window_days=r_chall.window_days)
+    snaps, threshold = account_snapshots(export, cutoff, spec, quantile=r_chall.quantile)
+    last = snaps["as_of"].max()
+    start = last - pd.Timedelta(days=window_days)
+    inside = snaps["as_of"] > start
+    rows = snaps[inside]
+    if len(rows) < 20 or rows["label"].nunique() < 2:
+        raise FunnelcastError(
+            f"only {len(rows)} customer(s) ({int(rows['label'].sum())} high value) have their snapshot in the last "
+            f"{window_days} days ({start.date()}..{last.date()}): too few to compare the models; pass a larger "
+            "--window-days"
+        )
+    window = f"{rows['as_of'].min().date()}..{last.date()} ({len(rows)} customers)"
+    ids = set(rows["account_id"])
+
+    def saw_window(model: Any) -> bool:
+        done = customer_value(export.opportunities, model.trained_until, r_chall.window_days)
+        return bool(done.index[done["complete"]].isin(list(ids)).any())
+
+    same = False
+    if not (saw_window(champ) or saw_window(chall)):
+        mode = "registered"
+        preds = []
+        for m in (champ, chall):
+            own = snaps if m.spec.feature_names == spec.feature_names else account_snapshots(
+                export, cutoff, m.spec, threshold=threshold)[0]
+            preds.append(m.predict_proba(own[inside.to_numpy()][m.spec.feature_names]))
+    else:
+        mode = "refit"
+        same = asdict(r_champ) == asdict(r_chall)
+        train = snaps[~inside]
+        fits = [fit_high_value_classifier(train, spec, r) for r in ((r_champ,) if same else (r_champ, r_chall))]
+        preds = [f.predict_proba(rows[spec.feature_names]) for f in fits]
+        preds = preds * 2 if same else preds
+    y = rows["label"].to_numpy()
+    return mode, window, classification_metrics(y, preds[0]), classification_metrics(y, preds[1]), same
 
 
 def _log(client: MlflowClient, d: Decision, experiment: str) -> str:

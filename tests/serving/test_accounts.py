@@ -18,16 +18,9 @@ KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def account_result(tmp_path_factory):
-    """The high_value model needs a few hundred customers: a sample at scale 0.3 (same columns as the session's)."""
-    from features.io import load_export
-    from features.sample import generate_sample
-    from training.accounts import AccountConfig, build_high_value_model
-
-    out = tmp_path_factory.mktemp("accounts_sample")
-    generate_sample(out, seed=7, scale=0.3)
-    export, _ = load_export(out / "export")
-    return build_high_value_model(export, AccountConfig(n_bootstrap=5, seed=7), export.exported_at)
+def account_result(account_sample):
+    """The high_value model needs a few hundred customers: the session's scale-0.3 sample (tests/conftest.py)."""
+    return account_sample[3]
 
 
 @pytest.fixture(scope="module")

@@ -79,3 +79,115 @@ def test_train_reads_the_store_and_ignores_outcomes_after_the_cutoff(tmp_path, s
     assert result.outcome_labels == stats
     assert result.outcome_labels.outcomes == 3 and result.outcome_labels.labels_changed >= 2
     assert result.scorer.metadata["outcome_labels"]["labels_changed"] == stats.labels_changed
+
+
+# --- deals: won / lost outcomes join train-deals -------------------------------------------------
+
+def _naive_deals(snaps: pd.DataFrame, outcomes: pd.DataFrame, last_stage: str) -> pd.DataFrame:
+    """The deal rule, one row at a time (see training.outcomes.apply_deal_outcomes)."""
+    by_id = {r.record_id: r for r in outcomes.itertuples()}
+    rows = []
+    for row in snaps.to_dict("records"):
+        o = by_id.get(str(row["opportunity_id"]))
+        if o is not None:
+            if row["as_of"] >= o.occurred_at:
+                continue  # closed before this snapshot: not open then
+            won = o.outcome == "won"
+            row["closed_at"] = o.occurred_at
+            row["won"] = 1.0 if won else 0.0
+            amount = row["won_amount"] if pd.notna(row["won_amount"]) else row["amount_filled"]
+            row["won_amount"] = amount if won else float("nan")
+            nxt = row["next_stage_at"]
+            if won and row["stage"] == last_stage and not (pd.notna(nxt) and nxt < o.occurred_at):
+                row["next_stage_at"] = o.occurred_at
+            if not won and pd.notna(nxt) and nxt >= o.occurred_at:
+                row["next_stage_at"] = pd.NaT
+        rows.append(row)
+    return pd.DataFrame(rows, columns=snaps.columns)
+
+
+def _deal_picks(snaps: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, dict]:
+    """Outcomes that contradict the export on deals open at a mid-history snapshot."""
+    times = sorted(snaps["as_of"].unique())
+    t = pd.Timestamp(times[len(times) // 2])
+    at = snaps[snaps["as_of"] == t]
+    lost = at[at["won"] == 0]["opportunity_id"].astype(str).tolist()
+    won = at[at["won"] == 1]["opportunity_id"].astype(str).tolist()
+    picks = {
+        "won_instead_of_lost": (lost[0], "won", t + 10 * DAY),
+        "lost_instead_of_won": (won[0], "lost", t + 5 * DAY),
+        "after_cutoff": (lost[1], "won", cutoff + DAY),
+    }
+    frame = pd.DataFrame([{"record_id": r, "outcome": o, "occurred_at": ts} for r, o, ts in picks.values()])
+    return frame, {k: v[0] for k, v in picks.items()}
+
+
+def test_deal_outcomes_replace_what_the_export_says_happened(deal_snapshot_frame, sample_export):
+    from training.outcomes import apply_deal_outcomes
+
+    spec, snaps = deal_snapshot_frame
+    last_stage = spec.open_stages[-1]
+    outcomes, ids = _deal_picks(snaps, pd.Timestamp("2100-01-01", tz="UTC"))
+    new, stats = apply_deal_outcomes(snaps, outcomes, last_stage)
+    expected = _naive_deals(snaps, outcomes, last_stage)
+    pd.testing.assert_frame_equal(new.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
+    rows = new.set_index(new["opportunity_id"].astype(str))
+    assert (rows.loc[[ids["won_instead_of_lost"]], "won"] == 1).all()
+    assert (rows.loc[[ids["lost_instead_of_won"]], "won"] == 0).all()
+    assert rows.loc[[ids["lost_instead_of_won"]], "won_amount"].isna().all()
+    assert stats.rows_dropped > 0  # snapshots after a reported close are not open deals any more
+    assert stats.rows_dropped == len(snaps) - len(new)
+    assert stats.labels_changed >= 2 and stats.outcomes == 3
+    features = [c for c in spec.feature_names if c in new.columns]
+    kept = snaps.merge(new[["opportunity_id", "as_of"]], on=["opportunity_id", "as_of"])
+    pd.testing.assert_frame_equal(kept[features].reset_index(drop=True), new[features].reset_index(drop=True))
+
+
+def test_train_deals_joins_stored_outcomes_and_tuned_params(tmp_path, sample_dir, sample_export, deal_snapshot_frame,
+                                                            monkeypatch, capsys):
+    """`funnelcast train-deals`: stored deal outcomes before the cutoff decide labels (one after it
+    is ignored), `--no-outcomes` turns them off, and the parameters of `tune --task stage_conversion`
+    are used; all of it logged to MLflow."""
+    import json
+
+    from features.settings import get_settings
+    from models.registry import configure
+    from training.cli import main
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FUNNELCAST_HOME", str(home))
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        home.mkdir()
+        cutoff = sample_export.exported_at
+        outcomes, ids = _deal_picks(deal_snapshot_frame[1], cutoff)  # the snapshots train-deals builds below
+        store = OperationsStore(settings.resolved_store_url())
+        store.upsert_outcomes([{"task": "stage_conversion", **r} for r in outcomes.to_dict("records")])
+        store.upsert_outcomes([{"task": "lead_quality", "record_id": ids["after_cutoff"], "outcome": "converted",
+                                "occurred_at": cutoff - DAY}])  # another task: not for the deal models
+        read = stored_outcomes(settings.resolved_store_url(), "stage_conversion", cutoff)
+        assert sorted(read["record_id"]) == sorted([ids["won_instead_of_lost"], ids["lost_instead_of_won"]])
+        tuned = {"learning_rate": 0.07, "num_leaves": 5, "min_child_samples": 40, "feature_fraction": 0.9,
+                 "bagging_fraction": 0.9, "lambda_l2": 2.0, "cat_smooth": 12.0}
+        (home / "tuned").mkdir()
+        (home / "tuned" / "stage_conversion.json").write_text(json.dumps({"params": tuned, "study": "s", "trial": 4}))
+
+        data = str(sample_dir / "export")
+        assert main(["train-deals", "--data", data, "--snapshot-every-days", "28", "--seed", "7"]) == 0
+        out = capsys.readouterr().out
+        assert "using 2 stored deal outcome(s)" in out and "tuned parameters of study 's' trial 4" in out
+        assert main(["train-deals", "--data", data, "--snapshot-every-days", "28", "--seed", "7", "--no-outcomes",
+                     "--default-params"]) == 0
+        client = configure(settings.resolved_tracking_uri())
+        runs = {str(v.version): client.get_run(v.run_id).data for v in client.search_model_versions("name='stage_conversion'")}
+        used, off = runs["1"], runs["2"]
+        assert used.params["stored_outcomes"] == "used" and off.params["stored_outcomes"] == "off"
+        assert used.metrics["outcomes_outcomes"] == 2 and used.metrics["outcomes_labels_changed"] >= 2
+        assert used.metrics["outcomes_rows_dropped"] > 0
+        assert "outcomes_outcomes" not in off.metrics
+        assert float(used.params["lgbm_learning_rate"]) == 0.07 and used.params["params_source"] == "tuned:s#4"
+        assert float(off.params["lgbm_learning_rate"]) == 0.05 and off.params["params_source"] == "default"
+        assert used.metrics["eval_win_h_roc_auc"] != off.metrics["eval_win_h_roc_auc"]
+    finally:
+        get_settings.cache_clear()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from features.errors import ModelNotAvailable
 from models.registry import configure
-from training.promote import Margins, decide, promote, window_times
+from training.promote import Margins, decide, owner_forecast_accuracy, promote, window_times
 from training.train import TrainConfig, build_lead_model, log_and_register
 
 
@@ -41,6 +43,45 @@ BASE = {"roc_auc": 0.80, "brier": 0.100, "calibration_error": 0.010}
 def test_promotion_rule(challenger, promote_it, why):
     ok, reason = decide(BASE, challenger, Margins(auc=0.002, brier=0.01, calibration=0.005))
     assert ok is promote_it and why in reason
+
+
+@pytest.mark.parametrize(
+    ("wape", "promote_it", "why"),
+    [
+        (0.30, True, "better by the margin"),  # better ranking and the same forecast
+        (0.315, True, "better by the margin"),  # a worse forecast within the tolerance
+        (0.33, False, "worse forecast"),  # better ranking, but the owners' forecast gets worse
+    ],
+)
+def test_timing_models_must_not_forecast_worse(wape, promote_it, why):
+    champion = {**BASE, "wape": 0.30}
+    challenger = {"roc_auc": 0.81, "brier": 0.099, "calibration_error": 0.010, "wape": wape}
+    ok, reason = decide(champion, challenger, Margins(wape=0.02))
+    assert ok is promote_it and why in reason and "WAPE" in reason
+
+
+def test_owner_wape_against_a_loop():
+    rng = np.random.default_rng(3)
+    n = 60
+    export = type("E", (), {})()
+    export.opportunities = pd.DataFrame({"opportunity_id": [f"o{i}" for i in range(n)],
+                                         "owner_id": rng.choice(["a", "b", "c"], n)})
+    ev = pd.DataFrame({"opportunity_id": [f"o{i}" for i in rng.integers(0, n, 200)],
+                       "as_of": pd.to_datetime(rng.choice(["2025-01-01", "2025-01-15"], 200), utc=True),
+                       "p_win_within_horizon": rng.uniform(0, 1, 200), "amount_filled": rng.uniform(1e3, 1e5, 200),
+                       "won_within_horizon": rng.integers(0, 2, 200)})
+    won_amount = np.where(ev["won_within_horizon"] == 1, rng.uniform(1e3, 1e5, 200), np.nan)
+    got = owner_forecast_accuracy(export, ev, won_amount)
+    owner = dict(zip(export.opportunities["opportunity_id"], export.opportunities["owner_id"], strict=True))
+    cells: dict[tuple, list[float]] = {}
+    for row, won in zip(ev.itertuples(), won_amount, strict=True):
+        c = cells.setdefault((row.as_of, owner[row.opportunity_id]), [0.0, 0.0])
+        c[0] += row.p_win_within_horizon * row.amount_filled
+        c[1] += won if row.won_within_horizon == 1 else 0.0
+    err = sum(abs(f - a) for f, a in cells.values())
+    booked = sum(a for _, a in cells.values())
+    assert got["wape"] == pytest.approx(err / booked)
+    assert got["bias"] == pytest.approx(sum(f - a for f, a in cells.values()) / booked)
 
 
 def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sample_export, trained, train_config):
@@ -120,5 +161,48 @@ def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sa
     assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins())
     champion_now = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
     assert champion_now == (versions[1] if d.promote else versions[0])
-    with pytest.raises(Exception, match="not implemented"):
+    for m in (d.champion, d.challenger):  # the forecast's accuracy by owner, on the same window
+        assert 0 < m["wape"] < 5 and np.isfinite(m["bias"])
+    run = client.get_run(d.run_id)
+    assert run.data.metrics["challenger_wape"] == pytest.approx(d.challenger["wape"])
+    assert "WAPE" in d.reason or not d.promote
+    with pytest.raises(ModelNotAvailable, match="challenger"):  # nothing registered for high_value here
         promote(sample_export, client, task="high_value")
+
+
+def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(account_sample, tmp_path):
+    """train-accounts registers @challenger (the first version also @champion); promote compares
+    both recipes refitted before the latest customers and keeps a degenerate challenger out."""
+    from dataclasses import asdict, replace
+
+    from training.accounts import AccountConfig, _split, fit_high_value_classifier
+    from training.accounts import log_and_register as register_accounts
+
+    _, export, cfg, result = account_sample
+    client = configure(f"sqlite:///{tmp_path / 'hv.db'}")
+    kw = dict(experiment="promote-hv", artifact_location=(tmp_path / "a").as_uri(), data_source="sample")
+    first = register_accounts(result, client, cfg=cfg, **kw)
+    assert sorted(first.aliases) == ["challenger", "champion"]
+    champ_version = first.version
+    weak_cfg = AccountConfig(**{**cfg.__dict__, "params": {"num_leaves": 2, "min_child_samples": 100,
+                                                           "learning_rate": 0.3}})
+    # the same customers and split as the champion's final fit, another recipe (cheaper than a full rebuild)
+    fit, cal, ev = _split(result.snapshots)
+    weak_clf = fit_high_value_classifier(pd.concat([fit, cal]), result.scorer.spec, weak_cfg, cal=ev)
+    weak_scorer = replace(result.scorer, classifier=weak_clf,
+                          metadata={**result.scorer.metadata, "train_config": asdict(weak_cfg)})
+    weak = register_accounts(replace(result, scorer=weak_scorer), client, cfg=weak_cfg, **kw)
+    assert weak.aliases == ["challenger"]
+    assert sorted(client.get_model_version("high_value", champ_version).aliases) == ["champion"]
+
+    d = promote(export, client, task="high_value", experiment="promote-hv")  # the latest 91 days of customers
+    assert d.mode == "refit" and "customers" in d.window
+    assert d.champion["n"] == d.challenger["n"] >= 20  # the same customers
+    assert d.challenger["roc_auc"] < d.champion["roc_auc"] and not d.promote, d.reason
+    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins())
+    assert str(client.get_model_version_by_alias("high_value", "champion").version) == champ_version
+    run = client.get_run(d.run_id)
+    assert run.data.tags["decision"] == "keep" and run.data.params["mode"] == "refit"
+    assert run.data.metrics["challenger_brier"] == pytest.approx(d.challenger["brier"])
+    with pytest.raises(Exception, match="too few"):  # a window without enough customers is refused, not guessed
+        promote(export, client, task="high_value", experiment="promote-hv", window_days=7)

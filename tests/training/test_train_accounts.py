@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 _LOAD = """
 import json, sys
@@ -28,19 +27,6 @@ print(json.dumps({"version": loaded.version, "traits": [t["trait"] for t in load
 """
 
 
-@pytest.fixture(scope="module")
-def account_sample(tmp_path_factory):
-    from features.io import load_export
-    from features.sample import generate_sample
-    from training.accounts import AccountConfig, build_high_value_model
-
-    out = tmp_path_factory.mktemp("hv_sample")
-    generate_sample(out, seed=7, scale=0.3)
-    export, _ = load_export(out / "export")
-    cfg = AccountConfig(n_bootstrap=5, seed=7)
-    return out / "export", export, cfg, build_high_value_model(export, cfg, export.exported_at)
-
-
 def test_high_value_round_trips_through_mlflow_in_a_fresh_process(account_sample, tmp_path):
     from models.registry import configure
     from training.accounts import log_and_register
@@ -48,8 +34,9 @@ def test_high_value_round_trips_through_mlflow_in_a_fresh_process(account_sample
     data, export, cfg, result = account_sample
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = configure(uri)
-    log_and_register(result, client, experiment="high-value-test", artifact_location=str(tmp_path / "artifacts"),
-                     cfg=cfg, data_source="sample")
+    registered = log_and_register(result, client, experiment="high-value-test",
+                                  artifact_location=str(tmp_path / "artifacts"), cfg=cfg, data_source="sample")
+    assert sorted(registered.aliases) == ["challenger", "champion"]  # a first model is champion directly
     assert str(client.get_model_version_by_alias("high_value", "champion").version) == result.version
     # prospects and customers alike: every account of the export
     ids = list(export.accounts["account_id"])
