@@ -49,9 +49,32 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def tuned_params(args: argparse.Namespace, settings: Settings, task: str) -> dict | None:
+    """The record of the last ``funnelcast tune --task TASK`` (said on stdout), None with ``--default-params``."""
+    from training.tune import load_tuned_params
+
+    tuned = None if getattr(args, "default_params", False) else load_tuned_params(settings.home, task)
+    if tuned:
+        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
+    return tuned
+
+
+def reported_outcomes(args: argparse.Namespace, settings: Settings, task: str, cutoff: pd.Timestamp,
+                      what: str = "outcome(s)") -> pd.DataFrame | None:
+    """Outcomes the CRM reported for ``task`` up to ``cutoff``; None when none (or ``--no-outcomes``)."""
+    if getattr(args, "no_outcomes", False):
+        return None
+    from training.outcomes import stored_outcomes
+
+    outcomes = stored_outcomes(settings.resolved_store_url(), task, cutoff)
+    if outcomes.empty:
+        return None  # nothing reported yet: train on the export alone
+    print(f"using {len(outcomes)} stored {what} up to {cutoff} (--no-outcomes to ignore)")
+    return outcomes
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.train import TrainConfig, build_lead_model, log_and_register
-    from training.tune import load_tuned_params
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
@@ -63,19 +86,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         exclude=tuple(args.exclude or ()),
         seed=args.seed,
     )
-    tuned = None if args.default_params else load_tuned_params(settings.home)
+    tuned = tuned_params(args, settings, "lead_quality")
     if tuned:
         cfg.params = dict(tuned["params"])
-        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
-    outcomes = None
-    if not getattr(args, "no_outcomes", False):
-        from training.outcomes import stored_outcomes
-
-        outcomes = stored_outcomes(settings.resolved_store_url(), "lead_quality", cutoff)
-        if outcomes.empty:
-            outcomes = None  # nothing reported yet: train on the export alone
-        else:
-            print(f"using {len(outcomes)} stored outcome(s) up to {cutoff} (--no-outcomes to ignore)")
+    outcomes = reported_outcomes(args, settings, "lead_quality", cutoff)
     result = build_lead_model(export, cfg, cutoff, progress=True, outcomes=outcomes)
     if result.outcome_labels is not None:
         o = result.outcome_labels

@@ -6,20 +6,18 @@ import argparse
 from pathlib import Path
 
 from features.settings import Settings
-from training.cli import _timestamp, data_args, load_data, mlflow_client
+from training.cli import _timestamp, data_args, load_data, mlflow_client, tuned_params
 
 
 def _config(args: argparse.Namespace, settings: Settings | None = None):
     """The account config; with ``settings``, the parameters of the last ``funnelcast tune --task high_value``
     unless ``--default-params``."""
     from training.accounts import AccountConfig
-    from training.tune import load_tuned_params
 
     cfg = AccountConfig(window_days=args.window_days, quantile=args.quantile, n_bootstrap=args.bootstrap, seed=args.seed)
-    tuned = None if settings is None or getattr(args, "default_params", False) else load_tuned_params(settings.home, "high_value")
+    tuned = None if settings is None else tuned_params(args, settings, "high_value")
     if tuned:
         cfg.params = dict(tuned["params"])
-        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
     return cfg, (f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default")
 
 

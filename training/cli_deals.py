@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.settings import Settings
-from training.cli import _timestamp, data_args, load_data, mlflow_client
+from training.cli import _timestamp, data_args, load_data, mlflow_client, reported_outcomes, tuned_params
 
 N_REASONS = 5
 
@@ -42,23 +42,15 @@ def _scoring_time(args: argparse.Namespace, export, scorer) -> pd.Timestamp:
 
 def cmd_train_deals(args: argparse.Namespace, settings: Settings) -> int:
     from training.deals import log_and_register_deals
-    from training.outcomes import build_deal_model_with_outcomes, log_outcome_labels, stored_outcomes
-    from training.tune import load_tuned_params
+    from training.outcomes import build_deal_model_with_outcomes, log_outcome_labels
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
     cfg = _deal_config(args, settings)
-    tuned = None if getattr(args, "default_params", False) else load_tuned_params(settings.home, "stage_conversion")
+    tuned = tuned_params(args, settings, "stage_conversion")
     if tuned:
         cfg.params = dict(tuned["params"])
-        print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
-    outcomes = None
-    if not getattr(args, "no_outcomes", False):
-        outcomes = stored_outcomes(settings.resolved_store_url(), "stage_conversion", cutoff)
-        if outcomes.empty:
-            outcomes = None  # nothing reported yet: train on the export alone
-        else:
-            print(f"using {len(outcomes)} stored deal outcome(s) up to {cutoff} (--no-outcomes to ignore)")
+    outcomes = reported_outcomes(args, settings, "stage_conversion", cutoff, what="deal outcome(s)")
     result, stats = build_deal_model_with_outcomes(export, cfg, cutoff, outcomes, progress=True)
     if stats is not None:
         print(f"snapshot rows decided by stored outcomes: {stats.labels_from_outcomes}, changed from the export: "
