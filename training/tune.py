@@ -148,21 +148,11 @@ def deal_cv_folds(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: Any, n_folds: 
 
 
 def _deal_fold_fits(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: Any) -> bool:
-    """Whether :func:`training.deals.fit_deal_scorer` can fit at ``cutoff`` (its positives rule)."""
-    from training.deals import MIN_POSITIVES, hazard_rows, next_stage_rows
+    """Whether :func:`training.deals.fit_deal_scorer` can fit at ``cutoff`` (its positives rule,
+    after widening the calibration window as far as it goes)."""
+    from training.deals import fit_and_calibration_rows, rows_suffice
 
-    calib = pd.Timedelta(days=cfg.calib_days)
-    period = pd.Timedelta(days=cfg.period_days)
-    ns = next_stage_rows(snaps, cutoff, cfg.horizon_days)
-    hz = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
-    closes = hz[hz["closed"] == 1]
-    for frame, label, split in ((ns, "label", cutoff - pd.Timedelta(days=cfg.horizon_days) - calib),
-                                (hz, "closed", cutoff - period - calib), (closes, "won_label", cutoff - period - calib)):
-        for part in (frame[frame["as_of"] <= split], frame[frame["as_of"] > split]):
-            pos = int(part[label].sum())
-            if pos < MIN_POSITIVES or pos > len(part) - MIN_POSITIVES:
-                return False
-    return True
+    return rows_suffice(fit_and_calibration_rows(snaps, cutoff, cfg))
 
 
 def account_cv_folds(snaps: pd.DataFrame, n_folds: int, holdout: float = 0.4) -> list[tuple[int, int]]:

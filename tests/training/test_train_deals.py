@@ -59,7 +59,8 @@ def test_fit_rows_know_nothing_of_the_calibration_window(deal_result, deal_cfg, 
     snaps = deal_result.snapshots
     cutoff = sample_export.exported_at
     rows = fit_and_calibration_rows(snaps, cutoff, deal_cfg)
-    start = cutoff - pd.Timedelta(days=deal_cfg.period_days + deal_cfg.calib_days)
+    calib = pd.Timedelta(days=rows["calib_days"])
+    start = cutoff - pd.Timedelta(days=deal_cfg.period_days) - calib
     fit, cal = rows["close_hazard"]
     assert len(fit) and len(cal) and cal["closed"].sum() > 0
     ends = fit["as_of"] + pd.to_timedelta((fit["period"] + 1) * deal_cfg.period_days, unit="D")
@@ -68,10 +69,14 @@ def test_fit_rows_know_nothing_of_the_calibration_window(deal_result, deal_cfg, 
     assert fit["opportunity_id"].isin(inside).any()
     assert fit[fit["opportunity_id"].isin(inside)]["closed"].sum() == 0
     assert cal[cal["opportunity_id"].isin(inside)]["closed"].sum() > 0
+    # the next-stage fit rows likewise: their horizon ends, and their labels are censored, where
+    # the next-stage calibration window starts
     ns_fit, ns_cal = rows["next_stage"]
     h = pd.Timedelta(days=deal_cfg.horizon_days)
-    assert (ns_fit["as_of"] + h <= cutoff - pd.Timedelta(days=deal_cfg.calib_days)).all()
-    assert (ns_cal["as_of"] + h <= cutoff).all() and len(ns_cal)
+    ns_start = cutoff - h - calib
+    assert len(ns_fit) and (ns_fit["as_of"] + h <= ns_start).all()
+    assert not (ns_fit["next_stage_at"] >= ns_start).any()
+    assert (ns_cal["as_of"] > ns_start).all() and (ns_cal["as_of"] + h <= cutoff).all() and len(ns_cal)
 
 
 def test_scores_are_coherent_and_reasons_add_up(deal_result, sample_export):
@@ -209,3 +214,22 @@ def test_every_command_has_help(argv, capsys):
         main([*argv, "--help"])
     assert exc.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_calibration_window_widens_until_it_holds_enough_outcomes(deal_result, deal_cfg, sample_export):
+    """A window too short for the small sample is widened a snapshot step at a time, to the first
+    length whose fit and calibration rows hold enough of both classes for every model."""
+    from dataclasses import replace
+
+    from training.deals import MIN_POSITIVES, _rows_at, calibration_windows, rows_suffice
+
+    cfg = replace(deal_cfg, calib_days=1)
+    rows = fit_and_calibration_rows(deal_result.snapshots, sample_export.exported_at, cfg)
+    tried = calibration_windows(cfg)
+    assert rows["calib_days"] in tried and rows["calib_days"] > 1
+    ns_cal, hz_cal = rows["next_stage"][1], rows["close_hazard"][1]
+    assert MIN_POSITIVES <= ns_cal["label"].sum() <= len(ns_cal) - MIN_POSITIVES
+    assert hz_cal[hz_cal["closed"] == 1]["won_label"].sum() >= MIN_POSITIVES
+    # one step shorter was not enough for some model
+    shorter = _rows_at(deal_result.snapshots, sample_export.exported_at, cfg, tried[tried.index(rows["calib_days"]) - 1])
+    assert rows_suffice(rows) and not rows_suffice(shorter)
