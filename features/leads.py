@@ -285,9 +285,11 @@ def lead_features(
     if context.as_of > as_of:
         raise ValueError(f"context as of {context.as_of} is newer than as_of {as_of}: it would leak")
     lead_ids = pd.Index(leads["lead_id"], name="lead_id")
-    if _lean_applies(leads, accounts, activities, as_of, spec):
-        cols = _lean_columns(leads, accounts, activities, as_of, context, spec)
-        return pd.DataFrame({c: cols[c] for c in spec.feature_names}, index=lead_ids)
+    lean = _lean_columns(leads, accounts, activities, as_of, context, spec) if _lean_applies(
+        leads, accounts, activities, as_of, spec
+    ) else None
+    if lean is not None:
+        return pd.DataFrame({c: lean[c] for c in spec.feature_names}, index=lead_ids)
     cols: dict[str, np.ndarray] = {}
     for c in spec.lead_categoricals:
         cols[c] = _column(leads, c, numeric=False)
@@ -328,8 +330,8 @@ def _lean_applies(
     leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, spec: LeadFeatureSpec
 ) -> bool:
     """Whether the frames are small and typed as the loader and the API type them (strings,
-    float64 numbers, UTC timestamps, unique lead ids, account ids present). Anything else,
-    including what the vectorised path refuses with an error, goes the vectorised way."""
+    float64 numbers, UTC timestamps). Anything else, including what the vectorised path
+    refuses with an error, goes the vectorised way."""
     if len(leads) > LEAN_MAX_LEADS or len(accounts) > LEAN_MAX_ROWS or len(activities) > LEAN_MAX_ROWS:
         return False
     if as_of.tzinfo is None:
@@ -357,9 +359,7 @@ def _lean_applies(
     numeric = [(lead_t, spec.lead_numerics), (acc_t, spec.account_numerics)]
     if any(c in types and types[c] != np.float64 for types, names in numeric for c in names):
         return False
-    if leads["lead_id"].hasnans or not leads["lead_id"].is_unique or accounts["account_id"].hasnans:
-        return False
-    return True
+    return True  # unique lead ids and present account ids: checked by _lean_columns
 
 
 def _days_before(as_of: pd.Timestamp, values: pd.Series) -> np.ndarray:
@@ -389,11 +389,16 @@ def _lean_columns(
     as_of: pd.Timestamp,
     context: LeadContext,
     spec: LeadFeatureSpec,
-) -> dict[str, np.ndarray]:
-    """:func:`lead_features`' columns, row by row: the same definitions as the vectorised path."""
+) -> dict[str, np.ndarray] | None:
+    """:func:`lead_features`' columns, row by row: the same definitions as the vectorised path.
+
+    ``None`` (use the vectorised path) for a missing or repeated lead id or a missing account id."""
     n = len(leads)
     ids = leads["lead_id"].tolist()
     lead_pos = {lead_id: i for i, lead_id in enumerate(ids)}
+    account_ids = accounts["account_id"].tolist()
+    if len(lead_pos) < n or not all(isinstance(i, str) for i in ids) or not all(isinstance(a, str) for a in account_ids):
+        return None
     cols: dict[str, np.ndarray] = {}
     for c in spec.lead_categoricals:
         cols[c] = _column(leads, c, numeric=False)
@@ -403,7 +408,7 @@ def _lean_columns(
     # the lead's account: the first row of its id created before as_of (rows_before + drop_duplicates)
     acc_age = _days_before(as_of, accounts["created_at"])
     first: dict[str, int] = {}
-    for j, (acc_id, age) in enumerate(zip(accounts["account_id"].tolist(), acc_age.tolist(), strict=True)):
+    for j, (acc_id, age) in enumerate(zip(account_ids, acc_age.tolist(), strict=True)):
         if age > 0 and acc_id not in first:
             first[acc_id] = j
     lead_accounts = leads["account_id"].tolist()

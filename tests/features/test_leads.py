@@ -269,6 +269,7 @@ def test_lean_path_equals_the_vectorised_frame(sample_export, seed, monkeypatch)
         if rng.random() < 0.2:  # a custom field the request leaves out
             leads = leads.drop(columns=[c for c in spec.lead_numerics if c in leads])
         assert leads_module._lean_applies(leads, accounts, acts, as_of, spec)
+        assert leads_module._lean_columns(leads, accounts, acts, as_of, ctx, spec) is not None  # the lean path ran
         lean = lead_features(leads, accounts, acts, as_of, ctx, spec)
         with monkeypatch.context() as m:
             m.setattr(leads_module, "LEAN_MAX_LEADS", 0)
