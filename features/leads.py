@@ -153,6 +153,10 @@ class LeadContext:
         )
     )
 
+    def __getstate__(self) -> dict:
+        # the lookup cache of the lean path (see _history_rows) is rebuilt, not saved with the model
+        return {k: v for k, v in self.__dict__.items() if k != "_history_rows"}
+
 
 def _smoothed_rates(keys: pd.Series, hits: pd.Series, prior: float) -> dict[str, float]:
     grouped = pd.DataFrame({"k": keys, "y": hits}).dropna(subset=["k"]).groupby("k")["y"]
@@ -281,6 +285,11 @@ def lead_features(
     if context.as_of > as_of:
         raise ValueError(f"context as of {context.as_of} is newer than as_of {as_of}: it would leak")
     lead_ids = pd.Index(leads["lead_id"], name="lead_id")
+    lean = _lean_columns(leads, accounts, activities, as_of, context, spec) if _lean_applies(
+        leads, accounts, activities, as_of, spec
+    ) else None
+    if lean is not None:
+        return pd.DataFrame({c: lean[c] for c in spec.feature_names}, index=lead_ids)
     cols: dict[str, np.ndarray] = {}
     for c in spec.lead_categoricals:
         cols[c] = _column(leads, c, numeric=False)
@@ -306,6 +315,174 @@ def lead_features(
         values = hist[c].to_numpy(dtype=float) if c in hist else np.zeros(len(hist))
         cols[f"account_{c}"] = np.where(row >= 0, values[row] if len(values) else 0.0, 0.0)
     return pd.DataFrame({c: cols[c] for c in spec.feature_names}, index=lead_ids)
+
+
+# ---------------------------------------------------------------- the lean path (API requests)
+#: Up to this many leads, and this many account and activity rows, :func:`lead_features`
+#: walks the rows in plain Python: about 0.3 ms for one lead instead of about 4 ms of pandas
+#: calls whose fixed cost does not depend on the number of rows. Larger inputs (snapshots of
+#: thousands of leads) take the vectorised path. Both give the same values (tested).
+LEAN_MAX_LEADS = 64
+LEAN_MAX_ROWS = 20_000
+
+
+def _lean_applies(
+    leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, spec: LeadFeatureSpec
+) -> bool:
+    """Whether the frames are small and typed as the loader and the API type them (strings,
+    float64 numbers, UTC timestamps). Anything else, including what the vectorised path
+    refuses with an error, goes the vectorised way."""
+    if len(leads) > LEAN_MAX_LEADS or len(accounts) > LEAN_MAX_ROWS or len(activities) > LEAN_MAX_ROWS:
+        return False
+    if as_of.tzinfo is None:
+        return False
+    dtypes = [dict(zip(frame.columns, frame.dtypes, strict=True)) for frame in (leads, accounts, activities)]
+    lead_t, acc_t, act_t = dtypes
+    required = [
+        (lead_t, ("lead_id", "account_id", "source", "owner_id"), pd.StringDtype),
+        (lead_t, ("created_at",), pd.DatetimeTZDtype),
+        (acc_t, ("account_id",), pd.StringDtype),
+        (acc_t, ("created_at",), pd.DatetimeTZDtype),
+        (act_t, ("lead_id", "type", "direction"), pd.StringDtype),
+        (act_t, ("occurred_at",), pd.DatetimeTZDtype),
+    ]
+    for types, names, kind in required:
+        if not all(isinstance(types.get(name), kind) for name in names):
+            return False
+    optional = [
+        (lead_t, spec.lead_categoricals, pd.StringDtype),
+        (acc_t, spec.account_categoricals, pd.StringDtype),
+    ]
+    for types, names, kind in optional:
+        if not all(name not in types or isinstance(types[name], kind) for name in names):
+            return False
+    numeric = [(lead_t, spec.lead_numerics), (acc_t, spec.account_numerics)]
+    if any(c in types and types[c] != np.float64 for types, names in numeric for c in names):
+        return False
+    return True  # unique lead ids and present account ids: checked by _lean_columns
+
+
+def _days_before(as_of: pd.Timestamp, values: pd.Series) -> np.ndarray:
+    """``((as_of - values) / DAY)`` in numpy: the same unit and the same float division as pandas'."""
+    unit = values.dtype.unit
+    stamps = values.to_numpy(dtype=f"datetime64[{unit}]")
+    return (np.datetime64(as_of.tz_convert(None).as_unit(as_of.unit).to_datetime64()) - stamps) / np.timedelta64(1, "D")
+
+
+def _history_rows(context: LeadContext) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """The account history as a dict from account id to row, and its columns as arrays
+    (built once per context: a pandas index lookup costs ~100 us a call)."""
+    hist = context.account_history
+    cached = context.__dict__.get("_history_rows")
+    if cached is None or cached[0] is not hist:
+        rows = {k: i for i, k in enumerate(hist.index) if isinstance(k, str)}
+        values = {c: hist[c].to_numpy(dtype=float) for c in hist.columns}
+        cached = (hist, rows, values)
+        context.__dict__["_history_rows"] = cached
+    return cached[1], cached[2]
+
+
+def _lean_columns(
+    leads: pd.DataFrame,
+    accounts: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp,
+    context: LeadContext,
+    spec: LeadFeatureSpec,
+) -> dict[str, np.ndarray] | None:
+    """:func:`lead_features`' columns, row by row: the same definitions as the vectorised path.
+
+    ``None`` (use the vectorised path) for a missing or repeated lead id or a missing account id."""
+    n = len(leads)
+    ids = leads["lead_id"].tolist()
+    lead_pos = {lead_id: i for i, lead_id in enumerate(ids)}
+    account_ids = accounts["account_id"].tolist()
+    if len(lead_pos) < n or not all(isinstance(i, str) for i in ids) or not all(isinstance(a, str) for a in account_ids):
+        return None
+    cols: dict[str, np.ndarray] = {}
+    for c in spec.lead_categoricals:
+        cols[c] = _column(leads, c, numeric=False)
+    for c in spec.lead_numerics:
+        cols[c] = _column(leads, c, numeric=True)
+
+    # the lead's account: the first row of its id created before as_of (rows_before + drop_duplicates)
+    acc_age = _days_before(as_of, accounts["created_at"])
+    first: dict[str, int] = {}
+    for j, (acc_id, age) in enumerate(zip(account_ids, acc_age.tolist(), strict=True)):
+        if age > 0 and acc_id not in first:
+            first[acc_id] = j
+    lead_accounts = leads["account_id"].tolist()
+    acc_pos = [first.get(a, -1) if isinstance(a, str) else -1 for a in lead_accounts]
+
+    def pick(values: np.ndarray, dtype: type) -> np.ndarray:
+        return np.array([values[p] if p >= 0 else np.nan for p in acc_pos], dtype=dtype)
+
+    for c in spec.account_categoricals:
+        cols[f"account_{c}"] = pick(_column(accounts, c, numeric=False), object) if c in accounts else np.full(n, np.nan)
+    for c in spec.account_numerics:
+        cols[f"account_{c}"] = pick(accounts[c].to_numpy(dtype=float), float) if c in accounts else np.full(n, np.nan)
+    lead_age = _days_before(as_of, leads["created_at"])
+    cols["lead_age_days"] = lead_age
+    cols["account_age_days"] = pick(acc_age, float)
+
+    # activities before as_of, by kind (type, or type_direction) and window
+    k, windows = len(spec.activity_types), spec.windows
+    type_pos = {t: j for j, t in enumerate(spec.activity_types)}
+    in_window = {w: np.zeros((n, k)) for w in windows}
+    totals = np.zeros((n, k))
+    since = np.full((n, k), np.inf)
+    inbound = {w: np.zeros(n) for w in windows}
+    all_total = np.zeros(n)
+    last = np.full(n, np.inf)
+    act_age = _days_before(as_of, activities["occurred_at"]).tolist()
+    rows = zip(activities["lead_id"].tolist(), activities["type"].tolist(), activities["direction"].tolist(), act_age, strict=True)
+    for lead_id, kind, direction, age in rows:
+        i = lead_pos.get(lead_id) if isinstance(lead_id, str) else None
+        if i is None or not age > 0:  # another lead's, at or after as_of, or no timestamp
+            continue
+        all_total[i] += 1
+        last[i] = min(last[i], age)
+        if isinstance(direction, str):
+            kind = f"{kind}_{direction}" if isinstance(kind, str) else None
+            if direction == "inbound":
+                for w in windows:
+                    if age < w:
+                        inbound[w][i] += 1
+        j = type_pos.get(kind) if isinstance(kind, str) else None
+        if j is None:
+            continue
+        totals[i, j] += 1
+        since[i, j] = min(since[i, j], age)
+        for w in windows:
+            if age < w:
+                in_window[w][i, j] += 1
+    since[np.isinf(since)] = np.nan
+    last[np.isinf(last)] = np.nan
+    weeks_base = np.maximum(lead_age, 1.0)
+    for j, t in enumerate(spec.activity_types):
+        for w in windows:
+            cols[f"{t}_{w}d"] = in_window[w][:, j]
+        cols[f"{t}_total"] = totals[:, j]
+        cols[f"{t}_per_week"] = totals[:, j] * 7.0 / weeks_base
+        cols[f"days_since_{t}"] = since[:, j]
+    for w in windows:
+        cols[f"inbound_{w}d"] = inbound[w]
+    cols["activities_total"] = all_total
+    cols["days_since_activity"] = last
+
+    source = leads["source"].to_numpy(dtype=object)
+    owner = leads["owner_id"].to_numpy(dtype=object)
+    cols["source_conversion_rate"] = _lookup(source, context.source_rate, context.global_rate)
+    cols["owner_conversion_rate"] = _lookup(owner, context.owner_rate, context.global_rate)
+    cols["owner_open_leads"] = _lookup(owner, context.owner_open_leads, 0.0)
+    hist_rows, hist_values = _history_rows(context)
+    row = [hist_rows.get(a, -1) if isinstance(a, str) else -1 for a in lead_accounts]
+    for c in ("won_deals", "won_amount", "lost_deals", "open_opportunities"):
+        values = hist_values.get(c)
+        cols[f"account_{c}"] = np.array(
+            [float(values[r]) if r >= 0 and values is not None else 0.0 for r in row], dtype=float
+        )
+    return cols
 
 
 def converted_within_horizon(leads: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int) -> pd.Series:

@@ -129,6 +129,10 @@ class CalibratedBoostedClassifier:
         Much faster than handing LightGBM a DataFrame (one lead scores in well under a millisecond).
         """
         codes = self._category_codes()
+        if len(X) < _PARALLEL_ROWS and list(X.columns) == self.feature_names_:
+            small = self._small_matrix(X, codes)
+            if small is not None:
+                return small
         out = np.empty((len(X), len(self.feature_names_)), dtype=float)
         for j, c in enumerate(self.feature_names_):
             if c in codes:
@@ -137,6 +141,23 @@ class CalibratedBoostedClassifier:
                 out[:, j] = idx
             else:
                 out[:, j] = X[c].to_numpy(dtype=float, na_value=np.nan)
+        return out
+
+    def _small_matrix(self, X: pd.DataFrame, codes: dict[str, dict[str, int]]) -> np.ndarray | None:
+        """:meth:`_matrix` for a few rows whose numeric columns are all float64: one
+        ``to_numpy`` of the frame instead of one column access per feature (~20 us each)."""
+        dtypes = X.dtypes.tolist()
+        numeric = [j for j, c in enumerate(self.feature_names_) if c not in codes]
+        if any(dtypes[j] != np.float64 for j in numeric):
+            return None
+        values = X.to_numpy(dtype=object)
+        out = np.empty((len(X), len(self.feature_names_)), dtype=float)
+        out[:, numeric] = values[:, numeric].astype(float)
+        for j, c in enumerate(self.feature_names_):
+            if c in codes:
+                idx = self._lookup(codes[c], values[:, j]).astype(float)
+                idx[idx < 0] = np.nan
+                out[:, j] = idx
         return out
 
     def __getstate__(self) -> dict:

@@ -74,9 +74,11 @@ class LeadScorer:
             for i in np.flatnonzero(mask):
                 warnings[i].append(f"{col} {X[col].iloc[i]!r} was not seen in training: scored as unknown")
         watched = [*self.spec.lead_categoricals, *(f"account_{c}" for c in self.spec.account_categoricals)]
-        missing = X[watched].isna().to_numpy()
-        for i, j in zip(*np.nonzero(missing), strict=True):
-            warnings[i].append(f"{watched[j]} is missing: scored as unknown")
+        # column by column (not X[watched].isna(), which copies the columns into a new frame);
+        # each row's warnings keep the column order
+        for col in watched:
+            for i in np.flatnonzero(pd.isna(X[col].to_numpy(dtype=object))):
+                warnings[i].append(f"{col} is missing: scored as unknown")
         known_accounts = set(accounts["account_id"])
         acc = leads["account_id"].to_numpy(dtype=object)
         for i, a in enumerate(acc):
@@ -90,9 +92,8 @@ class LeadScorer:
         raw = clf.contributions(X)
         contrib = to_probability(log_odds_contributions(raw, clf.feature_names_, clf.calib_slope_, clf.calib_intercept_))
         p = contrib.base + contrib.values.sum(axis=1)
-        industry = X["account_industry"] if "account_industry" in X else pd.Series(np.nan, index=X.index)
-        value = industry.map(self.value_if_converted).fillna(self.value_overall).to_numpy(dtype=float)
-        out = pd.DataFrame(
+        value = self._value_if_converted(X)
+        return pd.DataFrame(
             {
                 "lead_id": X.index.to_numpy(),
                 "probability": p,
@@ -100,10 +101,24 @@ class LeadScorer:
                 "grade": self.grade(p),
                 "expected_value": p * value,
                 "base_probability": contrib.base,
+                "reasons": top_reasons(contrib.values, X, n_reasons) if n_reasons else [[] for _ in range(len(X))],
             }
         )
-        out["reasons"] = top_reasons(contrib.values, X, n_reasons) if n_reasons else [[] for _ in range(len(X))]
-        return out
+
+    def _value_if_converted(self, X: pd.DataFrame) -> np.ndarray:
+        """Value of a converted lead by its account's industry (the overall value when unknown).
+
+        A dict lookup per row: the same as ``Series.map(dict).fillna(overall)``, without its
+        fixed cost of ~0.7 ms for one lead."""
+        overall = self.value_overall
+        if "account_industry" not in X:
+            return np.full(len(X), overall, dtype=float)
+
+        def one(key: object) -> float:
+            v = self.value_if_converted.get(key) if isinstance(key, str) else None
+            return overall if v is None or v != v else v
+
+        return np.fromiter(map(one, X["account_industry"].to_numpy(dtype=object)), dtype=float, count=len(X))
 
     def score(
         self,

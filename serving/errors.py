@@ -62,8 +62,10 @@ def _body(detail: str, errors: list[tuple[str, str]]) -> dict:
 
 
 def install(app: FastAPI) -> None:
+    # async handlers: they only build a small JSON response, and Starlette runs a plain
+    # ``def`` handler in its thread pool (a hand-off per error response, e.g. under a 429 burst)
     @app.exception_handler(RequestValidationError)
-    def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [(_path(tuple(e.get("loc", ()))), _reason(e)) for e in exc.errors()]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return JSONResponse(_body("the request body is not valid JSON", errors), status_code=400)
@@ -74,24 +76,24 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body(detail, errors), status_code=422)
 
     @app.exception_handler(RequestProblem)
-    def _problem(request: Request, exc: RequestProblem) -> JSONResponse:
+    async def _problem(request: Request, exc: RequestProblem) -> JSONResponse:
         return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ModelNotAvailable)
-    def _no_model(request: Request, exc: ModelNotAvailable) -> JSONResponse:
+    async def _no_model(request: Request, exc: ModelNotAvailable) -> JSONResponse:
         return JSONResponse(_body(str(exc), []), status_code=503, headers={"Retry-After": "60"})
 
     @app.exception_handler(InvalidRecord)
-    def _invalid(request: Request, exc: InvalidRecord) -> JSONResponse:
+    async def _invalid(request: Request, exc: InvalidRecord) -> JSONResponse:
         return JSONResponse(_body(str(exc), [(exc.path, exc.reason)]), status_code=422)
 
     @app.exception_handler(ExportValidationError)
-    def _export(request: Request, exc: ExportValidationError) -> JSONResponse:
+    async def _export(request: Request, exc: ExportValidationError) -> JSONResponse:
         errors = [(f"{b.table}[{b.row}].{b.column}", b.reason) for b in exc.report.bad_rows]
         return JSONResponse(_body("invalid records", errors), status_code=422)
 
     @app.exception_handler(FunnelcastError)
-    def _domain(request: Request, exc: FunnelcastError) -> JSONResponse:
+    async def _domain(request: Request, exc: FunnelcastError) -> JSONResponse:
         return JSONResponse(_body(str(exc), []), status_code=422)
 
 

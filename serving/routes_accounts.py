@@ -28,7 +28,8 @@ _ERRORS = {401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"
 EFFORT = {"lead": 1.0, "deal": 2.0, "account": 3.0}
 
 
-def get_high_value_model(request: Request) -> LoadedModel:
+async def get_high_value_model(request: Request) -> LoadedModel:
+    # async: it only reads the app state (see serving/deps.py)
     loaded = request.app.state.models.get(Task.HIGH_VALUE.value)
     if loaded is None:
         reason = request.app.state.load_errors.get(Task.HIGH_VALUE.value, "not loaded; run `funnelcast train-accounts`")

@@ -39,7 +39,8 @@ _ERRORS = {
 GROUPINGS = ("none", "owner_id", "team", "industry", "product")
 
 
-def get_deal_model(request: Request) -> LoadedModel:
+async def get_deal_model(request: Request) -> LoadedModel:
+    # async: it only reads the app state (see serving/deps.py)
     loaded = request.app.state.models.get(Task.STAGE_CONVERSION.value)
     if loaded is None:
         reason = request.app.state.load_errors.get(Task.STAGE_CONVERSION.value,

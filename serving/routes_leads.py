@@ -36,7 +36,6 @@ def score_leads(
     settings: SettingsDep,
     caller: CallerDep,
     request: Request,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(description="Retry-safe requests: a retried request with the same key gets the first answer, "
@@ -72,24 +71,31 @@ def score_leads(
     frames = lead_frames(body.leads, scorer.spec, settings.open_stages, as_of)
     scored, features = scorer.score_with_features(frames.leads, frames.accounts, frames.activities, as_of)
     ref = ModelRef(name=model.name, version=model.version)
+    columns = {c: scored[c].tolist() for c in
+               ("lead_id", "probability", "score", "grade", "expected_value", "base_probability", "reasons", "warnings")}
     scores = [
         LeadScore(
-            lead_id=row.lead_id,
-            probability=row.probability,
-            score=row.score,
-            grade=row.grade,
-            expected_value=row.expected_value,
-            base_probability=row.base_probability,
-            reasons=[Reason(**{**r, "value": _clean(r["value"])}) for r in row.reasons],
-            warnings=list(row.warnings),
+            lead_id=lead_id,
+            probability=probability,
+            score=score,
+            grade=grade,
+            expected_value=expected_value,
+            base_probability=base_probability,
+            reasons=[Reason(**{**r, "value": _clean(r["value"])}) for r in reasons],
+            warnings=list(warnings),
             model=ref,
         )
-        for row in scored.itertuples(index=False)
+        for lead_id, probability, score, grade, expected_value, base_probability, reasons, warnings in zip(
+            *columns.values(), strict=True
+        )
     ]
     out = LeadScoreResponse(as_of=as_of.to_pydatetime(), horizon_days=scorer.spec.horizon_days, model=ref, scores=scores)
     request.app.state.metrics.scores.labels(model.name, model.version).inc(len(scores))
     routes_ops.record_served(request, model, as_of, features, scored)  # served-score log and drift sample
-    response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
+    # The response is built and validated above as LeadScoreResponse (the schema OpenAPI shows
+    # via response_model) and returned as its JSON: FastAPI would validate it a second time,
+    # in another thread-pool hand-off for a def endpoint.
+    content = out.model_dump_json().encode()
     if idempotency_key:
-        cache.put((caller, idempotency_key), fingerprint, out.model_dump_json().encode(), 200)
-    return out
+        cache.put((caller, idempotency_key), fingerprint, content, 200)
+    return Response(content, media_type="application/json", headers={"X-Model-Version": f"{model.name}/{model.version}"})

@@ -219,3 +219,78 @@ def test_snapshots_hold_only_open_leads_with_labels(sample_export):
     open_ids = set(open_leads(sample_export.leads, as_of)["lead_id"])
     assert set(snaps["lead_id"]) == open_ids
     assert snaps["label"].isin([0, 1]).all() and 0 < snaps["label"].mean() < 1
+
+
+def _request_frames(export: Export, lead_ids, as_of: pd.Timestamp, rng: np.random.Generator):
+    """What an API request carries for ``lead_ids``, made messy: accounts dropped, sent twice or
+    created after ``as_of``, activities after ``as_of`` or of other leads, fields missing."""
+    leads = export.leads[export.leads["lead_id"].isin(lead_ids)].copy()
+    accounts = export.accounts[export.accounts["account_id"].isin(leads["account_id"])].copy()
+    acts = export.activities[export.activities["lead_id"].isin(leads["lead_id"])].copy()
+    if len(accounts) and rng.random() < 0.5:  # an account the request does not send
+        accounts = accounts.drop(index=accounts.index[rng.integers(len(accounts))])
+    if len(accounts) and rng.random() < 0.5:  # a later copy of an account: the first row wins
+        dup = accounts.iloc[[0]].assign(industry="duplicate", employees=1.0)
+        accounts = pd.concat([accounts, dup], ignore_index=True)
+    if len(accounts) and rng.random() < 0.3:  # an account created at or after as_of is invisible
+        accounts.loc[accounts.index[-1], "created_at"] = as_of + pd.Timedelta(hours=int(rng.integers(0, 5)))
+    for col, frame in (("source", leads), ("owner_id", leads), ("seniority", leads), ("industry", accounts)):
+        if len(frame) and rng.random() < 0.4:
+            frame.loc[frame.index[rng.integers(len(frame))], col] = np.nan
+    if len(leads) and rng.random() < 0.3:
+        leads.loc[leads.index[0], "account_id"] = np.nan
+    if len(acts):
+        future = acts.sample(n=min(5, len(acts)), random_state=int(rng.integers(1 << 30))).copy()
+        future["occurred_at"] = as_of + pd.to_timedelta(rng.uniform(0, 30, len(future)), unit="D")
+        future.iloc[0, future.columns.get_loc("occurred_at")] = as_of  # exactly at as_of: invisible
+        other = acts.sample(n=min(3, len(acts)), random_state=1).assign(lead_id="not-in-request")
+        unknown = acts.sample(n=min(3, len(acts)), random_state=2).assign(type="carrier_pigeon")
+        undirected = acts.sample(n=min(3, len(acts)), random_state=3)
+        undirected["direction"] = pd.Series(np.nan, index=undirected.index, dtype="str")
+        acts = pd.concat([acts, future, other, unknown, undirected], ignore_index=True)
+        acts = acts.sample(frac=1.0, random_state=int(rng.integers(1 << 30)))
+    return leads, accounts, acts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lean_path_equals_the_vectorised_frame(sample_export, seed, monkeypatch):
+    """Small requests take the row-by-row path; on the same records it gives exactly the
+    vectorised path's frame (values, dtypes, index), including every messy case above."""
+    import features.leads as leads_module
+
+    rng = np.random.default_rng(seed)
+    as_of = _as_of(sample_export, rng.uniform(0.5, 0.95))
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    ctx = lead_context(sample_export, as_of)
+    open_ids = open_leads(sample_export.leads, as_of)["lead_id"].to_numpy()
+    for _ in range(15):
+        ids = rng.choice(open_ids, size=int(rng.integers(1, 12)), replace=False)
+        leads, accounts, acts = _request_frames(sample_export, ids, as_of, rng)
+        if rng.random() < 0.2:  # a custom field the request leaves out
+            leads = leads.drop(columns=[c for c in spec.lead_numerics if c in leads])
+        assert leads_module._lean_applies(leads, accounts, acts, as_of, spec)
+        assert leads_module._lean_columns(leads, accounts, acts, as_of, ctx, spec) is not None  # the lean path ran
+        lean = lead_features(leads, accounts, acts, as_of, ctx, spec)
+        with monkeypatch.context() as m:
+            m.setattr(leads_module, "LEAN_MAX_LEADS", 0)
+            vectorised = lead_features(leads, accounts, acts, as_of, ctx, spec)
+        pd.testing.assert_frame_equal(lean, vectorised, check_exact=False, rtol=1e-12, atol=0)
+        pd.testing.assert_frame_equal(lean, vectorised, check_exact=True)
+
+
+def test_lean_path_of_one_lead_equals_its_row_in_the_snapshot(sample_export):
+    """A lead alone (lean path) against its row among all open leads (vectorised path)."""
+    as_of = _as_of(sample_export, 0.9)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    frame = _features(sample_export, as_of, spec)
+    ctx = lead_context(sample_export, as_of)
+    open_now = open_leads(sample_export.leads, as_of)
+    for i in range(0, len(open_now), max(1, len(open_now) // 60)):
+        lead = open_now.iloc[[i]]
+        acts = sample_export.activities[sample_export.activities["lead_id"] == lead["lead_id"].iloc[0]]
+        acc = sample_export.accounts[sample_export.accounts["account_id"].isin(lead["account_id"])]
+        alone = lead_features(lead, acc, acts, as_of, ctx, spec)
+        # a column missing for one lead alone is all-NaN object, in the batch a string column
+        pd.testing.assert_frame_equal(
+            alone, frame.loc[alone.index], check_dtype=False, check_exact=False, rtol=1e-12, atol=0
+        )
