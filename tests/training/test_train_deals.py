@@ -231,5 +231,8 @@ def test_calibration_window_widens_until_it_holds_enough_outcomes(deal_result, d
     assert MIN_POSITIVES <= ns_cal["label"].sum() <= len(ns_cal) - MIN_POSITIVES
     assert hz_cal[hz_cal["closed"] == 1]["won_label"].sum() >= MIN_POSITIVES
     # one step shorter was not enough for some model
-    shorter = _rows_at(deal_result.snapshots, sample_export.exported_at, cfg, tried[tried.index(rows["calib_days"]) - 1])
+    snaps, cutoff = deal_result.snapshots, sample_export.exported_at
+    shorter = _rows_at(snaps, next_stage_rows(snaps, cutoff, cfg.horizon_days),
+                       hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods), cutoff, cfg,
+                       tried[tried.index(rows["calib_days"]) - 1])
     assert rows_suffice(rows) and not rows_suffice(shorter)
