@@ -4,14 +4,17 @@ One object (logged to MLflow as ``stage_conversion``, loaded by serving) holds:
 
 * ``next_stage``: P(the deal enters its next stage within the horizon), a calibrated
   LightGBM on snapshots (stage is a feature);
-* the **timing** model, a discrete-time survival model on the same snapshots: time after
-  ``as_of`` is cut in periods of ``horizon / 3`` days; ``close_hazard`` is P(the deal closes
-  in period j | still open at its start, features at ``as_of``) and ``win_share`` is
-  P(won | it closes in period j). Deals still open at the training cutoff contribute the
-  periods they were observed open (censored, not dropped). From them: the probability of
-  a win in each period, hence P(won within the horizon), P(won eventually) (the mass of
-  ``n_periods`` periods plus the deals still open after them, at the last win share) and
-  an expected close date (the mean win time, given a win);
+* the **timing** model, a discrete-time survival model with competing risks on the same
+  snapshots: time after ``as_of`` is cut in periods of ``horizon / 3`` days;
+  ``win_hazard`` is P(the deal is won in period j | still open at its start, features at
+  ``as_of``) and ``loss_hazard`` P(it is lost in period j | open at its start). Deals still
+  open at the training cutoff contribute the periods they were observed open (censored, not
+  dropped). From them: the probability of a win in each period, hence P(won within the
+  horizon), P(won eventually) (the mass of ``n_periods`` periods plus the deals still open
+  after them, at the last period's share of wins among closes) and an expected close date
+  (the mean win time, given a win). Two cause-specific hazards, rather than one close hazard
+  times P(won | closed), because each learns its own drivers from all rows at risk (a rep
+  who loses fast and one who wins slowly look alike to a close hazard): see the README;
 * ``surrogate``: a regression tree on the log-odds of P(won) used only for reasons
   (TreeSHAP of the surrogate, rescaled so that base + points = P(won) exactly);
 * the context of its training cutoff (stage win rates, typical amounts, owners, accounts).
@@ -63,13 +66,37 @@ def period_frame(X: pd.DataFrame, periods: np.ndarray) -> pd.DataFrame:
     return X.assign(period=np.asarray(periods, dtype=float))
 
 
-def win_mass(hazard: np.ndarray, share: np.ndarray) -> np.ndarray:
+def win_mass(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
     """P(won in period j) for j < J, and in a last column the deals still open after J periods
-    times the last win share. ``hazard`` and ``share`` are ``(n, J)``; rows sum to P(won)."""
-    n, J = hazard.shape
-    survive = np.cumprod(np.c_[np.ones(n), 1.0 - hazard], axis=1)  # (n, J + 1): open at the start of j
-    mass = survive[:, :J] * hazard * share
-    return np.c_[mass, survive[:, J] * share[:, -1]]
+    times the last period's share of wins among closes. ``win`` and ``loss`` are ``(n, J)``
+    cause-specific hazards (two separate models, so their sum is capped at 1: a deal cannot
+    close more than surely); rows sum to P(won)."""
+    n, J = win.shape
+    total = win + loss
+    over = total > 1.0
+    if over.any():
+        scale = np.where(over, 1.0 / np.where(over, total, 1.0), 1.0)
+        win, loss, total = win * scale, loss * scale, np.minimum(total, 1.0)
+    survive = np.cumprod(np.c_[np.ones(n), 1.0 - total], axis=1)  # (n, J + 1): open at the start of j
+    mass = survive[:, :J] * win
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail_share = np.where(total[:, -1] > 0, win[:, -1] / total[:, -1], 0.0)
+    return np.c_[mass, survive[:, J] * tail_share]
+
+
+@dataclass
+class _SplitHazard:
+    """The win (or loss) hazard of a scorer saved before the competing-risks layout, which held
+    P(closes in period j) and P(won | closes then): their product (or the lost share's) is the
+    cause-specific hazard, so old models score exactly as they did."""
+
+    close_hazard: CalibratedBoostedClassifier
+    win_share: CalibratedBoostedClassifier
+    won: bool
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        share = self.win_share.predict_proba(X)
+        return self.close_hazard.predict_proba(X) * (share if self.won else 1.0 - share)
 
 
 @dataclass
@@ -77,8 +104,8 @@ class DealScorer:
     spec: DealFeatureSpec
     context: DealContext
     next_stage: CalibratedBoostedClassifier
-    close_hazard: CalibratedBoostedClassifier
-    win_share: CalibratedBoostedClassifier
+    win_hazard: CalibratedBoostedClassifier | _SplitHazard
+    loss_hazard: CalibratedBoostedClassifier | _SplitHazard
     surrogate: CalibratedBoostedClassifier | None
     period_days: float
     n_periods: int = N_PERIODS
@@ -88,6 +115,13 @@ class DealScorer:
     @property
     def trained_until(self) -> pd.Timestamp:
         return self.context.as_of
+
+    def __setstate__(self, state: dict) -> None:
+        if "close_hazard" in state:  # saved before the competing-risks layout (see _SplitHazard)
+            close, share = state.pop("close_hazard"), state.pop("win_share")
+            state["win_hazard"] = _SplitHazard(close, share, won=True)
+            state["loss_hazard"] = _SplitHazard(close, share, won=False)
+        self.__dict__.update(state)
 
     @property
     def classifier(self) -> CalibratedBoostedClassifier:
@@ -137,9 +171,9 @@ class DealScorer:
         """``(n, n_periods + 1)``: P(won in each period after as_of), the last column beyond them."""
         n, J = len(X), self.n_periods
         big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
-        hazard = self.close_hazard.predict_proba(big).reshape(n, J)
-        share = self.win_share.predict_proba(big).reshape(n, J)
-        return win_mass(hazard, share)
+        win = self.win_hazard.predict_proba(big).reshape(n, J)
+        loss = self.loss_hazard.predict_proba(big).reshape(n, J)
+        return win_mass(win, loss)
 
     def within(self, mass: np.ndarray, days: float) -> np.ndarray:
         """P(won within ``days``) from :meth:`win_distribution` (a partial period pro rata)."""

@@ -8,6 +8,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 #: Small, well-regularised trees: snapshot rows repeat the same leads, so leaves need many
@@ -31,6 +33,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
 _PARALLEL_ROWS = 200
 
 
+def _intercept_shift(raw: np.ndarray, y: np.ndarray) -> float:
+    """The shift ``b`` of the log-odds with which the mean predicted probability equals the
+    observed rate (the score equation of a logistic regression on an offset, intercept only)."""
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    return float(brentq(lambda b: float(expit(raw + b).mean()) - rate, -30.0, 30.0))
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p))
@@ -43,6 +52,9 @@ class CalibratedBoostedClassifier:
     calibration window ``X_cal`` (a later period, as in a time split), then a logistic
     regression on the raw log-odds of ``X_cal`` maps them to calibrated probabilities.
     Platt scaling is linear in log-odds, so TreeSHAP contributions stay additive after it.
+    ``calibration="intercept"`` shifts the log-odds only (no slope): for models whose
+    calibration window holds a different mix of rows than the ones they score (the deal
+    hazards, see :mod:`training.deals`), where a fitted slope does not carry.
     Categorical columns get the categories seen in ``X``; unseen values score as missing.
     """
 
@@ -53,12 +65,16 @@ class CalibratedBoostedClassifier:
         max_rounds: int = 1000,
         early_stopping_rounds: int = 50,
         random_state: int = 0,
+        calibration: str = "platt",
     ):
+        if calibration not in ("platt", "intercept"):
+            raise ValueError(f"calibration must be 'platt' or 'intercept', not {calibration!r}")
         self.categorical_features = categorical_features
         self.params = params
         self.max_rounds = max_rounds
         self.early_stopping_rounds = early_stopping_rounds
         self.random_state = random_state
+        self.calibration = calibration
 
     def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X[self.feature_names_]
@@ -92,7 +108,9 @@ class CalibratedBoostedClassifier:
         )
         self.n_rounds_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         self.calib_slope_, self.calib_intercept_ = 1.0, 0.0
-        if valid_sets:
+        if valid_sets and self.calibration == "intercept":
+            self.calib_intercept_ = _intercept_shift(self.raw_score(X_cal), np.asarray(y_cal, dtype=float))
+        elif valid_sets:
             raw = self.raw_score(X_cal).reshape(-1, 1)
             platt = LogisticRegression(C=1e4).fit(raw, np.asarray(y_cal, dtype=int))
             self.calib_slope_ = float(platt.coef_[0, 0])

@@ -16,15 +16,25 @@ from models.funnel import funnel_report, funnel_table
 
 def test_win_mass_adds_up():
     rng = np.random.default_rng(0)
-    hazard, share = rng.uniform(0, 1, (50, 12)), rng.uniform(0, 1, (50, 12))
-    mass = win_mass(hazard, share)
+    close, share = rng.uniform(0, 1, (50, 12)), rng.uniform(0, 1, (50, 12))
+    win, loss = close * share, close * (1 - share)
+    mass = win_mass(win, loss)
     assert mass.shape == (50, 13) and (mass >= 0).all()
-    # closes in some period or stays open: the won mass is at most 1 and equals the direct sum
-    survive = np.cumprod(np.c_[np.ones(50), 1 - hazard], axis=1)
+    # wins, losses or stays open: the won mass is at most 1 and equals the direct sum
+    survive = np.cumprod(np.c_[np.ones(50), 1 - close], axis=1)
+    assert np.allclose(mass[:, :12], survive[:, :12] * close * share)
     assert np.allclose(mass[:, :12].sum(1) + survive[:, 12] * share[:, -1], mass.sum(1))
     assert (mass.sum(1) <= 1 + 1e-12).all()
-    # everything closes in the first period: P(won) is the first win share
-    assert np.allclose(win_mass(np.ones((3, 4)), np.full((3, 4), 0.3)).sum(1), 0.3)
+    # everything closes in the first period, 30% of it won: P(won) is 0.3
+    assert np.allclose(win_mass(np.full((3, 4), 0.3), np.full((3, 4), 0.7)).sum(1), 0.3)
+
+
+def test_win_mass_caps_hazards_that_add_up_to_more_than_one():
+    """Two separate models may give win + loss > 1: the pair is scaled to sum to 1 (the deal
+    surely closes, in their proportion), never a negative survival."""
+    mass = win_mass(np.array([[0.9, 0.5]]), np.array([[0.3, 0.1]]))
+    assert mass[0, 0] == pytest.approx(0.75) and mass[0, 1:].sum() == pytest.approx(0.0)
+    assert (win_mass(np.full((2, 3), 0.8), np.full((2, 3), 0.8)) >= 0).all()
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -122,3 +122,21 @@ def test_refit_grows_the_chosen_rounds_again_and_keeps_the_calibration():
     clf.refit(X, y)
     assert (clf.n_rounds_, clf.calib_slope_, clf.calib_intercept_) == (rounds, slope, intercept)
     assert not np.allclose(clf.predict_proba(X), before)
+
+
+def test_intercept_calibration_shifts_the_log_odds_only():
+    """``calibration="intercept"``: the slope stays 1 and the shift makes the mean predicted
+    probability on the calibration window equal its observed rate, even when the window's
+    rate differs from the fit rows' (a recent window after a drift)."""
+    X, y = _toy(4, 6000)
+    y_cal = y[3000:].copy()
+    y_cal[np.flatnonzero(y_cal == 0)[:300]] = 1  # the window converts more than the fit rows did
+    clf = CalibratedBoostedClassifier(["source"], random_state=0, calibration="intercept").fit(
+        X[:3000], y[:3000], X[3000:], y_cal
+    )
+    assert clf.calib_slope_ == 1.0 and clf.calib_intercept_ > 0
+    assert clf.predict_proba(X[3000:]).mean() == pytest.approx(y_cal.mean(), abs=1e-6)
+    raw = clf.raw_score(X[3000:])
+    np.testing.assert_allclose(clf.predict_proba(X[3000:]), 1 / (1 + np.exp(-(raw + clf.calib_intercept_))), rtol=1e-9)
+    with pytest.raises(ValueError, match="calibration"):
+        CalibratedBoostedClassifier(calibration="isotonic")

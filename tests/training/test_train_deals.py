@@ -10,7 +10,7 @@ import pytest
 
 from features.contract import Export
 from features.deals import open_opportunities
-from models.deals import score_open_deals
+from models.deals import DealScorer, score_open_deals
 from training.deals import (
     DealTrainConfig,
     build_deal_model,
@@ -61,7 +61,7 @@ def test_fit_rows_know_nothing_of_the_calibration_window(deal_result, deal_cfg, 
     rows = fit_and_calibration_rows(snaps, cutoff, deal_cfg)
     calib = pd.Timedelta(days=rows["calib_days"])
     start = cutoff - pd.Timedelta(days=deal_cfg.period_days) - calib
-    fit, cal = rows["close_hazard"]
+    fit, cal = rows["hazard"]
     assert len(fit) and len(cal) and cal["closed"].sum() > 0
     ends = fit["as_of"] + pd.to_timedelta((fit["period"] + 1) * deal_cfg.period_days, unit="D")
     assert (ends <= start).all() and (cal["as_of"] > start).all()
@@ -227,12 +227,36 @@ def test_calibration_window_widens_until_it_holds_enough_outcomes(deal_result, d
     rows = fit_and_calibration_rows(deal_result.snapshots, sample_export.exported_at, cfg)
     tried = calibration_windows(cfg)
     assert rows["calib_days"] in tried and rows["calib_days"] > 1
-    ns_cal, hz_cal = rows["next_stage"][1], rows["close_hazard"][1]
+    ns_cal, hz_cal = rows["next_stage"][1], rows["hazard"][1]
     assert MIN_POSITIVES <= ns_cal["label"].sum() <= len(ns_cal) - MIN_POSITIVES
-    assert hz_cal[hz_cal["closed"] == 1]["won_label"].sum() >= MIN_POSITIVES
+    assert hz_cal["won_label"].sum() >= MIN_POSITIVES and hz_cal["lost_label"].sum() >= MIN_POSITIVES
     # one step shorter was not enough for some model
     snaps, cutoff = deal_result.snapshots, sample_export.exported_at
     shorter = _rows_at(snaps, next_stage_rows(snaps, cutoff, cfg.horizon_days),
                        hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods), cutoff, cfg,
                        tried[tried.index(rows["calib_days"]) - 1])
     assert rows_suffice(rows) and not rows_suffice(shorter)
+
+
+def test_a_scorer_saved_before_competing_risks_still_scores_the_same(deal_result, sample_export):
+    """A model saved with the earlier layout (P(closes in period j) and P(won | closes then))
+    loads into the win / loss hazards as their products and scores exactly as its layout did."""
+    import pickle
+
+    from models.deals import period_frame, win_mass
+
+    scorer = deal_result.scorer
+    close, share = scorer.loss_hazard, scorer.win_hazard  # any two fitted classifiers will do
+    old = {k: v for k, v in pickle.loads(pickle.dumps(scorer)).__dict__.items()
+           if k not in ("win_hazard", "loss_hazard")}
+    old.update(close_hazard=close, win_share=share)
+    loaded = DealScorer.__new__(DealScorer)
+    loaded.__setstate__(old)
+    X = deal_result.snapshots[scorer.spec.feature_names].head(40)
+    n, J = len(X), scorer.n_periods
+    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
+    h, s = close.predict_proba(big).reshape(n, J), share.predict_proba(big).reshape(n, J)
+    survive = np.cumprod(np.c_[np.ones(n), 1 - h], axis=1)
+    expected = (survive[:, :J] * h * s).sum(1) + survive[:, J] * s[:, -1]
+    np.testing.assert_allclose(loaded.predict(X)["p_win"], expected, rtol=1e-9)
+    np.testing.assert_allclose(win_mass(h * s, h * (1 - s)).sum(1), expected, rtol=1e-9)
