@@ -48,10 +48,10 @@ LEAKS = ("close_value", "lead_close_value")  # 0 for lost deals: set after the o
 ORIGINS = ("2017-07-01", "2017-08-01", "2017-09-01", "2017-10-01", "2017-11-01")
 
 
-def deal_config(seed: int = 0) -> DealTrainConfig:
+def deal_config(seed: int = 0, timing_layout: str = "competing_risks") -> DealTrainConfig:
     """30-day horizon, weekly snapshots; 14 months of history leave 42-day calibration windows."""
     return DealTrainConfig(horizon_days=30, snapshot_every_days=7, eval_days=42, calib_days=42, warmup_days=30,
-                           exclude=LEAKS, seed=seed)
+                           exclude=LEAKS, seed=seed, timing_layout=timing_layout)
 
 
 def load_maven(folder: Path) -> tuple[Export, dict]:
@@ -118,13 +118,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-backtest", action="store_true", help="only the deal-win comparison")
     ap.add_argument("--skip-deal-win", action="store_true", help="only the forecast backtest")
+    ap.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
+                    help="the deal timing model (as `funnelcast train-deals --timing-layout`)")
     args = ap.parse_args()
     folder = Path(args.data) / "maven_crm"
     if not folder.is_dir():
         raise SystemExit(f"{folder} not found: the public datasets are read from there, never copied into the repo")
     t0 = time.perf_counter()
     export, info = load_maven(folder)
-    cfg = deal_config(args.seed)
+    cfg = deal_config(args.seed, args.timing_layout)
     origins = [pd.Timestamp(o, tz="UTC") for o in args.origins]
     with pd.option_context("display.width", 200):
         cmp = None if args.skip_deal_win else deal_win(export, origins, cfg)

@@ -72,11 +72,8 @@ def win_mass(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
     cause-specific hazards (two separate models, so their sum is capped at 1: a deal cannot
     close more than surely); rows sum to P(won)."""
     n, J = win.shape
+    win, loss = capped_hazards(win, loss)
     total = win + loss
-    over = total > 1.0
-    if over.any():
-        scale = np.where(over, 1.0 / np.where(over, total, 1.0), 1.0)
-        win, loss, total = win * scale, loss * scale, np.minimum(total, 1.0)
     survive = np.cumprod(np.c_[np.ones(n), 1.0 - total], axis=1)  # (n, J + 1): open at the start of j
     mass = survive[:, :J] * win
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -84,11 +81,23 @@ def win_mass(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return np.c_[mass, survive[:, J] * tail_share]
 
 
+def capped_hazards(win: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The win and loss hazards scaled, where they add up to more than 1, to sum to 1 (two
+    separate models: a deal cannot close more than surely)."""
+    total = win + loss
+    over = total > 1.0
+    if not over.any():
+        return win, loss
+    scale = np.where(over, 1.0 / np.where(over, total, 1.0), 1.0)
+    return win * scale, loss * scale
+
+
 @dataclass
-class _SplitHazard:
-    """The win (or loss) hazard of a scorer saved before the competing-risks layout, which held
-    P(closes in period j) and P(won | closes then): their product (or the lost share's) is the
-    cause-specific hazard, so old models score exactly as they did."""
+class SplitHazard:
+    """A cause-specific hazard from the **close-share** layout: P(closes in period j) times
+    P(won | closes then) (``won``) or its complement. Scorers saved before the competing-risks
+    layout load into it and score exactly as they did; training may also choose this layout
+    (see :func:`training.deals.timing_models`)."""
 
     close_hazard: CalibratedBoostedClassifier
     win_share: CalibratedBoostedClassifier
@@ -104,8 +113,8 @@ class DealScorer:
     spec: DealFeatureSpec
     context: DealContext
     next_stage: CalibratedBoostedClassifier
-    win_hazard: CalibratedBoostedClassifier | _SplitHazard
-    loss_hazard: CalibratedBoostedClassifier | _SplitHazard
+    win_hazard: CalibratedBoostedClassifier | SplitHazard
+    loss_hazard: CalibratedBoostedClassifier | SplitHazard
     surrogate: CalibratedBoostedClassifier | None
     period_days: float
     n_periods: int = N_PERIODS
@@ -117,10 +126,10 @@ class DealScorer:
         return self.context.as_of
 
     def __setstate__(self, state: dict) -> None:
-        if "close_hazard" in state:  # saved before the competing-risks layout (see _SplitHazard)
+        if "close_hazard" in state:  # saved before the competing-risks layout (see SplitHazard)
             close, share = state.pop("close_hazard"), state.pop("win_share")
-            state["win_hazard"] = _SplitHazard(close, share, won=True)
-            state["loss_hazard"] = _SplitHazard(close, share, won=False)
+            state["win_hazard"] = SplitHazard(close, share, won=True)
+            state["loss_hazard"] = SplitHazard(close, share, won=False)
         self.__dict__.update(state)
 
     @property

@@ -25,7 +25,13 @@ def _deal_config(args: argparse.Namespace, settings: Settings):
     from training.deals import DealTrainConfig
 
     return DealTrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=args.snapshot_every_days,
-                           exclude=tuple(args.exclude or ()), seed=args.seed)
+                           exclude=tuple(args.exclude or ()), seed=args.seed, timing_layout=args.timing_layout)
+
+
+def _timing_layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
+                   help="the timing model: separate win and loss hazards (default), or a close hazard times "
+                   "P(won | closes), the layout before 29 Nov (better on Maven CRM; see the README)")
 
 
 def _load_deal_scorer(settings: Settings):
@@ -148,7 +154,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     source, export = load_data(args, settings)
     cfg = BacktestConfig(every_days=args.every_days, span_days=args.span_days, n_sims=args.sims,
                          by={"owner": "owner_id"}.get(args.by, args.by),
-                         deal=DealTrainConfig(horizon_days=settings.horizon_days, seed=args.seed))
+                         deal=DealTrainConfig(horizon_days=settings.horizon_days, seed=args.seed,
+                                              timing_layout=args.timing_layout))
     result = run_backtest(export, cfg, progress=True)
     out = Path(args.out)
     write_report(result, out)
@@ -177,6 +184,7 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out")
     t.add_argument("--snapshot-every-days", type=int, default=14, help="days between snapshots (default 14)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _timing_layout_arg(t)
     t.add_argument("--default-params", action="store_true",
                    help="ignore the parameters of `funnelcast tune --task stage_conversion`")
     t.add_argument("--no-outcomes", action="store_true",
@@ -234,6 +242,7 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
                    help="grouping (default owner_id)")
     b.add_argument("--sims", type=int, default=2000, help="simulations per origin (default 2000)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _timing_layout_arg(b)
     b.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     b.set_defaults(func=cmd_backtest)
 

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.deals import DealFeatureSpec, deal_context, deal_snapshots, snapshot_times
-from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, period_frame
+from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard, period_frame
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import log_odds_contributions, shap_summary_plot
 from models.metrics import classification_metrics
@@ -50,6 +50,8 @@ TIMING_PARAMS: dict[str, Any] = {
     "linear_tree": True, "linear_lambda": 30.0, "min_child_samples": 50,
     "cat_l2": 1.0, "cat_smooth": 1.0, "min_data_per_group": 20,
 }
+#: The timing model's layouts (see :func:`timing_models`).
+TIMING_LAYOUTS = ("competing_risks", "close_share")
 #: Fewest positives a fit or calibration window may hold.
 MIN_POSITIVES = 10
 #: Columns of a snapshot frame that are not features (ids, labels, the future).
@@ -72,13 +74,21 @@ class DealTrainConfig:
     warmup_days: int = 60
     n_periods: int = N_PERIODS
     params: dict[str, Any] = field(default_factory=dict)
-    #: LightGBM settings of the win and loss hazard models over ``DEAL_PARAMS`` (``params``, e.g.
-    #: tuned ones, still win): linear trees (a ridge-penalised linear model in each leaf, so the
-    #: counts and durations whose effect on the log-odds is close to linear, such as meetings over
-    #: a deal's age, need not be cut into steps), smaller leaves, and less smoothing of
-    #: categories (the owner's effect was shrunk: the weakest rep at -0.55 log-odds against the
-    #: truth's -0.99). Measured in the README ("Deal win: competing risks").
-    timing_params: dict[str, Any] = field(default_factory=lambda: dict(TIMING_PARAMS))
+    #: The timing model's layout (see :func:`timing_models`): ``"competing_risks"`` (separate win
+    #: and loss hazards) or ``"close_share"`` (a close hazard times P(won | closes), the model
+    #: before 29 Nov, with its settings: no ``TIMING_PARAMS``, Platt scaling).
+    timing_layout: str = "competing_risks"
+    #: LightGBM settings of the timing models over ``DEAL_PARAMS`` (``params``, e.g. tuned ones,
+    #: still win); ``None``: the layout's (``TIMING_PARAMS`` for competing risks: linear trees, a
+    #: ridge-penalised linear model in each leaf, so counts and durations whose effect on the
+    #: log-odds is close to linear, such as meetings over a deal's age, need not be cut into steps;
+    #: leaves of 50+ rows; less smoothing of categories, since the owner's effect was shrunk: the
+    #: weakest rep at -0.55 log-odds against the truth's -0.99). Measured in the README.
+    timing_params: dict[str, Any] | None = None
+    #: How the timing models are calibrated on their window, ``"intercept"`` (a shift of the
+    #: log-odds) or ``"platt"`` (shift and slope; see :func:`_classifier`); ``None``: the
+    #: layout's (intercept for competing risks, Platt for close share).
+    timing_calibration: str | None = None
     exclude: tuple[str, ...] = ()
     seed: int = 0
     #: After early stopping and calibration, grow the timing models' trees again on every row known
@@ -90,6 +100,14 @@ class DealTrainConfig:
     @property
     def period_days(self) -> float:
         return self.horizon_days / PERIODS_PER_HORIZON
+
+    def timing_settings(self) -> tuple[dict[str, Any], str]:
+        """The timing models' LightGBM settings and calibration, the layout's unless set."""
+        if self.timing_layout not in TIMING_LAYOUTS:
+            raise ValueError(f"timing_layout must be one of {TIMING_LAYOUTS}, not {self.timing_layout!r}")
+        cr = self.timing_layout == "competing_risks"
+        params = self.timing_params if self.timing_params is not None else (dict(TIMING_PARAMS) if cr else {})
+        return params, self.timing_calibration or ("intercept" if cr else "platt")
 
 
 @dataclass
@@ -175,7 +193,7 @@ def _timing_constraints(cols: list[str]) -> list[list[int]]:
 
 
 def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
-                label: str, what: str, extra: dict[str, Any] | None = None) -> CalibratedBoostedClassifier:
+                label: str, what: str) -> CalibratedBoostedClassifier:
     for name, part in (("fit", fit), ("calibration", cal)):
         pos = int(part[label].sum())
         if not _enough(part, label):
@@ -183,17 +201,44 @@ def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, 
                 f"{what}: {pos} positive(s) among {len(part)} rows in the {name} window: too few to learn from "
                 f"(at least {MIN_POSITIVES} of each class); train with --as-of later or on a longer export"
             )
-    params = {**DEAL_PARAMS, **(extra or {}), **cfg.params}
-    timing = "period" in cols
-    if timing:
-        params["interaction_constraints"] = _timing_constraints(cols)
+    calibration = "platt"
+    params = {**DEAL_PARAMS, **cfg.params}
+    if "period" in cols:
+        extra, calibration = cfg.timing_settings()
+        params = {**DEAL_PARAMS, **extra, **cfg.params, "interaction_constraints": _timing_constraints(cols)}
     # the hazards' calibration rows are the first periods after recent snapshots, their scored
     # rows reach twelve periods out: a Platt slope fitted on the former stretched or squeezed the
     # latter (win AUC gap 0.0154 -> 0.0148 on the sample with the intercept alone)
     return CalibratedBoostedClassifier(spec.categorical_features, params=params, random_state=cfg.seed,
-                                       calibration="intercept" if timing else "platt").fit(
+                                       calibration=calibration).fit(
         fit[cols], fit[label].to_numpy(), cal[cols], cal[label].to_numpy()
     )
+
+
+def timing_models(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
+                  ) -> tuple[Any, Any]:
+    """The win and loss hazards, in the layout ``cfg.timing_layout``.
+
+    Two layouts of the same discrete-time model: **competing risks** (the default: a win hazard
+    and a loss hazard, each learned from every row at risk, with ``TIMING_PARAMS`` and an
+    intercept-only calibration) and **close share** (P(closes in period j) times P(won | closes
+    then), the share learned from the closing rows only, with the deal models' plain settings and
+    Platt scaling: the timing model before 29 Nov). Neither wins everywhere: on the sample
+    competing risks took the win AUC gap to the truth from 0.021 to 0.014 (0.017 -> 0.012 and
+    0.020 -> 0.016 on two more seeds); on Maven CRM it took P(won within 30 d) from AUC 0.60 to
+    0.54. Choosing per fit by the log loss of the calibration rows' outcomes (won, lost, open)
+    picked the worse layout at one origin of four on the sample and did not restore Maven, so
+    the layout is a setting (``funnelcast train-deals --timing-layout``), not a per-fit choice.
+    """
+    if cfg.timing_layout == "competing_risks":
+        return (_classifier(spec, cfg, fit, cal, cols, "won_label", "win hazard"),
+                _classifier(spec, cfg, fit, cal, cols, "lost_label", "loss hazard"))
+    if cfg.timing_layout == "close_share":
+        close = _classifier(spec, cfg, fit, cal, cols, "closed", "close hazard")
+        share = _classifier(spec, cfg, fit[fit["closed"] == 1], cal[cal["closed"] == 1], cols, "won_label",
+                            "win share")
+        return SplitHazard(close, share, won=True), SplitHazard(close, share, won=False)
+    raise ValueError(f"timing_layout must be one of {TIMING_LAYOUTS}, not {cfg.timing_layout!r}")
 
 
 def _enough(part: pd.DataFrame, label: str) -> bool:
@@ -269,15 +314,19 @@ def fit_deal_scorer(
     rows = fit_and_calibration_rows(snaps, cutoff, cfg)
     next_stage = _classifier(spec, cfg, *rows["next_stage"], cols, "label", "next stage")
     tcols = [*cols, "period"]
-    win = _classifier(spec, cfg, *rows["hazard"], tcols, "won_label", "win hazard", cfg.timing_params)
-    loss = _classifier(spec, cfg, *rows["hazard"], tcols, "lost_label", "loss hazard", cfg.timing_params)
+    win, loss = timing_models(spec, cfg, *rows["hazard"], tcols)
     if cfg.refit_timing:
         # the fit rows stop where the calibration window starts (see fit_and_calibration_rows): with
-        # the rounds and the Platt scaling found there, grow the trees again on every hazard row known
+        # the rounds and the calibration found there, grow the trees again on every hazard row known
         # at the cutoff, so the last months' outcomes are not left out of the final model
         every = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
-        win.refit(every[tcols], every["won_label"].to_numpy())
-        loss.refit(every[tcols], every["lost_label"].to_numpy())
+        if isinstance(win, SplitHazard):
+            win.close_hazard.refit(every[tcols], every["closed"].to_numpy())
+            closes = every[every["closed"] == 1]
+            win.win_share.refit(closes[tcols], closes["won_label"].to_numpy())
+        else:
+            win.refit(every[tcols], every["won_label"].to_numpy())
+            loss.refit(every[tcols], every["lost_label"].to_numpy())
     scorer = DealScorer(
         spec=spec,
         context=deal_context(export, cutoff, cfg.horizon_days),
@@ -287,7 +336,7 @@ def fit_deal_scorer(
         surrogate=None,
         period_days=cfg.period_days,
         n_periods=cfg.n_periods,
-        metadata={"calibration_days": int(rows["calib_days"])},
+        metadata={"calibration_days": int(rows["calib_days"]), "timing_layout": cfg.timing_layout},
     )
     if surrogate:
         # reasons: a regression tree on logit P(won) over the training snapshots

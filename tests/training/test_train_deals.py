@@ -260,3 +260,34 @@ def test_a_scorer_saved_before_competing_risks_still_scores_the_same(deal_result
     expected = (survive[:, :J] * h * s).sum(1) + survive[:, J] * s[:, -1]
     np.testing.assert_allclose(loaded.predict(X)["p_win"], expected, rtol=1e-9)
     np.testing.assert_allclose(win_mass(h * s, h * (1 - s)).sum(1), expected, rtol=1e-9)
+
+
+def test_timing_layouts_and_their_settings(deal_result, deal_cfg, sample_export):
+    """Competing risks (the default) uses TIMING_PARAMS with an intercept-only calibration; the
+    close-share layout (the model before 29 Nov) its plain settings with Platt scaling, and its
+    hazards are a close hazard times the win share or its complement; a typo is refused."""
+    from dataclasses import replace
+
+    from models.deals import SplitHazard
+    from training.deals import TIMING_PARAMS, fit_deal_scorer
+
+    assert deal_cfg.timing_settings() == (TIMING_PARAMS, "intercept")
+    assert deal_result.scorer.win_hazard.calibration == "intercept"
+    assert deal_result.scorer.win_hazard.calib_slope_ == 1.0
+    assert deal_result.scorer.win_hazard.params["linear_tree"] is True
+    cs = replace(deal_cfg, timing_layout="close_share")
+    assert cs.timing_settings() == ({}, "platt")
+    assert replace(cs, timing_params={"num_leaves": 3}, timing_calibration="intercept").timing_settings() == (
+        {"num_leaves": 3}, "intercept")
+    scorer = fit_deal_scorer(sample_export, deal_result.snapshots, deal_result.scorer.spec,
+                             sample_export.exported_at, cs, surrogate=False)
+    assert isinstance(scorer.win_hazard, SplitHazard) and scorer.metadata["timing_layout"] == "close_share"
+    close, share = scorer.win_hazard.close_hazard, scorer.win_hazard.win_share
+    assert scorer.loss_hazard.close_hazard is close and "linear_tree" not in close.params
+    X = deal_result.snapshots[scorer.spec.feature_names].head(30).assign(period=1.0)
+    np.testing.assert_allclose(scorer.win_hazard.predict_proba(X) + scorer.loss_hazard.predict_proba(X),
+                               close.predict_proba(X), rtol=1e-12)
+    pred = scorer.predict(deal_result.snapshots[scorer.spec.feature_names].head(30))
+    assert (pred["p_win_within_horizon"] <= pred["p_win"] + 1e-12).all() and pred["p_win"].between(0, 1).all()
+    with pytest.raises(ValueError, match="timing_layout"):
+        replace(deal_cfg, timing_layout="cox").timing_settings()
