@@ -181,6 +181,9 @@ def test_managers_page_in_a_headless_browser(app, client):
             rows = page.locator("#worklist tbody tr")
             rows.first.wait_for(timeout=30000)
             assert rows.count() == 50
+            # the traits chart loads by its own request, which may finish after the worklist's
+            page.wait_for_function("() => document.querySelector('#traits-chart').innerText.trim().length > 0"
+                                   " || document.querySelector('#traits-svg') !== null", timeout=30000)
             assert page.locator("#traits-svg").count() == 1 or "No trait" in page.inner_text("#traits-chart")
             kinds = set(page.locator("#worklist tbody tr .kind").all_inner_texts())
             assert "deal" in kinds and kinds <= {"lead", "deal", "account"}
