@@ -37,7 +37,10 @@ def _intercept_shift(raw: np.ndarray, y: np.ndarray) -> float:
     """The shift ``b`` of the log-odds with which the mean predicted probability equals the
     observed rate (the score equation of a logistic regression on an offset, intercept only)."""
     rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
-    return float(brentq(lambda b: float(expit(raw + b).mean()) - rate, -30.0, 30.0))
+    target = float(np.log(rate / (1 - rate)))
+    # every row below (above) the target log-odds at lo (hi): the mean is below (above) the rate
+    lo, hi = target - float(raw.max()) - 1.0, target - float(raw.min()) + 1.0
+    return float(brentq(lambda b: float(expit(raw + b).mean()) - rate, lo, hi))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -140,3 +140,12 @@ def test_intercept_calibration_shifts_the_log_odds_only():
     np.testing.assert_allclose(clf.predict_proba(X[3000:]), 1 / (1 + np.exp(-(raw + clf.calib_intercept_))), rtol=1e-9)
     with pytest.raises(ValueError, match="calibration"):
         CalibratedBoostedClassifier(calibration="isotonic")
+
+
+def test_intercept_shift_finds_its_root_for_extreme_scores():
+    from models.estimators import _intercept_shift
+
+    for raw, y in ((np.full(50, 60.0), np.r_[np.ones(25), np.zeros(25)]),
+                   (np.linspace(-80, -40, 50), np.r_[np.ones(5), np.zeros(45)])):
+        b = _intercept_shift(raw, y)
+        assert (1 / (1 + np.exp(-(raw + b)))).mean() == pytest.approx(y.mean(), abs=1e-9)
