@@ -307,11 +307,13 @@ def _rows_at(snaps: pd.DataFrame, ns_known: pd.DataFrame, hz_known: pd.DataFrame
 
 def fit_deal_scorer(
     export: Export, snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timestamp, cfg: DealTrainConfig,
-    *, surrogate: bool = True,
+    *, surrogate: bool = True, rows: dict[str, Any] | None = None,
 ) -> DealScorer:
-    """Fit every deal model on what was known at ``cutoff`` (labels censored there)."""
+    """Fit every deal model on what was known at ``cutoff`` (labels censored there). ``rows``:
+    :func:`fit_and_calibration_rows` of the same snapshots, cutoff and windows, when the caller
+    fits there more than once (tuning's trials); built here otherwise."""
     cols = spec.feature_names
-    rows = fit_and_calibration_rows(snaps, cutoff, cfg)
+    rows = rows if rows is not None else fit_and_calibration_rows(snaps, cutoff, cfg)
     next_stage = _classifier(spec, cfg, *rows["next_stage"], cols, "label", "next stage")
     tcols = [*cols, "period"]
     win, loss = timing_models(spec, cfg, *rows["hazard"], tcols)

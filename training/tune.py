@@ -272,7 +272,14 @@ def tune_deals(
     shared LightGBM parameters, on folds censored at their own cutoffs (see the module docstring)."""
     from features.deals import DealFeatureSpec
     from features.deals import snapshot_times as deal_snapshot_times
-    from training.deals import DealTrainConfig, build_snapshots, deal_metrics, evaluation_frame, fit_deal_scorer
+    from training.deals import (
+        DealTrainConfig,
+        build_snapshots,
+        deal_metrics,
+        evaluation_frame,
+        fit_and_calibration_rows,
+        fit_deal_scorer,
+    )
 
     # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
     # sees a category first met after it; each fold learns from labels censored at its own cutoff
@@ -285,11 +292,14 @@ def tune_deals(
     spec = DealFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=earliest)
     _, snaps = build_snapshots(export, cutoff, cfg, progress=progress, spec=spec)
     folds = deal_cv_folds(snaps, cutoff, cfg, n_folds, fold_days)
+    fold_rows: dict[int, dict[str, Any]] = {}  # a fold's fit and calibration rows do not depend on the parameters
 
     def fold(params: dict[str, Any], k: int) -> FoldScore:
         f = folds[k]
         trial_cfg = DealTrainConfig(**{**cfg.__dict__, "params": {**cfg.params, **params}})
-        scorer = fit_deal_scorer(export, snaps, spec, f.cutoff, trial_cfg, surrogate=False)
+        if k not in fold_rows:
+            fold_rows[k] = fit_and_calibration_rows(snaps, f.cutoff, cfg)
+        scorer = fit_deal_scorer(export, snaps, spec, f.cutoff, trial_cfg, surrogate=False, rows=fold_rows[k])
         rows = snaps[(snaps["as_of"] >= f.cutoff) & (snaps["as_of"] <= f.last)]
         m, _ = deal_metrics(evaluation_frame(scorer, rows, cutoff))
         return m["win_h_log_loss"], m["win_h_roc_auc"], m["win_h_brier"], {"next_log_loss": m["next_log_loss"],

@@ -291,3 +291,16 @@ def test_timing_layouts_and_their_settings(deal_result, deal_cfg, sample_export)
     assert (pred["p_win_within_horizon"] <= pred["p_win"] + 1e-12).all() and pred["p_win"].between(0, 1).all()
     with pytest.raises(ValueError, match="timing_layout"):
         replace(deal_cfg, timing_layout="cox").timing_settings()
+
+
+def test_fitting_on_precomputed_rows_gives_the_same_model(deal_result, deal_cfg, sample_export):
+    """Tuning passes each fold's fit and calibration rows once for all its trials: the model is the
+    one fitted without them."""
+    from training.deals import fit_deal_scorer
+
+    snaps, spec, cutoff = deal_result.snapshots, deal_result.scorer.spec, sample_export.exported_at
+    rows = fit_and_calibration_rows(snaps, cutoff, deal_cfg)
+    a = fit_deal_scorer(sample_export, snaps, spec, cutoff, deal_cfg, surrogate=False, rows=rows)
+    b = fit_deal_scorer(sample_export, snaps, spec, cutoff, deal_cfg, surrogate=False)
+    X = snaps[spec.feature_names].head(50)
+    pd.testing.assert_frame_equal(a.predict(X), b.predict(X))
