@@ -458,9 +458,13 @@ def log_and_register_deals(
                 "rows": scorer.metadata["rows"],
                 "n_features": len(cols),
                 "seed": cfg.seed,
-                "timing_model": "discrete-time hazard (close) x win share, censored at the cutoff",
+                "timing_model": {"competing_risks": "discrete-time win and loss hazards (competing risks)",
+                                 "close_share": "discrete-time close hazard x win share"}[cfg.timing_layout]
+                + ", censored at the cutoff",
+                "timing_calibration": cfg.timing_settings()[1],
                 **{f"split_{k}": v for k, v in result.windows.items()},
                 **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **DEAL_PARAMS, **cfg.params}.items()},
+                **{f"timing_lgbm_{k}": v for k, v in cfg.timing_settings()[0].items()},
             }
         )
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
