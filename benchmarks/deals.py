@@ -7,7 +7,10 @@ open then, and compare with the truth's exact probabilities and with the stage w
 files follow every deal to its end). Pooled over the origins, with a paired bootstrap CI
 of the AUC gap to the truth.
 
-    python benchmarks/deals.py --sample .funnelcast/sample
+    python benchmarks/deals.py --sample .funnelcast/sample [--per-stage]
+
+``--per-stage`` also fits one next-stage model and one pair of timing models per open stage
+(on that stage's rows only) and prints them beside the default, which has stage as a feature.
 """
 
 from __future__ import annotations
@@ -22,11 +25,42 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from features.io import load_export
+from models.deals import period_frame, win_mass
 from models.metrics import classification_metrics
-from training.deals import DealTrainConfig, build_snapshots, fit_deal_scorer
+from training.deals import (
+    DealTrainConfig,
+    _classifier,
+    build_snapshots,
+    fit_and_calibration_rows,
+    fit_deal_scorer,
+    timing_models,
+)
 
 
-def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True) -> pd.DataFrame:
+def per_stage_predictions(spec, cfg: DealTrainConfig, snaps: pd.DataFrame, as_of: pd.Timestamp,
+                          X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """P(won) and P(next stage) of the deals ``X`` from models fitted per open stage, on the same
+    censored fit and calibration rows as the default's, restricted to the stage."""
+    rows = fit_and_calibration_rows(snaps, as_of, cfg)
+    (ns_fit, ns_cal), (hz_fit, hz_cal) = rows["next_stage"], rows["hazard"]
+    cols, J = spec.feature_names, cfg.n_periods
+    p_win, p_next = np.full(len(X), np.nan), np.full(len(X), np.nan)
+    for stage in spec.open_stages:
+        m = (X["stage"] == stage).to_numpy()
+        if not m.any():
+            continue
+        nxt = _classifier(spec, cfg, ns_fit[ns_fit["stage"] == stage], ns_cal[ns_cal["stage"] == stage], cols,
+                          "label", f"next stage from {stage}")
+        p_next[m] = nxt.predict_proba(X[m])
+        win, loss = timing_models(spec, cfg, hz_fit[hz_fit["stage"] == stage], hz_cal[hz_cal["stage"] == stage],
+                                  [*cols, "period"])
+        n = int(m.sum())
+        big = period_frame(X[m].loc[X[m].index.repeat(J)], np.tile(np.arange(J), n))
+        p_win[m] = win_mass(win.predict_proba(big).reshape(n, J), loss.predict_proba(big).reshape(n, J)).sum(axis=1)
+    return p_win, p_next
+
+
+def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True, per_stage: bool = False) -> pd.DataFrame:
     """Per origin and deal: truth, model and stage-win-rate probabilities, and the outcomes."""
     export, _ = load_export(sample / "export")
     truth = pd.read_csv(sample / "truth" / "opportunities.csv")
@@ -50,6 +84,11 @@ def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True) 
         out["model_p_win_h"] = scored["p_win_within_horizon"]
         out["model_p_next"] = scored["p_next_stage"]
         out["stage_p_win"] = out["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate)
+        if per_stage:
+            X, _ = scorer.features(opps.loc[out.index].reset_index(), export.stage_history, export.activities,
+                                   export.leads, export.accounts, as_of)
+            out["per_stage_p_win"], out["per_stage_p_next"] = per_stage_predictions(spec, cfg, snaps, as_of,
+                                                                                   X.loc[out.index])
         rows.append(out.reset_index())
     return pd.concat(rows, ignore_index=True)
 
@@ -70,17 +109,22 @@ def main() -> None:
     p.add_argument("--sample", default=".funnelcast/sample", help="a generated sample (export/ and truth/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the per-deal comparison to this CSV")
+    p.add_argument("--per-stage", action="store_true", help="also fit and compare models per open stage")
     args = p.parse_args()
     start = time.perf_counter()
-    cmp = truth_comparison(Path(args.sample), DealTrainConfig(seed=args.seed))
+    cmp = truth_comparison(Path(args.sample), DealTrainConfig(seed=args.seed), per_stage=args.per_stage)
     print(f"{len(cmp)} open-deal snapshots over {cmp['as_of'].nunique()} origins ({time.perf_counter() - start:.0f} s)\n")
     table = []
     for target, y, cols in (
-        ("won eventually", "won", [("truth", "truth_p_win"), ("funnelcast", "model_p_win"), ("stage win rate", "stage_p_win")]),
+        ("won eventually", "won", [("truth", "truth_p_win"), ("funnelcast", "model_p_win"), ("stage win rate", "stage_p_win"),
+                                   ("funnelcast, per-stage models", "per_stage_p_win")]),
         ("won within 91 d", "won_within_horizon", [("truth", "truth_p_win_h"), ("funnelcast", "model_p_win_h")]),
-        ("next stage within 91 d", "next_stage_within_horizon", [("truth", "truth_p_next"), ("funnelcast", "model_p_next")]),
+        ("next stage within 91 d", "next_stage_within_horizon", [("truth", "truth_p_next"), ("funnelcast", "model_p_next"),
+                                                                  ("funnelcast, per-stage models", "per_stage_p_next")]),
     ):
         for name, col in cols:
+            if col not in cmp:
+                continue
             m = classification_metrics(cmp[y].to_numpy(), cmp[col].to_numpy())
             table.append({"target": target, "model": name, "roc_auc": m["roc_auc"], "brier": m["brier"],
                           "log_loss": m["log_loss"], "calibration_error": m["calibration_error"]})
@@ -92,6 +136,8 @@ def main() -> None:
     stage_auc = roc_auc_score(y, cmp["stage_p_win"])
     print(f"\nwin AUC gap to the truth: {truth_auc - model_auc:.4f} (95% paired bootstrap {lo:.4f}..{hi:.4f}); "
           f"above the stage win rate: {model_auc - stage_auc:+.4f}")
+    if "per_stage_p_win" in cmp:
+        print(f"per-stage models: win AUC gap to the truth {truth_auc - roc_auc_score(y, cmp['per_stage_p_win']):.4f}")
     per = cmp.groupby("as_of").apply(
         lambda g: pd.Series({"truth": roc_auc_score(g["won"], g["truth_p_win"]),
                              "funnelcast": roc_auc_score(g["won"], g["model_p_win"]),
