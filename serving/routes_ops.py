@@ -272,6 +272,10 @@ def monitoring(request: Request, top: int = 20) -> dict[str, Any]:
         scorer = model.scorer
         reference = getattr(scorer, "metadata", {}).get("reference")
         entry: dict[str, Any] = {"name": name, "version": model.version}
+        if name == Task.STAGE_CONVERSION.value:
+            out.append({**entry, "rows": 0, "note": "deal scoring traffic is not kept for monitoring: run "
+                        "`funnelcast drift --task stage_conversion` on a fresh export"})
+            continue
         if not reference:
             out.append({**entry, "rows": 0, "note": "this model has no reference distributions: retrain it"})
             continue

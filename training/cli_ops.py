@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from features.errors import FunnelcastError
 from features.settings import Settings
@@ -15,9 +19,24 @@ from training.cli import _timestamp, data_args, load_data, mlflow_client
 _TASKS = [t.value for t in Task]
 
 
-def _lead_quality_only(task: str) -> None:
-    if task != Task.LEAD_QUALITY.value:
-        raise FunnelcastError(f"drift is implemented for {Task.LEAD_QUALITY.value!r} only, not for {task!r}")
+_DRIFT_TASKS = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value)
+
+
+def _drift_population(task: str, scorer: Any, export: Any, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The features and scores of what the model would score at ``as_of``: the leads open then
+    (lead_quality) or the deals open then (stage_conversion, scores = P(won))."""
+    if task == Task.LEAD_QUALITY.value:
+        from features.pit import open_leads
+
+        X = scorer.features(open_leads(export.leads, as_of), export.accounts, export.activities, as_of)
+        return X, scorer.predict_proba(X), "leads"
+    if task == Task.STAGE_CONVERSION.value:
+        from features.deals import open_opportunities
+
+        opps = open_opportunities(export.opportunities, export.stage_history, as_of)
+        X, _ = scorer.features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of)
+        return X, scorer.predict(X)["p_win"].to_numpy(), "deals"
+    raise FunnelcastError(f"drift is implemented for {' and '.join(map(repr, _DRIFT_TASKS))}, not for {task!r}")
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,11 +104,9 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
-    from features.pit import open_leads
     from models.drift import drift_frame, drift_plot, drift_report
     from models.registry import load_scorer
 
-    _lead_quality_only(args.task)
     _, export = load_data(args, settings)
     as_of = args.as_of or export.exported_at
     loaded = load_scorer(mlflow_client(settings), args.task, args.alias or settings.model_alias)
@@ -97,11 +114,10 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     reference = scorer.metadata.get("reference")
     if not reference:
         raise FunnelcastError(f"{args.task} v{loaded.version} has no reference distributions: retrain it")
-    leads = open_leads(export.leads, as_of)
-    X = scorer.features(leads, export.accounts, export.activities, as_of)
-    report = drift_report(reference, X, scorer.predict_proba(X))
+    X, scores, what = _drift_population(args.task, scorer, export, as_of)
+    report = drift_report(reference, X, scores)
     table = drift_frame(report)
-    print(f"{args.task} v{loaded.version}: {report['rows']} leads open at {as_of} against "
+    print(f"{args.task} v{loaded.version}: {report['rows']} {what} open at {as_of} against "
           f"{report['reference_rows']} training rows (the model's latest training window)")
     s = report["score"]
     print(f"score: PSI {s['psi']:.4f} ({s['level']}), mean {s['mean_reference']:.4f} -> {s['mean_recent']:.4f}")
@@ -163,11 +179,12 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
 
     d = sub.add_parser("drift", help="feature and score drift of an export against the model's training data",
                        description="Population stability index and missing-rate change per feature, and the score "
-                       "shift, between the model's training reference (logged with it) and the leads open at "
-                       "--as-of in the export.")
+                       "shift, between the model's training reference (logged with it) and the leads (lead_quality) "
+                       "or deals (stage_conversion; score = P(won)) open at --as-of in the export.")
     data_args(d)
-    d.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value, help="task (default lead_quality)")
-    d.add_argument("--as-of", type=_timestamp, help="the leads open at this time (default: export time)")
+    d.add_argument("--task", choices=_DRIFT_TASKS, default=Task.LEAD_QUALITY.value,
+                   help="task (default lead_quality)")
+    d.add_argument("--as-of", type=_timestamp, help="the leads or deals open at this time (default: export time)")
     d.add_argument("--alias", help="model alias (default: champion)")
     d.add_argument("--top", type=int, default=15, help="features to print (default 15)")
     d.add_argument("--plot", help="write a PSI bar chart to this PNG file")

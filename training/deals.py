@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from features.contract import Export
 from features.deals import DealFeatureSpec, deal_context, deal_snapshots, snapshot_times
 from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard, period_frame
+from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import log_odds_contributions, shap_summary_plot
 from models.metrics import classification_metrics
@@ -406,8 +407,16 @@ def build_deal_model(
     evaluation = evaluation_frame(ev_scorer, ev_rows, cutoff)
     metrics, baseline = deal_metrics(evaluation)
     scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
+    # drift reference (`funnelcast drift --task stage_conversion`): the deals open in the snapshots of
+    # the final model's calibration window, and their P(won)
+    known = snaps[snaps["as_of"] < cutoff]
+    recent = known[known["as_of"] > cutoff - pd.Timedelta(days=int(scorer.metadata["calibration_days"]))]
+    recent = recent if len(recent) else known[known["as_of"] == known["as_of"].max()]
+    reference = reference_profile(recent[spec.feature_names], scorer.predict(recent[spec.feature_names])["p_win"].to_numpy(),
+                                  spec.categorical_features)
     scorer.metadata = {
         **scorer.metadata,
+        "reference": reference,
         "train_from": str(snaps["as_of"].min()),
         "trained_until": str(cutoff),
         "horizon_days": cfg.horizon_days,

@@ -184,6 +184,16 @@ def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sa
         assert main(["funnel", "--data", data, "--by", "team", "--plot", str(plot)]) == 0
         assert plot.stat().st_size > 1000
         assert "bottleneck" in capsys.readouterr().out
+        # drift of the deals open at the export time against the training reference logged with the model
+        rep = tmp_path / "drift.json"
+        assert main(["drift", "--task", "stage_conversion", "--data", data, "--json", str(rep)]) == 0
+        import json
+
+        report = json.loads(rep.read_text())
+        assert report["rows"] == len(a) and report["reference_rows"] > 0
+        assert {f["feature"] for f in report["features"]} == set(deal_result.scorer.spec.feature_names)
+        assert 0 <= report["score"]["psi"] < 10 and report["score"]["mean_recent"] == pytest.approx(a["p_win"].mean())
+        assert "deals open at" in capsys.readouterr().out
     finally:
         get_settings.cache_clear()
 
