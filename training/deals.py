@@ -202,11 +202,11 @@ def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, 
                 f"{what}: {pos} positive(s) among {len(part)} rows in the {name} window: too few to learn from "
                 f"(at least {MIN_POSITIVES} of each class); train with --as-of later or on a longer export"
             )
-    calibration = "platt"
-    params = {**DEAL_PARAMS, **cfg.params}
-    if "period" in cols:
-        extra, calibration = cfg.timing_settings()
-        params = {**DEAL_PARAMS, **extra, **cfg.params, "interaction_constraints": _timing_constraints(cols)}
+    timing = "period" in cols
+    extra, calibration = cfg.timing_settings() if timing else ({}, "platt")
+    params = {**DEAL_PARAMS, **extra, **cfg.params}
+    if timing:
+        params["interaction_constraints"] = _timing_constraints(cols)
     # the hazards' calibration rows are the first periods after recent snapshots, their scored
     # rows reach twelve periods out: a Platt slope fitted on the former stretched or squeezed the
     # latter (win AUC gap 0.0154 -> 0.0148 on the sample with the intercept alone)
@@ -451,6 +451,7 @@ def log_and_register_deals(
     scorer = result.scorer
     name = Task.STAGE_CONVERSION.value
     cols = scorer.spec.feature_names
+    timing_params, timing_calibration = cfg.timing_settings()
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
         mlflow.set_tags({"task": name, "data_source": data_source})
         mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
@@ -470,10 +471,10 @@ def log_and_register_deals(
                 "timing_model": {"competing_risks": "discrete-time win and loss hazards (competing risks)",
                                  "close_share": "discrete-time close hazard x win share"}[cfg.timing_layout]
                 + ", censored at the cutoff",
-                "timing_calibration": cfg.timing_settings()[1],
+                "timing_calibration": timing_calibration,
                 **{f"split_{k}": v for k, v in result.windows.items()},
                 **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **DEAL_PARAMS, **cfg.params}.items()},
-                **{f"timing_lgbm_{k}": v for k, v in cfg.timing_settings()[0].items()},
+                **{f"timing_lgbm_{k}": v for k, v in timing_params.items()},
             }
         )
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
