@@ -7,7 +7,7 @@ open then, and compare with the truth's exact probabilities and with the stage w
 files follow every deal to its end). Pooled over the origins, with a paired bootstrap CI
 of the AUC gap to the truth.
 
-    python benchmarks/deals.py --sample .funnelcast/sample [--per-stage]
+    python benchmarks/deals.py --sample .funnelcast/sample [--per-stage] [--config JSON]
 
 ``--per-stage`` also fits one next-stage model and one pair of timing models per open stage
 (on that stage's rows only) and prints them beside the default, which has stage as a feature.
@@ -16,6 +16,7 @@ of the AUC gap to the truth.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -110,9 +111,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the per-deal comparison to this CSV")
     p.add_argument("--per-stage", action="store_true", help="also fit and compare models per open stage")
+    p.add_argument("--config", default="{}",
+                   help='DealTrainConfig fields as JSON, e.g. \'{"timing_layout": "close_share"}\' or '
+                        '\'{"timing_params": {"linear_tree": true, "linear_lambda": 100}}\'')
     args = p.parse_args()
     start = time.perf_counter()
-    cmp = truth_comparison(Path(args.sample), DealTrainConfig(seed=args.seed), per_stage=args.per_stage)
+    cfg = DealTrainConfig(**{"seed": args.seed, **json.loads(args.config)})
+    cmp = truth_comparison(Path(args.sample), cfg, per_stage=args.per_stage)
     print(f"{len(cmp)} open-deal snapshots over {cmp['as_of'].nunique()} origins ({time.perf_counter() - start:.0f} s)\n")
     table = []
     for target, y, cols in (

@@ -25,12 +25,15 @@ skipped: see the mapping's notes for what is real and what is synthetic), then
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from features.adapters import import_export
@@ -48,10 +51,10 @@ LEAKS = ("close_value", "lead_close_value")  # 0 for lost deals: set after the o
 ORIGINS = ("2017-07-01", "2017-08-01", "2017-09-01", "2017-10-01", "2017-11-01")
 
 
-def deal_config(seed: int = 0, timing_layout: str = "competing_risks") -> DealTrainConfig:
+def deal_config(seed: int = 0, timing_layout: str = "competing_risks", **more: Any) -> DealTrainConfig:
     """30-day horizon, weekly snapshots; 14 months of history leave 42-day calibration windows."""
     return DealTrainConfig(horizon_days=30, snapshot_every_days=7, eval_days=42, calib_days=42, warmup_days=30,
-                           exclude=LEAKS, seed=seed, timing_layout=timing_layout)
+                           exclude=LEAKS, seed=seed, timing_layout=timing_layout, **more)
 
 
 def load_maven(folder: Path) -> tuple[Export, dict]:
@@ -120,13 +123,15 @@ def main() -> None:
     ap.add_argument("--skip-deal-win", action="store_true", help="only the forecast backtest")
     ap.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
                     help="the deal timing model (as `funnelcast train-deals --timing-layout`)")
+    ap.add_argument("--config", default="{}", help="more DealTrainConfig fields as JSON, e.g. "
+                    '\'{"timing_calibration": "platt"}\'')
     args = ap.parse_args()
     folder = Path(args.data) / "maven_crm"
     if not folder.is_dir():
         raise SystemExit(f"{folder} not found: the public datasets are read from there, never copied into the repo")
     t0 = time.perf_counter()
     export, info = load_maven(folder)
-    cfg = deal_config(args.seed, args.timing_layout)
+    cfg = deal_config(args.seed, args.timing_layout, **json.loads(args.config))
     origins = [pd.Timestamp(o, tz="UTC") for o in args.origins]
     with pd.option_context("display.width", 200):
         cmp = None if args.skip_deal_win else deal_win(export, origins, cfg)
@@ -135,6 +140,11 @@ def main() -> None:
                   f"({', '.join(args.origins)}); {info['skipped']} source rows skipped; synthetic: {info['synthetic']}; "
                   f"{time.perf_counter() - t0:.0f} s")
             print(deal_win_table(cmp).round(4).to_string(index=False))
+            per = cmp.groupby("origin").apply(lambda g: pd.Series({
+                "won_within_30d_auc": roc_auc_score(g["won_within_horizon"], g["funnelcast_h"]),
+                "mean_p": g["funnelcast_h"].mean(), "won_within_30d": g["won_within_horizon"].mean()}),
+                include_groups=False)
+            print("\nper origin (won within 30 d):\n" + per.round(3).to_string())
         if args.skip_backtest:
             return
         for by in args.by:
