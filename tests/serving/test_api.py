@@ -16,10 +16,12 @@ from features.io import coerce_table
 from features.pit import open_leads
 from features.settings import Settings
 from models.registry import LoadedModel
+from models.tasks import Task
 from serving.app import create_app
-from serving.deps import get_lead_model
-from serving.records import export_items, lead_frames
-from serving.schemas import LeadScoreRequest
+from serving.deps import model_dependency
+from serving.records import export_items
+from serving.routes_leads import lead_export
+from serving.schemas.leads import LeadScoreRequest
 from training.score import score_open_leads
 
 KEY = "test-key"
@@ -32,7 +34,7 @@ def client(lead_scorer, tmp_path_factory):
     settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'empty.db'}")
     app = create_app(settings)
     loaded = LoadedModel(name="lead_quality", version="7", alias="champion", run_id=None, scorer=lead_scorer)
-    app.dependency_overrides[get_lead_model] = lambda: loaded
+    app.dependency_overrides[model_dependency(Task.LEAD_QUALITY)] = lambda: loaded
     with TestClient(app, headers={"X-API-Key": KEY}) as c:
         c.app.state.models["lead_quality"] = loaded
         yield c
@@ -93,7 +95,7 @@ def test_served_reasons_are_the_top_of_contributions_that_add_up(client, lead_sc
     body = _body(sample_export, leads.head(5), as_of)
     served = client.post("/v1/leads/score", json=body).json()["scores"]
     request = LeadScoreRequest.model_validate(body)
-    frames = lead_frames(request.leads, lead_scorer.spec, Settings().open_stages, pd.Timestamp(as_of))
+    frames = lead_export(request.leads, lead_scorer.spec, Settings().open_stages, pd.Timestamp(as_of))
     every = len(lead_scorer.classifier.feature_names_)
     full = lead_scorer.score(frames.leads, frames.accounts, frames.activities, as_of, n_reasons=every)
     for s, (_, f) in zip(served, full.iterrows(), strict=True):
@@ -187,9 +189,9 @@ def test_request_frames_equal_the_export_loaders_on_messy_records(seed, sample_e
     stages = Settings().open_stages
 
     with patch("features.io.coerce_table", side_effect=AssertionError("a valid request needs no coerce_table")):
-        fast = lead_frames(request.leads, lead_scorer.spec, stages, as_of)
+        fast = lead_export(request.leads, lead_scorer.spec, stages, as_of)
     with patch("serving.records.coerce_records", _via_coerce_table):
-        slow = lead_frames(request.leads, lead_scorer.spec, stages, as_of)
+        slow = lead_export(request.leads, lead_scorer.spec, stages, as_of)
 
     for table in ("leads", "accounts", "activities"):
         pd.testing.assert_frame_equal(getattr(fast, table), getattr(slow, table))
