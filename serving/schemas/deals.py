@@ -88,9 +88,9 @@ class ForecastGroup(BaseModel):
     expected_open_pipeline: float
     expected_new_deals: float
     expected_bookings: float
-    p10: float
-    p50: float
-    p90: float
+    p10: float = Field(description="Bookings in the horizon: 10th percentile of the simulations")
+    p50: float = Field(description="Median of the simulated bookings")
+    p90: float = Field(description="90th percentile of the simulated bookings")
     weighted_pipeline: float = Field(description="CRM: stage win rate x amount of deals dated in the horizon")
     reps_close_dates: float = Field(description="Amount of deals whose close date is in the horizon")
 
