@@ -129,9 +129,12 @@ def _schema_name(schema: dict) -> str:
         return schema["$ref"].rsplit("/", 1)[-1]
     if "items" in schema:
         return f"list of {_schema_name(schema['items'])}"
-    if "anyOf" in schema:
-        return " or ".join(_schema_name(s) for s in schema["anyOf"])
-    return schema.get("type", "object")
+    for union in ("anyOf", "oneOf"):
+        if union in schema:
+            return " or ".join(_schema_name(s) for s in schema[union])
+    if "type" not in schema:
+        return "any"
+    return f"{schema['type']} ({schema['format']})" if "format" in schema else schema["type"]
 
 
 def _operation_markdown(method: str, path: str, op: dict) -> list[str]:
@@ -152,11 +155,31 @@ def _operation_markdown(method: str, path: str, op: dict) -> list[str]:
         lines.append("")
     body = op.get("requestBody", {}).get("content", {}).get("application/json")
     if body:
-        lines += [f"Request body: `{_schema_name(body.get('schema', {}))}` (JSON).", ""]
+        name = _schema_name(body.get("schema", {}))
+        lines += [f"Request body: [`{name}`](#{name.lower()}) (JSON).", ""]
     responses = op.get("responses", {})
     if responses:
         lines += ["| status | meaning |", "|---|---|"]
         lines += [f"| {code} | {r.get('description', '')} |" for code, r in sorted(responses.items())]
+        lines.append("")
+    return lines
+
+
+def _schemas_markdown(components: dict) -> list[str]:
+    """Each request and response schema: its fields, their types, whether required, descriptions."""
+    lines = ["", "## Schemas", ""]
+    for name, spec in sorted(components.items()):
+        lines += [f"### {name}", ""]
+        if spec.get("description"):
+            lines += [" ".join(spec["description"].split()), ""]
+        props, required = spec.get("properties", {}), set(spec.get("required", []))
+        if not props:
+            lines += [f"{_schema_name(spec)}" + (f": one of `{'`, `'.join(map(str, spec['enum']))}`" if "enum" in spec else ""), ""]
+            continue
+        lines += ["| field | type | required | description |", "|---|---|---|---|"]
+        for field, p in props.items():
+            description = " ".join((p.get("description") or "").split()).replace("|", "&#124;")
+            lines.append(f"| `{field}` | {_schema_name(p)} | {'yes' if field in required else 'no'} | {description} |")
         lines.append("")
     return lines
 
@@ -183,6 +206,7 @@ def openapi_markdown(schema: dict) -> str:
         lines += ["", f"## {tag}", ""]
         for method, path, op in ops:
             lines += _operation_markdown(method, path, op)
+    lines += _schemas_markdown(schema.get("components", {}).get("schemas", {}))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -88,6 +88,10 @@ def test_api_page_has_every_operation():
     for method, path in operations:
         assert f"### `{method.upper()} {path}`" in page
     assert "| `idempotency-key` | header |" in page
+    for name in schema["components"]["schemas"]:
+        assert f"\n### {name}\n" in page
+    assert "Request body: [`LeadScoreRequest`](#leadscorerequest) (JSON)." in page
+    assert "| `created_at` | string (date-time) | yes |" in page
 
 
 def test_generated_pages_are_in_the_nav():
