@@ -68,6 +68,46 @@ def test_account_scores_have_probability_value_and_reasons(client, sample_export
     assert not s[1]["is_customer"] and len(s[0]["reasons"]) == 5 and "probability" in s[0]["reasons"][0]["text"]
 
 
+def test_account_records_of_another_account_or_bad_values_are_422_naming_the_path(client):
+    account = {"account_id": "acc-1", "created_at": "2025-01-01"}
+    deal = {"opportunity_id": "o1", "created_at": "2026-01-01", "stage": "won", "outcome": "won"}
+    r = client.post("/v1/accounts/score", json={"accounts": [
+        {"account": account, "opportunities": [{**deal, "account_id": "acc-2"}]}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "accounts[0].opportunities[0].account_id"
+    r = client.post("/v1/accounts/score", json={"accounts": [
+        {"account": account, "opportunities": [{**deal, "amount": -5}]}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "accounts[0].opportunities[0].amount"
+    r = client.post("/v1/accounts/score", json={"accounts": [
+        {"account": account, "opportunities": [{**deal, "outcome": "maybe"}]}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "accounts[0].opportunities[0].outcome"
+    r = client.post("/v1/accounts/score", json={"accounts": [{"account": account}, {"account": account}]})
+    assert r.status_code == 422 and [e["path"] for e in r.json()["errors"]] == [
+        "accounts[0].account.account_id", "accounts[1].account.account_id"]
+
+
+def test_the_configured_export_is_loaded_once_for_funnel_forecast_and_worklist(lead_scorer, account_result,
+                                                                              deal_scorer, sample_dir, tmp_path_factory):
+    from unittest.mock import patch
+
+    from features.io import load_export
+
+    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
+              "high_value": LoadedModel("high_value", "1", "champion", None, account_result.scorer),
+              "stage_conversion": LoadedModel("stage_conversion", "1", "champion", None, deal_scorer)}
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return load_export(*args, **kwargs)
+
+    with patch("serving.deps.load_export", counted), \
+            TestClient(_make_app(tmp_path_factory, sample_dir, models), headers={"X-API-Key": KEY}) as c:
+        assert c.get("/v1/funnel").status_code == 200
+        assert c.get("/v1/forecast", params={"sims": 100}).status_code == 200
+        assert c.get("/v1/worklist").status_code == 200
+    assert len(calls) == 1
+
+
 def test_traits_route(client, account_result):
     r = client.get("/v1/traits").json()
     assert r["traits"] and len(r["traits"]) == len(account_result.scorer.traits)
