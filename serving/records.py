@@ -81,7 +81,7 @@ class RequestRecords:
         self.paths: dict[str, list[str]] = {t: [] for t in tables}
         self._shared: dict[tuple[str, str], int] = {}
 
-    def add(self, table: str, record: BaseModel | dict, path: str, **links: str) -> dict:
+    def add(self, table: str, record: BaseModel | dict, path: str, **links: str) -> None:
         """Add ``record`` sent at ``path``. Each ``links`` column is the parent's id: filled in
         when the record leaves it out, a 422 when it names another parent."""
         row = record if isinstance(record, dict) else record.model_dump(mode="python")
@@ -94,7 +94,6 @@ class RequestRecords:
                                      [(f"{path}.{column}", f"{sent!r} is not {parent!r}")])
         self.rows[table].append(row)
         self.paths[table].append(path)
-        return row
 
     def add_shared(self, table: str, record: BaseModel, path: str) -> str:
         """A record several items may send (the account of several leads): kept once, every copy
@@ -107,7 +106,7 @@ class RequestRecords:
             self._shared[(table, key)] = len(self.rows[table])
             self.add(table, row, path)
         elif _as_sent(self.rows[table][first]) != _as_sent(row):
-            raise RequestProblem(f"conflicting {table} records",
+            raise RequestProblem(f"conflicting {table} records for {key_column} {key!r}",
                                  [(path, f"differs from {self.paths[table][first]} for the same {key_column} {key!r}")])
         return key
 
