@@ -270,6 +270,21 @@ def test_negative_employees_is_422(client):
     assert r.status_code == 422 and r.json()["errors"][0]["path"] == "leads[0].account.employees"
 
 
+def test_every_bad_value_of_every_table_is_named_in_one_422(client):
+    item = {"lead": {"lead_id": "a", "created_at": "2026-09-01", "account_id": "acc", "budget_k": "lots"},
+            "account": {"account_id": "acc", "created_at": "2025-01-01", "employees": 5},
+            "activities": [{"activity_id": "1", "occurred_at": "2026-09-02", "type": "   "}]}
+    second = {"lead": {"lead_id": "b", "created_at": "2026-09-03", "account_id": "acc"},
+              "account": {**item["account"], "employees": 6}}
+    r = _post(client, {"as_of": "2026-10-01", "leads": [item, second]})
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"path": "leads[1].account", "reason": "differs from leads[0].account for the same account_id 'acc'"}]
+    r = _post(client, {"as_of": "2026-10-01", "leads": [item]})
+    assert r.status_code == 422
+    paths = sorted(e["path"] for e in r.json()["errors"])
+    assert paths == ["leads[0].activities[0].type", "leads[0].lead.budget_k"]
+
+
 def test_batch_over_the_limit_is_refused_with_a_clear_message(client):
     leads = [{"lead": {"lead_id": f"l{i}", "created_at": "2026-09-01"}} for i in range(1001)]
     r = _post(client, {"as_of": "2026-10-01", "leads": leads})
