@@ -12,6 +12,7 @@ import sys
 from features.errors import FunnelcastError
 from features.settings import get_settings
 from training import cli_accounts, cli_adapters, cli_deals, cli_ops, cli_train
+from training.cli_common import plugin_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -23,11 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from FUNNELCAST_* environment variables (see README).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cli_train.register(sub)  # generate, train, score, serve, run
+    cli_train.register(sub)  # generate, train, score, run
     cli_deals.register(sub)  # forecast, funnel, backtest
     cli_accounts.register(sub)  # traits, allocate
     cli_ops.register(sub)  # tune, promote, drift
     cli_adapters.register(sub)  # import, audit
+    plugin_commands(sub)  # serve, from serving (an entry point: training does not import serving)
     return p
 
 

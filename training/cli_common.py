@@ -19,7 +19,10 @@ from features.settings import Settings
 from models.folds import InvalidFold, parse_duration
 
 __all__ = ["GROUPINGS", "as_of_arg", "by_arg", "data_args", "grouping", "horizon", "load_data", "load_export_from",
-           "mlflow_client", "timestamp", "tuned_params"]
+           "mlflow_client", "plugin_commands", "run_plugin_command", "timestamp", "tuned_params"]
+
+#: The entry-point group through which other packages add commands (serving adds ``serve``).
+COMMANDS_GROUP = "funnelcast.commands"
 
 #: The groupings of forecasts, funnels and backtests (``owner`` is short for ``owner_id``).
 GROUPINGS = ("owner_id", "owner", "team", "industry", "product", "none")
@@ -100,3 +103,28 @@ def tuned_params(settings: Settings, task: str, default_params: bool = False) ->
     if tuned:
         print(f"using tuned parameters of study {tuned['study']!r} trial {tuned['trial']} (--default-params to ignore)")
     return tuned
+
+
+def plugin_commands(sub: argparse._SubParsersAction) -> list[str]:
+    """Add the commands other installed packages contribute (entry points of ``COMMANDS_GROUP``,
+    each a ``register(sub)``); returns their names. Serving adds ``serve`` this way, so the CLI
+    reaches it without training importing serving."""
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)
+    for ep in found:
+        ep.load()(sub)
+    return [ep.name for ep in found]
+
+
+def run_plugin_command(argv: list[str], settings: Settings) -> int:
+    """Run a contributed command (``["serve"]``) as if typed after ``funnelcast``."""
+    from features.errors import FunnelcastError
+
+    parser = argparse.ArgumentParser(prog="funnelcast")
+    names = plugin_commands(parser.add_subparsers(dest="command", required=True))
+    if argv[0] not in names:
+        raise FunnelcastError(f"the {argv[0]!r} command is not installed (found: {', '.join(names) or 'none'}); "
+                              "install funnelcast with `pip install -e .` in its folder")
+    args = parser.parse_args(argv)
+    return int(args.func(args, settings) or 0)

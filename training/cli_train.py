@@ -1,4 +1,4 @@
-"""The main commands: ``generate``, ``train [--task TASK ...]``, ``score --task TASK``, ``serve``, ``run``.
+"""The main commands: ``generate``, ``train [--task TASK ...]``, ``score --task TASK``, ``run``.
 
 Each command is a function with real arguments (``generate``, ``train_tasks``, ``score_task``,
 ``serve``); its ``cmd_*`` wrapper only reads the parsed flags, so ``run`` calls the same
@@ -19,11 +19,12 @@ import pandas as pd
 from features.contract import Export
 from features.settings import Settings
 from models.tasks import Task
-from training.cli_common import as_of_arg, data_args, horizon, load_data, load_export_from, mlflow_client, tuned_params
+from training.cli_common import (as_of_arg, data_args, horizon, load_data, load_export_from, mlflow_client,
+                                 run_plugin_command, tuned_params)
 from training.pipeline import log_and_register, train
 from training.tasks import TASKS, task_definition
 
-__all__ = ["generate", "register", "score_task", "serve", "task_config", "train_tasks"]
+__all__ = ["generate", "register", "score_task", "task_config", "train_tasks"]
 
 TASK_NAMES = [t.value for t in TASKS]
 
@@ -129,19 +130,6 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int = 1) -> None:
-    import uvicorn
-
-    # the app is named by its import string for uvicorn's workers; training never imports serving
-    uvicorn.run("serving.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers)
-
-
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    serve(settings, args.host, args.port, args.workers)
-    return 0
-
-
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """The main job on the embedded default: sample data if absent, train every task, register, serve."""
     if not (settings.sample_export / "leads.csv").exists() and not settings.data:
@@ -149,9 +137,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     train_tasks(list(TASKS), settings, seed=args.seed)
     if args.no_serve:
         return 0
-    print(f"serving on http://{settings.host}:{settings.port}  (OpenAPI docs at /docs)")
-    serve(settings)
-    return 0
+    return run_plugin_command(["serve"], settings)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -204,12 +190,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     as_of_arg(s, "scoring time")
     s.add_argument("--out", required=True, help="output CSV file")
     s.set_defaults(func=cmd_score)
-
-    v = sub.add_parser("serve", help="serve the scoring API", description="Serve the scoring API with uvicorn.")
-    v.add_argument("--host", help="bind address (default FUNNELCAST_HOST or 127.0.0.1)")
-    v.add_argument("--port", type=int, help="port (default FUNNELCAST_PORT or 8000)")
-    v.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    v.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("run", help="the main job: sample data if absent, train every task, register, serve",
                        description="Generate the sample CRM export if absent (or use FUNNELCAST_DATA), train and "
