@@ -43,3 +43,23 @@ def test_the_parser_names_its_command_modules_and_builds_no_namespace():
     for f in ROOT.glob("cli*.py"):
         assert not _calls(f, "__import__") and not _calls(f, "Namespace"), f.name
         assert "importlib" not in _imported(f), f.name
+
+
+def test_serve_comes_from_serving_through_the_entry_point(monkeypatch):
+    """`funnelcast serve` is serving's command, found through the `funnelcast.commands` entry point."""
+    from training.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--port", "8123"])
+    assert args.func.__module__ == "serving.cli" and args.port == 8123
+
+
+def test_a_missing_contributed_command_is_a_clear_error(monkeypatch):
+    import pytest
+
+    from features.errors import FunnelcastError
+    from features.settings import Settings
+    from training import cli_common
+
+    monkeypatch.setattr(cli_common, "COMMANDS_GROUP", "funnelcast.no-such-group")
+    with pytest.raises(FunnelcastError, match="'serve' command is not installed"):
+        cli_common.run_plugin_command(["serve"], Settings())
