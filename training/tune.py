@@ -368,6 +368,31 @@ def _optimize(
 ) -> TuneResult:
     """The study shared by every task: ``fold(params, k)`` scores fold ``k``; trial 0 is the defaults."""
     fingerprint = export_fingerprint(export)
+    defaults = default_params(task)
+    identity = {"data_fingerprint": fingerprint, "cutoff": str(cutoff), "features": n_features, "task": task}
+    study = _open_study(storage, study_name, seed, identity, defaults)
+    exp_id = _experiment_id(client, experiment) if client else None
+    objective = _objective(task, study_name, len(folds), fold, exp_id, logged=client is not None)
+    if not client:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout)
+        return _result(study, storage, folds, fingerprint, defaults, task)
+    started = time.perf_counter()
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"tune-{task}") as run:
+        mlflow.set_tags({"task": task, "kind": "tuning", "study": study_name, **provenance_tags(seed, fingerprint)})
+        mlflow.log_params({"n_trials": n_trials, "timeout": timeout, "folds": len(folds), "storage": storage})
+        study.optimize(objective, n_trials=n_trials, timeout=timeout)
+        result = _result(study, storage, folds, fingerprint, defaults, task)
+        mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
+        mlflow.log_metrics({"best_cv_log_loss": result.best_value, "seconds": time.perf_counter() - started,
+                            **({"default_cv_log_loss": result.default_value} if result.default_value else {})})
+    result.run_id = run.info.run_id
+    return result
+
+
+def _open_study(storage: str, study_name: str, seed: int, identity: dict[str, Any],
+                defaults: dict[str, Any]) -> optuna.Study:
+    """Create or resume the study; a study run on other data, another cutoff or another task is refused.
+    A new study records ``identity`` and gets the task's defaults as trial 0."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage,
@@ -377,73 +402,58 @@ def _optimize(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     )
-    known = study.user_attrs.get("data_fingerprint")
-    identity = {"data_fingerprint": fingerprint, "cutoff": str(cutoff), "features": n_features, "task": task}
-    if known is not None and (known != fingerprint or study.user_attrs.get("cutoff") != str(cutoff)
-                              or study.user_attrs.get("task", Task.LEAD_QUALITY.value) != task):
-        raise FunnelcastError(
-            f"study {study_name!r} in {storage} was run on other data or another task (fingerprint {known[:12]}, "
-            f"cutoff {study.user_attrs.get('cutoff')}, task {study.user_attrs.get('task', 'lead_quality')}): its "
-            "trials are not comparable; pass another --study name"
-        )
-    defaults = default_params(task)
+    attrs = study.user_attrs
+    known = attrs.get("data_fingerprint")
     if known is None:
         for k, v in identity.items():
             study.set_user_attr(k, v)
-        study.enqueue_trial(defaults)  # the defaults are trial 0
-    exp_id = None
-    if client:
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        study.enqueue_trial(defaults)
+        return study
+    known_task = attrs.get("task", Task.LEAD_QUALITY.value)
+    if known != identity["data_fingerprint"] or attrs.get("cutoff") != identity["cutoff"] or known_task != identity["task"]:
+        raise FunnelcastError(
+            f"study {study_name!r} in {storage} was run on other data or another task (fingerprint {known[:12]}, "
+            f"cutoff {attrs.get('cutoff')}, task {known_task}): its trials are not comparable; pass another --study name"
+        )
+    return study
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    return exp.experiment_id if exp else client.create_experiment(experiment)
+
+
+def _objective(task: str, study_name: str, n_folds: int, fold: Callable[[dict[str, Any], int], FoldScore],
+               exp_id: str | None, logged: bool) -> Callable[[optuna.Trial], float]:
+    """One trial: the fold scores in time order, pruned after each fold; a nested MLflow run when ``logged``."""
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, task)
-        losses, aucs, briers = [], [], []
-        extra: dict[str, list[float]] = {}
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", nested=True) if client else _null():
-            if client:
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", nested=True) if logged else _null():
+            if logged:
                 mlflow.log_params({**params, "trial": trial.number, "study": study_name, "task": task})
-            for step in range(len(folds)):
-                loss, auc, brier, more = fold(params, step)
-                losses.append(loss)
-                aucs.append(auc)
-                briers.append(brier)
-                for k, v in more.items():
-                    extra.setdefault(k, []).append(v)
-                if client:
-                    mlflow.log_metrics({"fold_log_loss": loss, "fold_roc_auc": auc}, step=step)
-                trial.report(float(np.mean(losses)), step)
+            scores = []
+            for step in range(n_folds):
+                scores.append(fold(params, step))
+                if logged:
+                    mlflow.log_metrics({"fold_log_loss": scores[-1][0], "fold_roc_auc": scores[-1][1]}, step=step)
+                trial.report(float(np.mean([sc[0] for sc in scores])), step)
                 if trial.should_prune():
-                    if client:
+                    if logged:
                         mlflow.set_tag("state", "pruned")
-                    raise optuna.TrialPruned(f"pruned after fold {step + 1} of {len(folds)}")
-            value = float(np.mean(losses))
-            summary = {"cv_roc_auc": float(np.nanmean(aucs)), "cv_brier": float(np.mean(briers)),
-                       **{f"cv_{k}": float(np.nanmean(v)) for k, v in extra.items()}}
+                    raise optuna.TrialPruned(f"pruned after fold {step + 1} of {n_folds}")
+            value = float(np.mean([sc[0] for sc in scores]))
+            summary = {"cv_roc_auc": float(np.nanmean([sc[1] for sc in scores])),
+                       "cv_brier": float(np.mean([sc[2] for sc in scores])),
+                       **{f"cv_{k}": float(np.nanmean([sc[3][k] for sc in scores])) for k in scores[0][3]}}
             for k, v in summary.items():
                 trial.set_user_attr(k, v)
-            if client:
+            if logged:
                 mlflow.set_tag("state", "complete")
                 mlflow.log_metrics({"cv_log_loss": value, **{k: v for k, v in summary.items() if np.isfinite(v)}})
         return value
 
-    run_id = None
-    started = time.perf_counter()
-    if client:
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"tune-{task}") as run:
-            mlflow.set_tags({"task": task, "kind": "tuning", "study": study_name, **provenance_tags(seed, fingerprint)})
-            mlflow.log_params({"n_trials": n_trials, "timeout": timeout, "folds": len(folds), "storage": storage})
-            study.optimize(objective, n_trials=n_trials, timeout=timeout)
-            result = _result(study, storage, folds, fingerprint, defaults, task)
-            mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-            mlflow.log_metrics({"best_cv_log_loss": result.best_value, "seconds": time.perf_counter() - started,
-                                **({"default_cv_log_loss": result.default_value} if result.default_value else {})})
-            run_id = run.info.run_id
-    else:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout)
-        result = _result(study, storage, folds, fingerprint, defaults, task)
-    result.run_id = run_id
-    return result
+    return objective
 
 
 class _null:
