@@ -39,45 +39,47 @@ def _drift_population(task: str, scorer: Any, export: Any, as_of: pd.Timestamp) 
     raise FunnelcastError(f"drift is implemented for {' and '.join(map(repr, _DRIFT_TASKS))}, not for {task!r}")
 
 
+def _task_config(task: str, settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The task's training configuration for the shared settings, and its time fold."""
+    from models.folds import TimeFold
+
+    exclude = tuple(args.exclude or ())
+    if task == Task.HIGH_VALUE.value:
+        from training.accounts import AccountConfig
+
+        if exclude:
+            raise FunnelcastError("--exclude applies to lead_quality and stage_conversion, not to high_value")
+        return AccountConfig(seed=args.seed), TimeFold(horizon="1d", evaluate="56d", calibrate="91d")
+    if task == Task.STAGE_CONVERSION.value:
+        from training.deals import DealTrainConfig as Config
+    else:
+        from training.train import TrainConfig as Config
+    cfg = Config(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
+                 exclude=exclude, seed=args.seed)
+    return cfg, TimeFold(horizon=cfg.horizon_days, evaluate=cfg.eval_days, calibrate=cfg.calib_days)
+
+
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
-    from training.tune import study_storage, tune, tune_accounts, tune_deals, write_tuned_params
+    from training.tune import study_storage, tune, write_tuned_params
 
     if args.trials is None and args.timeout is None:
         print("error: give --trials N and/or --timeout S", file=sys.stderr)
         return 2
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
-    exclude = tuple(args.exclude or ())
     storage = args.storage or study_storage(settings.home)
-    client = mlflow_client(settings)
-    common = dict(n_trials=args.trials, timeout=args.timeout, storage=storage, study_name=args.study or args.task,
-                  n_folds=args.folds, client=client, experiment=settings.experiment, progress=True)
-    if args.task == Task.STAGE_CONVERSION.value:
-        from training.deals import DealTrainConfig
-
-        cfg = DealTrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
-                              exclude=exclude, seed=args.seed)
-        result, metric, train = tune_deals(export, cfg, cutoff, **common), "won-within-horizon log loss", "train-deals"
-    elif args.task == Task.HIGH_VALUE.value:
-        from training.accounts import AccountConfig
-
-        if exclude:
-            raise FunnelcastError("--exclude applies to lead_quality and stage_conversion, not to high_value")
-        cfg = AccountConfig(seed=args.seed)
-        result, metric, train = tune_accounts(export, cfg, cutoff, **common), "P(high value) log loss", "train-accounts"
-    else:
-        from training.train import TrainConfig
-
-        cfg = TrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
-                          exclude=exclude, seed=args.seed)
-        result, metric, train = tune(export, cfg, cutoff, **common), "log loss", "train"
+    config, fold = _task_config(args.task, settings, args)
+    result = tune(args.task, export, cutoff, fold, args.trials, config=config, timeout=args.timeout, storage=storage,
+                  study_name=args.study, n_folds=args.folds, client=mlflow_client(settings),
+                  experiment=settings.experiment, progress=True)
     path = write_tuned_params(settings.home, result, args.task)
     print(f"{args.task}: study {result.study_name!r} ({storage}): {result.trials} trials, {result.complete} complete, "
           f"{result.pruned} pruned; validation folds (time-ordered): " + "; ".join(f["evaluate"] for f in result.folds))
     default = f"{result.default_value:.5f}" if result.default_value is not None else "n/a"
-    print(f"cross-validated {metric}: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
+    print(f"cross-validated log loss: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
     print(json.dumps(result.best_params, indent=2))
-    print(f"best parameters -> {path}; the next `funnelcast {train}` uses them (MLflow run {result.run_id})")
+    print(f"best parameters -> {path}; the next `funnelcast train --task {args.task}` uses them "
+          f"(MLflow run {result.run_id})")
     return 0
 
 
