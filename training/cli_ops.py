@@ -14,9 +14,17 @@ import pandas as pd
 from features.errors import FunnelcastError
 from features.settings import Settings
 from models.tasks import Task
+from models.folds import parse_duration
 from training.cli import _timestamp, data_args, load_data, mlflow_client
 
 _TASKS = [t.value for t in Task]
+
+
+def _duration(value: str):
+    try:
+        return parse_duration(value, "duration")
+    except FunnelcastError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 _DRIFT_TASKS = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value)
@@ -88,7 +96,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
     _, export = load_data(args, settings)
     d = promote(export, mlflow_client(settings), task=args.task, experiment=settings.experiment,
-                window_days=args.window_days, every_days=settings.snapshot_every_days,
+                evaluate=args.evaluate,
                 margins=Margins(auc=args.auc_margin, brier=args.brier_margin, calibration=args.calibration_tolerance,
                                 wape=args.wape_tolerance),
                 champion_alias=settings.model_alias, dry_run=args.dry_run)
@@ -168,7 +176,8 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
                        "figures and the decision are printed and logged to MLflow.")
     data_args(p)
     p.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value, help="task (default lead_quality)")
-    p.add_argument("--window-days", type=int, default=91, help="length of the comparison window (default 91)")
+    p.add_argument("--evaluate", type=_duration, default="91d",
+                   help="length of the comparison window, the latest labelled one, e.g. 13w (default 91d)")
     p.add_argument("--auc-margin", type=float, default=0.002, help="AUC gain that counts as better (default 0.002)")
     p.add_argument("--brier-margin", type=float, default=0.01,
                    help="relative Brier reduction that counts as better (default 0.01 = 1%%)")

@@ -8,7 +8,8 @@ import pytest
 
 from features.errors import ModelNotAvailable
 from models.registry import configure
-from training.promote import Margins, decide, owner_forecast_accuracy, promote, window_times
+from models.tasks import Task
+from training.promote import COMPARISONS, Margins, decide, owner_forecast_accuracy, promote
 from training.train import TrainConfig, build_lead_model, log_and_register
 
 
@@ -94,7 +95,7 @@ def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sampl
     weak = _register(build_lead_model(sample_export, weak_cfg, sample_export.exported_at), client, weak_cfg, home)
     assert weak.aliases == ["challenger"]  # later ones wait for promotion
     assert _aliases(client, champ_version) == ["champion"]
-    d = promote(sample_export, client, experiment="promote-tests", every_days=train_config.snapshot_every_days)
+    d = promote(sample_export, client, experiment="promote-tests")
     assert d.mode == "refit" and not d.promote
     assert d.champion["n"] == d.challenger["n"] > 0  # the same rows
     assert d.challenger["roc_auc"] < d.champion["roc_auc"]
@@ -108,13 +109,13 @@ def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sampl
 
 def test_models_trained_before_the_window_are_compared_as_registered(store, sample_export, train_config):
     client, home = store
-    times = window_times(sample_export, train_config.horizon_days, train_config.snapshot_every_days, 91)
-    older = times[0] - pd.Timedelta(days=60)
+    start = COMPARISONS[Task.LEAD_QUALITY].window(sample_export, train_config, "91d").start
+    older = start - pd.Timedelta(days=60)
     weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "learning_rate": 0.3,
                                                                   "min_child_samples": 2000}})
     champ = _register(build_lead_model(sample_export, weak_cfg, older), client, weak_cfg, home)
-    good = _register(build_lead_model(sample_export, train_config, times[0]), client, train_config, home)
-    d = promote(sample_export, client, experiment="promote-tests", every_days=train_config.snapshot_every_days)
+    good = _register(build_lead_model(sample_export, train_config, start), client, train_config, home)
+    d = promote(sample_export, client, experiment="promote-tests")
     assert d.mode == "registered"
     assert d.promote, d.reason
     assert _aliases(client, good.version) == ["champion"]
@@ -205,4 +206,4 @@ def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(a
     assert run.data.tags["decision"] == "keep" and run.data.params["mode"] == "refit"
     assert run.data.metrics["challenger_brier"] == pytest.approx(d.challenger["brier"])
     with pytest.raises(Exception, match="too few"):  # a window without enough customers is refused, not guessed
-        promote(export, client, task="high_value", experiment="promote-hv", window_days=7)
+        promote(export, client, task="high_value", experiment="promote-hv", evaluate="7d")
