@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.leads import LeadFeatureSpec, lead_snapshots, snapshot_times
+from models.folds import InvalidFold, Split, TimeFold
 
 _MISSING = "(missing)"
 _PRIOR = 20.0
@@ -193,17 +194,17 @@ def changed_after_outcome(leads: pd.DataFrame, history: pd.DataFrame) -> dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def _time_split(times: list[pd.Timestamp], horizon_days: int, later_share: float) -> tuple[list, list, str]:
-    """Earlier / later snapshot times, a horizon apart so no earlier label looks into the later window."""
+def _time_split(times: list[pd.Timestamp], horizon_days: int, every_days: int, later_share: float) -> tuple[Split, str]:
+    """The time fold's split of the snapshot times: the later window is their latest ``later_share``,
+    the earlier one ends a horizon before it so no earlier label looks into it (adjacent, and said
+    so, when the history is too short for the gap)."""
     k = max(1, int(round(len(times) * later_share)))
-    later = times[-k:]
-    gap = pd.Timedelta(days=horizon_days)
-    earlier = [t for t in times if t <= later[0] - gap]
-    note = ""
-    if not earlier:
-        earlier = [t for t in times if t < later[0]]
-        note = "history too short for a horizon-long gap between the windows; windows are adjacent"
-    return earlier, later, note
+    evaluate = times[-1] - times[-k] + pd.Timedelta(days=1)
+    try:
+        return TimeFold(horizon=horizon_days, evaluate=evaluate, calibrate=every_days).split(times), ""
+    except InvalidFold:
+        adjacent = TimeFold(horizon="1d", evaluate=evaluate, calibrate=every_days).split(times)
+        return adjacent, "history too short for a horizon-long gap between the windows; windows are adjacent"
 
 
 @dataclass
@@ -275,7 +276,8 @@ def audit_leads(
                          f"horizon {horizon_days} days")
     spec = LeadFeatureSpec.from_export(export, horizon_days=horizon_days, as_of=cutoff)
     snaps = lead_snapshots(export, times, spec, progress=progress)
-    earlier, later, note = _time_split(times, horizon_days, later_share)
+    split, note = _time_split(times, horizon_days, snapshot_every_days, later_share)
+    earlier, later = split.fit + split.calibrate, split.evaluate
     notes = [note] if note else []
     synthetic = list(synthetic)
     if "leads.created_at" in synthetic:

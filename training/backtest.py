@@ -1,7 +1,7 @@
 """Forecast accuracy review: rolling origins over the history, side by side with the CRM.
 
-At each origin (every ``every_days`` over the last ``span_days`` whose horizon ended before
-the export): fit the deal models on what was known then (labels censored at the origin;
+At each origin (the time fold's backtest origins: every ``every`` over the last ``span``, the
+latest a horizon before the export): fit the deal models on what was known then (labels censored at the origin;
 the snapshot features are point-in-time by construction, so one snapshot frame serves
 every origin), forecast the bookings of the next horizon per owner, and compare with what
 happened. Three forecasts side by side: funnelcast (expected bookings: open pipeline + new
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.deals import deal_outcomes
+from models.folds import TimeFold
 from models.forecast import forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
@@ -35,8 +36,8 @@ METHODS = ("funnelcast", "weighted_pipeline", "reps_close_dates")
 
 @dataclass
 class BacktestConfig:
-    every_days: int = 28
-    span_days: int = 364
+    every: str = "28d"
+    span: str = "364d"
     n_sims: int = 2000
     by: str = "owner_id"
     deal: DealTrainConfig = field(default_factory=DealTrainConfig)
@@ -52,11 +53,9 @@ class BacktestResult:
     seconds: float = 0.0
 
 
-def backtest_origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
-    """Origins every ``every_days`` with a complete horizon before the export, over ``span_days``."""
-    last = (export.exported_at - pd.Timedelta(days=cfg.deal.horizon_days)).floor("D")
-    n = cfg.span_days // cfg.every_days
-    return [last - k * pd.Timedelta(days=cfg.every_days) for k in range(n, -1, -1)]
+def origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
+    """The deal models' time fold's origins over ``cfg.span``, every ``cfg.every``, oldest first."""
+    return TimeFold(horizon=cfg.deal.horizon_days).origins(export.exported_at, cfg.span, cfg.every)
 
 
 def accuracy(forecast: np.ndarray, actual: np.ndarray) -> dict[str, float]:
@@ -92,11 +91,11 @@ def _waterfall(pipe: pd.DataFrame, origin: pd.Timestamp, end: pd.Timestamp, new_
 def run_backtest(export: Export, cfg: BacktestConfig, progress: bool = True) -> BacktestResult:
     """Every origin: fit on the past, forecast the next horizon per group, compare with what happened."""
     start_time = time.perf_counter()
-    origins = backtest_origins(export, cfg)
-    spec, snaps = _snapshots(export, origins, cfg.deal, progress)
+    times = origins(export, cfg)
+    spec, snaps = _snapshots(export, times, cfg.deal, progress)
     outcomes = deal_outcomes(export)
     rows, group_rows, waterfall, deal_rows = [], [], [], []
-    for origin in tqdm(origins, desc="backtest origins", disable=not progress, unit="origin"):
+    for origin in tqdm(times, desc="backtest origins", disable=not progress, unit="origin"):
         scorer = fit_deal_scorer(export, snaps, spec, origin, cfg.deal, surrogate=False)
         r, g, w, d = _backtest_origin(export, cfg, scorer, snaps[snaps["as_of"] == origin], outcomes, origin)
         rows += r
@@ -295,7 +294,7 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
     with mlflow.start_run(experiment_id=exp_id, run_name="forecast-backtest") as run:
         mlflow.set_tags({"task": "forecast_backtest", "data_source": data_source})
-        mlflow.log_params({"every_days": cfg.every_days, "span_days": cfg.span_days, "by": cfg.by,
+        mlflow.log_params({"every": cfg.every, "span": cfg.span, "by": cfg.by,
                            "n_sims": cfg.n_sims, "origins": int(result.per_origin["origin"].nunique()),
                            "deal_config": json.dumps(asdict(cfg.deal), default=str)[:500]})
         for r in result.overall.to_dict("records"):
@@ -310,5 +309,5 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
         return run.info.run_id
 
 
-__all__ = ["BacktestConfig", "BacktestResult", "accuracy", "backtest_origins", "log_backtest", "run_backtest",
+__all__ = ["BacktestConfig", "BacktestResult", "accuracy", "origins", "log_backtest", "run_backtest",
            "write_report"]

@@ -152,7 +152,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from training.deals import DealTrainConfig
 
     source, export = load_data(args, settings)
-    cfg = BacktestConfig(every_days=args.every_days, span_days=args.span_days, n_sims=args.sims,
+    cfg = BacktestConfig(every=args.every_days, span=args.span_days, n_sims=args.sims,
                          by={"owner": "owner_id"}.get(args.by, args.by),
                          deal=DealTrainConfig(horizon_days=settings.horizon_days, seed=args.seed,
                                               timing_layout=args.timing_layout))

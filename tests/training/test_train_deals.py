@@ -198,24 +198,6 @@ def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sa
         get_settings.cache_clear()
 
 
-def test_backtest_on_a_few_origins(sample_export, tmp_path):
-    from training.backtest import BacktestConfig, run_backtest, write_report
-
-    cfg = BacktestConfig(every_days=56, span_days=112, n_sims=300,
-                         deal=DealTrainConfig(snapshot_every_days=28, seed=7))
-    result = run_backtest(sample_export, cfg, progress=False)
-    assert result.per_origin["origin"].nunique() == 3
-    assert set(result.overall["method"]) == {"funnelcast", "weighted_pipeline", "reps_close_dates"}
-    fc = result.overall.set_index("method")
-    assert 0 <= fc.loc["funnelcast", "coverage_p10_p90"] <= 1
-    w = result.waterfall
-    parts = w["won"] + w["lost"] + w["pushed_out"] + w["still_open_beyond"]
-    assert np.allclose(parts, w["starting_pipeline"])
-    paths = write_report(result, tmp_path / "bt")
-    assert (tmp_path / "bt" / "report.md").read_text().startswith("# Forecast accuracy review")
-    assert all(p.exists() for p in paths)
-
-
 @pytest.mark.parametrize("argv", [["train-deals"], ["score", "opportunities"], ["forecast"], ["funnel"], ["backtest"]])
 def test_every_command_has_help(argv, capsys):
     from training.cli import main
