@@ -28,7 +28,7 @@ class ScorerModel(mlflow.pyfunc.PythonModel):
         self.scorer = joblib.load(context.artifacts["scorer"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        X = model_input[self.scorer.classifier.feature_names_]
+        X = model_input[self.scorer.feature_names]
         return pd.DataFrame({"probability": self.scorer.predict_proba(X)}, index=model_input.index)
 
 

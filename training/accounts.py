@@ -1,10 +1,11 @@
-"""Customer value, high-value traits and the ``high_value`` model, registered in MLflow.
+"""The high_value task: customer value, high-value traits and the ``high_value`` model.
 
 Examples are customers whose value window is complete before the cutoff, one per account,
-with features as of ``first win + early_days`` (see ``features.customers``). The split is by
-time of that snapshot: the earliest half fits the trees, the next quarter calibrates
-(early stopping, Platt scaling), the latest quarter evaluates. Each account appears once,
-so no account is in two parts. The registered model is refitted on the earliest three
+with features as of ``first win + early_days`` (see ``features.customers``). The split is a
+:class:`~models.folds.TimeFold` over the time of that snapshot, sized to the customers (an
+export has hundreds, not a fixed number per day): the latest quarter of the times evaluates,
+the quarter before calibrates (early stopping, Platt scaling), the earliest half fits. Each
+account appears once, so no account is in two parts and a one-day horizon separates them. The registered model is refitted on the earliest three
 quarters and calibrated on the latest quarter. The traits are mined on the same customers'
 profiles (firmographics, custom fields, how the account came in) and logged with the model.
 """
@@ -12,28 +13,23 @@ profiles (firmographics, custom fields, how the account came in) and logged with
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-import joblib
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_snapshots
 from models.accounts import AccountScorer, ValueRegressor
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import log_odds_contributions, shap_summary_plot
+from models.folds import TimeFold
 from models.metrics import classification_metrics
-from models.registry import ScorerModel
-from models.tasks import Task
+from models.tasks import Scored, Task, TrainResult
 from models.traits import TraitMiner, global_importance
-from training.provenance import export_fingerprint, provenance_tags
+from training.provenance import export_fingerprint
 
 #: LightGBM settings of P(high value) over the shared defaults (hundreds of customers, not
 #: tens of thousands of rows); ``AccountConfig.params`` (e.g. from ``funnelcast tune``) overrides them.
@@ -51,19 +47,12 @@ class AccountConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class AccountResult:
+@dataclass(kw_only=True)
+class AccountResult(TrainResult):
     scorer: AccountScorer
-    metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
-    snapshots: pd.DataFrame
     traits: pd.DataFrame
     importance: pd.DataFrame
-    evaluation: pd.DataFrame
-    run_id: str | None = None
-    version: str | None = None
     extra: dict = field(default_factory=dict)
-    aliases: list[str] = field(default_factory=list)
 
 
 def profile_columns(spec: AccountFeatureSpec) -> list[str]:
@@ -78,12 +67,24 @@ def mine_traits(snaps: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfi
     return miner.fit(snaps[profile_columns(spec)], snaps["value"].to_numpy(), snaps["label"].to_numpy())
 
 
+def customer_fold(times: pd.Series) -> TimeFold:
+    """The fold of the customers' snapshot ``times``: evaluate the latest quarter of them, calibrate on
+    the quarter before, fit on the earliest half (a one-day horizon: each account appears once)."""
+    ts = pd.Series(sorted(times))
+    last, q75, q50 = ts.iloc[-1], ts.iloc[int(len(ts) * 0.75)], ts.iloc[int(len(ts) * 0.5)]
+    evaluate = (last.normalize() - q75.normalize()).days + 1
+    return TimeFold(horizon="1d", evaluate=f"{evaluate}d", calibrate=f"{max((q75 - q50).days, 1)}d")
+
+
 def _split(snaps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Fit, calibration and evaluation customers of :func:`customer_fold` (each sorted by ``as_of``)."""
     n = len(snaps)
-    a, b = int(n * 0.5), int(n * 0.75)
-    if a < 20 or b - a < 10 or n - b < 10:
+    times = snaps["as_of"].dt.normalize()
+    split = customer_fold(times).split(times) if n >= 80 else None
+    parts = (times.isin(split.fit), times.isin(split.calibrate), times.isin(split.evaluate)) if split else ()
+    if not parts or min(int(p.sum()) for p in parts) < 10 or int(parts[0].sum()) < 20:
         raise ValueError(f"only {n} customers with a complete value: too few for a time split (need 80)")
-    return snaps.iloc[:a], snaps.iloc[a:b], snaps.iloc[b:]
+    return tuple(snaps[p.to_numpy()] for p in parts)  # type: ignore[return-value]
 
 
 def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
@@ -132,8 +133,11 @@ def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timest
                   "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days,
                   "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export)},
     )
+    windows = {name: f"{part['as_of'].min().date()}..{part['as_of'].max().date()} ({len(part)})"
+               for name, part in (("fit", fit), ("calibrate", cal), ("evaluate", ev))}
     return AccountResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, snapshots=snaps, traits=traits,
-                         importance=importance, evaluation=evaluation, extra={"contributions": contrib})
+                         importance=importance, evaluation=evaluation, windows=windows,
+                         extra={"contributions": contrib})
 
 
 def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
@@ -168,43 +172,50 @@ def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
     return paths
 
 
-def log_and_register(result: AccountResult, client: MlflowClient, *, experiment: str, artifact_location: str | None,
-                     cfg: AccountConfig, data_source: str, alias: str = "champion",
-                     challenger_alias: str = "challenger") -> AccountResult:
-    """Log params, metrics, traits, plots and the pyfunc; register ``high_value`` as ``challenger_alias``.
+class HighValue:
+    """The high_value :class:`~models.tasks.TaskDefinition`: P(an account becomes a high-value customer)."""
 
-    The first registered version also becomes ``alias`` (the champion) directly; later ones
-    wait for ``funnelcast promote --task high_value`` to compare them with the champion.
-    """
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    scorer, name = result.scorer, Task.HIGH_VALUE.value
-    cols = scorer.spec.feature_names
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
-        mlflow.set_tags({"task": name, "data_source": data_source})
-        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
-        mlflow.log_params({"task": name, **{k: str(v) for k, v in scorer.metadata.items() if k != "train_config"},
-                           "early_days": cfg.early_days, "n_features": len(cols), "calibration": "platt",
-                           "seed": cfg.seed,
-                           **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **cfg.params}.items()}})
-        mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"baseline_first_deal_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            write_traits_report(result, d / "traits")
-            mlflow.log_artifacts(str(d / "traits"), artifact_path="traits")
-            joblib.dump(scorer, d / "scorer.joblib")
-            example = result.snapshots[cols].head(5)
-            signature = infer_signature(example, pd.DataFrame({"probability": scorer.predict_proba(example)}))
-            info = mlflow.pyfunc.log_model(name=name, python_model=ScorerModel(),
-                                           artifacts={"scorer": str(d / "scorer.joblib")}, signature=signature,
-                                           input_example=example, registered_model_name=name)
-        version = str(info.registered_model_version)
-        aliases = [challenger_alias]
-        if alias not in client.get_registered_model(name).aliases:
-            aliases.append(alias)  # a first model becomes champion directly
-        for a in aliases:
-            client.set_registered_model_alias(name, a, version)
-        client.set_model_version_tag(name, version, "trained_until", str(scorer.trained_until))
-        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
-    return result
+    task = Task.HIGH_VALUE
+    baseline = "baseline_first_deal"
+
+    def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
+               exclude: tuple[str, ...] = ()) -> AccountConfig:
+        """Customer value has its own window (``AccountConfig.window_days``): the lead and deal horizon,
+        the snapshot step and the excluded lead features do not apply."""
+        return AccountConfig(seed=seed)
+
+    def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+        return export.accounts[export.accounts["created_at"] < as_of].drop_duplicates("account_id")
+
+    def build(self, export: Export, config: AccountConfig, cutoff: pd.Timestamp, *, progress: bool = False,
+              outcomes: pd.DataFrame | None = None) -> AccountResult:
+        """The model; stored outcomes are lead and deal outcomes, which customer value does not read."""
+        return build_high_value_model(export, config, cutoff, progress=progress)
+
+    def run_params(self, result: TrainResult, config: AccountConfig) -> dict[str, object]:
+        meta = result.scorer.metadata
+        return {**{k: str(v) for k, v in meta.items() if k not in ("train_config", "outcome_labels")},
+                "early_days": config.early_days, "calibration": "platt",
+                **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **config.params}.items()}}
+
+    def write_report(self, result: TrainResult, config: AccountConfig, folder: Path) -> None:
+        write_traits_report(result, folder / "traits")  # type: ignore[arg-type]
+
+    def summary(self, result: TrainResult) -> str:
+        m, b = result.metrics, result.baseline_metrics
+        return (f"on {len(result.snapshots):,} customers; evaluation on the latest {int(m['n'])} "
+                f"({result.windows['evaluate']}): ROC AUC {m['roc_auc']:.3f} (first deal amount alone "
+                f"{b['roc_auc']:.3f}), Brier {m['brier']:.3f} ({b['brier']:.3f}), value Spearman "
+                f"{m['value_spearman']:.3f}")
+
+    def score(self, scorer: AccountScorer, export: Export, as_of: pd.Timestamp, n_reasons: int = 5) -> Scored:
+        ids = self.population(export, as_of)["account_id"].astype("str").tolist()
+        scored = scorer.score(export, ids, as_of, n_reasons=n_reasons)
+        out = scored[["account_id", "probability", "expected_value", "is_customer"]].copy()
+        for k in range(n_reasons):
+            out[f"reason_{k + 1}"] = [r[k]["text"] if len(r) > k else "" for r in scored["reasons"]]
+        return Scored(out.sort_values(["probability", "account_id"], ascending=[False, True], ignore_index=True),
+                      "accounts")
+
+
+HIGH_VALUE = HighValue()

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.deals import deal_outcomes
-from models.folds import TimeFold
 from models.forecast import forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
@@ -55,7 +54,7 @@ class BacktestResult:
 
 def origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
     """The deal models' time fold's origins over ``cfg.span``, every ``cfg.every``, oldest first."""
-    return TimeFold(horizon=cfg.deal.horizon_days).origins(export.exported_at, cfg.span, cfg.every)
+    return cfg.deal.fold.origins(export.exported_at, cfg.span, cfg.every)
 
 
 def accuracy(forecast: np.ndarray, actual: np.ndarray) -> dict[str, float]:

@@ -1,10 +1,17 @@
-"""Model operations commands: ``funnelcast tune``, ``funnelcast promote``, ``funnelcast drift``."""
+"""Model operations commands: ``funnelcast tune``, ``promote``, ``drift`` and ``backtest``.
+
+tune, promote and drift take ``--task`` (every task); the flags mean what they mean in every
+command (``training.cli_common``): ``--data``, ``--as-of``, ``--horizon 91d``, ``--by``, and
+``--out`` a file for one table (drift's report), a folder where a command writes several
+(backtest's report, plots and tables).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +20,18 @@ import pandas as pd
 
 from features.errors import FunnelcastError
 from features.settings import Settings
+from models.folds import InvalidFold, parse_duration
 from models.tasks import Task
-from models.folds import parse_duration
-from training.cli import _timestamp, data_args, load_data, mlflow_client
+from training.cli_common import as_of_arg, by_arg, data_args, grouping, horizon, load_data, mlflow_client
 
 _TASKS = [t.value for t in Task]
 
 
-def _duration(value: str):
+def _duration(value: str) -> pd.Timedelta:
+    """A duration argument such as ``91d`` or ``13w``."""
     try:
         return parse_duration(value, "duration")
-    except FunnelcastError as exc:
+    except InvalidFold as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
@@ -47,37 +55,20 @@ def _drift_population(task: str, scorer: Any, export: Any, as_of: pd.Timestamp) 
     raise FunnelcastError(f"drift is implemented for {' and '.join(map(repr, _DRIFT_TASKS))}, not for {task!r}")
 
 
-def _task_config(task: str, settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
-    """The task's training configuration for the shared settings, and its time fold."""
-    from models.folds import TimeFold
-
-    exclude = tuple(args.exclude or ())
-    if task == Task.HIGH_VALUE.value:
-        from training.accounts import AccountConfig
-
-        if exclude:
-            raise FunnelcastError("--exclude applies to lead_quality and stage_conversion, not to high_value")
-        return AccountConfig(seed=args.seed), TimeFold(horizon="1d", evaluate="56d", calibrate="91d")
-    if task == Task.STAGE_CONVERSION.value:
-        from training.deals import DealTrainConfig as Config
-    else:
-        from training.train import TrainConfig as Config
-    cfg = Config(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
-                 exclude=exclude, seed=args.seed)
-    return cfg, TimeFold(horizon=cfg.horizon_days, evaluate=cfg.eval_days, calibrate=cfg.calib_days)
-
-
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    from training.tasks import task_definition
     from training.tune import study_storage, tune, write_tuned_params
 
     if args.trials is None and args.timeout is None:
         print("error: give --trials N and/or --timeout S", file=sys.stderr)
         return 2
-    source, export = load_data(args, settings)
+    _, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
     storage = args.storage or study_storage(settings.home)
-    config, fold = _task_config(args.task, settings, args)
-    result = tune(args.task, export, cutoff, fold, args.trials, config=config, timeout=args.timeout, storage=storage,
+    config = task_definition(args.task).config(horizon_days=args.horizon or settings.horizon_days,
+                                               snapshot_every_days=settings.snapshot_every_days, seed=args.seed,
+                                               exclude=tuple(args.exclude or ()))
+    result = tune(args.task, export, cutoff, None, args.trials, config=config, timeout=args.timeout, storage=storage,
                   study_name=args.study, n_folds=args.folds, client=mlflow_client(settings),
                   experiment=settings.experiment, progress=True)
     path = write_tuned_params(settings.home, result, args.task)
@@ -140,31 +131,66 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         drift_plot(report, args.plot)
         print(f"plot -> {args.plot}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": loaded.version, "as_of": str(as_of), **report}, indent=1, default=str))
-        print(f"report -> {args.json}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": loaded.version, "as_of": str(as_of), **report}, indent=1,
+                                             default=str))
+        print(f"report -> {args.out}")
     return 0
 
 
-def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("tune", help="Optuna search of the LightGBM parameters (time-ordered CV)",
-                       description="Search a task's LightGBM parameters with Optuna: time-ordered cross-validation "
-                       "(expanding window over as_of; for stage_conversion each fold's labels censored at its cutoff; "
-                       "for high_value consecutive blocks of the latest customers), median pruning, the study stored in "
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
+    from training.tasks import task_definition
+
+    source, export = load_data(args, settings)
+    deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
+                                                         snapshot_every_days=settings.snapshot_every_days,
+                                                         seed=args.seed)
+    cfg = BacktestConfig(every=args.every, span=args.span, n_sims=args.sims, by=grouping(args.by),
+                         deal=replace(deal, timing_layout=args.timing_layout))
+    result = run_backtest(export, cfg, progress=True)
+    out = Path(args.out)
+    write_report(result, out)
+    print(result.overall.round(4).to_string(index=False))
+    if not args.no_mlflow:
+        run_id = log_backtest(result, mlflow_client(settings), settings.experiment, settings.artifact_location(), out,
+                              cfg, source)
+        print(f"figures logged to MLflow run {run_id}")
+    print(f"report -> {out / 'report.md'} ({result.seconds:.0f} s)")
+    return 0
+
+
+def _task_arg(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
+                    help=f"{what} (default lead_quality): {', '.join(_TASKS)}")
+
+
+def _options(sp: argparse.ArgumentParser, options: list[tuple[str, type, Any, str]]) -> None:
+    """``(flag, type, default, help)`` rows; the default is appended to the help."""
+    for flag, kind, default, text in options:
+        sp.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})" if default is not None
+                        else text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tune", help="Optuna search of a task's LightGBM parameters (time-ordered CV)",
+                       description="Search a task's LightGBM parameters with Optuna on the rolling splits of its "
+                       "time fold (each evaluates just before the next; stage_conversion's fits censored at their "
+                       "cutoffs; high_value's over customers by snapshot time), median pruning, the study stored in "
                        "<home>/optuna.db (resumable), each trial a nested MLflow run. The best parameters go to "
-                       "<home>/tuned/<task>.json; the next `train` (lead_quality), `train-deals` (stage_conversion) or "
-                       "`train-accounts` (high_value) uses them.")
+                       "<home>/tuned/<task>.json; the next `funnelcast train --task TASK` uses them.")
     data_args(t)
-    t.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
-                   help="task (default lead_quality): lead_quality, stage_conversion (the deal models) or high_value")
-    t.add_argument("--trials", type=int, help="number of trials to add to the study")
-    t.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
-    t.add_argument("--folds", type=int, default=3, help="time-ordered folds (default 3)")
-    t.add_argument("--study", help="study name (default: the task); a new name starts a fresh study")
-    t.add_argument("--storage", help="Optuna storage URL (default sqlite:///<home>/optuna.db)")
-    t.add_argument("--as-of", type=_timestamp, help="tune on history before this time only (default: export time)")
+    _task_arg(t, "the task to tune")
+    as_of_arg(t, "tune on history before this time only")
+    t.add_argument("--horizon", type=horizon, help="label horizon, e.g. 91d or 13w (default FUNNELCAST_HORIZON_DAYS)")
+    _options(t, [("--trials", int, None, "number of trials to add to the study"),
+                 ("--timeout", float, None, "stop starting trials after S seconds"),
+                 ("--folds", int, 3, "time-ordered folds"),
+                 ("--study", str, None, "study name (default: the task); a new name starts a fresh study"),
+                 ("--storage", str, None, "Optuna storage URL (default sqlite:///<home>/optuna.db)"),
+                 ("--seed", int, 0, "sampler and model seed")])
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out (lead_quality, stage_conversion)")
-    t.add_argument("--seed", type=int, default=0, help="sampler and model seed (default 0)")
     t.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("promote", help="compare @challenger with @champion and move @champion if it wins",
@@ -175,30 +201,44 @@ def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAct
                        "is better by a margin, not worse calibrated and (stage_conversion) not a worse forecast. The "
                        "figures and the decision are printed and logged to MLflow.")
     data_args(p)
-    p.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value, help="task (default lead_quality)")
-    p.add_argument("--evaluate", type=_duration, default="91d",
-                   help="length of the comparison window, the latest labelled one, e.g. 13w (default 91d)")
-    p.add_argument("--auc-margin", type=float, default=0.002, help="AUC gain that counts as better (default 0.002)")
-    p.add_argument("--brier-margin", type=float, default=0.01,
-                   help="relative Brier reduction that counts as better (default 0.01 = 1%%)")
-    p.add_argument("--calibration-tolerance", type=float, default=0.005,
-                   help="largest increase of the calibration error accepted (default 0.005)")
-    p.add_argument("--wape-tolerance", type=float, default=0.02,
-                   help="stage_conversion: largest increase of the forecast's WAPE by owner accepted (default 0.02)")
+    _task_arg(p, "the task whose models are compared")
+    _options(p, [("--evaluate", _duration, "91d", "length of the comparison window, e.g. 13w"),
+                 ("--auc-margin", float, 0.002, "AUC gain that counts as better"),
+                 ("--brier-margin", float, 0.01, "relative Brier reduction that counts as better (0.01 = 1%%)"),
+                 ("--calibration-tolerance", float, 0.005, "largest increase of the calibration error accepted"),
+                 ("--wape-tolerance", float, 0.02,
+                  "stage_conversion: largest increase of the forecast's WAPE by owner accepted")])
     p.add_argument("--dry-run", action="store_true", help="decide and log, but leave the aliases alone")
     p.set_defaults(func=cmd_promote)
 
     d = sub.add_parser("drift", help="feature and score drift of an export against the model's training data",
                        description="Population stability index and missing-rate change per feature, and the score "
-                       "shift, between the model's training reference (logged with it) and the leads (lead_quality) "
-                       "or deals (stage_conversion; score = P(won)) open at --as-of in the export.")
+                       "shift, between the model's training reference (logged with it) and what it scores at "
+                       "--as-of in the export: the open leads (lead_quality) or deals (stage_conversion; score = "
+                       "P(won)). A model logged without reference distributions (high_value) is named as such.")
     data_args(d)
-    d.add_argument("--task", choices=_DRIFT_TASKS, default=Task.LEAD_QUALITY.value,
-                   help="task (default lead_quality)")
-    d.add_argument("--as-of", type=_timestamp, help="the leads or deals open at this time (default: export time)")
-    d.add_argument("--alias", help="model alias (default: champion)")
-    d.add_argument("--top", type=int, default=15, help="features to print (default 15)")
-    d.add_argument("--plot", help="write a PSI bar chart to this PNG file")
-    d.add_argument("--json", help="write the full report to this JSON file")
+    _task_arg(d, "the task whose model is checked")
+    as_of_arg(d, "the leads or deals open at this time")
+    _options(d, [("--alias", str, None, "model alias (default: champion)"), ("--top", int, 15, "features to print"),
+                 ("--plot", str, None, "write a PSI bar chart to this PNG file"),
+                 ("--out", str, None, "write the full report to this JSON file")])
     d.set_defaults(func=cmd_drift)
 
+    b = sub.add_parser("backtest", help="forecast accuracy review over rolling origins (stage_conversion)",
+                       description="At the deal models' time-fold origins (every --every over the last --span, the "
+                       "latest a horizon before the export): train stage_conversion on what was known, forecast the "
+                       "next horizon per group, compare with what happened; WAPE, bias, share within +-10%%, P10-P90 "
+                       "coverage, deal AUC/Brier and the pipeline waterfall, for funnelcast, the weighted pipeline "
+                       "and the reps' close dates. Writes OUT/report.md with plots and CSVs, and logs the figures to "
+                       "MLflow.")
+    data_args(b)
+    b.add_argument("--out", required=True, help="output folder (report.md, plots, CSV tables)")
+    b.add_argument("--horizon", type=horizon, help="forecast horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)")
+    by_arg(b, "owner_id")
+    _options(b, [("--every", _duration, "28d", "time between origins, e.g. 4w"),
+                 ("--span", _duration, "364d", "how far back the origins go, e.g. 52w"),
+                 ("--sims", int, 2000, "simulations per origin"), ("--seed", int, 0, "random seed")])
+    b.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
+                   help="stage_conversion's timing model (default competing_risks)")
+    b.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    b.set_defaults(func=cmd_backtest)

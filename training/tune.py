@@ -60,6 +60,7 @@ class CrossValidation:
     """A task's folds, ready to score: ``score(params, k)`` fits fold ``k`` with ``params`` over the
     task's configured ones and validates it."""
 
+    fold: TimeFold
     n_features: int
     folds: list[dict[str, str]]
     score: Callable[[dict[str, Any], int], FoldScore]
@@ -76,8 +77,9 @@ class Tuning(Protocol):
         """The task's LightGBM parameters without tuning."""
         ...
 
-    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold, n_folds: int,
-                         progress: bool) -> CrossValidation:
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
+        """The ``n_folds`` latest rolling splits of ``fold`` (None: the task's own) labelled at ``cutoff``."""
         ...
 
 
@@ -98,10 +100,11 @@ class _LeadTuning:
     def params(self) -> dict[str, Any]:
         return dict(DEFAULT_PARAMS)
 
-    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold, n_folds: int,
-                         progress: bool) -> CrossValidation:
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
         from features.leads import LeadFeatureSpec, lead_snapshots, snapshot_times
 
+        fold = fold or config.fold
         start = export.leads["created_at"].min() + pd.Timedelta(days=config.warmup_days)
         times = snapshot_times(start, cutoff - fold.horizon, config.snapshot_every_days)
         splits = fold.splits(times, cutoff, n_folds)
@@ -116,7 +119,7 @@ class _LeadTuning:
             clf.fit(fit[cols], fit["label"].to_numpy(), cal[cols], cal["label"].to_numpy())
             return _fold_score(ev["label"].to_numpy(), clf.predict_proba(ev[cols]))
 
-        return CrossValidation(len(cols), [s.describe() for s in splits], score)
+        return CrossValidation(fold, len(cols), [s.describe() for s in splits], score)
 
 
 class _DealTuning:
@@ -128,11 +131,12 @@ class _DealTuning:
 
         return {**DEFAULT_PARAMS, **DEAL_PARAMS}
 
-    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold, n_folds: int,
-                         progress: bool) -> CrossValidation:
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
         from features.deals import DealFeatureSpec, snapshot_times
         from training.deals import build_snapshots, deal_metrics, evaluation_frame, fit_deal_scorer
 
+        fold = fold or config.fold
         start = export.opportunities["created_at"].min() + pd.Timedelta(days=config.warmup_days)
         splits = fold.splits(snapshot_times(start, cutoff, config.snapshot_every_days), cutoff, n_folds)
         # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
@@ -151,7 +155,7 @@ class _DealTuning:
 
         described = [{"fit": f"labels censored at {s.cutoff.date()}", "evaluate": s.describe()["evaluate"]}
                      for s, _ in folds]
-        return CrossValidation(len(spec.feature_names), described, score)
+        return CrossValidation(fold, len(spec.feature_names), described, score)
 
 
 def _fitting_deal_folds(snaps: pd.DataFrame, splits: list[Split], config: Any,
@@ -183,13 +187,15 @@ class _AccountTuning:
 
         return {**DEFAULT_PARAMS, **ACCOUNT_PARAMS}
 
-    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold, n_folds: int,
-                         progress: bool) -> CrossValidation:
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
         from features.customers import AccountFeatureSpec, account_snapshots
-        from training.accounts import fit_high_value_classifier
+        from training.accounts import customer_fold, fit_high_value_classifier
 
         spec = AccountFeatureSpec.from_export(export, early_days=config.early_days, window_days=config.window_days)
         snaps, _ = account_snapshots(export, cutoff, spec, quantile=config.quantile, progress=progress)
+        snaps = snaps.assign(as_of=snaps["as_of"].dt.normalize())  # one snapshot day per customer, as in training
+        fold = fold or customer_fold(snaps["as_of"])
         splits = fold.splits(snaps["as_of"], None, n_folds)  # every customer's value is complete at the cutoff
         cols = spec.feature_names
 
@@ -198,7 +204,7 @@ class _AccountTuning:
             clf = fit_high_value_classifier(fit, spec, _with(config, params), cal=cal)
             return _fold_score(ev["label"].to_numpy(), clf.predict_proba(ev[cols]))
 
-        return CrossValidation(len(cols), [s.describe() for s in splits], score)
+        return CrossValidation(fold, len(cols), [s.describe() for s in splits], score)
 
 
 #: What each task gives the search.
@@ -274,7 +280,7 @@ def tune(
     task: Task | str,
     export: Export,
     cutoff: pd.Timestamp,
-    fold: TimeFold,
+    fold: TimeFold | None,
     trials: int | None,
     *,
     config: Any,
@@ -286,12 +292,13 @@ def tune(
     experiment: str = "funnelcast",
     progress: bool = False,
 ) -> TuneResult:
-    """Run (or resume) the study of ``task`` on the ``n_folds`` latest splits of ``fold`` labelled at
-    ``cutoff`` (``config``: the task's training configuration, whose parameters the trials override);
-    returns the best parameters over every trial of the study (default name: the task)."""
+    """Run (or resume) the study of ``task`` on the ``n_folds`` latest splits of ``fold`` (None: the
+    task's own, e.g. ``config.fold``) labelled at ``cutoff`` (``config``: the task's training
+    configuration, whose parameters the trials override); returns the best parameters over every
+    trial of the study (default name: the task)."""
     tuning = TUNING[Task(task)]
     horizon = getattr(config, "horizon_days", None)
-    if horizon is not None and pd.Timedelta(days=horizon) != fold.horizon:
+    if fold is not None and horizon is not None and pd.Timedelta(days=horizon) != fold.horizon:
         raise FunnelcastError(f"the fold's horizon {fold.describe()['horizon']} is not the {task} config's "
                               f"{horizon} days: build both from the same --horizon")
     cv = tuning.cross_validation(export, config, cutoff, fold, n_folds, progress)
@@ -311,7 +318,7 @@ def tune(
         mlflow.set_tags({"task": tuning.task.value, "kind": "tuning", "study": study_name,
                          **provenance_tags(config.seed, fingerprint)})
         mlflow.log_params({"n_trials": trials, "timeout": timeout, "folds": len(cv.folds), "storage": storage,
-                           **{f"fold_{k}": v for k, v in fold.describe().items()}})
+                           **{f"fold_{k}": v for k, v in cv.fold.describe().items()}})
         study.optimize(objective, n_trials=trials, timeout=timeout)
         result = _result(study, storage, cv.folds, fingerprint, defaults, tuning.task.value)
         mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})

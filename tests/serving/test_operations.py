@@ -121,7 +121,7 @@ def test_the_api_picks_up_a_new_champion_by_polling_the_alias(trained, train_con
     import time
 
     from models.registry import configure
-    from training.train import log_and_register
+    from training.pipeline import log_and_register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = configure(uri)

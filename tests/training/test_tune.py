@@ -19,10 +19,6 @@ def _fold(cfg) -> TimeFold:
     return TimeFold(horizon=cfg.horizon_days, evaluate=cfg.eval_days, calibrate=cfg.calib_days)
 
 
-#: high_value: customers have one snapshot each, a day apart is enough between the windows
-ACCOUNT_FOLD = TimeFold(horizon="1d", evaluate="56d", calibrate="91d")
-
-
 def test_study_resumes_logs_nested_runs_and_feeds_train(tmp_path, sample_export, train_config):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     client = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -138,16 +134,28 @@ def test_stage_conversion_study_resumes_with_nested_runs(tmp_path, sample_export
              study_name="stage_conversion", **kw)
 
 
-def test_high_value_study_fits_on_earlier_customers(tmp_path, account_sample):
+def test_high_value_study_on_its_customer_fold_and_train_uses_the_best_params(tmp_path, account_sample, capsys):
+    from features.settings import Settings
+    from training.cli_train import task_config
+
     _, export, cfg, _ = account_sample
-    result = tune("high_value", export, export.exported_at, ACCOUNT_FOLD, 2, config=cfg, n_folds=2,
-                  storage=f"sqlite:///{tmp_path / 'o.db'}")
+    result = tune("high_value", export, export.exported_at, None, 2, config=cfg, n_folds=2,
+                  storage=f"sqlite:///{tmp_path / 'o.db'}")  # None: the task's own fold (training.accounts.customer_fold)
     assert result.task == "high_value" and result.trials == 2 and len(result.folds) == 2
     assert result.default_value is not None and result.best_value <= result.default_value
     assert set(result.best_params) == set(SEARCHED)
     for f in result.folds:  # every fold learns from the customers before the ones it validates on
         day = {w: [pd.Timestamp(d.split(" ")[0], tz="UTC") for d in f[w].split("..")] for w in f}
         assert day["fit"][1] < day["calibrate"][0] and day["calibrate"][1] < day["evaluate"][0]
+    home = tmp_path / "home"
+    write_tuned_params(home, result)
+    # what `train --task high_value` builds its config from: <home>/tuned/high_value.json, unless --default-params
+    kw = dict(horizon_days=None, snapshot_every_days=None, seed=7, exclude=(), overrides={})
+    tuned_cfg, source = task_config(Task.HIGH_VALUE, Settings(home=home), **kw, default_params=False)
+    assert tuned_cfg.params == result.best_params and source == f"tuned:high_value#{result.best_trial}"
+    assert f"trial {result.best_trial}" in capsys.readouterr().out
+    plain_cfg, source = task_config(Task.HIGH_VALUE, Settings(home=home), **kw, default_params=True)
+    assert plain_cfg.params == {} and source == "default"
 
 
 @pytest.mark.parametrize("argv", [["tune"], ["promote"], ["drift"]])
