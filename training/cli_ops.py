@@ -9,6 +9,7 @@ command (``training.cli_common``): ``--data``, ``--as-of``, ``--horizon 91d``, `
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -22,7 +23,7 @@ from features.errors import FunnelcastError
 from features.settings import Settings
 from models.folds import InvalidFold, parse_duration
 from models.tasks import Task
-from training.cli_common import as_of_arg, by_arg, data_args, grouping, horizon, load_data, mlflow_client
+from training.cli_common import GROUPINGS, as_of_arg, data_args, grouping, horizon, load_data, mlflow_client
 
 _TASKS = [t.value for t in Task]
 
@@ -56,6 +57,12 @@ def _drift_population(task: str, scorer: Any, export: Any, as_of: pd.Timestamp) 
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    """Search a task's LightGBM parameters with Optuna on the rolling splits of its time fold (each
+    evaluates just before the next; stage_conversion's fits censored at their cutoffs; high_value's
+    over customers by snapshot time), median pruning, the study stored in <home>/optuna.db
+    (resumable), each trial a nested MLflow run. The best parameters go to <home>/tuned/<task>.json;
+    the next `funnelcast train --task TASK` uses them.
+    """
     from training.tasks import task_definition
     from training.tune import study_storage, tune, write_tuned_params
 
@@ -83,6 +90,13 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare the challenger and the champion on the same most recent labelled window of the export
+    (ROC AUC, Brier, calibration error; lead_quality: converts within the horizon; stage_conversion:
+    won within the horizon, plus the forecast's WAPE by owner; high_value: P(high value) on the
+    latest customers); move @champion only when the challenger is better by a margin, not worse
+    calibrated and (stage_conversion) not a worse forecast. The figures and the decision are printed
+    and logged to MLflow.
+    """
     from training.promote import Margins, promote
 
     _, export = load_data(args, settings)
@@ -105,6 +119,11 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
+    """Population stability index and missing-rate change per feature, and the score shift, between the
+    model's training reference (logged with it) and what it scores at --as-of in the export: the
+    open leads (lead_quality) or deals (stage_conversion; score = P(won)). A model logged without
+    reference distributions (high_value) is named as such.
+    """
     from models.drift import drift_frame, drift_plot, drift_report
     from models.registry import load_scorer
 
@@ -140,6 +159,12 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    """At the deal models' time-fold origins (every --every over the last --span, the latest a horizon
+    before the export): train stage_conversion on what was known, forecast the next horizon per
+    group, compare with what happened; WAPE, bias, share within +-10%, P10-P90 coverage, deal
+    AUC/Brier and the pipeline waterfall, for funnelcast, the weighted pipeline and the reps' close
+    dates. Writes OUT/report.md with plots and CSVs, and logs the figures to MLflow.
+    """
     from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
     from training.tasks import task_definition
 
@@ -161,84 +186,63 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _task_arg(sp: argparse.ArgumentParser, what: str) -> None:
-    sp.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
-                    help=f"{what} (default lead_quality): {', '.join(_TASKS)}")
+def _flag(text: str, kind: type | None = None, default: Any = None, **kw: Any) -> dict[str, Any]:
+    """``add_argument`` keywords: the default, when there is one, is said in the help."""
+    return {"help": text if default is None else f"{text} (default {default})",
+            **({"type": kind} if kind else {}), **({"default": default} if default is not None else {}), **kw}
 
 
-def _options(sp: argparse.ArgumentParser, options: list[tuple[str, type, Any, str]]) -> None:
-    """``(flag, type, default, help)`` rows; the default is appended to the help."""
-    for flag, kind, default, text in options:
-        sp.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})" if default is not None
-                        else text)
+def _command(sub: argparse._SubParsersAction, name: str, func: Any, summary: str, flags: dict[str, dict[str, Any]],
+             task: str | None = None, as_of: str | None = None) -> None:
+    """One command, described by ``func``'s docstring: ``--data``, ``--task`` (every task) and ``--as-of``
+    where they apply, then ``flags``."""
+    sp = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__ or summary))
+    data_args(sp)
+    if task:
+        sp.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
+                        help=f"{task} (default lead_quality): {', '.join(_TASKS)}")
+    if as_of:
+        as_of_arg(sp, as_of)
+    for flag, kw in flags.items():
+        sp.add_argument(flag, **kw)
+    sp.set_defaults(func=func)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("tune", help="Optuna search of a task's LightGBM parameters (time-ordered CV)",
-                       description="Search a task's LightGBM parameters with Optuna on the rolling splits of its "
-                       "time fold (each evaluates just before the next; stage_conversion's fits censored at their "
-                       "cutoffs; high_value's over customers by snapshot time), median pruning, the study stored in "
-                       "<home>/optuna.db (resumable), each trial a nested MLflow run. The best parameters go to "
-                       "<home>/tuned/<task>.json; the next `funnelcast train --task TASK` uses them.")
-    data_args(t)
-    _task_arg(t, "the task to tune")
-    as_of_arg(t, "tune on history before this time only")
-    t.add_argument("--horizon", type=horizon, help="label horizon, e.g. 91d or 13w (default FUNNELCAST_HORIZON_DAYS)")
-    _options(t, [("--trials", int, None, "number of trials to add to the study"),
-                 ("--timeout", float, None, "stop starting trials after S seconds"),
-                 ("--folds", int, 3, "time-ordered folds"),
-                 ("--study", str, None, "study name (default: the task); a new name starts a fresh study"),
-                 ("--storage", str, None, "Optuna storage URL (default sqlite:///<home>/optuna.db)"),
-                 ("--seed", int, 0, "sampler and model seed")])
-    t.add_argument("--exclude", nargs="*", help="feature columns to leave out (lead_quality, stage_conversion)")
-    t.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("promote", help="compare @challenger with @champion and move @champion if it wins",
-                       description="Compare the challenger and the champion on the same most recent labelled "
-                       "window of the export (ROC AUC, Brier, calibration error; lead_quality: converts within the "
-                       "horizon; stage_conversion: won within the horizon, plus the forecast's WAPE by owner; "
-                       "high_value: P(high value) on the latest customers); move @champion only when the challenger "
-                       "is better by a margin, not worse calibrated and (stage_conversion) not a worse forecast. The "
-                       "figures and the decision are printed and logged to MLflow.")
-    data_args(p)
-    _task_arg(p, "the task whose models are compared")
-    _options(p, [("--evaluate", _duration, "91d", "length of the comparison window, e.g. 13w"),
-                 ("--auc-margin", float, 0.002, "AUC gain that counts as better"),
-                 ("--brier-margin", float, 0.01, "relative Brier reduction that counts as better (0.01 = 1%%)"),
-                 ("--calibration-tolerance", float, 0.005, "largest increase of the calibration error accepted"),
-                 ("--wape-tolerance", float, 0.02,
-                  "stage_conversion: largest increase of the forecast's WAPE by owner accepted")])
-    p.add_argument("--dry-run", action="store_true", help="decide and log, but leave the aliases alone")
-    p.set_defaults(func=cmd_promote)
-
-    d = sub.add_parser("drift", help="feature and score drift of an export against the model's training data",
-                       description="Population stability index and missing-rate change per feature, and the score "
-                       "shift, between the model's training reference (logged with it) and what it scores at "
-                       "--as-of in the export: the open leads (lead_quality) or deals (stage_conversion; score = "
-                       "P(won)). A model logged without reference distributions (high_value) is named as such.")
-    data_args(d)
-    _task_arg(d, "the task whose model is checked")
-    as_of_arg(d, "the leads or deals open at this time")
-    _options(d, [("--alias", str, None, "model alias (default: champion)"), ("--top", int, 15, "features to print"),
-                 ("--plot", str, None, "write a PSI bar chart to this PNG file"),
-                 ("--out", str, None, "write the full report to this JSON file")])
-    d.set_defaults(func=cmd_drift)
-
-    b = sub.add_parser("backtest", help="forecast accuracy review over rolling origins (stage_conversion)",
-                       description="At the deal models' time-fold origins (every --every over the last --span, the "
-                       "latest a horizon before the export): train stage_conversion on what was known, forecast the "
-                       "next horizon per group, compare with what happened; WAPE, bias, share within +-10%%, P10-P90 "
-                       "coverage, deal AUC/Brier and the pipeline waterfall, for funnelcast, the weighted pipeline "
-                       "and the reps' close dates. Writes OUT/report.md with plots and CSVs, and logs the figures to "
-                       "MLflow.")
-    data_args(b)
-    b.add_argument("--out", required=True, help="output folder (report.md, plots, CSV tables)")
-    b.add_argument("--horizon", type=horizon, help="forecast horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)")
-    by_arg(b, "owner_id")
-    _options(b, [("--every", _duration, "28d", "time between origins, e.g. 4w"),
-                 ("--span", _duration, "364d", "how far back the origins go, e.g. 52w"),
-                 ("--sims", int, 2000, "simulations per origin"), ("--seed", int, 0, "random seed")])
-    b.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
-                   help="stage_conversion's timing model (default competing_risks)")
-    b.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    b.set_defaults(func=cmd_backtest)
+    _command(sub, "tune", cmd_tune, "Optuna search of a task's LightGBM parameters (time-ordered CV)", {
+        "--horizon": _flag("label horizon, e.g. 91d or 13w (default FUNNELCAST_HORIZON_DAYS)", horizon),
+        "--trials": _flag("number of trials to add to the study", int),
+        "--timeout": _flag("stop starting trials after S seconds", float),
+        "--folds": _flag("time-ordered folds", int, 3),
+        "--study": _flag("study name (default: the task); a new name starts a fresh study"),
+        "--storage": _flag("Optuna storage URL (default sqlite:///<home>/optuna.db)"),
+        "--seed": _flag("sampler and model seed", int, 0),
+        "--exclude": _flag("feature columns to leave out (lead_quality, stage_conversion)", nargs="*"),
+    }, task="the task to tune", as_of="tune on history before this time only")
+    _command(sub, "promote", cmd_promote, "compare @challenger with @champion and move @champion if it wins", {
+        "--evaluate": _flag("length of the comparison window, e.g. 13w", _duration, "91d"),
+        "--auc-margin": _flag("AUC gain that counts as better", float, 0.002),
+        "--brier-margin": _flag("relative Brier reduction that counts as better (0.01 = 1%%)", float, 0.01),
+        "--calibration-tolerance": _flag("largest increase of the calibration error accepted", float, 0.005),
+        "--wape-tolerance": _flag("stage_conversion: largest increase of the forecast's WAPE by owner "
+                                  "accepted", float, 0.02),
+        "--dry-run": _flag("decide and log, but leave the aliases alone", action="store_true"),
+    }, task="the task whose models are compared")
+    _command(sub, "drift", cmd_drift, "feature and score drift of an export against the model's training data", {
+        "--alias": _flag("model alias (default: champion)"),
+        "--top": _flag("features to print", int, 15),
+        "--plot": _flag("write a PSI bar chart to this PNG file"),
+        "--out": _flag("write the full report to this JSON file"),
+    }, task="the task whose model is checked", as_of="the leads or deals open at this time")
+    _command(sub, "backtest", cmd_backtest, "forecast accuracy review over rolling origins (stage_conversion)", {
+        "--out": _flag("output folder (report.md, plots, CSV tables)", required=True),
+        "--horizon": _flag("forecast horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)", horizon),
+        "--by": _flag("grouping", default="owner_id", choices=GROUPINGS),
+        "--every": _flag("time between origins, e.g. 4w", _duration, "28d"),
+        "--span": _flag("how far back the origins go, e.g. 52w", _duration, "364d"),
+        "--sims": _flag("simulations per origin", int, 2000),
+        "--seed": _flag("random seed", int, 0),
+        "--timing-layout": _flag("stage_conversion's timing model", default="competing_risks",
+                                 choices=("competing_risks", "close_share")),
+        "--no-mlflow": _flag("do not log to MLflow", action="store_true"),
+    })
