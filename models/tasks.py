@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -61,6 +61,7 @@ class Scored:
     entity: str  # "leads", "deals", "accounts"
 
 
+@runtime_checkable
 class TaskDefinition(Protocol):
     """What a task says about itself; everything else is written once."""
 
