@@ -209,3 +209,35 @@ def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(a
     assert run.data.metrics["challenger_brier"] == pytest.approx(d.challenger["brier"])
     with pytest.raises(Exception, match="too few"):  # a window without enough customers is refused, not guessed
         promote(export, client, task="high_value", experiment="promote-hv", evaluate="7d")
+    # the other way round: the weak recipe as champion is replaced by the better one
+    other = configure(f"sqlite:///{tmp_path / 'hv2.db'}")
+    register_accounts(replace(result, scorer=weak_scorer), other, cfg=weak_cfg, **kw)
+    better = register_accounts(replace(result), other, cfg=cfg, **kw)
+    d = promote(export, other, task="high_value", experiment="promote-hv")
+    assert d.mode == "refit" and d.promote and d.challenger["roc_auc"] > d.champion["roc_auc"], d.reason
+    assert str(other.get_model_version_by_alias("high_value", "champion").version) == better.version
+
+
+def test_stage_conversion_keeps_a_worse_challenger_and_promotes_a_better_one(sample_export, tmp_path):
+    """The same two deal recipes registered in both orders: the degenerate one (trees that cannot
+    split) is kept out as challenger and replaced as champion; the WAPE check is part of the reason."""
+    from training.deals import DealTrainConfig, build_deal_model
+
+    cutoff = sample_export.exported_at
+    good_cfg = DealTrainConfig(snapshot_every_days=28, seed=7)
+    weak_cfg = DealTrainConfig(snapshot_every_days=28, seed=7,
+                               params={"num_leaves": 2, "min_child_samples": 100_000, "learning_rate": 0.3})
+    good = build_deal_model(sample_export, good_cfg, cutoff)
+    weak = build_deal_model(sample_export, weak_cfg, cutoff, snaps=good.snapshots, spec=good.scorer.spec)
+    for name, order, promoted in (("keep", [(good, good_cfg), (weak, weak_cfg)], False),
+                                  ("replace", [(weak, weak_cfg), (good, good_cfg)], True)):
+        client = configure(f"sqlite:///{tmp_path / name}.db")
+        versions = [log_and_register(r, client, experiment="promote-deals", artifact_location=(tmp_path / name).as_uri(),
+                                     cfg=cfg, data_source="sample").version for r, cfg in order]
+        d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals")
+        assert d.mode == "refit" and d.promote is promoted, d.reason
+        assert "forecast WAPE by owner" in d.reason
+        better, worse = (d.challenger, d.champion) if promoted else (d.champion, d.challenger)
+        assert better["roc_auc"] > worse["roc_auc"] + 0.05
+        champion = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
+        assert champion == versions[1 if promoted else 0]
