@@ -36,24 +36,27 @@ def _duration(value: str) -> pd.Timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-_DRIFT_TASKS = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value)
+def _lead_features(scorer: Any, export: Any, leads: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+    X = scorer.features(leads, export.accounts, export.activities, as_of)
+    return X, scorer.predict_proba(X)
 
 
-def _drift_population(task: str, scorer: Any, export: Any, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray, str]:
-    """The features and scores of what the model would score at ``as_of``: the leads open then
-    (lead_quality) or the deals open then (stage_conversion, scores = P(won))."""
-    if task == Task.LEAD_QUALITY.value:
-        from features.pit import open_leads
+def _deal_features(scorer: Any, export: Any, opps: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+    X, _ = scorer.features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of)
+    return X, scorer.predict(X)["p_win"].to_numpy()
 
-        X = scorer.features(open_leads(export.leads, as_of), export.accounts, export.activities, as_of)
-        return X, scorer.predict_proba(X), "leads"
-    if task == Task.STAGE_CONVERSION.value:
-        from features.deals import open_opportunities
 
-        opps = open_opportunities(export.opportunities, export.stage_history, as_of)
-        X, _ = scorer.features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of)
-        return X, scorer.predict(X)["p_win"].to_numpy(), "deals"
-    raise FunnelcastError(f"drift is implemented for {' and '.join(map(repr, _DRIFT_TASKS))}, not for {task!r}")
+def _account_features(scorer: Any, export: Any, accounts: pd.DataFrame,
+                      as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+    X = scorer.features(export, list(accounts["account_id"]), as_of)
+    return X, scorer.predict_proba(X)
+
+
+#: How each task's scorer computes the features and the score (P(won) for deals) of its population, and
+#: what that population is called.
+_DRIFT_FEATURES = {Task.LEAD_QUALITY: (_lead_features, "leads open"),
+                   Task.STAGE_CONVERSION: (_deal_features, "deals open"),
+                   Task.HIGH_VALUE: (_account_features, "accounts known")}
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
@@ -120,9 +123,9 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     """Population stability index and missing-rate change per feature, and the score shift, between the
-    model's training reference (logged with it) and what it scores at --as-of in the export: the
-    open leads (lead_quality) or deals (stage_conversion; score = P(won)). A model logged without
-    reference distributions (high_value) is named as such.
+    model's training reference (logged with it: its latest training rows) and what it scores at
+    --as-of in the export: the open leads (lead_quality), the open deals (stage_conversion; score =
+    P(won)) or the accounts (high_value; score = P(high value)).
     """
     from models.drift import drift_frame, drift_plot, drift_report
     from models.registry import load_scorer
@@ -133,11 +136,15 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     scorer = loaded.scorer
     reference = scorer.metadata.get("reference")
     if not reference:
-        raise FunnelcastError(f"{args.task} v{loaded.version} has no reference distributions: retrain it")
-    X, scores, what = _drift_population(args.task, scorer, export, as_of)
+        raise FunnelcastError(f"{args.task} v{loaded.version} was logged without reference distributions: retrain it")
+    from training.tasks import task_definition
+
+    population = task_definition(args.task).population(export, as_of)
+    features, what = _DRIFT_FEATURES[Task(args.task)]
+    X, scores = features(scorer, export, population, as_of)
     report = drift_report(reference, X, scores)
     table = drift_frame(report)
-    print(f"{args.task} v{loaded.version}: {report['rows']} {what} open at {as_of} against "
+    print(f"{args.task} v{loaded.version}: {report['rows']} {what} at {as_of} against "
           f"{report['reference_rows']} training rows (the model's latest training window)")
     s = report["score"]
     print(f"score: PSI {s['psi']:.4f} ({s['level']}), mean {s['mean_reference']:.4f} -> {s['mean_recent']:.4f}")
@@ -233,7 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--top": _flag("features to print", int, 15),
         "--plot": _flag("write a PSI bar chart to this PNG file"),
         "--out": _flag("write the full report to this JSON file"),
-    }, task="the task whose model is checked", as_of="the leads or deals open at this time")
+    }, task="the task whose model is checked", as_of="what the model scores at this time")
     _command(sub, "backtest", cmd_backtest, "forecast accuracy review over rolling origins (stage_conversion)", {
         "--out": _flag("output folder (report.md, plots, CSV tables)", required=True),
         "--horizon": _flag("forecast horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)", horizon),
