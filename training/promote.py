@@ -444,7 +444,3 @@ def _log(client: MlflowClient, d: Decision, experiment: str) -> str:
         client.set_model_version_tag(d.task, d.challenger_version, "promotion", "promoted" if d.promote else "kept challenger")
         client.set_model_version_tag(d.task, d.challenger_version, "promotion_reason", d.reason[:500])
     return run.info.run_id
-
-
-def summary(d: Decision) -> dict[str, Any]:
-    return {**asdict(d), "margins": asdict(d.margins)}
