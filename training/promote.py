@@ -58,7 +58,7 @@ class Margins:
     auc: float = 0.002
     brier: float = 0.01
     calibration: float = 0.005
-    wape: float = 0.02  # timing models: largest increase of the forecast's WAPE by owner accepted
+    wape: float = 0.02  # stage_conversion (FORECAST_CHECK): largest increase of the forecast's WAPE by owner accepted
 
 
 @dataclass
@@ -88,21 +88,36 @@ class Decision:
         return out
 
 
-def decide(champion: dict[str, float], challenger: dict[str, float], margins: Margins) -> tuple[bool, str]:
-    """The promotion rule on two metric dicts (see the module docstring)."""
+@dataclass(frozen=True)
+class Check:
+    """A task's own check on top of the rule: the challenger's ``metric`` may not rise by more than the
+    margin named ``tolerance`` (a :class:`Margins` field); ``what`` names it in the reason."""
+
+    metric: str
+    tolerance: str
+    what: str
+
+
+#: stage_conversion is a timing model: its forecast by owner must not get worse.
+FORECAST_CHECK = Check("wape", "wape", "forecast WAPE by owner")
+
+
+def decide(champion: dict[str, float], challenger: dict[str, float], margins: Margins,
+           checks: tuple[Check, ...] = ()) -> tuple[bool, str]:
+    """The promotion rule on two metric dicts, with the task's ``checks`` (see the module docstring)."""
     d_auc = challenger["roc_auc"] - champion["roc_auc"]
     brier_change = (challenger["brier"] - champion["brier"]) / champion["brier"]
     d_cal = challenger["calibration_error"] - champion["calibration_error"]
-    figures = f"AUC {d_auc:+.4f}, Brier {brier_change:+.2%}, calibration error {d_cal:+.4f}"
-    d_wape = challenger.get("wape", np.nan) - champion.get("wape", np.nan)
-    if "wape" in champion and "wape" in challenger:
-        figures += f", forecast WAPE by owner {d_wape:+.4f}"
+    rises = {c: challenger[c.metric] - champion[c.metric] for c in checks}
+    figures = ", ".join([f"AUC {d_auc:+.4f}", f"Brier {brier_change:+.2%}", f"calibration error {d_cal:+.4f}",
+                         *(f"{c.what} {d:+.4f}" for c, d in rises.items())])
     if not (np.isfinite(d_auc) and np.isfinite(brier_change)):
         return False, f"metrics undefined on the window ({figures}): one outcome class only"
     if d_cal > margins.calibration:
         return False, f"worse calibrated ({figures}; tolerance {margins.calibration})"
-    if d_wape > margins.wape:  # NaN (no WAPE: not a timing model) compares False
-        return False, f"worse forecast ({figures}; WAPE tolerance {margins.wape})"
+    for c, d in rises.items():
+        if d > getattr(margins, c.tolerance):
+            return False, f"worse {c.what} ({figures}; tolerance {getattr(margins, c.tolerance)})"
     if d_auc < -margins.auc or brier_change > 0:
         return False, f"worse on AUC or Brier ({figures})"
     if d_auc >= margins.auc or brier_change <= -margins.brier:
@@ -124,6 +139,8 @@ class Comparison(Protocol):
     """What promotion needs from a task (see the module docstring)."""
 
     task: Task
+    #: The task's checks on top of the promotion rule.
+    checks: tuple[Check, ...]
 
     def recipe(self, scorer: Any) -> Any:
         """The training config a registered scorer was built with (defaults for older models)."""
@@ -166,6 +183,7 @@ class _LeadComparison:
     """lead_quality: every lead open at each snapshot time of the window, converted within the horizon."""
 
     task = Task.LEAD_QUALITY
+    checks: tuple[Check, ...] = ()
 
     def recipe(self, scorer: Any) -> Any:
         from training.train import TrainConfig
@@ -219,6 +237,7 @@ class _DealComparison:
     window's start, the way ``training.deals`` evaluates."""
 
     task = Task.STAGE_CONVERSION
+    checks = (FORECAST_CHECK,)
 
     def recipe(self, scorer: Any) -> Any:
         from training.deals import DealTrainConfig
@@ -289,6 +308,7 @@ class _AccountComparison:
     later third calibrates)."""
 
     task = Task.HIGH_VALUE
+    checks: tuple[Check, ...] = ()
 
     def recipe(self, scorer: Any) -> Any:
         from training.accounts import AccountConfig
@@ -411,7 +431,7 @@ def promote(
                 if newer else "same recipe and no newer data than the champion: nothing to gain"
             )
         else:
-            ok, reason = decide(cmp.champion, cmp.challenger, margins)
+            ok, reason = decide(cmp.champion, cmp.challenger, margins, COMPARISONS[Task(task)].checks)
         decision = Decision(task, ok, reason, cmp.mode, cmp.window, champ_v, chall_v, cmp.champion, cmp.challenger,
                             margins)
     decision.run_id = _log(client, decision, experiment)

@@ -10,7 +10,7 @@ from features.errors import ModelNotAvailable
 from models.registry import configure
 from models.tasks import Task
 from training.pipeline import log_and_register
-from training.promote import COMPARISONS, Margins, decide, owner_forecast_accuracy, promote
+from training.promote import COMPARISONS, FORECAST_CHECK, Margins, decide, owner_forecast_accuracy, promote
 from training.train import TrainConfig, build_lead_model
 
 
@@ -52,14 +52,15 @@ def test_promotion_rule(challenger, promote_it, why):
     [
         (0.30, True, "better by the margin"),  # better ranking and the same forecast
         (0.315, True, "better by the margin"),  # a worse forecast within the tolerance
-        (0.33, False, "worse forecast"),  # better ranking, but the owners' forecast gets worse
+        (0.33, False, "worse forecast WAPE by owner"),  # better ranking, but the owners' forecast gets worse
     ],
 )
 def test_timing_models_must_not_forecast_worse(wape, promote_it, why):
     champion = {**BASE, "wape": 0.30}
     challenger = {"roc_auc": 0.81, "brier": 0.099, "calibration_error": 0.010, "wape": wape}
-    ok, reason = decide(champion, challenger, Margins(wape=0.02))
+    ok, reason = decide(champion, challenger, Margins(wape=0.02), COMPARISONS[Task.STAGE_CONVERSION].checks)
     assert ok is promote_it and why in reason and "WAPE" in reason
+    assert decide(champion, challenger, Margins(wape=0.02))[0]  # the check is the task's: leads have none
 
 
 def test_owner_wape_against_a_loop():
@@ -161,7 +162,7 @@ def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sa
         assert 0.5 < m["roc_auc"] <= 1 and 0 < m["brier"] < 0.25 and m["n"] > 50
         assert "next_roc_auc" in m and "win_roc_auc" in m
     assert d.champion != d.challenger  # different recipes, different scores on the same rows
-    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins())
+    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins(), (FORECAST_CHECK,))
     champion_now = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
     assert champion_now == (versions[1] if d.promote else versions[0])
     for m in (d.champion, d.challenger):  # the forecast's accuracy by owner, on the same window
