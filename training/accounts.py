@@ -207,8 +207,8 @@ class HighValue:
 
     def summary(self, result: TrainResult) -> str:
         m, b = result.metrics, result.baseline_metrics
-        return (f"on {len(result.snapshots):,} customers; evaluation on the latest {int(m['n'])} "
-                f"({result.windows['evaluate']}): ROC AUC {m['roc_auc']:.3f} (first deal amount alone "
+        return (f"on {len(result.snapshots):,} customers; evaluation on the latest, who became customers "
+                f"{result.windows['evaluate']}: ROC AUC {m['roc_auc']:.3f} (first deal amount alone "
                 f"{b['roc_auc']:.3f}), Brier {m['brier']:.3f} ({b['brier']:.3f}), value Spearman "
                 f"{m['value_spearman']:.3f}")
 
