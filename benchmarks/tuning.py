@@ -27,7 +27,6 @@ import pandas as pd
 
 from features.io import load_export
 from models.tasks import Task
-from models.folds import TimeFold
 from training.tune import TuneResult, tune
 
 SHOWN = ("roc_auc", "brier", "log_loss", "calibration_error")
@@ -39,8 +38,7 @@ def _lead(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], str]:
 
     default = build_lead_model(export, TrainConfig(seed=args.seed), export.exported_at)
     cutoff = default.plan.evaluate[0]  # tuning reads no label after the evaluation window starts
-    cfg = TrainConfig(seed=args.seed)
-    result = _tune(cfg, TimeFold(cfg.horizon_days, cfg.eval_days, cfg.calib_days), export, cutoff, args)
+    result = _tune(TrainConfig(seed=args.seed), export, cutoff, args)
     tuned = build_lead_model(export, TrainConfig(seed=args.seed, params=result.best_params), export.exported_at)
     rows = {name: {**{k: r.metrics[k] for k in SHOWN}, "rows": int(r.metrics["n"])}
             for name, r in (("default", default), ("tuned", tuned))}
@@ -55,8 +53,7 @@ def _deals(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], str]:
 
     default = build_deal_model(export, cfg({}), export.exported_at)
     cutoff = pd.Timestamp(default.windows["fit_until"], tz="UTC")  # the evaluation window's start
-    c = cfg({})
-    result = _tune(c, TimeFold(c.horizon_days, c.eval_days, c.calib_days), export, cutoff, args)
+    result = _tune(cfg({}), export, cutoff, args)
     tuned = build_deal_model(export, cfg(result.best_params), export.exported_at, snaps=default.snapshots,
                              spec=default.scorer.spec)  # the same snapshot frame
     rows = {name: {**{k: r.metrics[f"win_h_{k}"] for k in SHOWN}, "next_roc_auc": r.metrics["next_roc_auc"],
@@ -76,7 +73,7 @@ def _accounts(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], st
     spec = AccountFeatureSpec.from_export(export, early_days=cfg.early_days, window_days=cfg.window_days)
     seen, _ = account_snapshots(export, cutoff, spec, quantile=cfg.quantile)
     assert seen["as_of"].max() < q, "tuning customers must all come before the evaluation quarter"
-    result = _tune(cfg, TimeFold(horizon="1d", evaluate="56d", calibrate="91d"), export, cutoff, args)
+    result = _tune(cfg, export, cutoff, args)
     tuned = build_high_value_model(export, AccountConfig(seed=args.seed, n_bootstrap=5, params=result.best_params),
                                    export.exported_at)
     rows = {name: {**{k: r.metrics[k] for k in SHOWN}, "rows": int(r.metrics["n"])}
@@ -85,10 +82,11 @@ def _accounts(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], st
                           f"evaluation: the latest {rows['default']['rows']} customers (from {q.date()})")
 
 
-def _tune(cfg: Any, fold: TimeFold, export, cutoff: pd.Timestamp, args) -> TuneResult:
+def _tune(cfg: Any, export, cutoff: pd.Timestamp, args) -> TuneResult:
+    """The task's study on its own time fold (``None``: ``cfg.fold``, high_value's customer fold)."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = tune(args.task, export, cutoff, fold, args.trials, config=cfg, timeout=args.timeout,
+        result = tune(args.task, export, cutoff, None, args.trials, config=cfg, timeout=args.timeout,
                       storage=f"sqlite:///{tmp}/optuna.db", n_folds=args.folds)
         _SECONDS[result.task] = time.perf_counter() - t0
     return result

@@ -83,9 +83,9 @@ class Tuning(Protocol):
         ...
 
 
-def _fold_score(y: np.ndarray, p: np.ndarray, extra: dict[str, float] | None = None) -> FoldScore:
+def _fold_score(y: np.ndarray, p: np.ndarray) -> FoldScore:
     m = classification_metrics(y, p)
-    return m["log_loss"], m["roc_auc"], m["brier"], extra or {}
+    return m["log_loss"], m["roc_auc"], m["brier"], {}
 
 
 def _with(config: Any, params: dict[str, Any]) -> Any:
