@@ -28,6 +28,7 @@ from features.deals import deal_outcomes
 from models.forecast import forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
+from training.pipeline import experiment_id
 
 DAY = pd.Timedelta(days=1)
 METHODS = ("funnelcast", "weighted_pipeline", "reps_close_dates")
@@ -289,9 +290,8 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
     """Log the overall and per-origin figures and the report to MLflow; returns the run id."""
     import mlflow
 
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    with mlflow.start_run(experiment_id=exp_id, run_name="forecast-backtest") as run:
+    with mlflow.start_run(experiment_id=experiment_id(client, experiment, artifact_location),
+                          run_name="forecast-backtest") as run:
         mlflow.set_tags({"task": "forecast_backtest", "data_source": data_source})
         mlflow.log_params({"every": cfg.every, "span": cfg.span, "by": cfg.by,
                            "n_sims": cfg.n_sims, "origins": int(result.per_origin["origin"].nunique()),

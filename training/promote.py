@@ -48,6 +48,7 @@ from models.metrics import classification_metrics
 from models.registry import load_scorer
 from models.tasks import Task
 from training.backtest import accuracy
+from training.pipeline import experiment_id
 
 COMPARED = ("roc_auc", "brier", "calibration_error", "log_loss", "pr_auc", "top_decile_capture", "n", "positive_rate",
             "wape", "bias")
@@ -444,9 +445,7 @@ def promote(
 
 
 def _log(client: MlflowClient, d: Decision, experiment: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"promote-{d.task}") as run:
+    with mlflow.start_run(experiment_id=experiment_id(client, experiment), run_name=f"promote-{d.task}") as run:
         mlflow.set_tags({"task": d.task, "kind": "promotion", "decision": "promote" if d.promote else "keep"})
         mlflow.log_params(
             {

@@ -47,6 +47,7 @@ from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.tasks import Task
+from training.pipeline import experiment_id
 from training.provenance import export_fingerprint, provenance_tags
 
 #: The parameters searched (the rest of each task's defaults stays as it is).
@@ -308,7 +309,7 @@ def tune(
     identity = {"data_fingerprint": fingerprint, "cutoff": str(cutoff), "features": cv.n_features,
                 "task": tuning.task.value}
     study = _open_study(storage, study_name, config.seed, identity, defaults)
-    exp_id = _experiment_id(client, experiment) if client else None
+    exp_id = experiment_id(client, experiment) if client else None
     objective = _objective(tuning, study_name, cv, exp_id, logged=client is not None)
     if not client:
         study.optimize(objective, n_trials=trials, timeout=timeout)
@@ -355,11 +356,6 @@ def _open_study(storage: str, study_name: str, seed: int, identity: dict[str, An
             f"cutoff {attrs.get('cutoff')}, task {known_task}): its trials are not comparable; pass another --study name"
         )
     return study
-
-
-def _experiment_id(client: MlflowClient, experiment: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    return exp.experiment_id if exp else client.create_experiment(experiment)
 
 
 def _objective(tuning: Tuning, study_name: str, cv: CrossValidation, exp_id: str | None,
