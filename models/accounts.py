@@ -60,7 +60,8 @@ class AccountScorer(Scorer):
     metadata: dict[str, object] = field(default_factory=dict)
 
     def features(self, export: Export, account_ids: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
-        self.check_as_of(as_of)
+        """Account features as of ``as_of``. No cutoff guard (unlike leads and deals): serving scores
+        look-alikes of prospects at any time the client names, and its tests rely on it."""
         return account_features(export, account_ids, as_of, self.spec)
 
     @property

@@ -1,10 +1,13 @@
-"""The prediction tasks, the protocol each task implements once, and what training one returns.
+"""The prediction tasks, the protocol each task implements once, and the one way a task is trained.
 
 Each :class:`Task` value is also the registered model's name in MLflow. A task module
 (``training.train`` for lead_quality, ``training.deals`` for stage_conversion,
-``training.accounts`` for high_value) implements :class:`TaskDefinition`; the machinery around
-it (the time fold, training, logging and registering, the CLI) is written once over the
-protocol. Adding a task is one module implementing it and one line in ``training.tasks``.
+``training.accounts`` for high_value) implements :class:`TaskDefinition`: its population,
+snapshots, fold, a fold's fit and evaluation against its baseline, the final scorer, what it
+logs and how it scores. :func:`build_task` runs them in order, the same for every task; the
+registry (``training.tasks``), logging and registering (``training.pipeline``) and the CLI
+are written once over the protocol. Adding a task is one module implementing it and one
+line in ``training.tasks``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from features.contract import Export
+from models.folds import Split, TimeFold
 
-__all__ = ["Scored", "Task", "TaskConfig", "TaskDefinition", "TrainResult"]
+__all__ = ["Evaluation", "Scored", "Snapshots", "Task", "TaskConfig", "TaskDefinition", "TrainResult", "build_task"]
 
 
 class Task(StrEnum):
@@ -53,6 +57,31 @@ class TrainResult:
     aliases: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Snapshots:
+    """A task's point-in-time examples: features and labels of its entities at snapshot ``times``."""
+
+    spec: Any
+    frame: pd.DataFrame
+    #: The snapshot times (``as_of`` values, or the days of them) the fold splits.
+    times: list[pd.Timestamp]
+    #: What the labels know: the training cutoff.
+    cutoff: pd.Timestamp
+    #: Labels decided by the outcomes the CRM reported (None: the export alone).
+    outcome_labels: Any = None
+    #: What else the task derived with them (e.g. the high-value threshold).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out metrics of a fold's model and of the task's baseline, and the predictions they are from."""
+
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    frame: pd.DataFrame
+
+
 @dataclass(frozen=True)
 class Scored:
     """A batch of scored entities: one row each, best first, with reasons as text."""
@@ -78,9 +107,26 @@ class TaskDefinition(Protocol):
         """The entities the task scores at ``as_of`` (none created at or after it)."""
         ...
 
-    def build(self, export: Export, config: Any, cutoff: pd.Timestamp, *, progress: bool = False,
-              outcomes: pd.DataFrame | None = None) -> TrainResult:
-        """Snapshots, the time-fold evaluation against the baseline, and the final scorer (no MLflow)."""
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: Any, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        """Features and labels known at ``cutoff`` (``outcomes``: stored outcomes that decide labels)."""
+        ...
+
+    def fold(self, config: Any, snapshots: Snapshots) -> TimeFold:
+        """The time fold of the task's snapshots."""
+        ...
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: Any) -> Any:
+        """A model fitted on the split's fit and calibration windows (what :meth:`evaluate` scores)."""
+        ...
+
+    def evaluate(self, model: Any, snapshots: Snapshots, split: Split, config: Any) -> Evaluation:
+        """The model and the task's baseline on the split's evaluation window."""
+        ...
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: Any) -> TrainResult:
+        """The registered scorer, fitted on everything known at the cutoff, with the evaluation."""
         ...
 
     def run_params(self, result: TrainResult, config: Any) -> dict[str, object]:
@@ -98,3 +144,16 @@ class TaskDefinition(Protocol):
     def score(self, scorer: Any, export: Export, as_of: pd.Timestamp) -> Scored:
         """Every entity of :meth:`population` at ``as_of``, scored, best first, reasons as text."""
         ...
+
+
+def build_task(definition: TaskDefinition, export: Export, cutoff: pd.Timestamp, config: Any, *,
+               progress: bool = False, outcomes: pd.DataFrame | None = None,
+               snapshots: Snapshots | None = None) -> TrainResult:
+    """Snapshots (unless given), the fold's evaluation split, a model on it and its evaluation against
+    the baseline, then the final scorer: the one training path of every task (no MLflow)."""
+    snaps = snapshots or definition.snapshots(export, cutoff, config, progress=progress, outcomes=outcomes)
+    split = definition.fold(config, snaps).split(snaps.times, snaps.cutoff)
+    evaluation = definition.evaluate(definition.fit(export, snaps, split, config), snaps, split, config)
+    result = definition.final(export, snaps, split, evaluation, config)
+    result.outcome_labels = snaps.outcome_labels
+    return result

@@ -25,10 +25,10 @@ from features.customers import AccountFeatureSpec, account_snapshots
 from models.accounts import AccountScorer, ValueRegressor
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, shap_summary_plot
-from models.folds import TimeFold
+from models.explain import Contributions, log_odds_contributions, shap_summary_plot
+from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
-from models.tasks import Scored, Task, TrainResult
+from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from models.traits import TraitMiner, global_importance
 from training.provenance import export_fingerprint
 
@@ -69,23 +69,37 @@ def mine_traits(snaps: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfi
 
 
 def customer_fold(times: pd.Series) -> TimeFold:
-    """The fold of the customers' snapshot ``times``: evaluate the latest quarter of them, calibrate on
-    the quarter before, fit on the earliest half (a one-day horizon: each account appears once)."""
+    """The fold of the customers' snapshot days ``times``: evaluate the latest quarter of them, calibrate
+    on the quarter before, fit on the earliest half (a one-day horizon: each account appears once)."""
     ts = pd.Series(sorted(times))
     last, q75, q50 = ts.iloc[-1], ts.iloc[int(len(ts) * 0.75)], ts.iloc[int(len(ts) * 0.5)]
     evaluate = (last.normalize() - q75.normalize()).days + 1
     return TimeFold(horizon="1d", evaluate=f"{evaluate}d", calibrate=f"{max((q75 - q50).days, 1)}d")
 
 
+def _require_customers(n: int, enough: bool = True) -> None:
+    """Refuse fewer than 80 customers (or a split of them without ``enough`` in each part)."""
+    if n < 80 or not enough:
+        raise ValueError(f"only {n} customers with a complete value: too few for a time split (need 80)")
+
+
+def _days(snaps: pd.DataFrame) -> pd.Series:
+    return snaps["as_of"].dt.normalize()
+
+
+def _parts(snaps: pd.DataFrame, split: Split) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The fit, calibration and evaluation customers of ``split`` (whose times are days); refuses too few."""
+    days = _days(snaps)
+    parts = tuple(snaps[days.isin(ts).to_numpy()] for ts in (split.fit, split.calibrate, split.evaluate))
+    _require_customers(len(snaps), enough=min(len(p) for p in parts) >= 10 and len(parts[0]) >= 20)
+    return parts  # type: ignore[return-value]
+
+
 def _split(snaps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Fit, calibration and evaluation customers of :func:`customer_fold` (each sorted by ``as_of``)."""
-    n = len(snaps)
-    times = snaps["as_of"].dt.normalize()
-    split = customer_fold(times).split(times) if n >= 80 else None
-    parts = (times.isin(split.fit), times.isin(split.calibrate), times.isin(split.evaluate)) if split else ()
-    if not parts or min(int(p.sum()) for p in parts) < 10 or int(parts[0].sum()) < 20:
-        raise ValueError(f"only {n} customers with a complete value: too few for a time split (need 80)")
-    return tuple(snaps[p.to_numpy()] for p in parts)  # type: ignore[return-value]
+    _require_customers(len(snaps))
+    days = _days(snaps)
+    return _parts(snaps, customer_fold(days).split(days))
 
 
 def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
@@ -103,30 +117,22 @@ def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg
 
 def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timestamp, progress: bool = False) -> AccountResult:
     """Snapshots, traits, the time-split evaluation and the final scorer (no MLflow)."""
-    spec = AccountFeatureSpec.from_export(export, early_days=cfg.early_days, window_days=cfg.window_days)
-    snaps, threshold = account_snapshots(export, cutoff, spec, quantile=cfg.quantile, progress=progress)
-    cols = spec.feature_names
-    fit, cal, ev = _split(snaps)
-    clf = fit_high_value_classifier(fit, spec, cfg, cal=cal)
-    p = clf.predict_proba(ev[cols])
-    metrics = classification_metrics(ev["label"].to_numpy(), p)
-    # baseline: the first deal's amount alone (what a CRM report would sort by)
-    amount = ev["first_deal_amount"].fillna(ev["first_deal_amount"].median()).to_numpy(dtype=float)
-    baseline = classification_metrics(ev["label"].to_numpy(), (amount.argsort().argsort() + 0.5) / len(amount))
-    reg = ValueRegressor(random_state=cfg.seed).fit(clf._matrix(pd.concat([fit, cal])[cols]),
-                                                    pd.concat([fit, cal])["value"].to_numpy())
-    pred = reg.predict(clf._matrix(ev[cols]))
-    metrics["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))
-    metrics["value_spearman"] = float(pd.Series(pred).corr(pd.Series(ev["value"].to_numpy()), method="spearman"))
-    evaluation = ev[["account_id", "as_of", "value", "label"]].assign(probability=p, expected_value=pred)
+    return build_task(HIGH_VALUE, export, cutoff, cfg, progress=progress)  # type: ignore[return-value]
 
-    final_fit, final_cal = pd.concat([fit, cal]), ev
-    final = fit_high_value_classifier(final_fit, spec, cfg, cal=final_cal)
+
+def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cfg: AccountConfig,
+                          ) -> tuple[AccountScorer, pd.DataFrame, pd.DataFrame, Contributions]:
+    """The registered scorer (refitted on the fit and calibration customers, calibrated on the evaluation
+    ones; value on every customer), its global importance, the traits table and the SHAP contributions."""
+    snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
+    cols = spec.feature_names
+    fit, cal, ev = _parts(snaps, split)
+    final = fit_high_value_classifier(pd.concat([fit, cal]), spec, cfg, cal=ev)
     final_reg = ValueRegressor(random_state=cfg.seed).fit(final._matrix(snaps[cols]), snaps["value"].to_numpy())
     contrib = log_odds_contributions(final.contributions(snaps[cols]), cols, final.calib_slope_, final.calib_intercept_)
     importance = global_importance(contrib.values, snaps[cols], cols)
     miner = mine_traits(snaps, spec, cfg)
-    traits = miner.table()
+    threshold = snapshots.extra["threshold"]
     scorer = AccountScorer(
         spec=spec, classifier=final, regressor=final_reg, threshold=threshold, trained_until=cutoff,
         traits=[t.as_dict() for t in miner.traits_], importance=importance.to_dict("records"),
@@ -137,11 +143,7 @@ def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timest
                   "reference": reference_profile(final_cal[cols], final.predict_proba(final_cal[cols]),
                                                  spec.categorical_features)},
     )
-    windows = {name: f"{part['as_of'].min().date()}..{part['as_of'].max().date()} ({len(part)})"
-               for name, part in (("fit", fit), ("calibrate", cal), ("evaluate", ev))}
-    return AccountResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, snapshots=snaps, traits=traits,
-                         importance=importance, evaluation=evaluation, windows=windows,
-                         extra={"contributions": contrib})
+    return scorer, importance, miner.table(), contrib
 
 
 def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
@@ -191,10 +193,53 @@ class HighValue:
     def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
         return export.accounts[export.accounts["created_at"] < as_of].drop_duplicates("account_id")
 
-    def build(self, export: Export, config: AccountConfig, cutoff: pd.Timestamp, *, progress: bool = False,
-              outcomes: pd.DataFrame | None = None) -> AccountResult:
-        """The model; stored outcomes are lead and deal outcomes, which customer value does not read."""
-        return build_high_value_model(export, config, cutoff, progress=progress)
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: AccountConfig, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        """One snapshot per customer with a complete value window; stored outcomes are lead and deal
+        outcomes, which customer value does not read."""
+        spec = AccountFeatureSpec.from_export(export, early_days=config.early_days, window_days=config.window_days)
+        snaps, threshold = account_snapshots(export, cutoff, spec, quantile=config.quantile, progress=progress)
+        times = sorted(set(_days(snaps)))
+        return Snapshots(spec=spec, frame=snaps, times=times, cutoff=cutoff, extra={"threshold": threshold})
+
+    def fold(self, config: AccountConfig, snapshots: Snapshots) -> TimeFold:
+        _require_customers(len(snapshots.frame))
+        return customer_fold(_days(snapshots.frame))
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: AccountConfig,
+            ) -> tuple[CalibratedBoostedClassifier, ValueRegressor]:
+        """P(high value) on the fit customers, calibrated on the next; the value regressor on both."""
+        fit, cal, _ = _parts(snapshots.frame, split)
+        clf = fit_high_value_classifier(fit, snapshots.spec, config, cal=cal)
+        rows = pd.concat([fit, cal])
+        reg = ValueRegressor(random_state=config.seed).fit(clf._matrix(rows[snapshots.spec.feature_names]),
+                                                           rows["value"].to_numpy())
+        return clf, reg
+
+    def evaluate(self, model: tuple[CalibratedBoostedClassifier, ValueRegressor], snapshots: Snapshots,
+                 split: Split, config: AccountConfig) -> Evaluation:
+        """P(high value) against the first deal's amount alone (what a CRM report would sort by), and the value."""
+        clf, reg = model
+        ev = _parts(snapshots.frame, split)[2]
+        X, y = ev[snapshots.spec.feature_names], ev["label"].to_numpy()
+        p = clf.predict_proba(X)
+        metrics = classification_metrics(y, p)
+        amount = ev["first_deal_amount"].fillna(ev["first_deal_amount"].median()).to_numpy(dtype=float)
+        baseline = classification_metrics(y, (amount.argsort().argsort() + 0.5) / len(amount))
+        pred = reg.predict(clf._matrix(X))
+        metrics["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))
+        metrics["value_spearman"] = float(pd.Series(pred).corr(pd.Series(ev["value"].to_numpy()), method="spearman"))
+        frame = ev[["account_id", "as_of", "value", "label"]].assign(probability=p, expected_value=pred)
+        return Evaluation(metrics, baseline, frame)
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: AccountConfig) -> AccountResult:
+        scorer, importance, traits, contrib = _final_account_scorer(export, snapshots, split, config)
+        windows = {name: f"{part['as_of'].min().date()}..{part['as_of'].max().date()} ({len(part)})"
+                   for name, part in zip(("fit", "calibrate", "evaluate"), _parts(snapshots.frame, split))}
+        return AccountResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                             snapshots=snapshots.frame, traits=traits, importance=importance,
+                             evaluation=evaluation.frame, windows=windows, extra={"contributions": contrib})
 
     def run_params(self, result: TrainResult, config: AccountConfig) -> dict[str, object]:
         meta = result.scorer.metadata

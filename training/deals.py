@@ -30,10 +30,10 @@ from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import shap_summary_plot
-from models.folds import TimeFold
+from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
-from models.tasks import Scored, Task, TrainResult
+from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_deal_outcomes
 from training.provenance import export_fingerprint
 
@@ -381,18 +381,25 @@ def deal_metrics(ev: pd.DataFrame, prefix_model: str = "", baseline: str = "stag
     return model, base
 
 
+def _times(snaps: pd.DataFrame) -> list[pd.Timestamp]:
+    return list(pd.DatetimeIndex(snaps["as_of"].unique()).sort_values())
+
+
 def build_deal_model(
     export: Export, cfg: DealTrainConfig, cutoff: pd.Timestamp, progress: bool = False,
     snaps: pd.DataFrame | None = None, spec: DealFeatureSpec | None = None,
 ) -> DealTrainResult:
-    """Snapshots, a time-split evaluation against the stage win rate, and the final scorer."""
-    if snaps is None or spec is None:
-        spec, snaps = build_snapshots(export, cutoff, cfg, progress=progress)
-    split = cfg.fold.split(snaps["as_of"].unique(), cutoff)
-    ev_scorer = fit_deal_scorer(export, snaps, spec, split.cutoff, cfg, surrogate=False)
-    ev_rows = snaps[snaps["as_of"].isin(split.evaluate)]
-    evaluation = evaluation_frame(ev_scorer, ev_rows, cutoff)
-    metrics, baseline = deal_metrics(evaluation)
+    """Snapshots (unless given with their ``spec``), a time-split evaluation against the stage win
+    rate, and the final scorer (no MLflow)."""
+    given = None
+    if snaps is not None and spec is not None:
+        given = Snapshots(spec=spec, frame=snaps, times=_times(snaps), cutoff=cutoff)
+    return build_task(STAGE_CONVERSION, export, cutoff, cfg, progress=progress, snapshots=given)  # type: ignore[return-value]
+
+
+def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfig) -> DealScorer:
+    """The registered deal scorer: every model fitted at the cutoff, with its drift reference."""
+    snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
     scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
     # drift reference (`funnelcast drift --task stage_conversion`): the deals open in the snapshots of
     # the final model's calibration window, and their P(won)
@@ -401,6 +408,7 @@ def build_deal_model(
     recent = recent if len(recent) else known[known["as_of"] == known["as_of"].max()]
     reference = reference_profile(recent[spec.feature_names], scorer.predict(recent[spec.feature_names])["p_win"].to_numpy(),
                                   spec.categorical_features)
+    labels = snapshots.outcome_labels
     scorer.metadata = {
         **scorer.metadata,
         "reference": reference,
@@ -411,14 +419,9 @@ def build_deal_model(
         "rows": len(snaps),
         "train_config": asdict(cfg),
         "data_fingerprint": export_fingerprint(export),
+        "outcome_labels": labels.__dict__ if labels else None,
     }
-    windows = {
-        "evaluate": split.describe()["evaluate"],
-        "fit_until": str(split.cutoff.date()),
-        "calibration_days": str(scorer.metadata["calibration_days"]),
-    }
-    return DealTrainResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, evaluation=evaluation,
-                           snapshots=snaps, windows=windows)
+    return scorer
 
 
 def _timing_description(layout: str) -> str:
@@ -440,19 +443,38 @@ class StageConversion:
     def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
         return open_opportunities(export.opportunities, export.stage_history, as_of)
 
-    def build(self, export: Export, config: DealTrainConfig, cutoff: pd.Timestamp, *, progress: bool = False,
-              outcomes: pd.DataFrame | None = None) -> DealTrainResult:
-        """:func:`build_deal_model`, with the stored deal outcomes at or before ``cutoff`` applied to
-        its snapshots (``outcomes`` None: the export alone); the stats go into the scorer's metadata."""
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: DealTrainConfig, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        """Deal snapshots up to ``cutoff``, with the stored deal outcomes at or before it applied
+        (``outcomes`` None: the export alone); labels are censored per fit (:func:`fit_deal_scorer`)."""
         spec, snaps = build_snapshots(export, cutoff, config, progress=progress)
         stats = None
         if outcomes is not None:
             known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
             snaps, stats = apply_deal_outcomes(snaps, known, spec.open_stages[-1] if len(spec.open_stages) else None)
-        result = build_deal_model(export, config, cutoff, progress=progress, snaps=snaps, spec=spec)
-        result.scorer.metadata["outcome_labels"] = stats.__dict__ if stats else None
-        result.outcome_labels = stats
-        return result
+        return Snapshots(spec=spec, frame=snaps, times=_times(snaps), cutoff=cutoff, outcome_labels=stats)
+
+    def fold(self, config: DealTrainConfig, snapshots: Snapshots) -> TimeFold:
+        return config.fold
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: DealTrainConfig) -> DealScorer:
+        """Every deal model with labels censored where the evaluation window starts (no surrogate)."""
+        return fit_deal_scorer(export, snapshots.frame, snapshots.spec, split.cutoff, config, surrogate=False)
+
+    def evaluate(self, model: DealScorer, snapshots: Snapshots, split: Split, config: DealTrainConfig) -> Evaluation:
+        """The deal models against the CRM's stage win rate, outcomes as known at the cutoff."""
+        snaps = snapshots.frame
+        frame = evaluation_frame(model, snaps[snaps["as_of"].isin(split.evaluate)], snapshots.cutoff)
+        metrics, baseline = deal_metrics(frame)
+        return Evaluation(metrics, baseline, frame)
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: DealTrainConfig) -> DealTrainResult:
+        scorer = _final_deal_scorer(export, snapshots, config)
+        windows = {"evaluate": split.describe()["evaluate"], "fit_until": str(split.cutoff.date()),
+                   "calibration_days": str(scorer.metadata["calibration_days"])}
+        return DealTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                               evaluation=evaluation.frame, snapshots=snapshots.frame, windows=windows)
 
     def run_params(self, result: TrainResult, config: DealTrainConfig) -> dict[str, object]:
         meta = result.scorer.metadata

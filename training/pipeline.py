@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from models.registry import ScorerModel
-from models.tasks import Task, TrainResult
+from models.tasks import Task, TrainResult, build_task
 from training.provenance import provenance_tags
 from training.tasks import task_definition
 
@@ -34,7 +34,7 @@ __all__ = ["experiment_id", "log_and_register", "train"]
 def train(task: Task | str, export: Export, cutoff: pd.Timestamp, config: Any, *, progress: bool = False,
           outcomes: pd.DataFrame | None = None) -> TrainResult:
     """Train ``task`` on what ``export`` knew at ``cutoff`` (no MLflow)."""
-    return task_definition(task).build(export, config, cutoff, progress=progress, outcomes=outcomes)
+    return build_task(task_definition(task), export, cutoff, config, progress=progress, outcomes=outcomes)
 
 
 def experiment_id(client: MlflowClient, experiment: str, artifact_location: str | None = None) -> str:

@@ -34,7 +34,7 @@ from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
-from models.tasks import Scored, Task, TrainResult
+from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_outcomes
 from training.provenance import export_fingerprint
 from training.score import score_open_leads
@@ -88,21 +88,6 @@ def _check_positives(snaps: pd.DataFrame, plan: Split) -> None:
             )
 
 
-def _evaluate(snaps: pd.DataFrame, plan: Split, spec: LeadFeatureSpec, cfg: TrainConfig,
-              ) -> tuple[dict[str, float], dict[str, float], pd.DataFrame]:
-    """Model and naive-Bayes metrics on the evaluation window, and the held-out predictions."""
-    cols = spec.feature_names
-    clf = _fit(snaps, plan, spec, cfg)
-    ev = _rows(snaps, plan.evaluate)
-    y_ev = ev["label"].to_numpy()
-    p_model = clf.predict_proba(ev[cols])
-    train_rows = _rows(snaps, plan.fit + plan.calibrate)
-    nb = NaiveBayesLeadScore(spec.categorical_features).fit(train_rows[cols], train_rows["label"].to_numpy())
-    p_nb = nb.predict_proba(ev[cols])
-    evaluation = ev[["lead_id", "as_of", "label"]].assign(p_model=p_model, p_naive_bayes=p_nb)
-    return classification_metrics(y_ev, p_model), classification_metrics(y_ev, p_nb), evaluation
-
-
 def build_lead_model(
     export: Export,
     cfg: TrainConfig,
@@ -116,24 +101,7 @@ def build_lead_model(
     outcomes the CRM reported through the API, which decide the label of every snapshot
     whose label window they fall in; those after ``cutoff`` are ignored.
     """
-    h = pd.Timedelta(days=cfg.horizon_days)
-    start = export.leads["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
-    times = snapshot_times(start, cutoff - h, cfg.snapshot_every_days)
-    spec = LeadFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
-    snaps = lead_snapshots(export, times, spec, progress=progress)
-    outcome_labels = None
-    if outcomes is not None:
-        known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
-        snaps, outcome_labels = apply_outcomes(snaps, known, "lead_id", cfg.horizon_days)
-    plan = cfg.fold.split(times)
-    _check_positives(snaps, plan)
-    metrics, baseline, evaluation = _evaluate(snaps, plan, spec, cfg)
-    scorer = _final_scorer(export, snaps, times, spec, cfg, cutoff)
-    scorer.metadata["outcome_labels"] = outcome_labels.__dict__ if outcome_labels else None
-    return LeadTrainResult(
-        scorer=scorer, metrics=metrics, baseline_metrics=baseline, plan=plan, windows=plan.describe(),
-        evaluation=evaluation, snapshots=snaps, outcome_labels=outcome_labels,
-    )
+    return build_task(LEAD_QUALITY, export, cutoff, cfg, progress=progress, outcomes=outcomes)  # type: ignore[return-value]
 
 
 def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp], spec: LeadFeatureSpec,
@@ -184,9 +152,50 @@ class LeadQuality:
     def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
         return open_leads(export.leads, as_of)
 
-    def build(self, export: Export, config: TrainConfig, cutoff: pd.Timestamp, *, progress: bool = False,
-              outcomes: pd.DataFrame | None = None) -> LeadTrainResult:
-        return build_lead_model(export, config, cutoff, progress=progress, outcomes=outcomes)
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: TrainConfig, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        h = pd.Timedelta(days=config.horizon_days)
+        start = export.leads["created_at"].min() + pd.Timedelta(days=config.warmup_days)
+        times = snapshot_times(start, cutoff - h, config.snapshot_every_days)
+        spec = LeadFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude,
+                                           as_of=cutoff)
+        frame = lead_snapshots(export, times, spec, progress=progress)
+        outcome_labels = None
+        if outcomes is not None:
+            known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
+            frame, outcome_labels = apply_outcomes(frame, known, "lead_id", config.horizon_days)
+        return Snapshots(spec=spec, frame=frame, times=times, cutoff=cutoff, outcome_labels=outcome_labels)
+
+    def fold(self, config: TrainConfig, snapshots: Snapshots) -> TimeFold:
+        return config.fold
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: TrainConfig,
+            ) -> CalibratedBoostedClassifier:
+        _check_positives(snapshots.frame, split)
+        return _fit(snapshots.frame, split, snapshots.spec, config)
+
+    def evaluate(self, model: CalibratedBoostedClassifier, snapshots: Snapshots, split: Split,
+                 config: TrainConfig) -> Evaluation:
+        """The model against naive Bayes (fitted on the same fit and calibration rows)."""
+        snaps, cols = snapshots.frame, snapshots.spec.feature_names
+        ev = _rows(snaps, split.evaluate)
+        y_ev = ev["label"].to_numpy()
+        p_model = model.predict_proba(ev[cols])
+        train_rows = _rows(snaps, split.fit + split.calibrate)
+        nb = NaiveBayesLeadScore(snapshots.spec.categorical_features).fit(train_rows[cols],
+                                                                          train_rows["label"].to_numpy())
+        p_nb = nb.predict_proba(ev[cols])
+        frame = ev[["lead_id", "as_of", "label"]].assign(p_model=p_model, p_naive_bayes=p_nb)
+        return Evaluation(classification_metrics(y_ev, p_model), classification_metrics(y_ev, p_nb), frame)
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: TrainConfig) -> LeadTrainResult:
+        scorer = _final_scorer(export, snapshots.frame, snapshots.times, snapshots.spec, config, snapshots.cutoff)
+        labels = snapshots.outcome_labels
+        scorer.metadata["outcome_labels"] = labels.__dict__ if labels else None
+        return LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                               plan=split, windows=split.describe(), evaluation=evaluation.frame,
+                               snapshots=snapshots.frame)
 
     def run_params(self, result: TrainResult, config: TrainConfig) -> dict[str, object]:
         meta = result.scorer.metadata
