@@ -140,7 +140,7 @@ def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cf
                   "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days,
                   "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export),
                   # drift reference (`funnelcast drift --task high_value`): the final model's calibration customers
-                  "reference": reference_profile(final_cal[cols], final.predict_proba(final_cal[cols]),
+                  "reference": reference_profile(ev[cols], final.predict_proba(ev[cols]),
                                                  spec.categorical_features)},
     )
     return scorer, importance, miner.table(), contrib

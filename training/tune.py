@@ -6,17 +6,19 @@ evaluates on the window just before the next one, the latest ending at the last 
 horizon is labelled at the tuning cutoff), and what a task fits and scores on a split is its
 own (:class:`Tuning`, one per task in :data:`TUNING`):
 
-* ``lead_quality``: fit on the split's fit window, early stopping and Platt scaling on its
-  calibration window (a horizon before the evaluation), validate on the evaluation window.
-  Objective: validation log loss of "converts within the horizon".
+* ``lead_quality`` and ``high_value``: the task's own ``fit`` and ``evaluate`` on each split
+  (``training.tasks``; what ``train`` runs on its evaluation split): fit on the fit window, early
+  stopping and Platt scaling on the calibration window, validate on the evaluation window (leads:
+  "converts within the horizon", a horizon after the calibration window; high_value: P(high
+  value) over customers by snapshot day, its customer fold). Objective: validation log loss.
 * ``stage_conversion``: every deal model is fitted with its cutoff at the evaluation window's
   start, so the labels it learns from are **censored there**
   (:func:`training.deals.fit_deal_scorer`); older splits whose fit or calibration rows hold too
   few events are left out. Objective: validation log loss of "won within the horizon" (what
-  promotion and the forecast use); the next-stage log loss is kept per trial.
-* ``high_value``: customers by the time of their snapshot (``first win + early_days``, one
-  each): the split's fit customers fit the trees, its calibration customers stop them early and
-  calibrate, its evaluation customers validate. Objective: log loss of P(high value).
+  promotion and the forecast use); the next-stage log loss is kept per trial. Its own code, not
+  the protocol's ``fit``: each fold's feature spec is point-in-time at the earliest fold's cutoff
+  (no category first met later), and each fold's censored fit and calibration rows are computed
+  once, not per trial.
 
 Bad trials are pruned after each fold (median rule). The study lives in a SQLite database
 under the project home (``optuna.db``), so a run can be interrupted and resumed; it refuses to
@@ -43,9 +45,8 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.errors import FunnelcastError
-from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
+from models.estimators import DEFAULT_PARAMS
 from models.folds import Split, TimeFold
-from models.metrics import classification_metrics
 from models.tasks import Task
 from training.pipeline import experiment_id
 from training.provenance import export_fingerprint, provenance_tags
@@ -84,43 +85,46 @@ class Tuning(Protocol):
         ...
 
 
-def _fold_score(y: np.ndarray, p: np.ndarray) -> FoldScore:
-    m = classification_metrics(y, p)
-    return m["log_loss"], m["roc_auc"], m["brier"], {}
-
-
 def _with(config: Any, params: dict[str, Any]) -> Any:
     """``config`` with the trial's ``params`` over its own."""
     return replace(config, params={**config.params, **params})
 
 
-class _LeadTuning:
-    task = Task.LEAD_QUALITY
-    min_child = (10, 1000)
+class _ProtocolTuning:
+    """A task tuned through its own protocol (``training.tasks``): its snapshots, its fold, and on each
+    split its ``fit`` and ``evaluate``, exactly what ``train`` runs on its evaluation split."""
+
+    def __init__(self, task: Task, params: Callable[[], dict[str, Any]], min_child: tuple[int, int]):
+        self.task, self._params, self.min_child = task, params, min_child
 
     def params(self) -> dict[str, Any]:
-        return dict(DEFAULT_PARAMS)
+        return self._params()
 
     def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
                          n_folds: int, progress: bool) -> CrossValidation:
-        from features.leads import LeadFeatureSpec, lead_snapshots, snapshot_times
+        from training.tasks import task_definition
 
-        fold = fold or config.fold
-        start = export.leads["created_at"].min() + pd.Timedelta(days=config.warmup_days)
-        times = snapshot_times(start, cutoff - fold.horizon, config.snapshot_every_days)
-        splits = fold.splits(times, cutoff, n_folds)
-        spec = LeadFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude, as_of=cutoff)
-        snaps = lead_snapshots(export, times, spec, progress=progress)
-        cols = spec.feature_names
+        task = task_definition(self.task)
+        snaps = task.snapshots(export, cutoff, config, progress=progress)
+        fold = fold or task.fold(config, snaps)
+        splits = fold.splits(snaps.times, snaps.cutoff, n_folds)
 
         def score(params: dict[str, Any], k: int) -> FoldScore:
-            fit, cal, ev = (snaps[snaps["as_of"].isin(w)] for w in (splits[k].fit, splits[k].calibrate, splits[k].evaluate))
-            clf = CalibratedBoostedClassifier(spec.categorical_features, params={**config.params, **params},
-                                              random_state=config.seed)
-            clf.fit(fit[cols], fit["label"].to_numpy(), cal[cols], cal["label"].to_numpy())
-            return _fold_score(ev["label"].to_numpy(), clf.predict_proba(ev[cols]))
+            trial = _with(config, params)
+            m = task.evaluate(task.fit(export, snaps, splits[k], trial), snaps, splits[k], trial).metrics
+            return m["log_loss"], m["roc_auc"], m["brier"], {}
 
-        return CrossValidation(fold, len(cols), [s.describe() for s in splits], score)
+        return CrossValidation(fold, len(snaps.spec.feature_names), [s.describe() for s in splits], score)
+
+
+def _lead_params() -> dict[str, Any]:
+    return dict(DEFAULT_PARAMS)
+
+
+def _account_params() -> dict[str, Any]:
+    from training.accounts import ACCOUNT_PARAMS
+
+    return {**DEFAULT_PARAMS, **ACCOUNT_PARAMS}
 
 
 class _DealTuning:
@@ -179,37 +183,13 @@ def _fitting_deal_folds(snaps: pd.DataFrame, splits: list[Split], config: Any,
     return folds
 
 
-class _AccountTuning:
-    task = Task.HIGH_VALUE
-    min_child = (5, 100)  # high_value fits on hundreds of customers, not tens of thousands of rows
-
-    def params(self) -> dict[str, Any]:
-        from training.accounts import ACCOUNT_PARAMS
-
-        return {**DEFAULT_PARAMS, **ACCOUNT_PARAMS}
-
-    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
-                         n_folds: int, progress: bool) -> CrossValidation:
-        from features.customers import AccountFeatureSpec, account_snapshots
-        from training.accounts import customer_fold, fit_high_value_classifier
-
-        spec = AccountFeatureSpec.from_export(export, early_days=config.early_days, window_days=config.window_days)
-        snaps, _ = account_snapshots(export, cutoff, spec, quantile=config.quantile, progress=progress)
-        snaps = snaps.assign(as_of=snaps["as_of"].dt.normalize())  # one snapshot day per customer, as in training
-        fold = fold or customer_fold(snaps["as_of"])
-        splits = fold.splits(snaps["as_of"], None, n_folds)  # every customer's value is complete at the cutoff
-        cols = spec.feature_names
-
-        def score(params: dict[str, Any], k: int) -> FoldScore:
-            fit, cal, ev = (snaps[snaps["as_of"].isin(w)] for w in (splits[k].fit, splits[k].calibrate, splits[k].evaluate))
-            clf = fit_high_value_classifier(fit, spec, _with(config, params), cal=cal)
-            return _fold_score(ev["label"].to_numpy(), clf.predict_proba(ev[cols]))
-
-        return CrossValidation(fold, len(cols), [s.describe() for s in splits], score)
-
-
 #: What each task gives the search.
-TUNING: dict[Task, Tuning] = {t.task: t for t in (_LeadTuning(), _DealTuning(), _AccountTuning())}
+TUNING: dict[Task, Tuning] = {t.task: t for t in (
+    _ProtocolTuning(Task.LEAD_QUALITY, _lead_params, (10, 1000)),
+    _DealTuning(),
+    # high_value fits on hundreds of customers, not tens of thousands of rows
+    _ProtocolTuning(Task.HIGH_VALUE, _account_params, (5, 100)),
+)}
 
 
 def suggest_params(trial: optuna.Trial, min_child: tuple[int, int]) -> dict[str, Any]:
