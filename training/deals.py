@@ -1,4 +1,4 @@
-"""Train the deal models (stage conversion, win, timing) and register them as ``stage_conversion``.
+"""The stage_conversion task: the deal models (stage conversion, win, timing) and their scorer.
 
 Snapshots every ``snapshot_every_days``: every deal open at ``as_of``, its features from
 rows before ``as_of`` and what happened later. The labels are **censored at the cutoff**
@@ -10,9 +10,10 @@ the final model and every origin of a backtest:
   open at the start of the period and the period ended before the cutoff; a deal open at
   the cutoff is censored there (it contributes the periods it was seen open).
 
-Evaluation: the model is fitted with its cutoff at the start of the latest window whose
-horizon labels are known (``eval_days`` long, ending ``h`` before the cutoff) and scored
-on that window, against the CRM's stage win rate on the same rows.
+Evaluation: the task's :class:`~models.folds.TimeFold` takes the latest window whose horizon
+labels are known (``eval_days`` long, ending ``h`` before the cutoff); the models are fitted
+with their cutoff at its start and scored on it, against the CRM's stage win rate on the same
+rows. :data:`STAGE_CONVERSION` is the task's :class:`~models.tasks.TaskDefinition`.
 """
 
 from __future__ import annotations
