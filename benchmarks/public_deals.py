@@ -149,7 +149,7 @@ def main() -> None:
             return
         for by in args.by:
             t1 = time.perf_counter()
-            res = run_backtest(export, BacktestConfig(every_days=30, span_days=args.span_days, n_sims=args.sims,
+            res = run_backtest(export, BacktestConfig(every="30d", span=args.span_days, n_sims=args.sims,
                                                       by=by, deal=cfg))
             o = res.per_origin["origin"]
             print(f"\nMaven CRM forecast backtest by {by}: {o.nunique()} origins {o.min().date()}..{o.max().date()}, "

@@ -27,7 +27,7 @@ import pandas as pd
 
 from features.io import load_export
 from models.tasks import Task
-from training.tune import TuneResult, tune, tune_accounts, tune_deals
+from training.tune import TuneResult, tune
 
 SHOWN = ("roc_auc", "brier", "log_loss", "calibration_error")
 _SECONDS: dict[str, float] = {}  # tuning time per task
@@ -38,7 +38,7 @@ def _lead(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], str]:
 
     default = build_lead_model(export, TrainConfig(seed=args.seed), export.exported_at)
     cutoff = default.plan.evaluate[0]  # tuning reads no label after the evaluation window starts
-    result = _tune(tune, export, TrainConfig(seed=args.seed), cutoff, args)
+    result = _tune(TrainConfig(seed=args.seed), export, cutoff, args)
     tuned = build_lead_model(export, TrainConfig(seed=args.seed, params=result.best_params), export.exported_at)
     rows = {name: {**{k: r.metrics[k] for k in SHOWN}, "rows": int(r.metrics["n"])}
             for name, r in (("default", default), ("tuned", tuned))}
@@ -53,7 +53,7 @@ def _deals(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], str]:
 
     default = build_deal_model(export, cfg({}), export.exported_at)
     cutoff = pd.Timestamp(default.windows["fit_until"], tz="UTC")  # the evaluation window's start
-    result = _tune(tune_deals, export, cfg({}), cutoff, args)
+    result = _tune(cfg({}), export, cutoff, args)
     tuned = build_deal_model(export, cfg(result.best_params), export.exported_at, snaps=default.snapshots,
                              spec=default.scorer.spec)  # the same snapshot frame
     rows = {name: {**{k: r.metrics[f"win_h_{k}"] for k in SHOWN}, "next_roc_auc": r.metrics["next_roc_auc"],
@@ -73,7 +73,7 @@ def _accounts(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], st
     spec = AccountFeatureSpec.from_export(export, early_days=cfg.early_days, window_days=cfg.window_days)
     seen, _ = account_snapshots(export, cutoff, spec, quantile=cfg.quantile)
     assert seen["as_of"].max() < q, "tuning customers must all come before the evaluation quarter"
-    result = _tune(tune_accounts, export, cfg, cutoff, args)
+    result = _tune(cfg, export, cutoff, args)
     tuned = build_high_value_model(export, AccountConfig(seed=args.seed, n_bootstrap=5, params=result.best_params),
                                    export.exported_at)
     rows = {name: {**{k: r.metrics[k] for k in SHOWN}, "rows": int(r.metrics["n"])}
@@ -82,11 +82,12 @@ def _accounts(export, args) -> tuple[TuneResult, dict[str, dict[str, float]], st
                           f"evaluation: the latest {rows['default']['rows']} customers (from {q.date()})")
 
 
-def _tune(fn: Any, export, cfg, cutoff: pd.Timestamp, args) -> TuneResult:
+def _tune(cfg: Any, export, cutoff: pd.Timestamp, args) -> TuneResult:
+    """The task's study on its own time fold (``None``: ``cfg.fold``, high_value's customer fold)."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = fn(export, cfg, cutoff, n_trials=args.trials, timeout=args.timeout,
-                    storage=f"sqlite:///{tmp}/optuna.db", n_folds=args.folds)
+        result = tune(args.task, export, cutoff, None, args.trials, config=cfg, timeout=args.timeout,
+                      storage=f"sqlite:///{tmp}/optuna.db", n_folds=args.folds)
         _SECONDS[result.task] = time.perf_counter() - t0
     return result
 

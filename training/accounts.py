@@ -23,6 +23,7 @@ import pandas as pd
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_snapshots
 from models.accounts import AccountScorer, ValueRegressor
+from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import Contributions, log_odds_contributions, shap_summary_plot
 from models.folds import Split, TimeFold
@@ -137,7 +138,10 @@ def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cf
         traits=[t.as_dict() for t in miner.traits_], importance=importance.to_dict("records"),
         metadata={"train_from": str(snaps["as_of"].min()), "trained_until": str(cutoff), "customers": len(snaps),
                   "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days,
-                  "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export)},
+                  "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export),
+                  # drift reference (`funnelcast drift --task high_value`): the final model's calibration customers
+                  "reference": reference_profile(ev[cols], final.predict_proba(ev[cols]),
+                                                 spec.categorical_features)},
     )
     return scorer, importance, miner.table(), contrib
 
@@ -239,7 +243,7 @@ class HighValue:
 
     def run_params(self, result: TrainResult, config: AccountConfig) -> dict[str, object]:
         meta = result.scorer.metadata
-        return {**{k: str(v) for k, v in meta.items() if k not in ("train_config", "outcome_labels")},
+        return {**{k: str(v) for k, v in meta.items() if k not in ("train_config", "outcome_labels", "reference")},
                 "early_days": config.early_days, "calibration": "platt",
                 **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **config.params}.items()}}
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.leads import LeadFeatureSpec, lead_snapshots, snapshot_times
+from models.folds import InvalidFold, Split, TimeFold
 
 _MISSING = "(missing)"
 _PRIOR = 20.0
@@ -193,17 +194,57 @@ def changed_after_outcome(leads: pd.DataFrame, history: pd.DataFrame) -> dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def _time_split(times: list[pd.Timestamp], horizon_days: int, later_share: float) -> tuple[list, list, str]:
-    """Earlier / later snapshot times, a horizon apart so no earlier label looks into the later window."""
+def _time_split(times: list[pd.Timestamp], horizon_days: int, every_days: int, later_share: float) -> tuple[Split, str]:
+    """The time fold's split of the snapshot times: the later window is their latest ``later_share``,
+    the earlier one ends a horizon before it so no earlier label looks into it (adjacent, and said
+    so, when the history is too short for the gap)."""
     k = max(1, int(round(len(times) * later_share)))
-    later = times[-k:]
-    gap = pd.Timedelta(days=horizon_days)
-    earlier = [t for t in times if t <= later[0] - gap]
-    note = ""
-    if not earlier:
-        earlier = [t for t in times if t < later[0]]
-        note = "history too short for a horizon-long gap between the windows; windows are adjacent"
-    return earlier, later, note
+    evaluate = times[-1] - times[-k] + pd.Timedelta(days=1)
+    try:
+        return TimeFold(horizon=horizon_days, evaluate=evaluate, calibrate=every_days).split(times), ""
+    except InvalidFold:
+        adjacent = TimeFold(horizon="1d", evaluate=evaluate, calibrate=every_days).split(times)
+        return adjacent, "history too short for a horizon-long gap between the windows; windows are adjacent"
+
+
+@dataclass
+class _Evidence:
+    """What every feature's finding is computed from: the two windows, all snapshots, the timestamps."""
+
+    fit: pd.DataFrame
+    y_fit: np.ndarray
+    ev: pd.DataFrame
+    y_ev: np.ndarray
+    snaps: pd.DataFrame
+    y_all: np.ndarray
+    verdict: bool  # enough of both classes in the later window for a verdict on AUC and fill rates
+    stored: set[str]
+    dated: dict[str, float | None]
+    changed: dict[str, float]
+
+
+def _finding(name: str, numeric: bool, e: _Evidence, thresholds: AuditThresholds) -> FeatureFinding:
+    """One feature's figures and, for a stored field, the reasons it is a suspect."""
+    dated = e.dated.get(name)
+    f = FeatureFinding(
+        feature=name,
+        kind="numeric" if numeric else "categorical",
+        stored=name in e.stored,
+        auc=single_feature_auc(e.fit[name], e.y_fit, e.ev[name], e.y_ev, numeric),
+        fill_converted=_fill(e.snaps[name], e.y_all),
+        fill_other=_fill(e.snaps[name], ~e.y_all),
+        after_outcome=dated if dated is not None else e.changed.get(name),
+    )
+    if f.stored and e.verdict:
+        if np.isfinite(f.auc) and f.auc >= thresholds.auc:
+            f.reasons.append(f"predicts the outcome alone: AUC {f.auc:.2f} on the later window")
+        gap = f.fill_converted - f.fill_other
+        if np.isfinite(gap) and abs(gap) >= thresholds.fill_gap:
+            f.reasons.append(f"filled for {f.fill_converted:.0%} of converted leads vs {f.fill_other:.0%} of the others")
+    if f.stored and f.after_outcome is not None and f.after_outcome >= thresholds.after_share:
+        src = "holds a date after the outcome" if dated is not None else "set or changed at/after the outcome"
+        f.reasons.append(f"{src} for {f.after_outcome:.0%} of decided leads")
+    return f
 
 
 def audit_leads(
@@ -235,7 +276,8 @@ def audit_leads(
                          f"horizon {horizon_days} days")
     spec = LeadFeatureSpec.from_export(export, horizon_days=horizon_days, as_of=cutoff)
     snaps = lead_snapshots(export, times, spec, progress=progress)
-    earlier, later, note = _time_split(times, horizon_days, later_share)
+    split, note = _time_split(times, horizon_days, snapshot_every_days, later_share)
+    earlier, later = split.fit + split.calibrate, split.evaluate
     notes = [note] if note else []
     synthetic = list(synthetic)
     if "leads.created_at" in synthetic:
@@ -258,31 +300,9 @@ def audit_leads(
     elif not has_time:
         notes.append("timestamps are synthetic: filled-after-outcome checks compare against synthetic outcomes")
 
-    findings = []
-    for name in tqdm(spec.feature_names, desc="audit features", disable=not progress, unit="feature"):
-        numeric = name not in categorical
-        auc = single_feature_auc(fit[name], y_fit, ev[name], y_ev, numeric)
-        f = FeatureFinding(
-            feature=name,
-            kind="numeric" if numeric else "categorical",
-            stored=name in stored,
-            auc=auc,
-            fill_converted=_fill(snaps[name], y_all),
-            fill_other=_fill(snaps[name], ~y_all),
-            after_outcome=dated.get(name) if dated.get(name) is not None else changed.get(name),
-        )
-        if f.stored and verdict:
-            if np.isfinite(f.auc) and f.auc >= thresholds.auc:
-                f.reasons.append(f"predicts the outcome alone: AUC {f.auc:.2f} on the later window")
-            gap = f.fill_converted - f.fill_other
-            if np.isfinite(gap) and abs(gap) >= thresholds.fill_gap:
-                f.reasons.append(
-                    f"filled for {f.fill_converted:.0%} of converted leads vs {f.fill_other:.0%} of the others"
-                )
-        if f.stored and f.after_outcome is not None and f.after_outcome >= thresholds.after_share:
-            src = "holds a date after the outcome" if dated.get(name) is not None else "set or changed at/after the outcome"
-            f.reasons.append(f"{src} for {f.after_outcome:.0%} of decided leads")
-        findings.append(f)
+    evidence = _Evidence(fit, y_fit, ev, y_ev, snaps, y_all, verdict, stored, dated, changed)
+    findings = [_finding(name, name not in categorical, evidence, thresholds)
+                for name in tqdm(spec.feature_names, desc="audit features", disable=not progress, unit="feature")]
     if not verdict:
         notes.append(f"fewer than {thresholds.min_rows} converted or unconverted snapshots in the later window: "
                      "AUC and fill rates are shown without a verdict")

@@ -1,7 +1,7 @@
 """Forecast accuracy review: rolling origins over the history, side by side with the CRM.
 
-At each origin (every ``every_days`` over the last ``span_days`` whose horizon ended before
-the export): fit the deal models on what was known then (labels censored at the origin;
+At each origin (the time fold's backtest origins: every ``every`` over the last ``span``, the
+latest a horizon before the export): fit the deal models on what was known then (labels censored at the origin;
 the snapshot features are point-in-time by construction, so one snapshot frame serves
 every origin), forecast the bookings of the next horizon per owner, and compare with what
 happened. Three forecasts side by side: funnelcast (expected bookings: open pipeline + new
@@ -28,6 +28,7 @@ from features.deals import deal_outcomes
 from models.forecast import forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
+from training.pipeline import experiment_id
 
 DAY = pd.Timedelta(days=1)
 METHODS = ("funnelcast", "weighted_pipeline", "reps_close_dates")
@@ -35,8 +36,8 @@ METHODS = ("funnelcast", "weighted_pipeline", "reps_close_dates")
 
 @dataclass
 class BacktestConfig:
-    every_days: int = 28
-    span_days: int = 364
+    every: str = "28d"
+    span: str = "364d"
     n_sims: int = 2000
     by: str = "owner_id"
     deal: DealTrainConfig = field(default_factory=DealTrainConfig)
@@ -52,11 +53,9 @@ class BacktestResult:
     seconds: float = 0.0
 
 
-def backtest_origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
-    """Origins every ``every_days`` with a complete horizon before the export, over ``span_days``."""
-    last = (export.exported_at - pd.Timedelta(days=cfg.deal.horizon_days)).floor("D")
-    n = cfg.span_days // cfg.every_days
-    return [last - k * pd.Timedelta(days=cfg.every_days) for k in range(n, -1, -1)]
+def origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
+    """The deal models' time fold's origins over ``cfg.span``, every ``cfg.every``, oldest first."""
+    return cfg.deal.fold.origins(export.exported_at, cfg.span, cfg.every)
 
 
 def accuracy(forecast: np.ndarray, actual: np.ndarray) -> dict[str, float]:
@@ -92,85 +91,101 @@ def _waterfall(pipe: pd.DataFrame, origin: pd.Timestamp, end: pd.Timestamp, new_
 def run_backtest(export: Export, cfg: BacktestConfig, progress: bool = True) -> BacktestResult:
     """Every origin: fit on the past, forecast the next horizon per group, compare with what happened."""
     start_time = time.perf_counter()
-    dc = cfg.deal
-    h = pd.Timedelta(days=dc.horizon_days)
-    origins = backtest_origins(export, cfg)
-    spec, snaps = _snapshots(export, origins, dc, progress)
+    times = origins(export, cfg)
+    spec, snaps = _snapshots(export, times, cfg.deal, progress)
     outcomes = deal_outcomes(export)
-    opps = export.opportunities.set_index("opportunity_id")
     rows, group_rows, waterfall, deal_rows = [], [], [], []
-    for origin in tqdm(origins, desc="backtest origins", disable=not progress, unit="origin"):
-        end = origin + h
-        scorer = fit_deal_scorer(export, snaps, spec, origin, dc, surrogate=False)
-        now = snaps[snaps["as_of"] == origin]
-        X = now[spec.feature_names].set_axis(now["opportunity_id"].to_numpy())
-        pred = scorer.predict(X)
-        ids = now["opportunity_id"].to_numpy()
-        scored = pd.DataFrame({"opportunity_id": ids, "amount": now["amount_filled"].to_numpy(),
-                               "p_win_within_horizon": pred["p_win_within_horizon"].to_numpy()})
-        groups = group_keys(opps.loc[ids], export, cfg.by)
-        rate = now["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate).to_numpy(float)
-        close = pd.Series(now["expected_close_date"].to_numpy())
-        flow = new_deal_flow(export, origin, dc.horizon_days, cfg.by)
-        table = forecast_table(scored, groups, rate, close, origin, dc.horizon_days, flow, n_sims=cfg.n_sims,
-                               seed=dc.seed).set_index("group")
-        # what happened: wins in [origin, end), from the open pipeline and from deals created after origin
-        out = outcomes.reindex(ids)
-        won_h = ((out["won"] == 1) & (out["closed_at"] >= origin) & (out["closed_at"] < end)).to_numpy()
-        actual_open = pd.Series(np.where(won_h, out["won_amount"].fillna(0.0), 0.0)).groupby(groups.to_numpy()).sum()
-        created = opps[(opps["created_at"] >= origin) & (opps["created_at"] < end)]
-        cout = outcomes.reindex(created.index)
-        cwon = (cout["won"] == 1) & (cout["closed_at"] < end)
-        new_groups = group_keys(created[cwon.to_numpy()], export, cfg.by)
-        actual_new = cout.loc[cwon, "won_amount"].fillna(0.0).groupby(new_groups.to_numpy()).sum()
-        names = sorted(set(table.index) | set(actual_open.index) | set(actual_new.index))
-        t = table.reindex(names).fillna(0.0)
-        actual = actual_open.reindex(names).fillna(0.0) + actual_new.reindex(names).fillna(0.0)
-        g = pd.DataFrame({"origin": origin, "group": names, "actual": actual.to_numpy(),
-                          "actual_open_pipeline": actual_open.reindex(names).fillna(0.0).to_numpy(),
-                          "funnelcast": t["expected_bookings"].to_numpy(), "p10": t["p10"].to_numpy(),
-                          "p50": t["p50"].to_numpy(), "p90": t["p90"].to_numpy(),
-                          "funnelcast_open_pipeline": t["expected_open_pipeline"].to_numpy(),
-                          "weighted_pipeline": t["weighted_pipeline"].to_numpy(),
-                          "reps_close_dates": t["reps_close_dates"].to_numpy()})
+    for origin in tqdm(times, desc="backtest origins", disable=not progress, unit="origin"):
+        scorer = fit_deal_scorer(export, snaps, spec, origin, cfg.deal, surrogate=False)
+        r, g, w, d = _backtest_origin(export, cfg, scorer, snaps[snaps["as_of"] == origin], outcomes, origin)
+        rows += r
         group_rows.append(g)
-        y = g["actual"].to_numpy()
-        ym = classification_metrics(won_h.astype(int), pred["p_win_within_horizon"].to_numpy())
-        yb = classification_metrics(won_h.astype(int), np.where(close < end, rate, 0.0))
-        for m in METHODS:
-            row = {"origin": origin, "method": m, **accuracy(g[m].to_numpy(), y)}
-            if m == "funnelcast":
-                row["coverage_p10_p90"] = float(np.mean((g["p10"] <= y) & (y <= g["p90"])))
-                row["deal_auc"], row["deal_brier"] = ym["roc_auc"], ym["brier"]
-            elif m == "weighted_pipeline":
-                row["deal_auc"], row["deal_brier"] = yb["roc_auc"], yb["brier"]
-            rows.append(row)
-        pipe = pd.DataFrame({"amount": now["amount_filled"].to_numpy(), "crm_close_date": close.to_numpy(),
-                             "won": out["won"].to_numpy(), "closed_at": out["closed_at"].to_numpy(),
-                             "won_amount": out["won_amount"].to_numpy()})
-        pipe["closed_at"] = pd.to_datetime(pipe["closed_at"], utc=True)
-        pipe["crm_close_date"] = pd.to_datetime(pipe["crm_close_date"], utc=True)
-        waterfall.append(_waterfall(pipe, origin, end, float(actual_new.sum())))
-        deal_rows.append(pd.DataFrame({"origin": origin, "opportunity_id": ids, "stage": now["stage"].to_numpy(),
-                                       "p_win_within_horizon": pred["p_win_within_horizon"].to_numpy(),
-                                       "stage_win_rate": rate, "won_within_horizon": won_h.astype(int)}))
+        waterfall.append(w)
+        deal_rows.append(d)
     per_origin = pd.DataFrame(rows)
     groups_all = pd.concat(group_rows, ignore_index=True)
+    return BacktestResult(per_origin=per_origin, overall=_overall(per_origin, groups_all), groups=groups_all,
+                          waterfall=pd.DataFrame(waterfall), deals=pd.concat(deal_rows, ignore_index=True),
+                          seconds=time.perf_counter() - start_time)
+
+
+def _actual(export: Export, outcomes: pd.DataFrame, ids: np.ndarray, groups: pd.Series, origin: pd.Timestamp,
+            end: pd.Timestamp, by: str) -> tuple[np.ndarray, pd.Series, pd.Series]:
+    """What happened in ``[origin, end)``: which open deals were won, and the won amount per group
+    from the open pipeline and from the deals created after ``origin``."""
+    opps = export.opportunities.set_index("opportunity_id")
+    out = outcomes.reindex(ids)
+    won_h = ((out["won"] == 1) & (out["closed_at"] >= origin) & (out["closed_at"] < end)).to_numpy()
+    actual_open = pd.Series(np.where(won_h, out["won_amount"].fillna(0.0), 0.0)).groupby(groups.to_numpy()).sum()
+    created = opps[(opps["created_at"] >= origin) & (opps["created_at"] < end)]
+    cout = outcomes.reindex(created.index)
+    cwon = (cout["won"] == 1) & (cout["closed_at"] < end)
+    new_groups = group_keys(created[cwon.to_numpy()], export, by)
+    actual_new = cout.loc[cwon, "won_amount"].fillna(0.0).groupby(new_groups.to_numpy()).sum()
+    return won_h, actual_open, actual_new
+
+
+def _backtest_origin(export: Export, cfg: BacktestConfig, scorer, now: pd.DataFrame, outcomes: pd.DataFrame,
+                     origin: pd.Timestamp) -> tuple[list[dict], pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """One origin: the three forecasts per group against what happened, the deal-level metrics,
+    the waterfall of the starting pipeline and the scored deals (``now``: the snapshots at ``origin``)."""
+    dc = cfg.deal
+    end = origin + pd.Timedelta(days=dc.horizon_days)
+    pred = scorer.predict(now[scorer.spec.feature_names].set_axis(now["opportunity_id"].to_numpy()))
+    p_h = pred["p_win_within_horizon"].to_numpy()
+    ids = now["opportunity_id"].to_numpy()
+    scored = pd.DataFrame({"opportunity_id": ids, "amount": now["amount_filled"].to_numpy(), "p_win_within_horizon": p_h})
+    groups = group_keys(export.opportunities.set_index("opportunity_id").loc[ids], export, cfg.by)
+    rate = now["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate).to_numpy(float)
+    close = pd.Series(now["expected_close_date"].to_numpy())
+    flow = new_deal_flow(export, origin, dc.horizon_days, cfg.by)
+    table = forecast_table(scored, groups, rate, close, origin, dc.horizon_days, flow, n_sims=cfg.n_sims,
+                           seed=dc.seed).set_index("group")
+    won_h, actual_open, actual_new = _actual(export, outcomes, ids, groups, origin, end, cfg.by)
+    names = sorted(set(table.index) | set(actual_open.index) | set(actual_new.index))
+    t = table.reindex(names).fillna(0.0)
+    g = pd.DataFrame({"origin": origin, "group": names,
+                      "actual": (actual_open.reindex(names).fillna(0.0) + actual_new.reindex(names).fillna(0.0)).to_numpy(),
+                      "actual_open_pipeline": actual_open.reindex(names).fillna(0.0).to_numpy(),
+                      "funnelcast": t["expected_bookings"].to_numpy(), "p10": t["p10"].to_numpy(),
+                      "p50": t["p50"].to_numpy(), "p90": t["p90"].to_numpy(),
+                      "funnelcast_open_pipeline": t["expected_open_pipeline"].to_numpy(),
+                      "weighted_pipeline": t["weighted_pipeline"].to_numpy(),
+                      "reps_close_dates": t["reps_close_dates"].to_numpy()})
+    deal = {"funnelcast": classification_metrics(won_h.astype(int), p_h),
+            "weighted_pipeline": classification_metrics(won_h.astype(int), np.where(close < end, rate, 0.0))}
+    y = g["actual"].to_numpy()
+    rows = []
+    for m in METHODS:
+        row = {"origin": origin, "method": m, **accuracy(g[m].to_numpy(), y)}
+        if m == "funnelcast":
+            row["coverage_p10_p90"] = float(np.mean((g["p10"] <= y) & (y <= g["p90"])))
+        if m in deal:
+            row["deal_auc"], row["deal_brier"] = deal[m]["roc_auc"], deal[m]["brier"]
+        rows.append(row)
+    out = outcomes.reindex(ids)
+    pipe = pd.DataFrame({"amount": now["amount_filled"].to_numpy(), "crm_close_date": pd.to_datetime(close.to_numpy(), utc=True),
+                         "won": out["won"].to_numpy(), "closed_at": pd.to_datetime(out["closed_at"].to_numpy(), utc=True),
+                         "won_amount": out["won_amount"].to_numpy()})
+    deals = pd.DataFrame({"origin": origin, "opportunity_id": ids, "stage": now["stage"].to_numpy(),
+                          "p_win_within_horizon": p_h, "stage_win_rate": rate, "won_within_horizon": won_h.astype(int)})
+    return rows, g, _waterfall(pipe, origin, end, float(actual_new.sum())), deals
+
+
+def _overall(per_origin: pd.DataFrame, groups_all: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: the mean over origins, and the WAPE pooled over every origin and group."""
     overall = []
     for m in METHODS:
         o = per_origin[per_origin["method"] == m]
         row = {"method": m, "wape": o["wape"].mean(), "bias": o["bias"].mean(), "within_10pct": o["within_10pct"].mean()}
-        pooled = accuracy(groups_all[m].to_numpy(), groups_all["actual"].to_numpy())
-        row["wape_pooled"] = pooled["wape"]
+        row["wape_pooled"] = accuracy(groups_all[m].to_numpy(), groups_all["actual"].to_numpy())["wape"]
         if m == "funnelcast":
             y = groups_all["actual"]
             row["coverage_p10_p90"] = float(((groups_all["p10"] <= y) & (y <= groups_all["p90"])).mean())
         if "deal_auc" in o and o["deal_auc"].notna().any():
             row["deal_auc"], row["deal_brier"] = o["deal_auc"].mean(), o["deal_brier"].mean()
         overall.append(row)
-    return BacktestResult(per_origin=per_origin, overall=pd.DataFrame(overall), groups=groups_all,
-                          waterfall=pd.DataFrame(waterfall), deals=pd.concat(deal_rows, ignore_index=True),
-                          seconds=time.perf_counter() - start_time)
+    return pd.DataFrame(overall)
 
 
 def _snapshots(export: Export, origins: list[pd.Timestamp], dc: DealTrainConfig, progress: bool):
@@ -275,11 +290,10 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
     """Log the overall and per-origin figures and the report to MLflow; returns the run id."""
     import mlflow
 
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    with mlflow.start_run(experiment_id=exp_id, run_name="forecast-backtest") as run:
+    with mlflow.start_run(experiment_id=experiment_id(client, experiment, artifact_location),
+                          run_name="forecast-backtest") as run:
         mlflow.set_tags({"task": "forecast_backtest", "data_source": data_source})
-        mlflow.log_params({"every_days": cfg.every_days, "span_days": cfg.span_days, "by": cfg.by,
+        mlflow.log_params({"every": cfg.every, "span": cfg.span, "by": cfg.by,
                            "n_sims": cfg.n_sims, "origins": int(result.per_origin["origin"].nunique()),
                            "deal_config": json.dumps(asdict(cfg.deal), default=str)[:500]})
         for r in result.overall.to_dict("records"):
@@ -294,5 +308,5 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
         return run.info.run_id
 
 
-__all__ = ["BacktestConfig", "BacktestResult", "accuracy", "backtest_origins", "log_backtest", "run_backtest",
+__all__ = ["BacktestConfig", "BacktestResult", "accuracy", "origins", "log_backtest", "run_backtest",
            "write_report"]

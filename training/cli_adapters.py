@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.settings import Settings
-from training.cli_common import data_args, load_data
-from training.cli_common import timestamp as _timestamp
+from training.cli_common import as_of_arg, data_args, horizon, load_data
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -48,7 +47,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     report = audit_leads(
         export,
         cutoff=args.as_of,
-        horizon_days=settings.horizon_days,
+        horizon_days=args.horizon or settings.horizon_days,
         snapshot_every_days=settings.snapshot_every_days,
         thresholds=thresholds,
         field_history=history,
@@ -103,13 +102,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Suspects can be left out of training with `funnelcast train --exclude`.",
     )
     data_args(a)
-    a.add_argument("--as-of", type=_timestamp, help="audit history before this time (default: export time)")
+    as_of_arg(a, "audit history before this time")
+    a.add_argument("--horizon", type=horizon, help="label horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)")
     a.add_argument("--auc", type=float, default=0.80, help="flag a stored field whose AUC alone reaches this (0.80)")
     a.add_argument("--fill-gap", type=float, default=0.25,
                    help="flag a field whose fill rate differs by this much between converted and other leads (0.25)")
     a.add_argument("--after-share", type=float, default=0.05,
                    help="flag a field set after the outcome for this share of decided leads (0.05)")
     a.add_argument("--all", action="store_true", help="also show the computed point-in-time features")
-    a.add_argument("--out", help="write the full report as JSON")
+    a.add_argument("--out", help="write the full report to this JSON file")
     a.add_argument("--write-exclude", help="write the suspects to this file, one per line")
     a.set_defaults(func=cmd_audit)

@@ -1,4 +1,4 @@
-"""Commands on the deal pipeline: ``forecast``, ``funnel``, ``backtest``."""
+"""Commands on the deal pipeline: ``forecast``, ``funnel`` (``backtest`` is in ``training.cli_ops``)."""
 
 from __future__ import annotations
 
@@ -59,27 +59,6 @@ def cmd_funnel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
-    from training.deals import DealTrainConfig
-
-    source, export = load_data(args, settings)
-    cfg = BacktestConfig(every_days=args.every_days, span_days=args.span_days, n_sims=args.sims,
-                         by=grouping(args.by),
-                         deal=DealTrainConfig(horizon_days=settings.horizon_days, seed=args.seed,
-                                              timing_layout=args.timing_layout))
-    result = run_backtest(export, cfg, progress=True)
-    out = Path(args.out)
-    write_report(result, out)
-    print(result.overall.round(4).to_string(index=False))
-    if not args.no_mlflow:
-        run_id = log_backtest(result, mlflow_client(settings), settings.experiment, settings.artifact_location(), out,
-                              cfg, source)
-        print(f"figures logged to MLflow run {run_id}")
-    print(f"report -> {out / 'report.md'} ({result.seconds:.0f} s)")
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("forecast", help="bookings forecast per group with P10/P50/P90 and the weighted pipeline",
                        description="Expected bookings within the horizon per group from the open pipeline (each deal's "
@@ -108,22 +87,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--plot", help="plot file (default <home>/funnel.png)")
     u.add_argument("--out", help="also write the table to this CSV file")
     u.set_defaults(func=cmd_funnel)
-
-    b = sub.add_parser("backtest", help="forecast accuracy review over rolling origins",
-                       description="At origins every --every-days over the last --span-days: train on what was known, "
-                       "forecast the next horizon per owner, compare with what happened; WAPE, bias, share within "
-                       "+-10%, P10-P90 coverage, deal AUC/Brier and the pipeline waterfall, for funnelcast, the "
-                       "weighted pipeline and the reps' close dates. Writes OUT/report.md with plots and CSVs, and "
-                       "logs the figures to MLflow.")
-    data_args(b)
-    b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--every-days", type=int, default=28, help="days between origins (default 28)")
-    b.add_argument("--span-days", type=int, default=364, help="how far back the origins go (default 364)")
-    by_arg(b, "owner_id")
-    b.add_argument("--sims", type=int, default=2000, help="simulations per origin (default 2000)")
-    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    b.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
-                   help="stage_conversion's timing model (default competing_risks)")
-    b.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    b.set_defaults(func=cmd_backtest)
 

@@ -1,10 +1,18 @@
-"""Model operations commands: ``funnelcast tune``, ``funnelcast promote``, ``funnelcast drift``."""
+"""Model operations commands: ``funnelcast tune``, ``promote``, ``drift`` and ``backtest``.
+
+tune, promote and drift take ``--task`` (every task); the flags mean what they mean in every
+command (``training.cli_common``): ``--data``, ``--as-of``, ``--horizon 91d``, ``--by``, and
+``--out`` a file for one table (drift's report), a folder where a command writes several
+(backtest's report, plots and tables).
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,81 +21,90 @@ import pandas as pd
 
 from features.errors import FunnelcastError
 from features.settings import Settings
+from models.folds import InvalidFold, parse_duration
 from models.tasks import Task
-from training.cli_common import data_args, load_data, mlflow_client
-from training.cli_common import timestamp as _timestamp
+from training.cli_common import GROUPINGS, as_of_arg, data_args, grouping, horizon, load_data, mlflow_client
 
 _TASKS = [t.value for t in Task]
 
 
-_DRIFT_TASKS = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value)
+def _duration(value: str) -> pd.Timedelta:
+    """A duration argument such as ``91d`` or ``13w``."""
+    try:
+        return parse_duration(value, "duration")
+    except InvalidFold as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _drift_population(task: str, scorer: Any, export: Any, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray, str]:
-    """The features and scores of what the model would score at ``as_of``: the leads open then
-    (lead_quality) or the deals open then (stage_conversion, scores = P(won))."""
-    if task == Task.LEAD_QUALITY.value:
-        from features.pit import open_leads
+def _lead_features(scorer: Any, export: Any, leads: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+    X = scorer.features(leads, export.accounts, export.activities, as_of)
+    return X, scorer.predict_proba(X)
 
-        X = scorer.features(open_leads(export.leads, as_of), export.accounts, export.activities, as_of)
-        return X, scorer.predict_proba(X), "leads"
-    if task == Task.STAGE_CONVERSION.value:
-        from features.deals import open_opportunities
 
-        opps = open_opportunities(export.opportunities, export.stage_history, as_of)
-        X, _ = scorer.features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of)
-        return X, scorer.predict(X)["p_win"].to_numpy(), "deals"
-    raise FunnelcastError(f"drift is implemented for {' and '.join(map(repr, _DRIFT_TASKS))}, not for {task!r}")
+def _deal_features(scorer: Any, export: Any, opps: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+    X, _ = scorer.features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of)
+    return X, scorer.predict(X)["p_win"].to_numpy()
+
+
+def _account_features(scorer: Any, export: Any, accounts: pd.DataFrame,
+                      as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+    X = scorer.features(export, list(accounts["account_id"]), as_of)
+    return X, scorer.predict_proba(X)
+
+
+#: How each task's scorer computes the features and the score (P(won) for deals) of its population, and
+#: what that population is called.
+_DRIFT_FEATURES = {Task.LEAD_QUALITY: (_lead_features, "leads open"),
+                   Task.STAGE_CONVERSION: (_deal_features, "deals open"),
+                   Task.HIGH_VALUE: (_account_features, "accounts known")}
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
-    from training.tune import study_storage, tune, tune_accounts, tune_deals, write_tuned_params
+    """Search a task's LightGBM parameters with Optuna on the rolling splits of its time fold (each
+    evaluates just before the next; stage_conversion's fits censored at their cutoffs; high_value's
+    over customers by snapshot time), median pruning, the study stored in <home>/optuna.db
+    (resumable), each trial a nested MLflow run. The best parameters go to <home>/tuned/<task>.json;
+    the next `funnelcast train --task TASK` uses them.
+    """
+    from training.tasks import task_definition
+    from training.tune import study_storage, tune, write_tuned_params
 
     if args.trials is None and args.timeout is None:
         print("error: give --trials N and/or --timeout S", file=sys.stderr)
         return 2
-    source, export = load_data(args, settings)
+    _, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
-    exclude = tuple(args.exclude or ())
     storage = args.storage or study_storage(settings.home)
-    client = mlflow_client(settings)
-    common = dict(n_trials=args.trials, timeout=args.timeout, storage=storage, study_name=args.study or args.task,
-                  n_folds=args.folds, client=client, experiment=settings.experiment, progress=True)
-    if args.task == Task.STAGE_CONVERSION.value:
-        from training.deals import DealTrainConfig
-
-        cfg = DealTrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
-                              exclude=exclude, seed=args.seed)
-        result, metric, train = tune_deals(export, cfg, cutoff, **common), "won-within-horizon log loss", "train-deals"
-    elif args.task == Task.HIGH_VALUE.value:
-        from training.accounts import AccountConfig
-
-        if exclude:
-            raise FunnelcastError("--exclude applies to lead_quality and stage_conversion, not to high_value")
-        cfg = AccountConfig(seed=args.seed)
-        result, metric, train = tune_accounts(export, cfg, cutoff, **common), "P(high value) log loss", "train-accounts"
-    else:
-        from training.train import TrainConfig
-
-        cfg = TrainConfig(horizon_days=settings.horizon_days, snapshot_every_days=settings.snapshot_every_days,
-                          exclude=exclude, seed=args.seed)
-        result, metric, train = tune(export, cfg, cutoff, **common), "log loss", "train"
+    config = task_definition(args.task).config(horizon_days=args.horizon or settings.horizon_days,
+                                               snapshot_every_days=settings.snapshot_every_days, seed=args.seed,
+                                               exclude=tuple(args.exclude or ()))
+    result = tune(args.task, export, cutoff, None, args.trials, config=config, timeout=args.timeout, storage=storage,
+                  study_name=args.study, n_folds=args.folds, client=mlflow_client(settings),
+                  experiment=settings.experiment, progress=True)
     path = write_tuned_params(settings.home, result, args.task)
     print(f"{args.task}: study {result.study_name!r} ({storage}): {result.trials} trials, {result.complete} complete, "
           f"{result.pruned} pruned; validation folds (time-ordered): " + "; ".join(f["evaluate"] for f in result.folds))
     default = f"{result.default_value:.5f}" if result.default_value is not None else "n/a"
-    print(f"cross-validated {metric}: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
+    print(f"cross-validated log loss: best {result.best_value:.5f} (trial {result.best_trial}), defaults {default}")
     print(json.dumps(result.best_params, indent=2))
-    print(f"best parameters -> {path}; the next `funnelcast {train}` uses them (MLflow run {result.run_id})")
+    print(f"best parameters -> {path}; the next `funnelcast train --task {args.task}` uses them "
+          f"(MLflow run {result.run_id})")
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare the challenger and the champion on the same most recent labelled window of the export
+    (ROC AUC, Brier, calibration error; lead_quality: converts within the horizon; stage_conversion:
+    won within the horizon, plus the forecast's WAPE by owner; high_value: P(high value) on the
+    latest customers); move @champion only when the challenger is better by a margin, not worse
+    calibrated and (stage_conversion) not a worse forecast. The figures and the decision are printed
+    and logged to MLflow.
+    """
     from training.promote import Margins, promote
 
     _, export = load_data(args, settings)
     d = promote(export, mlflow_client(settings), task=args.task, experiment=settings.experiment,
-                window_days=args.window_days, every_days=settings.snapshot_every_days,
+                evaluate=args.evaluate,
                 margins=Margins(auc=args.auc_margin, brier=args.brier_margin, calibration=args.calibration_tolerance,
                                 wape=args.wape_tolerance),
                 champion_alias=settings.model_alias, dry_run=args.dry_run)
@@ -105,6 +122,11 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
+    """Population stability index and missing-rate change per feature, and the score shift, between the
+    model's training reference (logged with it: its latest training rows) and what it scores at
+    --as-of in the export: the open leads (lead_quality), the open deals (stage_conversion; score =
+    P(won)) or the accounts (high_value; score = P(high value)).
+    """
     from models.drift import drift_frame, drift_plot, drift_report
     from models.registry import load_scorer
 
@@ -114,11 +136,15 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     scorer = loaded.scorer
     reference = scorer.metadata.get("reference")
     if not reference:
-        raise FunnelcastError(f"{args.task} v{loaded.version} has no reference distributions: retrain it")
-    X, scores, what = _drift_population(args.task, scorer, export, as_of)
+        raise FunnelcastError(f"{args.task} v{loaded.version} was logged without reference distributions: retrain it")
+    from training.tasks import task_definition
+
+    population = task_definition(args.task).population(export, as_of)
+    features, what = _DRIFT_FEATURES[Task(args.task)]
+    X, scores = features(scorer, export, population, as_of)
     report = drift_report(reference, X, scores)
     table = drift_frame(report)
-    print(f"{args.task} v{loaded.version}: {report['rows']} {what} open at {as_of} against "
+    print(f"{args.task} v{loaded.version}: {report['rows']} {what} at {as_of} against "
           f"{report['reference_rows']} training rows (the model's latest training window)")
     s = report["score"]
     print(f"score: PSI {s['psi']:.4f} ({s['level']}), mean {s['mean_reference']:.4f} -> {s['mean_recent']:.4f}")
@@ -131,64 +157,99 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         drift_plot(report, args.plot)
         print(f"plot -> {args.plot}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": loaded.version, "as_of": str(as_of), **report}, indent=1, default=str))
-        print(f"report -> {args.json}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": loaded.version, "as_of": str(as_of), **report}, indent=1,
+                                             default=str))
+        print(f"report -> {args.out}")
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    """At the deal models' time-fold origins (every --every over the last --span, the latest a horizon
+    before the export): train stage_conversion on what was known, forecast the next horizon per
+    group, compare with what happened; WAPE, bias, share within +-10%, P10-P90 coverage, deal
+    AUC/Brier and the pipeline waterfall, for funnelcast, the weighted pipeline and the reps' close
+    dates. Writes OUT/report.md with plots and CSVs, and logs the figures to MLflow.
+    """
+    from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
+    from training.tasks import task_definition
+
+    source, export = load_data(args, settings)
+    deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
+                                                         snapshot_every_days=settings.snapshot_every_days,
+                                                         seed=args.seed)
+    cfg = BacktestConfig(every=args.every, span=args.span, n_sims=args.sims, by=grouping(args.by),
+                         deal=replace(deal, timing_layout=args.timing_layout))
+    result = run_backtest(export, cfg, progress=True)
+    out = Path(args.out)
+    write_report(result, out)
+    print(result.overall.round(4).to_string(index=False))
+    if not args.no_mlflow:
+        run_id = log_backtest(result, mlflow_client(settings), settings.experiment, settings.artifact_location(), out,
+                              cfg, source)
+        print(f"figures logged to MLflow run {run_id}")
+    print(f"report -> {out / 'report.md'} ({result.seconds:.0f} s)")
+    return 0
+
+
+def _flag(text: str, kind: type | None = None, default: Any = None, **kw: Any) -> dict[str, Any]:
+    """``add_argument`` keywords: the default, when there is one, is said in the help."""
+    return {"help": text if default is None else f"{text} (default {default})",
+            **({"type": kind} if kind else {}), **({"default": default} if default is not None else {}), **kw}
+
+
+def _command(sub: argparse._SubParsersAction, name: str, func: Any, summary: str, flags: dict[str, dict[str, Any]],
+             task: str | None = None, as_of: str | None = None) -> None:
+    """One command, described by ``func``'s docstring: ``--data``, ``--task`` (every task) and ``--as-of``
+    where they apply, then ``flags``."""
+    sp = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__ or summary))
+    data_args(sp)
+    if task:
+        sp.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
+                        help=f"{task} (default lead_quality): {', '.join(_TASKS)}")
+    if as_of:
+        as_of_arg(sp, as_of)
+    for flag, kw in flags.items():
+        sp.add_argument(flag, **kw)
+    sp.set_defaults(func=func)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("tune", help="Optuna search of the LightGBM parameters (time-ordered CV)",
-                       description="Search a task's LightGBM parameters with Optuna: time-ordered cross-validation "
-                       "(expanding window over as_of; for stage_conversion each fold's labels censored at its cutoff; "
-                       "for high_value consecutive blocks of the latest customers), median pruning, the study stored in "
-                       "<home>/optuna.db (resumable), each trial a nested MLflow run. The best parameters go to "
-                       "<home>/tuned/<task>.json; the next `train` (lead_quality), `train-deals` (stage_conversion) or "
-                       "`train-accounts` (high_value) uses them.")
-    data_args(t)
-    t.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value,
-                   help="task (default lead_quality): lead_quality, stage_conversion (the deal models) or high_value")
-    t.add_argument("--trials", type=int, help="number of trials to add to the study")
-    t.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
-    t.add_argument("--folds", type=int, default=3, help="time-ordered folds (default 3)")
-    t.add_argument("--study", help="study name (default: the task); a new name starts a fresh study")
-    t.add_argument("--storage", help="Optuna storage URL (default sqlite:///<home>/optuna.db)")
-    t.add_argument("--as-of", type=_timestamp, help="tune on history before this time only (default: export time)")
-    t.add_argument("--exclude", nargs="*", help="feature columns to leave out (lead_quality, stage_conversion)")
-    t.add_argument("--seed", type=int, default=0, help="sampler and model seed (default 0)")
-    t.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("promote", help="compare @challenger with @champion and move @champion if it wins",
-                       description="Compare the challenger and the champion on the same most recent labelled "
-                       "window of the export (ROC AUC, Brier, calibration error; lead_quality: converts within the "
-                       "horizon; stage_conversion: won within the horizon, plus the forecast's WAPE by owner; "
-                       "high_value: P(high value) on the latest customers); move @champion only when the challenger "
-                       "is better by a margin, not worse calibrated and (stage_conversion) not a worse forecast. The "
-                       "figures and the decision are printed and logged to MLflow.")
-    data_args(p)
-    p.add_argument("--task", choices=_TASKS, default=Task.LEAD_QUALITY.value, help="task (default lead_quality)")
-    p.add_argument("--window-days", type=int, default=91, help="length of the comparison window (default 91)")
-    p.add_argument("--auc-margin", type=float, default=0.002, help="AUC gain that counts as better (default 0.002)")
-    p.add_argument("--brier-margin", type=float, default=0.01,
-                   help="relative Brier reduction that counts as better (default 0.01 = 1%%)")
-    p.add_argument("--calibration-tolerance", type=float, default=0.005,
-                   help="largest increase of the calibration error accepted (default 0.005)")
-    p.add_argument("--wape-tolerance", type=float, default=0.02,
-                   help="stage_conversion: largest increase of the forecast's WAPE by owner accepted (default 0.02)")
-    p.add_argument("--dry-run", action="store_true", help="decide and log, but leave the aliases alone")
-    p.set_defaults(func=cmd_promote)
-
-    d = sub.add_parser("drift", help="feature and score drift of an export against the model's training data",
-                       description="Population stability index and missing-rate change per feature, and the score "
-                       "shift, between the model's training reference (logged with it) and the leads (lead_quality) "
-                       "or deals (stage_conversion; score = P(won)) open at --as-of in the export.")
-    data_args(d)
-    d.add_argument("--task", choices=_DRIFT_TASKS, default=Task.LEAD_QUALITY.value,
-                   help="task (default lead_quality)")
-    d.add_argument("--as-of", type=_timestamp, help="the leads or deals open at this time (default: export time)")
-    d.add_argument("--alias", help="model alias (default: champion)")
-    d.add_argument("--top", type=int, default=15, help="features to print (default 15)")
-    d.add_argument("--plot", help="write a PSI bar chart to this PNG file")
-    d.add_argument("--json", help="write the full report to this JSON file")
-    d.set_defaults(func=cmd_drift)
-
+    _command(sub, "tune", cmd_tune, "Optuna search of a task's LightGBM parameters (time-ordered CV)", {
+        "--horizon": _flag("label horizon, e.g. 91d or 13w (default FUNNELCAST_HORIZON_DAYS)", horizon),
+        "--trials": _flag("number of trials to add to the study", int),
+        "--timeout": _flag("stop starting trials after S seconds", float),
+        "--folds": _flag("time-ordered folds", int, 3),
+        "--study": _flag("study name (default: the task); a new name starts a fresh study"),
+        "--storage": _flag("Optuna storage URL (default sqlite:///<home>/optuna.db)"),
+        "--seed": _flag("sampler and model seed", int, 0),
+        "--exclude": _flag("feature columns to leave out (lead_quality, stage_conversion)", nargs="*"),
+    }, task="the task to tune", as_of="tune on history before this time only")
+    _command(sub, "promote", cmd_promote, "compare @challenger with @champion and move @champion if it wins", {
+        "--evaluate": _flag("length of the comparison window, e.g. 13w", _duration, "91d"),
+        "--auc-margin": _flag("AUC gain that counts as better", float, 0.002),
+        "--brier-margin": _flag("relative Brier reduction that counts as better (0.01 = 1%%)", float, 0.01),
+        "--calibration-tolerance": _flag("largest increase of the calibration error accepted", float, 0.005),
+        "--wape-tolerance": _flag("stage_conversion: largest increase of the forecast's WAPE by owner "
+                                  "accepted", float, 0.02),
+        "--dry-run": _flag("decide and log, but leave the aliases alone", action="store_true"),
+    }, task="the task whose models are compared")
+    _command(sub, "drift", cmd_drift, "feature and score drift of an export against the model's training data", {
+        "--alias": _flag("model alias (default: champion)"),
+        "--top": _flag("features to print", int, 15),
+        "--plot": _flag("write a PSI bar chart to this PNG file"),
+        "--out": _flag("write the full report to this JSON file"),
+    }, task="the task whose model is checked", as_of="what the model scores at this time")
+    _command(sub, "backtest", cmd_backtest, "forecast accuracy review over rolling origins (stage_conversion)", {
+        "--out": _flag("output folder (report.md, plots, CSV tables)", required=True),
+        "--horizon": _flag("forecast horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)", horizon),
+        "--by": _flag("grouping", default="owner_id", choices=GROUPINGS),
+        "--every": _flag("time between origins, e.g. 4w", _duration, "28d"),
+        "--span": _flag("how far back the origins go, e.g. 52w", _duration, "364d"),
+        "--sims": _flag("simulations per origin", int, 2000),
+        "--seed": _flag("random seed", int, 0),
+        "--timing-layout": _flag("stage_conversion's timing model", default="competing_risks",
+                                 choices=("competing_risks", "close_share")),
+        "--no-mlflow": _flag("do not log to MLflow", action="store_true"),
+    })

@@ -28,7 +28,7 @@ from models.tasks import Task, TrainResult, build_task
 from training.provenance import provenance_tags
 from training.tasks import task_definition
 
-__all__ = ["log_and_register", "train"]
+__all__ = ["experiment_id", "log_and_register", "train"]
 
 
 def train(task: Task | str, export: Export, cutoff: pd.Timestamp, config: Any, *, progress: bool = False,
@@ -37,7 +37,8 @@ def train(task: Task | str, export: Export, cutoff: pd.Timestamp, config: Any, *
     return build_task(task_definition(task), export, cutoff, config, progress=progress, outcomes=outcomes)
 
 
-def _experiment_id(client: MlflowClient, experiment: str, artifact_location: str | None) -> str:
+def experiment_id(client: MlflowClient, experiment: str, artifact_location: str | None = None) -> str:
+    """The id of the MLflow experiment named ``experiment``, created (with ``artifact_location``) if missing."""
     exp = client.get_experiment_by_name(experiment)
     return exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
 
@@ -100,7 +101,7 @@ def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: s
     """Log ``result`` (any task) to MLflow and register it as ``challenger_alias`` (first version: ``alias`` too)."""
     scorer = result.scorer
     definition = task_definition(scorer.task)
-    with mlflow.start_run(experiment_id=_experiment_id(client, experiment, artifact_location),
+    with mlflow.start_run(experiment_id=experiment_id(client, experiment, artifact_location),
                           run_name=f"{scorer.task}-{scorer.trained_until.date()}") as run:
         mlflow.set_tags({"task": scorer.task, "data_source": data_source})
         mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))

@@ -1,15 +1,18 @@
 """Champion / challenger: move ``@champion`` only when the challenger is better on the same window.
 
-Every ``train`` / ``train-deals`` / ``train-accounts`` registers a version as ``@challenger``
-(a first model becomes ``@champion`` directly). :func:`promote` compares the two on the **most recent labelled window** of an
-export: the latest ``window_days`` of snapshot times whose label is known (``as_of`` at
-most one horizon before the export time), every lead open then, what happened within the
-horizon.
+Every ``train`` registers a version as ``@challenger`` (a first model becomes ``@champion``
+directly). :func:`promote` compares the two on the **most recent labelled window** of an export:
+the evaluation window of the time fold (the latest ``evaluate`` days of snapshot times whose
+horizon ended by the export time), and what happened within the horizon. One code path for
+every task (:func:`compare`); what is a task's own (its recipe, its window's rows, how a model
+is refitted and scored) is its :class:`Comparison` in :data:`COMPARISONS`.
 
 Both models must be judged on rows neither has learned from, with the same information:
 
-* **registered** mode: when both models' training cutoffs are at or before the window, the
-  registered models themselves score it (exactly what they would have served);
+* **registered** mode: when neither model learned from the window (lead_quality and
+  stage_conversion: both training cutoffs at or before its start; high_value: none of its
+  customers complete at either cutoff), the registered models themselves score it (exactly
+  what they would have served);
 * **refit** mode: otherwise each model's *recipe* (its training config: parameters,
   exclusions, seed) is refitted on the history before the window and scores it. When both
   recipes are identical the challenger differs only by newer data, which a window before
@@ -18,21 +21,19 @@ Both models must be judged on rows neither has learned from, with the same infor
 The challenger is promoted when it is **better by a margin** (ROC AUC up by at least
 ``auc`` or Brier down by at least ``brier`` relative), **not worse** on the other one
 (AUC not down by more than ``auc``, Brier not up) and **not worse calibrated** (calibration
-error up by at most ``calibration``). ``stage_conversion`` is compared the same way on the
-latest labelled window of deal snapshots, on "won within the horizon" (next-stage and
-decided-deal win metrics alongside), and as a timing model also on the **forecast's WAPE by
-owner** on that window (expected bookings of the open pipeline within the horizon against
-what it booked): the challenger must not be worse by more than ``wape``; see
-:func:`compare_deal_models` and :func:`owner_forecast_accuracy`. ``high_value`` is compared
-on P(high value) over the latest customers: see :func:`compare_account_models`. The figures
-and the decision go to MLflow (a ``promote`` run; tags on the challenger's version) and are
-printed.
+error up by at most ``calibration``). What is compared is each task's own: lead_quality,
+"converts within the horizon"; stage_conversion, "won within the horizon" (next-stage and
+decided-deal win metrics alongside) and, as a timing model, also the **forecast's WAPE by
+owner** on the window (expected bookings of the open pipeline within the horizon against what
+it booked; see :func:`owner_forecast_accuracy`): the challenger must not be worse by more
+than ``wape``; high_value, P(high value) on the latest customers. The figures and the decision
+go to MLflow (a ``promote`` run; tags on the challenger's version) and are printed.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import numpy as np
@@ -42,13 +43,12 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.errors import FunnelcastError, ModelNotAvailable
-from features.leads import converted_within_horizon, snapshot_times
-from features.pit import open_leads
+from models.folds import TimeFold
 from models.metrics import classification_metrics
 from models.registry import load_scorer
-from models.scorer import LeadScorer
 from models.tasks import Task
-from training.train import TrainConfig, build_lead_model
+from training.backtest import accuracy
+from training.pipeline import experiment_id
 
 COMPARED = ("roc_auc", "brier", "calibration_error", "log_loss", "pr_auc", "top_decile_capture", "n", "positive_rate",
             "wape", "bias")
@@ -59,7 +59,7 @@ class Margins:
     auc: float = 0.002
     brier: float = 0.01
     calibration: float = 0.005
-    wape: float = 0.02  # timing models: largest increase of the forecast's WAPE by owner accepted
+    wape: float = 0.02  # stage_conversion (FORECAST_CHECK): largest increase of the forecast's WAPE by owner accepted
 
 
 @dataclass
@@ -89,21 +89,36 @@ class Decision:
         return out
 
 
-def decide(champion: dict[str, float], challenger: dict[str, float], margins: Margins) -> tuple[bool, str]:
-    """The promotion rule on two metric dicts (see the module docstring)."""
+@dataclass(frozen=True)
+class Check:
+    """A task's own check on top of the rule: the challenger's ``metric`` may not rise by more than the
+    margin named ``tolerance`` (a :class:`Margins` field); ``what`` names it in the reason."""
+
+    metric: str
+    tolerance: str
+    what: str
+
+
+#: stage_conversion is a timing model: its forecast by owner must not get worse.
+FORECAST_CHECK = Check("wape", "wape", "forecast WAPE by owner")
+
+
+def decide(champion: dict[str, float], challenger: dict[str, float], margins: Margins,
+           checks: tuple[Check, ...] = ()) -> tuple[bool, str]:
+    """The promotion rule on two metric dicts, with the task's ``checks`` (see the module docstring)."""
     d_auc = challenger["roc_auc"] - champion["roc_auc"]
     brier_change = (challenger["brier"] - champion["brier"]) / champion["brier"]
     d_cal = challenger["calibration_error"] - champion["calibration_error"]
-    figures = f"AUC {d_auc:+.4f}, Brier {brier_change:+.2%}, calibration error {d_cal:+.4f}"
-    d_wape = challenger.get("wape", np.nan) - champion.get("wape", np.nan)
-    if "wape" in champion and "wape" in challenger:
-        figures += f", forecast WAPE by owner {d_wape:+.4f}"
+    rises = {c: challenger[c.metric] - champion[c.metric] for c in checks}
+    figures = ", ".join([f"AUC {d_auc:+.4f}", f"Brier {brier_change:+.2%}", f"calibration error {d_cal:+.4f}",
+                         *(f"{c.what} {d:+.4f}" for c, d in rises.items())])
     if not (np.isfinite(d_auc) and np.isfinite(brier_change)):
         return False, f"metrics undefined on the window ({figures}): one outcome class only"
     if d_cal > margins.calibration:
         return False, f"worse calibrated ({figures}; tolerance {margins.calibration})"
-    if d_wape > margins.wape:  # NaN (no WAPE: not a timing model) compares False
-        return False, f"worse forecast ({figures}; WAPE tolerance {margins.wape})"
+    for c, d in rises.items():
+        if d > getattr(margins, c.tolerance):
+            return False, f"worse {c.what} ({figures}; tolerance {getattr(margins, c.tolerance)})"
     if d_auc < -margins.auc or brier_change > 0:
         return False, f"worse on AUC or Brier ({figures})"
     if d_auc >= margins.auc or brier_change <= -margins.brier:
@@ -111,19 +126,100 @@ def decide(champion: dict[str, float], challenger: dict[str, float], margins: Ma
     return False, f"not better by the margin ({figures}; margins AUC +{margins.auc}, Brier -{margins.brier:.0%})"
 
 
-def window_times(export: Export, horizon_days: int, every_days: int, window_days: int, warmup_days: int = 30) -> list[pd.Timestamp]:
-    """The latest ``window_days`` of snapshot times whose labels are known at the export time."""
-    end = export.exported_at - pd.Timedelta(days=horizon_days)
-    start = export.leads["created_at"].min() + pd.Timedelta(days=warmup_days)
-    times = snapshot_times(start, end, every_days)
-    window = [t for t in times if t > times[-1] - pd.Timedelta(days=window_days)] if times else []
-    if not window:
-        raise FunnelcastError(f"the export ends {export.exported_at}: no labelled snapshot to compare the models on")
-    return window
+@dataclass(frozen=True)
+class Window:
+    """The rows both models are scored on: ``start`` is the first snapshot time (a refit learns
+    from before it), ``label`` how it is printed; ``data`` is what the task's comparison needs."""
+
+    start: pd.Timestamp
+    label: str
+    data: Any
 
 
-def window_predictions(scorer: LeadScorer, export: Export, times: list[pd.Timestamp]) -> pd.DataFrame:
+class Comparison(Protocol):
+    """What promotion needs from a task (see the module docstring)."""
+
+    task: Task
+    #: The task's checks on top of the promotion rule.
+    checks: tuple[Check, ...]
+
+    def recipe(self, scorer: Any) -> Any:
+        """The training config a registered scorer was built with (defaults for older models)."""
+        ...
+
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        """The latest labelled window of ``evaluate`` days at the export time."""
+        ...
+
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        """Whether ``model`` learned from any row of ``window`` (then only refits can be compared)."""
+        ...
+
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        """``recipe`` fitted on the history before ``window``."""
+        ...
+
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        """``model``'s metrics on ``window`` (``roc_auc``, ``brier``, ``calibration_error``, ...)."""
+        ...
+
+
+def _times(window: list[pd.Timestamp], what: str = "snapshots", n: int | None = None) -> str:
+    return f"{window[0].date()}..{window[-1].date()} ({len(window) if n is None else n} {what})"
+
+
+def _config_from(scorer: Any, config: type, **fallback: Any) -> Any:
+    """The ``config`` dataclass logged with ``scorer`` (``train_config`` metadata), else ``config(**fallback)``."""
+    meta = scorer.metadata if isinstance(getattr(scorer, "metadata", None), dict) else {}
+    cfg = meta.get("train_config")
+    if not isinstance(cfg, dict):
+        return config(**fallback)
+    known = {k: v for k, v in cfg.items() if k in config.__dataclass_fields__}
+    if "exclude" in known:
+        known["exclude"] = tuple(known["exclude"])
+    return config(**known)
+
+
+class _LeadComparison:
+    """lead_quality: every lead open at each snapshot time of the window, converted within the horizon."""
+
+    task = Task.LEAD_QUALITY
+    checks: tuple[Check, ...] = ()
+
+    def recipe(self, scorer: Any) -> Any:
+        from training.train import TrainConfig
+
+        return _config_from(scorer, TrainConfig, horizon_days=scorer.spec.horizon_days,
+                            exclude=tuple(scorer.spec.excluded))
+
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        from features.leads import snapshot_times
+
+        start = export.leads["created_at"].min() + pd.Timedelta(days=recipe.warmup_days)
+        times = snapshot_times(start, export.exported_at - pd.Timedelta(days=recipe.horizon_days),
+                               recipe.snapshot_every_days)
+        fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days)
+        window = fold.split(times, export.exported_at).evaluate
+        return Window(window[0], _times(window), window)
+
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        return model.trained_until > window.start
+
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        from training.train import build_lead_model
+
+        return build_lead_model(export, recipe, window.start).scorer
+
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        preds = window_predictions(model, export, window.data)
+        return classification_metrics(preds["label"].to_numpy(), preds["p"].to_numpy())
+
+
+def window_predictions(scorer: Any, export: Export, times: list[pd.Timestamp]) -> pd.DataFrame:
     """``lead_id, as_of, label, p``: the scorer on every lead open at each time of the window."""
+    from features.leads import converted_within_horizon
+    from features.pit import open_leads
+
     parts = []
     for t in times:
         leads = open_leads(export.leads, t)
@@ -135,155 +231,52 @@ def window_predictions(scorer: LeadScorer, export: Export, times: list[pd.Timest
     return pd.concat(parts, ignore_index=True)
 
 
-def recipe(scorer: LeadScorer) -> TrainConfig:
-    """The training config a registered scorer was built with (defaults for older models)."""
-    cfg = scorer.metadata.get("train_config")
-    if isinstance(cfg, dict):
-        known = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
-        known["exclude"] = tuple(known.get("exclude", ()))
-        return TrainConfig(**known)
-    return TrainConfig(horizon_days=scorer.spec.horizon_days, exclude=tuple(scorer.spec.excluded))
+class _DealComparison:
+    """stage_conversion: the deal snapshots of the window, on "won within the horizon" (plain metric
+    names, as for leads), the next-stage and decided-deal win metrics alongside (``next_*``,
+    ``win_*``) and the forecast's WAPE by owner. A refit is fitted with its labels censored at the
+    window's start, the way ``training.deals`` evaluates."""
 
+    task = Task.STAGE_CONVERSION
+    checks = (FORECAST_CHECK,)
 
-def _version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    def recipe(self, scorer: Any) -> Any:
+        from training.deals import DealTrainConfig
 
+        return _config_from(scorer, DealTrainConfig, horizon_days=scorer.spec.horizon_days)
 
-def promote(
-    export: Export,
-    client: MlflowClient,
-    *,
-    task: str = Task.LEAD_QUALITY.value,
-    experiment: str = "funnelcast",
-    window_days: int = 91,
-    every_days: int = 14,
-    margins: Margins | None = None,
-    champion_alias: str = "champion",
-    challenger_alias: str = "challenger",
-    dry_run: bool = False,
-) -> Decision:
-    """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it wins."""
-    supported = (Task.LEAD_QUALITY.value, Task.STAGE_CONVERSION.value, Task.HIGH_VALUE.value)
-    if task not in supported:
-        raise FunnelcastError(f"promotion of task {task!r} is not implemented; only {', '.join(supported)}")
-    margins = margins or Margins()
-    champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
-    if chall_v is None:
-        raise ModelNotAvailable(task, f"no version has the alias {challenger_alias!r}: run `funnelcast train` first")
-    if champ_v is None or champ_v == chall_v:
-        reason = "no champion yet: the challenger becomes champion" if champ_v is None else "the challenger is the champion already"
-        decision = Decision(task, champ_v is None, reason, "none", "", champ_v, chall_v, margins=margins)
-    else:
-        champ = load_scorer(client, task, champion_alias).scorer
-        chall = load_scorer(client, task, challenger_alias).scorer
-    if champ_v is not None and champ_v != chall_v and task in (Task.STAGE_CONVERSION.value, Task.HIGH_VALUE.value):
-        compare = compare_deal_models if task == Task.STAGE_CONVERSION.value else compare_account_models
-        mode, window, m_champ, m_chall, same = compare(export, champ, chall, window_days)
-        if same:
-            newer = chall.trained_until > champ.trained_until
-            ok, reason = newer, ("same recipe as the champion, trained on newer data: promoted as its refresh"
-                                 if newer else "same recipe and no newer data than the champion: nothing to gain")
-        else:
-            ok, reason = decide(m_champ, m_chall, margins)
-        decision = Decision(task, ok, reason, mode, window, champ_v, chall_v, m_champ, m_chall, margins)
-    elif champ_v is not None and champ_v != chall_v:
-        times = window_times(export, chall.spec.horizon_days, every_days, window_days)
-        window = f"{times[0].date()}..{times[-1].date()} ({len(times)} snapshots)"
-        if max(champ.trained_until, chall.trained_until) <= times[0]:
-            mode, models = "registered", (champ, chall)
-        else:
-            mode = "refit"
-            r_champ, r_chall = recipe(champ), recipe(chall)
-            fit_champ = build_lead_model(export, r_champ, times[0]).scorer
-            fit_chall = fit_champ if asdict(r_champ) == asdict(r_chall) else build_lead_model(export, r_chall, times[0]).scorer
-            models = (fit_champ, fit_chall)
-        preds = [window_predictions(m, export, times) for m in models]
-        y = preds[0]["label"].to_numpy()
-        m_champ = classification_metrics(y, preds[0]["p"].to_numpy())
-        m_chall = classification_metrics(y, preds[1]["p"].to_numpy())
-        if mode == "refit" and models[0] is models[1]:
-            newer = chall.trained_until > champ.trained_until
-            ok, reason = newer, (
-                "same recipe as the champion, trained on newer data (up to "
-                f"{chall.trained_until.date()} vs {champ.trained_until.date()}): promoted as its refresh"
-                if newer else "same recipe and no newer data than the champion: nothing to gain"
-            )
-        else:
-            ok, reason = decide(m_champ, m_chall, margins)
-        decision = Decision(task, ok, reason, mode, window, champ_v, chall_v, m_champ, m_chall, margins)
-    decision.run_id = _log(client, decision, experiment)
-    if decision.promote and not dry_run:
-        if champ_v is not None:
-            client.set_registered_model_alias(task, f"previous_{champion_alias}", champ_v)
-        client.set_registered_model_alias(task, champion_alias, chall_v)
-        client.delete_registered_model_alias(task, challenger_alias)
-    return decision
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        from training.deals import build_snapshots
 
+        spec, snaps = build_snapshots(export, export.exported_at, recipe)
+        fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days)
+        window = fold.split(snaps["as_of"], export.exported_at).evaluate
+        return Window(window[0], _times(window), (spec, snaps, window))
 
-def _deal_recipe(scorer: Any) -> Any:
-    from training.deals import DealTrainConfig
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        return model.trained_until > window.start
 
-    cfg = scorer.metadata.get("train_config") if isinstance(getattr(scorer, "metadata", None), dict) else None
-    if isinstance(cfg, dict):
-        known = {k: v for k, v in cfg.items() if k in DealTrainConfig.__dataclass_fields__}
-        known["exclude"] = tuple(known.get("exclude", ()))
-        return DealTrainConfig(**known)
-    return DealTrainConfig(horizon_days=scorer.spec.horizon_days)
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        from features.deals import DealFeatureSpec
+        from training.deals import build_snapshots, fit_deal_scorer
 
+        s = DealFeatureSpec.from_export(export, horizon_days=recipe.horizon_days, exclude=recipe.exclude,
+                                        as_of=window.start)
+        _, sn = build_snapshots(export, export.exported_at, recipe, spec=s)
+        return fit_deal_scorer(export, sn, s, window.start, recipe, surrogate=False)
 
-def compare_deal_models(
-    export: Export, champ: Any, chall: Any, window_days: int = 91
-) -> tuple[str, str, dict[str, float], dict[str, float], bool]:
-    """Stage-conversion champion vs challenger on the latest labelled window of deal snapshots.
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        from training.deals import build_snapshots, deal_metrics, evaluation_frame
 
-    Compared on "won within the horizon" (plain metric names, as for leads) with the next-stage
-    and decided-deal win metrics alongside (``next_*``, ``win_*``). Registered mode when both
-    cutoffs are at or before the window; otherwise each recipe is refitted before the window
-    the way ``training.deals.build_deal_model`` evaluates. Returns mode, window, champion and
-    challenger metrics, and whether the two recipes (hence refits) are the same.
-    """
-    from features.deals import DealFeatureSpec
-    from training.deals import build_snapshots, deal_metrics, evaluation_frame, fit_deal_scorer
-
-    cutoff = export.exported_at
-    r_champ, r_chall = _deal_recipe(champ), _deal_recipe(chall)
-    h = pd.Timedelta(days=r_chall.horizon_days)
-    spec, snaps = build_snapshots(export, cutoff, r_chall)
-    last = snaps.loc[snaps["as_of"] + h <= cutoff, "as_of"].max()
-    if pd.isna(last):
-        raise FunnelcastError(f"the export ends {cutoff}: no labelled deal snapshot to compare the models on")
-    start = last - pd.Timedelta(days=window_days) + pd.Timedelta(days=1)
-    rows = snaps[(snaps["as_of"] >= start) & (snaps["as_of"] <= last)]
-    window = f"{start.date()}..{last.date()} ({rows['as_of'].nunique()} snapshots)"
-    same = False
-    if max(champ.trained_until, chall.trained_until) <= start:
-        mode, models = "registered", (champ, chall)
-    else:
-        mode = "refit"
-
-        def refit(cfg: Any) -> Any:
-            s = DealFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=start)
-            _, sn = build_snapshots(export, cutoff, cfg, spec=s)
-            return fit_deal_scorer(export, sn, s, start, cfg, surrogate=False)
-
-        same = asdict(r_champ) == asdict(r_chall)
-        fit_champ = refit(r_champ)
-        models = (fit_champ, fit_champ if same else refit(r_chall))
-    out = []
-    for m in models:
-        cols = m.spec.feature_names
-        # each model's own features for the window rows (a refit or registered spec may differ)
-        _, own = build_snapshots(export, cutoff, _deal_recipe(m), spec=m.spec) if cols != spec.feature_names else (spec, snaps)
-        own_rows = own[(own["as_of"] >= start) & (own["as_of"] <= last)]
-        ev = evaluation_frame(m, own_rows, cutoff)
+        spec, snaps, times = window.data
+        if model.spec.feature_names != spec.feature_names:  # each model's own features (a refit or registered spec may differ)
+            _, snaps = build_snapshots(export, export.exported_at, self.recipe(model), spec=model.spec)
+        rows = snaps[snaps["as_of"].isin(times)]
+        ev = evaluation_frame(model, rows, export.exported_at)
         metrics, _ = deal_metrics(ev)
         plain = {k.removeprefix("win_h_"): v for k, v in metrics.items() if k.startswith("win_h_")}
-        out.append({**plain, **{k: v for k, v in metrics.items() if not k.startswith("win_h_")},
-                    **owner_forecast_accuracy(export, ev, own_rows["won_amount"].to_numpy())})
-    return mode, window, out[0], out[1], same
+        return {**plain, **{k: v for k, v in metrics.items() if not k.startswith("win_h_")},
+                **owner_forecast_accuracy(export, ev, rows["won_amount"].to_numpy())}
 
 
 def owner_forecast_accuracy(export: Export, ev: pd.DataFrame, won_amount: np.ndarray) -> dict[str, float]:
@@ -298,7 +291,6 @@ def owner_forecast_accuracy(export: Export, ev: pd.DataFrame, won_amount: np.nda
     part of the forecast does not depend on the deal model, so it cannot tell two models apart.
     """
     from models.forecast import group_keys
-    from training.backtest import accuracy
 
     opps = export.opportunities.drop_duplicates("opportunity_id").set_index("opportunity_id")
     owner = group_keys(opps.reindex(ev["opportunity_id"].to_numpy()), export, "owner_id").to_numpy()
@@ -310,77 +302,150 @@ def owner_forecast_accuracy(export: Export, ev: pd.DataFrame, won_amount: np.nda
     return {"wape": acc["wape"], "bias": acc["bias"]}
 
 
-def _account_recipe(scorer: Any) -> Any:
-    from training.accounts import AccountConfig
+class _AccountComparison:
+    """high_value: the customers whose snapshot is in the window, among those whose value is complete
+    at the export time; high value by the challenger recipe's quantile, the same for both models.
+    A refit fits P(high value) on the customers before the window (the earlier two thirds fit, the
+    later third calibrates)."""
 
-    meta = scorer.metadata if isinstance(getattr(scorer, "metadata", None), dict) else {}
-    cfg = meta.get("train_config")
-    if isinstance(cfg, dict):
-        return AccountConfig(**{k: v for k, v in cfg.items() if k in AccountConfig.__dataclass_fields__})
-    return AccountConfig(window_days=int(meta.get("window_days", 365)), quantile=float(meta.get("quantile", 0.8)),
-                         early_days=scorer.spec.early_days)
+    task = Task.HIGH_VALUE
+    checks: tuple[Check, ...] = ()
 
+    def recipe(self, scorer: Any) -> Any:
+        from training.accounts import AccountConfig
 
-def compare_account_models(
-    export: Export, champ: Any, chall: Any, window_days: int = 91
-) -> tuple[str, str, dict[str, float], dict[str, float], bool]:
-    """high_value champion vs challenger on the latest customers (snapshots in the last
-    ``window_days`` among those whose value is complete at the export time).
+        meta = scorer.metadata if isinstance(getattr(scorer, "metadata", None), dict) else {}
+        return _config_from(scorer, AccountConfig, window_days=int(meta.get("window_days", 365)),
+                            quantile=float(meta.get("quantile", 0.8)), early_days=scorer.spec.early_days)
 
-    Labels: high value by the challenger recipe's quantile of the values complete at the
-    export time, the same for both models. **Registered** mode when neither model had any of
-    the window's customers among its training customers (complete at its cutoff); otherwise
-    **refit**: each recipe's P(high value) is fitted on the customers before the window (the
-    earlier two thirds fit, the later third calibrates) and scores the window. Compared on
-    P(high value): AUC, Brier, calibration error.
-    """
-    from features.customers import AccountFeatureSpec, account_snapshots, customer_value
-    from training.accounts import fit_high_value_classifier
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        from features.customers import AccountFeatureSpec, account_snapshots
 
-    cutoff = export.exported_at
-    r_champ, r_chall = _account_recipe(champ), _account_recipe(chall)
-    spec = AccountFeatureSpec.from_export(export, early_days=r_chall.early_days, window_days=r_chall.window_days)
-    snaps, threshold = account_snapshots(export, cutoff, spec, quantile=r_chall.quantile)
-    last = snaps["as_of"].max()
-    start = last - pd.Timedelta(days=window_days)
-    inside = snaps["as_of"] > start
-    rows = snaps[inside]
-    if len(rows) < 20 or rows["label"].nunique() < 2:
-        raise FunnelcastError(
-            f"only {len(rows)} customer(s) ({int(rows['label'].sum())} high value) have their snapshot in the last "
-            f"{window_days} days ({start.date()}..{last.date()}): too few to compare the models; pass a larger "
-            "--window-days"
-        )
-    window = f"{rows['as_of'].min().date()}..{last.date()} ({len(rows)} customers)"
-    ids = set(rows["account_id"])
+        spec = AccountFeatureSpec.from_export(export, early_days=recipe.early_days, window_days=recipe.window_days)
+        snaps, threshold = account_snapshots(export, export.exported_at, spec, quantile=recipe.quantile)
+        # one snapshot per customer, each value complete at the export: a day apart is enough between windows
+        times = TimeFold(horizon="1d", evaluate=evaluate).split(snaps["as_of"]).evaluate
+        rows = snaps[snaps["as_of"].isin(times)]
+        if len(rows) < 20 or rows["label"].nunique() < 2:
+            raise FunnelcastError(
+                f"only {len(rows)} customer(s) ({int(rows['label'].sum())} high value) have their snapshot in "
+                f"{_times(times, 'snapshot times')}: too few to compare the models; pass a longer --evaluate"
+            )
+        return Window(times[0], _times(times, "customers", len(rows)),
+                      (spec, snaps, threshold, recipe.window_days))
 
-    def saw_window(model: Any) -> bool:
-        done = customer_value(export.opportunities, model.trained_until, r_chall.window_days)
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        from features.customers import customer_value
+
+        _, snaps, _, window_days = window.data
+        ids = snaps.loc[snaps["as_of"] >= window.start, "account_id"]
+        done = customer_value(export.opportunities, model.trained_until, window_days)
         return bool(done.index[done["complete"]].isin(list(ids)).any())
 
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        from training.accounts import fit_high_value_classifier
+
+        spec, snaps, _, _ = window.data
+        return fit_high_value_classifier(snaps[snaps["as_of"] < window.start], spec, recipe)
+
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        from features.customers import account_snapshots
+
+        spec, snaps, threshold, _ = window.data
+        own = getattr(model, "spec", spec)  # a refit is a classifier on the window's features
+        if own.feature_names != spec.feature_names:
+            snaps = account_snapshots(export, export.exported_at, own, threshold=threshold)[0]
+        rows = snaps[snaps["as_of"] >= window.start]
+        return classification_metrics(rows["label"].to_numpy(), model.predict_proba(rows[own.feature_names]))
+
+
+#: What each task gives promotion.
+COMPARISONS: dict[Task, Comparison] = {c.task: c for c in (_LeadComparison(), _DealComparison(), _AccountComparison())}
+
+
+@dataclass
+class Compared:
+    """Champion and challenger on the same window: ``same`` when their recipes (hence refits) are equal."""
+
+    mode: str
+    window: str
+    champion: dict[str, float]
+    challenger: dict[str, float]
+    same: bool
+
+
+def compare(task: Task | str, export: Export, champ: Any, chall: Any, evaluate: str | int | pd.Timedelta = "91d") -> Compared:
+    """Champion vs challenger of ``task`` on the latest labelled window of ``evaluate`` days: the
+    registered models when neither learned from it, else their recipes refitted before it."""
+    c = COMPARISONS[Task(task)]
+    r_champ, r_chall = c.recipe(champ), c.recipe(chall)
+    window = c.window(export, r_chall, evaluate)
     same = False
-    if not (saw_window(champ) or saw_window(chall)):
-        mode = "registered"
-        preds = []
-        for m in (champ, chall):
-            own = snaps if m.spec.feature_names == spec.feature_names else account_snapshots(
-                export, cutoff, m.spec, threshold=threshold)[0]
-            preds.append(m.predict_proba(own[inside.to_numpy()][m.spec.feature_names]))
+    if not (c.learned_from(export, champ, window) or c.learned_from(export, chall, window)):
+        mode, models = "registered", (champ, chall)
     else:
-        mode = "refit"
-        same = asdict(r_champ) == asdict(r_chall)
-        train = snaps[~inside]
-        fits = [fit_high_value_classifier(train, spec, r) for r in ((r_champ,) if same else (r_champ, r_chall))]
-        preds = [f.predict_proba(rows[spec.feature_names]) for f in fits]
-        preds = preds * 2 if same else preds
-    y = rows["label"].to_numpy()
-    return mode, window, classification_metrics(y, preds[0]), classification_metrics(y, preds[1]), same
+        mode, same = "refit", asdict(r_champ) == asdict(r_chall)
+        fit_champ = c.refit(export, r_champ, window)
+        models = (fit_champ, fit_champ if same else c.refit(export, r_chall, window))
+    m_champ = c.evaluate(export, models[0], window)
+    m_chall = m_champ if models[1] is models[0] else c.evaluate(export, models[1], window)
+    return Compared(mode, window.label, m_champ, m_chall, same)
+
+
+def _version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def promote(
+    export: Export,
+    client: MlflowClient,
+    *,
+    task: Task | str = Task.LEAD_QUALITY,
+    experiment: str = "funnelcast",
+    evaluate: str | int | pd.Timedelta = "91d",
+    margins: Margins | None = None,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
+    dry_run: bool = False,
+) -> Decision:
+    """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it wins."""
+    task = Task(task).value
+    margins = margins or Margins()
+    champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
+    if chall_v is None:
+        raise ModelNotAvailable(task, f"no version has the alias {challenger_alias!r}: run `funnelcast train` first")
+    if champ_v is None or champ_v == chall_v:
+        reason = "no champion yet: the challenger becomes champion" if champ_v is None else "the challenger is the champion already"
+        decision = Decision(task, champ_v is None, reason, "none", "", champ_v, chall_v, margins=margins)
+    else:
+        champ = load_scorer(client, task, champion_alias).scorer
+        chall = load_scorer(client, task, challenger_alias).scorer
+        cmp = compare(task, export, champ, chall, evaluate)
+        if cmp.same:
+            newer = chall.trained_until > champ.trained_until
+            ok, reason = newer, (
+                "same recipe as the champion, trained on newer data (up to "
+                f"{chall.trained_until.date()} vs {champ.trained_until.date()}): promoted as its refresh"
+                if newer else "same recipe and no newer data than the champion: nothing to gain"
+            )
+        else:
+            ok, reason = decide(cmp.champion, cmp.challenger, margins, COMPARISONS[Task(task)].checks)
+        decision = Decision(task, ok, reason, cmp.mode, cmp.window, champ_v, chall_v, cmp.champion, cmp.challenger,
+                            margins)
+    decision.run_id = _log(client, decision, experiment)
+    if decision.promote and not dry_run:
+        if champ_v is not None:
+            client.set_registered_model_alias(task, f"previous_{champion_alias}", champ_v)
+        client.set_registered_model_alias(task, champion_alias, chall_v)
+        client.delete_registered_model_alias(task, challenger_alias)
+    return decision
 
 
 def _log(client: MlflowClient, d: Decision, experiment: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"promote-{d.task}") as run:
+    with mlflow.start_run(experiment_id=experiment_id(client, experiment), run_name=f"promote-{d.task}") as run:
         mlflow.set_tags({"task": d.task, "kind": "promotion", "decision": "promote" if d.promote else "keep"})
         mlflow.log_params(
             {
@@ -398,7 +463,3 @@ def _log(client: MlflowClient, d: Decision, experiment: str) -> str:
         client.set_model_version_tag(d.task, d.challenger_version, "promotion", "promoted" if d.promote else "kept challenger")
         client.set_model_version_tag(d.task, d.challenger_version, "promotion_reason", d.reason[:500])
     return run.info.run_id
-
-
-def summary(d: Decision) -> dict[str, Any]:
-    return {**asdict(d), "margins": asdict(d.margins)}

@@ -1,35 +1,31 @@
-"""Optuna over the LightGBM parameters of each task, with time-ordered cross-validation.
+"""Optuna over the LightGBM parameters of a task, with time-ordered cross-validation.
 
-One study per task, the same machinery for all three (:func:`_optimize`); only the folds
-and what a fold fits differ:
+One study per task and one search for all of them (:func:`tune`): the folds are the task's
+:class:`~models.folds.TimeFold` rolling splits (:meth:`~models.folds.TimeFold.splits`: each
+evaluates on the window just before the next one, the latest ending at the last snapshot whose
+horizon is labelled at the tuning cutoff), and what a task fits and scores on a split is its
+own (:class:`Tuning`, one per task in :data:`TUNING`):
 
-* ``lead_quality`` (:func:`tune`): the folds are an **expanding window over** ``as_of``:
-  fold *k* truncates the snapshot times ``k * fold_days`` before the last labelled one and
-  applies the training split to what is left (fit on the early part, early stopping and
-  Platt scaling on the calibration window, validate on the latest ``eval_days``, a horizon
-  apart as in :class:`models.folds.TimeFold`). Objective: mean validation log loss of
-  "converts within the horizon".
-* ``stage_conversion`` (:func:`tune_deals`): fold *k* validates on the deal snapshots of one
-  ``fold_days`` window (the latest ending at the last snapshot whose horizon is labelled at
-  the tuning cutoff) and fits every deal model with its cutoff at the window's start, so
-  the labels it learns from are **censored there** (:func:`training.deals.fit_deal_scorer`).
-  Objective: mean validation log loss of "won within the horizon" (what promotion and the
-  forecast use); the next-stage log loss is kept per trial.
-* ``high_value`` (:func:`tune_accounts`): customers sorted by the time of their snapshot
-  (``first win + early_days``); the latest ``holdout`` share is cut into ``n_folds``
-  consecutive blocks, and fold *k* fits on every customer before its block (the earlier
-  two thirds fit the trees, the later third calibrates). Objective: mean validation log
-  loss of P(high value).
+* ``lead_quality`` and ``high_value``: the task's own ``fit`` and ``evaluate`` on each split
+  (``training.tasks``; what ``train`` runs on its evaluation split): fit on the fit window, early
+  stopping and Platt scaling on the calibration window, validate on the evaluation window (leads:
+  "converts within the horizon", a horizon after the calibration window; high_value: P(high
+  value) over customers by snapshot day, its customer fold). Objective: validation log loss.
+* ``stage_conversion``: every deal model is fitted with its cutoff at the evaluation window's
+  start, so the labels it learns from are **censored there**
+  (:func:`training.deals.fit_deal_scorer`); older splits whose fit or calibration rows hold too
+  few events are left out. Objective: validation log loss of "won within the horizon" (what
+  promotion and the forecast use); the next-stage log loss is kept per trial. Its own code, not
+  the protocol's ``fit``: each fold's feature spec is point-in-time at the earliest fold's cutoff
+  (no category first met later), and each fold's censored fit and calibration rows are computed
+  once, not per trial.
 
-In every case each fold validates on a later period than it learned from, and the folds'
-validation windows do not overlap. Bad trials are pruned after each fold (median rule). The
-study lives in a SQLite database under the project home (``optuna.db``), so a run can be
-interrupted and resumed; it refuses to mix data sets (the export's fingerprint and the
-cutoff are stored with the study). The first trial of a new study is the task's current
-default parameters, so the best trial is never worse than them on the CV. Each trial is a
-nested MLflow run under one ``tune`` run; the best parameters are written to
-``<home>/tuned/<task>.json``, which the next ``train`` / ``train-deals`` / ``train-accounts``
-reads.
+Bad trials are pruned after each fold (median rule). The study lives in a SQLite database
+under the project home (``optuna.db``), so a run can be interrupted and resumed; it refuses to
+mix data sets (the export's fingerprint and the cutoff are stored with the study). The first
+trial of a new study is the task's current default parameters, so the best trial is never worse
+than them on the CV. Each trial is a nested MLflow run under one ``tune`` run; the best
+parameters are written to ``<home>/tuned/<task>.json``, which the next ``train --task`` reads.
 """
 
 from __future__ import annotations
@@ -37,9 +33,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import numpy as np
@@ -49,24 +45,155 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.errors import FunnelcastError
-from features.leads import LeadFeatureSpec, lead_snapshots, snapshot_times
 from models.estimators import DEFAULT_PARAMS
-from models.metrics import classification_metrics
+from models.folds import Split, TimeFold
 from models.tasks import Task
+from training.pipeline import experiment_id
 from training.provenance import export_fingerprint, provenance_tags
-from models.folds import Split
-from training.train import TrainConfig, _fit, _rows
 
 #: The parameters searched (the rest of each task's defaults stays as it is).
 SEARCHED = ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction", "lambda_l2", "cat_smooth")
-#: ``min_child_samples`` range per task: high_value fits on hundreds of customers, not tens of thousands of rows.
-_MIN_CHILD = {Task.LEAD_QUALITY.value: (10, 1000), Task.STAGE_CONVERSION.value: (10, 1000), Task.HIGH_VALUE.value: (5, 100)}
 #: The metric of one fold: (log loss, ROC AUC, Brier, extra metrics to keep).
 FoldScore = tuple[float, float, float, dict[str, float]]
 
 
-def suggest_params(trial: optuna.Trial, task: str = Task.LEAD_QUALITY.value) -> dict[str, Any]:
-    lo, hi = _MIN_CHILD[task]
+@dataclass(frozen=True)
+class CrossValidation:
+    """A task's folds, ready to score: ``score(params, k)`` fits fold ``k`` with ``params`` over the
+    task's configured ones and validates it."""
+
+    fold: TimeFold
+    n_features: int
+    folds: list[dict[str, str]]
+    score: Callable[[dict[str, Any], int], FoldScore]
+
+
+class Tuning(Protocol):
+    """What the search needs from a task: its default parameters, the range of ``min_child_samples``
+    that fits its data size, and its folds over the time fold."""
+
+    task: Task
+    min_child: tuple[int, int]
+
+    def params(self) -> dict[str, Any]:
+        """The task's LightGBM parameters without tuning."""
+        ...
+
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
+        """The ``n_folds`` latest rolling splits of ``fold`` (None: the task's own) labelled at ``cutoff``."""
+        ...
+
+
+def _with(config: Any, params: dict[str, Any]) -> Any:
+    """``config`` with the trial's ``params`` over its own."""
+    return replace(config, params={**config.params, **params})
+
+
+class _ProtocolTuning:
+    """A task tuned through its own protocol (``training.tasks``): its snapshots, its fold, and on each
+    split its ``fit`` and ``evaluate``, exactly what ``train`` runs on its evaluation split."""
+
+    def __init__(self, task: Task, params: Callable[[], dict[str, Any]], min_child: tuple[int, int]):
+        self.task, self._params, self.min_child = task, params, min_child
+
+    def params(self) -> dict[str, Any]:
+        return self._params()
+
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
+        from training.tasks import task_definition
+
+        task = task_definition(self.task)
+        snaps = task.snapshots(export, cutoff, config, progress=progress)
+        fold = fold or task.fold(config, snaps)
+        splits = fold.splits(snaps.times, snaps.cutoff, n_folds)
+
+        def score(params: dict[str, Any], k: int) -> FoldScore:
+            trial = _with(config, params)
+            m = task.evaluate(task.fit(export, snaps, splits[k], trial), snaps, splits[k], trial).metrics
+            return m["log_loss"], m["roc_auc"], m["brier"], {}
+
+        return CrossValidation(fold, len(snaps.spec.feature_names), [s.describe() for s in splits], score)
+
+
+def _lead_params() -> dict[str, Any]:
+    return dict(DEFAULT_PARAMS)
+
+
+def _account_params() -> dict[str, Any]:
+    from training.accounts import ACCOUNT_PARAMS
+
+    return {**DEFAULT_PARAMS, **ACCOUNT_PARAMS}
+
+
+class _DealTuning:
+    task = Task.STAGE_CONVERSION
+    min_child = (10, 1000)
+
+    def params(self) -> dict[str, Any]:
+        from training.deals import DEAL_PARAMS
+
+        return {**DEFAULT_PARAMS, **DEAL_PARAMS}
+
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
+        from features.deals import DealFeatureSpec, snapshot_times
+        from training.deals import build_snapshots, deal_metrics, evaluation_frame, fit_deal_scorer
+
+        fold = fold or config.fold
+        start = export.opportunities["created_at"].min() + pd.Timedelta(days=config.warmup_days)
+        splits = fold.splits(snapshot_times(start, cutoff, config.snapshot_every_days), cutoff, n_folds)
+        # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
+        # sees a category first met after it; each fold learns from labels censored at its own cutoff
+        spec = DealFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude,
+                                           as_of=splits[0].cutoff)
+        _, snaps = build_snapshots(export, cutoff, config, progress=progress, spec=spec)
+        folds = _fitting_deal_folds(snaps, splits, config, cutoff)
+
+        def score(params: dict[str, Any], k: int) -> FoldScore:
+            split, rows = folds[k]
+            scorer = fit_deal_scorer(export, snaps, spec, split.cutoff, _with(config, params), surrogate=False, rows=rows)
+            m, _ = deal_metrics(evaluation_frame(scorer, snaps[snaps["as_of"].isin(split.evaluate)], cutoff))
+            return m["win_h_log_loss"], m["win_h_roc_auc"], m["win_h_brier"], {"next_log_loss": m["next_log_loss"],
+                                                                                "next_roc_auc": m["next_roc_auc"]}
+
+        described = [{"fit": f"labels censored at {s.cutoff.date()}", "evaluate": s.describe()["evaluate"]}
+                     for s, _ in folds]
+        return CrossValidation(fold, len(spec.feature_names), described, score)
+
+
+def _fitting_deal_folds(snaps: pd.DataFrame, splits: list[Split], config: Any,
+                        cutoff: pd.Timestamp) -> list[tuple[Split, dict[str, Any]]]:
+    """The latest splits, each with its fit and calibration rows (which do not depend on the
+    parameters), back to the first one whose rows hold too few next-stage, close or win events."""
+    from training.deals import fit_and_calibration_rows, rows_suffice
+
+    folds: list[tuple[Split, dict[str, Any]]] = []
+    for split in reversed(splits):
+        rows = fit_and_calibration_rows(snaps, split.cutoff, config)
+        if not rows_suffice(rows):
+            break
+        folds.insert(0, (split, rows))
+    if not folds:
+        raise FunnelcastError(
+            f"not enough deal history for time-ordered cross-validation before {cutoff.date()}: the latest fold's "
+            "fit or calibration window holds too few next-stage, close or win events"
+        )
+    return folds
+
+
+#: What each task gives the search.
+TUNING: dict[Task, Tuning] = {t.task: t for t in (
+    _ProtocolTuning(Task.LEAD_QUALITY, _lead_params, (10, 1000)),
+    _DealTuning(),
+    # high_value fits on hundreds of customers, not tens of thousands of rows
+    _ProtocolTuning(Task.HIGH_VALUE, _account_params, (5, 100)),
+)}
+
+
+def suggest_params(trial: optuna.Trial, min_child: tuple[int, int]) -> dict[str, Any]:
+    lo, hi = min_child
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
         "num_leaves": trial.suggest_int("num_leaves", 3, 63, log=True),
@@ -78,85 +205,10 @@ def suggest_params(trial: optuna.Trial, task: str = Task.LEAD_QUALITY.value) -> 
     }
 
 
-def default_params(task: str) -> dict[str, Any]:
-    """The searched parameters as each task's ``train`` uses them without tuning (trial 0)."""
-    base = dict(DEFAULT_PARAMS)
-    if task == Task.STAGE_CONVERSION.value:
-        from training.deals import DEAL_PARAMS
-
-        base.update(DEAL_PARAMS)
-    elif task == Task.HIGH_VALUE.value:
-        from training.accounts import ACCOUNT_PARAMS
-
-        base.update(ACCOUNT_PARAMS)
+def default_params(task: Task | str) -> dict[str, Any]:
+    """The searched parameters as the task's ``train`` uses them without tuning (trial 0)."""
+    base = TUNING[Task(task)].params()
     return {k: base[k] for k in SEARCHED}
-
-
-def cv_folds(times: list[pd.Timestamp], cfg: TrainConfig, n_folds: int, fold_days: int | None = None) -> list[Split]:
-    """Lead folds: expanding windows, oldest first; folds without enough history are left out."""
-    return cfg.fold.splits(times, n=n_folds, evaluate=fold_days or cfg.eval_days)
-
-
-@dataclass
-class DealFold:
-    """One stage_conversion fold: the models are fitted with labels censored at ``cutoff`` and
-    validated on the snapshots ``cutoff <= as_of <= last`` (labels known at the tuning cutoff)."""
-
-    cutoff: pd.Timestamp
-    last: pd.Timestamp
-
-    def describe(self) -> dict[str, str]:
-        return {"fit": f"labels censored at {self.cutoff.date()}", "evaluate": f"{self.cutoff.date()}..{self.last.date()}"}
-
-
-def deal_cv_folds(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: Any, n_folds: int,
-                  fold_days: int | None = None) -> list[DealFold]:
-    """Deal folds, oldest first: consecutive ``fold_days`` windows ending at the last labelled
-    snapshot; older folds whose fit or calibration windows hold too few events are left out."""
-    h = pd.Timedelta(days=cfg.horizon_days)
-    labelled = snaps.loc[snaps["as_of"] + h <= cutoff, "as_of"]
-    if labelled.empty:
-        raise FunnelcastError(f"no deal snapshot is labelled before {cutoff}: the export is too short to tune on")
-    days = pd.Timedelta(days=fold_days or cfg.eval_days)
-    folds: list[DealFold] = []
-    last = labelled.max()
-    for _ in range(n_folds):
-        start = last - days + pd.Timedelta(days=1)
-        if not _deal_fold_fits(snaps, start, cfg):
-            break
-        folds.insert(0, DealFold(cutoff=start, last=last))
-        last = start - pd.Timedelta(days=1)
-    if not folds:
-        raise FunnelcastError(
-            f"not enough deal history for time-ordered cross-validation before {cutoff.date()}: the latest fold's "
-            "fit or calibration window holds too few next-stage, close or win events"
-        )
-    return folds
-
-
-def _deal_fold_fits(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: Any) -> bool:
-    """Whether :func:`training.deals.fit_deal_scorer` can fit at ``cutoff`` (its positives rule,
-    after widening the calibration window as far as it goes)."""
-    from training.deals import fit_and_calibration_rows, rows_suffice
-
-    return rows_suffice(fit_and_calibration_rows(snaps, cutoff, cfg))
-
-
-def account_cv_folds(snaps: pd.DataFrame, n_folds: int, holdout: float = 0.4) -> list[tuple[int, int]]:
-    """High-value folds, oldest first: ``(start, stop)`` row ranges of ``snaps`` (sorted by ``as_of``)
-    cutting its latest ``holdout`` share into consecutive blocks; a block never splits one ``as_of``."""
-    n = len(snaps)
-    as_of = snaps["as_of"].to_numpy()
-    edges = [int(round(n * (1 - holdout * (n_folds - k) / n_folds))) for k in range(n_folds + 1)]
-    for i, e in enumerate(edges[:-1]):
-        while 0 < e < n and as_of[e] == as_of[e - 1]:
-            e += 1
-        edges[i] = e
-    folds = [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b - a >= 10 and a >= 30]
-    if not folds:
-        raise FunnelcastError(f"only {n} customers with a complete value: too few for time-ordered cross-validation "
-                              "(need about 60)")
-    return folds
 
 
 @dataclass
@@ -206,155 +258,61 @@ def study_storage(home: Path) -> str:
 
 
 def tune(
+    task: Task | str,
     export: Export,
-    cfg: TrainConfig,
     cutoff: pd.Timestamp,
+    fold: TimeFold | None,
+    trials: int | None,
     *,
-    n_trials: int | None,
-    timeout: float | None = None,
+    config: Any,
     storage: str,
-    study_name: str = Task.LEAD_QUALITY.value,
+    timeout: float | None = None,
+    study_name: str | None = None,
     n_folds: int = 3,
     client: MlflowClient | None = None,
     experiment: str = "funnelcast",
     progress: bool = False,
 ) -> TuneResult:
-    """lead_quality: run (or resume) the study; returns the best parameters over every trial of the study."""
-    h = pd.Timedelta(days=cfg.horizon_days)
-    start = export.leads["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
-    times = snapshot_times(start, cutoff - h, cfg.snapshot_every_days)
-    spec = LeadFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
-    cols = spec.feature_names
-    plans = cv_folds(times, cfg, n_folds)
-    snaps = lead_snapshots(export, times, spec, progress=progress)
-
-    def fold(params: dict[str, Any], k: int) -> FoldScore:
-        trial_cfg = TrainConfig(**{**cfg.__dict__, "params": {**cfg.params, **params}})
-        clf = _fit(snaps, plans[k], spec, trial_cfg)
-        ev = _rows(snaps, plans[k].evaluate)
-        m = classification_metrics(ev["label"].to_numpy(), clf.predict_proba(ev[cols]))
-        return m["log_loss"], m["roc_auc"], m["brier"], {}
-
-    return _optimize(Task.LEAD_QUALITY.value, export, cutoff, len(cols), [p.describe() for p in plans], fold,
-                     seed=cfg.seed, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
-                     client=client, experiment=experiment)
-
-
-def tune_deals(
-    export: Export,
-    cfg: Any,
-    cutoff: pd.Timestamp,
-    *,
-    n_trials: int | None,
-    timeout: float | None = None,
-    storage: str,
-    study_name: str = Task.STAGE_CONVERSION.value,
-    n_folds: int = 3,
-    fold_days: int | None = None,
-    client: MlflowClient | None = None,
-    experiment: str = "funnelcast",
-    progress: bool = False,
-) -> TuneResult:
-    """stage_conversion (``cfg``: a :class:`training.deals.DealTrainConfig`): the deal models'
-    shared LightGBM parameters, on folds censored at their own cutoffs (see the module docstring)."""
-    from features.deals import DealFeatureSpec
-    from features.deals import snapshot_times as deal_snapshot_times
-    from training.deals import (
-        DealTrainConfig,
-        build_snapshots,
-        deal_metrics,
-        evaluation_frame,
-        fit_and_calibration_rows,
-        fit_deal_scorer,
-    )
-
-    # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
-    # sees a category first met after it; each fold learns from labels censored at its own cutoff
-    start = export.opportunities["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
-    times = [t for t in deal_snapshot_times(start, cutoff, cfg.snapshot_every_days)
-             if t + pd.Timedelta(days=cfg.horizon_days) <= cutoff]  # build_snapshots' times whose horizon is labelled
-    if not times:
-        raise FunnelcastError(f"no deal snapshot is labelled before {cutoff}: the export is too short to tune on")
-    earliest = times[-1] - n_folds * pd.Timedelta(days=fold_days or cfg.eval_days) + pd.Timedelta(days=1)
-    spec = DealFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=earliest)
-    _, snaps = build_snapshots(export, cutoff, cfg, progress=progress, spec=spec)
-    folds = deal_cv_folds(snaps, cutoff, cfg, n_folds, fold_days)
-    fold_rows: dict[int, dict[str, Any]] = {}  # a fold's fit and calibration rows do not depend on the parameters
-
-    def fold(params: dict[str, Any], k: int) -> FoldScore:
-        f = folds[k]
-        trial_cfg = DealTrainConfig(**{**cfg.__dict__, "params": {**cfg.params, **params}})
-        if k not in fold_rows:
-            fold_rows[k] = fit_and_calibration_rows(snaps, f.cutoff, cfg)
-        scorer = fit_deal_scorer(export, snaps, spec, f.cutoff, trial_cfg, surrogate=False, rows=fold_rows[k])
-        rows = snaps[(snaps["as_of"] >= f.cutoff) & (snaps["as_of"] <= f.last)]
-        m, _ = deal_metrics(evaluation_frame(scorer, rows, cutoff))
-        return m["win_h_log_loss"], m["win_h_roc_auc"], m["win_h_brier"], {"next_log_loss": m["next_log_loss"],
-                                                                            "next_roc_auc": m["next_roc_auc"]}
-
-    return _optimize(Task.STAGE_CONVERSION.value, export, cutoff, len(spec.feature_names),
-                     [f.describe() for f in folds], fold, seed=cfg.seed, n_trials=n_trials, timeout=timeout,
-                     storage=storage, study_name=study_name, client=client, experiment=experiment)
-
-
-def tune_accounts(
-    export: Export,
-    cfg: Any,
-    cutoff: pd.Timestamp,
-    *,
-    n_trials: int | None,
-    timeout: float | None = None,
-    storage: str,
-    study_name: str = Task.HIGH_VALUE.value,
-    n_folds: int = 3,
-    client: MlflowClient | None = None,
-    experiment: str = "funnelcast",
-    progress: bool = False,
-) -> TuneResult:
-    """high_value (``cfg``: a :class:`training.accounts.AccountConfig`): P(high value)'s LightGBM
-    parameters on consecutive blocks of the latest customers (see the module docstring)."""
-    from features.customers import AccountFeatureSpec, account_snapshots
-    from training.accounts import AccountConfig, fit_high_value_classifier
-
-    spec = AccountFeatureSpec.from_export(export, early_days=cfg.early_days, window_days=cfg.window_days)
-    snaps, _ = account_snapshots(export, cutoff, spec, quantile=cfg.quantile, progress=progress)
-    folds = account_cv_folds(snaps, n_folds)
-    cols = spec.feature_names
-
-    def fold(params: dict[str, Any], k: int) -> FoldScore:
-        a, b = folds[k]
-        trial_cfg = AccountConfig(**{**cfg.__dict__, "params": {**cfg.params, **params}})
-        clf = fit_high_value_classifier(snaps.iloc[:a], spec, trial_cfg)
-        ev = snaps.iloc[a:b]
-        m = classification_metrics(ev["label"].to_numpy(), clf.predict_proba(ev[cols]))
-        return m["log_loss"], m["roc_auc"], m["brier"], {}
-
-    described = [{"fit": f"{a} customers before {snaps['as_of'].iloc[a].date()}",
-                  "evaluate": f"{snaps['as_of'].iloc[a].date()}..{snaps['as_of'].iloc[b - 1].date()} ({b - a})"}
-                 for a, b in folds]
-    return _optimize(Task.HIGH_VALUE.value, export, cutoff, len(cols), described, fold, seed=cfg.seed,
-                     n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, client=client,
-                     experiment=experiment)
-
-
-def _optimize(
-    task: str,
-    export: Export,
-    cutoff: pd.Timestamp,
-    n_features: int,
-    folds: list[dict[str, str]],
-    fold: Callable[[dict[str, Any], int], FoldScore],
-    *,
-    seed: int,
-    n_trials: int | None,
-    timeout: float | None,
-    storage: str,
-    study_name: str,
-    client: MlflowClient | None,
-    experiment: str,
-) -> TuneResult:
-    """The study shared by every task: ``fold(params, k)`` scores fold ``k``; trial 0 is the defaults."""
+    """Run (or resume) the study of ``task`` on the ``n_folds`` latest splits of ``fold`` (None: the
+    task's own, e.g. ``config.fold``) labelled at ``cutoff`` (``config``: the task's training
+    configuration, whose parameters the trials override); returns the best parameters over every
+    trial of the study (default name: the task)."""
+    tuning = TUNING[Task(task)]
+    horizon = getattr(config, "horizon_days", None)
+    if fold is not None and horizon is not None and pd.Timedelta(days=horizon) != fold.horizon:
+        raise FunnelcastError(f"the fold's horizon {fold.describe()['horizon']} is not the {task} config's "
+                              f"{horizon} days: build both from the same --horizon")
+    cv = tuning.cross_validation(export, config, cutoff, fold, n_folds, progress)
     fingerprint = export_fingerprint(export)
+    defaults = default_params(tuning.task)
+    study_name = study_name or tuning.task.value
+    identity = {"data_fingerprint": fingerprint, "cutoff": str(cutoff), "features": cv.n_features,
+                "task": tuning.task.value}
+    study = _open_study(storage, study_name, config.seed, identity, defaults)
+    exp_id = experiment_id(client, experiment) if client else None
+    objective = _objective(tuning, study_name, cv, exp_id, logged=client is not None)
+    if not client:
+        study.optimize(objective, n_trials=trials, timeout=timeout)
+        return _result(study, storage, cv.folds, fingerprint, defaults, tuning.task.value)
+    started = time.perf_counter()
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"tune-{tuning.task}") as run:
+        mlflow.set_tags({"task": tuning.task.value, "kind": "tuning", "study": study_name,
+                         **provenance_tags(config.seed, fingerprint)})
+        mlflow.log_params({"n_trials": trials, "timeout": timeout, "folds": len(cv.folds), "storage": storage,
+                           **{f"fold_{k}": v for k, v in cv.fold.describe().items()}})
+        study.optimize(objective, n_trials=trials, timeout=timeout)
+        result = _result(study, storage, cv.folds, fingerprint, defaults, tuning.task.value)
+        mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
+        mlflow.log_metrics({"best_cv_log_loss": result.best_value, "seconds": time.perf_counter() - started,
+                            **({"default_cv_log_loss": result.default_value} if result.default_value else {})})
+    result.run_id = run.info.run_id
+    return result
+
+
+def _open_study(storage: str, study_name: str, seed: int, identity: dict[str, Any],
+                defaults: dict[str, Any]) -> optuna.Study:
+    """Create or resume the study; a study run on other data, another cutoff or another task is refused.
+    A new study records ``identity`` and gets the task's defaults as trial 0."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage,
@@ -364,73 +322,54 @@ def _optimize(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     )
-    known = study.user_attrs.get("data_fingerprint")
-    identity = {"data_fingerprint": fingerprint, "cutoff": str(cutoff), "features": n_features, "task": task}
-    if known is not None and (known != fingerprint or study.user_attrs.get("cutoff") != str(cutoff)
-                              or study.user_attrs.get("task", Task.LEAD_QUALITY.value) != task):
-        raise FunnelcastError(
-            f"study {study_name!r} in {storage} was run on other data or another task (fingerprint {known[:12]}, "
-            f"cutoff {study.user_attrs.get('cutoff')}, task {study.user_attrs.get('task', 'lead_quality')}): its "
-            "trials are not comparable; pass another --study name"
-        )
-    defaults = default_params(task)
+    attrs = study.user_attrs
+    known = attrs.get("data_fingerprint")
     if known is None:
         for k, v in identity.items():
             study.set_user_attr(k, v)
-        study.enqueue_trial(defaults)  # the defaults are trial 0
-    exp_id = None
-    if client:
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        study.enqueue_trial(defaults)
+        return study
+    known_task = attrs.get("task", Task.LEAD_QUALITY.value)
+    if known != identity["data_fingerprint"] or attrs.get("cutoff") != identity["cutoff"] or known_task != identity["task"]:
+        raise FunnelcastError(
+            f"study {study_name!r} in {storage} was run on other data or another task (fingerprint {known[:12]}, "
+            f"cutoff {attrs.get('cutoff')}, task {known_task}): its trials are not comparable; pass another --study name"
+        )
+    return study
+
+
+def _objective(tuning: Tuning, study_name: str, cv: CrossValidation, exp_id: str | None,
+               logged: bool) -> Callable[[optuna.Trial], float]:
+    """One trial: the fold scores in time order, pruned after each fold; a nested MLflow run when ``logged``."""
+    task, n_folds = tuning.task.value, len(cv.folds)
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial, task)
-        losses, aucs, briers = [], [], []
-        extra: dict[str, list[float]] = {}
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", nested=True) if client else _null():
-            if client:
+        params = suggest_params(trial, tuning.min_child)
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", nested=True) if logged else _null():
+            if logged:
                 mlflow.log_params({**params, "trial": trial.number, "study": study_name, "task": task})
-            for step in range(len(folds)):
-                loss, auc, brier, more = fold(params, step)
-                losses.append(loss)
-                aucs.append(auc)
-                briers.append(brier)
-                for k, v in more.items():
-                    extra.setdefault(k, []).append(v)
-                if client:
-                    mlflow.log_metrics({"fold_log_loss": loss, "fold_roc_auc": auc}, step=step)
-                trial.report(float(np.mean(losses)), step)
+            scores = []
+            for step in range(n_folds):
+                scores.append(cv.score(params, step))
+                if logged:
+                    mlflow.log_metrics({"fold_log_loss": scores[-1][0], "fold_roc_auc": scores[-1][1]}, step=step)
+                trial.report(float(np.mean([sc[0] for sc in scores])), step)
                 if trial.should_prune():
-                    if client:
+                    if logged:
                         mlflow.set_tag("state", "pruned")
-                    raise optuna.TrialPruned(f"pruned after fold {step + 1} of {len(folds)}")
-            value = float(np.mean(losses))
-            summary = {"cv_roc_auc": float(np.nanmean(aucs)), "cv_brier": float(np.mean(briers)),
-                       **{f"cv_{k}": float(np.nanmean(v)) for k, v in extra.items()}}
+                    raise optuna.TrialPruned(f"pruned after fold {step + 1} of {n_folds}")
+            value = float(np.mean([sc[0] for sc in scores]))
+            summary = {"cv_roc_auc": float(np.nanmean([sc[1] for sc in scores])),
+                       "cv_brier": float(np.mean([sc[2] for sc in scores])),
+                       **{f"cv_{k}": float(np.nanmean([sc[3][k] for sc in scores])) for k in scores[0][3]}}
             for k, v in summary.items():
                 trial.set_user_attr(k, v)
-            if client:
+            if logged:
                 mlflow.set_tag("state", "complete")
                 mlflow.log_metrics({"cv_log_loss": value, **{k: v for k, v in summary.items() if np.isfinite(v)}})
         return value
 
-    run_id = None
-    started = time.perf_counter()
-    if client:
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"tune-{task}") as run:
-            mlflow.set_tags({"task": task, "kind": "tuning", "study": study_name, **provenance_tags(seed, fingerprint)})
-            mlflow.log_params({"n_trials": n_trials, "timeout": timeout, "folds": len(folds), "storage": storage})
-            study.optimize(objective, n_trials=n_trials, timeout=timeout)
-            result = _result(study, storage, folds, fingerprint, defaults, task)
-            mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-            mlflow.log_metrics({"best_cv_log_loss": result.best_value, "seconds": time.perf_counter() - started,
-                                **({"default_cv_log_loss": result.default_value} if result.default_value else {})})
-            run_id = run.info.run_id
-    else:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout)
-        result = _result(study, storage, folds, fingerprint, defaults, task)
-    result.run_id = run_id
-    return result
+    return objective
 
 
 class _null:

@@ -98,3 +98,14 @@ def test_xeducation_tags_and_lead_quality_are_flagged(tmp_path):
     excl = tmp_path / "suspects.txt"
     assert main(["audit", "--data", str(out), "--write-exclude", str(excl), "--out", str(tmp_path / "a.json")]) == 0
     assert {"tags", "lead_quality"} <= set(excl.read_text().split())
+
+
+def test_the_windows_are_a_horizon_apart(planted):
+    export, _ = planted
+    report = audit_leads(export, snapshot_every_days=28, horizon_days=91)
+    day = {w: [pd.Timestamp(d.split(" ")[0]) for d in report.split[w].split("..")] for w in ("earlier", "later")}
+    assert day["later"][0] - day["earlier"][1] >= pd.Timedelta(days=91)
+    assert not any("adjacent" in n for n in report.notes)
+    cut = export.leads["created_at"].min() + pd.Timedelta(days=200)  # too short for the gap: adjacent, and said so
+    short = audit_leads(export, cutoff=cut, snapshot_every_days=28, horizon_days=91)
+    assert any("adjacent" in n for n in short.notes)

@@ -8,8 +8,9 @@ import pytest
 
 from features.errors import ModelNotAvailable
 from models.registry import configure
-from training.promote import Margins, decide, owner_forecast_accuracy, promote, window_times
+from models.tasks import Task
 from training.pipeline import log_and_register
+from training.promote import COMPARISONS, FORECAST_CHECK, Margins, decide, owner_forecast_accuracy, promote
 from training.train import TrainConfig, build_lead_model
 
 
@@ -51,14 +52,15 @@ def test_promotion_rule(challenger, promote_it, why):
     [
         (0.30, True, "better by the margin"),  # better ranking and the same forecast
         (0.315, True, "better by the margin"),  # a worse forecast within the tolerance
-        (0.33, False, "worse forecast"),  # better ranking, but the owners' forecast gets worse
+        (0.33, False, "worse forecast WAPE by owner"),  # better ranking, but the owners' forecast gets worse
     ],
 )
 def test_timing_models_must_not_forecast_worse(wape, promote_it, why):
     champion = {**BASE, "wape": 0.30}
     challenger = {"roc_auc": 0.81, "brier": 0.099, "calibration_error": 0.010, "wape": wape}
-    ok, reason = decide(champion, challenger, Margins(wape=0.02))
+    ok, reason = decide(champion, challenger, Margins(wape=0.02), COMPARISONS[Task.STAGE_CONVERSION].checks)
     assert ok is promote_it and why in reason and "WAPE" in reason
+    assert decide(champion, challenger, Margins(wape=0.02))[0]  # the check is the task's: leads have none
 
 
 def test_owner_wape_against_a_loop():
@@ -95,7 +97,7 @@ def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sampl
     weak = _register(build_lead_model(sample_export, weak_cfg, sample_export.exported_at), client, weak_cfg, home)
     assert weak.aliases == ["challenger"]  # later ones wait for promotion
     assert _aliases(client, champ_version) == ["champion"]
-    d = promote(sample_export, client, experiment="promote-tests", every_days=train_config.snapshot_every_days)
+    d = promote(sample_export, client, experiment="promote-tests")
     assert d.mode == "refit" and not d.promote
     assert d.champion["n"] == d.challenger["n"] > 0  # the same rows
     assert d.challenger["roc_auc"] < d.champion["roc_auc"]
@@ -109,13 +111,13 @@ def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sampl
 
 def test_models_trained_before_the_window_are_compared_as_registered(store, sample_export, train_config):
     client, home = store
-    times = window_times(sample_export, train_config.horizon_days, train_config.snapshot_every_days, 91)
-    older = times[0] - pd.Timedelta(days=60)
+    start = COMPARISONS[Task.LEAD_QUALITY].window(sample_export, train_config, "91d").start
+    older = start - pd.Timedelta(days=60)
     weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "learning_rate": 0.3,
                                                                   "min_child_samples": 2000}})
     champ = _register(build_lead_model(sample_export, weak_cfg, older), client, weak_cfg, home)
-    good = _register(build_lead_model(sample_export, train_config, times[0]), client, train_config, home)
-    d = promote(sample_export, client, experiment="promote-tests", every_days=train_config.snapshot_every_days)
+    good = _register(build_lead_model(sample_export, train_config, start), client, train_config, home)
+    d = promote(sample_export, client, experiment="promote-tests")
     assert d.mode == "registered"
     assert d.promote, d.reason
     assert _aliases(client, good.version) == ["champion"]
@@ -160,14 +162,14 @@ def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sa
         assert 0.5 < m["roc_auc"] <= 1 and 0 < m["brier"] < 0.25 and m["n"] > 50
         assert "next_roc_auc" in m and "win_roc_auc" in m
     assert d.champion != d.challenger  # different recipes, different scores on the same rows
-    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins())
+    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins(), (FORECAST_CHECK,))
     champion_now = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
     assert champion_now == (versions[1] if d.promote else versions[0])
     for m in (d.champion, d.challenger):  # the forecast's accuracy by owner, on the same window
         assert 0 < m["wape"] < 5 and np.isfinite(m["bias"])
     run = client.get_run(d.run_id)
     assert run.data.metrics["challenger_wape"] == pytest.approx(d.challenger["wape"])
-    assert "WAPE" in d.reason or not d.promote
+    assert "forecast WAPE by owner" in d.reason  # every decision on two timing models states the WAPE change
     with pytest.raises(ModelNotAvailable, match="challenger"):  # nothing registered for high_value here
         promote(sample_export, client, task="high_value")
 
@@ -207,4 +209,36 @@ def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(a
     assert run.data.tags["decision"] == "keep" and run.data.params["mode"] == "refit"
     assert run.data.metrics["challenger_brier"] == pytest.approx(d.challenger["brier"])
     with pytest.raises(Exception, match="too few"):  # a window without enough customers is refused, not guessed
-        promote(export, client, task="high_value", experiment="promote-hv", window_days=7)
+        promote(export, client, task="high_value", experiment="promote-hv", evaluate="7d")
+    # the other way round: the weak recipe as champion is replaced by the better one
+    other = configure(f"sqlite:///{tmp_path / 'hv2.db'}")
+    register_accounts(replace(result, scorer=weak_scorer), other, cfg=weak_cfg, **kw)
+    better = register_accounts(replace(result), other, cfg=cfg, **kw)
+    d = promote(export, other, task="high_value", experiment="promote-hv")
+    assert d.mode == "refit" and d.promote and d.challenger["roc_auc"] > d.champion["roc_auc"], d.reason
+    assert str(other.get_model_version_by_alias("high_value", "champion").version) == better.version
+
+
+def test_stage_conversion_keeps_a_worse_challenger_and_promotes_a_better_one(sample_export, tmp_path):
+    """The same two deal recipes registered in both orders: the degenerate one (trees that cannot
+    split) is kept out as challenger and replaced as champion; the WAPE check is part of the reason."""
+    from training.deals import DealTrainConfig, build_deal_model
+
+    cutoff = sample_export.exported_at
+    good_cfg = DealTrainConfig(snapshot_every_days=28, seed=7)
+    weak_cfg = DealTrainConfig(snapshot_every_days=28, seed=7,
+                               params={"num_leaves": 2, "min_child_samples": 100_000, "learning_rate": 0.3})
+    good = build_deal_model(sample_export, good_cfg, cutoff)
+    weak = build_deal_model(sample_export, weak_cfg, cutoff, snaps=good.snapshots, spec=good.scorer.spec)
+    for name, order, promoted in (("keep", [(good, good_cfg), (weak, weak_cfg)], False),
+                                  ("replace", [(weak, weak_cfg), (good, good_cfg)], True)):
+        client = configure(f"sqlite:///{tmp_path / name}.db")
+        versions = [log_and_register(r, client, experiment="promote-deals", artifact_location=(tmp_path / name).as_uri(),
+                                     cfg=cfg, data_source="sample").version for r, cfg in order]
+        d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals")
+        assert d.mode == "refit" and d.promote is promoted, d.reason
+        assert "forecast WAPE by owner" in d.reason
+        better, worse = (d.challenger, d.champion) if promoted else (d.champion, d.challenger)
+        assert better["roc_auc"] > worse["roc_auc"] + 0.05
+        champion = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
+        assert champion == versions[1 if promoted else 0]
