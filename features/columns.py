@@ -19,9 +19,11 @@ def column(frame: pd.DataFrame, name: str, numeric: bool) -> np.ndarray:
     """``frame[name]`` as float (numeric) or object strings with NaN for missing; all NaN when absent."""
     if name not in frame:
         return np.full(len(frame), np.nan)
-    if numeric:
-        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
     values = frame[name]
+    if numeric:
+        if isinstance(values.dtype, np.dtype) and values.dtype.kind in "fiub":  # numpy numbers: to_numeric is a no-op
+            return values.to_numpy(dtype=float)
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     if not isinstance(values.dtype, pd.StringDtype):  # pandas' is_string_dtype costs ~8 us a call
         values = values.astype("str").where(values.notna())
     return values.to_numpy(dtype=object, na_value=np.nan)
@@ -56,16 +58,16 @@ def first_rows_before(
     visible = np.flatnonzero(age > 0)
     ids = table[id_column].array.take(visible).tolist()
     first = dict(zip(reversed(ids), reversed(visible.tolist()), strict=True))  # the first row wins
-    rows = np.fromiter((first.get(k, -1) if isinstance(k, str) else -1 for k in keys.tolist()), np.int64, len(keys))
-    return rows, age
+    return lookup(keys.tolist(), first, -1).astype(np.int64), age
 
 
 def joined_columns(
-    table: pd.DataFrame, rows: np.ndarray, prefix: str, categoricals: Sequence[str], numerics: Sequence[str]
+    table: pd.DataFrame, rows: np.ndarray | None, prefix: str, categoricals: Sequence[str], numerics: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Columns ``prefix + c`` of ``table`` at ``rows`` (see :func:`first_rows_before`)."""
-    cols = {f"{prefix}{c}": take(column(table, c, numeric=False), rows) for c in categoricals}
-    cols.update({f"{prefix}{c}": take(column(table, c, numeric=True), rows) for c in numerics})
+    """Columns ``prefix + c`` of ``table`` at ``rows`` (see :func:`first_rows_before`; ``None``: every row)."""
+    pick = (lambda values: values) if rows is None else (lambda values: take(values, rows))
+    cols = {f"{prefix}{c}": pick(column(table, c, numeric=False)) for c in categoricals}
+    cols.update({f"{prefix}{c}": pick(column(table, c, numeric=True)) for c in numerics})
     return cols
 
 
@@ -74,20 +76,16 @@ def activity_kind(activities: pd.DataFrame) -> pd.Series:
 
     An inbound email (the prospect wrote) and an outbound one (the rep wrote) say very
     different things about a lead, so they are counted apart: ``email_inbound``, ``email_outbound``.
+    A type or direction that is not text counts as missing.
     """
-    code, names = _kind_codes(activities, np.arange(len(activities)))
-    return pd.Series(take(names, code), index=activities.index, dtype="str")
+    kinds = map(_kind, activities["type"].tolist(), activities["direction"].tolist())
+    return pd.Series(list(kinds), index=activities.index, dtype="str")
 
 
-def _kind_codes(activities: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The kinds of the activities at ``rows`` as codes (-1: no type) into an array of kind names.
-
-    Types and directions are factorised apart and only their few combinations are named."""
-    type_code, types = pd.factorize(activities["type"].array.take(rows))
-    dir_code, dirs = pd.factorize(activities["direction"].array.take(rows))
-    names = np.array([str(t) if d is None else f"{t}_{d}" for t in types for d in (None, *dirs)], dtype=object)
-    code = np.where(type_code >= 0, type_code * (len(dirs) + 1) + dir_code + 1, -1)
-    return code, names
+def _kind(type_: object, direction: object) -> str | None:
+    if not isinstance(type_, str):
+        return None
+    return f"{type_}_{direction}" if isinstance(direction, str) else type_
 
 
 def latest(idx: np.ndarray, ages: np.ndarray, size: int) -> np.ndarray:
@@ -98,12 +96,29 @@ def latest(idx: np.ndarray, ages: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def lookup(keys: Sequence[object], mapping: dict, default: float) -> np.ndarray:
+    """``mapping[key]`` for each of ``keys`` as floats, ``default`` for a key that is not text or not mapped."""
+    return np.fromiter((mapping.get(k, default) if isinstance(k, str) else default for k in keys), float, len(keys))
+
+
+def positions(ids: pd.Index) -> dict[str, int]:
+    """Each id's position in ``ids`` (ids that are not text are left out); an id given twice is an error."""
+    where: dict[str, int] = {}
+    for i, key in enumerate(ids.tolist()):
+        if isinstance(key, str) and where.setdefault(key, i) != i:
+            raise ValueError(f"{ids.name or 'id'} {key!r} appears more than once")
+    return where
+
+
 def activity_rows(
     activities: pd.DataFrame, id_column: str, ids: pd.Index, as_of: pd.Timestamp
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The activities of ``ids`` before ``as_of``: their rows, the position of their entity in ``ids`` and their age in days."""
+    """The activities of ``ids`` before ``as_of``: their rows, the position of their entity in ``ids`` and their age in days.
+
+    Positions come from a dict: cheaper than a pandas index lookup for one request, and no
+    slower for a whole export (the index converts the string column to objects first)."""
     age = days_before(as_of, activities["occurred_at"])
-    pos = ids.get_indexer(activities[id_column])
+    pos = lookup(activities[id_column].tolist(), positions(ids), -1).astype(np.int64)
     rows = np.flatnonzero((pos >= 0) & (age > 0))
     return rows, pos[rows], age[rows]
 
@@ -111,13 +126,18 @@ def activity_rows(
 def kind_counts(
     activities: pd.DataFrame, rows: np.ndarray, pos: np.ndarray, age: np.ndarray, n: int,
     kinds: Sequence[str], windows: Sequence[int],
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per entity and activity kind (see :func:`activity_kind`): counts over each window
     (``<kind>_<w>d``), all-time counts (``<kind>_total``) and days since the last one
-    (``days_since_<kind>``), from :func:`activity_rows`."""
-    code, names = _kind_codes(activities, rows)
+    (``days_since_<kind>``), from :func:`activity_rows`; and which of the activities are inbound.
+
+    One pass in Python over the activities' types and directions: a pandas or numpy string
+    operation costs more than the whole pass for the activities of one API request."""
     where = {t: j for j, t in enumerate(kinds)}
-    kind = np.append(np.array([where.get(name, -1) for name in names], dtype=np.int64), -1)[code]
+    directions = activities["direction"].array.take(rows).tolist()
+    types = map(_kind, activities["type"].array.take(rows).tolist(), directions)
+    kind = np.fromiter((where.get(t, -1) for t in types), np.int64, len(rows))
+    inbound = np.fromiter((d == "inbound" for d in directions), bool, len(rows))
     k = len(kinds)
     typed = kind >= 0
     cell, cell_age = pos[typed] * k + kind[typed], age[typed]
@@ -134,4 +154,4 @@ def kind_counts(
             cols[f"{t}_{w}d"] = per_window[w][:, j]
         cols[f"{t}_total"] = totals[:, j]
         cols[f"days_since_{t}"] = since[:, j]
-    return cols
+    return cols, inbound

@@ -32,6 +32,7 @@ from features.columns import (
     joined_columns,
     kind_counts,
     latest,
+    lookup,
     take,
 )
 from features.contract import ACCOUNTS, LEADS, Export, custom_columns
@@ -222,10 +223,6 @@ def lead_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) ->
     )
 
 
-def _lookup(keys: np.ndarray, mapping: dict, default: float) -> np.ndarray:
-    return np.fromiter((mapping.get(k, default) if isinstance(k, str) else default for k in keys), float, len(keys))
-
-
 def _activity_features(
     activities: pd.DataFrame, lead_ids: pd.Index, lead_age: np.ndarray, as_of: pd.Timestamp, spec: LeadFeatureSpec
 ) -> dict[str, np.ndarray]:
@@ -234,11 +231,10 @@ def _activity_features(
     inbound touches of any type per window; all activities and days since the last one."""
     rows, pos, age = activity_rows(activities, "lead_id", lead_ids, as_of)
     n = len(lead_ids)
-    cols = kind_counts(activities, rows, pos, age, n, spec.activity_types, spec.windows)
+    cols, inbound = kind_counts(activities, rows, pos, age, n, spec.activity_types, spec.windows)
     weeks_base = np.maximum(lead_age, 1.0)
     for t in spec.activity_types:
         cols[f"{t}_per_week"] = cols[f"{t}_total"] * 7.0 / weeks_base
-    inbound = activities["direction"].array.take(rows).to_numpy(dtype=object, na_value=None) == "inbound"
     for w in spec.windows:
         cols[f"inbound_{w}d"] = np.bincount(pos[inbound & (age < w)], minlength=n).astype(float)
     cols["activities_total"] = np.bincount(pos, minlength=n).astype(float)
@@ -248,14 +244,14 @@ def _activity_features(
 
 def _context_features(leads: pd.DataFrame, context: LeadContext) -> dict[str, np.ndarray]:
     """The context's numbers for each lead's source, owner and account."""
-    source = leads["source"].to_numpy(dtype=object)
-    owner = leads["owner_id"].to_numpy(dtype=object)
+    source = leads["source"].tolist()
+    owner = leads["owner_id"].tolist()
     cols = {
-        "source_conversion_rate": _lookup(source, context.source_rate, context.global_rate),
-        "owner_conversion_rate": _lookup(owner, context.owner_rate, context.global_rate),
-        "owner_open_leads": _lookup(owner, context.owner_open_leads, 0.0),
+        "source_conversion_rate": lookup(source, context.source_rate, context.global_rate),
+        "owner_conversion_rate": lookup(owner, context.owner_rate, context.global_rate),
+        "owner_open_leads": lookup(owner, context.owner_open_leads, 0.0),
     }
-    row = _lookup(leads["account_id"].to_numpy(dtype=object), context.account_row, -1).astype(np.int64)
+    row = lookup(leads["account_id"].tolist(), context.account_row, -1).astype(np.int64)
     totals = np.vstack([context.account_totals, np.zeros(len(HISTORY_COLUMNS))])  # row -1: no history
     for j, c in enumerate(HISTORY_COLUMNS):
         cols[f"account_{c}"] = totals[row, j]
@@ -279,7 +275,7 @@ def lead_features(
     if context.as_of > as_of:
         raise ValueError(f"context as of {context.as_of} is newer than as_of {as_of}: it would leak")
     lead_ids = pd.Index(leads["lead_id"], name="lead_id")
-    cols = joined_columns(leads, np.arange(len(leads)), "", spec.lead_categoricals, spec.lead_numerics)
+    cols = joined_columns(leads, None, "", spec.lead_categoricals, spec.lead_numerics)
     acc_rows, acc_age = first_rows_before(accounts, "account_id", "created_at", leads["account_id"], as_of)
     cols.update(joined_columns(accounts, acc_rows, "account_", spec.account_categoricals, spec.account_numerics))
     cols["lead_age_days"] = days_before(as_of, leads["created_at"])
