@@ -17,15 +17,15 @@ Features fall in three groups:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from features.columns import (
-    activity_kind,
     activity_rows,
     days_before,
     first_rows_before,
@@ -35,8 +35,9 @@ from features.columns import (
     lookup,
     take,
 )
-from features.contract import ACCOUNTS, LEADS, Export, custom_columns
+from features.contract import Export
 from features.pit import known_as_of, open_leads, rows_before
+from features.specs import FeatureSpec, custom_split, kept
 
 DAY = pd.Timedelta(days=1)
 
@@ -45,9 +46,6 @@ LEAD_CATEGORICALS = ("source", "seniority", "country", "owner_id")
 #: Account fields of the contract used as features (prefixed ``account_`` in the frame).
 ACCOUNT_CATEGORICALS = ("industry", "country")
 ACCOUNT_NUMERICS = ("employees", "annual_revenue")
-#: Contract columns of ``leads`` that are never features (ids, timestamps, outcomes).
-_LEAD_NON_FEATURES = {c.name for c in LEADS.columns} - set(LEAD_CATEGORICALS)
-_ACCOUNT_NON_FEATURES = {c.name for c in ACCOUNTS.columns} - set(ACCOUNT_CATEGORICALS) - set(ACCOUNT_NUMERICS)
 
 #: Smoothing weight (pseudo-leads) of the point-in-time conversion rates.
 RATE_PRIOR_WEIGHT = 20.0
@@ -56,54 +54,26 @@ RATE_LOOKBACK = pd.Timedelta(days=365)
 
 
 @dataclass(frozen=True)
-class LeadFeatureSpec:
+class LeadFeatureSpec(FeatureSpec):
     """Which columns a lead feature frame has: fixed when a model is trained, reused to score."""
 
-    activity_types: tuple[str, ...]
+    ACTIVITY_OWNER: ClassVar[str] = "lead_id"
+
     lead_categoricals: tuple[str, ...] = LEAD_CATEGORICALS
     lead_numerics: tuple[str, ...] = ()
     account_categoricals: tuple[str, ...] = ACCOUNT_CATEGORICALS
     account_numerics: tuple[str, ...] = ACCOUNT_NUMERICS
-    windows: tuple[int, ...] = (7, 30, 90)
-    horizon_days: int = 91
-    excluded: tuple[str, ...] = ()
 
     @classmethod
-    def from_export(
-        cls,
-        export: Export,
-        *,
-        horizon_days: int = 91,
-        windows: Sequence[int] = (7, 30, 90),
-        exclude: Iterable[str] = (),
-        min_activity_share: float = 0.005,
-        as_of: pd.Timestamp | None = None,
-    ) -> LeadFeatureSpec:
-        """Spec for an export: its custom fields and the activity types that occur on leads
-        (before ``as_of`` when given, so even the column set is point-in-time)."""
-        exclude = tuple(exclude)
-        lead_custom = custom_columns("leads", export.leads)
-        acc_custom = custom_columns("accounts", export.accounts)
-        lead_num = [c for c in lead_custom if pd.api.types.is_numeric_dtype(export.leads[c])]
-        lead_cat = [c for c in lead_custom if c not in lead_num]
-        acc_num = [c for c in acc_custom if pd.api.types.is_numeric_dtype(export.accounts[c])]
-        acc_cat = [c for c in acc_custom if c not in acc_num]
-        acts = export.activities[export.activities["lead_id"].notna()]
-        if as_of is not None:
-            acts = rows_before(acts, "occurred_at", as_of)
-        shares = activity_kind(acts).value_counts(normalize=True)
-        types = tuple(sorted(shares[shares >= min_activity_share].index.astype(str)))
-        spec = cls(
-            activity_types=types,
-            lead_categoricals=tuple(c for c in (*LEAD_CATEGORICALS, *lead_cat) if c not in exclude),
-            lead_numerics=tuple(c for c in lead_num if c not in exclude),
-            account_categoricals=tuple(c for c in (*ACCOUNT_CATEGORICALS, *acc_cat) if c not in exclude),
-            account_numerics=tuple(c for c in (*ACCOUNT_NUMERICS, *acc_num) if c not in exclude),
-            windows=tuple(windows),
-            horizon_days=horizon_days,
-            excluded=exclude,
-        )
-        return spec
+    def columns_of(cls, export: Export, exclude: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        lead_cat, lead_num = custom_split("leads", export.leads, exclude)
+        acc_cat, acc_num = custom_split("accounts", export.accounts, exclude)
+        return {
+            "lead_categoricals": kept((*LEAD_CATEGORICALS, *lead_cat), exclude),
+            "lead_numerics": kept(lead_num, exclude),
+            "account_categoricals": kept((*ACCOUNT_CATEGORICALS, *acc_cat), exclude),
+            "account_numerics": kept((*ACCOUNT_NUMERICS, *acc_num), exclude),
+        }
 
     @property
     def categorical_features(self) -> list[str]:

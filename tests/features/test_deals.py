@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.columns import activity_kind
 from features.contract import Export
 from features.deals import (
     DealFeatureSpec,
@@ -21,7 +22,6 @@ from features.deals import (
     open_opportunities,
     predicted_amount,
 )
-from features.leads import activity_kind
 
 DAY = pd.Timedelta(days=1)
 
