@@ -37,7 +37,7 @@ from features.columns import activity_rows, first_rows_before, joined_columns, k
 from features.contract import DEFAULT_OPEN_STAGES, TERMINAL_STAGES, Export
 from features.leads import snapshot_times  # the deals' snapshot times are the leads'
 from features.pit import known_as_of, rows_before
-from features.specs import FeatureSpec, custom_split, kept
+from features.specs import FeatureSpec
 
 DAY = pd.Timedelta(days=1)
 #: How far back the point-in-time win rates of stages and owners look.
@@ -360,6 +360,11 @@ class DealFeatureSpec(FeatureSpec):
     """Which columns a deal feature frame has: fixed when a model is trained, reused to score."""
 
     ACTIVITY_OWNER: ClassVar[str] = "opportunity_id"
+    SOURCE_TABLES: ClassVar = {
+        "opportunity": ("opportunities", OPPORTUNITY_CATEGORICALS, ()),
+        "lead": ("leads", LEAD_CATEGORICALS, ()),
+        "account": ("accounts", ACCOUNT_CATEGORICALS, ACCOUNT_NUMERICS),
+    }
 
     open_stages: tuple[str, ...] = DEFAULT_OPEN_STAGES
     opportunity_categoricals: tuple[str, ...] = OPPORTUNITY_CATEGORICALS
@@ -371,18 +376,7 @@ class DealFeatureSpec(FeatureSpec):
 
     @classmethod
     def columns_of(cls, export: Export, exclude: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        opp_cat, opp_num = custom_split("opportunities", export.opportunities, exclude)
-        lead_cat, lead_num = custom_split("leads", export.leads, exclude)
-        acc_cat, acc_num = custom_split("accounts", export.accounts, exclude)
-        return {
-            "open_stages": tuple(export.open_stages),
-            "opportunity_categoricals": kept((*OPPORTUNITY_CATEGORICALS, *opp_cat), exclude),
-            "opportunity_numerics": kept(opp_num, exclude),
-            "lead_categoricals": kept((*LEAD_CATEGORICALS, *lead_cat), exclude),
-            "lead_numerics": kept(lead_num, exclude),
-            "account_categoricals": kept((*ACCOUNT_CATEGORICALS, *acc_cat), exclude),
-            "account_numerics": kept((*ACCOUNT_NUMERICS, *acc_num), exclude),
-        }
+        return {"open_stages": tuple(export.open_stages), **super().columns_of(export, exclude)}
 
     @property
     def categorical_features(self) -> list[str]:

@@ -37,7 +37,7 @@ from features.columns import (
 )
 from features.contract import Export
 from features.pit import known_as_of, open_leads, rows_before
-from features.specs import FeatureSpec, custom_split, kept
+from features.specs import FeatureSpec
 
 DAY = pd.Timedelta(days=1)
 
@@ -58,22 +58,15 @@ class LeadFeatureSpec(FeatureSpec):
     """Which columns a lead feature frame has: fixed when a model is trained, reused to score."""
 
     ACTIVITY_OWNER: ClassVar[str] = "lead_id"
+    SOURCE_TABLES: ClassVar = {
+        "lead": ("leads", LEAD_CATEGORICALS, ()),
+        "account": ("accounts", ACCOUNT_CATEGORICALS, ACCOUNT_NUMERICS),
+    }
 
     lead_categoricals: tuple[str, ...] = LEAD_CATEGORICALS
     lead_numerics: tuple[str, ...] = ()
     account_categoricals: tuple[str, ...] = ACCOUNT_CATEGORICALS
     account_numerics: tuple[str, ...] = ACCOUNT_NUMERICS
-
-    @classmethod
-    def columns_of(cls, export: Export, exclude: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        lead_cat, lead_num = custom_split("leads", export.leads, exclude)
-        acc_cat, acc_num = custom_split("accounts", export.accounts, exclude)
-        return {
-            "lead_categoricals": kept((*LEAD_CATEGORICALS, *lead_cat), exclude),
-            "lead_numerics": kept(lead_num, exclude),
-            "account_categoricals": kept((*ACCOUNT_CATEGORICALS, *acc_cat), exclude),
-            "account_numerics": kept((*ACCOUNT_NUMERICS, *acc_num), exclude),
-        }
 
     @property
     def categorical_features(self) -> list[str]:

@@ -3,7 +3,6 @@ reads the custom fields and activity kinds of an export."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
@@ -27,11 +26,15 @@ def kept(columns: Iterable[str], exclude: Sequence[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class FeatureSpec(ABC):
+class FeatureSpec:
     """Which columns a feature frame has: fixed when a model is trained, reused to score."""
 
     #: The activities' column naming the entity they belong to (``lead_id``, ``opportunity_id``).
     ACTIVITY_OWNER: ClassVar[str]
+    #: The spec's column fields by prefix (``lead`` for ``lead_categoricals`` and
+    #: ``lead_numerics``): the export's table and its contract fields used as categoricals and
+    #: as numerics; the table's custom fields join them.
+    SOURCE_TABLES: ClassVar[dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]]
 
     activity_types: tuple[str, ...]
     windows: tuple[int, ...] = field(default=(7, 30, 90), kw_only=True)
@@ -66,6 +69,11 @@ class FeatureSpec(ABC):
         )
 
     @classmethod
-    @abstractmethod
     def columns_of(cls, export: Export, exclude: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        """The spec's column fields (categoricals and numerics per table) for ``export``."""
+        """The spec's column fields for ``export`` (see :attr:`SOURCE_TABLES`)."""
+        fields: dict[str, tuple[str, ...]] = {}
+        for prefix, (table, categoricals, numerics) in cls.SOURCE_TABLES.items():
+            custom_cat, custom_num = custom_split(table, getattr(export, table), exclude)
+            fields[f"{prefix}_categoricals"] = kept((*categoricals, *custom_cat), exclude)
+            fields[f"{prefix}_numerics"] = kept((*numerics, *custom_num), exclude)
+        return fields
