@@ -39,8 +39,6 @@ from features.contract import Export
 from features.pit import known_as_of, open_leads, rows_before
 from features.specs import FeatureSpec
 
-DAY = pd.Timedelta(days=1)
-
 #: Lead fields of the contract used as categorical features (the owner stands for the rep's skill).
 LEAD_CATEGORICALS = ("source", "seniority", "country", "owner_id")
 #: Account fields of the contract used as features (prefixed ``account_`` in the frame).
