@@ -8,13 +8,15 @@ Trains a model on the sample into a temporary MLflow store, then times
     python benchmarks/serving_speed.py --compare OTHER_TREE [--rounds 3]
 
 ``--compare`` times the in-process cases of this tree and of another checkout (say the
-main branch) in turns, each round one fresh process per tree on the same sample, and
-prints both side by side: before and after in one run.
+main branch) side by side: one process per tree trains the same model on the same sample,
+then the two take turns in short slices of calls (the order swapped every round, the other
+one idle meanwhile), so a machine whose load drifts weighs on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -37,10 +39,12 @@ from serving.records import export_items
 from training.train import TrainConfig, build_lead_model, log_and_register
 
 HERE = Path(__file__).resolve()
+CASES = ("1 lead + reasons", "1,000 leads + reasons")
 
 
-def _timeit(fn, repeats: int) -> np.ndarray:
-    fn()  # warm-up
+def _timeit(fn, repeats: int, warm_up: bool = True) -> np.ndarray:
+    if warm_up:
+        fn()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -72,17 +76,21 @@ def _cases(export) -> tuple[pd.DataFrame, pd.DataFrame]:
     return leads.iloc[[0]], leads.sample(n=1000, random_state=0)
 
 
-def in_process(export, scorer, repeats: int) -> dict[str, np.ndarray]:
-    """Milliseconds per ``scorer.score`` call: one lead, and 1,000 leads (``repeats // 10`` calls)."""
+def _score_calls(export, scorer) -> dict[str, Callable[[], object]]:
+    """Per case, one ``scorer.score`` call with what a request carries: the leads, their accounts and activities."""
     as_of = export.exported_at
-    one, batch = _cases(export)
-    out = {}
-    for case, leads, calls in [("1 lead + reasons", one, repeats), ("1,000 leads + reasons", batch, max(5, repeats // 10))]:
-        # what a request carries: these leads' accounts and activities
+    calls = {}
+    for case, leads in zip(CASES, _cases(export), strict=True):
         acc = export.accounts[export.accounts["account_id"].isin(leads["account_id"])]
         acts = export.activities[export.activities["lead_id"].isin(leads["lead_id"])]
-        out[case] = _timeit(lambda leads=leads, acc=acc, acts=acts: scorer.score(leads, acc, acts, as_of), calls)
-    return out
+        calls[case] = lambda leads=leads, acc=acc, acts=acts: scorer.score(leads, acc, acts, as_of)
+    return calls
+
+
+def in_process(export, scorer, repeats: int) -> dict[str, np.ndarray]:
+    """Milliseconds per ``scorer.score`` call: one lead, and 1,000 leads (``repeats // 10`` calls)."""
+    calls = _score_calls(export, scorer)
+    return {case: _timeit(calls[case], n) for case, n in zip(CASES, (repeats, max(5, repeats // 10)), strict=True)}
 
 
 def _over_http(export, result, cfg, sample: Path, repeats: int) -> dict[str, np.ndarray]:
@@ -131,24 +139,49 @@ def _table(timings: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     return pd.DataFrame(rows).round(2)
 
 
+def _worker(sample: Path) -> None:
+    """``--compare``'s child: train, say ``ready``, then for each ``case<TAB>calls`` line on stdin print the milliseconds."""
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answers only
+        export, result, _ = trained_on_sample(sample)
+    calls = _score_calls(export, result.scorer)
+    for fn in calls.values():
+        fn()  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        case, n = line.rstrip("\n").split("\t")
+        print(json.dumps(_timeit(calls[case], int(n), warm_up=False).tolist()), flush=True)
+
+
 def _compare(args: argparse.Namespace) -> None:
-    """The in-process cases of this tree and of ``args.compare`` in turns, one process per tree and round."""
+    """The in-process cases of this tree and of ``args.compare``, in interleaved slices (see the module doc)."""
     sample = Path(args.sample).resolve()
     if not (sample / "export" / "leads.csv").exists():
         generate_sample(sample, progress=True)
     trees = {"this tree": HERE.parents[1], "compared": Path(args.compare).resolve()}
-    calls: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
-    with tempfile.TemporaryDirectory() as tmp:
+    workers = {
+        name: subprocess.Popen([sys.executable, str(HERE), "--sample", str(sample), "--worker"],
+                               env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for name, tree in trees.items()
+    }
+    calls: dict[str, dict[str, list[float]]] = {name: {case: [] for case in CASES} for name in trees}
+    try:
+        for name, w in workers.items():
+            if w.stdout.readline().strip() != "ready":
+                raise SystemExit(f"the benchmark of {trees[name]} did not start")
+        order = list(workers)
         for r in range(args.rounds):
-            for name, tree in trees.items():
-                out = Path(tmp, f"{r}-{name}.json")
-                env = {**os.environ, "PYTHONPATH": str(tree)}
-                subprocess.run([sys.executable, str(HERE), "--sample", str(sample), "--repeats", str(args.repeats),
-                                "--no-http", "--json", str(out)], env=env, cwd=tree, check=True)
-                for case, ms in json.loads(out.read_text()).items():
-                    calls[name].setdefault(case, []).extend(ms)
-    table = _table({f"{name} ({trees[name]})": {c: np.array(ms) for c, ms in cases.items()} for name, cases in calls.items()})
-    print(table.to_string(index=False))
+            for case, n in zip(CASES, (20, 2), strict=True):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    workers[name].stdin.write(f"{case}\t{n}\n")
+                    workers[name].stdin.flush()
+                    calls[name][case] += json.loads(workers[name].stdout.readline())
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait(timeout=120)
+    timings = {f"{name} ({trees[name]})": {c: np.array(ms) for c, ms in cases.items()} for name, cases in calls.items()}
+    print(_table(timings).to_string(index=False))
 
 
 def main() -> None:
@@ -157,18 +190,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=200, help="timed calls for one lead (batch: repeats/10)")
     ap.add_argument("--no-http", action="store_true", help="only the in-process cases")
     ap.add_argument("--compare", metavar="TREE", help="another checkout to time in turns with this one (in-process)")
-    ap.add_argument("--rounds", type=int, default=3, help="with --compare: processes per tree, taken in turns")
-    ap.add_argument("--json", metavar="FILE", help=argparse.SUPPRESS)  # --compare's child: raw in-process timings
+    ap.add_argument("--rounds", type=int, default=15,
+                    help="with --compare: turns per tree (each 20 one-lead calls and 2 batch calls)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --compare's child
     args = ap.parse_args()
+    if args.worker:
+        _worker(Path(args.sample))
+        return
     if args.compare:
         _compare(args)
         return
     sample = Path(args.sample)
     export, result, cfg = trained_on_sample(sample)
     timings = {"in-process": in_process(export, result.scorer, args.repeats)}
-    if args.json:
-        Path(args.json).write_text(json.dumps({case: ms.tolist() for case, ms in timings["in-process"].items()}))
-        return
     if not args.no_http:
         timings["HTTP"] = _over_http(export, result, cfg, sample, args.repeats)
     print(_table(timings).to_string(index=False))
