@@ -107,8 +107,9 @@ class LeadContext:
     """What the CRM's history said at ``as_of`` about sources, owners and accounts.
 
     ``account_row`` and ``account_totals`` are ``account_history`` as a dict from account id
-    to row and an array of :data:`HISTORY_COLUMNS`, built with the context: a lookup in them
-    costs a microsecond where a pandas index lookup costs tens."""
+    to row and an array of :data:`HISTORY_COLUMNS` with a last row of zeros (row -1: an account
+    without history), built with the context: a lookup in them costs a microsecond where a
+    pandas index lookup costs tens."""
 
     as_of: pd.Timestamp
     horizon_days: int
@@ -125,9 +126,9 @@ class LeadContext:
     def __post_init__(self) -> None:
         hist = self.account_history
         self.account_row = {k: i for i, k in enumerate(hist.index) if isinstance(k, str)}
-        self.account_totals = np.column_stack(
-            [hist[c].to_numpy(dtype=float) if c in hist else np.zeros(len(hist)) for c in HISTORY_COLUMNS]
-        ).reshape(len(hist), len(HISTORY_COLUMNS))
+        totals = [hist[c].to_numpy(dtype=float) if c in hist else np.zeros(len(hist)) for c in HISTORY_COLUMNS]
+        self.account_totals = np.vstack([np.column_stack(totals).reshape(len(hist), len(HISTORY_COLUMNS)),
+                                         np.zeros(len(HISTORY_COLUMNS))])
 
     def __getstate__(self) -> dict:
         # the lookups are derived from account_history: rebuilt on load, not saved with the model
@@ -213,9 +214,8 @@ def _context_features(leads: pd.DataFrame, context: LeadContext) -> dict[str, np
         "owner_open_leads": lookup(owner, context.owner_open_leads, 0.0),
     }
     row = lookup(leads["account_id"].tolist(), context.account_row, -1).astype(np.int64)
-    totals = np.vstack([context.account_totals, np.zeros(len(HISTORY_COLUMNS))])  # row -1: no history
     for j, c in enumerate(HISTORY_COLUMNS):
-        cols[f"account_{c}"] = totals[row, j]
+        cols[f"account_{c}"] = context.account_totals[row, j]
     return cols
 
 
