@@ -306,3 +306,12 @@ def test_context_survives_pickling(sample_export):
     assert loaded.account_row == ctx.account_row and len(ctx.account_row) > 0
     np.testing.assert_array_equal(loaded.account_totals, ctx.account_totals)
     assert "account_row" not in ctx.__getstate__()
+
+
+def test_a_lead_given_twice_is_refused_by_name(sample_export):
+    as_of = _as_of(sample_export, 0.7)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    ctx = lead_context(sample_export, as_of)
+    lead = open_leads(sample_export.leads, as_of).iloc[[0, 0]]
+    with pytest.raises(ValueError, match=f"lead_id '{lead['lead_id'].iloc[0]}' appears more than once"):
+        lead_features(lead, sample_export.accounts, sample_export.activities, as_of, ctx, spec)
