@@ -10,7 +10,7 @@ DEV_API_KEYS ?= ["dev-key"]
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,docs]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -27,6 +27,7 @@ browser:
 test: install browser
 	$(BIN)/python .ci/audit.py
 	$(BIN)/python -m pytest
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(VENV)/site  # a broken link or anchor fails
 
 bench: install
 	$(BIN)/python benchmarks/lead_quality.py

@@ -31,7 +31,8 @@ from features.pit import open_leads
 from features.sample import generate_sample
 from models.registry import configure
 from serving.records import export_items
-from training.train import TrainConfig, build_lead_model, log_and_register
+from training.pipeline import log_and_register
+from training.train import TrainConfig, build_lead_model
 
 KEY = "load-key"
 

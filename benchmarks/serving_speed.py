@@ -36,7 +36,8 @@ from features.pit import open_leads
 from features.sample import generate_sample
 from models.registry import configure
 from serving.records import export_items
-from training.train import TrainConfig, build_lead_model, log_and_register
+from training.pipeline import log_and_register
+from training.train import TrainConfig, build_lead_model
 
 HERE = Path(__file__).resolve()
 CASES = ("1 lead + reasons", "1,000 leads + reasons")

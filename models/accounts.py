@@ -17,8 +17,9 @@ import pandas as pd
 
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_features
+from models.base import Scorer
 from models.estimators import CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, to_probability, top_reasons
+from models.explain import to_probability, top_reasons
 from models.tasks import Task
 
 __all__ = ["AccountScorer", "ValueRegressor"]
@@ -47,7 +48,7 @@ class ValueRegressor:
 
 
 @dataclass
-class AccountScorer:
+class AccountScorer(Scorer):
     spec: AccountFeatureSpec
     classifier: CalibratedBoostedClassifier
     regressor: ValueRegressor
@@ -59,7 +60,13 @@ class AccountScorer:
     metadata: dict[str, object] = field(default_factory=dict)
 
     def features(self, export: Export, account_ids: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
+        """Account features as of ``as_of``. No cutoff guard (unlike leads and deals): serving scores
+        look-alikes of prospects at any time the client names, and its tests rely on it."""
         return account_features(export, account_ids, as_of, self.spec)
+
+    @property
+    def explained(self) -> CalibratedBoostedClassifier:
+        return self.classifier
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         return self.classifier.predict_proba(X)
@@ -69,10 +76,7 @@ class AccountScorer:
 
     def score_frame(self, X: pd.DataFrame, n_reasons: int = 5) -> pd.DataFrame:
         """P(high value), expected customer value and the top reasons for a feature frame."""
-        clf = self.classifier
-        contrib = to_probability(
-            log_odds_contributions(clf.contributions(X), clf.feature_names_, clf.calib_slope_, clf.calib_intercept_)
-        )
+        contrib = to_probability(self.explain(X))
         p = contrib.base + contrib.values.sum(axis=1)
         out = pd.DataFrame(
             {

@@ -39,27 +39,15 @@ from features.deals import (
     predicted_amount,
 )
 from features.errors import InvalidRecord
+from models.base import Scorer
 from models.estimators import CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, to_probability, top_reasons
+from models.explain import to_probability, top_reasons
 from models.tasks import Task
 
 #: Periods of the timing model per horizon (a period is horizon / 3 days: about a month).
 PERIODS_PER_HORIZON = 3
 #: How many periods the timing model looks ahead (12 of ~30 days: a year).
 N_PERIODS = 12
-
-DEAL_OUTPUT_COLUMNS = (
-    "opportunity_id",
-    "stage",
-    "p_win",
-    "p_win_within_horizon",
-    "p_next_stage",
-    "expected_close_date",
-    "amount",
-    "amount_predicted",
-    "expected_value",
-)
-
 
 def period_frame(X: pd.DataFrame, periods: np.ndarray) -> pd.DataFrame:
     """Rows of ``X`` repeated with a ``period`` column: the input of the timing models."""
@@ -109,7 +97,7 @@ class SplitHazard:
 
 
 @dataclass
-class DealScorer:
+class DealScorer(Scorer):
     spec: DealFeatureSpec
     context: DealContext
     next_stage: CalibratedBoostedClassifier
@@ -133,13 +121,11 @@ class DealScorer:
         self.__dict__.update(state)
 
     @property
-    def classifier(self) -> CalibratedBoostedClassifier:
-        """The feature columns' owner, as for every scorer (the MLflow pyfunc reads its ``feature_names_``)."""
-        return self.next_stage
-
-    @property
-    def horizon_periods(self) -> int:
-        return int(round(self.spec.horizon_days / self.period_days))
+    def explained(self) -> CalibratedBoostedClassifier:
+        """The surrogate of logit P(won) (reasons): trained scorers have one, evaluation-only fits do not."""
+        if self.surrogate is None:
+            raise ValueError("this deal scorer was fitted without its surrogate, so it has no reasons")
+        return self.surrogate
 
     # ------------------------------------------------------------------ features
     def features(
@@ -152,17 +138,7 @@ class DealScorer:
         as_of: pd.Timestamp,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The feature frame and the deal state, refusing a leaking ``as_of`` or a closed deal."""
-        if as_of < self.context.as_of:
-            raise InvalidRecord(
-                "as_of",
-                f"{as_of.isoformat()} is before the model's training cutoff {self.context.as_of.isoformat()}: "
-                "the model has seen what happened after it, so the score would leak. "
-                "Score as of a later time, or train with --as-of on earlier history.",
-            )
-        late = opportunities["created_at"] >= as_of
-        if late.any():
-            first = opportunities.loc[late, "opportunity_id"].iloc[0]
-            raise InvalidRecord(f"opportunity {first}", f"created_at is not before as_of {as_of.isoformat()}")
+        self.check_as_of(as_of, opportunities, "opportunity_id", "opportunity")
         state = deal_state(opportunities, stage_history, as_of, self.spec.open_stages)
         closed = ~state["stage"].isin(self.spec.open_stages)
         if closed.any():
@@ -219,14 +195,13 @@ class DealScorer:
         """Top reasons for P(won), in probability points that add up to P(won) exactly."""
         if self.surrogate is None or not n_reasons:
             return [[] for _ in range(len(X))]
-        s = self.surrogate
-        contrib = to_probability(log_odds_contributions(s.contributions(X), s.feature_names_))
+        contrib = to_probability(self.explain(X))
         values, base = contrib.values, contrib.base
         residual = (p_win - base) - values.sum(axis=1)
         weight = np.abs(values)
         total = weight.sum(axis=1, keepdims=True)
         values = values + residual[:, None] * np.where(total > 0, weight / np.where(total > 0, total, 1), 1 / values.shape[1])
-        return top_reasons(values, X[s.feature_names_], n_reasons)
+        return top_reasons(values, X[self.surrogate.feature_names_], n_reasons)
 
     def score_frame(
         self, X: pd.DataFrame, state: pd.DataFrame, opportunities: pd.DataFrame, as_of: pd.Timestamp, n_reasons: int = 5,

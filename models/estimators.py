@@ -43,11 +43,6 @@ def _intercept_shift(raw: np.ndarray, y: np.ndarray) -> float:
     return float(brentq(lambda b: float(expit(raw + b).mean()) - rate, lo, hi))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 class CalibratedBoostedClassifier:
     """LightGBM on a feature frame, calibrated by Platt scaling of its log-odds.
 

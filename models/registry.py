@@ -9,6 +9,7 @@ scorer and calls it directly for scores with reasons. The registry is addressed 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from features.errors import ModelNotAvailable
 
+logger = logging.getLogger(__name__)
+
 
 class ScorerModel(mlflow.pyfunc.PythonModel):
     """The pyfunc form of a funnelcast scorer (artifact ``scorer``: a joblib file)."""
@@ -28,7 +31,7 @@ class ScorerModel(mlflow.pyfunc.PythonModel):
         self.scorer = joblib.load(context.artifacts["scorer"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        X = model_input[self.scorer.classifier.feature_names_]
+        X = model_input[self.scorer.feature_names]
         return pd.DataFrame({"probability": self.scorer.predict_proba(X)}, index=model_input.index)
 
 
@@ -49,7 +52,10 @@ class LoadedModel:
 
 
 def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> LoadedModel:
-    """Load the scorer registered as ``name`` under ``alias``, or raise ModelNotAvailable."""
+    """Load the scorer registered as ``name`` under ``alias``, or raise ModelNotAvailable.
+
+    The alias is resolved once, and that version is loaded (``models:/name/<version>``): an alias
+    moved meanwhile cannot make the version reported differ from the model loaded."""
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -57,7 +63,7 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
     # models:/ URIs resolve through MLflow's global URIs: point them at this client's store
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
     scorer = model.unwrap_python_model().scorer
     return LoadedModel(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, scorer=scorer)
 
@@ -74,7 +80,10 @@ def alias_versions(client: MlflowClient, names: list[str], alias: str = "champio
 
 
 def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every registered version of ``name``: aliases, training window, metrics, params."""
+    """Every registered version of ``name``: aliases, training window, metrics, params.
+
+    A version whose run cannot be read has empty metrics and says why in ``run_error`` (None
+    when the run was read), and a warning is logged: its metrics are unknown, not absent."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
         aliases: dict[str, list[str]] = {}
@@ -86,12 +95,14 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
         metrics: dict[str, float] = {}
         params: dict[str, str] = {}
+        run_error = None if mv.run_id else "the version has no training run"
         if mv.run_id:
             try:
                 run = client.get_run(mv.run_id)
                 metrics, params = dict(run.data.metrics), dict(run.data.params)
-            except MlflowException:
-                pass
+            except MlflowException as exc:
+                run_error = f"run {mv.run_id} could not be read: {exc.message}"
+                logger.warning("%s version %s: %s", name, mv.version, run_error)
         out.append(
             {
                 "name": name,
@@ -102,6 +113,7 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
                 "trained_from": params.get("train_from"),
                 "trained_until": params.get("trained_until"),
                 "metrics": metrics,
+                "run_error": run_error,
             }
         )
     return out

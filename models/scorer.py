@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.errors import InvalidRecord
 from features.leads import LeadContext, LeadFeatureSpec, lead_features
+from models.base import Scorer
 from models.estimators import CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, to_probability, top_reasons
+from models.explain import to_probability, top_reasons
 from models.tasks import Task
 
-GRADES = ("A", "B", "C", "D")
 #: Share of leads in grades A, B, C (D is the rest), among the training snapshots.
 GRADE_SHARES = (0.10, 0.20, 0.30)
 
@@ -31,7 +30,7 @@ def grade_cuts_from(probabilities: np.ndarray) -> tuple[float, float, float]:
 
 
 @dataclass
-class LeadScorer:
+class LeadScorer(Scorer):
     spec: LeadFeatureSpec
     context: LeadContext
     classifier: CalibratedBoostedClassifier
@@ -48,18 +47,12 @@ class LeadScorer:
     def features(
         self, leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp
     ) -> pd.DataFrame:
-        if as_of < self.context.as_of:
-            raise InvalidRecord(
-                "as_of",
-                f"{as_of.isoformat()} is before the model's training cutoff {self.context.as_of.isoformat()}: "
-                "the model has seen what happened after it, so the score would leak. "
-                "Score as of a later time, or train with --as-of on earlier history.",
-            )
-        late = leads["created_at"] >= as_of
-        if late.any():
-            first = leads.loc[late, "lead_id"].iloc[0]
-            raise InvalidRecord(f"lead {first}", f"created_at is not before as_of {as_of.isoformat()}")
+        self.check_as_of(as_of, leads, "lead_id", "lead")
         return lead_features(leads, accounts, activities, as_of, self.context, self.spec)
+
+    @property
+    def explained(self) -> CalibratedBoostedClassifier:
+        return self.classifier
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         return self.classifier.predict_proba(X)
@@ -88,9 +81,7 @@ class LeadScorer:
 
     def score_frame(self, X: pd.DataFrame, n_reasons: int = 5) -> pd.DataFrame:
         """Scores and reasons for an already computed feature frame."""
-        clf = self.classifier
-        raw = clf.contributions(X)
-        contrib = to_probability(log_odds_contributions(raw, clf.feature_names_, clf.calib_slope_, clf.calib_intercept_))
+        contrib = to_probability(self.explain(X))
         p = contrib.base + contrib.values.sum(axis=1)
         value = self._value_if_converted(X)
         return pd.DataFrame(

@@ -362,9 +362,3 @@ def planted_match(trait: Trait, planted_conditions: Sequence[dict], tolerance: f
     if not all(matched):
         return None
     return "exact" if len(trait.conditions) == len(planted_conditions) else "contains"
-
-
-def conditions_from(segments: Sequence[Sequence[dict]]) -> list[tuple[Condition, ...]]:
-    """Conditions from plain dicts (as stored in MLflow or sent by a client)."""
-    return [tuple(Condition(d["column"], d["op"], d["value"]) for d in seg) for seg in segments]
-

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
@@ -20,8 +19,9 @@ from features.errors import FunnelcastError
 from features.settings import Settings, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from models.tasks import Task
-from serving import errors, page, routes_accounts, routes_admin, routes_leads, routes_ops
+from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_ops
 from serving.middleware import IdempotencyCache, Metrics, RateLimiter, RequestContextMiddleware
+from serving.security import allow_origins
 
 log = logging.getLogger("funnelcast.serving")
 
@@ -93,11 +93,7 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.idempotency = IdempotencyCache()
     errors.install(app)
-    if settings.cors_origins:  # closed unless origins are configured
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-        )
+    allow_origins(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/metrics", include_in_schema=False)
@@ -109,6 +105,6 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.include_router(routes_leads.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_accounts.router)
-    app.include_router(__import__("serving.routes_deals").routes_deals.router)
+    app.include_router(routes_deals.router)
     app.include_router(page.router)
     return app

@@ -1,24 +1,29 @@
-"""Typed dependencies: settings, the loaded models, the API key check.
+"""Typed dependencies: the settings, a model per task, the configured export, and the app's
+lazily built shared objects.
 
-They are ``async def`` because they only read the app's state and hash a key (microseconds):
-FastAPI runs a plain ``def`` dependency in its thread pool, one hand-off per dependency per
-request, which under load cost more than the work itself. Scoring stays a ``def`` handler.
+``model_dependency(task)`` is the one way a route gets a model: it reads the models the app
+serves (swapped in one assignment on reload) and answers 503 with the reason when the task's
+model is not loaded. It is ``async def`` because it only reads the app's state: FastAPI runs
+a plain ``def`` dependency in its thread pool, one hand-off per request.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
+import threading
+from collections.abc import Awaitable, Callable
+from functools import cache
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, Request
 
+from features.contract import Export
 from features.errors import ModelNotAvailable
-from features.settings import Settings, hash_api_key
+from features.io import load_export
+from features.settings import Settings
 from models.registry import LoadedModel
 from models.tasks import Task
-from serving.errors import RequestProblem
-from serving.middleware import retry_after
+
+T = TypeVar("T")
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -27,68 +32,60 @@ async def get_app_settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your funnelcast API key")
+
+@cache
+def model_dependency(task: Task) -> Callable[[Request], Awaitable[LoadedModel]]:
+    """The dependency giving ``task``'s loaded model (503 naming why when it is not loaded).
+
+    One function per task (cached), so tests can swap it with ``app.dependency_overrides``."""
+
+    async def loaded_model(request: Request) -> LoadedModel:
+        loaded = request.app.state.models.get(task.value)
+        if loaded is None:
+            reason = request.app.state.load_errors.get(task.value, f"not loaded; run `funnelcast train --task {task}`")
+            raise ModelNotAvailable(task.value, reason)
+        return loaded
+
+    loaded_model.__name__ = f"{task.value}_model"
+    return loaded_model
 
 
-async def require_api_key(
-    request: Request, settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
-) -> str:
-    """Check the key (401) and its rate limit (429 with Retry-After); returns the key's digest."""
-    accepted = settings.accepted_key_hashes()
-    if not accepted:
-        raise RequestProblem(
-            "no API key is configured on this server: set FUNNELCAST_API_KEYS_FILE, FUNNELCAST_API_KEY_HASHES "
-            "(or FUNNELCAST_API_KEYS) "
-            "and restart",
-            status_code=401,
-        )
-    if not key:
-        raise RequestProblem("missing API key: send it in the X-API-Key header", status_code=401)
-    digest = hash_api_key(key)
-    if not any(hmac.compare_digest(digest, h) for h in accepted):
-        raise RequestProblem("invalid API key", status_code=401)
-    wait = request.app.state.rate_limiter.check(digest)
-    if wait > 0:
-        raise RequestProblem(
-            f"rate limit of {settings.rate_limit_per_minute} requests per minute for this API key exceeded; "
-            "retry after the Retry-After seconds",
-            status_code=429,
-            headers={"Retry-After": retry_after(wait)},
-        )
-    return digest
+LeadModelDep = Annotated[LoadedModel, Depends(model_dependency(Task.LEAD_QUALITY))]
+DealModelDep = Annotated[LoadedModel, Depends(model_dependency(Task.STAGE_CONVERSION))]
+HighValueModelDep = Annotated[LoadedModel, Depends(model_dependency(Task.HIGH_VALUE))]
+
+_locks_guard = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
 
 
-ApiKeyDep = Depends(require_api_key)
+def state_cached(state: Any, name: str, build: Callable[[], T]) -> T:
+    """``state.<name>``, built by ``build()`` on first use, once even under concurrent requests
+    (a lock per name: building one never waits for building another)."""
+    value = getattr(state, name, None)
+    if value is not None:
+        return value
+    with _locks_guard:
+        lock = _locks.setdefault(name, threading.Lock())
+    with lock:
+        value = getattr(state, name, None)
+        if value is None:
+            value = build()
+            setattr(state, name, value)
+        return value
 
 
-async def require_admin_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
-    """An admin key (model reload): 401 without a valid key, 403 for a key that may only score."""
-    admin = settings.admin_key_hashes()
-    if not key:
-        raise RequestProblem("missing API key: send an admin key in the X-API-Key header", status_code=401)
-    digest = hash_api_key(key)
-    if any(hmac.compare_digest(digest, h) for h in admin):
-        return digest
-    if not admin:
-        raise RequestProblem("no admin key is configured on this server: set FUNNELCAST_ADMIN_API_KEY_HASHES "
-                             "(or FUNNELCAST_ADMIN_API_KEYS) and restart", status_code=403)
-    if any(hmac.compare_digest(digest, h) for h in settings.accepted_key_hashes()):
-        raise RequestProblem("this API key may score but not administer: use an admin key", status_code=403)
-    raise RequestProblem("invalid API key", status_code=401)
+def configured_export(state: Any) -> Export:
+    """The configured export (``FUNNELCAST_DATA``, else the sample), loaded once per process with
+    bad rows skipped; the funnel, the forecast and the worklist all read this one copy."""
+    settings: Settings = state.settings
+    source = settings.data or str(settings.sample_export)
+    return state_cached(state, "configured_export",
+                        lambda: load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)[0])
 
 
-AdminKeyDep = Depends(require_admin_key)
-#: The caller's key digest (scopes idempotency keys to the caller).
-CallerDep = Annotated[str, Depends(require_api_key)]
+def get_configured_export(request: Request) -> Export:
+    # a plain def: the first call reads the export (seconds), in the thread pool, not on the event loop
+    return configured_export(request.app.state)
 
 
-async def get_lead_model(request: Request) -> LoadedModel:
-    models: dict[str, LoadedModel] = request.app.state.models
-    loaded = models.get(Task.LEAD_QUALITY.value)
-    if loaded is None:
-        reason = request.app.state.load_errors.get(Task.LEAD_QUALITY.value, "not loaded")
-        raise ModelNotAvailable(Task.LEAD_QUALITY.value, reason)
-    return loaded
-
-
-LeadModelDep = Annotated[LoadedModel, Depends(get_lead_model)]
+ExportDep = Annotated[Export, Depends(get_configured_export)]

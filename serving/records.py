@@ -1,32 +1,33 @@
-"""Records as a CRM sends them -> the same typed frames the export loader produces.
+"""Records as a CRM sends them -> the same typed export the export loader produces.
 
-Every table goes through :func:`features.io.coerce_records`, which gives exactly what the
-export loader's :func:`~features.io.coerce_table` gives (trimming, case-folding, UTC
-timestamps, ids as strings, the same bad rows) at a fraction of its cost for a few records;
-custom fields are forced to the kind the model was trained with.
+Every scoring request (leads, deals, accounts) goes through one path: the route walks its
+request's nesting into :class:`RequestRecords` (each record with the request path it came
+from, each child linked to its parent's id), and :meth:`RequestRecords.export` types every
+table with :func:`features.io.coerce_records` (exactly what the export loader's
+:func:`~features.io.coerce_table` gives: trimming, case-folding, UTC timestamps, ids as
+strings, the same bad rows, at a fraction of its cost for a few records), custom fields forced
+to the kind the model was trained with. A bad value is a 422 naming its request path.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
-from features.contract import TABLES, Kind
+from features.contract import TABLES, Export, Kind
 from features.errors import BadRow
-from features.io import coerce_records
-from features.leads import LeadFeatureSpec
+from features.io import coerce_records, coerce_table
 from serving.errors import RequestProblem, bad_rows_as_problem
-from serving.schemas import LeadScoreItem
 
-
-@dataclass
-class LeadFrames:
-    leads: pd.DataFrame
-    accounts: pd.DataFrame
-    activities: pd.DataFrame
+#: The tables of an export, and the prefix of each table's custom fields in a feature spec.
+_EXPORT_TABLES = ("accounts", "leads", "opportunities", "stage_history", "activities")
+_SPEC_PREFIX = {"leads": "lead", "accounts": "account", "opportunities": "opportunity"}
 
 
 def utc_timestamp(value: datetime | None) -> pd.Timestamp:
@@ -35,9 +36,19 @@ def utc_timestamp(value: datetime | None) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _row(model) -> dict:
-    # Python values (datetimes stay datetimes: coerce_records reads them as the ISO text a CSV holds)
-    return model.model_dump(mode="python")
+def check_batch(count: int, limit: int, field: str) -> None:
+    """413 for a batch over ``FUNNELCAST_MAX_BATCH`` records."""
+    if count > limit:
+        raise RequestProblem(f"batch of {count:,} {field} exceeds the limit of {limit:,}; split it into smaller requests",
+                             [(field, f"at most {limit} items")], status_code=413)
+
+
+def unique_ids(ids: list[str], path: str, what: str) -> None:
+    """422 naming every record whose id another record of the batch has; ``path`` has a ``{}`` for the position."""
+    dup = [i for i, n in Counter(ids).items() if n > 1]
+    if dup:
+        errors = [(path.format(k), f"duplicate {what} {ids[k]!r} in this batch") for k in range(len(ids)) if ids[k] in dup]
+        raise RequestProblem(f"duplicate {what}s in the batch: {', '.join(map(repr, dup[:10]))}", errors)
 
 
 def _as_sent(row: dict) -> dict:
@@ -45,91 +56,74 @@ def _as_sent(row: dict) -> dict:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
-def _custom_kinds(table: str, categoricals: tuple[str, ...], numerics: tuple[str, ...]) -> dict[str, Kind]:
-    """The kind each custom field had in training (contract columns have theirs already)."""
-    known = set(TABLES[table].column_names)
-    kinds = {c: Kind.CATEGORY for c in categoricals if c not in known}
-    kinds.update({c: Kind.NUMBER for c in numerics if c not in known})
-    return kinds
+def custom_kinds(spec: Any) -> dict[str, dict[str, Kind]]:
+    """Per table, the kind each custom field had in training (contract columns have theirs already)."""
+    out = {}
+    for table, prefix in _SPEC_PREFIX.items():
+        known = set(TABLES[table].column_names)
+        kinds = {c: Kind.CATEGORY for c in getattr(spec, f"{prefix}_categoricals", ()) if c not in known}
+        kinds.update({c: Kind.NUMBER for c in getattr(spec, f"{prefix}_numerics", ()) if c not in known})
+        out[table] = kinds
+    return out
 
 
-def lead_frames(
-    items: list[LeadScoreItem],
-    spec: LeadFeatureSpec,
-    open_stages: tuple[str, ...],
-    as_of: pd.Timestamp | None = None,
-) -> LeadFrames:
-    """Type the leads, accounts and activities of a request; 422 naming the path of any bad field.
+@lru_cache(maxsize=16)
+def _empty_table(table: str, open_stages: tuple[str, ...]) -> pd.DataFrame:
+    # typed once; copy-on-write keeps the shared empty frame from being changed by a caller
+    return coerce_table(table, pd.DataFrame(columns=TABLES[table].column_names), open_stages=open_stages)[0]
 
-    With ``as_of``, a lead created at or after it (it did not exist yet) is a 422 at
-    ``leads[i].lead.created_at``."""
-    ids = [it.lead.lead_id.strip() for it in items]
-    dup = [i for i, n in Counter(ids).items() if n > 1]
-    if dup:
-        errors = [(f"leads[{k}].lead.lead_id", f"duplicate lead id {ids[k]!r} in this batch") for k in range(len(ids)) if ids[k] in dup]
-        raise RequestProblem(f"duplicate lead ids in the batch: {', '.join(map(repr, dup[:10]))}", errors)
 
-    lead_rows = [_row(it.lead) for it in items]
-    acc_rows, acc_paths, act_rows, act_paths = [], [], [], []
-    seen_accounts: dict[str, int] = {}
-    for i, it in enumerate(items):
-        if it.account is not None:
-            acc = _row(it.account)
-            if lead_rows[i].get("account_id") is None:
-                lead_rows[i]["account_id"] = acc["account_id"]
-            elif str(lead_rows[i]["account_id"]).strip() != acc["account_id"].strip():
-                raise RequestProblem(
-                    "account does not match the lead",
-                    [(f"leads[{i}].account.account_id", f"{acc['account_id']!r} is not the lead's account_id "
-                      f"{lead_rows[i]['account_id']!r}")],
-                )
-            key = acc["account_id"].strip()
-            if key in seen_accounts:  # several leads of one account: send it each time, identical
-                first = seen_accounts[key]
-                if _as_sent(acc_rows[first]) != _as_sent(acc):
-                    raise RequestProblem(
-                        "conflicting account records",
-                        [(f"leads[{i}].account", f"differs from {acc_paths[first]} for the same account_id {key!r}")],
-                    )
-            else:
-                seen_accounts[key] = len(acc_rows)
-                acc_rows.append(acc)
-                acc_paths.append(f"leads[{i}].account")
-        for j, act in enumerate(it.activities):
-            row = _row(act)
-            if row.get("lead_id") is None:
-                row["lead_id"] = ids[i]
-            elif row["lead_id"].strip() != ids[i]:
-                raise RequestProblem(
-                    "activity attached to another lead",
-                    [(f"leads[{i}].activities[{j}].lead_id", f"{row['lead_id']!r} is not this lead's id {ids[i]!r}")],
-                )
-            act_rows.append(row)
-            act_paths.append(f"leads[{i}].activities[{j}]")
+class RequestRecords:
+    """A request's records by contract table, each with the request path it came from."""
 
-    lead_kinds = _custom_kinds("leads", spec.lead_categoricals, spec.lead_numerics)
-    acc_kinds = _custom_kinds("accounts", spec.account_categoricals, spec.account_numerics)
-    bad: list[tuple[str, BadRow]] = []
+    def __init__(self, *tables: str):
+        self.rows: dict[str, list[dict]] = {t: [] for t in tables}
+        self.paths: dict[str, list[str]] = {t: [] for t in tables}
+        self._shared: dict[tuple[str, str], int] = {}
 
-    def typed(table: str, rows: list[dict], paths: list[str], kinds: dict[str, Kind]) -> pd.DataFrame:
-        out, problems = coerce_records(table, rows, open_stages=open_stages, custom_kinds=kinds)
-        bad.extend((paths[b.row], b) for b in problems)
-        return out
+    def add(self, table: str, record: BaseModel | dict, path: str, **links: str) -> None:
+        """Add ``record`` sent at ``path``. Each ``links`` column is the parent's id: filled in
+        when the record leaves it out, a 422 when it names another parent."""
+        row = record if isinstance(record, dict) else record.model_dump(mode="python")
+        for column, parent in links.items():
+            sent = row.get(column)
+            if sent is None or not str(sent).strip():
+                row[column] = parent
+            elif str(sent).strip() != parent:
+                raise RequestProblem(f"{path} belongs to another record: {column} {sent!r} is not {parent!r}",
+                                     [(f"{path}.{column}", f"{sent!r} is not {parent!r}")])
+        self.rows[table].append(row)
+        self.paths[table].append(path)
 
-    leads = typed("leads", lead_rows, [f"leads[{i}].lead" for i in range(len(items))], lead_kinds)
-    accounts = typed("accounts", acc_rows, acc_paths, acc_kinds)
-    activities = typed("activities", act_rows, act_paths, {})
-    if bad:
-        raise bad_rows_as_problem(bad)
-    if as_of is not None:
-        late = (leads["created_at"] >= as_of).to_numpy()
-        if late.any():
-            errors = [
-                (f"leads[{i}].lead.created_at", f"{leads['created_at'].iloc[i].isoformat()} is not before as_of {as_of.isoformat()}")
-                for i in late.nonzero()[0]
-            ]
-            raise RequestProblem(f"{len(errors)} lead(s) created at or after as_of: " + "; ".join(f"{p}: {r}" for p, r in errors[:5]), errors)
-    return LeadFrames(leads=leads, accounts=accounts, activities=activities)
+    def add_shared(self, table: str, record: BaseModel, path: str) -> str:
+        """A record several items may send (the account of several leads): kept once, every copy
+        identical (else a 422); returns its id."""
+        row = record.model_dump(mode="python")
+        key_column = TABLES[table].key
+        key = str(row[key_column]).strip()
+        first = self._shared.get((table, key))
+        if first is None:
+            self._shared[(table, key)] = len(self.rows[table])
+            self.add(table, row, path)
+        elif _as_sent(self.rows[table][first]) != _as_sent(row):
+            raise RequestProblem(f"conflicting {table} records for {key_column} {key!r}",
+                                 [(path, f"differs from {self.paths[table][first]} for the same {key_column} {key!r}")])
+        return key
+
+    def export(self, open_stages: Sequence[str], spec: Any) -> Export:
+        """The typed export of these records (tables the request has no part for are empty);
+        one 422 naming the request path and column of every bad value."""
+        stages = tuple(open_stages)
+        kinds = custom_kinds(spec)
+        frames: dict[str, pd.DataFrame] = {}
+        bad: list[tuple[str, BadRow]] = []
+        for table, rows in self.rows.items():
+            frames[table], problems = coerce_records(table, rows, open_stages=stages, custom_kinds=kinds.get(table, {}))
+            bad.extend((self.paths[table][b.row], b) for b in problems)
+        if bad:
+            raise bad_rows_as_problem(bad)
+        rest = {t: _empty_table(t, stages) for t in _EXPORT_TABLES if t not in frames}
+        return Export(**frames, **rest, open_stages=stages)
 
 
 def _json_value(v: object) -> object:

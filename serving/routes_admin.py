@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 
 from models.registry import configure, describe_versions
 from models.tasks import Task
-from serving.deps import ApiKeyDep, SettingsDep
-from serving.schemas import Health, ModelsResponse, ModelVersion, Readiness
+from serving.deps import SettingsDep
+from serving.schemas.ops import Health, ModelsResponse, ModelVersion, Readiness
+from serving.security import ApiKeyDep
 
 router = APIRouter(tags=["operations"])
 

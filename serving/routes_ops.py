@@ -18,37 +18,40 @@ import asyncio
 import logging
 import math
 import threading
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 
 from models.drift import drift_report
 from models.metrics import classification_metrics
 from models.registry import LoadedModel, alias_versions, configure
 from models.tasks import Task
-from serving.deps import AdminKeyDep, ApiKeyDep
+from serving.deps import state_cached
 from serving.errors import RequestProblem
-from serving.schemas import ErrorResponse
+from serving.schemas.common import error_responses
+from serving.schemas.ops import (
+    OutcomesRequest,
+    OutcomesResponse,
+    PerformanceResponse,
+    ReloadedModel,
+    ReloadResponse,
+    VersionPerformance,
+)
+from serving.security import AdminKeyDep, ApiKeyDep
 from serving.store import OperationsStore, RecentTraffic
 
 log = logging.getLogger("funnelcast.serving")
 router = APIRouter(prefix="/v1", tags=["model operations"])
 _reload_lock = threading.Lock()
-_state_lock = threading.Lock()
 
 #: Which outcomes each task accepts (the first is the positive class).
 TASK_OUTCOMES = {
     Task.LEAD_QUALITY.value: ("converted", "disqualified"),
 }
 _DEAL_OUTCOMES = ("won", "lost")
-_ERRORS = {
-    401: {"model": ErrorResponse, "description": "Missing or invalid X-API-Key"},
-    422: {"model": ErrorResponse, "description": "Invalid records: each error names the field path and the reason"},
-}
+_ERRORS = error_responses(401, 422)
 
 
 def _finite(v: Any) -> Any:
@@ -57,18 +60,11 @@ def _finite(v: Any) -> Any:
 
 def operations_store(request: Request) -> OperationsStore:
     state = request.app.state
-    with _state_lock:
-        if getattr(state, "ops_store", None) is None:
-            state.ops_store = OperationsStore(state.settings.resolved_store_url())
-        return state.ops_store
+    return state_cached(state, "ops_store", lambda: OperationsStore(state.settings.resolved_store_url()))
 
 
 def recent_traffic(request: Request) -> RecentTraffic:
-    state = request.app.state
-    with _state_lock:
-        if getattr(state, "recent_traffic", None) is None:
-            state.recent_traffic = RecentTraffic()
-        return state.recent_traffic
+    return state_cached(request.app.state, "recent_traffic", RecentTraffic)
 
 
 def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, features: pd.DataFrame, scored: pd.DataFrame) -> None:
@@ -87,19 +83,8 @@ def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, fea
 # --- reload -----------------------------------------------------------------------------------
 
 
-class ReloadedModel(BaseModel):
-    version: str | None = Field(description="The version now served (null: none)")
-    previous: str | None = Field(description="The version served before the reload")
-    changed: bool
-
-
-class ReloadResponse(BaseModel):
-    models: dict[str, ReloadedModel]
-    problems: dict[str, str] = Field(description="Models that could not be loaded (the previous one stays in use)")
-
-
 @router.post("/admin/reload", response_model=ReloadResponse, dependencies=[AdminKeyDep], tags=["admin"],
-             responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "Not an admin key"}})
+             responses=error_responses(401, 403, 422))
 def reload_models(request: Request) -> ReloadResponse:
     """Load the models now registered at the serving alias (e.g. a newly promoted champion)
     beside the ones in use and swap them in atomically; in-flight requests finish on the old
@@ -169,27 +154,6 @@ def start_alias_polling(state: Any, seconds: float) -> asyncio.Task | None:
 # --- outcomes ---------------------------------------------------------------------------------
 
 
-class OutcomeRecord(BaseModel):
-    record_id: str = Field(min_length=1, max_length=256, description="The lead id (or deal id) the CRM scored",
-                           examples=["L-1"])
-    task: str = Field(Task.LEAD_QUALITY.value, description="The model the outcome is for", examples=["lead_quality"])
-    outcome: Literal["converted", "disqualified", "won", "lost"] = Field(
-        description="lead: converted / disqualified; deal: won / lost"
-    )
-    occurred_at: datetime = Field(description="When it happened (ISO 8601; no offset = UTC)")
-
-
-class OutcomesRequest(BaseModel):
-    outcomes: list[OutcomeRecord] = Field(min_length=1, max_length=10_000)
-
-
-class OutcomesResponse(BaseModel):
-    received: int
-    created: int
-    updated: int = Field(description="Records reported before with another outcome or time, now corrected")
-    unchanged: int = Field(description="Records reported before identically (idempotent repeats)")
-
-
 @router.post("/outcomes", response_model=OutcomesResponse, dependencies=[ApiKeyDep], tags=["model operations"],
              responses=_ERRORS)
 def report_outcomes(body: OutcomesRequest, request: Request) -> OutcomesResponse:
@@ -218,26 +182,8 @@ def report_outcomes(body: OutcomesRequest, request: Request) -> OutcomesResponse
 # --- performance ------------------------------------------------------------------------------
 
 
-class VersionPerformance(BaseModel):
-    version: str
-    loaded: bool
-    n: int = Field(description="Records scored by this version and decided afterwards")
-    positives: int
-    roc_auc: float | None
-    brier: float | None
-    calibration_error: float | None
-    mean_probability: float | None
-    observed_rate: float | None
-
-
-class PerformanceResponse(BaseModel):
-    task: str
-    outcomes_stored: int
-    versions: list[VersionPerformance]
-
-
 @router.get("/models/{task}/performance", response_model=PerformanceResponse, dependencies=[ApiKeyDep],
-            tags=["model operations"], responses={**_ERRORS, 404: {"model": ErrorResponse}})
+            tags=["model operations"], responses=error_responses(401, 404, 422))
 def model_performance(task: str, request: Request) -> PerformanceResponse:
     """Live performance per model version: each record's first score from that version,
     against the outcome the CRM reported after it (AUC needs both outcomes among them)."""

@@ -176,16 +176,6 @@ class OperationsStore:
         frame["label"] = frame["outcome"].isin(POSITIVE).astype(int)
         return frame
 
-    def served_probabilities(self, task: str, version: str, limit: int = 10_000) -> list[float]:
-        q = (
-            select(served_scores.c.probability)
-            .where((served_scores.c.task == task) & (served_scores.c.model_version == version))
-            .order_by(served_scores.c.id.desc())
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            return [float(r[0]) for r in conn.execute(q)]
-
 
 @dataclass
 class _Request:

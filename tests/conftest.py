@@ -59,7 +59,7 @@ def lead_scorer(trained):
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory, trained, train_config):
     """A local SQLite MLflow store with ``lead_quality@champion`` registered from ``trained``."""
     from models.registry import configure
-    from training.train import log_and_register
+    from training.pipeline import log_and_register
 
     home = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{home / 'mlflow.db'}"

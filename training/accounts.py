@@ -1,10 +1,11 @@
-"""Customer value, high-value traits and the ``high_value`` model, registered in MLflow.
+"""The high_value task: customer value, high-value traits and the ``high_value`` model.
 
 Examples are customers whose value window is complete before the cutoff, one per account,
-with features as of ``first win + early_days`` (see ``features.customers``). The split is by
-time of that snapshot: the earliest half fits the trees, the next quarter calibrates
-(early stopping, Platt scaling), the latest quarter evaluates. Each account appears once,
-so no account is in two parts. The registered model is refitted on the earliest three
+with features as of ``first win + early_days`` (see ``features.customers``). The split is a
+:class:`~models.folds.TimeFold` over the time of that snapshot, sized to the customers (an
+export has hundreds, not a fixed number per day): the latest quarter of the times evaluates,
+the quarter before calibrates (early stopping, Platt scaling), the earliest half fits. Each
+account appears once, so no account is in two parts and a one-day horizon separates them. The registered model is refitted on the earliest three
 quarters and calibrated on the latest quarter. The traits are mined on the same customers'
 profiles (firmographics, custom fields, how the account came in) and logged with the model.
 """
@@ -12,28 +13,23 @@ profiles (firmographics, custom fields, how the account came in) and logged with
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-import joblib
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_snapshots
 from models.accounts import AccountScorer, ValueRegressor
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, shap_summary_plot
+from models.explain import Contributions, log_odds_contributions, shap_summary_plot
+from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
-from models.registry import ScorerModel
-from models.tasks import Task
+from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from models.traits import TraitMiner, global_importance
-from training.provenance import export_fingerprint, provenance_tags
+from training.provenance import export_fingerprint
 
 #: LightGBM settings of P(high value) over the shared defaults (hundreds of customers, not
 #: tens of thousands of rows); ``AccountConfig.params`` (e.g. from ``funnelcast tune``) overrides them.
@@ -51,19 +47,12 @@ class AccountConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class AccountResult:
+@dataclass(kw_only=True)
+class AccountResult(TrainResult):
     scorer: AccountScorer
-    metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
-    snapshots: pd.DataFrame
     traits: pd.DataFrame
     importance: pd.DataFrame
-    evaluation: pd.DataFrame
-    run_id: str | None = None
-    version: str | None = None
     extra: dict = field(default_factory=dict)
-    aliases: list[str] = field(default_factory=list)
 
 
 def profile_columns(spec: AccountFeatureSpec) -> list[str]:
@@ -78,12 +67,38 @@ def mine_traits(snaps: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfi
     return miner.fit(snaps[profile_columns(spec)], snaps["value"].to_numpy(), snaps["label"].to_numpy())
 
 
-def _split(snaps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    n = len(snaps)
-    a, b = int(n * 0.5), int(n * 0.75)
-    if a < 20 or b - a < 10 or n - b < 10:
+def customer_fold(times: pd.Series) -> TimeFold:
+    """The fold of the customers' snapshot days ``times``: evaluate the latest quarter of them, calibrate
+    on the quarter before, fit on the earliest half (a one-day horizon: each account appears once)."""
+    ts = pd.Series(sorted(times))
+    last, q75, q50 = ts.iloc[-1], ts.iloc[int(len(ts) * 0.75)], ts.iloc[int(len(ts) * 0.5)]
+    evaluate = (last.normalize() - q75.normalize()).days + 1
+    return TimeFold(horizon="1d", evaluate=f"{evaluate}d", calibrate=f"{max((q75 - q50).days, 1)}d")
+
+
+def _require_customers(n: int, enough: bool = True) -> None:
+    """Refuse fewer than 80 customers (or a split of them without ``enough`` in each part)."""
+    if n < 80 or not enough:
         raise ValueError(f"only {n} customers with a complete value: too few for a time split (need 80)")
-    return snaps.iloc[:a], snaps.iloc[a:b], snaps.iloc[b:]
+
+
+def _days(snaps: pd.DataFrame) -> pd.Series:
+    return snaps["as_of"].dt.normalize()
+
+
+def _parts(snaps: pd.DataFrame, split: Split) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The fit, calibration and evaluation customers of ``split`` (whose times are days); refuses too few."""
+    days = _days(snaps)
+    parts = tuple(snaps[days.isin(ts).to_numpy()] for ts in (split.fit, split.calibrate, split.evaluate))
+    _require_customers(len(snaps), enough=min(len(p) for p in parts) >= 10 and len(parts[0]) >= 20)
+    return parts  # type: ignore[return-value]
+
+
+def _split(snaps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Fit, calibration and evaluation customers of :func:`customer_fold` (each sorted by ``as_of``)."""
+    _require_customers(len(snaps))
+    days = _days(snaps)
+    return _parts(snaps, customer_fold(days).split(days))
 
 
 def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
@@ -101,30 +116,22 @@ def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg
 
 def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timestamp, progress: bool = False) -> AccountResult:
     """Snapshots, traits, the time-split evaluation and the final scorer (no MLflow)."""
-    spec = AccountFeatureSpec.from_export(export, early_days=cfg.early_days, window_days=cfg.window_days)
-    snaps, threshold = account_snapshots(export, cutoff, spec, quantile=cfg.quantile, progress=progress)
-    cols = spec.feature_names
-    fit, cal, ev = _split(snaps)
-    clf = fit_high_value_classifier(fit, spec, cfg, cal=cal)
-    p = clf.predict_proba(ev[cols])
-    metrics = classification_metrics(ev["label"].to_numpy(), p)
-    # baseline: the first deal's amount alone (what a CRM report would sort by)
-    amount = ev["first_deal_amount"].fillna(ev["first_deal_amount"].median()).to_numpy(dtype=float)
-    baseline = classification_metrics(ev["label"].to_numpy(), (amount.argsort().argsort() + 0.5) / len(amount))
-    reg = ValueRegressor(random_state=cfg.seed).fit(clf._matrix(pd.concat([fit, cal])[cols]),
-                                                    pd.concat([fit, cal])["value"].to_numpy())
-    pred = reg.predict(clf._matrix(ev[cols]))
-    metrics["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))
-    metrics["value_spearman"] = float(pd.Series(pred).corr(pd.Series(ev["value"].to_numpy()), method="spearman"))
-    evaluation = ev[["account_id", "as_of", "value", "label"]].assign(probability=p, expected_value=pred)
+    return build_task(HIGH_VALUE, export, cutoff, cfg, progress=progress)  # type: ignore[return-value]
 
-    final_fit, final_cal = pd.concat([fit, cal]), ev
-    final = fit_high_value_classifier(final_fit, spec, cfg, cal=final_cal)
+
+def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cfg: AccountConfig,
+                          ) -> tuple[AccountScorer, pd.DataFrame, pd.DataFrame, Contributions]:
+    """The registered scorer (refitted on the fit and calibration customers, calibrated on the evaluation
+    ones; value on every customer), its global importance, the traits table and the SHAP contributions."""
+    snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
+    cols = spec.feature_names
+    fit, cal, ev = _parts(snaps, split)
+    final = fit_high_value_classifier(pd.concat([fit, cal]), spec, cfg, cal=ev)
     final_reg = ValueRegressor(random_state=cfg.seed).fit(final._matrix(snaps[cols]), snaps["value"].to_numpy())
     contrib = log_odds_contributions(final.contributions(snaps[cols]), cols, final.calib_slope_, final.calib_intercept_)
     importance = global_importance(contrib.values, snaps[cols], cols)
     miner = mine_traits(snaps, spec, cfg)
-    traits = miner.table()
+    threshold = snapshots.extra["threshold"]
     scorer = AccountScorer(
         spec=spec, classifier=final, regressor=final_reg, threshold=threshold, trained_until=cutoff,
         traits=[t.as_dict() for t in miner.traits_], importance=importance.to_dict("records"),
@@ -132,8 +139,7 @@ def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timest
                   "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days,
                   "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export)},
     )
-    return AccountResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, snapshots=snaps, traits=traits,
-                         importance=importance, evaluation=evaluation, extra={"contributions": contrib})
+    return scorer, importance, miner.table(), contrib
 
 
 def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
@@ -168,43 +174,93 @@ def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
     return paths
 
 
-def log_and_register(result: AccountResult, client: MlflowClient, *, experiment: str, artifact_location: str | None,
-                     cfg: AccountConfig, data_source: str, alias: str = "champion",
-                     challenger_alias: str = "challenger") -> AccountResult:
-    """Log params, metrics, traits, plots and the pyfunc; register ``high_value`` as ``challenger_alias``.
+class HighValue:
+    """The high_value :class:`~models.tasks.TaskDefinition`: P(an account becomes a high-value customer)."""
 
-    The first registered version also becomes ``alias`` (the champion) directly; later ones
-    wait for ``funnelcast promote --task high_value`` to compare them with the champion.
-    """
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    scorer, name = result.scorer, Task.HIGH_VALUE.value
-    cols = scorer.spec.feature_names
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
-        mlflow.set_tags({"task": name, "data_source": data_source})
-        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
-        mlflow.log_params({"task": name, **{k: str(v) for k, v in scorer.metadata.items() if k != "train_config"},
-                           "early_days": cfg.early_days, "n_features": len(cols), "calibration": "platt",
-                           "seed": cfg.seed,
-                           **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **cfg.params}.items()}})
-        mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"baseline_first_deal_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            write_traits_report(result, d / "traits")
-            mlflow.log_artifacts(str(d / "traits"), artifact_path="traits")
-            joblib.dump(scorer, d / "scorer.joblib")
-            example = result.snapshots[cols].head(5)
-            signature = infer_signature(example, pd.DataFrame({"probability": scorer.predict_proba(example)}))
-            info = mlflow.pyfunc.log_model(name=name, python_model=ScorerModel(),
-                                           artifacts={"scorer": str(d / "scorer.joblib")}, signature=signature,
-                                           input_example=example, registered_model_name=name)
-        version = str(info.registered_model_version)
-        aliases = [challenger_alias]
-        if alias not in client.get_registered_model(name).aliases:
-            aliases.append(alias)  # a first model becomes champion directly
-        for a in aliases:
-            client.set_registered_model_alias(name, a, version)
-        client.set_model_version_tag(name, version, "trained_until", str(scorer.trained_until))
-        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
-    return result
+    task = Task.HIGH_VALUE
+    baseline = "baseline_first_deal"
+
+    def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
+               exclude: tuple[str, ...] = ()) -> AccountConfig:
+        """Customer value has its own window (``AccountConfig.window_days``): the lead and deal horizon,
+        the snapshot step and the excluded lead features do not apply."""
+        return AccountConfig(seed=seed)
+
+    def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+        return export.accounts[export.accounts["created_at"] < as_of].drop_duplicates("account_id")
+
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: AccountConfig, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        """One snapshot per customer with a complete value window; stored outcomes are lead and deal
+        outcomes, which customer value does not read."""
+        spec = AccountFeatureSpec.from_export(export, early_days=config.early_days, window_days=config.window_days)
+        snaps, threshold = account_snapshots(export, cutoff, spec, quantile=config.quantile, progress=progress)
+        times = sorted(set(_days(snaps)))
+        return Snapshots(spec=spec, frame=snaps, times=times, cutoff=cutoff, extra={"threshold": threshold})
+
+    def fold(self, config: AccountConfig, snapshots: Snapshots) -> TimeFold:
+        _require_customers(len(snapshots.frame))
+        return customer_fold(_days(snapshots.frame))
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: AccountConfig,
+            ) -> tuple[CalibratedBoostedClassifier, ValueRegressor]:
+        """P(high value) on the fit customers, calibrated on the next; the value regressor on both."""
+        fit, cal, _ = _parts(snapshots.frame, split)
+        clf = fit_high_value_classifier(fit, snapshots.spec, config, cal=cal)
+        rows = pd.concat([fit, cal])
+        reg = ValueRegressor(random_state=config.seed).fit(clf._matrix(rows[snapshots.spec.feature_names]),
+                                                           rows["value"].to_numpy())
+        return clf, reg
+
+    def evaluate(self, model: tuple[CalibratedBoostedClassifier, ValueRegressor], snapshots: Snapshots,
+                 split: Split, config: AccountConfig) -> Evaluation:
+        """P(high value) against the first deal's amount alone (what a CRM report would sort by), and the value."""
+        clf, reg = model
+        ev = _parts(snapshots.frame, split)[2]
+        X, y = ev[snapshots.spec.feature_names], ev["label"].to_numpy()
+        p = clf.predict_proba(X)
+        metrics = classification_metrics(y, p)
+        amount = ev["first_deal_amount"].fillna(ev["first_deal_amount"].median()).to_numpy(dtype=float)
+        baseline = classification_metrics(y, (amount.argsort().argsort() + 0.5) / len(amount))
+        pred = reg.predict(clf._matrix(X))
+        metrics["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))
+        metrics["value_spearman"] = float(pd.Series(pred).corr(pd.Series(ev["value"].to_numpy()), method="spearman"))
+        frame = ev[["account_id", "as_of", "value", "label"]].assign(probability=p, expected_value=pred)
+        return Evaluation(metrics, baseline, frame)
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: AccountConfig) -> AccountResult:
+        scorer, importance, traits, contrib = _final_account_scorer(export, snapshots, split, config)
+        windows = {name: f"{part['as_of'].min().date()}..{part['as_of'].max().date()} ({len(part)})"
+                   for name, part in zip(("fit", "calibrate", "evaluate"), _parts(snapshots.frame, split))}
+        return AccountResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                             snapshots=snapshots.frame, traits=traits, importance=importance,
+                             evaluation=evaluation.frame, windows=windows, extra={"contributions": contrib})
+
+    def run_params(self, result: TrainResult, config: AccountConfig) -> dict[str, object]:
+        meta = result.scorer.metadata
+        return {**{k: str(v) for k, v in meta.items() if k not in ("train_config", "outcome_labels")},
+                "early_days": config.early_days, "calibration": "platt",
+                **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **config.params}.items()}}
+
+    def write_report(self, result: TrainResult, config: AccountConfig, folder: Path) -> None:
+        write_traits_report(result, folder / "traits")  # type: ignore[arg-type]
+
+    def summary(self, result: TrainResult) -> str:
+        m, b = result.metrics, result.baseline_metrics
+        return (f"on {len(result.snapshots):,} customers; evaluation on the latest, who became customers "
+                f"{result.windows['evaluate']}: ROC AUC {m['roc_auc']:.3f} (first deal amount alone "
+                f"{b['roc_auc']:.3f}), Brier {m['brier']:.3f} ({b['brier']:.3f}), value Spearman "
+                f"{m['value_spearman']:.3f}")
+
+    def score(self, scorer: AccountScorer, export: Export, as_of: pd.Timestamp, n_reasons: int = 5) -> Scored:
+        ids = self.population(export, as_of)["account_id"].astype("str").tolist()
+        scored = scorer.score(export, ids, as_of, n_reasons=n_reasons)
+        out = scored[["account_id", "probability", "expected_value", "is_customer"]].copy()
+        for k in range(n_reasons):
+            out[f"reason_{k + 1}"] = [r[k]["text"] if len(r) > k else "" for r in scored["reasons"]]
+        return Scored(out.sort_values(["probability", "account_id"], ascending=[False, True], ignore_index=True),
+                      "accounts")
+
+
+HIGH_VALUE = HighValue()

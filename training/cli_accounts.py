@@ -1,4 +1,4 @@
-"""Commands for customer value, traits and allocation: ``traits``, ``train-accounts``, ``allocate``."""
+"""Commands on accounts and reps: ``traits`` (high-value customer traits) and ``allocate`` (leads to reps)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,24 @@ import argparse
 from pathlib import Path
 
 from features.settings import Settings
-from training.cli import _timestamp, data_args, load_data, mlflow_client, tuned_params
+from models.tasks import Task
+from training.cli_common import as_of_arg, data_args, horizon, load_data, mlflow_client, tuned_params
 
-
-def _config(args: argparse.Namespace, settings: Settings | None = None):
-    """The account config; with ``settings``, the parameters of the last ``funnelcast tune --task high_value``
-    unless ``--default-params``."""
-    from training.accounts import AccountConfig
-
-    cfg = AccountConfig(window_days=args.window_days, quantile=args.quantile, n_bootstrap=args.bootstrap, seed=args.seed)
-    tuned = None if settings is None else tuned_params(args, settings, "high_value")
-    if tuned:
-        cfg.params = dict(tuned["params"])
-    return cfg, (f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default")
+__all__ = ["register"]
 
 
 def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
-    from training.accounts import build_high_value_model, log_and_register, write_traits_report
+    from training.accounts import AccountConfig, build_high_value_model, write_traits_report
+    from training.pipeline import log_and_register
 
     source, export = load_data(args, settings)
     cutoff = args.as_of or export.exported_at
-    cfg, params_source = _config(args, settings if args.register else None)
+    cfg = AccountConfig(window_days=args.horizon, quantile=args.quantile, n_bootstrap=args.bootstrap, seed=args.seed)
+    tuned = tuned_params(settings, Task.HIGH_VALUE.value, args.default_params) if args.register else None
+    if tuned:
+        cfg.params = dict(tuned["params"])
     result = build_high_value_model(export, cfg, cutoff, progress=True)
-    result.scorer.metadata["params_source"] = params_source
+    result.scorer.metadata["params_source"] = f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default"
     paths = write_traits_report(result, Path(args.out))
     print(f"{len(result.snapshots):,} customers with a complete {cfg.window_days}-day value before {cutoff.date()}; "
           f"high value = at least {result.scorer.threshold:,.0f} (top {1 - cfg.quantile:.0%})")
@@ -44,33 +39,8 @@ def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
         result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
                                   artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
                                   alias=settings.model_alias)
-        _print_registered(result, settings)
-    return 0
-
-
-def _print_registered(result, settings: Settings) -> None:
-    print(f"registered high_value version {result.version} as {', '.join('@' + a for a in result.aliases)} "
-          f"(run {result.run_id})")
-    if settings.model_alias not in result.aliases:
-        print("next: `funnelcast promote --task high_value` compares it with the champion")
-
-
-def cmd_train_accounts(args: argparse.Namespace, settings: Settings) -> int:
-    from training.accounts import build_high_value_model, log_and_register
-
-    source, export = load_data(args, settings)
-    cutoff = args.as_of or export.exported_at
-    cfg, params_source = _config(args, settings)
-    result = build_high_value_model(export, cfg, cutoff, progress=True)
-    result.scorer.metadata["params_source"] = params_source
-    result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
-                              artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
-                              alias=settings.model_alias)
-    m, b = result.metrics, result.baseline_metrics
-    print(f"high_value on {len(result.snapshots):,} customers; evaluation on the latest {int(m['n'])}: "
-          f"ROC AUC {m['roc_auc']:.3f} (first deal amount alone {b['roc_auc']:.3f}), Brier {m['brier']:.3f} "
-          f"({b['brier']:.3f}), value Spearman {m['value_spearman']:.3f}")
-    _print_registered(result, settings)
+        print(f"registered high_value version {result.version} as {', '.join('@' + a for a in result.aliases)} "
+              f"(run {result.run_id})")
     return 0
 
 
@@ -81,7 +51,7 @@ def cmd_allocate(args: argparse.Namespace, settings: Settings) -> int:
 
     _, export = load_data(args, settings)
     as_of = args.as_of or export.exported_at
-    loaded = load_scorer(mlflow_client(settings), "lead_quality", settings.model_alias)
+    loaded = load_scorer(mlflow_client(settings), Task.LEAD_QUALITY.value, settings.model_alias)
     scorer = loaded.scorer
     leads = open_leads(export.leads, as_of)
     scored = scorer.score(leads, export.accounts, export.activities, as_of, n_reasons=1)
@@ -98,44 +68,32 @@ def cmd_allocate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _account_args(sp: argparse.ArgumentParser) -> None:
-    data_args(sp)
-    sp.add_argument("--as-of", type=_timestamp, help="use history before this time only (default: export time)")
-    sp.add_argument("--window-days", type=int, default=365, help="customer value window after the first win (default 365)")
-    sp.add_argument("--quantile", type=float, default=0.8, help="high value = at least this quantile of value (default 0.8)")
-    sp.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for trait stability (default 50)")
-    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-
-
-def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("traits", help="mine high-value customer traits (table and plots)",
                        description="Compute customer value per account, mine high-value traits (1-3 conditions with "
                        "support, lift, held-out CI and bootstrap stability) and global SHAP importance; write "
                        "traits.csv, traits.json, importance.csv, traits.png and shap_summary.png to OUT.")
-    _account_args(t)
-    t.add_argument("--out", required=True, help="output folder")
+    data_args(t)
+    as_of_arg(t, "use history before this time only")
+    t.add_argument("--horizon", type=horizon, default=365,
+                   help="customer value window after the first win, e.g. 365d or 52w (default 365d)")
+    t.add_argument("--quantile", type=float, default=0.8, help="high value = at least this quantile of value (default 0.8)")
+    t.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for trait stability (default 50)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--out", required=True, help="output folder (several files)")
     t.add_argument("--register", action="store_true", help="also register the high_value model with its traits "
-                   "(as @challenger; the first version also @champion)")
+                   "(as @challenger; the first version also @champion); `funnelcast train --task high_value` "
+                   "does the same with the default settings")
     t.add_argument("--default-params", action="store_true",
                    help="with --register: ignore the parameters of `funnelcast tune --task high_value`")
     t.set_defaults(func=cmd_traits)
-
-    h = sub.add_parser("train-accounts", help="train, evaluate and register the high_value model",
-                       description="Train the high_value model (P(high value) and expected customer value) on a time "
-                       "split of customers, log it with its traits to MLflow and register it as high_value@challenger (the first "
-                       "version also @champion; later ones wait for `funnelcast promote --task high_value`). Uses the "
-                       "parameters of the last `funnelcast tune --task high_value` when there are some.")
-    _account_args(h)
-    h.add_argument("--default-params", action="store_true",
-                   help="ignore the parameters of `funnelcast tune --task high_value`")
-    h.set_defaults(func=cmd_train_accounts)
 
     a = sub.add_parser("allocate", help="assign open leads to reps (exact, within capacity)",
                        description="Score every lead open at --as-of with lead_quality@champion and assign them to the "
                        "export's reps to maximise total expected value within weekly capacity (exact assignment); "
                        "writes each rep's ordered worklist with why each item is there.")
     data_args(a)
-    a.add_argument("--as-of", type=_timestamp, help="allocation time (default: export time)")
+    as_of_arg(a, "allocation time")
     a.add_argument("--out", required=True, help="output CSV file")
     a.add_argument("--default-capacity", type=int, default=40, help="capacity of a rep without one (default 40)")
     a.add_argument("--seed", type=int, default=0, help="seed of the round-robin comparison (default 0)")

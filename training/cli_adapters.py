@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from features.settings import Settings
-from training.cli import _timestamp, data_args, load_data
+from training.cli_common import data_args, load_data
+from training.cli_common import timestamp as _timestamp
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,8 +77,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAction) -> None:
-    """Add ``import`` and ``audit`` to the ``funnelcast`` command (``score_sub`` is unused)."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``import`` and ``audit`` to the ``funnelcast`` command."""
     i = sub.add_parser(
         "import",
         help="turn a Salesforce/HubSpot/spreadsheet export into the data contract",

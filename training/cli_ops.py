@@ -14,7 +14,8 @@ import pandas as pd
 from features.errors import FunnelcastError
 from features.settings import Settings
 from models.tasks import Task
-from training.cli import _timestamp, data_args, load_data, mlflow_client
+from training.cli_common import data_args, load_data, mlflow_client
+from training.cli_common import timestamp as _timestamp
 
 _TASKS = [t.value for t in Task]
 
@@ -136,7 +137,7 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, score_sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tune", help="Optuna search of the LightGBM parameters (time-ordered CV)",
                        description="Search a task's LightGBM parameters with Optuna: time-ordered cross-validation "
                        "(expanding window over as_of; for stage_conversion each fold's labels censored at its cutoff; "

@@ -1,4 +1,4 @@
-"""Train the deal models (stage conversion, win, timing) and register them as ``stage_conversion``.
+"""The stage_conversion task: the deal models (stage conversion, win, timing) and their scorer.
 
 Snapshots every ``snapshot_every_days``: every deal open at ``as_of``, its features from
 rows before ``as_of`` and what happened later. The labels are **censored at the cutoff**
@@ -10,39 +10,34 @@ the final model and every origin of a backtest:
   open at the start of the period and the period ended before the cutoff; a deal open at
   the cutoff is censored there (it contributes the periods it was seen open).
 
-Evaluation: the model is fitted with its cutoff at the start of the latest window whose
-horizon labels are known (``eval_days`` long, ending ``h`` before the cutoff) and scored
-on that window, against the CRM's stage win rate on the same rows.
+Evaluation: the task's :class:`~models.folds.TimeFold` takes the latest window whose horizon
+labels are known (``eval_days`` long, ending ``h`` before the cutoff); the models are fitted
+with their cutoff at its start and scored on it, against the CRM's stage win rate on the same
+rows. :data:`STAGE_CONVERSION` is the task's :class:`~models.tasks.TaskDefinition`.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from features.contract import Export
-from features.deals import DealFeatureSpec, deal_context, deal_snapshots, snapshot_times
-from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard, period_frame
+from features.deals import DealFeatureSpec, deal_context, deal_snapshots, open_opportunities, snapshot_times
+from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard, period_frame, score_open_deals
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, shap_summary_plot
+from models.explain import shap_summary_plot
+from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
-from models.registry import ScorerModel
-from models.tasks import Task
-from training.provenance import export_fingerprint, provenance_tags
+from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
+from training.outcomes import apply_deal_outcomes
+from training.provenance import export_fingerprint
 
-DAY = pd.Timedelta(days=1)
 #: LightGBM settings of the deal models over the shared defaults: one thread (OpenMP threads
 #: spinning against other work on a small machine made a fit 28x slower), faster learning.
 DEAL_PARAMS: dict[str, Any] = {"num_threads": 1, "learning_rate": 0.05}
@@ -55,9 +50,6 @@ TIMING_PARAMS: dict[str, Any] = {
 TIMING_LAYOUTS = ("competing_risks", "close_share")
 #: Fewest positives a fit or calibration window may hold.
 MIN_POSITIVES = 10
-#: Columns of a snapshot frame that are not features (ids, labels, the future).
-LABEL_COLUMNS = ("opportunity_id", "as_of", "amount_filled", "expected_close_date", "crm_stage_win_rate",
-                 "next_stage_at", "closed_at", "won", "won_amount")
 
 
 @dataclass
@@ -99,6 +91,12 @@ class DealTrainConfig:
     refit_timing: bool = False
 
     @property
+    def fold(self) -> TimeFold:
+        """The evaluation window (``eval_days``, labels known a horizon before the cutoff); the
+        calibration windows are chosen per fit (see :func:`fit_and_calibration_rows`)."""
+        return TimeFold(horizon=self.horizon_days, evaluate=self.eval_days, calibrate=self.calib_days)
+
+    @property
     def period_days(self) -> float:
         return self.horizon_days / PERIODS_PER_HORIZON
 
@@ -111,17 +109,9 @@ class DealTrainConfig:
         return params, self.timing_calibration or ("intercept" if cr else "platt")
 
 
-@dataclass
-class DealTrainResult:
+@dataclass(kw_only=True)
+class DealTrainResult(TrainResult):
     scorer: DealScorer
-    metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
-    evaluation: pd.DataFrame
-    snapshots: pd.DataFrame
-    windows: dict[str, str]
-    run_id: str | None = None
-    version: str | None = None
-    aliases: list[str] = field(default_factory=list)
 
 
 def build_snapshots(
@@ -229,7 +219,7 @@ def timing_models(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame
     0.020 -> 0.016 on two more seeds); on Maven CRM it took P(won within 30 d) from AUC 0.60 to
     0.54. Choosing per fit by the log loss of the calibration rows' outcomes (won, lost, open)
     picked the worse layout at one origin of four on the sample and did not restore Maven, so
-    the layout is a setting (``funnelcast train-deals --timing-layout``), not a per-fit choice.
+    the layout is a setting (``funnelcast train --task stage_conversion --timing-layout``), not a per-fit choice.
     """
     if cfg.timing_layout == "competing_risks":
         return (_classifier(spec, cfg, fit, cal, cols, "won_label", "win hazard"),
@@ -392,20 +382,25 @@ def deal_metrics(ev: pd.DataFrame, prefix_model: str = "", baseline: str = "stag
     return model, base
 
 
+def _times(snaps: pd.DataFrame) -> list[pd.Timestamp]:
+    return list(pd.DatetimeIndex(snaps["as_of"].unique()).sort_values())
+
+
 def build_deal_model(
     export: Export, cfg: DealTrainConfig, cutoff: pd.Timestamp, progress: bool = False,
     snaps: pd.DataFrame | None = None, spec: DealFeatureSpec | None = None,
 ) -> DealTrainResult:
-    """Snapshots, a time-split evaluation against the stage win rate, and the final scorer."""
-    if snaps is None or spec is None:
-        spec, snaps = build_snapshots(export, cutoff, cfg, progress=progress)
-    h = pd.Timedelta(days=cfg.horizon_days)
-    last_labelled = snaps.loc[snaps["as_of"] + h <= cutoff, "as_of"].max()
-    eval_start = last_labelled - pd.Timedelta(days=cfg.eval_days) + DAY
-    ev_scorer = fit_deal_scorer(export, snaps, spec, eval_start, cfg, surrogate=False)
-    ev_rows = snaps[(snaps["as_of"] >= eval_start) & (snaps["as_of"] <= last_labelled)]
-    evaluation = evaluation_frame(ev_scorer, ev_rows, cutoff)
-    metrics, baseline = deal_metrics(evaluation)
+    """Snapshots (unless given with their ``spec``), a time-split evaluation against the stage win
+    rate, and the final scorer (no MLflow)."""
+    given = None
+    if snaps is not None and spec is not None:
+        given = Snapshots(spec=spec, frame=snaps, times=_times(snaps), cutoff=cutoff)
+    return build_task(STAGE_CONVERSION, export, cutoff, cfg, progress=progress, snapshots=given)  # type: ignore[return-value]
+
+
+def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfig) -> DealScorer:
+    """The registered deal scorer: every model fitted at the cutoff, with its drift reference."""
+    snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
     scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
     # drift reference (`funnelcast drift --task stage_conversion`): the deals open in the snapshots of
     # the final model's calibration window, and their P(won)
@@ -414,6 +409,7 @@ def build_deal_model(
     recent = recent if len(recent) else known[known["as_of"] == known["as_of"].max()]
     reference = reference_profile(recent[spec.feature_names], scorer.predict(recent[spec.feature_names])["p_win"].to_numpy(),
                                   spec.categorical_features)
+    labels = snapshots.outcome_labels
     scorer.metadata = {
         **scorer.metadata,
         "reference": reference,
@@ -424,96 +420,116 @@ def build_deal_model(
         "rows": len(snaps),
         "train_config": asdict(cfg),
         "data_fingerprint": export_fingerprint(export),
+        "outcome_labels": labels.__dict__ if labels else None,
     }
-    windows = {
-        "evaluate": f"{eval_start.date()}..{last_labelled.date()} ({ev_rows['as_of'].nunique()})",
-        "fit_until": str(eval_start.date()),
-        "calibration_days": str(scorer.metadata["calibration_days"]),
-    }
-    return DealTrainResult(scorer=scorer, metrics=metrics, baseline_metrics=baseline, evaluation=evaluation,
-                           snapshots=snaps, windows=windows)
+    return scorer
 
 
-def log_and_register_deals(
-    result: DealTrainResult,
-    client: MlflowClient,
-    *,
-    experiment: str,
-    artifact_location: str | None,
-    cfg: DealTrainConfig,
-    data_source: str,
-    alias: str = "champion",
-    challenger_alias: str = "challenger",
-) -> DealTrainResult:
-    """Log params, metrics, plots and the pyfunc; register ``stage_conversion`` (first version: champion)."""
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    scorer = result.scorer
-    name = Task.STAGE_CONVERSION.value
-    cols = scorer.spec.feature_names
-    timing_params, timing_calibration = cfg.timing_settings()
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
-        mlflow.set_tags({"task": name, "data_source": data_source})
-        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
-        mlflow.log_params(
-            {
-                "task": name,
-                "train_from": scorer.metadata["train_from"],
-                "trained_until": scorer.metadata["trained_until"],
-                "horizon_days": cfg.horizon_days,
-                "period_days": round(cfg.period_days, 3),
-                "n_periods": cfg.n_periods,
-                "snapshot_every_days": cfg.snapshot_every_days,
-                "snapshots": scorer.metadata["snapshots"],
-                "rows": scorer.metadata["rows"],
-                "n_features": len(cols),
-                "seed": cfg.seed,
-                "timing_model": {"competing_risks": "discrete-time win and loss hazards (competing risks)",
-                                 "close_share": "discrete-time close hazard x win share"}[cfg.timing_layout]
-                + ", censored at the cutoff",
-                "timing_calibration": timing_calibration,
-                **{f"split_{k}": v for k, v in result.windows.items()},
-                **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **DEAL_PARAMS, **cfg.params}.items()},
-                **{f"timing_lgbm_{k}": v for k, v in timing_params.items()},
-            }
-        )
-        mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"baseline_stage_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            (d / "features.json").write_text(json.dumps({"features": cols, "spec": scorer.spec.__dict__}, indent=2,
-                                                        default=str))
-            ev = result.evaluation
-            decided = ev[ev["won"].notna()]
-            calibration_plot(decided["won"].to_numpy(), {"funnelcast P(won)": decided["p_win"].to_numpy(),
-                                                         "stage win rate": decided["stage_win_rate"].to_numpy()},
-                             str(d / "calibration_win.png"), title="Deal win: calibration (decided deals)")
-            calibration_plot(ev["won_within_horizon"].to_numpy(),
-                             {"funnelcast": ev["p_win_within_horizon"].to_numpy()},
-                             str(d / "calibration_win_within_horizon.png"), title="Won within the horizon")
-            if scorer.surrogate is not None:
-                sample = result.snapshots.sample(n=min(2000, len(result.snapshots)), random_state=cfg.seed)[cols]
-                contrib = log_odds_contributions(scorer.surrogate.contributions(sample), cols)
-                shap_summary_plot(contrib, sample, str(d / "shap_summary_p_win.png"))
-            ev.to_csv(d / "evaluation_predictions.csv", index=False)
-            mlflow.log_artifacts(str(d), artifact_path="report")
-            joblib.dump(scorer, d / "scorer.joblib")
-            example = result.snapshots[cols].head(5)
-            signature = infer_signature(example, pd.DataFrame({"probability": scorer.predict_proba(example)}))
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=ScorerModel(),
-                artifacts={"scorer": str(d / "scorer.joblib")},
-                signature=signature,
-                input_example=example,
-                registered_model_name=name,
-            )
-        version = str(info.registered_model_version)
-        aliases = [challenger_alias]
-        if alias not in client.get_registered_model(name).aliases:
-            aliases.append(alias)
-        for a in aliases:
-            client.set_registered_model_alias(name, a, version)
-        client.set_model_version_tag(name, version, "trained_until", scorer.metadata["trained_until"])
-        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
-    return result
+def _timing_description(layout: str) -> str:
+    return {"competing_risks": "discrete-time win and loss hazards (competing risks)",
+            "close_share": "discrete-time close hazard x win share"}[layout] + ", censored at the cutoff"
+
+
+class StageConversion:
+    """The stage_conversion :class:`~models.tasks.TaskDefinition`: P(next stage), P(won) and when, per open deal."""
+
+    task = Task.STAGE_CONVERSION
+    baseline = "baseline_stage"
+
+    def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
+               exclude: tuple[str, ...] = ()) -> DealTrainConfig:
+        return DealTrainConfig(horizon_days=horizon_days, snapshot_every_days=snapshot_every_days, exclude=exclude,
+                               seed=seed)
+
+    def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+        return open_opportunities(export.opportunities, export.stage_history, as_of)
+
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: DealTrainConfig, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        """Deal snapshots up to ``cutoff``, with the stored deal outcomes at or before it applied
+        (``outcomes`` None: the export alone); labels are censored per fit (:func:`fit_deal_scorer`)."""
+        spec, snaps = build_snapshots(export, cutoff, config, progress=progress)
+        stats = None
+        if outcomes is not None:
+            known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
+            snaps, stats = apply_deal_outcomes(snaps, known, spec.open_stages[-1] if len(spec.open_stages) else None)
+        return Snapshots(spec=spec, frame=snaps, times=_times(snaps), cutoff=cutoff, outcome_labels=stats)
+
+    def fold(self, config: DealTrainConfig, snapshots: Snapshots) -> TimeFold:
+        return config.fold
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: DealTrainConfig) -> DealScorer:
+        """Every deal model with labels censored where the evaluation window starts (no surrogate)."""
+        return fit_deal_scorer(export, snapshots.frame, snapshots.spec, split.cutoff, config, surrogate=False)
+
+    def evaluate(self, model: DealScorer, snapshots: Snapshots, split: Split, config: DealTrainConfig) -> Evaluation:
+        """The deal models against the CRM's stage win rate, outcomes as known at the cutoff."""
+        snaps = snapshots.frame
+        frame = evaluation_frame(model, snaps[snaps["as_of"].isin(split.evaluate)], snapshots.cutoff)
+        metrics, baseline = deal_metrics(frame)
+        return Evaluation(metrics, baseline, frame)
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: DealTrainConfig) -> DealTrainResult:
+        scorer = _final_deal_scorer(export, snapshots, config)
+        windows = {"evaluate": split.describe()["evaluate"], "fit_until": str(split.cutoff.date()),
+                   "calibration_days": str(scorer.metadata["calibration_days"])}
+        return DealTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                               evaluation=evaluation.frame, snapshots=snapshots.frame, windows=windows)
+
+    def run_params(self, result: TrainResult, config: DealTrainConfig) -> dict[str, object]:
+        meta = result.scorer.metadata
+        timing_params, timing_calibration = config.timing_settings()
+        return {
+            "horizon_days": config.horizon_days,
+            "period_days": round(config.period_days, 3),
+            "n_periods": config.n_periods,
+            "snapshot_every_days": config.snapshot_every_days,
+            "snapshots": meta["snapshots"],
+            "rows": meta["rows"],
+            "timing_model": _timing_description(config.timing_layout),
+            "timing_calibration": timing_calibration,
+            **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **DEAL_PARAMS, **config.params}.items()},
+            **{f"timing_lgbm_{k}": v for k, v in timing_params.items()},
+        }
+
+    def write_report(self, result: TrainResult, config: DealTrainConfig, folder: Path) -> None:
+        d = folder / "report"
+        ev = result.evaluation
+        decided = ev[ev["won"].notna()]
+        calibration_plot(decided["won"].to_numpy(), {"funnelcast P(won)": decided["p_win"].to_numpy(),
+                                                     "stage win rate": decided["stage_win_rate"].to_numpy()},
+                         str(d / "calibration_win.png"), title="Deal win: calibration (decided deals)")
+        calibration_plot(ev["won_within_horizon"].to_numpy(), {"funnelcast": ev["p_win_within_horizon"].to_numpy()},
+                         str(d / "calibration_win_within_horizon.png"), title="Won within the horizon")
+        if result.scorer.surrogate is not None:
+            snaps, cols = result.snapshots, result.scorer.spec.feature_names
+            sample = snaps.sample(n=min(2000, len(snaps)), random_state=config.seed)[cols]
+            shap_summary_plot(result.scorer.explain(sample), sample, str(d / "shap_summary_p_win.png"))
+
+    def summary(self, result: TrainResult) -> str:
+        h = result.scorer.spec.horizon_days
+        rows = [{"target": target, "metric": metric, "funnelcast": result.metrics[f"{key}_{metric}"],
+                 "stage win rate": result.baseline_metrics[f"{key}_{metric}"]}
+                for target, key in (("won (decided deals)", "win"), (f"won within {h} d", "win_h"),
+                                    (f"next stage within {h} d", "next"))
+                for metric in ("roc_auc", "brier", "calibration_error")]
+        return f"evaluation window {result.windows['evaluate']}\n{pd.DataFrame(rows).round(4).to_string(index=False)}"
+
+    def score(self, scorer: DealScorer, export: Export, as_of: pd.Timestamp) -> Scored:
+        return Scored(scored_deals_table(export, scorer, as_of), "deals")
+
+
+def scored_deals_table(export: Export, scorer: DealScorer, as_of: pd.Timestamp, n_reasons: int = 5) -> pd.DataFrame:
+    """Every deal open at ``as_of``, scored, by expected value: probabilities, close date, reasons as text."""
+    scored, _ = score_open_deals(export, scorer, as_of, n_reasons=n_reasons)
+    out = scored[["opportunity_id", "stage", "p_win", "p_win_within_horizon", "p_next_stage", "expected_close_date",
+                  "amount", "amount_predicted", "expected_value"]].copy()
+    out["expected_close_date"] = out["expected_close_date"].dt.date
+    for k in range(n_reasons):
+        out[f"reason_{k + 1}"] = [r[k]["text"] if len(r) > k else "" for r in scored["reasons"]]
+    out["warnings"] = ["; ".join(w) for w in scored["warnings"]]
+    return out.sort_values(["expected_value", "opportunity_id"], ascending=[False, True], ignore_index=True)
+
+
+STAGE_CONVERSION = StageConversion()

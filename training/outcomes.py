@@ -10,6 +10,7 @@ changes nothing; outcomes only ever touch labels, never features.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ def stored_outcomes(url: str, task: str, cutoff: pd.Timestamp | None = None) -> 
 
     An empty frame when the database or its ``outcomes`` table does not exist yet.
     """
-    if url.startswith("sqlite:///") and not __import__("pathlib").Path(url.removeprefix("sqlite:///")).exists():
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return pd.DataFrame(columns=COLUMNS)
     engine = create_engine(url, future=True)
     try:
@@ -145,27 +146,3 @@ def apply_deal_outcomes(
         rows_dropped=int(drop.sum()),
     )
     return out[kept].reset_index(drop=True), stats
-
-
-def build_deal_model_with_outcomes(export, cfg, cutoff: pd.Timestamp, outcomes: pd.DataFrame | None,
-                                   progress: bool = False):
-    """``training.deals.build_deal_model`` with the stored deal outcomes at or before ``cutoff``
-    applied to its snapshots (``outcomes`` None: the export alone). Returns the result and the
-    :class:`DealOutcomeLabels` (None without outcomes); the stats go into the scorer's metadata."""
-    from training.deals import build_deal_model, build_snapshots
-
-    spec, snaps = build_snapshots(export, cutoff, cfg, progress=progress)
-    stats = None
-    if outcomes is not None:
-        known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
-        snaps, stats = apply_deal_outcomes(snaps, known, spec.open_stages[-1] if len(spec.open_stages) else None)
-    result = build_deal_model(export, cfg, cutoff, progress=progress, snaps=snaps, spec=spec)
-    result.scorer.metadata["outcome_labels"] = stats.__dict__ if stats else None
-    return result, stats
-
-
-def log_outcome_labels(client, run_id: str, stats: OutcomeLabels | None) -> None:
-    """On a finished training run: ``stored_outcomes`` (used / off) and the ``outcomes_*`` metrics."""
-    client.log_param(run_id, "stored_outcomes", "used" if stats is not None else "off")
-    for k, v in (stats.as_metrics() if stats is not None else {}).items():
-        client.log_metric(run_id, k, v)

@@ -1,34 +1,21 @@
-"""Train the lead-quality model on point-in-time snapshots and register it in MLflow.
+"""The lead_quality task: point-in-time lead snapshots, the time-fold evaluation, the scorer.
 
-The split is by time. With ``cutoff`` the training cutoff (``--as-of``, default the export
-time) and ``h`` the horizon, labelled snapshots have ``as_of <= cutoff - h``:
-
-* **evaluate**: the latest ``eval_days`` of labelled snapshots;
-* **calibrate**: the ``calib_days`` of snapshots ending ``h`` before the evaluation window
-  (so no training label looks into the evaluation period), used for early stopping and
-  Platt scaling;
-* **fit**: everything earlier.
-
-The registered model is then refitted the same way on all labelled snapshots (its
-calibration window being the latest ``calib_days``), with the context of ``cutoff``.
-The metrics logged are those of the held-out evaluation, for the model and for the
-naive-Bayes baseline (Odoo's approach) on the same rows.
+The split is the task's :class:`~models.folds.TimeFold` over the labelled snapshot times
+(``as_of <= cutoff - h``): the latest ``eval_days`` evaluate, the ``calib_days`` ending a
+horizon before them calibrate (early stopping, Platt scaling), everything earlier fits. The
+registered model is then refitted on the fold's final split (its calibration window being
+the latest ``calib_days``), with the context of ``cutoff``. The metrics are those of the
+held-out evaluation, for the model and for the naive-Bayes baseline (Odoo's approach) on the
+same rows. :data:`LEAD_QUALITY` is the task's :class:`~models.tasks.TaskDefinition`.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
-import mlflow
-import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.leads import (
@@ -38,19 +25,20 @@ from features.leads import (
     lead_snapshots,
     snapshot_times,
 )
+from features.pit import open_leads
 from models.baselines import NaiveBayesLeadScore
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
-from models.explain import log_odds_contributions, shap_summary_plot
+from models.explain import shap_summary_plot
+from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
-from models.registry import ScorerModel
 from models.scorer import LeadScorer, grade_cuts_from
-from models.tasks import Task
-from training.outcomes import OutcomeLabels, apply_outcomes
-from training.provenance import export_fingerprint, provenance_tags
+from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
+from training.outcomes import apply_outcomes
+from training.provenance import export_fingerprint
+from training.score import score_open_leads
 
-DAY = pd.Timedelta(days=1)
 #: Fewest conversions a fit or calibration window may hold before training refuses.
 MIN_POSITIVES = 10
 
@@ -66,59 +54,22 @@ class TrainConfig:
     exclude: tuple[str, ...] = ()
     seed: int = 0
 
-
-@dataclass
-class SplitPlan:
-    fit: list[pd.Timestamp]
-    calibrate: list[pd.Timestamp]
-    evaluate: list[pd.Timestamp]
-
-    def describe(self) -> dict[str, str]:
-        def span(ts: list[pd.Timestamp]) -> str:
-            return f"{ts[0].date()}..{ts[-1].date()} ({len(ts)})" if ts else "none"
-
-        return {"fit": span(self.fit), "calibrate": span(self.calibrate), "evaluate": span(self.evaluate)}
+    @property
+    def fold(self) -> TimeFold:
+        return TimeFold(horizon=self.horizon_days, evaluate=self.eval_days, calibrate=self.calib_days)
 
 
-@dataclass
-class TrainResult:
-    scorer: LeadScorer
-    metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
-    plan: SplitPlan
-    evaluation: pd.DataFrame
-    snapshots: pd.DataFrame
-    outcome_labels: OutcomeLabels | None = None  # None: trained without stored outcomes
-    run_id: str | None = None
-    version: str | None = None
-    aliases: list[str] = field(default_factory=list)
-
-
-def split_times(times: list[pd.Timestamp], horizon_days: int, eval_days: int, calib_days: int) -> SplitPlan:
-    """Time split of snapshot times into fit / calibrate / evaluate (see module docstring)."""
-    if not times:
-        raise ValueError("no snapshot time to split")
-    last = times[-1]
-    h = pd.Timedelta(days=horizon_days)
-    eval_start = last - pd.Timedelta(days=eval_days) + DAY
-    evaluate = [t for t in times if t >= eval_start] if eval_days else []
-    cal_end = eval_start - h if eval_days else last
-    cal_start = cal_end - pd.Timedelta(days=calib_days)
-    calibrate = [t for t in times if cal_start < t <= cal_end]
-    fit = [t for t in times if t <= cal_start]
-    if not fit or not calibrate:
-        raise ValueError(
-            f"not enough history for a time split: snapshots {times[0].date()}..{last.date()}, "
-            f"horizon {horizon_days}d, evaluation {eval_days}d, calibration {calib_days}d"
-        )
-    return SplitPlan(fit=fit, calibrate=calibrate, evaluate=evaluate)
+@dataclass(kw_only=True)
+class LeadTrainResult(TrainResult):
+    #: The evaluation split of the snapshot times.
+    plan: Split
 
 
 def _rows(snaps: pd.DataFrame, times: list[pd.Timestamp]) -> pd.DataFrame:
     return snaps[snaps["as_of"].isin(times)]
 
 
-def _fit(snaps: pd.DataFrame, plan: SplitPlan, spec: LeadFeatureSpec, cfg: TrainConfig) -> CalibratedBoostedClassifier:
+def _fit(snaps: pd.DataFrame, plan: Split, spec: LeadFeatureSpec, cfg: TrainConfig) -> CalibratedBoostedClassifier:
     fit, cal = _rows(snaps, plan.fit), _rows(snaps, plan.calibrate)
     cols = spec.feature_names
     return CalibratedBoostedClassifier(spec.categorical_features, params=cfg.params, random_state=cfg.seed).fit(
@@ -126,8 +77,15 @@ def _fit(snaps: pd.DataFrame, plan: SplitPlan, spec: LeadFeatureSpec, cfg: Train
     )
 
 
-def _naive_bayes_columns(spec: LeadFeatureSpec) -> list[str]:
-    return spec.categorical_features
+def _check_positives(snaps: pd.DataFrame, plan: Split) -> None:
+    for window, key in (("fit", "fit"), ("calibration", "calibrate")):
+        positives = int(_rows(snaps, getattr(plan, key))["label"].sum())
+        if positives < MIN_POSITIVES:
+            raise ValueError(
+                f"only {positives} conversion(s) in the {window} window {plan.describe()[key]}: "
+                f"too few to learn from (at least {MIN_POSITIVES}); the history may start before outcomes were "
+                "recorded, so train with --as-of later or on a longer export"
+            )
 
 
 def build_lead_model(
@@ -136,52 +94,28 @@ def build_lead_model(
     cutoff: pd.Timestamp,
     progress: bool = False,
     outcomes: pd.DataFrame | None = None,
-) -> TrainResult:
+) -> LeadTrainResult:
     """Snapshots, time-split evaluation against naive Bayes, and the final scorer (no MLflow).
 
     ``outcomes`` (``record_id``, ``outcome``, ``occurred_at``; see ``training.outcomes``):
     outcomes the CRM reported through the API, which decide the label of every snapshot
     whose label window they fall in; those after ``cutoff`` are ignored.
     """
-    h = pd.Timedelta(days=cfg.horizon_days)
-    start = export.leads["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
-    times = snapshot_times(start, cutoff - h, cfg.snapshot_every_days)
-    spec = LeadFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
-    snaps = lead_snapshots(export, times, spec, progress=progress)
-    outcome_labels = None
-    if outcomes is not None:
-        known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
-        snaps, outcome_labels = apply_outcomes(snaps, known, "lead_id", cfg.horizon_days)
+    return build_task(LEAD_QUALITY, export, cutoff, cfg, progress=progress, outcomes=outcomes)  # type: ignore[return-value]
+
+
+def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp], spec: LeadFeatureSpec,
+                  cfg: TrainConfig, cutoff: pd.Timestamp) -> LeadScorer:
+    """The registered model: refitted on the fold's final split, with the context of ``cutoff``."""
     cols = spec.feature_names
-
-    plan = split_times(times, cfg.horizon_days, cfg.eval_days, cfg.calib_days)
-    for window, ts in (("fit", plan.fit), ("calibration", plan.calibrate)):
-        positives = int(_rows(snaps, ts)["label"].sum())
-        if positives < MIN_POSITIVES:
-            raise ValueError(
-                f"only {positives} conversion(s) in the {window} window {plan.describe()[window if window == 'fit' else 'calibrate']}: "
-                f"too few to learn from (at least {MIN_POSITIVES}); the history may start before outcomes were "
-                "recorded, so train with --as-of later or on a longer export"
-            )
-    clf = _fit(snaps, plan, spec, cfg)
-    ev = _rows(snaps, plan.evaluate)
-    y_ev = ev["label"].to_numpy()
-    p_model = clf.predict_proba(ev[cols])
-    train_rows = _rows(snaps, plan.fit + plan.calibrate)
-    nb = NaiveBayesLeadScore(_naive_bayes_columns(spec)).fit(train_rows[cols], train_rows["label"].to_numpy())
-    p_nb = nb.predict_proba(ev[cols])
-    metrics = classification_metrics(y_ev, p_model)
-    baseline = classification_metrics(y_ev, p_nb)
-    evaluation = ev[["lead_id", "as_of", "label"]].assign(p_model=p_model, p_naive_bayes=p_nb)
-
-    final_plan = split_times(times, cfg.horizon_days, 0, cfg.calib_days)
+    final_plan = cfg.fold.final(times)
     final = _fit(snaps, final_plan, spec, cfg)
     every = _rows(snaps, final_plan.fit + final_plan.calibrate)
     # drift reference: the final model's latest training rows (its calibration window) and their scores
     recent = _rows(snaps, final_plan.calibrate)[cols]
     reference = reference_profile(recent, final.predict_proba(recent), spec.categorical_features)
     value_map, value_overall = converted_lead_value(export, cutoff)
-    scorer = LeadScorer(
+    return LeadScorer(
         spec=spec,
         context=lead_context(export, cutoff, cfg.horizon_days),
         classifier=final,
@@ -197,107 +131,105 @@ def build_lead_model(
             "train_config": asdict(cfg),
             "data_fingerprint": export_fingerprint(export),
             "reference": reference,
-            "outcome_labels": outcome_labels.__dict__ if outcome_labels else None,
         },
     )
-    return TrainResult(
-        scorer=scorer, metrics=metrics, baseline_metrics=baseline, plan=plan, evaluation=evaluation, snapshots=snaps,
-        outcome_labels=outcome_labels,
-    )
 
 
-def log_and_register(
-    result: TrainResult,
-    client: MlflowClient,
-    *,
-    experiment: str,
-    artifact_location: str | None,
-    cfg: TrainConfig,
-    data_source: str,
-    alias: str = "champion",
-    challenger_alias: str = "challenger",
-) -> TrainResult:
-    """Log params, metrics, plots and the pyfunc to MLflow; register it as ``challenger_alias``.
+SUMMARY_METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "calibration_error", "top_decile_capture")
 
-    The first registered version also becomes ``alias`` (the champion) directly; later ones
-    wait for ``funnelcast promote`` to compare them with the champion.
-    """
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    scorer = result.scorer
-    name = Task.LEAD_QUALITY.value
-    snaps = result.snapshots
-    cols = scorer.spec.feature_names
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}-{scorer.trained_until.date()}") as run:
-        mlflow.set_tags({"task": name, "data_source": data_source})
-        mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))  # type: ignore[arg-type]
-        mlflow.log_params(
-            {
-                "task": name,
-                "train_from": scorer.metadata["train_from"],
-                "trained_until": scorer.metadata["trained_until"],
-                "horizon_days": cfg.horizon_days,
-                "snapshot_every_days": cfg.snapshot_every_days,
-                "snapshots": scorer.metadata["snapshots"],
-                "rows": scorer.metadata["rows"],
-                "n_features": len(cols),
-                "n_rounds": scorer.classifier.n_rounds_,
-                "calibration": "platt",
-                "seed": cfg.seed,
-                "params_source": str(scorer.metadata.get("params_source", "default")),
-                **{f"split_{k}": v for k, v in result.plan.describe().items()},
-                **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **cfg.params}.items()},
-            }
+
+class LeadQuality:
+    """The lead_quality :class:`~models.tasks.TaskDefinition`: P(a lead converts within the horizon)."""
+
+    task = Task.LEAD_QUALITY
+    baseline = "baseline_nb"
+
+    def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
+               exclude: tuple[str, ...] = ()) -> TrainConfig:
+        return TrainConfig(horizon_days=horizon_days, snapshot_every_days=snapshot_every_days, exclude=exclude,
+                           seed=seed)
+
+    def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+        return open_leads(export.leads, as_of)
+
+    def snapshots(self, export: Export, cutoff: pd.Timestamp, config: TrainConfig, *, progress: bool = False,
+                  outcomes: pd.DataFrame | None = None) -> Snapshots:
+        h = pd.Timedelta(days=config.horizon_days)
+        start = export.leads["created_at"].min() + pd.Timedelta(days=config.warmup_days)
+        times = snapshot_times(start, cutoff - h, config.snapshot_every_days)
+        spec = LeadFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude,
+                                           as_of=cutoff)
+        frame = lead_snapshots(export, times, spec, progress=progress)
+        outcome_labels = None
+        if outcomes is not None:
+            known = outcomes[pd.to_datetime(outcomes["occurred_at"], utc=True) <= cutoff]
+            frame, outcome_labels = apply_outcomes(frame, known, "lead_id", config.horizon_days)
+        return Snapshots(spec=spec, frame=frame, times=times, cutoff=cutoff, outcome_labels=outcome_labels)
+
+    def fold(self, config: TrainConfig, snapshots: Snapshots) -> TimeFold:
+        return config.fold
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: TrainConfig,
+            ) -> CalibratedBoostedClassifier:
+        _check_positives(snapshots.frame, split)
+        return _fit(snapshots.frame, split, snapshots.spec, config)
+
+    def evaluate(self, model: CalibratedBoostedClassifier, snapshots: Snapshots, split: Split,
+                 config: TrainConfig) -> Evaluation:
+        """The model against naive Bayes (fitted on the same fit and calibration rows)."""
+        snaps, cols = snapshots.frame, snapshots.spec.feature_names
+        ev = _rows(snaps, split.evaluate)
+        y_ev = ev["label"].to_numpy()
+        p_model = model.predict_proba(ev[cols])
+        train_rows = _rows(snaps, split.fit + split.calibrate)
+        nb = NaiveBayesLeadScore(snapshots.spec.categorical_features).fit(train_rows[cols],
+                                                                          train_rows["label"].to_numpy())
+        p_nb = nb.predict_proba(ev[cols])
+        frame = ev[["lead_id", "as_of", "label"]].assign(p_model=p_model, p_naive_bayes=p_nb)
+        return Evaluation(classification_metrics(y_ev, p_model), classification_metrics(y_ev, p_nb), frame)
+
+    def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
+              config: TrainConfig) -> LeadTrainResult:
+        scorer = _final_scorer(export, snapshots.frame, snapshots.times, snapshots.spec, config, snapshots.cutoff)
+        labels = snapshots.outcome_labels
+        scorer.metadata["outcome_labels"] = labels.__dict__ if labels else None
+        return LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                               plan=split, windows=split.describe(), evaluation=evaluation.frame,
+                               snapshots=snapshots.frame)
+
+    def run_params(self, result: TrainResult, config: TrainConfig) -> dict[str, object]:
+        meta = result.scorer.metadata
+        return {
+            "horizon_days": config.horizon_days,
+            "snapshot_every_days": config.snapshot_every_days,
+            "snapshots": meta["snapshots"],
+            "rows": meta["rows"],
+            "n_rounds": result.scorer.classifier.n_rounds_,
+            "calibration": "platt",
+            **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **config.params}.items()},
+        }
+
+    def write_report(self, result: TrainResult, config: TrainConfig, folder: Path) -> None:
+        d = folder / "report"
+        ev = result.evaluation
+        calibration_plot(
+            ev["label"].to_numpy(),
+            {"funnelcast": ev["p_model"].to_numpy(), "naive Bayes (Odoo-style)": ev["p_naive_bayes"].to_numpy()},
+            str(d / "calibration.png"),
+            title="Lead quality: calibration on the evaluation window",
         )
-        mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"baseline_nb_{k}": v for k, v in result.baseline_metrics.items() if np.isfinite(v)})
-        mlflow.log_param("stored_outcomes", "used" if result.outcome_labels is not None else "off")
-        if result.outcome_labels is not None:
-            mlflow.log_metrics(result.outcome_labels.as_metrics())
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            (d / "features.json").write_text(
-                json.dumps(
-                    {"features": cols, "categorical": scorer.spec.categorical_features, "spec": scorer.spec.__dict__},
-                    indent=2,
-                    default=str,
-                )
-            )
-            ev = result.evaluation
-            calibration_plot(
-                ev["label"].to_numpy(),
-                {"funnelcast": ev["p_model"].to_numpy(), "naive Bayes (Odoo-style)": ev["p_naive_bayes"].to_numpy()},
-                str(d / "calibration.png"),
-                title="Lead quality: calibration on the evaluation window",
-            )
-            sample = snaps.sample(n=min(2000, len(snaps)), random_state=cfg.seed)[cols]
-            clf = scorer.classifier
-            contrib = log_odds_contributions(clf.contributions(sample), cols, clf.calib_slope_, clf.calib_intercept_)
-            shap_summary_plot(contrib, sample, str(d / "shap_summary.png"))
-            ev.to_csv(d / "evaluation_predictions.csv", index=False)
-            (d / "reference_distributions.json").write_text(json.dumps(scorer.metadata.get("reference"), indent=1))
-            mlflow.log_artifacts(str(d), artifact_path="report")
-            joblib.dump(scorer, d / "scorer.joblib")
-            example = snaps[cols].head(5)
-            signature = infer_signature(example, _pyfunc_output(scorer, example))
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=ScorerModel(),
-                artifacts={"scorer": str(d / "scorer.joblib")},
-                signature=signature,
-                input_example=example,
-                registered_model_name=name,
-            )
-        version = str(info.registered_model_version)
-        aliases = [challenger_alias]
-        if alias not in client.get_registered_model(name).aliases:
-            aliases.append(alias)  # a first model becomes champion directly
-        for a in aliases:
-            client.set_registered_model_alias(name, a, version)
-        client.set_model_version_tag(name, version, "trained_until", scorer.metadata["trained_until"])
-        result.run_id, result.version, result.aliases = run.info.run_id, version, aliases
-    return result
+        snaps, cols = result.snapshots, result.scorer.spec.feature_names
+        sample = snaps.sample(n=min(2000, len(snaps)), random_state=config.seed)[cols]
+        shap_summary_plot(result.scorer.explain(sample), sample, str(d / "shap_summary.png"))
+
+    def summary(self, result: TrainResult) -> str:
+        m, b = result.metrics, result.baseline_metrics
+        table = pd.DataFrame({"funnelcast": [m[r] for r in SUMMARY_METRICS],
+                              "naive Bayes": [b[r] for r in SUMMARY_METRICS]}, index=list(SUMMARY_METRICS))
+        return f"evaluation window {result.windows['evaluate']}\n{table.round(4).to_string()}"
+
+    def score(self, scorer: LeadScorer, export: Export, as_of: pd.Timestamp) -> Scored:
+        return Scored(score_open_leads(export, scorer, as_of), "leads")
 
 
-def _pyfunc_output(scorer: LeadScorer, X: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"probability": scorer.predict_proba(X)})
+LEAD_QUALITY = LeadQuality()

@@ -7,7 +7,7 @@ and what a fold fits differ:
   fold *k* truncates the snapshot times ``k * fold_days`` before the last labelled one and
   applies the training split to what is left (fit on the early part, early stopping and
   Platt scaling on the calibration window, validate on the latest ``eval_days``, a horizon
-  apart as in :func:`training.train.split_times`). Objective: mean validation log loss of
+  apart as in :class:`models.folds.TimeFold`). Objective: mean validation log loss of
   "converts within the horizon".
 * ``stage_conversion`` (:func:`tune_deals`): fold *k* validates on the deal snapshots of one
   ``fold_days`` window (the latest ending at the last snapshot whose horizon is labelled at
@@ -54,7 +54,8 @@ from models.estimators import DEFAULT_PARAMS
 from models.metrics import classification_metrics
 from models.tasks import Task
 from training.provenance import export_fingerprint, provenance_tags
-from training.train import SplitPlan, TrainConfig, _fit, _rows, split_times
+from models.folds import Split
+from training.train import TrainConfig, _fit, _rows
 
 #: The parameters searched (the rest of each task's defaults stays as it is).
 SEARCHED = ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction", "lambda_l2", "cat_smooth")
@@ -91,23 +92,9 @@ def default_params(task: str) -> dict[str, Any]:
     return {k: base[k] for k in SEARCHED}
 
 
-def cv_folds(times: list[pd.Timestamp], cfg: TrainConfig, n_folds: int, fold_days: int | None = None) -> list[SplitPlan]:
+def cv_folds(times: list[pd.Timestamp], cfg: TrainConfig, n_folds: int, fold_days: int | None = None) -> list[Split]:
     """Lead folds: expanding windows, oldest first; folds without enough history are left out."""
-    plans: list[SplitPlan] = []
-    end = times[-1]
-    for _ in range(n_folds):  # latest first; each older fold ends just before the next one validates
-        part = [t for t in times if t <= end]
-        try:
-            plan = split_times(part, cfg.horizon_days, fold_days or cfg.eval_days, cfg.calib_days)
-        except ValueError:
-            break
-        plans.insert(0, plan)
-        end = min(plan.evaluate) - pd.Timedelta(days=1)
-    if not plans:
-        raise FunnelcastError(
-            f"not enough history for time-ordered cross-validation: snapshots {times[0].date()}..{times[-1].date()}"
-        )
-    return plans
+    return cfg.fold.splits(times, n=n_folds, evaluate=fold_days or cfg.eval_days)
 
 
 @dataclass

@@ -16,10 +16,12 @@ from features.io import coerce_table
 from features.pit import open_leads
 from features.settings import Settings
 from models.registry import LoadedModel
+from models.tasks import Task
 from serving.app import create_app
-from serving.deps import get_lead_model
-from serving.records import export_items, lead_frames
-from serving.schemas import LeadScoreRequest
+from serving.deps import model_dependency
+from serving.records import export_items
+from serving.routes_leads import lead_export
+from serving.schemas.leads import LeadScoreRequest
 from training.score import score_open_leads
 
 KEY = "test-key"
@@ -32,7 +34,7 @@ def client(lead_scorer, tmp_path_factory):
     settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'empty.db'}")
     app = create_app(settings)
     loaded = LoadedModel(name="lead_quality", version="7", alias="champion", run_id=None, scorer=lead_scorer)
-    app.dependency_overrides[get_lead_model] = lambda: loaded
+    app.dependency_overrides[model_dependency(Task.LEAD_QUALITY)] = lambda: loaded
     with TestClient(app, headers={"X-API-Key": KEY}) as c:
         c.app.state.models["lead_quality"] = loaded
         yield c
@@ -93,7 +95,7 @@ def test_served_reasons_are_the_top_of_contributions_that_add_up(client, lead_sc
     body = _body(sample_export, leads.head(5), as_of)
     served = client.post("/v1/leads/score", json=body).json()["scores"]
     request = LeadScoreRequest.model_validate(body)
-    frames = lead_frames(request.leads, lead_scorer.spec, Settings().open_stages, pd.Timestamp(as_of))
+    frames = lead_export(request.leads, lead_scorer.spec, Settings().open_stages, pd.Timestamp(as_of))
     every = len(lead_scorer.classifier.feature_names_)
     full = lead_scorer.score(frames.leads, frames.accounts, frames.activities, as_of, n_reasons=every)
     for s, (_, f) in zip(served, full.iterrows(), strict=True):
@@ -187,9 +189,9 @@ def test_request_frames_equal_the_export_loaders_on_messy_records(seed, sample_e
     stages = Settings().open_stages
 
     with patch("features.io.coerce_table", side_effect=AssertionError("a valid request needs no coerce_table")):
-        fast = lead_frames(request.leads, lead_scorer.spec, stages, as_of)
+        fast = lead_export(request.leads, lead_scorer.spec, stages, as_of)
     with patch("serving.records.coerce_records", _via_coerce_table):
-        slow = lead_frames(request.leads, lead_scorer.spec, stages, as_of)
+        slow = lead_export(request.leads, lead_scorer.spec, stages, as_of)
 
     for table in ("leads", "accounts", "activities"):
         pd.testing.assert_frame_equal(getattr(fast, table), getattr(slow, table))
@@ -266,6 +268,21 @@ def test_negative_employees_is_422(client):
             "account": {"account_id": "acc", "created_at": "2025-01-01", "employees": -5}}
     r = _post(client, {"as_of": "2026-10-01", "leads": [item]})
     assert r.status_code == 422 and r.json()["errors"][0]["path"] == "leads[0].account.employees"
+
+
+def test_every_bad_value_of_every_table_is_named_in_one_422(client):
+    item = {"lead": {"lead_id": "a", "created_at": "2026-09-01", "account_id": "acc", "budget_k": "lots"},
+            "account": {"account_id": "acc", "created_at": "2025-01-01", "employees": 5},
+            "activities": [{"activity_id": "1", "occurred_at": "2026-09-02", "type": "   "}]}
+    second = {"lead": {"lead_id": "b", "created_at": "2026-09-03", "account_id": "acc"},
+              "account": {**item["account"], "employees": 6}}
+    r = _post(client, {"as_of": "2026-10-01", "leads": [item, second]})
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"path": "leads[1].account", "reason": "differs from leads[0].account for the same account_id 'acc'"}]
+    r = _post(client, {"as_of": "2026-10-01", "leads": [item]})
+    assert r.status_code == 422
+    paths = sorted(e["path"] for e in r.json()["errors"])
+    assert paths == ["leads[0].activities[0].type", "leads[0].lead.budget_k"]
 
 
 def test_batch_over_the_limit_is_refused_with_a_clear_message(client):

@@ -138,3 +138,25 @@ def test_funnel_and_forecast(client, sample_export):
     assert len(total) == 1
     assert total[0]["weighted_pipeline"] == pytest.approx(sum(g["weighted_pipeline"] for g in groups))
     assert np.isfinite(total[0]["expected_bookings"])
+
+
+def test_a_deal_links_to_the_account_and_lead_sent_with_it(client, sample_export):
+    """One request path for every task: a child record without its parent's id gets it; one
+    naming another parent, or two different copies of one account, is a 422 naming the path."""
+    as_of = sample_export.exported_at
+    opp = sample_export.opportunities
+    ids = opp[opp["outcome"] == "open"]["opportunity_id"].head(2).tolist()
+    items = [_item(sample_export, i, as_of) for i in ids]
+    sent = client.post("/v1/opportunities/score", json={"as_of": as_of.isoformat(), "opportunities": items})
+    assert sent.status_code == 200, sent.text
+    linked = [{**it, "opportunity": {k: v for k, v in it["opportunity"].items() if k not in ("account_id", "lead_id")}}
+              for it in items]
+    r = client.post("/v1/opportunities/score", json={"as_of": as_of.isoformat(), "opportunities": linked})
+    assert r.status_code == 200, r.text
+    assert [s["p_win"] for s in r.json()["scores"]] == [s["p_win"] for s in sent.json()["scores"]]
+    other = [{**items[0], "opportunity": {**items[0]["opportunity"], "account_id": "someone-else"}}]
+    r = client.post("/v1/opportunities/score", json={"as_of": as_of.isoformat(), "opportunities": other})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "opportunities[0].opportunity.account_id"
+    twin = {**items[1], "account": {**items[0]["account"], "industry": "not the same"}}
+    r = client.post("/v1/opportunities/score", json={"as_of": as_of.isoformat(), "opportunities": [items[0], twin]})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "opportunities[1].account"

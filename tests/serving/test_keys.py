@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from features.settings import KeysFileError, Settings, hash_api_key, parse_keys_file
+from features.settings import Settings
 from serving.app import create_app
+from serving.keys import KeysFileError, hash_api_key, parse_keys_file
 
 
 def _write(path, entries, bump: int = 0) -> None:

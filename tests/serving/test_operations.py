@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 
 from features.settings import Settings
 from models.registry import LoadedModel
+from models.tasks import Task
 from serving.app import create_app
-from serving.deps import get_lead_model
+from serving.deps import model_dependency
 from serving.middleware import IdempotencyCache, RateLimiter
 
 KEY = "ops-key"
@@ -21,7 +22,7 @@ def _app(lead_scorer, tmp_path, **overrides):
     settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'e.db'}", **overrides)
     app = create_app(settings)
     loaded = LoadedModel(name="lead_quality", version="3", alias="champion", run_id=None, scorer=lead_scorer)
-    app.dependency_overrides[get_lead_model] = lambda: loaded
+    app.dependency_overrides[model_dependency(Task.LEAD_QUALITY)] = lambda: loaded
     return app
 
 
@@ -121,7 +122,7 @@ def test_the_api_picks_up_a_new_champion_by_polling_the_alias(trained, train_con
     import time
 
     from models.registry import configure
-    from training.train import log_and_register
+    from training.pipeline import log_and_register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = configure(uri)

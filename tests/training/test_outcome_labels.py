@@ -81,7 +81,7 @@ def test_train_reads_the_store_and_ignores_outcomes_after_the_cutoff(tmp_path, s
     assert result.scorer.metadata["outcome_labels"]["labels_changed"] == stats.labels_changed
 
 
-# --- deals: won / lost outcomes join train-deals -------------------------------------------------
+# --- deals: won / lost outcomes join `train` ---------------------------------------------------------
 
 def _naive_deals(snaps: pd.DataFrame, outcomes: pd.DataFrame, last_stage: str) -> pd.DataFrame:
     """The deal rule, one row at a time (see training.outcomes.apply_deal_outcomes)."""
@@ -145,7 +145,7 @@ def test_deal_outcomes_replace_what_the_export_says_happened(deal_snapshot_frame
 
 def test_train_deals_joins_stored_outcomes_and_tuned_params(tmp_path, sample_dir, sample_export, deal_snapshot_frame,
                                                             monkeypatch, capsys):
-    """`funnelcast train-deals`: stored deal outcomes before the cutoff decide labels (one after it
+    """`funnelcast train --task stage_conversion`: stored deal outcomes before the cutoff decide labels (one after it
     is ignored), `--no-outcomes` turns them off, and the parameters of `tune --task stage_conversion`
     are used; all of it logged to MLflow."""
     import json
@@ -161,7 +161,7 @@ def test_train_deals_joins_stored_outcomes_and_tuned_params(tmp_path, sample_dir
         settings = get_settings()
         home.mkdir()
         cutoff = sample_export.exported_at
-        outcomes, ids = _deal_picks(deal_snapshot_frame[1], cutoff)  # the snapshots train-deals builds below
+        outcomes, ids = _deal_picks(deal_snapshot_frame[1], cutoff)  # the snapshots `train` builds below
         store = OperationsStore(settings.resolved_store_url())
         store.upsert_outcomes([{"task": "stage_conversion", **r} for r in outcomes.to_dict("records")])
         store.upsert_outcomes([{"task": "lead_quality", "record_id": ids["after_cutoff"], "outcome": "converted",
@@ -174,11 +174,11 @@ def test_train_deals_joins_stored_outcomes_and_tuned_params(tmp_path, sample_dir
         (home / "tuned" / "stage_conversion.json").write_text(json.dumps({"params": tuned, "study": "s", "trial": 4}))
 
         data = str(sample_dir / "export")
-        assert main(["train-deals", "--data", data, "--snapshot-every-days", "28", "--seed", "7"]) == 0
+        assert main(["train", "--task", "stage_conversion", "--data", data, "--snapshot-every", "28d", "--seed", "7"]) == 0
         out = capsys.readouterr().out
-        assert "using 2 stored deal outcome(s)" in out and "tuned parameters of study 's' trial 4" in out
-        assert main(["train-deals", "--data", data, "--snapshot-every-days", "28", "--seed", "7", "--no-outcomes",
-                     "--default-params"]) == 0
+        assert "stage_conversion: using 2 stored outcome(s)" in out and "tuned parameters of study 's' trial 4" in out
+        assert main(["train", "--task", "stage_conversion", "--data", data, "--snapshot-every", "28d", "--seed", "7",
+                     "--no-outcomes", "--default-params"]) == 0
         client = configure(settings.resolved_tracking_uri())
         runs = {str(v.version): client.get_run(v.run_id).data for v in client.search_model_versions("name='stage_conversion'")}
         used, off = runs["1"], runs["2"]

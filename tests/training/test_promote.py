@@ -9,7 +9,8 @@ import pytest
 from features.errors import ModelNotAvailable
 from models.registry import configure
 from training.promote import Margins, decide, owner_forecast_accuracy, promote, window_times
-from training.train import TrainConfig, build_lead_model, log_and_register
+from training.pipeline import log_and_register
+from training.train import TrainConfig, build_lead_model
 
 
 def _register(result, client, cfg, home):
@@ -140,7 +141,8 @@ def test_same_data_and_seed_give_the_same_metrics_and_runs_record_provenance(
 def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sample_export, tmp_path):
     """Deal models: a challenger with other parameters is refitted before the latest window and
     compared with the champion's recipe there; the alias moves exactly when the rule says so."""
-    from training.deals import DealTrainConfig, build_deal_model, log_and_register_deals
+    from training.deals import DealTrainConfig, build_deal_model
+    from training.pipeline import log_and_register
 
     client = configure(f"sqlite:///{tmp_path / 'm.db'}")
     cfgs = [DealTrainConfig(snapshot_every_days=28, seed=7),
@@ -148,9 +150,9 @@ def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sa
     versions = []
     for cfg in cfgs:
         r = build_deal_model(sample_export, cfg, sample_export.exported_at)
-        versions.append(log_and_register_deals(r, client, experiment="promote-deals",
-                                               artifact_location=(tmp_path / "a").as_uri(), cfg=cfg,
-                                               data_source="sample").version)
+        versions.append(log_and_register(r, client, experiment="promote-deals",
+                                         artifact_location=(tmp_path / "a").as_uri(), cfg=cfg,
+                                         data_source="sample").version)
     d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals", dry_run=False)
     assert (d.champion_version, d.challenger_version) == (versions[0], versions[1])
     assert d.mode == "refit" and "snapshots" in d.window
@@ -176,7 +178,7 @@ def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(a
     from dataclasses import asdict, replace
 
     from training.accounts import AccountConfig, _split, fit_high_value_classifier
-    from training.accounts import log_and_register as register_accounts
+    from training.pipeline import log_and_register as register_accounts
 
     _, export, cfg, result = account_sample
     client = configure(f"sqlite:///{tmp_path / 'hv.db'}")

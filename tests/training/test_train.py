@@ -9,23 +9,7 @@ import pytest
 from features.contract import Export
 from features.pit import open_leads
 from training.score import score_open_leads
-from training.train import build_lead_model, split_times
-
-
-def test_split_keeps_a_horizon_between_training_labels_and_evaluation():
-    times = list(pd.date_range("2024-01-01", "2025-12-31", freq="14D", tz="UTC"))
-    plan = split_times(times, horizon_days=91, eval_days=91, calib_days=91)
-    assert plan.fit and plan.calibrate and plan.evaluate
-    assert max(plan.fit) < min(plan.calibrate) and max(plan.calibrate) < min(plan.evaluate)
-    # a calibration label (as_of + 91 days) is known before the evaluation starts
-    assert max(plan.calibrate) + pd.Timedelta(days=91) < min(plan.evaluate)
-    assert plan.evaluate[-1] == times[-1]
-
-
-def test_split_refuses_too_short_a_history():
-    times = list(pd.date_range("2025-01-01", periods=6, freq="14D", tz="UTC"))
-    with pytest.raises(ValueError, match="not enough history"):
-        split_times(times, 91, 91, 91)
+from training.train import build_lead_model
 
 
 def test_model_beats_naive_bayes_on_the_later_window(trained):
@@ -115,7 +99,8 @@ def test_pyfunc_predicts_from_the_feature_frame(mlflow_store, trained):
     np.testing.assert_allclose(out["probability"].to_numpy(), trained.scorer.predict_proba(X))
 
 
-@pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["score"], ["score", "leads"], ["serve"], ["run"]])
+@pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["score"], ["serve"], ["run"], ["forecast"], ["funnel"],
+                                  ["traits"], ["allocate"]])
 def test_every_command_has_help(argv, capsys):
     from training.cli import main
 
@@ -123,6 +108,29 @@ def test_every_command_has_help(argv, capsys):
         main([*argv, "--help"])
     assert exc.value.code == 0
     assert "usage: funnelcast" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb", ["train", "score"])
+def test_train_and_score_offer_every_task(verb, capsys):
+    from models.tasks import Task
+    from training.cli import main
+
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = capsys.readouterr().out
+    assert all(t.value in text for t in Task)
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--task", "churn", "--out", "x.csv"])
+    assert exc.value.code == 2 and "invalid choice: 'churn'" in capsys.readouterr().err
+
+
+def test_the_old_per_task_commands_are_gone(capsys):
+    from training.cli import build_parser
+
+    for old in (["train-deals"], ["train-accounts"], ["score", "leads", "--out", "x.csv"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(old)
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_cli_generate_train_score_end_to_end(tmp_path, monkeypatch, capsys):
@@ -136,13 +144,14 @@ def test_cli_generate_train_score_end_to_end(tmp_path, monkeypatch, capsys):
     try:
         assert main(["generate", "--out", str(tmp_path / "s"), "--seed", "3", "--scale", "0.05"]) == 0
         data = str(tmp_path / "s" / "export")
-        assert main(["train", "--data", data]) == 0
+        assert main(["train", "--task", "lead_quality", "--data", data]) == 0
+        assert "lead_quality trained on history before" in capsys.readouterr().out
         out = tmp_path / "scores.csv"
-        assert main(["score", "leads", "--data", data, "--out", str(out)]) == 0
+        assert main(["score", "--task", "lead_quality", "--data", data, "--out", str(out)]) == 0
         scored = pd.read_csv(out)
         assert {"lead_id", "probability", "score", "grade", "expected_value", "reason_1"} <= set(scored.columns)
         assert (tmp_path / "home" / "mlflow.db").exists()
-        assert main(["train", "--data", str(tmp_path / "nowhere")]) == 2
+        assert main(["train", "--task", "lead_quality", "--data", str(tmp_path / "nowhere")]) == 2
         assert "error:" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()

@@ -29,7 +29,7 @@ print(json.dumps({"version": loaded.version, "traits": [t["trait"] for t in load
 
 def test_high_value_round_trips_through_mlflow_in_a_fresh_process(account_sample, tmp_path):
     from models.registry import configure
-    from training.accounts import log_and_register
+    from training.pipeline import log_and_register
 
     data, export, cfg, result = account_sample
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,5 +1,5 @@
 """Training the deal models on the small sample: censoring, scores, reasons, point-in-time
-scoring, the MLflow round trip and the commands (train-deals, score opportunities, forecast,
+scoring, the MLflow round trip and the commands (train --task stage_conversion, score --task stage_conversion, forecast,
 funnel, backtest)."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sa
     from features.settings import get_settings
     from models.registry import configure, load_scorer
     from training.cli import main
-    from training.deals import log_and_register_deals
+    from training.pipeline import log_and_register
 
     home = tmp_path / "home"
     monkeypatch.setenv("FUNNELCAST_HOME", str(home))
@@ -149,9 +149,9 @@ def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sa
         settings = get_settings()
         home.mkdir(parents=True)
         client = configure(settings.resolved_tracking_uri())
-        result = log_and_register_deals(deal_result, client, experiment="deals-test",
-                                        artifact_location=settings.artifact_location(), cfg=deal_cfg,
-                                        data_source="sample")
+        result = log_and_register(deal_result, client, experiment="deals-test",
+                                  artifact_location=settings.artifact_location(), cfg=deal_cfg,
+                                  data_source="sample")
         assert "champion" in result.aliases
         loaded = load_scorer(client, "stage_conversion")
         as_of = sample_export.exported_at
@@ -161,7 +161,7 @@ def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sa
 
         data = str(sample_dir / "export")
         out = tmp_path / "deals.csv"
-        assert main(["score", "opportunities", "--data", data, "--out", str(out)]) == 0
+        assert main(["score", "--task", "stage_conversion", "--data", data, "--out", str(out)]) == 0
         scored = pd.read_csv(out)
         assert {"opportunity_id", "p_win", "p_win_within_horizon", "p_next_stage", "expected_close_date",
                 "expected_value", "reason_1"} <= set(scored.columns)
@@ -216,7 +216,7 @@ def test_backtest_on_a_few_origins(sample_export, tmp_path):
     assert all(p.exists() for p in paths)
 
 
-@pytest.mark.parametrize("argv", [["train-deals"], ["score", "opportunities"], ["forecast"], ["funnel"], ["backtest"]])
+@pytest.mark.parametrize("argv", [["train"], ["score"], ["forecast"], ["funnel"], ["backtest"]])
 def test_every_command_has_help(argv, capsys):
     from training.cli import main
 

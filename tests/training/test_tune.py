@@ -122,10 +122,9 @@ def test_stage_conversion_study_resumes_with_nested_runs(tmp_path, sample_export
 
 
 def test_high_value_study_and_train_accounts_uses_the_best_params(tmp_path, account_sample, capsys):
-    import argparse
-
     from features.settings import Settings
-    from training.cli_accounts import _config
+    from models.tasks import Task
+    from training.cli_train import task_config
     from training.tune import tune_accounts
 
     _, export, cfg, _ = account_sample
@@ -136,12 +135,12 @@ def test_high_value_study_and_train_accounts_uses_the_best_params(tmp_path, acco
     assert set(result.best_params) == set(SEARCHED)
     home = tmp_path / "home"
     write_tuned_params(home, result)
-    # what train-accounts builds its config from: <home>/tuned/high_value.json, unless --default-params
-    args = argparse.Namespace(window_days=365, quantile=0.8, bootstrap=2, seed=7, default_params=False)
-    tuned_cfg, source = _config(args, Settings(home=home))
+    # what `train --task high_value` builds its config from: <home>/tuned/high_value.json, unless --default-params
+    kw = dict(horizon_days=None, snapshot_every_days=None, seed=7, exclude=(), overrides={})
+    tuned_cfg, source = task_config(Task.HIGH_VALUE, Settings(home=home), **kw, default_params=False)
     assert tuned_cfg.params == result.best_params and source == f"tuned:high_value#{result.best_trial}"
     assert f"trial {result.best_trial}" in capsys.readouterr().out
-    plain_cfg, source = _config(argparse.Namespace(**{**vars(args), "default_params": True}), Settings(home=home))
+    plain_cfg, source = task_config(Task.HIGH_VALUE, Settings(home=home), **kw, default_params=True)
     assert plain_cfg.params == {} and source == "default"
     # the recipe a registered model carries (promotion refits it) holds the parameters
     from training.accounts import fit_high_value_classifier
@@ -151,7 +150,7 @@ def test_high_value_study_and_train_accounts_uses_the_best_params(tmp_path, acco
     assert clf.params["num_leaves"] == result.best_params["num_leaves"]
 
 
-@pytest.mark.parametrize("argv", [["tune"], ["promote"], ["train-accounts"], ["train-deals"]])
+@pytest.mark.parametrize("argv", [["tune"], ["promote"], ["train"]])
 def test_model_operations_commands_have_help(argv, capsys):
     from training.cli import main
 

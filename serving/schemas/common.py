@@ -1,4 +1,4 @@
-"""Request and response schemas of the API, named for their role.
+"""What every task's schemas share: the contract's records, the model reference, a reason, an error.
 
 Records follow the data contract (``shared/spec/data-contract.md``); fields the contract
 does not name are custom fields and are passed through as features, as in an export.
@@ -6,17 +6,21 @@ does not name are custom fields and are passed through as features, as in an exp
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Record(BaseModel):
+class ContractRecord(BaseModel):
+    """A row of a contract table as a CRM sends it; fields the contract does not name are custom fields."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class LeadRecord(_Record):
+class LeadRecord(ContractRecord):
     """A row of the contract's ``leads`` table; any extra field is a custom field."""
 
     lead_id: str = Field(min_length=1, description="The CRM's lead id", examples=["L-1"])
@@ -31,7 +35,7 @@ class LeadRecord(_Record):
     disqualified_at: datetime | None = None
 
 
-class AccountRecord(_Record):
+class AccountRecord(ContractRecord):
     """A row of the contract's ``accounts`` table; any extra field is a custom field."""
 
     account_id: str = Field(min_length=1)
@@ -55,19 +59,31 @@ class ActivityRecord(BaseModel):
     score: float | None = None
 
 
-class LeadScoreItem(BaseModel):
-    """One lead as a CRM sends it: the lead record, its account and its activities."""
+class OpportunityRecord(ContractRecord):
+    """A row of the contract's ``opportunities`` table (the deal as the CRM holds it now); any
+    extra field is a custom field. ``account_id`` defaults to the account it is sent with."""
 
-    lead: LeadRecord
-    account: AccountRecord | None = None
-    activities: list[ActivityRecord] = Field(default_factory=list)
+    opportunity_id: str = Field(min_length=1, examples=["O-1"])
+    account_id: str | None = Field(None, min_length=1, description="The deal's account")
+    created_at: datetime
+    lead_id: str | None = None
+    owner_id: str | None = None
+    type: str | None = Field(None, examples=["new"], description="new, upsell, renewal")
+    product: str | None = None
+    amount: float | None = Field(None, ge=0)
+    expected_close_date: datetime | None = None
+    stage: str = Field(examples=["proposal"], description="the current stage")
+    outcome: str = Field("open", description="open, won or lost (deal scoring takes open deals only)")
+    closed_at: datetime | None = None
 
 
-class LeadScoreRequest(BaseModel):
-    as_of: datetime | None = Field(
-        None, description="Score as of this time (default: now). Activities at or after it are ignored."
-    )
-    leads: list[LeadScoreItem] = Field(min_length=1, description="1 to 1,000 leads (FUNNELCAST_MAX_BATCH)")
+class StageEntryRecord(BaseModel):
+    """A row of ``stage_history``: a stage the deal entered, with its amount and close date then."""
+
+    stage: str
+    entered_at: datetime
+    amount: float | None = None
+    expected_close_date: datetime | None = None
 
 
 class ModelRef(BaseModel):
@@ -84,49 +100,10 @@ class Reason(BaseModel):
     text: str = Field(examples=["Source is referral: raises the probability by 9 points"])
 
 
-class LeadScore(BaseModel):
-    lead_id: str
-    probability: float = Field(ge=0, le=1, description="Calibrated P(becomes an opportunity within the horizon)")
-    score: int = Field(ge=0, le=100, description="Probability in points, 0-100")
-    grade: str = Field(description="A: top 10% of leads, B: next 20%, C: next 30%, D: the rest")
-    expected_value: float = Field(description="Probability x the value of a converted lead of this industry")
-    base_probability: float = Field(description="The model's average probability, where the reasons start from")
-    reasons: list[Reason]
-    warnings: list[str] = Field(description="Missing fields, unseen categories, ... (the lead was still scored)")
-    model: ModelRef
-
-
-class LeadScoreResponse(BaseModel):
-    as_of: datetime
-    horizon_days: int
-    model: ModelRef
-    scores: list[LeadScore]
-
-
-class ModelVersion(BaseModel):
-    name: str
-    version: str
-    aliases: list[str]
-    run_id: str | None
-    created_at: str
-    trained_from: str | None
-    trained_until: str | None
-    metrics: dict[str, float]
-    loaded: bool = Field(description="Whether this API process serves this version")
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelVersion]
-
-
-class Health(BaseModel):
-    status: str
-
-
-class Readiness(BaseModel):
-    ready: bool
-    models: dict[str, str] = Field(description="Loaded model versions by name")
-    reason: str | None = None
+def served_reasons(reasons: Iterable[dict[str, Any]]) -> list[Reason]:
+    """A scorer's reasons as served: an unknown (NaN) feature value is null."""
+    return [Reason(**{**r, "value": None if isinstance(r["value"], float) and not math.isfinite(r["value"]) else r["value"]})
+            for r in reasons]
 
 
 class ErrorItem(BaseModel):
@@ -137,3 +114,19 @@ class ErrorItem(BaseModel):
 class ErrorResponse(BaseModel):
     detail: str
     errors: list[ErrorItem] = Field(default_factory=list)
+
+
+_MEANINGS = {
+    401: "Missing or invalid X-API-Key",
+    403: "Not an admin key",
+    404: "No such resource",
+    413: "Too many records in one request",
+    422: "Invalid records or parameters: each error names the field path and the reason",
+    429: "Rate limit for this API key exceeded (see Retry-After)",
+    503: "The task's model is not loaded yet (run `funnelcast train`)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route answering these error codes, for OpenAPI."""
+    return {code: {"model": ErrorResponse, "description": _MEANINGS[code]} for code in codes}

@@ -1,0 +1,137 @@
+"""Account schemas: ``POST /v1/accounts/score``, ``GET /v1/traits``, ``POST /v1/allocation``, ``GET /v1/worklist``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serving.schemas.common import AccountRecord, ActivityRecord, LeadRecord, ModelRef, OpportunityRecord, Reason
+
+
+class AccountScoreItem(BaseModel):
+    """One account with its leads, opportunities (open or closed) and activities as the CRM holds them."""
+
+    account: AccountRecord
+    leads: list[LeadRecord] = Field(default_factory=list)
+    opportunities: list[OpportunityRecord] = Field(default_factory=list)
+    activities: list[ActivityRecord] = Field(default_factory=list)
+
+
+class AccountScoreRequest(BaseModel):
+    as_of: datetime | None = Field(None, description="Score as of this time (default: now)")
+    accounts: list[AccountScoreItem] = Field(min_length=1, description="1 to 1,000 accounts (FUNNELCAST_MAX_BATCH)")
+
+
+class AccountScore(BaseModel):
+    account_id: str
+    probability: float = Field(description="P(high value): customer value in the top share within a year of the first win")
+    expected_value: float = Field(description="Expected customer value over the first year")
+    is_customer: bool
+    base_probability: float
+    reasons: list[Reason]
+    model: ModelRef
+
+
+class AccountScoreResponse(BaseModel):
+    as_of: datetime
+    model: ModelRef
+    scores: list[AccountScore]
+
+
+class RepIn(BaseModel):
+    owner_id: str = Field(min_length=1)
+    capacity: float = Field(description="Items per week (>= 0)", le=100_000)
+    team: str | None = None
+    region: str | None = None
+    skills: list[str] | None = Field(None, description="Products the rep can sell (none: all)")
+    rep_factor: float | None = Field(None, ge=0, description="Relative conversion skill (default 1)")
+
+
+class ItemIn(BaseModel):
+    item_id: str = Field(min_length=1)
+    kind: str = Field("lead", description="lead, deal or account")
+    expected_value: float
+    owner_id: str | None = Field(None, description="Current owner (must be one of the reps)")
+    region: str | None = None
+    team: str | None = None
+    product: str | None = None
+    pinned_to: str | None = Field(None, description="Only this rep may work it")
+    reason: str | None = None
+
+
+class AllocationRequest(BaseModel):
+    reps: list[RepIn] = Field(min_length=1, max_length=1_000)
+    items: list[ItemIn] = Field(max_length=10_000)
+
+
+class Assignment(BaseModel):
+    item_id: str
+    kind: str
+    rank: int
+    value: float
+    expected_value: float
+    why: str
+
+
+class Worklist(BaseModel):
+    owner_id: str
+    capacity: float
+    items: list[Assignment]
+
+
+class AllocationResponse(BaseModel):
+    total_value: float
+    method: str
+    worklists: list[Worklist]
+    unassigned: list[str]
+
+
+class TraitOut(BaseModel):
+    rank: int
+    trait: str
+    conditions: list[dict[str, Any]]
+    accounts: int
+    share: float
+    lift: float
+    lift_low: float
+    lift_high: float
+    heldout_lift: float | None
+    heldout_low: float | None
+    heldout_high: float | None
+    stability: float
+    confirmed: bool
+
+
+class ImportanceOut(BaseModel):
+    feature: str
+    importance: float
+    direction: str
+
+
+class TraitsResponse(BaseModel):
+    model: ModelRef
+    threshold: float = Field(description="Customer value at or above which an account is high value")
+    traits: list[TraitOut]
+    importance: list[ImportanceOut]
+
+
+class WorkItem(BaseModel):
+    kind: str
+    id: str
+    owner_id: str | None
+    team: str | None
+    score: float = Field(description="Probability (lead: converts; deal: won; account: high value)")
+    expected_value: float
+    effort: float
+    value_per_effort: float
+    reasons: list[str]
+
+
+class WorklistResponse(BaseModel):
+    as_of: str
+    items: list[WorkItem]
+    owners: list[str]
+    teams: list[str]
+    missing: list[str] = Field(description="Parts not available (a model not registered, ...)")

@@ -1,0 +1,86 @@
+"""Operations schemas: health, readiness, the registered models, reload, outcomes, live performance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from models.tasks import Task
+
+
+class ModelVersion(BaseModel):
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created_at: str
+    trained_from: str | None
+    trained_until: str | None
+    metrics: dict[str, float]
+    loaded: bool = Field(description="Whether this API process serves this version")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelVersion]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str] = Field(description="Loaded model versions by name")
+    reason: str | None = None
+
+
+class ReloadedModel(BaseModel):
+    version: str | None = Field(description="The version now served (null: none)")
+    previous: str | None = Field(description="The version served before the reload")
+    changed: bool
+
+
+class ReloadResponse(BaseModel):
+    models: dict[str, ReloadedModel]
+    problems: dict[str, str] = Field(description="Models that could not be loaded (the previous one stays in use)")
+
+
+class OutcomeRecord(BaseModel):
+    record_id: str = Field(min_length=1, max_length=256, description="The lead id (or deal id) the CRM scored",
+                           examples=["L-1"])
+    task: str = Field(Task.LEAD_QUALITY.value, description="The model the outcome is for", examples=["lead_quality"])
+    outcome: Literal["converted", "disqualified", "won", "lost"] = Field(
+        description="lead: converted / disqualified; deal: won / lost"
+    )
+    occurred_at: datetime = Field(description="When it happened (ISO 8601; no offset = UTC)")
+
+
+class OutcomesRequest(BaseModel):
+    outcomes: list[OutcomeRecord] = Field(min_length=1, max_length=10_000)
+
+
+class OutcomesResponse(BaseModel):
+    received: int
+    created: int
+    updated: int = Field(description="Records reported before with another outcome or time, now corrected")
+    unchanged: int = Field(description="Records reported before identically (idempotent repeats)")
+
+
+class VersionPerformance(BaseModel):
+    version: str
+    loaded: bool
+    n: int = Field(description="Records scored by this version and decided afterwards")
+    positives: int
+    roc_auc: float | None
+    brier: float | None
+    calibration_error: float | None
+    mean_probability: float | None
+    observed_rate: float | None
+
+
+class PerformanceResponse(BaseModel):
+    task: str
+    outcomes_stored: int
+    versions: list[VersionPerformance]

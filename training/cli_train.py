@@ -1,0 +1,201 @@
+"""The main commands: ``generate``, ``train [--task TASK ...]``, ``score --task TASK``, ``run``.
+
+Each command is a function with real arguments (``generate``, ``train_tasks``, ``score_task``,
+``serve``); its ``cmd_*`` wrapper only reads the parsed flags, so ``run`` calls the same
+functions directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.contract import Export
+from features.settings import Settings
+from models.tasks import Task
+from training.cli_common import (as_of_arg, data_args, horizon, load_data, load_export_from, mlflow_client,
+                                 run_plugin_command, tuned_params)
+from training.pipeline import log_and_register, train
+from training.tasks import TASKS, task_definition
+
+__all__ = ["generate", "register", "score_task", "task_config", "train_tasks"]
+
+TASK_NAMES = [t.value for t in TASKS]
+
+
+def generate(out: Path, seed: int, scale: float, settings: Settings) -> None:
+    from features.sample import generate_sample
+
+    print(generate_sample(out, seed=seed, scale=scale, horizon_days=settings.horizon_days, progress=True))
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    generate(Path(args.out or settings.sample_dir), args.seed, args.scale, settings)
+    return 0
+
+
+def _stored_outcomes(settings: Settings, task: Task, cutoff: pd.Timestamp) -> pd.DataFrame | None:
+    """Outcomes the CRM reported for ``task`` up to ``cutoff`` (said on stdout); None when there are none."""
+    from training.outcomes import stored_outcomes
+
+    outcomes = stored_outcomes(settings.resolved_store_url(), task.value, cutoff)
+    if outcomes.empty:
+        return None  # nothing reported yet: train on the export alone
+    print(f"{task}: using {len(outcomes)} stored outcome(s) up to {cutoff} (--no-outcomes to ignore)")
+    return outcomes
+
+
+def task_config(task: Task, settings: Settings, *, horizon_days: int | None, snapshot_every_days: int | None, seed: int,
+            exclude: Sequence[str], overrides: dict[str, Any], default_params: bool) -> tuple[Any, str]:
+    """The task's config from the shared flags, ``overrides`` of the fields it has, and the tuned parameters."""
+    cfg = task_definition(task).config(horizon_days=horizon_days or settings.horizon_days,
+                                       snapshot_every_days=snapshot_every_days or settings.snapshot_every_days,
+                                       seed=seed, exclude=tuple(exclude))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in names})
+    tuned = tuned_params(settings, task.value, default_params)
+    if tuned:
+        cfg.params = dict(tuned["params"])
+    return cfg, (f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default")
+
+
+def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None = None, skip_bad_rows: bool = False,
+                as_of: pd.Timestamp | None = None, horizon_days: int | None = None,
+                snapshot_every_days: int | None = None, seed: int = 0, exclude: Sequence[str] = (),
+                overrides: dict[str, Any] | None = None, default_params: bool = False,
+                use_outcomes: bool = True) -> list[Any]:
+    """Train, evaluate, log and register each of ``tasks`` on the export at ``source``; the results."""
+    source, export = load_export_from(source, settings, skip_bad_rows)
+    cutoff = as_of or export.exported_at
+    if export.exported_at is not None and cutoff > export.exported_at:
+        print(f"note: --as-of {cutoff} is after the export's last timestamp {export.exported_at}", file=sys.stderr)
+    client = mlflow_client(settings)
+    results = []
+    for task in tasks:
+        cfg, params_source = task_config(task, settings, horizon_days=horizon_days, snapshot_every_days=snapshot_every_days,
+                                     seed=seed, exclude=exclude, overrides=overrides or {},
+                                     default_params=default_params)
+        outcomes = _stored_outcomes(settings, task, cutoff) if use_outcomes else None
+        result = train(task, export, cutoff, cfg, progress=True, outcomes=outcomes)
+        result.scorer.metadata["params_source"] = params_source
+        if result.outcome_labels is not None:
+            o = result.outcome_labels
+            print(f"labels decided by stored outcomes: {o.labels_from_outcomes}, changed from the export: "
+                  f"{o.labels_changed}")
+        result = log_and_register(result, client, experiment=settings.experiment,
+                                  artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
+                                  alias=settings.model_alias)
+        print(f"{task} trained on history before {cutoff}; {task_definition(task).summary(result)}")
+        print(f"registered {task} version {result.version} as {', '.join('@' + a for a in result.aliases)} "
+              f"(run {result.run_id})")
+        if settings.model_alias not in result.aliases:
+            print(f"next: `funnelcast promote --task {task}` compares it with the champion")
+        results.append(result)
+    return results
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    overrides = {"timing_layout": args.timing_layout} if args.timing_layout else {}
+    train_tasks([Task(t) for t in (args.task or TASK_NAMES)], settings, source=args.data,
+                skip_bad_rows=args.skip_bad_rows, as_of=args.as_of, horizon_days=args.horizon,
+                snapshot_every_days=args.snapshot_every, seed=args.seed, exclude=args.exclude or (),
+                overrides=overrides, default_params=args.default_params, use_outcomes=not args.no_outcomes)
+    return 0
+
+
+def score_task(task: Task, export: Export, settings: Settings, as_of: pd.Timestamp | None, out: Path) -> pd.DataFrame:
+    """Score every entity of ``task`` open at ``as_of`` with its registered champion into the CSV ``out``."""
+    from models.registry import load_scorer
+
+    loaded = load_scorer(mlflow_client(settings), task.value, settings.model_alias)
+    as_of = as_of or export.exported_at
+    scored = task_definition(task).score(loaded.scorer, export, as_of)
+    table = scored.table.assign(model_version=loaded.version)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    print(f"scored {len(table)} {scored.entity} open at {as_of} with {task} v{loaded.version} -> {out}")
+    print(table.head(10).drop(columns="model_version").round(3).to_string(index=False))
+    return table
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    _, export = load_data(args, settings)
+    score_task(Task(args.task), export, settings, args.as_of, Path(args.out))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """The main job on the embedded default: sample data if absent, train every task, register, serve."""
+    if not (settings.sample_export / "leads.csv").exists() and not settings.data:
+        generate(Path(settings.sample_dir), args.seed, args.scale, settings)
+    train_tasks(list(TASKS), settings, seed=args.seed)
+    if args.no_serve:
+        return 0
+    return run_plugin_command(["serve"], settings)
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train", help="train, evaluate and register models (every task unless --task)",
+        description="For each task: build point-in-time snapshots, fit on a time fold, evaluate on the latest "
+        "window against the task's baseline, log to MLflow and register the model (its first version becomes "
+        "@champion, later ones @challenger for `funnelcast promote`). Tasks: lead_quality (P(a lead converts "
+        "within the horizon), baseline naive Bayes), stage_conversion (P(next stage), P(won) and when per open "
+        "deal, baseline the CRM's stage win rate), high_value (P(an account becomes a high-value customer) and "
+        "its value, with traits; baseline the first deal's amount). Uses the parameters of the last "
+        "`funnelcast tune --task TASK` and the outcomes stored through POST /v1/outcomes.")
+    t.add_argument("--task", nargs="+", choices=TASK_NAMES, metavar="TASK",
+                   help=f"the tasks to train: {', '.join(TASK_NAMES)} (default: all, in this order)")
+    data_args(t)
+    as_of_arg(t, "train on history before this time only")
+    t.add_argument("--horizon", type=horizon, help="label horizon of lead_quality and stage_conversion, e.g. 91d "
+                   "(default FUNNELCAST_HORIZON_DAYS, 91 days)")
+    t.add_argument("--snapshot-every", type=horizon, help="time between snapshots, e.g. 14d (default 14d)")
+    t.add_argument("--exclude", nargs="*", help="feature columns to leave out (e.g. leaking custom fields)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--timing-layout", choices=("competing_risks", "close_share"),
+                   help="stage_conversion's timing model: separate win and loss hazards (the default), or a close "
+                   "hazard times P(won | closes)")
+    t.add_argument("--default-params", action="store_true", help="ignore the parameters of `funnelcast tune`")
+    t.add_argument("--no-outcomes", action="store_true",
+                   help="ignore the outcomes reported through POST /v1/outcomes (default: they decide the labels "
+                   "of the snapshots whose label window they fall in)")
+    t.set_defaults(func=cmd_train)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="write the sample CRM export and its truth files",
+                       description="Generate a realistic sample B2B CRM export (deterministic by seed) "
+                       "into OUT/export and the true probabilities into OUT/truth.")
+    g.add_argument("--out", help="output folder (default: <home>/sample)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1.0)")
+    g.set_defaults(func=cmd_generate)
+
+    _train_parser(sub)
+
+    s = sub.add_parser("score", help="batch scoring of every lead, deal or account open at --as-of",
+                       description="Score every entity of a task open at --as-of with its registered champion, best "
+                       "first: lead_quality (probability, score, grade, expected value), stage_conversion (p_win, "
+                       "p_win_within_horizon, p_next_stage, expected close date and value), high_value "
+                       "(probability, expected customer value); the top reasons as text.")
+    s.add_argument("--task", required=True, choices=TASK_NAMES, help="which model scores")
+    data_args(s)
+    as_of_arg(s, "scoring time")
+    s.add_argument("--out", required=True, help="output CSV file")
+    s.set_defaults(func=cmd_score)
+
+    r = sub.add_parser("run", help="the main job: sample data if absent, train every task, register, serve",
+                       description="Generate the sample CRM export if absent (or use FUNNELCAST_DATA), train and "
+                       f"register {', '.join(TASK_NAMES)} (@champion), then serve the API on 127.0.0.1:8000.")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--scale", type=float, default=1.0, help="sample size multiplier (default 1.0)")
+    r.add_argument("--no-serve", action="store_true", help="stop after training")
+    r.set_defaults(func=cmd_run)
+
