@@ -4,12 +4,19 @@ Trains a model on the sample into a temporary MLflow store, then times
 ``LeadScorer.score`` directly and ``POST /v1/leads/score`` on a uvicorn server on
 127.0.0.1 (one worker), and prints p50/p99 per case.
 
-    python benchmarks/serving_speed.py [--sample DIR] [--repeats N]
+    python benchmarks/serving_speed.py [--sample DIR] [--repeats N] [--no-http]
+    python benchmarks/serving_speed.py --compare OTHER_TREE [--rounds 3]
+
+``--compare`` times the in-process cases of this tree and of another checkout (say the
+main branch) side by side: one process per tree trains the same model on the same sample,
+then the two take turns in short slices of calls (the order swapped every round, the other
+one idle meanwhile), so a machine whose load drifts weighs on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,61 +39,71 @@ from serving.records import export_items
 from training.pipeline import log_and_register
 from training.train import TrainConfig, build_lead_model
 
+HERE = Path(__file__).resolve()
+CASES = ("1 lead + reasons", "1,000 leads + reasons")
 
-def _timeit(fn, repeats: int) -> np.ndarray:
-    fn()  # warm-up
+
+def _timeit(fn, repeats: int, warm_up: bool = True) -> np.ndarray:
+    """Milliseconds per call: wall clock (row 0) and CPU time of the process, all threads (row 1)."""
+    if warm_up:
+        fn()
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return np.array(out)
+        out.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
+    return np.array(out).reshape(-1, 2).T
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sample", default=".funnelcast/bench-sample")
-    ap.add_argument("--repeats", type=int, default=200, help="timed calls for one lead (batch: repeats/10)")
-    args = ap.parse_args()
-    sample = Path(args.sample)
+def trained_on_sample(sample: Path):
+    """The sample's export (generated when missing), a lead model trained on it at its export time, and the config."""
     if not (sample / "export" / "leads.csv").exists():
         generate_sample(sample, progress=True)
     export, _ = load_export(sample / "export")
-    as_of = export.exported_at
     cfg = TrainConfig()
-    result = build_lead_model(export, cfg, as_of)
-    scorer = result.scorer
-    leads = open_leads(export.leads, as_of)
+    return export, build_lead_model(export, cfg, export.exported_at), cfg
+
+
+def _cases(export) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One open lead and 1,000 open leads (seeded) at the export time."""
+    leads = open_leads(export.leads, export.exported_at)
     if len(leads) < 1000:
-        raise SystemExit(f"only {len(leads)} leads open at {as_of}: use a larger sample")
-    batch = leads.sample(n=1000, random_state=0)
-    one = leads.iloc[[0]]
-    acts_one = export.activities[export.activities["lead_id"] == one["lead_id"].iloc[0]]
-    acc_one = export.accounts[export.accounts["account_id"].isin(one["account_id"])]
+        raise SystemExit(f"only {len(leads)} leads open at {export.exported_at}: use a larger sample")
+    return leads.iloc[[0]], leads.sample(n=1000, random_state=0)
 
-    rows = []
 
-    def add(case: str, where: str, ms: np.ndarray) -> None:
-        rows.append({"case": case, "where": where, "calls": len(ms), "p50_ms": np.percentile(ms, 50), "p99_ms": np.percentile(ms, 99)})
+def _score_calls(export, scorer) -> dict[str, Callable[[], object]]:
+    """Per case, one ``scorer.score`` call with what a request carries: the leads, their accounts and activities."""
+    as_of = export.exported_at
+    calls = {}
+    for case, leads in zip(CASES, _cases(export), strict=True):
+        acc = export.accounts[export.accounts["account_id"].isin(leads["account_id"])]
+        acts = export.activities[export.activities["lead_id"].isin(leads["lead_id"])]
+        calls[case] = lambda leads=leads, acc=acc, acts=acts: scorer.score(leads, acc, acts, as_of)
+    return calls
 
-    add("1 lead + reasons", "in-process", _timeit(lambda: scorer.score(one, acc_one, acts_one, as_of), args.repeats))
-    # what a request carries: these leads' accounts and activities
-    acc_b = export.accounts[export.accounts["account_id"].isin(batch["account_id"])]
-    acts_b = export.activities[export.activities["lead_id"].isin(batch["lead_id"])]
-    add("1,000 leads + reasons", "in-process",
-        _timeit(lambda: scorer.score(batch, acc_b, acts_b, as_of), max(5, args.repeats // 10)))
 
+def in_process(export, scorer, repeats: int) -> dict[str, np.ndarray]:
+    """Milliseconds per ``scorer.score`` call: one lead, and 1,000 leads (``repeats // 10`` calls)."""
+    calls = _score_calls(export, scorer)
+    return {case: _timeit(calls[case], n) for case, n in zip(CASES, (repeats, max(5, repeats // 10)), strict=True)}
+
+
+def _over_http(export, result, cfg, sample: Path, repeats: int) -> dict[str, np.ndarray]:
+    """Milliseconds per ``POST /v1/leads/score`` on a one-worker uvicorn server: one lead and 1,000."""
+    as_of = export.exported_at
+    one, batch = _cases(export)
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         log_and_register(result, configure(uri), experiment="bench", artifact_location=Path(tmp, "a").as_uri(),
                          cfg=cfg, data_source=str(sample))
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "FUNNELCAST_TRACKING_URI": uri, "FUNNELCAST_API_KEYS": '["bench-key"]'}
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1",
@@ -93,8 +111,7 @@ def main() -> None:
             env=env,
         )
         try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, headers={"X-API-Key": "bench-key"}, timeout=60) as client:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": "bench-key"}, timeout=60) as client:
                 for _ in range(300):
                     try:
                         if client.get("/readyz").status_code == 200:
@@ -104,20 +121,97 @@ def main() -> None:
                     time.sleep(0.2)
                 else:
                     raise SystemExit("server did not become ready")
-                one_body = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(one, export.accounts, export.activities, as_of)})
-                batch_body = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(batch, export.accounts, export.activities, as_of)})
                 hdr = {"Content-Type": "application/json"}
 
-                def post(body: str) -> None:
-                    r = client.post("/v1/leads/score", content=body, headers=hdr)
-                    r.raise_for_status()
+                def post(leads: pd.DataFrame) -> Callable[[], object]:
+                    body = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(leads, export.accounts, export.activities, as_of)})
+                    return lambda: client.post("/v1/leads/score", content=body, headers=hdr).raise_for_status()
 
-                add("1 lead + reasons", "HTTP", _timeit(lambda: post(one_body), args.repeats))
-                add("1,000 leads + reasons", "HTTP", _timeit(lambda: post(batch_body), max(5, args.repeats // 10)))
+                return {"1 lead + reasons": _timeit(post(one), repeats),
+                        "1,000 leads + reasons": _timeit(post(batch), max(5, repeats // 10))}
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(pd.DataFrame(rows).round(2).to_string(index=False))
+
+
+def _table(timings: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """One row per (case, where): calls, p50 and p99 in ms (wall clock), and the p50 of the
+    CPU time per call (all threads: it hardly depends on what else the machine runs)."""
+    rows = [{"case": case, "where": where, "calls": ms.shape[1], "p50_ms": np.percentile(ms[0], 50),
+             "p99_ms": np.percentile(ms[0], 99), "cpu_p50_ms": np.percentile(ms[1], 50)}
+            for where, cases in timings.items() for case, ms in cases.items()]
+    return pd.DataFrame(rows).round(2)
+
+
+def _worker(sample: Path) -> None:
+    """``--compare``'s child: train, say ``ready``, then for each ``case<TAB>calls`` line on stdin print the milliseconds."""
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answers only
+        export, result, _ = trained_on_sample(sample)
+    calls = _score_calls(export, result.scorer)
+    for fn in calls.values():
+        fn()  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        case, n = line.rstrip("\n").split("\t")
+        print(json.dumps(_timeit(calls[case], int(n), warm_up=False).tolist()), flush=True)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    """The in-process cases of this tree and of ``args.compare``, in interleaved slices (see the module doc)."""
+    sample = Path(args.sample).resolve()
+    if not (sample / "export" / "leads.csv").exists():
+        generate_sample(sample, progress=True)
+    trees = {"this tree": HERE.parents[1], "compared": Path(args.compare).resolve()}
+    workers = {
+        name: subprocess.Popen([sys.executable, str(HERE), "--sample", str(sample), "--worker"],
+                               env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for name, tree in trees.items()
+    }
+    calls: dict[str, dict[str, list[list[float]]]] = {name: {case: [[], []] for case in CASES} for name in trees}
+    try:
+        for name, w in workers.items():
+            if w.stdout.readline().strip() != "ready":
+                raise SystemExit(f"the benchmark of {trees[name]} did not start")
+        order = list(workers)
+        for r in range(args.rounds):
+            for case, n in zip(CASES, (20, 2), strict=True):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    workers[name].stdin.write(f"{case}\t{n}\n")
+                    workers[name].stdin.flush()
+                    wall, cpu = json.loads(workers[name].stdout.readline())
+                    calls[name][case][0] += wall
+                    calls[name][case][1] += cpu
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait(timeout=120)
+    timings = {f"{name} ({trees[name]})": {c: np.array(ms) for c, ms in cases.items()} for name, cases in calls.items()}
+    print(_table(timings).to_string(index=False))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sample", default=".funnelcast/bench-sample")
+    ap.add_argument("--repeats", type=int, default=200, help="timed calls for one lead (batch: repeats/10)")
+    ap.add_argument("--no-http", action="store_true", help="only the in-process cases")
+    ap.add_argument("--compare", metavar="TREE", help="another checkout to time in turns with this one (in-process)")
+    ap.add_argument("--rounds", type=int, default=15,
+                    help="with --compare: turns per tree (each 20 one-lead calls and 2 batch calls)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --compare's child
+    args = ap.parse_args()
+    if args.worker:
+        _worker(Path(args.sample))
+        return
+    if args.compare:
+        _compare(args)
+        return
+    sample = Path(args.sample)
+    export, result, cfg = trained_on_sample(sample)
+    timings = {"in-process": in_process(export, result.scorer, args.repeats)}
+    if not args.no_http:
+        timings["HTTP"] = _over_http(export, result, cfg, sample, args.repeats)
+    print(_table(timings).to_string(index=False))
     print("\nTargets (issue 2, 2 cores): one lead p50 < 10 ms in-process; 1,000 leads < 250 ms")
 
 

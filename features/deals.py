@@ -25,16 +25,19 @@ As for leads, one function (:func:`deal_features`) serves the batch job and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from features.contract import ACCOUNTS, DEFAULT_OPEN_STAGES, OPPORTUNITIES, TERMINAL_STAGES, Export, custom_columns
-from features.leads import activity_kind
+from features.columns import activity_rows, first_rows_before, joined_columns, kind_counts, latest, take
+from features.contract import DEFAULT_OPEN_STAGES, TERMINAL_STAGES, Export
+from features.leads import snapshot_times  # the deals' snapshot times are the leads'
 from features.pit import known_as_of, rows_before
+from features.specs import FeatureSpec
 
 DAY = pd.Timedelta(days=1)
 #: How far back the point-in-time win rates of stages and owners look.
@@ -46,31 +49,6 @@ OPPORTUNITY_CATEGORICALS = ("type", "product", "owner_id")
 LEAD_CATEGORICALS = ("source", "seniority")
 ACCOUNT_CATEGORICALS = ("industry", "country")
 ACCOUNT_NUMERICS = ("employees", "annual_revenue")
-_OPP_NON_FEATURES = {c.name for c in OPPORTUNITIES.columns}
-_ACC_NON_FEATURES = {c.name for c in ACCOUNTS.columns}
-
-#: The history columns of :func:`deal_state` (besides one ``days_in_<stage>`` per open stage).
-STATE_COLUMNS = (
-    "stage",
-    "stage_index",
-    "stage_entered_at",
-    "days_in_stage",
-    "age_days",
-    "stage_entries",
-    "advances",
-    "regressions",
-    "amount",
-    "first_amount",
-    "amount_changes",
-    "amount_change_ratio",
-    "expected_close_date",
-    "first_expected_close_date",
-    "close_date_pushes",
-    "close_date_push_days",
-    "days_to_close_date",
-    "overdue",
-)
-
 
 def stage_codes(stages: pd.Series | np.ndarray, open_stages: Sequence[str]) -> np.ndarray:
     """Open stage ``i`` -> ``i``; ``won`` -> ``len(open_stages)``; ``lost`` -> ``+1``; anything else -1."""
@@ -112,59 +90,13 @@ def deal_state(
     a close date later than the previous known one. Days in a stage add up every sojourn.
     """
     ids = pd.Index(opportunities["opportunity_id"], name="opportunity_id")
-    n, k = len(ids), len(open_stages)
     t_now = _days(pd.DatetimeIndex([as_of]))[0]
     created = _days(opportunities["created_at"])
-    hist = rows_before(stage_history, "entered_at", as_of)
-    pos = ids.get_indexer(hist["opportunity_id"])
-    hist, pos = hist[pos >= 0], pos[pos >= 0]
-    t = _days(hist["entered_at"])
-    order = np.lexsort((t, pos))  # stable: ties keep file order
-    p, t = pos[order], t[order]
-    code = stage_codes(hist["stage"].to_numpy(dtype=object)[order], open_stages)
-    amount = hist["amount"].to_numpy(dtype=float)[order]
-    ecd = _days(hist["expected_close_date"])[order]
-    first = np.r_[True, p[1:] != p[:-1]] if len(p) else np.zeros(0, bool)
-    last = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, bool)
-    nxt = np.r_[t[1:], np.nan]
-    nxt[last] = t_now
-    dur = nxt - t
-    prev = np.r_[-1, code[:-1]]
-    prev[first] = -1
-
-    has = np.bincount(p, minlength=n) > 0
-    cur_code = np.zeros(n, dtype=np.int64)
-    entered = created.copy()
-    cur_code[p[last]] = code[last]
-    entered[p[last]] = t[last]
-    per_stage = np.zeros((n, k))
-    in_open = (code >= 0) & (code < k)
-    np.add.at(per_stage, (p[in_open], code[in_open]), dur[in_open])
-    per_stage[~has, 0] = t_now - created[~has]
-    moved = ~first
-    advances = np.bincount(p[moved & (code > prev)], minlength=n).astype(float)
-    regressions = np.bincount(p[moved & (code < prev) & (code >= 0)], minlength=n).astype(float)
-
-    def last_first_changes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Last and first known value per deal, and count / total of increases and of changes."""
-        known = ~np.isnan(values)
-        vp, vv = p[known], values[known]
-        lastv, firstv = np.full(n, np.nan), np.full(n, np.nan)
-        lastv[vp] = vv  # later rows overwrite: the last known value
-        firstv[vp[::-1]] = vv[::-1]
-        same = np.r_[False, vp[1:] == vp[:-1]]
-        diff = np.r_[0.0, np.diff(vv)]
-        changed = same & (diff != 0)
-        up = same & (diff > 0)
-        return (
-            lastv,
-            firstv,
-            np.bincount(vp[changed], minlength=n).astype(float),
-            np.stack([np.bincount(vp[up], minlength=n), np.bincount(vp[up], weights=diff[up], minlength=n)]),
-        )
-
-    amt, amt0, amt_changes, _ = last_first_changes(amount)
-    close, close0, _, pushes = last_first_changes(ecd)
+    e = _entries(ids, stage_history, as_of, open_stages)
+    n = len(ids)
+    cur_code, entered, per_stage, advances, regressions = _stage_path(e, n, len(open_stages), created, t_now)
+    amt, amt0, amt_changes, _ = _last_first_changes(e.p, e.amount, n)
+    close, close0, _, pushes = _last_first_changes(e.p, e.ecd, n)
     names = np.array([*open_stages, *TERMINAL_STAGES], dtype=object)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(amt0 > 0, amt / amt0, np.nan)
@@ -173,18 +105,18 @@ def deal_state(
         {
             "stage": names[cur_code],
             "stage_index": cur_code.astype(float),
-            "stage_entered_at": pd.to_datetime(entered * 86_400e9, utc=True).as_unit("ns"),
+            "stage_entered_at": _timestamps(entered),
             "days_in_stage": t_now - entered,
             "age_days": t_now - created,
-            "stage_entries": np.bincount(p, minlength=n).astype(float),
+            "stage_entries": np.bincount(e.p, minlength=n).astype(float),
             "advances": advances,
             "regressions": regressions,
             "amount": amt,
             "first_amount": amt0,
             "amount_changes": amt_changes,
             "amount_change_ratio": ratio,
-            "expected_close_date": pd.to_datetime(close * 86_400e9, utc=True).as_unit("ns"),
-            "first_expected_close_date": pd.to_datetime(close0 * 86_400e9, utc=True).as_unit("ns"),
+            "expected_close_date": _timestamps(close),
+            "first_expected_close_date": _timestamps(close0),
             "close_date_pushes": pushes[0].astype(float),
             "close_date_push_days": pushes[1],
             "days_to_close_date": to_close,
@@ -195,6 +127,95 @@ def deal_state(
     for j, s in enumerate(open_stages):
         out[f"days_in_{s}"] = per_stage[:, j]
     return out
+
+
+def _timestamps(days: np.ndarray) -> pd.DatetimeIndex:
+    """Float days since the epoch as UTC timestamps (the inverse of :func:`_days`)."""
+    return pd.to_datetime(days * 86_400e9, utc=True).as_unit("ns")
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The stage entries of the deals before ``as_of``, in time order per deal (ties in file
+    order): the deal's position, the time (days), the stage code, amount and close date, and
+    whether the entry is the deal's first and last; ``dur`` is the time until the next entry
+    (until ``as_of`` for the last)."""
+
+    p: np.ndarray
+    t: np.ndarray
+    code: np.ndarray
+    amount: np.ndarray
+    ecd: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    dur: np.ndarray
+
+
+def _entries(ids: pd.Index, stage_history: pd.DataFrame, as_of: pd.Timestamp, open_stages: Sequence[str]) -> _Entries:
+    t_now = _days(pd.DatetimeIndex([as_of]))[0]
+    hist = rows_before(stage_history, "entered_at", as_of)
+    pos = ids.get_indexer(hist["opportunity_id"])
+    hist, pos = hist[pos >= 0], pos[pos >= 0]
+    t = _days(hist["entered_at"])
+    order = np.lexsort((t, pos))  # stable: ties keep file order
+    p, t = pos[order], t[order]
+    first = np.r_[True, p[1:] != p[:-1]] if len(p) else np.zeros(0, bool)
+    last = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, bool)
+    nxt = np.r_[t[1:], np.nan]
+    nxt[last] = t_now
+    return _Entries(
+        p=p,
+        t=t,
+        code=stage_codes(hist["stage"].to_numpy(dtype=object)[order], open_stages),
+        amount=hist["amount"].to_numpy(dtype=float)[order],
+        ecd=_days(hist["expected_close_date"])[order],
+        first=first,
+        last=last,
+        dur=nxt - t,
+    )
+
+
+def _stage_path(
+    e: _Entries, n: int, k: int, created: np.ndarray, t_now: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per deal: the current stage code and when it was entered, days in each open stage,
+    advances and regressions. A deal without entries is in the first stage since its creation."""
+    p, code, first, last = e.p, e.code, e.first, e.last
+    prev = np.r_[-1, code[:-1]]
+    prev[first] = -1
+    has = np.bincount(p, minlength=n) > 0
+    cur_code = np.zeros(n, dtype=np.int64)
+    entered = created.copy()
+    cur_code[p[last]] = code[last]
+    entered[p[last]] = e.t[last]
+    per_stage = np.zeros((n, k))
+    in_open = (code >= 0) & (code < k)
+    np.add.at(per_stage, (p[in_open], code[in_open]), e.dur[in_open])
+    per_stage[~has, 0] = t_now - created[~has]
+    moved = ~first
+    advances = np.bincount(p[moved & (code > prev)], minlength=n).astype(float)
+    regressions = np.bincount(p[moved & (code < prev) & (code >= 0)], minlength=n).astype(float)
+    return cur_code, entered, per_stage, advances, regressions
+
+
+def _last_first_changes(p: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Last and first known value per deal (``p``: the entries' deal positions, in time order),
+    the count of changes, and the count and total of increases."""
+    known = ~np.isnan(values)
+    vp, vv = p[known], values[known]
+    lastv, firstv = np.full(n, np.nan), np.full(n, np.nan)
+    lastv[vp] = vv  # later rows overwrite: the last known value
+    firstv[vp[::-1]] = vv[::-1]
+    same = np.r_[False, vp[1:] == vp[:-1]]
+    diff = np.r_[0.0, np.diff(vv)]
+    changed = same & (diff != 0)
+    up = same & (diff > 0)
+    return (
+        lastv,
+        firstv,
+        np.bincount(vp[changed], minlength=n).astype(float),
+        np.stack([np.bincount(vp[up], minlength=n), np.bincount(vp[up], weights=diff[up], minlength=n)]),
+    )
 
 
 # ----------------------------------------------------------------------------- the context
@@ -335,10 +356,16 @@ def predicted_amount(opportunities: pd.DataFrame, context: DealContext) -> np.nd
 
 # ----------------------------------------------------------------------------- the spec
 @dataclass(frozen=True)
-class DealFeatureSpec:
+class DealFeatureSpec(FeatureSpec):
     """Which columns a deal feature frame has: fixed when a model is trained, reused to score."""
 
-    activity_types: tuple[str, ...]
+    ACTIVITY_OWNER: ClassVar[str] = "opportunity_id"
+    SOURCE_TABLES: ClassVar = {
+        "opportunity": ("opportunities", OPPORTUNITY_CATEGORICALS, ()),
+        "lead": ("leads", LEAD_CATEGORICALS, ()),
+        "account": ("accounts", ACCOUNT_CATEGORICALS, ACCOUNT_NUMERICS),
+    }
+
     open_stages: tuple[str, ...] = DEFAULT_OPEN_STAGES
     opportunity_categoricals: tuple[str, ...] = OPPORTUNITY_CATEGORICALS
     opportunity_numerics: tuple[str, ...] = ()
@@ -346,52 +373,10 @@ class DealFeatureSpec:
     lead_numerics: tuple[str, ...] = ()
     account_categoricals: tuple[str, ...] = ACCOUNT_CATEGORICALS
     account_numerics: tuple[str, ...] = ACCOUNT_NUMERICS
-    windows: tuple[int, ...] = (7, 30, 90)
-    horizon_days: int = 91
-    excluded: tuple[str, ...] = ()
 
     @classmethod
-    def from_export(
-        cls,
-        export: Export,
-        *,
-        horizon_days: int = 91,
-        windows: Sequence[int] = (7, 30, 90),
-        exclude: Iterable[str] = (),
-        min_activity_share: float = 0.005,
-        as_of: pd.Timestamp | None = None,
-    ) -> DealFeatureSpec:
-        """Spec for an export: its custom fields and the activity kinds that occur on deals
-        (before ``as_of`` when given, so the column set is point-in-time too)."""
-        exclude = tuple(exclude)
-
-        def split(table: str, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
-            custom = [c for c in custom_columns(table, frame) if c not in exclude]
-            num = [c for c in custom if pd.api.types.is_numeric_dtype(frame[c])]
-            return [c for c in custom if c not in num], num
-
-        opp_cat, opp_num = split("opportunities", export.opportunities)
-        lead_cat, lead_num = split("leads", export.leads)
-        acc_cat, acc_num = split("accounts", export.accounts)
-        acts = export.activities[export.activities["opportunity_id"].notna()]
-        if as_of is not None:
-            acts = rows_before(acts, "occurred_at", as_of)
-        shares = activity_kind(acts).value_counts(normalize=True)
-        types = tuple(sorted(shares[shares >= min_activity_share].index.astype(str)))
-        keep = lambda cols: tuple(c for c in cols if c not in exclude)  # noqa: E731
-        return cls(
-            activity_types=types,
-            open_stages=tuple(export.open_stages),
-            opportunity_categoricals=keep((*OPPORTUNITY_CATEGORICALS, *opp_cat)),
-            opportunity_numerics=keep(opp_num),
-            lead_categoricals=keep((*LEAD_CATEGORICALS, *lead_cat)),
-            lead_numerics=keep(lead_num),
-            account_categoricals=keep((*ACCOUNT_CATEGORICALS, *acc_cat)),
-            account_numerics=keep((*ACCOUNT_NUMERICS, *acc_num)),
-            windows=tuple(windows),
-            horizon_days=horizon_days,
-            excluded=exclude,
-        )
+    def columns_of(cls, export: Export, exclude: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        return {"open_stages": tuple(export.open_stages), **super().columns_of(export, exclude)}
 
     @property
     def categorical_features(self) -> list[str]:
@@ -450,48 +435,14 @@ class DealFeatureSpec:
         return [c for c in cols if c not in self.excluded]
 
 
-def _column(frame: pd.DataFrame, name: str, numeric: bool) -> np.ndarray:
-    if name not in frame:
-        return np.full(len(frame), np.nan)
-    if numeric:
-        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-    values = frame[name]
-    if not pd.api.types.is_string_dtype(values):
-        values = values.astype("str").where(values.notna())
-    return values.to_numpy(dtype=object, na_value=np.nan)
-
-
 def _activity_features(
     activities: pd.DataFrame, ids: pd.Index, as_of: pd.Timestamp, spec: DealFeatureSpec
 ) -> dict[str, np.ndarray]:
-    """Per deal and activity kind: counts per window, all-time count, days since the last one."""
-    acts = rows_before(activities, "occurred_at", as_of)
-    pos = ids.get_indexer(acts["opportunity_id"])
-    acts, pos = acts[pos >= 0], pos[pos >= 0]
-    age = ((as_of - acts["occurred_at"]) / DAY).to_numpy(dtype=float)
-    n, k = len(ids), len(spec.activity_types)
-    kind = pd.Index(spec.activity_types).get_indexer(activity_kind(acts))
-    typed = kind >= 0
-    cell, cell_age = pos[typed] * k + kind[typed], age[typed]
-
-    def counts(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(cell[mask], minlength=n * k).reshape(n, k).astype(float)
-
-    def latest(idx: np.ndarray, ages: np.ndarray, size: int) -> np.ndarray:
-        out = np.full(size, np.inf)
-        np.minimum.at(out, idx, ages)
-        out[np.isinf(out)] = np.nan
-        return out
-
-    per_window = {w: counts(cell_age < w) for w in spec.windows}
-    totals = counts(np.ones(len(cell), dtype=bool))
-    since = latest(cell, cell_age, n * k).reshape(n, k)
-    cols: dict[str, np.ndarray] = {}
-    for j, t in enumerate(spec.activity_types):
-        for w in spec.windows:
-            cols[f"{t}_{w}d"] = per_window[w][:, j]
-        cols[f"{t}_total"] = totals[:, j]
-        cols[f"days_since_{t}"] = since[:, j]
+    """Per deal and activity kind: counts per window, all-time count, days since the last one;
+    all activities, those of the last 30 days and days since the last one."""
+    rows, pos, age = activity_rows(activities, "opportunity_id", ids, as_of)
+    n = len(ids)
+    cols, _ = kind_counts(activities, rows, pos, age, n, spec.activity_types, spec.windows)
     cols["activities_total"] = np.bincount(pos, minlength=n).astype(float)
     cols["activities_30d"] = np.bincount(pos[age < 30], minlength=n).astype(float)
     cols["days_since_activity"] = latest(pos, age, n)
@@ -530,22 +481,11 @@ def deal_features(
     if state is None:
         state = deal_state(opportunities, stage_history, as_of, spec.open_stages)
     cols: dict[str, np.ndarray] = {"stage": state["stage"].to_numpy(dtype=object)}
-    for c in spec.opportunity_categoricals:
-        cols[c] = _column(opportunities, c, numeric=False)
-    for c in spec.opportunity_numerics:
-        cols[c] = _column(opportunities, c, numeric=True)
-    lead_rows = rows_before(leads, "created_at", as_of).drop_duplicates("lead_id").set_index("lead_id")
-    lead_rows = lead_rows.reindex(opportunities["lead_id"].to_numpy())
-    for c in spec.lead_categoricals:
-        cols[f"lead_{c}"] = _column(lead_rows, c, numeric=False)
-    for c in spec.lead_numerics:
-        cols[f"lead_{c}"] = _column(lead_rows, c, numeric=True)
-    acc = rows_before(accounts, "created_at", as_of).drop_duplicates("account_id").set_index("account_id")
-    acc_rows = acc.reindex(opportunities["account_id"].to_numpy())
-    for c in spec.account_categoricals:
-        cols[f"account_{c}"] = _column(acc_rows, c, numeric=False)
-    for c in spec.account_numerics:
-        cols[f"account_{c}"] = _column(acc_rows, c, numeric=True)
+    cols.update(joined_columns(opportunities, None, "", spec.opportunity_categoricals, spec.opportunity_numerics))
+    lead_rows, _ = first_rows_before(leads, "lead_id", "created_at", opportunities["lead_id"], as_of)
+    cols.update(joined_columns(leads, lead_rows, "lead_", spec.lead_categoricals, spec.lead_numerics))
+    acc_rows, _ = first_rows_before(accounts, "account_id", "created_at", opportunities["account_id"], as_of)
+    cols.update(joined_columns(accounts, acc_rows, "account_", spec.account_categoricals, spec.account_numerics))
     for c in ("stage_index", "days_in_stage", "age_days", "stage_entries", "advances", "regressions", "amount",
               "amount_changes", "amount_change_ratio", "days_to_close_date", "overdue", "close_date_pushes",
               "close_date_push_days", *(f"days_in_{s}" for s in spec.open_stages)):
@@ -553,7 +493,7 @@ def deal_features(
     typical = state["stage"].map(context.stage_days_median).to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         cols["stage_pace"] = np.where(typical > 0, cols["days_in_stage"] / typical, np.nan)
-    cols["lead_age_at_conversion"] = _days(opportunities["created_at"]) - _days(lead_rows["created_at"])
+    cols["lead_age_at_conversion"] = _days(opportunities["created_at"]) - take(_days(leads["created_at"]), lead_rows)
     cols.update(_activity_features(activities, ids, as_of, spec))
     cols["stage_win_rate"] = state["stage"].map(context.stage_win_rate).fillna(context.global_win_rate).to_numpy(float)
     owners = opportunities["owner_id"].to_numpy(dtype=object)
@@ -602,12 +542,6 @@ def next_stage_entered_at(
     later = stage_history[stage_history["entered_at"] >= as_of][["opportunity_id", "stage", "entered_at"]]
     hit = want.merge(later, on=["opportunity_id", "stage"], how="left").groupby("opportunity_id", sort=False)["entered_at"].min()
     return pd.to_datetime(hit.reindex(ids), utc=True).array
-
-
-def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
-    """As-of times every ``every_days`` ending exactly at ``end`` (inclusive), none before ``start``."""
-    times = pd.date_range(end=end.floor("D"), start=start.ceil("D"), freq=f"{every_days}D")
-    return [pd.Timestamp(t) for t in times]
 
 
 def deal_snapshots(

@@ -85,13 +85,6 @@ class MissingColumn(FunnelcastError):
         super().__init__(f"table {table!r} lacks the required column {column!r}")
 
 
-class UnknownStage(FunnelcastError):
-    def __init__(self, stage: str, allowed: tuple[str, ...] | list[str], where: str = ""):
-        self.stage, self.allowed = stage, tuple(allowed)
-        loc = f"{where}: " if where else ""
-        super().__init__(f"{loc}unknown stage {stage!r}; configured stages are {', '.join(self.allowed)}")
-
-
 class InvalidRecord(FunnelcastError):
     """A record sent for scoring breaks a rule (e.g. an activity after ``as_of``)."""
 

@@ -17,26 +17,33 @@ Features fall in three groups:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from features.contract import ACCOUNTS, LEADS, Export, custom_columns
+from features.columns import (
+    activity_rows,
+    days_before,
+    first_rows_before,
+    joined_columns,
+    kind_counts,
+    latest,
+    lookup,
+    take,
+)
+from features.contract import Export
 from features.pit import known_as_of, open_leads, rows_before
-
-DAY = pd.Timedelta(days=1)
+from features.specs import FeatureSpec
 
 #: Lead fields of the contract used as categorical features (the owner stands for the rep's skill).
 LEAD_CATEGORICALS = ("source", "seniority", "country", "owner_id")
 #: Account fields of the contract used as features (prefixed ``account_`` in the frame).
 ACCOUNT_CATEGORICALS = ("industry", "country")
 ACCOUNT_NUMERICS = ("employees", "annual_revenue")
-#: Contract columns of ``leads`` that are never features (ids, timestamps, outcomes).
-_LEAD_NON_FEATURES = {c.name for c in LEADS.columns} - set(LEAD_CATEGORICALS)
-_ACCOUNT_NON_FEATURES = {c.name for c in ACCOUNTS.columns} - set(ACCOUNT_CATEGORICALS) - set(ACCOUNT_NUMERICS)
 
 #: Smoothing weight (pseudo-leads) of the point-in-time conversion rates.
 RATE_PRIOR_WEIGHT = 20.0
@@ -44,66 +51,20 @@ RATE_PRIOR_WEIGHT = 20.0
 RATE_LOOKBACK = pd.Timedelta(days=365)
 
 
-def activity_kind(activities: pd.DataFrame) -> pd.Series:
-    """An activity's kind: its type, joined with its direction when it has one.
-
-    An inbound email (the prospect wrote) and an outbound one (the rep wrote) say very
-    different things about a lead, so they are counted apart: ``email_inbound``, ``email_outbound``.
-    """
-    kind = activities["type"].astype("str")
-    direction = activities["direction"]
-    return kind.where(direction.isna(), kind + "_" + direction.astype("str"))
-
-
 @dataclass(frozen=True)
-class LeadFeatureSpec:
+class LeadFeatureSpec(FeatureSpec):
     """Which columns a lead feature frame has: fixed when a model is trained, reused to score."""
 
-    activity_types: tuple[str, ...]
+    ACTIVITY_OWNER: ClassVar[str] = "lead_id"
+    SOURCE_TABLES: ClassVar = {
+        "lead": ("leads", LEAD_CATEGORICALS, ()),
+        "account": ("accounts", ACCOUNT_CATEGORICALS, ACCOUNT_NUMERICS),
+    }
+
     lead_categoricals: tuple[str, ...] = LEAD_CATEGORICALS
     lead_numerics: tuple[str, ...] = ()
     account_categoricals: tuple[str, ...] = ACCOUNT_CATEGORICALS
     account_numerics: tuple[str, ...] = ACCOUNT_NUMERICS
-    windows: tuple[int, ...] = (7, 30, 90)
-    horizon_days: int = 91
-    excluded: tuple[str, ...] = ()
-
-    @classmethod
-    def from_export(
-        cls,
-        export: Export,
-        *,
-        horizon_days: int = 91,
-        windows: Sequence[int] = (7, 30, 90),
-        exclude: Iterable[str] = (),
-        min_activity_share: float = 0.005,
-        as_of: pd.Timestamp | None = None,
-    ) -> LeadFeatureSpec:
-        """Spec for an export: its custom fields and the activity types that occur on leads
-        (before ``as_of`` when given, so even the column set is point-in-time)."""
-        exclude = tuple(exclude)
-        lead_custom = custom_columns("leads", export.leads)
-        acc_custom = custom_columns("accounts", export.accounts)
-        lead_num = [c for c in lead_custom if pd.api.types.is_numeric_dtype(export.leads[c])]
-        lead_cat = [c for c in lead_custom if c not in lead_num]
-        acc_num = [c for c in acc_custom if pd.api.types.is_numeric_dtype(export.accounts[c])]
-        acc_cat = [c for c in acc_custom if c not in acc_num]
-        acts = export.activities[export.activities["lead_id"].notna()]
-        if as_of is not None:
-            acts = rows_before(acts, "occurred_at", as_of)
-        shares = activity_kind(acts).value_counts(normalize=True)
-        types = tuple(sorted(shares[shares >= min_activity_share].index.astype(str)))
-        spec = cls(
-            activity_types=types,
-            lead_categoricals=tuple(c for c in (*LEAD_CATEGORICALS, *lead_cat) if c not in exclude),
-            lead_numerics=tuple(c for c in lead_num if c not in exclude),
-            account_categoricals=tuple(c for c in (*ACCOUNT_CATEGORICALS, *acc_cat) if c not in exclude),
-            account_numerics=tuple(c for c in (*ACCOUNT_NUMERICS, *acc_num) if c not in exclude),
-            windows=tuple(windows),
-            horizon_days=horizon_days,
-            excluded=exclude,
-        )
-        return spec
 
     @property
     def categorical_features(self) -> list[str]:
@@ -137,9 +98,18 @@ class LeadFeatureSpec:
         return [c for c in cols if c not in self.excluded]
 
 
+#: The account history columns of a :class:`LeadContext` (prefixed ``account_`` as features).
+HISTORY_COLUMNS = ("won_deals", "won_amount", "lost_deals", "open_opportunities")
+
+
 @dataclass
 class LeadContext:
-    """What the CRM's history said at ``as_of`` about sources, owners and accounts."""
+    """What the CRM's history said at ``as_of`` about sources, owners and accounts.
+
+    ``account_row`` and ``account_totals`` are ``account_history`` as a dict from account id
+    to row and an array of :data:`HISTORY_COLUMNS` with a last row of zeros (row -1: an account
+    without history), built with the context: a lookup in them costs a microsecond where a
+    pandas index lookup costs tens."""
 
     as_of: pd.Timestamp
     horizon_days: int
@@ -148,14 +118,25 @@ class LeadContext:
     owner_rate: dict[str, float] = field(default_factory=dict)
     owner_open_leads: dict[str, int] = field(default_factory=dict)
     account_history: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(
-            columns=["won_deals", "won_amount", "lost_deals", "open_opportunities"], dtype=float
-        )
+        default_factory=lambda: pd.DataFrame(columns=list(HISTORY_COLUMNS), dtype=float)
     )
+    account_row: dict[str, int] = field(init=False, repr=False, compare=False)
+    account_totals: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hist = self.account_history
+        self.account_row = {k: i for i, k in enumerate(hist.index) if isinstance(k, str)}
+        totals = [hist[c].to_numpy(dtype=float) if c in hist else np.zeros(len(hist)) for c in HISTORY_COLUMNS]
+        self.account_totals = np.vstack([np.column_stack(totals).reshape(len(hist), len(HISTORY_COLUMNS)),
+                                         np.zeros(len(HISTORY_COLUMNS))])
 
     def __getstate__(self) -> dict:
-        # the lookup cache of the lean path (see _history_rows) is rebuilt, not saved with the model
-        return {k: v for k, v in self.__dict__.items() if k != "_history_rows"}
+        # the lookups are derived from account_history: rebuilt on load, not saved with the model
+        return {k: v for k, v in self.__dict__.items() if k not in ("account_row", "account_totals")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
 
 
 def _smoothed_rates(keys: pd.Series, hits: pd.Series, prior: float) -> dict[str, float]:
@@ -205,48 +186,17 @@ def lead_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) ->
 
 
 def _activity_features(
-    activities: pd.DataFrame, lead_ids: pd.Index, created_at: pd.Series, as_of: pd.Timestamp, spec: LeadFeatureSpec
+    activities: pd.DataFrame, lead_ids: pd.Index, lead_age: np.ndarray, as_of: pd.Timestamp, spec: LeadFeatureSpec
 ) -> dict[str, np.ndarray]:
-    """Counts by activity kind (see :func:`activity_kind`) over each window, all-time counts
-    and days since the last one; inbound touches of any type per window.
-
-    Vectorised with integer codes and ``np.bincount`` so that one lead (the API) costs
-    microseconds and a snapshot of thousands of leads costs milliseconds.
-    """
-    acts = rows_before(activities, "occurred_at", as_of)
-    pos = lead_ids.get_indexer(acts["lead_id"])
-    mine = pos >= 0
-    acts = acts[mine]
-    pos = pos[mine]
-    age = ((as_of - acts["occurred_at"]) / DAY).to_numpy(dtype=float)
-    type_pos = pd.Index(spec.activity_types).get_indexer(activity_kind(acts))
-    inbound = (acts["direction"] == "inbound").to_numpy(dtype=bool)
-    n, k = len(lead_ids), len(spec.activity_types)
-    # engagement intensity: all-time count per week of the lead's life (at least one day)
-    lead_age = np.maximum(((as_of - created_at) / DAY).to_numpy(dtype=float), 1.0)
-    typed = type_pos >= 0
-    cell = pos[typed] * k + type_pos[typed]
-    cell_age = age[typed]
-
-    def per_type_counts(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(cell[mask], minlength=n * k).reshape(n, k).astype(float)
-
-    def latest(idx: np.ndarray, ages: np.ndarray, size: int) -> np.ndarray:
-        out = np.full(size, np.inf)
-        np.minimum.at(out, idx, ages)
-        out[np.isinf(out)] = np.nan
-        return out
-
-    window_counts = {w: per_type_counts(cell_age < w) for w in spec.windows}
-    totals = per_type_counts(np.ones(len(cell), dtype=bool))
-    since = latest(cell, cell_age, n * k).reshape(n, k)
-    cols: dict[str, np.ndarray] = {}
-    for j, t in enumerate(spec.activity_types):
-        for w in spec.windows:
-            cols[f"{t}_{w}d"] = window_counts[w][:, j]
-        cols[f"{t}_total"] = totals[:, j]
-        cols[f"{t}_per_week"] = totals[:, j] * 7.0 / lead_age
-        cols[f"days_since_{t}"] = since[:, j]
+    """Counts by activity kind (see :func:`activity_kind`) over each window, all-time counts,
+    counts per week of the lead's life (at least one day) and days since the last one;
+    inbound touches of any type per window; all activities and days since the last one."""
+    rows, pos, age = activity_rows(activities, "lead_id", lead_ids, as_of)
+    n = len(lead_ids)
+    cols, inbound = kind_counts(activities, rows, pos, age, n, spec.activity_types, spec.windows)
+    weeks_base = np.maximum(lead_age, 1.0)
+    for t in spec.activity_types:
+        cols[f"{t}_per_week"] = cols[f"{t}_total"] * 7.0 / weeks_base
     for w in spec.windows:
         cols[f"inbound_{w}d"] = np.bincount(pos[inbound & (age < w)], minlength=n).astype(float)
     cols["activities_total"] = np.bincount(pos, minlength=n).astype(float)
@@ -254,19 +204,19 @@ def _activity_features(
     return cols
 
 
-def _lookup(keys: np.ndarray, mapping: dict, default: float) -> np.ndarray:
-    return np.fromiter((mapping.get(k, default) if isinstance(k, str) else default for k in keys), float, len(keys))
-
-
-def _column(frame: pd.DataFrame, name: str, numeric: bool) -> np.ndarray:
-    if name not in frame:
-        return np.full(len(frame), np.nan)
-    if numeric:
-        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-    values = frame[name]
-    if not pd.api.types.is_string_dtype(values):
-        values = values.astype("str").where(values.notna())
-    return values.to_numpy(dtype=object, na_value=np.nan)
+def _context_features(leads: pd.DataFrame, context: LeadContext) -> dict[str, np.ndarray]:
+    """The context's numbers for each lead's source, owner and account."""
+    source = leads["source"].tolist()
+    owner = leads["owner_id"].tolist()
+    cols = {
+        "source_conversion_rate": lookup(source, context.source_rate, context.global_rate),
+        "owner_conversion_rate": lookup(owner, context.owner_rate, context.global_rate),
+        "owner_open_leads": lookup(owner, context.owner_open_leads, 0.0),
+    }
+    row = lookup(leads["account_id"].tolist(), context.account_row, -1).astype(np.int64)
+    for j, c in enumerate(HISTORY_COLUMNS):
+        cols[f"account_{c}"] = context.account_totals[row, j]
+    return cols
 
 
 def lead_features(
@@ -280,209 +230,20 @@ def lead_features(
     """The feature frame of ``leads`` as of ``as_of``, one row per lead, indexed by ``lead_id``.
 
     Only rows before ``as_of`` are read: activities at or after it and accounts created at
-    or after it are invisible. ``context`` must not be newer than ``as_of``.
+    or after it are invisible. ``context`` must not be newer than ``as_of``. One lead (an
+    API request) and a snapshot of thousands take the same numpy code.
     """
     if context.as_of > as_of:
         raise ValueError(f"context as of {context.as_of} is newer than as_of {as_of}: it would leak")
     lead_ids = pd.Index(leads["lead_id"], name="lead_id")
-    lean = _lean_columns(leads, accounts, activities, as_of, context, spec) if _lean_applies(
-        leads, accounts, activities, as_of, spec
-    ) else None
-    if lean is not None:
-        return pd.DataFrame({c: lean[c] for c in spec.feature_names}, index=lead_ids)
-    cols: dict[str, np.ndarray] = {}
-    for c in spec.lead_categoricals:
-        cols[c] = _column(leads, c, numeric=False)
-    for c in spec.lead_numerics:
-        cols[c] = _column(leads, c, numeric=True)
-    acc = rows_before(accounts, "created_at", as_of).drop_duplicates("account_id").set_index("account_id")
-    acc_rows = acc.reindex(leads["account_id"].to_numpy())
-    for c in spec.account_categoricals:
-        cols[f"account_{c}"] = _column(acc_rows, c, numeric=False)
-    for c in spec.account_numerics:
-        cols[f"account_{c}"] = _column(acc_rows, c, numeric=True)
-    cols["lead_age_days"] = ((as_of - leads["created_at"]) / DAY).to_numpy(dtype=float)
-    cols["account_age_days"] = ((as_of - acc_rows["created_at"]) / DAY).to_numpy(dtype=float)
-    cols.update(_activity_features(activities, lead_ids, leads["created_at"], as_of, spec))
-    source = leads["source"].to_numpy(dtype=object)
-    owner = leads["owner_id"].to_numpy(dtype=object)
-    cols["source_conversion_rate"] = _lookup(source, context.source_rate, context.global_rate)
-    cols["owner_conversion_rate"] = _lookup(owner, context.owner_rate, context.global_rate)
-    cols["owner_open_leads"] = _lookup(owner, context.owner_open_leads, 0.0)
-    hist = context.account_history
-    row = hist.index.get_indexer(leads["account_id"].to_numpy(dtype=object))
-    for c in ("won_deals", "won_amount", "lost_deals", "open_opportunities"):
-        values = hist[c].to_numpy(dtype=float) if c in hist else np.zeros(len(hist))
-        cols[f"account_{c}"] = np.where(row >= 0, values[row] if len(values) else 0.0, 0.0)
+    cols = joined_columns(leads, None, "", spec.lead_categoricals, spec.lead_numerics)
+    acc_rows, acc_age = first_rows_before(accounts, "account_id", "created_at", leads["account_id"], as_of)
+    cols.update(joined_columns(accounts, acc_rows, "account_", spec.account_categoricals, spec.account_numerics))
+    cols["lead_age_days"] = days_before(as_of, leads["created_at"])
+    cols["account_age_days"] = take(acc_age, acc_rows)
+    cols.update(_activity_features(activities, lead_ids, cols["lead_age_days"], as_of, spec))
+    cols.update(_context_features(leads, context))
     return pd.DataFrame({c: cols[c] for c in spec.feature_names}, index=lead_ids)
-
-
-# ---------------------------------------------------------------- the lean path (API requests)
-#: Up to this many leads, and this many account and activity rows, :func:`lead_features`
-#: walks the rows in plain Python: about 0.3 ms for one lead instead of about 4 ms of pandas
-#: calls whose fixed cost does not depend on the number of rows. Larger inputs (snapshots of
-#: thousands of leads) take the vectorised path. Both give the same values (tested).
-LEAN_MAX_LEADS = 64
-LEAN_MAX_ROWS = 20_000
-
-
-def _lean_applies(
-    leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, spec: LeadFeatureSpec
-) -> bool:
-    """Whether the frames are small and typed as the loader and the API type them (strings,
-    float64 numbers, UTC timestamps). Anything else, including what the vectorised path
-    refuses with an error, goes the vectorised way."""
-    if len(leads) > LEAN_MAX_LEADS or len(accounts) > LEAN_MAX_ROWS or len(activities) > LEAN_MAX_ROWS:
-        return False
-    if as_of.tzinfo is None:
-        return False
-    dtypes = [dict(zip(frame.columns, frame.dtypes, strict=True)) for frame in (leads, accounts, activities)]
-    lead_t, acc_t, act_t = dtypes
-    required = [
-        (lead_t, ("lead_id", "account_id", "source", "owner_id"), pd.StringDtype),
-        (lead_t, ("created_at",), pd.DatetimeTZDtype),
-        (acc_t, ("account_id",), pd.StringDtype),
-        (acc_t, ("created_at",), pd.DatetimeTZDtype),
-        (act_t, ("lead_id", "type", "direction"), pd.StringDtype),
-        (act_t, ("occurred_at",), pd.DatetimeTZDtype),
-    ]
-    for types, names, kind in required:
-        if not all(isinstance(types.get(name), kind) for name in names):
-            return False
-    optional = [
-        (lead_t, spec.lead_categoricals, pd.StringDtype),
-        (acc_t, spec.account_categoricals, pd.StringDtype),
-    ]
-    for types, names, kind in optional:
-        if not all(name not in types or isinstance(types[name], kind) for name in names):
-            return False
-    numeric = [(lead_t, spec.lead_numerics), (acc_t, spec.account_numerics)]
-    if any(c in types and types[c] != np.float64 for types, names in numeric for c in names):
-        return False
-    return True  # unique lead ids and present account ids: checked by _lean_columns
-
-
-def _days_before(as_of: pd.Timestamp, values: pd.Series) -> np.ndarray:
-    """``((as_of - values) / DAY)`` in numpy: the same unit and the same float division as pandas'."""
-    unit = values.dtype.unit
-    stamps = values.to_numpy(dtype=f"datetime64[{unit}]")
-    return (np.datetime64(as_of.tz_convert(None).as_unit(as_of.unit).to_datetime64()) - stamps) / np.timedelta64(1, "D")
-
-
-def _history_rows(context: LeadContext) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """The account history as a dict from account id to row, and its columns as arrays
-    (built once per context: a pandas index lookup costs ~100 us a call)."""
-    hist = context.account_history
-    cached = context.__dict__.get("_history_rows")
-    if cached is None or cached[0] is not hist:
-        rows = {k: i for i, k in enumerate(hist.index) if isinstance(k, str)}
-        values = {c: hist[c].to_numpy(dtype=float) for c in hist.columns}
-        cached = (hist, rows, values)
-        context.__dict__["_history_rows"] = cached
-    return cached[1], cached[2]
-
-
-def _lean_columns(
-    leads: pd.DataFrame,
-    accounts: pd.DataFrame,
-    activities: pd.DataFrame,
-    as_of: pd.Timestamp,
-    context: LeadContext,
-    spec: LeadFeatureSpec,
-) -> dict[str, np.ndarray] | None:
-    """:func:`lead_features`' columns, row by row: the same definitions as the vectorised path.
-
-    ``None`` (use the vectorised path) for a missing or repeated lead id or a missing account id."""
-    n = len(leads)
-    ids = leads["lead_id"].tolist()
-    lead_pos = {lead_id: i for i, lead_id in enumerate(ids)}
-    account_ids = accounts["account_id"].tolist()
-    if len(lead_pos) < n or not all(isinstance(i, str) for i in ids) or not all(isinstance(a, str) for a in account_ids):
-        return None
-    cols: dict[str, np.ndarray] = {}
-    for c in spec.lead_categoricals:
-        cols[c] = _column(leads, c, numeric=False)
-    for c in spec.lead_numerics:
-        cols[c] = _column(leads, c, numeric=True)
-
-    # the lead's account: the first row of its id created before as_of (rows_before + drop_duplicates)
-    acc_age = _days_before(as_of, accounts["created_at"])
-    first: dict[str, int] = {}
-    for j, (acc_id, age) in enumerate(zip(account_ids, acc_age.tolist(), strict=True)):
-        if age > 0 and acc_id not in first:
-            first[acc_id] = j
-    lead_accounts = leads["account_id"].tolist()
-    acc_pos = [first.get(a, -1) if isinstance(a, str) else -1 for a in lead_accounts]
-
-    def pick(values: np.ndarray, dtype: type) -> np.ndarray:
-        return np.array([values[p] if p >= 0 else np.nan for p in acc_pos], dtype=dtype)
-
-    for c in spec.account_categoricals:
-        cols[f"account_{c}"] = pick(_column(accounts, c, numeric=False), object) if c in accounts else np.full(n, np.nan)
-    for c in spec.account_numerics:
-        cols[f"account_{c}"] = pick(accounts[c].to_numpy(dtype=float), float) if c in accounts else np.full(n, np.nan)
-    lead_age = _days_before(as_of, leads["created_at"])
-    cols["lead_age_days"] = lead_age
-    cols["account_age_days"] = pick(acc_age, float)
-
-    # activities before as_of, by kind (type, or type_direction) and window
-    k, windows = len(spec.activity_types), spec.windows
-    type_pos = {t: j for j, t in enumerate(spec.activity_types)}
-    in_window = {w: np.zeros((n, k)) for w in windows}
-    totals = np.zeros((n, k))
-    since = np.full((n, k), np.inf)
-    inbound = {w: np.zeros(n) for w in windows}
-    all_total = np.zeros(n)
-    last = np.full(n, np.inf)
-    act_age = _days_before(as_of, activities["occurred_at"]).tolist()
-    rows = zip(activities["lead_id"].tolist(), activities["type"].tolist(), activities["direction"].tolist(), act_age, strict=True)
-    for lead_id, kind, direction, age in rows:
-        i = lead_pos.get(lead_id) if isinstance(lead_id, str) else None
-        if i is None or not age > 0:  # another lead's, at or after as_of, or no timestamp
-            continue
-        all_total[i] += 1
-        last[i] = min(last[i], age)
-        if isinstance(direction, str):
-            kind = f"{kind}_{direction}" if isinstance(kind, str) else None
-            if direction == "inbound":
-                for w in windows:
-                    if age < w:
-                        inbound[w][i] += 1
-        j = type_pos.get(kind) if isinstance(kind, str) else None
-        if j is None:
-            continue
-        totals[i, j] += 1
-        since[i, j] = min(since[i, j], age)
-        for w in windows:
-            if age < w:
-                in_window[w][i, j] += 1
-    since[np.isinf(since)] = np.nan
-    last[np.isinf(last)] = np.nan
-    weeks_base = np.maximum(lead_age, 1.0)
-    for j, t in enumerate(spec.activity_types):
-        for w in windows:
-            cols[f"{t}_{w}d"] = in_window[w][:, j]
-        cols[f"{t}_total"] = totals[:, j]
-        cols[f"{t}_per_week"] = totals[:, j] * 7.0 / weeks_base
-        cols[f"days_since_{t}"] = since[:, j]
-    for w in windows:
-        cols[f"inbound_{w}d"] = inbound[w]
-    cols["activities_total"] = all_total
-    cols["days_since_activity"] = last
-
-    source = leads["source"].to_numpy(dtype=object)
-    owner = leads["owner_id"].to_numpy(dtype=object)
-    cols["source_conversion_rate"] = _lookup(source, context.source_rate, context.global_rate)
-    cols["owner_conversion_rate"] = _lookup(owner, context.owner_rate, context.global_rate)
-    cols["owner_open_leads"] = _lookup(owner, context.owner_open_leads, 0.0)
-    hist_rows, hist_values = _history_rows(context)
-    row = [hist_rows.get(a, -1) if isinstance(a, str) else -1 for a in lead_accounts]
-    for c in ("won_deals", "won_amount", "lost_deals", "open_opportunities"):
-        values = hist_values.get(c)
-        cols[f"account_{c}"] = np.array(
-            [float(values[r]) if r >= 0 and values is not None else 0.0 for r in row], dtype=float
-        )
-    return cols
 
 
 def converted_within_horizon(leads: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int) -> pd.Series:

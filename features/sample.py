@@ -724,11 +724,70 @@ def generate_sample(
         raise ValueError(f"horizon_days must be positive, got {horizon_days!r}")
     out = Path(out)
     world = WorldModel()
-    lm, dm, cm = world.leads, world.deals, world.customers
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # every step draws from it in turn: their order is the sample
     bar = tqdm(total=7, desc="generate sample", disable=not progress)
+    pop = _simulate_leads(rng, world, scale)
+    bar.update()
+    lead_acts = _lead_activities(rng, world.leads, pop)
+    bar.update()
+    deals = _simulate_deals(rng, world, _first_deals(rng, world.customers, pop), pop.acc, pop.upsell_rate, pop.skill_of)
+    dframe, path = deals.frame, deals.path
+    bar.update()
+    activities = pd.concat([*lead_acts, *_deal_activities(rng, world, dframe, path)], ignore_index=True)
+    bar.update()
+    ecd_at_t = _close_date_entries(rng, world.deals, dframe, path)
 
-    # reps, accounts, leads ---------------------------------------------------------------
+    export_dir, truth_dir = out / "export", out / "truth"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    tables, ids = _export_tables(rng, pop, dframe, path, ecd_at_t, activities)
+    for name, frame in tables.items():
+        frame.to_csv(export_dir / f"{name}.csv", index=False, float_format="%.2f", lineterminator="\n")
+    bar.update()
+    lead_truth, deal_truth = _truth(world, float(horizon_days), ids, pop.created, pop.exit_at, pop.converted,
+                                    pop.lead_lin, activities, dframe, path)
+    lead_truth.to_csv(truth_dir / "leads.csv", index=False, float_format="%.8g", lineterminator="\n")
+    deal_truth.to_csv(truth_dir / "opportunities.csv", index=False, float_format="%.8g", lineterminator="\n")
+    _write_truth_notes(truth_dir, world, pop, ids, {"seed": seed, "scale": scale, "horizon_days": horizon_days})
+    bar.update()
+    bar.close()
+    counts = {name: len(frame) for name, frame in tables.items()}
+    counts |= {"truth_leads": len(lead_truth), "truth_opportunities": len(deal_truth)}
+    return SampleSummary(out, export_dir, truth_dir, EXPORTED_AT, counts)
+
+
+@dataclass(frozen=True)
+class _Population:
+    """The simulated reps, the account pool and every lead (arrays indexed by lead), with the
+    leads' true linear predictor, latent engagement ``z`` and fate (exit time, converted)."""
+
+    reps: pd.DataFrame
+    skill_of: np.ndarray  # per rep, and 0.0 at index -1 (no owner)
+    acc: pd.DataFrame
+    masks: list[np.ndarray]
+    upsell_rate: np.ndarray
+    created: np.ndarray
+    linked: np.ndarray
+    account: np.ndarray
+    owner: np.ndarray
+    source: np.ndarray
+    seniority: np.ndarray
+    country: np.ndarray
+    budget: np.ndarray
+    campaign: np.ndarray
+    lead_lin: np.ndarray
+    z: np.ndarray
+    exit_age: np.ndarray
+    converted: np.ndarray
+
+    @property
+    def exit_at(self) -> np.ndarray:
+        return self.created + self.exit_age
+
+
+def _simulate_leads(rng: np.random.Generator, world: WorldModel, scale: float) -> _Population:
+    """Reps, accounts and leads with their fields, true conversion drivers and fates."""
+    lm, cm = world.leads, world.customers
     reps = _make_reps(rng, world, scale)
     skill_of = np.r_[reps["skill"].to_numpy(), 0.0]  # index -1: no owner
     created = _arrivals(rng, world, scale)
@@ -764,46 +823,52 @@ def generate_sample(
     )
     z = GRID[rng.choice(GRID.size, size=n_leads, p=GRID_PRIOR)]
     exit_age, converted = _simulate_lead_exits(rng, lm, lead_lin, z)
-    exit_at = created + exit_age
-    bar.update()
+    return _Population(reps, skill_of, acc, masks, upsell_rate, created, linked, account, owner, source, seniority,
+                       country, budget, campaign, lead_lin, z, exit_age, converted)
 
-    # lead activities (informative ones first: their index k is the truth's count column) ---
-    acts: list[pd.DataFrame] = []
+
+def _lead_activities(rng: np.random.Generator, lm: LeadModel, pop: _Population) -> list[pd.DataFrame]:
+    """Lead activities (informative ones first: their index k is the truth's count column)."""
+    acts = []
     for k, act in enumerate((*lm.informative, *lm.noise)):
-        rate = act.rate * np.exp(act.effect * z)
-        idx, off = _poisson_times(rng, rate, act.tau, exit_age)
-        acts.append(pd.DataFrame({"time": created[idx] + off, "type": act.type, "direction": act.direction,
-                                  "lead": idx, "deal": -1, "account": np.where(linked[idx], account[idx], -1),
+        rate = act.rate * np.exp(act.effect * pop.z)
+        idx, off = _poisson_times(rng, rate, act.tau, pop.exit_age)
+        acts.append(pd.DataFrame({"time": pop.created[idx] + off, "type": act.type, "direction": act.direction,
+                                  "lead": idx, "deal": -1, "account": np.where(pop.linked[idx], pop.account[idx], -1),
                                   "score": np.nan, "kind": k}))
-    bar.update()
+    return acts
 
-    # deals -------------------------------------------------------------------------------
-    conv = np.flatnonzero(converted & (exit_at < T_DAYS))
+
+def _first_deals(rng: np.random.Generator, cm: CustomerModel, pop: _Population) -> pd.DataFrame:
+    """The new-business deals of the leads that converted before T."""
+    conv = np.flatnonzero(pop.converted & (pop.exit_at < T_DAYS))
     product = _choice(rng, cm.product_mix, conv.size)
     first = pd.DataFrame(
         {
-            "created": exit_at[conv],
-            "account": account[conv],
-            "owner": owner[conv],
+            "created": pop.exit_at[conv],
+            "account": pop.account[conv],
+            "owner": pop.owner[conv],
             "type": "new",
             "product_true": product,
             "lead": conv,
-            "source": source[conv],
-            "amount0": np.round(_base_amount(cm, product, acc.iloc[account[conv]])
+            "source": pop.source[conv],
+            "amount0": np.round(_base_amount(cm, product, pop.acc.iloc[pop.account[conv]])
                                 * np.exp(rng.normal(0.0, cm.amount_sigma, conv.size)), 2),
         }
     )
     first["product"] = _blank(rng, first["product_true"].to_numpy(), MISSING["opportunities", "product"])
-    first["skill"] = skill_of[first["owner"].to_numpy()]
+    first["skill"] = pop.skill_of[first["owner"].to_numpy()]
     first["w"] = GRID[rng.choice(GRID.size, size=len(first), p=GRID_PRIOR)]
-    deals = _simulate_deals(rng, world, first, acc, upsell_rate, skill_of)
-    dframe, path = deals.frame, deals.path
-    n_deals = len(dframe)
-    bar.update()
+    return first
 
-    # deal activities -----------------------------------------------------------------------
+
+def _deal_activities(rng: np.random.Generator, world: WorldModel, dframe: pd.DataFrame, path: pd.DataFrame) -> list[pd.DataFrame]:
+    """Deal activities, the quotes and contracts sent on entering proposal and contract, and
+    the customers' support tickets and surveys after their first win."""
+    dm, cm = world.deals, world.customers
     d_created, d_closed = dframe["created"].to_numpy(), dframe["closed"].to_numpy()
     d_account = dframe["account"].to_numpy()
+    acts = []
     for k, act in enumerate((*dm.informative, *dm.noise)):
         rate = act.rate * np.exp(act.effect * dframe["w"].to_numpy())
         idx, off = _poisson_times(rng, rate, None, d_closed - d_created)
@@ -823,10 +888,14 @@ def generate_sample(
         acts.append(pd.DataFrame({"time": wins["closed"].to_numpy()[idx] + off, "type": typ,
                                   "direction": "inbound", "lead": -1, "deal": -1,
                                   "account": wins["account"].to_numpy()[idx], "score": score, "kind": 300}))
-    activities = pd.concat(acts, ignore_index=True)
-    bar.update()
+    return acts
 
-    # expected close dates --------------------------------------------------------------------
+
+def _close_date_entries(rng: np.random.Generator, dm: DealModel, dframe: pd.DataFrame, path: pd.DataFrame) -> np.ndarray:
+    """Set the close date (``ecd``) and blank amounts of the stage entries in ``path``; return
+    each deal's close date at T (for the deals still open then)."""
+    n_deals = len(dframe)
+    d_created, d_closed = dframe["created"].to_numpy(), dframe["closed"].to_numpy()
     ecd_values, ecd_push_at = _close_dates(rng, dm, d_created, np.minimum(d_closed, T_DAYS))
     ecd_missing = rng.random(n_deals) < MISSING["opportunities", "expected_close_date"]
     amount_missing = rng.random(n_deals) < MISSING["opportunities", "amount"]
@@ -837,32 +906,16 @@ def generate_sample(
     path_ecd = np.where(terminal, np.floor(path["time"].to_numpy()), path_ecd)
     path["ecd"] = np.where(ecd_missing[path_deal], np.nan, path_ecd)
     open_ecd = ecd_values[(ecd_push_at < T_DAYS).sum(axis=0) - 1, np.arange(n_deals)]
-    ecd_at_t = np.where(ecd_missing, np.nan, open_ecd)  # used for deals still open at T
     path["amount"] = np.where(amount_missing[path_deal], np.nan, path["amount"].to_numpy())
+    return np.where(ecd_missing, np.nan, open_ecd)
 
-    # the export -------------------------------------------------------------------------------
-    export_dir, truth_dir = out / "export", out / "truth"
-    export_dir.mkdir(parents=True, exist_ok=True)
-    truth_dir.mkdir(parents=True, exist_ok=True)
-    tables, ids = _export_tables(
-        rng, reps, acc, created, linked, account, owner, source, seniority, country, budget, campaign,
-        exit_at, converted, dframe, path, ecd_at_t, activities,
-    )
-    for name, frame in tables.items():
-        frame.to_csv(export_dir / f"{name}.csv", index=False, float_format="%.2f", lineterminator="\n")
-    bar.update()
 
-    # the truth ------------------------------------------------------------------------------
-    lead_truth, deal_truth = _truth(world, float(horizon_days), ids, created, exit_at, converted, lead_lin,
-                                    activities, dframe, path)
-    lead_truth.to_csv(truth_dir / "leads.csv", index=False, float_format="%.8g", lineterminator="\n")
-    deal_truth.to_csv(truth_dir / "opportunities.csv", index=False, float_format="%.8g", lineterminator="\n")
+def _write_truth_notes(truth_dir: Path, world: WorldModel, pop: _Population, ids: dict[str, np.ndarray], run: dict) -> None:
+    """``params.json`` (the run's options ``run`` and the world's parameters), ``traits.json`` and the README."""
     params = {
-        "seed": seed,
-        "scale": scale,
+        **run,
         "history_start": HISTORY_START.isoformat(),
         "exported_at": EXPORTED_AT.isoformat(),
-        "horizon_days": horizon_days,
         "as_of": [(EXPORTED_AT - pd.Timedelta(days=d)).isoformat() for d in AS_OF_OFFSETS_DAYS],
         "grid": GRID.tolist(),
         "grid_prior": GRID_PRIOR.tolist(),
@@ -871,46 +924,59 @@ def generate_sample(
                             "source": SOURCES, "seniority": SENIORITIES, "campaign": CAMPAIGNS},
         "missing_shares": {f"{t}.{c}": v for (t, c), v in MISSING.items()},
         "messy_share": MESSY_SHARE,
-        "rep_skill": dict(zip(reps["owner_id"], np.round(reps["skill"], 6).tolist(), strict=True)),
+        "rep_skill": dict(zip(pop.reps["owner_id"], np.round(pop.reps["skill"], 6).tolist(), strict=True)),
     }
     (truth_dir / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     traits = {
         "description": "Planted high-value customer traits: accounts with them get bigger deal amounts "
                        "(amount_multiplier) and more upsell opportunities (upsell_rate_multiplier). "
                        "Conditions are on the accounts' true values; the export may miss some of them.",
-        "traits": [dict(t, accounts_in_export=int(mk[ids["accounts"]].sum())) for t, mk in zip(cm.traits, masks, strict=True)],
+        "traits": [dict(t, accounts_in_export=int(mk[ids["accounts"]].sum()))
+                   for t, mk in zip(world.customers.traits, pop.masks, strict=True)],
     }
     (truth_dir / "traits.json").write_text(json.dumps(traits, indent=2) + "\n")
-    (truth_dir / "README.md").write_text(_README.format(h=horizon_days))
-    bar.update()
-    bar.close()
-    counts = {name: len(frame) for name, frame in tables.items()}
-    counts |= {"truth_leads": len(lead_truth), "truth_opportunities": len(deal_truth)}
-    return SampleSummary(out, export_dir, truth_dir, EXPORTED_AT, counts)
+    (truth_dir / "README.md").write_text(_README.format(h=run["horizon_days"]))
 
 
 def _export_tables(
-    rng, reps, acc, created, linked, account, owner, source, seniority, country, budget, campaign,
-    exit_at, converted, dframe, path, ecd_at_t, activities,
+    rng: np.random.Generator, pop: _Population, dframe: pd.DataFrame, path: pd.DataFrame, ecd_at_t: np.ndarray,
+    activities: pd.DataFrame,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
     """The CRM's view at T: only rows and values whose timestamps are before T."""
-    T = T_DAYS
-    n_leads = created.size
-    owner_ids = np.r_[reps["owner_id"].to_numpy(dtype=object), None]
-
-    # opportunities known at T (all simulated deals were created before T)
     n_deals = len(dframe)
     opp_order = np.argsort(dframe["created"].to_numpy(), kind="stable")
     opp_id = np.empty(n_deals, dtype=object)
     opp_id[opp_order] = _ids("O", n_deals, 6)
-    lead_id = _ids("L", n_leads, 6)  # leads are created in time order already
+    lead_id = _ids("L", pop.created.size, 6)  # leads are created in time order already
+    owner_ids = np.r_[pop.reps["owner_id"].to_numpy(dtype=object), None]
+    accounts, acc_id, keep_acc = _account_table(rng, pop, dframe)
+    leads = _lead_table(rng, pop, dframe, lead_id, opp_id, acc_id, owner_ids)
+    stage_history, opportunities = _deal_tables(rng, dframe, path, ecd_at_t, opp_order, opp_id, lead_id, acc_id, owner_ids)
+    reps_out = pop.reps[["owner_id", "team", "region", "capacity"]].copy()
+    reps_out["region"] = _blank(rng, reps_out["region"].to_numpy(), MISSING["reps", "region"])
+    tables = {
+        "accounts": accounts,
+        "leads": leads,
+        "opportunities": opportunities,
+        "stage_history": stage_history,
+        "activities": _activity_table(activities, lead_id, opp_id, acc_id),
+        "reps": reps_out,
+    }
+    for name, frame in tables.items():  # contract columns first, in contract order, then custom fields
+        known = TABLES[name].column_names
+        tables[name] = frame[known + [c for c in frame.columns if c not in known]]
+    return tables, {"lead_id": lead_id, "opportunity_id": opp_id, "accounts": keep_acc}
 
-    # accounts: created before their first linked lead, or at the conversion of an unlinked one
+
+def _account_table(rng: np.random.Generator, pop: _Population, dframe: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Accounts created before their first linked lead, or at the conversion of an unlinked one;
+    also each pool account's id (None when not in the export) and the pool rows kept."""
+    acc, linked, account = pop.acc, pop.linked, pop.account
     first_seen = np.full(len(acc), np.inf)
-    lead_at = created[linked]  # an account appears up to 90 days before its first lead, not before the history
+    lead_at = pop.created[linked]  # an account appears up to 90 days before its first lead, not before the history
     np.minimum.at(first_seen, account[linked], lead_at - rng.uniform(0.0, 1.0, lead_at.size) * np.minimum(90.0, lead_at))
     np.minimum.at(first_seen, dframe["account"].to_numpy(), dframe["created"].to_numpy())
-    keep_acc = np.flatnonzero(first_seen < T)
+    keep_acc = np.flatnonzero(first_seen < T_DAYS)
     keep_acc = keep_acc[np.argsort(first_seen[keep_acc], kind="stable")]
     acc_id = np.full(len(acc), None, dtype=object)
     acc_id[keep_acc] = _ids("A", keep_acc.size, 5)
@@ -926,33 +992,47 @@ def _export_tables(
             "tech_stack": _messy(rng, a["tech_stack"].to_numpy()),
         }
     )
+    return accounts, acc_id, keep_acc
 
-    # leads
-    conv_known = converted & (exit_at < T)
-    disq_known = ~converted & (exit_at < T)
-    deal_of_lead = np.full(n_leads, -1)
+
+def _lead_table(
+    rng: np.random.Generator, pop: _Population, dframe: pd.DataFrame, lead_id: np.ndarray, opp_id: np.ndarray,
+    acc_id: np.ndarray, owner_ids: np.ndarray,
+) -> pd.DataFrame:
+    """Leads as the CRM holds them at T: conversions and disqualifications before T only."""
+    exit_at, converted, budget = pop.exit_at, pop.converted, pop.budget
+    conv_known = converted & (exit_at < T_DAYS)
+    disq_known = ~converted & (exit_at < T_DAYS)
+    deal_of_lead = np.full(pop.created.size, -1)
     new = dframe["lead"].to_numpy() >= 0
     deal_of_lead[dframe["lead"].to_numpy()[new]] = np.flatnonzero(new)
     leads = pd.DataFrame(
         {
             "lead_id": lead_id,
-            "created_at": _iso(created),
-            "account_id": np.where(linked, acc_id[account], None),
-            "owner_id": owner_ids[owner],
-            "source": _messy(rng, source),
-            "seniority": _messy(rng, seniority),
-            "country": _messy(rng, country),
+            "created_at": _iso(pop.created),
+            "account_id": np.where(pop.linked, acc_id[pop.account], None),
+            "owner_id": owner_ids[pop.owner],
+            "source": _messy(rng, pop.source),
+            "seniority": _messy(rng, pop.seniority),
+            "country": _messy(rng, pop.country),
             "converted_at": _iso(np.where(conv_known, exit_at, np.nan)),
             "opportunity_id": np.where(conv_known, opp_id[deal_of_lead], None),
             "disqualified_at": _iso(np.where(disq_known, exit_at, np.nan)),
             "budget_k": pd.array(np.where(np.isnan(budget), 0, budget).astype(np.int64), dtype="Int64"),
-            "campaign": _messy(rng, campaign),
+            "campaign": _messy(rng, pop.campaign),
         }
     )
     leads.loc[np.isnan(budget), "budget_k"] = pd.NA
+    return leads
 
-    # stage history and the opportunities' state at T
-    seen = path[path["time"].to_numpy() < T].copy()
+
+def _deal_tables(
+    rng: np.random.Generator, dframe: pd.DataFrame, path: pd.DataFrame, ecd_at_t: np.ndarray, opp_order: np.ndarray,
+    opp_id: np.ndarray, lead_id: np.ndarray, acc_id: np.ndarray, owner_ids: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage history before T and the opportunities' state at T."""
+    n_deals = len(dframe)
+    seen = path[path["time"].to_numpy() < T_DAYS].copy()
     seen["opportunity_id"] = opp_id[seen["deal"].to_numpy()]
     stage_history = pd.DataFrame(
         {
@@ -971,6 +1051,7 @@ def _export_tables(
     closed_known = stage_now >= WON
     # the current close date at T: the close date for closed deals, else the value after the pushes before T
     ecd_now = np.where(closed_known, last["ecd"].to_numpy(), ecd_at_t)
+    new = dframe["lead"].to_numpy() >= 0
     opportunities = pd.DataFrame(
         {
             "opportunity_id": opp_id,
@@ -987,11 +1068,14 @@ def _export_tables(
             "closed_at": _iso(np.where(closed_known, dframe["closed"].to_numpy(), np.nan)),
         }
     ).iloc[opp_order].reset_index(drop=True)
+    return stage_history, opportunities
 
-    # activities before T, in time order
-    act = activities[activities["time"].to_numpy() < T].sort_values("time", kind="stable")
+
+def _activity_table(activities: pd.DataFrame, lead_id: np.ndarray, opp_id: np.ndarray, acc_id: np.ndarray) -> pd.DataFrame:
+    """Activities before T, in time order."""
+    act = activities[activities["time"].to_numpy() < T_DAYS].sort_values("time", kind="stable")
     lead_idx, deal_idx, acc_idx = act["lead"].to_numpy(), act["deal"].to_numpy(), act["account"].to_numpy()
-    activities_out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "activity_id": _ids("ACT", len(act), 7),
             "occurred_at": _iso(act["time"].to_numpy()),
@@ -1003,21 +1087,6 @@ def _export_tables(
             "score": act["score"].to_numpy(),
         }
     )
-    reps_out = reps[["owner_id", "team", "region", "capacity"]].copy()
-    reps_out["region"] = _blank(rng, reps_out["region"].to_numpy(), MISSING["reps", "region"])
-
-    tables = {
-        "accounts": accounts,
-        "leads": leads,
-        "opportunities": opportunities,
-        "stage_history": stage_history,
-        "activities": activities_out,
-        "reps": reps_out,
-    }
-    for name, frame in tables.items():  # contract columns first, in contract order, then custom fields
-        known = TABLES[name].column_names
-        tables[name] = frame[known + [c for c in frame.columns if c not in known]]
-    return tables, {"lead_id": lead_id, "opportunity_id": opp_id, "accounts": keep_acc}
 
 
 def _truth(

@@ -146,10 +146,15 @@ def test_written_import_loads_back_identically(salesforce: Path, tmp_path: Path)
     assert len(read_field_history(out)) == 2
 
 
+def _set_cell(folder: Path, file: str, row: int, column: str, value: str) -> None:
+    """Change one cell of a source file, as a typo in the CRM would."""
+    frame = pd.read_csv(folder / file, dtype=str, keep_default_na=False)
+    frame.loc[row, column] = value
+    frame.to_csv(folder / file, index=False)
+
+
 def test_unparseable_value_is_a_bad_row_of_the_source_file(salesforce: Path):
-    leads = pd.read_csv(salesforce / "Lead.csv", dtype=str, keep_default_na=False)
-    leads.loc[1, "CreatedDate"] = "last tuesday"
-    leads.to_csv(salesforce / "Lead.csv", index=False)
+    _set_cell(salesforce, "Lead.csv", 1, "CreatedDate", "last tuesday")
     with pytest.raises(ExportValidationError) as exc:
         import_export("salesforce", salesforce)
     bad = exc.value.report.bad_rows
@@ -161,9 +166,7 @@ def test_unparseable_value_is_a_bad_row_of_the_source_file(salesforce: Path):
 
 
 def test_unknown_stage_is_reported_not_guessed(salesforce: Path):
-    opps = pd.read_csv(salesforce / "Opportunity.csv", dtype=str, keep_default_na=False)
-    opps.loc[1, "StageName"] = "Almost There"
-    opps.to_csv(salesforce / "Opportunity.csv", index=False)
+    _set_cell(salesforce, "Opportunity.csv", 1, "StageName", "Almost There")
     with pytest.raises(ExportValidationError) as exc:
         import_export("salesforce", salesforce)
     first = exc.value.report.bad_rows[0]

@@ -4,6 +4,7 @@ vectorised frame equals a deliberately naive per-lead loop."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -83,14 +84,11 @@ def _with_future_rewritten(export: Export, as_of: pd.Timestamp, rng: np.random.G
 
 @pytest.mark.parametrize("frac", [0.4, 0.7, 0.95])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rows_after_as_of_never_change_a_feature(sample_export, frac, seed):
+def test_rows_after_as_of_never_change_a_feature(sample_export, frac, seed, assert_future_is_invisible):
     as_of = _as_of(sample_export, frac)
     spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
-    before = _features(sample_export, as_of, spec)
     changed = _with_future_rewritten(sample_export, as_of, np.random.default_rng(seed))
-    after = _features(changed, as_of, spec)
-    assert len(before) > 20
-    pd.testing.assert_frame_equal(before, after)
+    assert_future_is_invisible(lambda export: _features(export, as_of, spec), sample_export, changed)
 
 
 def test_context_only_reads_the_past(sample_export):
@@ -111,7 +109,9 @@ def test_context_newer_than_as_of_is_refused(sample_export):
         lead_features(leads, sample_export.accounts, sample_export.activities, as_of, ctx, spec)
 
 
-def _naive_features(export: Export, lead: pd.Series, as_of: pd.Timestamp, ctx, spec: LeadFeatureSpec) -> dict:
+def _naive_features(
+    lead: pd.Series, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, ctx, spec: LeadFeatureSpec
+) -> dict:
     """One lead at a time, plain Python: the reference for the vectorised frame."""
     day = 86400.0
     row: dict[str, object] = {}
@@ -122,19 +122,19 @@ def _naive_features(export: Export, lead: pd.Series, as_of: pd.Timestamp, ctx, s
         v = lead.get(c)
         row[c] = math.nan if pd.isna(v) else float(v)
     account = None
-    for _, a in export.accounts.iterrows():
+    for _, a in accounts.iterrows():
         if a["account_id"] == lead["account_id"] and a["created_at"] < as_of:
             account = a
             break
     for c in spec.account_categoricals:
-        v = None if account is None else account[c]
+        v = None if account is None else account.get(c)
         row[f"account_{c}"] = None if v is None or pd.isna(v) else str(v)
     for c in spec.account_numerics:
-        v = None if account is None else account[c]
+        v = None if account is None else account.get(c)
         row[f"account_{c}"] = math.nan if v is None or pd.isna(v) else float(v)
     row["lead_age_days"] = (as_of - lead["created_at"]).total_seconds() / day
     row["account_age_days"] = math.nan if account is None else (as_of - account["created_at"]).total_seconds() / day
-    mine = [a for a in export.activities.itertuples() if a.lead_id == lead["lead_id"] and a.occurred_at < as_of]
+    mine = [a for a in activities.itertuples() if a.lead_id == lead["lead_id"] and a.occurred_at < as_of]
     ages = {}
     for t in spec.activity_types:
         ages[t] = [
@@ -164,16 +164,13 @@ def _naive_features(export: Export, lead: pd.Series, as_of: pd.Timestamp, ctx, s
     return row
 
 
-@pytest.mark.parametrize("frac", [0.5, 0.9])
-def test_vectorised_frame_equals_naive_loop(sample_export, frac):
-    as_of = _as_of(sample_export, frac)
-    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
-    frame = _features(sample_export, as_of, spec)
-    ctx = lead_context(sample_export, as_of)
-    leads = open_leads(sample_export.leads, as_of)
-    sample = leads.sample(n=min(40, len(leads)), random_state=0)
-    for _, lead in sample.iterrows():
-        expected = _naive_features(sample_export, lead, as_of, ctx, spec)
+def _assert_equals_naive_loop(
+    frame: pd.DataFrame, leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame,
+    as_of: pd.Timestamp, ctx, spec: LeadFeatureSpec,
+) -> None:
+    assert list(frame.index) == list(leads["lead_id"]) and list(frame.columns) == spec.feature_names
+    for _, lead in leads.iterrows():
+        expected = _naive_features(lead, accounts, activities, as_of, ctx, spec)
         got = frame.loc[lead["lead_id"]]
         for col in spec.feature_names:
             e, g = expected[col], got[col]
@@ -183,6 +180,18 @@ def test_vectorised_frame_equals_naive_loop(sample_export, frac):
                 assert g == e, (lead["lead_id"], col, g, e)
             else:
                 assert g == pytest.approx(e, rel=1e-9, abs=1e-9), (lead["lead_id"], col, g, e)
+
+
+@pytest.mark.parametrize("frac", [0.5, 0.9])
+def test_vectorised_frame_equals_naive_loop(sample_export, frac):
+    as_of = _as_of(sample_export, frac)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    ctx = lead_context(sample_export, as_of)
+    leads = open_leads(sample_export.leads, as_of)
+    frame = lead_features(leads, sample_export.accounts, sample_export.activities, as_of, ctx, spec)
+    sample = leads.sample(n=min(40, len(leads)), random_state=0)
+    _assert_equals_naive_loop(frame.loc[sample["lead_id"]], sample, sample_export.accounts, sample_export.activities,
+                              as_of, ctx, spec)
 
 
 def test_one_lead_scores_like_in_a_batch(sample_export):
@@ -253,33 +262,27 @@ def _request_frames(export: Export, lead_ids, as_of: pd.Timestamp, rng: np.rando
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_lean_path_equals_the_vectorised_frame(sample_export, seed, monkeypatch):
-    """Small requests take the row-by-row path; on the same records it gives exactly the
-    vectorised path's frame (values, dtypes, index), including every messy case above."""
-    import features.leads as leads_module
-
+def test_messy_requests_equal_the_naive_loop(sample_export, seed):
+    """What the API sends (1 to 12 leads with their records, made messy) gives the naive loop's
+    features, as a batch and each lead alone."""
     rng = np.random.default_rng(seed)
     as_of = _as_of(sample_export, rng.uniform(0.5, 0.95))
     spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
     ctx = lead_context(sample_export, as_of)
     open_ids = open_leads(sample_export.leads, as_of)["lead_id"].to_numpy()
-    for _ in range(15):
+    for _ in range(8):
         ids = rng.choice(open_ids, size=int(rng.integers(1, 12)), replace=False)
         leads, accounts, acts = _request_frames(sample_export, ids, as_of, rng)
         if rng.random() < 0.2:  # a custom field the request leaves out
             leads = leads.drop(columns=[c for c in spec.lead_numerics if c in leads])
-        assert leads_module._lean_applies(leads, accounts, acts, as_of, spec)
-        assert leads_module._lean_columns(leads, accounts, acts, as_of, ctx, spec) is not None  # the lean path ran
-        lean = lead_features(leads, accounts, acts, as_of, ctx, spec)
-        with monkeypatch.context() as m:
-            m.setattr(leads_module, "LEAN_MAX_LEADS", 0)
-            vectorised = lead_features(leads, accounts, acts, as_of, ctx, spec)
-        pd.testing.assert_frame_equal(lean, vectorised, check_exact=False, rtol=1e-12, atol=0)
-        pd.testing.assert_frame_equal(lean, vectorised, check_exact=True)
+        frame = lead_features(leads, accounts, acts, as_of, ctx, spec)
+        _assert_equals_naive_loop(frame, leads, accounts, acts, as_of, ctx, spec)
+        alone = lead_features(leads.iloc[[-1]], accounts, acts, as_of, ctx, spec)
+        pd.testing.assert_frame_equal(alone, frame.iloc[[-1]], check_dtype=False)
 
 
-def test_lean_path_of_one_lead_equals_its_row_in_the_snapshot(sample_export):
-    """A lead alone (lean path) against its row among all open leads (vectorised path)."""
+def test_each_lead_alone_equals_its_row_in_the_snapshot(sample_export):
+    """A lead alone (as the API sends it) against its row among all open leads (the batch job)."""
     as_of = _as_of(sample_export, 0.9)
     spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
     frame = _features(sample_export, as_of, spec)
@@ -294,3 +297,21 @@ def test_lean_path_of_one_lead_equals_its_row_in_the_snapshot(sample_export):
         pd.testing.assert_frame_equal(
             alone, frame.loc[alone.index], check_dtype=False, check_exact=False, rtol=1e-12, atol=0
         )
+
+
+def test_context_survives_pickling(sample_export):
+    """A trained model carries its context: the account lookups are rebuilt from the history on load."""
+    ctx = lead_context(sample_export, _as_of(sample_export, 0.7))
+    loaded = pickle.loads(pickle.dumps(ctx))
+    assert loaded.account_row == ctx.account_row and len(ctx.account_row) > 0
+    np.testing.assert_array_equal(loaded.account_totals, ctx.account_totals)
+    assert "account_row" not in ctx.__getstate__()
+
+
+def test_a_lead_given_twice_is_refused_by_name(sample_export):
+    as_of = _as_of(sample_export, 0.7)
+    spec = LeadFeatureSpec.from_export(sample_export, as_of=as_of)
+    ctx = lead_context(sample_export, as_of)
+    lead = open_leads(sample_export.leads, as_of).iloc[[0, 0]]
+    with pytest.raises(ValueError, match=f"lead_id '{lead['lead_id'].iloc[0]}' appears more than once"):
+        lead_features(lead, sample_export.accounts, sample_export.activities, as_of, ctx, spec)
