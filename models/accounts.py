@@ -17,7 +17,7 @@ import pandas as pd
 
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_features
-from models.base import Scorer
+from models.base import ClassifierScorer
 from models.estimators import CalibratedBoostedClassifier
 from models.explain import to_probability, top_reasons
 from models.tasks import Task
@@ -48,7 +48,7 @@ class ValueRegressor:
 
 
 @dataclass
-class AccountScorer(Scorer):
+class AccountScorer(ClassifierScorer):
     spec: AccountFeatureSpec
     classifier: CalibratedBoostedClassifier
     regressor: ValueRegressor
@@ -63,13 +63,6 @@ class AccountScorer(Scorer):
         """Account features as of ``as_of``. No cutoff guard (unlike leads and deals): serving scores
         look-alikes of prospects at any time the client names, and its tests rely on it."""
         return account_features(export, account_ids, as_of, self.spec)
-
-    @property
-    def explained(self) -> CalibratedBoostedClassifier:
-        return self.classifier
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.classifier.predict_proba(X)
 
     def expected_value(self, X: pd.DataFrame) -> np.ndarray:
         return self.regressor.predict(self.classifier._matrix(X))

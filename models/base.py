@@ -17,7 +17,7 @@ from features.errors import InvalidRecord
 from models.estimators import CalibratedBoostedClassifier
 from models.explain import Contributions, log_odds_contributions
 
-__all__ = ["Scorer"]
+__all__ = ["ClassifierScorer", "Scorer"]
 
 
 class Scorer(ABC):
@@ -69,3 +69,16 @@ class Scorer(ABC):
         if late.any():
             first = records.loc[late, id_column].iloc[0]
             raise InvalidRecord(f"{entity} {first}", f"created_at is not before as_of {as_of.isoformat()}")
+
+
+class ClassifierScorer(Scorer):
+    """A scorer whose probability is one calibrated ``classifier`` (lead quality, high value)."""
+
+    classifier: CalibratedBoostedClassifier
+
+    @property
+    def explained(self) -> CalibratedBoostedClassifier:
+        return self.classifier
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.classifier.predict_proba(X)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features.leads import LeadContext, LeadFeatureSpec, lead_features
-from models.base import Scorer
+from models.base import ClassifierScorer
 from models.estimators import CalibratedBoostedClassifier
 from models.explain import to_probability, top_reasons
 from models.tasks import Task
@@ -30,7 +30,7 @@ def grade_cuts_from(probabilities: np.ndarray) -> tuple[float, float, float]:
 
 
 @dataclass
-class LeadScorer(Scorer):
+class LeadScorer(ClassifierScorer):
     spec: LeadFeatureSpec
     context: LeadContext
     classifier: CalibratedBoostedClassifier
@@ -49,13 +49,6 @@ class LeadScorer(Scorer):
     ) -> pd.DataFrame:
         self.check_as_of(as_of, leads, "lead_id", "lead")
         return lead_features(leads, accounts, activities, as_of, self.context, self.spec)
-
-    @property
-    def explained(self) -> CalibratedBoostedClassifier:
-        return self.classifier
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.classifier.predict_proba(X)
 
     def grade(self, p: np.ndarray) -> np.ndarray:
         a, b, c = self.grade_cuts
