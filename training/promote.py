@@ -25,7 +25,7 @@ error up by at most ``calibration``). What is compared is each task's own: lead_
 "converts within the horizon"; stage_conversion, "won within the horizon" (next-stage and
 decided-deal win metrics alongside) and, as a timing model, also the **forecast's WAPE by
 owner** on the window (expected bookings of the open pipeline within the horizon against what
-it booked; see :func:`owner_forecast_accuracy`): the challenger must not be worse by more
+it booked; see :func:`training.deals.owner_forecast_accuracy`): the challenger must not be worse by more
 than ``wape``; high_value, P(high value) on the latest customers. The figures and the decision
 go to MLflow (a ``promote`` run; tags on the challenger's version) and are printed.
 """
@@ -55,7 +55,8 @@ class Margins:
     auc: float = 0.002
     brier: float = 0.01
     calibration: float = 0.005
-    wape: float = 0.02  # stage_conversion (training.deals.FORECAST_CHECK): largest increase of the forecast's WAPE by owner accepted
+    #: stage_conversion (``training.deals.FORECAST_CHECK``): largest increase of the forecast's WAPE by owner accepted
+    wape: float = 0.02
 
 
 @dataclass
