@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.contract import Export
-from features.errors import FunnelcastError, ModelNotAvailable
+from features.errors import ModelNotAvailable
 from models.registry import load_scorer
 from models.tasks import Task
 
@@ -262,7 +262,7 @@ def promote(
 
 
 def _log(client: MlflowClient, d: Decision, experiment: str) -> str:
-    from training.pipeline import experiment_id
+    from training.pipeline import experiment_id  # the pipeline imports the task modules, which import this one
 
     with mlflow.start_run(experiment_id=experiment_id(client, experiment), run_name=f"promote-{d.task}") as run:
         mlflow.set_tags({"task": d.task, "kind": "promotion", "decision": "promote" if d.promote else "keep"})

@@ -207,7 +207,7 @@ def tune(
     task's own, e.g. ``config.fold``) labelled at ``cutoff`` (``config``: the task's training
     configuration, whose parameters the trials override); returns the best parameters over every
     trial of the study (default name: the task)."""
-    from training.pipeline import experiment_id
+    from training.pipeline import experiment_id  # the pipeline imports the task modules, which import this one
 
     tuning = task_tuning(task)
     horizon = getattr(config, "horizon_days", None)
