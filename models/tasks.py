@@ -4,10 +4,11 @@ Each :class:`Task` value is also the registered model's name in MLflow. A task m
 (``training.train`` for lead_quality, ``training.deals`` for stage_conversion,
 ``training.accounts`` for high_value) implements :class:`TaskDefinition`: its population,
 snapshots, fold, a fold's fit and evaluation against its baseline, the final scorer, what it
-logs and how it scores. :func:`build_task` runs them in order, the same for every task; the
-registry (``training.tasks``), logging and registering (``training.pipeline``) and the CLI
-are written once over the protocol. Adding a task is one module implementing it and one
-line in ``training.tasks``.
+logs and how it scores, and what tuning, promotion and drift need of it (``tuning``,
+``comparison``, ``drift_features``). :func:`build_task` runs them in order, the same for every
+task; the registry (``training.tasks``), logging and registering (``training.pipeline``),
+tuning (``training.tune``), promotion (``training.promote``) and the CLI are written once over
+the protocol. Adding a task is one module implementing it and one line in ``training.tasks``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from features.contract import Export
@@ -97,6 +99,12 @@ class TaskDefinition(Protocol):
     task: Task
     #: MLflow metric prefix of the task's baseline on the evaluation window (``baseline_nb``, ...).
     baseline: str
+    #: What the parameter search needs (a ``training.tune.Tuning``).
+    tuning: Any
+    #: What promotion needs (a ``training.promote.Comparison``).
+    comparison: Any
+    #: What `funnelcast drift` calls the population it scores (``leads open``, ...).
+    drift_population: str
 
     def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> TaskConfig:
@@ -143,6 +151,11 @@ class TaskDefinition(Protocol):
 
     def score(self, scorer: Any, export: Export, as_of: pd.Timestamp) -> Scored:
         """Every entity of :meth:`population` at ``as_of``, scored, best first, reasons as text."""
+        ...
+
+    def drift_features(self, scorer: Any, export: Export, population: pd.DataFrame,
+                       as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+        """The features ``scorer`` computes for ``population`` at ``as_of``, and its score of each (for drift)."""
         ...
 
 

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
-from features.customers import AccountFeatureSpec, account_snapshots
+from features.customers import AccountFeatureSpec, account_snapshots, customer_value
+from features.errors import FunnelcastError
 from models.accounts import AccountScorer, ValueRegressor
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
@@ -30,7 +31,9 @@ from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from models.traits import TraitMiner, global_importance
+from training.promote import Check, Window, config_from, window_label
 from training.provenance import export_fingerprint
+from training.tune import ProtocolTuning
 
 #: LightGBM settings of P(high value) over the shared defaults (hundreds of customers, not
 #: tens of thousands of rows); ``AccountConfig.params`` (e.g. from ``funnelcast tune``) overrides them.
@@ -178,11 +181,67 @@ def write_traits_report(result: AccountResult, out: Path) -> list[Path]:
     return paths
 
 
+def _tuning_params() -> dict[str, Any]:
+    """high_value's LightGBM parameters without tuning."""
+    return {**DEFAULT_PARAMS, **ACCOUNT_PARAMS}
+
+
+class AccountComparison:
+    """high_value's promotion: the customers whose snapshot is in the window, among those whose value
+    is complete at the export time; high value by the challenger recipe's quantile, the same for both models.
+    A refit fits P(high value) on the customers before the window (the earlier two thirds fit, the
+    later third calibrates)."""
+
+    task = Task.HIGH_VALUE
+    checks: tuple[Check, ...] = ()
+
+    def recipe(self, scorer: Any) -> Any:
+        meta = scorer.metadata if isinstance(getattr(scorer, "metadata", None), dict) else {}
+        return config_from(scorer, AccountConfig, window_days=int(meta.get("window_days", 365)),
+                           quantile=float(meta.get("quantile", 0.8)), early_days=scorer.spec.early_days)
+
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        spec = AccountFeatureSpec.from_export(export, early_days=recipe.early_days, window_days=recipe.window_days)
+        snaps, threshold = account_snapshots(export, export.exported_at, spec, quantile=recipe.quantile)
+        # one snapshot per customer, each value complete at the export: a day apart is enough between windows
+        times = TimeFold(horizon="1d", evaluate=evaluate).split(snaps["as_of"]).evaluate
+        rows = snaps[snaps["as_of"].isin(times)]
+        if len(rows) < 20 or rows["label"].nunique() < 2:
+            raise FunnelcastError(
+                f"only {len(rows)} customer(s) ({int(rows['label'].sum())} high value) have their snapshot in "
+                f"{window_label(times, 'snapshot times')}: too few to compare the models; pass a longer --evaluate"
+            )
+        return Window(times[0], window_label(times, "customers", len(rows)),
+                      (spec, snaps, threshold, recipe.window_days))
+
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        _, snaps, _, window_days = window.data
+        ids = snaps.loc[snaps["as_of"] >= window.start, "account_id"]
+        done = customer_value(export.opportunities, model.trained_until, window_days)
+        return bool(done.index[done["complete"]].isin(list(ids)).any())
+
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        spec, snaps, _, _ = window.data
+        return fit_high_value_classifier(snaps[snaps["as_of"] < window.start], spec, recipe)
+
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        spec, snaps, threshold, _ = window.data
+        own = getattr(model, "spec", spec)  # a refit is a classifier on the window's features
+        if own.feature_names != spec.feature_names:
+            snaps = account_snapshots(export, export.exported_at, own, threshold=threshold)[0]
+        rows = snaps[snaps["as_of"] >= window.start]
+        return classification_metrics(rows["label"].to_numpy(), model.predict_proba(rows[own.feature_names]))
+
+
 class HighValue:
     """The high_value :class:`~models.tasks.TaskDefinition`: P(an account becomes a high-value customer)."""
 
     task = Task.HIGH_VALUE
     baseline = "baseline_first_deal"
+    # high_value fits on hundreds of customers, not tens of thousands of rows
+    tuning = ProtocolTuning(Task.HIGH_VALUE, _tuning_params, (5, 100))
+    comparison = AccountComparison()
+    drift_population = "accounts known"
 
     def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> AccountConfig:
@@ -265,6 +324,11 @@ class HighValue:
             out[f"reason_{k + 1}"] = [r[k]["text"] if len(r) > k else "" for r in scored["reasons"]]
         return Scored(out.sort_values(["probability", "account_id"], ascending=[False, True], ignore_index=True),
                       "accounts")
+
+    def drift_features(self, scorer: AccountScorer, export: Export, population: pd.DataFrame,
+                       as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+        X = scorer.features(export, list(population["account_id"]), as_of)
+        return X, scorer.predict_proba(X)
 
 
 HIGH_VALUE = HighValue()

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from features.errors import FunnelcastError
@@ -34,29 +33,6 @@ def _duration(value: str) -> pd.Timedelta:
         return parse_duration(value, "duration")
     except InvalidFold as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _lead_features(scorer: Any, export: Any, leads: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
-    X = scorer.features(leads, export.accounts, export.activities, as_of)
-    return X, scorer.predict_proba(X)
-
-
-def _deal_features(scorer: Any, export: Any, opps: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
-    X, _ = scorer.features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of)
-    return X, scorer.predict(X)["p_win"].to_numpy()
-
-
-def _account_features(scorer: Any, export: Any, accounts: pd.DataFrame,
-                      as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
-    X = scorer.features(export, list(accounts["account_id"]), as_of)
-    return X, scorer.predict_proba(X)
-
-
-#: How each task's scorer computes the features and the score (P(won) for deals) of its population, and
-#: what that population is called.
-_DRIFT_FEATURES = {Task.LEAD_QUALITY: (_lead_features, "leads open"),
-                   Task.STAGE_CONVERSION: (_deal_features, "deals open"),
-                   Task.HIGH_VALUE: (_account_features, "accounts known")}
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
@@ -139,12 +115,12 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
         raise FunnelcastError(f"{args.task} v{loaded.version} was logged without reference distributions: retrain it")
     from training.tasks import task_definition
 
-    population = task_definition(args.task).population(export, as_of)
-    features, what = _DRIFT_FEATURES[Task(args.task)]
-    X, scores = features(scorer, export, population, as_of)
+    definition = task_definition(args.task)
+    population = definition.population(export, as_of)
+    X, scores = definition.drift_features(scorer, export, population, as_of)
     report = drift_report(reference, X, scores)
     table = drift_frame(report)
-    print(f"{args.task} v{loaded.version}: {report['rows']} {what} at {as_of} against "
+    print(f"{args.task} v{loaded.version}: {report['rows']} {definition.drift_population} at {as_of} against "
           f"{report['reference_rows']} training rows (the model's latest training window)")
     s = report["score"]
     print(f"score: PSI {s['psi']:.4f} ({s['level']}), mean {s['mean_reference']:.4f} -> {s['mean_recent']:.4f}")

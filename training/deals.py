@@ -27,16 +27,20 @@ import pandas as pd
 
 from features.contract import Export
 from features.deals import DealFeatureSpec, deal_context, deal_snapshots, open_opportunities, snapshot_times
+from features.errors import FunnelcastError
 from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard, period_frame, score_open_deals
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import shap_summary_plot
 from models.folds import Split, TimeFold
+from models.forecast import group_keys
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_deal_outcomes
+from training.promote import Check, Window, config_from, window_label
 from training.provenance import export_fingerprint
+from training.tune import CrossValidation, FoldScore, with_params
 
 #: LightGBM settings of the deal models over the shared defaults: one thread (OpenMP threads
 #: spinning against other work on a small machine made a fit 28x slower), faster learning.
@@ -430,11 +434,132 @@ def _timing_description(layout: str) -> str:
             "close_share": "discrete-time close hazard x win share"}[layout] + ", censored at the cutoff"
 
 
+#: stage_conversion is a timing model: its forecast by owner must not get worse.
+FORECAST_CHECK = Check("wape", "wape", "forecast WAPE by owner")
+
+
+class DealTuning:
+    """stage_conversion's search: its own folds, each fitted with its labels censored at its cutoff
+    (see ``training.tune``)."""
+
+    task = Task.STAGE_CONVERSION
+    min_child = (10, 1000)
+
+    def params(self) -> dict[str, Any]:
+        return {**DEFAULT_PARAMS, **DEAL_PARAMS}
+
+    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
+                         n_folds: int, progress: bool) -> CrossValidation:
+        fold = fold or config.fold
+        start = export.opportunities["created_at"].min() + pd.Timedelta(days=config.warmup_days)
+        splits = fold.splits(snapshot_times(start, cutoff, config.snapshot_every_days), cutoff, n_folds)
+        # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
+        # sees a category first met after it; each fold learns from labels censored at its own cutoff
+        spec = DealFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude,
+                                           as_of=splits[0].cutoff)
+        _, snaps = build_snapshots(export, cutoff, config, progress=progress, spec=spec)
+        folds = _fitting_deal_folds(snaps, splits, config, cutoff)
+
+        def score(params: dict[str, Any], k: int) -> FoldScore:
+            split, rows = folds[k]
+            scorer = fit_deal_scorer(export, snaps, spec, split.cutoff, with_params(config, params), surrogate=False, rows=rows)
+            m, _ = deal_metrics(evaluation_frame(scorer, snaps[snaps["as_of"].isin(split.evaluate)], cutoff))
+            return m["win_h_log_loss"], m["win_h_roc_auc"], m["win_h_brier"], {"next_log_loss": m["next_log_loss"],
+                                                                                "next_roc_auc": m["next_roc_auc"]}
+
+        described = [{"fit": f"labels censored at {s.cutoff.date()}", "evaluate": s.describe()["evaluate"]}
+                     for s, _ in folds]
+        return CrossValidation(fold, len(spec.feature_names), described, score)
+
+
+def _fitting_deal_folds(snaps: pd.DataFrame, splits: list[Split], config: Any,
+                        cutoff: pd.Timestamp) -> list[tuple[Split, dict[str, Any]]]:
+    """The latest splits, each with its fit and calibration rows (which do not depend on the
+    parameters), back to the first one whose rows hold too few next-stage, close or win events."""
+    folds: list[tuple[Split, dict[str, Any]]] = []
+    for split in reversed(splits):
+        rows = fit_and_calibration_rows(snaps, split.cutoff, config)
+        if not rows_suffice(rows):
+            break
+        folds.insert(0, (split, rows))
+    if not folds:
+        raise FunnelcastError(
+            f"not enough deal history for time-ordered cross-validation before {cutoff.date()}: the latest fold's "
+            "fit or calibration window holds too few next-stage, close or win events"
+        )
+    return folds
+
+
+class DealComparison:
+    """stage_conversion's promotion: the deal snapshots of the window, on "won within the horizon"
+    (plain metric names, as for leads), the next-stage and decided-deal win metrics alongside (``next_*``,
+    ``win_*``) and the forecast's WAPE by owner. A refit is fitted with its labels censored at the
+    window's start, the way training evaluates."""
+
+    task = Task.STAGE_CONVERSION
+    checks = (FORECAST_CHECK,)
+
+    def recipe(self, scorer: Any) -> Any:
+        return config_from(scorer, DealTrainConfig, horizon_days=scorer.spec.horizon_days)
+
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        spec, snaps = build_snapshots(export, export.exported_at, recipe)
+        fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days)
+        window = fold.split(snaps["as_of"], export.exported_at).evaluate
+        return Window(window[0], window_label(window), (spec, snaps, window))
+
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        return model.trained_until > window.start
+
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        s = DealFeatureSpec.from_export(export, horizon_days=recipe.horizon_days, exclude=recipe.exclude,
+                                        as_of=window.start)
+        _, sn = build_snapshots(export, export.exported_at, recipe, spec=s)
+        return fit_deal_scorer(export, sn, s, window.start, recipe, surrogate=False)
+
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        spec, snaps, times = window.data
+        if model.spec.feature_names != spec.feature_names:  # each model's own features (a refit or registered spec may differ)
+            _, snaps = build_snapshots(export, export.exported_at, self.recipe(model), spec=model.spec)
+        rows = snaps[snaps["as_of"].isin(times)]
+        ev = evaluation_frame(model, rows, export.exported_at)
+        metrics, _ = deal_metrics(ev)
+        plain = {k.removeprefix("win_h_"): v for k, v in metrics.items() if k.startswith("win_h_")}
+        return {**plain, **{k: v for k, v in metrics.items() if not k.startswith("win_h_")},
+                **owner_forecast_accuracy(export, ev, rows["won_amount"].to_numpy())}
+
+
+def owner_forecast_accuracy(export: Export, ev: pd.DataFrame, won_amount: np.ndarray) -> dict[str, float]:
+    """The forecast's accuracy by owner on an evaluation frame of deal snapshots (``ev`` from
+    ``training.deals.evaluation_frame``; ``won_amount`` of the same rows, as the export knows it).
+
+    At each snapshot time of the window and for each owner: the expected bookings of the open
+    pipeline within the horizon (sum of P(won within the horizon) x amount) against what those
+    deals booked within it (the won amount of the deals won within the horizon, as in the
+    forecast backtest). ``wape`` = sum |expected - booked| / sum booked over every (time, owner),
+    ``bias`` = sum (expected - booked) / sum booked. Deals created later are left out: their
+    part of the forecast does not depend on the deal model, so it cannot tell two models apart.
+    """
+    from training.backtest import accuracy  # training.backtest imports this module
+
+    opps = export.opportunities.drop_duplicates("opportunity_id").set_index("opportunity_id")
+    owner = group_keys(opps.reindex(ev["opportunity_id"].to_numpy()), export, "owner_id").to_numpy()
+    booked = np.where(ev["won_within_horizon"].to_numpy() == 1, np.nan_to_num(np.asarray(won_amount, dtype=float)), 0.0)
+    expected = ev["p_win_within_horizon"].to_numpy() * np.nan_to_num(ev["amount_filled"].to_numpy(dtype=float))
+    per = pd.DataFrame({"as_of": ev["as_of"].to_numpy(), "owner": owner, "expected": expected, "booked": booked})
+    per = per.groupby(["as_of", "owner"], sort=True)[["expected", "booked"]].sum()
+    acc = accuracy(per["expected"].to_numpy(), per["booked"].to_numpy())
+    return {"wape": acc["wape"], "bias": acc["bias"]}
+
+
 class StageConversion:
     """The stage_conversion :class:`~models.tasks.TaskDefinition`: P(next stage), P(won) and when, per open deal."""
 
     task = Task.STAGE_CONVERSION
     baseline = "baseline_stage"
+    tuning = DealTuning()
+    comparison = DealComparison()
+    drift_population = "deals open"
 
     def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> DealTrainConfig:
@@ -518,6 +643,12 @@ class StageConversion:
 
     def score(self, scorer: DealScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(scored_deals_table(export, scorer, as_of), "deals")
+
+    def drift_features(self, scorer: DealScorer, export: Export, population: pd.DataFrame,
+                       as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+        X, _ = scorer.features(population, export.stage_history, export.activities, export.leads, export.accounts,
+                               as_of)
+        return X, scorer.predict(X)["p_win"].to_numpy()
 
 
 def scored_deals_table(export: Export, scorer: DealScorer, as_of: pd.Timestamp, n_reasons: int = 5) -> pd.DataFrame:

@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.contract import Export
 from features.leads import (
     LeadFeatureSpec,
     converted_lead_value,
+    converted_within_horizon,
     lead_context,
     lead_snapshots,
     snapshot_times,
@@ -36,8 +38,10 @@ from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_outcomes
+from training.promote import Check, Window, config_from, window_label
 from training.provenance import export_fingerprint
 from training.score import score_open_leads
+from training.tune import ProtocolTuning
 
 #: Fewest conversions a fit or calibration window may hold before training refuses.
 MIN_POSITIVES = 10
@@ -135,6 +139,54 @@ def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp]
     )
 
 
+def _tuning_params() -> dict[str, Any]:
+    """lead_quality's LightGBM parameters without tuning."""
+    return dict(DEFAULT_PARAMS)
+
+
+class LeadComparison:
+    """lead_quality's promotion: every lead open at each snapshot time of the window, converted
+    within the horizon."""
+
+    task = Task.LEAD_QUALITY
+    checks: tuple[Check, ...] = ()
+
+    def recipe(self, scorer: Any) -> Any:
+        return config_from(scorer, TrainConfig, horizon_days=scorer.spec.horizon_days,
+                           exclude=tuple(scorer.spec.excluded))
+
+    def window(self, export: Export, recipe: Any, evaluate: str | int | pd.Timedelta) -> Window:
+        start = export.leads["created_at"].min() + pd.Timedelta(days=recipe.warmup_days)
+        times = snapshot_times(start, export.exported_at - pd.Timedelta(days=recipe.horizon_days),
+                               recipe.snapshot_every_days)
+        fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days)
+        window = fold.split(times, export.exported_at).evaluate
+        return Window(window[0], window_label(window), window)
+
+    def learned_from(self, export: Export, model: Any, window: Window) -> bool:
+        return model.trained_until > window.start
+
+    def refit(self, export: Export, recipe: Any, window: Window) -> Any:
+        return build_lead_model(export, recipe, window.start).scorer
+
+    def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
+        preds = window_predictions(model, export, window.data)
+        return classification_metrics(preds["label"].to_numpy(), preds["p"].to_numpy())
+
+
+def window_predictions(scorer: Any, export: Export, times: list[pd.Timestamp]) -> pd.DataFrame:
+    """``lead_id, as_of, label, p``: the scorer on every lead open at each time of the window."""
+    parts = []
+    for t in times:
+        leads = open_leads(export.leads, t)
+        if leads.empty:
+            continue
+        X = scorer.features(leads, export.accounts, export.activities, t)
+        label = converted_within_horizon(leads, t, scorer.spec.horizon_days).reindex(X.index)
+        parts.append(pd.DataFrame({"lead_id": X.index, "as_of": t, "label": label.to_numpy(), "p": scorer.predict_proba(X)}))
+    return pd.concat(parts, ignore_index=True)
+
+
 SUMMARY_METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "calibration_error", "top_decile_capture")
 
 
@@ -143,6 +195,9 @@ class LeadQuality:
 
     task = Task.LEAD_QUALITY
     baseline = "baseline_nb"
+    tuning = ProtocolTuning(Task.LEAD_QUALITY, _tuning_params, (10, 1000))
+    comparison = LeadComparison()
+    drift_population = "leads open"
 
     def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> TrainConfig:
@@ -230,6 +285,11 @@ class LeadQuality:
 
     def score(self, scorer: LeadScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(score_open_leads(export, scorer, as_of), "leads")
+
+    def drift_features(self, scorer: LeadScorer, export: Export, population: pd.DataFrame,
+                       as_of: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray]:
+        X = scorer.features(population, export.accounts, export.activities, as_of)
+        return X, scorer.predict_proba(X)
 
 
 LEAD_QUALITY = LeadQuality()

@@ -4,7 +4,7 @@ One study per task and one search for all of them (:func:`tune`): the folds are 
 :class:`~models.folds.TimeFold` rolling splits (:meth:`~models.folds.TimeFold.splits`: each
 evaluates on the window just before the next one, the latest ending at the last snapshot whose
 horizon is labelled at the tuning cutoff), and what a task fits and scores on a split is its
-own (:class:`Tuning`, one per task in :data:`TUNING`):
+own (:class:`Tuning`, the ``tuning`` of its task definition):
 
 * ``lead_quality`` and ``high_value``: the task's own ``fit`` and ``evaluate`` on each split
   (``training.tasks``; what ``train`` runs on its evaluation split): fit on the fit window, early
@@ -45,10 +45,8 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.errors import FunnelcastError
-from models.estimators import DEFAULT_PARAMS
-from models.folds import Split, TimeFold
+from models.folds import TimeFold
 from models.tasks import Task
-from training.pipeline import experiment_id
 from training.provenance import export_fingerprint, provenance_tags
 
 #: The parameters searched (the rest of each task's defaults stays as it is).
@@ -85,12 +83,12 @@ class Tuning(Protocol):
         ...
 
 
-def _with(config: Any, params: dict[str, Any]) -> Any:
+def with_params(config: Any, params: dict[str, Any]) -> Any:
     """``config`` with the trial's ``params`` over its own."""
     return replace(config, params={**config.params, **params})
 
 
-class _ProtocolTuning:
+class ProtocolTuning:
     """A task tuned through its own protocol (``training.tasks``): its snapshots, its fold, and on each
     split its ``fit`` and ``evaluate``, exactly what ``train`` runs on its evaluation split."""
 
@@ -110,86 +108,18 @@ class _ProtocolTuning:
         splits = fold.splits(snaps.times, snaps.cutoff, n_folds)
 
         def score(params: dict[str, Any], k: int) -> FoldScore:
-            trial = _with(config, params)
+            trial = with_params(config, params)
             m = task.evaluate(task.fit(export, snaps, splits[k], trial), snaps, splits[k], trial).metrics
             return m["log_loss"], m["roc_auc"], m["brier"], {}
 
         return CrossValidation(fold, len(snaps.spec.feature_names), [s.describe() for s in splits], score)
 
 
-def _lead_params() -> dict[str, Any]:
-    return dict(DEFAULT_PARAMS)
+def task_tuning(task: Task | str) -> Tuning:
+    """What ``task``'s definition gives the search (its ``tuning``)."""
+    from training.tasks import task_definition
 
-
-def _account_params() -> dict[str, Any]:
-    from training.accounts import ACCOUNT_PARAMS
-
-    return {**DEFAULT_PARAMS, **ACCOUNT_PARAMS}
-
-
-class _DealTuning:
-    task = Task.STAGE_CONVERSION
-    min_child = (10, 1000)
-
-    def params(self) -> dict[str, Any]:
-        from training.deals import DEAL_PARAMS
-
-        return {**DEFAULT_PARAMS, **DEAL_PARAMS}
-
-    def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
-                         n_folds: int, progress: bool) -> CrossValidation:
-        from features.deals import DealFeatureSpec, snapshot_times
-        from training.deals import build_snapshots, deal_metrics, evaluation_frame, fit_deal_scorer
-
-        fold = fold or config.fold
-        start = export.opportunities["created_at"].min() + pd.Timedelta(days=config.warmup_days)
-        splits = fold.splits(snapshot_times(start, cutoff, config.snapshot_every_days), cutoff, n_folds)
-        # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
-        # sees a category first met after it; each fold learns from labels censored at its own cutoff
-        spec = DealFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude,
-                                           as_of=splits[0].cutoff)
-        _, snaps = build_snapshots(export, cutoff, config, progress=progress, spec=spec)
-        folds = _fitting_deal_folds(snaps, splits, config, cutoff)
-
-        def score(params: dict[str, Any], k: int) -> FoldScore:
-            split, rows = folds[k]
-            scorer = fit_deal_scorer(export, snaps, spec, split.cutoff, _with(config, params), surrogate=False, rows=rows)
-            m, _ = deal_metrics(evaluation_frame(scorer, snaps[snaps["as_of"].isin(split.evaluate)], cutoff))
-            return m["win_h_log_loss"], m["win_h_roc_auc"], m["win_h_brier"], {"next_log_loss": m["next_log_loss"],
-                                                                                "next_roc_auc": m["next_roc_auc"]}
-
-        described = [{"fit": f"labels censored at {s.cutoff.date()}", "evaluate": s.describe()["evaluate"]}
-                     for s, _ in folds]
-        return CrossValidation(fold, len(spec.feature_names), described, score)
-
-
-def _fitting_deal_folds(snaps: pd.DataFrame, splits: list[Split], config: Any,
-                        cutoff: pd.Timestamp) -> list[tuple[Split, dict[str, Any]]]:
-    """The latest splits, each with its fit and calibration rows (which do not depend on the
-    parameters), back to the first one whose rows hold too few next-stage, close or win events."""
-    from training.deals import fit_and_calibration_rows, rows_suffice
-
-    folds: list[tuple[Split, dict[str, Any]]] = []
-    for split in reversed(splits):
-        rows = fit_and_calibration_rows(snaps, split.cutoff, config)
-        if not rows_suffice(rows):
-            break
-        folds.insert(0, (split, rows))
-    if not folds:
-        raise FunnelcastError(
-            f"not enough deal history for time-ordered cross-validation before {cutoff.date()}: the latest fold's "
-            "fit or calibration window holds too few next-stage, close or win events"
-        )
-    return folds
-
-
-#: What each task gives the search.
-TUNING: dict[Task, Tuning] = {t.task: t for t in (
-    _ProtocolTuning(Task.LEAD_QUALITY, _lead_params, (10, 1000)),
-    _DealTuning(),
-    # high_value fits on hundreds of customers, not tens of thousands of rows
-    _ProtocolTuning(Task.HIGH_VALUE, _account_params, (5, 100)),
-)}
+    return task_definition(task).tuning
 
 
 def suggest_params(trial: optuna.Trial, min_child: tuple[int, int]) -> dict[str, Any]:
@@ -207,7 +137,7 @@ def suggest_params(trial: optuna.Trial, min_child: tuple[int, int]) -> dict[str,
 
 def default_params(task: Task | str) -> dict[str, Any]:
     """The searched parameters as the task's ``train`` uses them without tuning (trial 0)."""
-    base = TUNING[Task(task)].params()
+    base = task_tuning(task).params()
     return {k: base[k] for k in SEARCHED}
 
 
@@ -277,7 +207,9 @@ def tune(
     task's own, e.g. ``config.fold``) labelled at ``cutoff`` (``config``: the task's training
     configuration, whose parameters the trials override); returns the best parameters over every
     trial of the study (default name: the task)."""
-    tuning = TUNING[Task(task)]
+    from training.pipeline import experiment_id  # the pipeline imports the task modules, which import this one
+
+    tuning = task_tuning(task)
     horizon = getattr(config, "horizon_days", None)
     if fold is not None and horizon is not None and pd.Timedelta(days=horizon) != fold.horizon:
         raise FunnelcastError(f"the fold's horizon {fold.describe()['horizon']} is not the {task} config's "

@@ -10,7 +10,8 @@ from features.errors import ModelNotAvailable
 from models.registry import configure
 from models.tasks import Task
 from training.pipeline import log_and_register
-from training.promote import COMPARISONS, FORECAST_CHECK, Margins, decide, owner_forecast_accuracy, promote
+from training.deals import FORECAST_CHECK, owner_forecast_accuracy
+from training.promote import Margins, decide, promote, task_comparison
 from training.train import TrainConfig, build_lead_model
 
 
@@ -58,7 +59,7 @@ def test_promotion_rule(challenger, promote_it, why):
 def test_timing_models_must_not_forecast_worse(wape, promote_it, why):
     champion = {**BASE, "wape": 0.30}
     challenger = {"roc_auc": 0.81, "brier": 0.099, "calibration_error": 0.010, "wape": wape}
-    ok, reason = decide(champion, challenger, Margins(wape=0.02), COMPARISONS[Task.STAGE_CONVERSION].checks)
+    ok, reason = decide(champion, challenger, Margins(wape=0.02), task_comparison(Task.STAGE_CONVERSION).checks)
     assert ok is promote_it and why in reason and "WAPE" in reason
     assert decide(champion, challenger, Margins(wape=0.02))[0]  # the check is the task's: leads have none
 
@@ -111,7 +112,7 @@ def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sampl
 
 def test_models_trained_before_the_window_are_compared_as_registered(store, sample_export, train_config):
     client, home = store
-    start = COMPARISONS[Task.LEAD_QUALITY].window(sample_export, train_config, "91d").start
+    start = task_comparison(Task.LEAD_QUALITY).window(sample_export, train_config, "91d").start
     older = start - pd.Timedelta(days=60)
     weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "learning_rate": 0.3,
                                                                   "min_child_samples": 2000}})

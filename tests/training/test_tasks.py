@@ -36,6 +36,8 @@ def test_the_registry_holds_every_task_once():
     for task, definition in TASKS.items():
         assert isinstance(definition, TaskDefinition) and definition.task is task
         assert task_definition(task.value) is definition
+        # what tuning and promotion ask the definition for belongs to the same task
+        assert definition.tuning.task is task and definition.comparison.task is task
     with pytest.raises(ValueError, match="churn"):
         task_definition("churn")
 

@@ -12,7 +12,7 @@ from models.folds import InvalidFold, TimeFold
 from models.registry import configure
 from models.tasks import Task
 from training.train import TrainConfig
-from training.tune import SEARCHED, TUNING, default_params, load_tuned_params, suggest_params, tune, write_tuned_params
+from training.tune import SEARCHED, default_params, load_tuned_params, suggest_params, task_tuning, tune, write_tuned_params
 
 
 def _fold(cfg) -> TimeFold:
@@ -50,7 +50,7 @@ def test_study_resumes_logs_nested_runs_and_feeds_train(tmp_path, sample_export,
 
 
 def test_lead_folds_are_the_time_fold_rolling_splits(sample_export, train_config):
-    cv = TUNING[Task.LEAD_QUALITY].cross_validation(sample_export, train_config, sample_export.exported_at,
+    cv = task_tuning(Task.LEAD_QUALITY).cross_validation(sample_export, train_config, sample_export.exported_at,
                                                     _fold(train_config), 3, False)
     assert len(cv.folds) == 3
     ends = [pd.Timestamp(f["evaluate"].split("..")[1].split(" ")[0], tz="UTC") for f in cv.folds]
@@ -80,7 +80,7 @@ def test_defaults_are_trial_zero_and_inside_the_search_space(task):
     study = optuna.create_study()
     study.enqueue_trial(defaults)
     trial = study.ask()
-    assert suggest_params(trial, TUNING[task].min_child) == defaults
+    assert suggest_params(trial, task_tuning(task).min_child) == defaults
 
 
 def test_each_task_keeps_its_own_defaults():
@@ -90,7 +90,7 @@ def test_each_task_keeps_its_own_defaults():
 
 
 def test_deal_folds_validate_later_than_their_censored_fits(sample_export, deal_snapshot_frame, deal_config):
-    from training.tune import _fitting_deal_folds
+    from training.deals import _fitting_deal_folds
 
     _, snaps = deal_snapshot_frame
     cutoff = sample_export.exported_at
