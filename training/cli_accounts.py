@@ -68,13 +68,20 @@ def cmd_allocate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+            as_of_help: str) -> argparse.ArgumentParser:
+    """A command reading an export as of a time: ``--data``, ``--skip-bad-rows`` and ``--as-of``."""
+    p = sub.add_parser(name, help=help, description=description)
+    data_args(p)
+    as_of_arg(p, as_of_help)
+    return p
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("traits", help="mine high-value customer traits (table and plots)",
-                       description="Compute customer value per account, mine high-value traits (1-3 conditions with "
-                       "support, lift, held-out CI and bootstrap stability) and global SHAP importance; write "
-                       "traits.csv, traits.json, importance.csv, traits.png and shap_summary.png to OUT.")
-    data_args(t)
-    as_of_arg(t, "use history before this time only")
+    t = _parser(sub, "traits", "mine high-value customer traits (table and plots)",
+                "Compute customer value per account, mine high-value traits (1-3 conditions with support, lift, "
+                "held-out CI and bootstrap stability) and global SHAP importance; write traits.csv, traits.json, "
+                "importance.csv, traits.png and shap_summary.png to OUT.", "use history before this time only")
     t.add_argument("--horizon", type=horizon, default=365,
                    help="customer value window after the first win, e.g. 365d or 52w (default 365d)")
     t.add_argument("--quantile", type=float, default=0.8, help="high value = at least this quantile of value (default 0.8)")
@@ -88,12 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --register: ignore the parameters of `funnelcast tune --task high_value`")
     t.set_defaults(func=cmd_traits)
 
-    a = sub.add_parser("allocate", help="assign open leads to reps (exact, within capacity)",
-                       description="Score every lead open at --as-of with lead_quality@champion and assign them to the "
-                       "export's reps to maximise total expected value within weekly capacity (exact assignment); "
-                       "writes each rep's ordered worklist with why each item is there.")
-    data_args(a)
-    as_of_arg(a, "allocation time")
+    a = _parser(sub, "allocate", "assign open leads to reps (exact, within capacity)",
+                "Score every lead open at --as-of with lead_quality@champion and assign them to the export's reps "
+                "to maximise total expected value within weekly capacity (exact assignment); writes each rep's "
+                "ordered worklist with why each item is there.", "allocation time")
     a.add_argument("--out", required=True, help="output CSV file")
     a.add_argument("--default-capacity", type=int, default=40, help="capacity of a rep without one (default 40)")
     a.add_argument("--seed", type=int, default=0, help="seed of the round-robin comparison (default 0)")

@@ -3,6 +3,7 @@ vectorised frame equals a deliberately naive per-lead loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -69,17 +70,7 @@ def _with_future_rewritten(export: Export, as_of: pd.Timestamp, rng: np.random.G
     accounts = export.accounts.copy()
     new_acc = accounts["created_at"] >= as_of
     accounts.loc[new_acc, "industry"] = "changed"
-    return Export(
-        accounts=accounts,
-        leads=leads,
-        opportunities=opps,
-        stage_history=export.stage_history,
-        activities=acts,
-        reps=export.reps,
-        open_stages=export.open_stages,
-        exported_at=export.exported_at,
-        custom_fields=export.custom_fields,
-    )
+    return dataclasses.replace(export, accounts=accounts, leads=leads, opportunities=opps, activities=acts)
 
 
 @pytest.mark.parametrize("frac", [0.4, 0.7, 0.95])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,17 +29,7 @@ def _scramble_after(export: Export, t: pd.Timestamp) -> Export:
     opps = export.opportunities.copy()
     opps.loc[opps["closed_at"] >= t, "outcome"] = "lost"
     acts = export.activities[export.activities["occurred_at"] < t]
-    return Export(
-        accounts=export.accounts,
-        leads=leads,
-        opportunities=opps,
-        stage_history=export.stage_history,
-        activities=acts,
-        reps=export.reps,
-        open_stages=export.open_stages,
-        exported_at=export.exported_at,
-        custom_fields=export.custom_fields,
-    )
+    return dataclasses.replace(export, leads=leads, opportunities=opps, activities=acts)
 
 
 def test_training_as_of_t_reads_nothing_after_t(sample_export, train_config):
