@@ -32,11 +32,11 @@ def readyz(request: Request):
 
 @router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"])
 def list_models(request: Request, settings: SettingsDep) -> ModelsResponse:
-    """Registered versions with their aliases, training window and evaluation metrics."""
+    """Registered versions of every task with their aliases, training window and evaluation metrics."""
     client = configure(settings.resolved_tracking_uri())
     loaded = {(m.name, m.version) for m in request.app.state.models.values()}
     out = []
-    for task in (Task.LEAD_QUALITY,):
+    for task in Task:
         for v in describe_versions(client, task.value):
             out.append(ModelVersion(**v, loaded=(v["name"], v["version"]) in loaded))
     return ModelsResponse(models=out)

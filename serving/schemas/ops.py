@@ -19,6 +19,7 @@ class ModelVersion(BaseModel):
     trained_from: str | None
     trained_until: str | None
     metrics: dict[str, float]
+    run_error: str | None = Field(None, description="Why the version's training run (its metrics) could not be read")
     loaded: bool = Field(description="Whether this API process serves this version")
 
 

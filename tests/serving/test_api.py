@@ -324,3 +324,19 @@ def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, o
         assert "champion" in models[0]["aliases"] and models[0]["loaded"] is True
         assert models[0]["metrics"]["eval_roc_auc"] > 0.6
         assert np.isfinite(models[0]["metrics"]["eval_brier"])
+
+
+def test_models_lists_every_task_and_says_why_metrics_are_missing(tmp_path, lead_scorer, monkeypatch):
+    def versions(client, name):
+        return [{"name": name, "version": "1", "aliases": ["champion"], "run_id": "r", "created_at": "2026-01-01",
+                 "trained_from": None, "trained_until": None, "metrics": {},
+                 "run_error": "run r could not be read: gone" if name == "high_value" else None}]
+
+    monkeypatch.setattr("serving.routes_admin.describe_versions", versions)
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'x.db'}")
+    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer)}
+    with TestClient(create_app(settings, preloaded=models), headers={"X-API-Key": KEY}) as c:
+        listed = c.get("/v1/models").json()["models"]
+    assert [m["name"] for m in listed] == [t.value for t in Task]
+    assert [m["loaded"] for m in listed] == [True, False, False]
+    assert listed[2]["run_error"] == "run r could not be read: gone" and listed[0]["run_error"] is None
