@@ -36,8 +36,12 @@ from features.pit import open_leads
 from features.sample import generate_sample
 from models.registry import configure
 from serving.records import export_items
-from training.pipeline import log_and_register
 from training.train import TrainConfig, build_lead_model
+
+try:
+    from training.pipeline import log_and_register
+except ImportError:  # a checkout from before the one training path (`--compare` against an older tree)
+    from training.train import log_and_register
 
 HERE = Path(__file__).resolve()
 CASES = ("1 lead + reasons", "1,000 leads + reasons")

@@ -49,8 +49,8 @@ class Scorer(ABC):
     def explain(self, X: pd.DataFrame) -> Contributions:
         """Per-feature contributions to the score of each row, in calibrated log-odds."""
         m = self.explained
-        return log_odds_contributions(m.contributions(X[m.feature_names_]), m.feature_names_, m.calib_slope_,
-                                      m.calib_intercept_)
+        # the model reads its columns by name: no X[feature_names_] copy (a tenth of a lead's scoring time)
+        return log_odds_contributions(m.contributions(X), m.feature_names_, m.calib_slope_, m.calib_intercept_)
 
     def check_as_of(self, as_of: pd.Timestamp, records: pd.DataFrame | None = None, id_column: str = "",
                     entity: str = "") -> None:
