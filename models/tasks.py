@@ -164,7 +164,8 @@ def build_task(definition: TaskDefinition, export: Export, cutoff: pd.Timestamp,
                snapshots: Snapshots | None = None) -> TrainResult:
     """Snapshots (unless given), the fold's evaluation split, a model on it and its evaluation against
     the baseline, then the final scorer: the one training path of every task (no MLflow)."""
-    snaps = snapshots or definition.snapshots(export, cutoff, config, progress=progress, outcomes=outcomes)
+    snaps = snapshots if snapshots is not None else definition.snapshots(export, cutoff, config, progress=progress,
+                                                                          outcomes=outcomes)
     split = definition.fold(config, snaps).split(snaps.times, snaps.cutoff)
     evaluation = definition.evaluate(definition.fit(export, snaps, split, config), snaps, split, config)
     result = definition.final(export, snaps, split, evaluation, config)
