@@ -206,7 +206,10 @@ def account_features(
 
     acts = _account_activity(export) if activities is None else activities
     acts = rows_before(acts, "occurred_at", as_of)
-    start = acts["_account"].map(won_at.dropna())
+    # reindex, not Series.map: pandas 3 cannot map through an empty datetime Series (no customer in the batch)
+    first_win = won_at.dropna()
+    first_win = first_win[~first_win.index.duplicated()]
+    start = first_win.reindex(acts["_account"]).set_axis(acts.index)
     early = acts[(acts["occurred_at"] >= start) & (acts["occurred_at"] < start + pd.Timedelta(days=spec.early_days))]
     g = early.groupby("_account")
     cols["early_activities"] = g.size().reindex(ids).fillna(0).to_numpy(dtype=float)

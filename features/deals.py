@@ -206,8 +206,11 @@ def _last_first_changes(p: np.ndarray, values: np.ndarray, n: int) -> tuple[np.n
     lastv, firstv = np.full(n, np.nan), np.full(n, np.nan)
     lastv[vp] = vv  # later rows overwrite: the last known value
     firstv[vp[::-1]] = vv[::-1]
-    same = np.r_[False, vp[1:] == vp[:-1]]
-    diff = np.r_[0.0, np.diff(vv)]
+    # sized from the known entries (none at all when no deal of the batch has the field)
+    same = np.zeros(len(vp), dtype=bool)
+    same[1:] = vp[1:] == vp[:-1]
+    diff = np.zeros(len(vv))
+    diff[1:] = np.diff(vv)
     changed = same & (diff != 0)
     up = same & (diff > 0)
     return (

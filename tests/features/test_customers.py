@@ -36,3 +36,20 @@ def test_account_features_ignore_everything_after_as_of(sample_export):
 
     after = account_features(replace(sample_export, opportunities=scrambled, activities=acts, stage_history=hist), ids, as_of, spec)
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_account_features_of_prospects_only(sample_export):
+    """No account of the batch has a won deal (look-alike scoring of prospects): every customer
+    feature is unknown, nothing raises (pandas 3 cannot map through an empty datetime Series)."""
+    from dataclasses import replace
+
+    as_of = sample_export.exported_at
+    spec = AccountFeatureSpec.from_export(sample_export)
+    o = sample_export.opportunities
+    prospects = sorted(set(sample_export.accounts["account_id"]) - set(o.loc[o["outcome"] == "won", "account_id"]))[:20]
+    assert prospects
+    only = replace(sample_export, opportunities=o[o["account_id"].isin(prospects)])
+    X = account_features(only, prospects, as_of, spec)
+    assert list(X.index) == prospects
+    assert (X["is_customer"] == 0).all() and X["days_since_first_win"].isna().all()
+    assert X["early_activities"].isna().all()

@@ -233,3 +233,22 @@ def test_next_stage_column_stays_utc_when_no_deal_moves(sample_export):
     snaps = pd.DataFrame({"as_of": t, "closed_at": pd.NaT, "won": np.nan, "won_amount": np.nan, "next_stage_at": col})
     snaps["closed_at"] = pd.to_datetime(snaps["closed_at"], utc=True)
     assert len(censored(snaps, t + DAY)) == len(opps)
+
+
+@pytest.mark.parametrize("column", ["amount", "expected_close_date"])
+def test_state_when_no_deal_has_an_amount_or_a_close_date(sample_export, column):
+    """Unknown for every deal of the batch is a column of NaN, not an IndexError."""
+    as_of = sample_export.exported_at
+    stages = tuple(sample_export.open_stages)
+    opps = open_opportunities(sample_export.opportunities, sample_export.stage_history, as_of).head(10)
+    hist = sample_export.stage_history.copy()
+    hist[column] = pd.NaT if column == "expected_close_date" else np.nan
+    state = deal_state(opps, hist, as_of, stages)
+    full = deal_state(opps, sample_export.stage_history, as_of, stages)
+    assert len(state) == len(opps)
+    unknown = {"amount": ["amount", "first_amount", "amount_change_ratio"],
+               "expected_close_date": ["expected_close_date", "first_expected_close_date", "days_to_close_date"]}
+    assert state[unknown[column]].isna().all().all()
+    counted = {"amount": "amount_changes", "expected_close_date": "close_date_pushes"}[column]
+    assert (state[counted] == 0).all()
+    pd.testing.assert_series_equal(state["stage"], full["stage"])
