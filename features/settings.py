@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     )
     reload_poll_seconds: float = Field(60, ge=0, description="Check the model alias every N seconds; 0: off")
     rate_limit_per_minute: int = Field(1200, ge=0, description="Requests per minute per API key (0: no limit)")
-    max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted")
+    max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted (counted while read)")
+    idempotency_cache_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Memory for replayable responses")
+    analytics_concurrency: int = Field(2, gt=0, description="Concurrent funnel/forecast/worklist runs per process")
+    failed_keys_per_minute: int = Field(30, ge=0, description="Bad API keys per client address per minute (0: off)")
+    max_allocation_cells: int = Field(4_000_000, gt=0, description="Largest reps x items of one allocation")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -26,8 +26,10 @@ __all__ = ["AllocationError", "Allocation", "allocate", "round_robin", "own_by_s
 _FORBIDDEN = -1e18
 
 
-#: Largest assignment matrix (items x rep slots) solved in one call (~400 MB of floats).
-MAX_CELLS = 50_000_000
+#: Largest problem solved in one call: items x max(rep slots, reps) cells. The solver holds a
+#: few float matrices of that size (the values per rep, the gains per slot and SciPy's copy),
+#: so 4 million cells stay under about 150 MB; callers may set their own ``max_cells``.
+MAX_CELLS = 4_000_000
 
 
 class AllocationError(FunnelcastError):
@@ -71,11 +73,18 @@ def validate(reps: pd.DataFrame, items: pd.DataFrame) -> None:
             for i, rep in enumerate(items[col]):
                 if isinstance(rep, str) and rep not in known:
                     raise AllocationError(f"items[{i}].{col}", f"unknown rep {rep!r} (not in reps)")
-    ev = pd.to_numeric(items["expected_value"], errors="coerce")
-    bad = ev.isna() | (ev < 0)
+    ev = pd.to_numeric(items["expected_value"], errors="coerce").astype(float)
+    bad = ~np.isfinite(ev.to_numpy()) | (ev.to_numpy() < 0)
     if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise AllocationError(f"items[{i}].expected_value", f"must be a number >= 0, got {items['expected_value'].iloc[i]!r}")
+        i = int(np.flatnonzero(bad)[0])
+        raise AllocationError(f"items[{i}].expected_value",
+                              f"must be a finite number >= 0, got {items['expected_value'].iloc[i]!r}")
+    if "rep_factor" in reps:
+        factor = pd.to_numeric(reps["rep_factor"], errors="coerce").fillna(1.0).to_numpy(dtype=float)
+        bad = ~np.isfinite(factor) | (factor < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise AllocationError(f"reps[{i}].rep_factor", f"must be a finite number >= 0, got {reps['rep_factor'].iloc[i]!r}")
 
 
 def _text(v: object) -> str | None:
@@ -89,10 +98,13 @@ def value_matrix(reps: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
     V = ev[:, None] * factor[None, :]
     for col in ("region", "team"):
         if col in items and col in reps:
+            # integer codes of the names (-1: none), compared by broadcasting: no Python object per cell
             need = [_text(v) for v in items[col]]  # not Series.map: it turns None back into NaN
             have = [_text(v) for v in reps[col]]
-            clash = np.array([[n is not None and h is not None and n != h for h in have] for n in need], dtype=bool)
-            V[clash.reshape(V.shape)] = _FORBIDDEN
+            codes, _ = pd.factorize(pd.Series([*need, *have], dtype=object), use_na_sentinel=True)
+            n, h = codes[: len(need)], codes[len(need):]
+            clash = (n[:, None] >= 0) & (h[None, :] >= 0) & (n[:, None] != h[None, :])
+            V[clash] = _FORBIDDEN
     if "product" in items and "skills" in reps:
         skills = [set(s) if isinstance(s, (list, tuple, set)) and len(s) else None for s in reps["skills"]]
         for i, prod in enumerate(items["product"]):
@@ -140,22 +152,26 @@ def _result(reps: pd.DataFrame, items: pd.DataFrame, V: np.ndarray, rows: np.nda
                       total_value=float(a["value"].sum()), method=method)
 
 
-def allocate(reps: pd.DataFrame, items: pd.DataFrame) -> Allocation:
+def allocate(reps: pd.DataFrame, items: pd.DataFrame, max_cells: int = MAX_CELLS) -> Allocation:
     """The allocation of maximum total value (exact: assignment over rep slots).
 
     ``reps``: ``owner_id``, ``capacity`` and optionally ``team``, ``region``, ``skills`` (list
     of products), ``rep_factor``. ``items``: ``item_id``, ``expected_value`` and optionally
     ``kind``, ``owner_id`` (current owner), ``region``, ``team``, ``product``, ``pinned_to``, ``reason``.
+    A problem of more than ``max_cells`` (items x max(rep slots, reps)) is refused before any
+    matrix is built (AllocationError naming the limit).
     """
     reps, items = reps.reset_index(drop=True), items.reset_index(drop=True)
     validate(reps, items)
     # at most len(items) slots per rep can be useful: clip first so a huge capacity costs nothing
     caps = np.minimum(reps["capacity"].astype(float).to_numpy(), len(items)).astype(int)
-    cells = len(items) * int(caps.sum())
-    if cells > MAX_CELLS:
+    slots = int(caps.sum())
+    cells = len(items) * max(slots, len(reps))
+    if cells > max_cells:
         raise AllocationError(
             "items",
-            f"too large to solve exactly in one request ({len(items):,} items x {int(caps.sum()):,} rep slots); "
+            f"too large to solve exactly in one request: {len(items):,} items x {max(slots, len(reps)):,} rep slots "
+            f"= {cells:,} cells, over the limit of {max_cells:,} (FUNNELCAST_MAX_ALLOCATION_CELLS); "
             "allocate per team or region, or lower the capacities to what reps can really work",
         )
     slot_rep = np.repeat(np.arange(len(reps)), caps)

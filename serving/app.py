@@ -20,7 +20,14 @@ from features.settings import Settings, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from models.tasks import Task
 from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_ops
-from serving.middleware import IdempotencyCache, Metrics, RateLimiter, RequestContextMiddleware
+from serving.middleware import (
+    ConcurrencyGuard,
+    FailedKeyThrottle,
+    IdempotencyCache,
+    Metrics,
+    RateLimiter,
+    RequestContextMiddleware,
+)
 from serving.security import allow_origins
 
 log = logging.getLogger("funnelcast.serving")
@@ -91,7 +98,9 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads
     app.state.metrics = Metrics()
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-    app.state.idempotency = IdempotencyCache()
+    app.state.idempotency = IdempotencyCache(max_bytes=settings.idempotency_cache_bytes)
+    app.state.failed_keys = FailedKeyThrottle(settings.failed_keys_per_minute)
+    app.state.analytics = ConcurrencyGuard(settings.analytics_concurrency)
     errors.install(app)
     allow_origins(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)

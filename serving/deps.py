@@ -9,19 +9,25 @@ a plain ``def`` dependency in its thread pool, one hand-off per request.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
 from features.contract import Export
-from features.errors import ModelNotAvailable
+from features.errors import FunnelcastError, ModelNotAvailable
 from features.io import load_export
 from features.settings import Settings
 from models.registry import LoadedModel
 from models.tasks import Task
+from serving.errors import RequestProblem
+from serving.middleware import Busy
+
+log = logging.getLogger("funnelcast.serving")
 
 T = TypeVar("T")
 
@@ -74,13 +80,36 @@ def state_cached(state: Any, name: str, build: Callable[[], T]) -> T:
         return value
 
 
+class ExportUnavailable(RequestProblem):
+    """The server's configured export cannot be read: a fault of the server (503), not of the request."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the server's CRM export cannot be read: {reason}; the operator has the details in the log",
+                         status_code=503, headers={"Retry-After": "60"})
+
+
+def _scrub(message: str, source: str) -> str:
+    """A load error without the server's paths or URL (the log line keeps them)."""
+    for text in {source, str(Path(source).resolve())}:
+        message = message.replace(text, "<the configured export>")
+    return message
+
+
+def _load_configured(settings: Settings) -> Export:
+    source = settings.data or str(settings.sample_export)
+    try:
+        return load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)[0]
+    except (FunnelcastError, OSError, ValueError) as exc:
+        log.exception("the configured export %s cannot be read", source)
+        raise ExportUnavailable(_scrub(str(exc) or type(exc).__name__, source)) from exc
+
+
 def configured_export(state: Any) -> Export:
     """The configured export (``FUNNELCAST_DATA``, else the sample), loaded once per process with
-    bad rows skipped; the funnel, the forecast and the worklist all read this one copy."""
+    bad rows skipped; the funnel, the forecast and the worklist all read this one copy. One that
+    cannot be read is a 503 naming why (it is the server's data, not the client's)."""
     settings: Settings = state.settings
-    source = settings.data or str(settings.sample_export)
-    return state_cached(state, "configured_export",
-                        lambda: load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)[0])
+    return state_cached(state, "configured_export", lambda: _load_configured(settings))
 
 
 def get_configured_export(request: Request) -> Export:
@@ -89,3 +118,22 @@ def get_configured_export(request: Request) -> Export:
 
 
 ExportDep = Annotated[Export, Depends(get_configured_export)]
+
+
+def analytics_slot(request: Request) -> Iterator[None]:
+    """A slot of the expensive analytics (funnel, forecast, worklist) for this request; 503 with
+    Retry-After when ``FUNNELCAST_ANALYTICS_CONCURRENCY`` of them are already running."""
+    guard = request.app.state.analytics
+    try:
+        guard.acquire()
+    except Busy as exc:
+        raise RequestProblem(f"busy: {exc}; retry after the Retry-After seconds", status_code=503,
+                             headers={"Retry-After": "5"}) from exc
+    try:
+        yield
+    finally:
+        guard.release()
+
+
+#: ``dependencies=[AnalyticsSlotDep]`` on an expensive route.
+AnalyticsSlotDep = Depends(analytics_slot)

@@ -15,7 +15,7 @@ from features.pit import open_leads
 from models.allocation import AllocationError, allocate
 from models.deals import score_open_deals
 from models.tasks import Task
-from serving.deps import HighValueModelDep, SettingsDep, configured_export, state_cached
+from serving.deps import AnalyticsSlotDep, HighValueModelDep, SettingsDep, configured_export, state_cached
 from serving.errors import RequestProblem
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
 from serving.schemas.accounts import (
@@ -100,17 +100,18 @@ def traits(model: HighValueModelDep) -> TraitsResponse:
 
 
 @router.post("/allocation", response_model=AllocationResponse, responses=error_responses(401, 422))
-def allocation(body: AllocationRequest) -> AllocationResponse:
+def allocation(body: AllocationRequest, settings: SettingsDep) -> AllocationResponse:
     """Assign items to reps to maximise total expected value within weekly capacity and the
     constraints (region, team, product skills, pinned items), exactly; each rep's worklist is
-    ordered and says why each item is there. Negative capacity or an unknown rep is a 422."""
+    ordered and says why each item is there. Negative capacity, an unknown rep, or more than
+    FUNNELCAST_MAX_ALLOCATION_CELLS items x rep slots is a 422."""
     reps = pd.DataFrame([r.model_dump() for r in body.reps])
     items = pd.DataFrame([i.model_dump() for i in body.items]) if body.items else pd.DataFrame(
         columns=list(ItemIn.model_fields))
     if "rep_factor" in reps:
         reps["rep_factor"] = reps["rep_factor"].astype(float).fillna(1.0)
     try:
-        result = allocate(reps, items)
+        result = allocate(reps, items, max_cells=settings.max_allocation_cells)
     except AllocationError as exc:
         raise RequestProblem(str(exc), [(exc.path, exc.reason)]) from exc
     lists = result.worklists()
@@ -190,14 +191,15 @@ def _text(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
 
-@router.get("/worklist", response_model=WorklistResponse, responses=error_responses(401, 422))
+@router.get("/worklist", response_model=WorklistResponse, responses=error_responses(401, 422, 503),
+            dependencies=[AnalyticsSlotDep])
 def worklist(request: Request,
              owner: Annotated[str | None, Query(description="Only this owner's items")] = None,
              team: Annotated[str | None, Query(description="Only this team's items")] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-             effort_lead: Annotated[float, Query(gt=0, le=1000, description="Effort of a lead")] = EFFORT["lead"],
-             effort_deal: Annotated[float, Query(gt=0, le=1000, description="Effort of a deal")] = EFFORT["deal"],
-             effort_account: Annotated[float, Query(gt=0, le=1000, description="Effort of an account")] = EFFORT["account"],
+             effort_lead: Annotated[float, Query(ge=0.01, le=1000, description="Effort of a lead")] = EFFORT["lead"],
+             effort_deal: Annotated[float, Query(ge=0.01, le=1000, description="Effort of a deal")] = EFFORT["deal"],
+             effort_account: Annotated[float, Query(ge=0.01, le=1000, description="Effort of an account")] = EFFORT["account"],
              ) -> WorklistResponse:
     """The prioritised list over the configured export: open leads (P(converts) x value), open
     deals (P(won) x amount, from the stage_conversion model) and accounts with open deals

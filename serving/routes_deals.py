@@ -18,10 +18,17 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request, Response
 
 from features.contract import Export
-from serving.deps import DealModelDep, ExportDep, SettingsDep
+from serving.deps import AnalyticsSlotDep, DealModelDep, ExportDep, SettingsDep
 from serving.errors import RequestProblem
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
-from serving.schemas.common import ModelRef, OpportunityRecord, StageEntryRecord, error_responses, served_reasons
+from serving.schemas.common import (
+    ModelRef,
+    OpportunityRecord,
+    StageEntryRecord,
+    Timestamp,
+    error_responses,
+    served_reasons,
+)
 from serving.schemas.deals import (
     DealScore,
     DealScoreItem,
@@ -114,9 +121,10 @@ def _stages(frame: pd.DataFrame) -> list[FunnelStage]:
     return out
 
 
-@router.get("/funnel", response_model=FunnelResponse, responses=error_responses(401, 422))
+@router.get("/funnel", response_model=FunnelResponse, responses=error_responses(401, 422, 503),
+            dependencies=[AnalyticsSlotDep])
 def funnel(export: ExportDep,
-           as_of: Annotated[datetime | None, Query(description="End of the period (default: the export time)")] = None,
+           as_of: Annotated[Timestamp | None, Query(description="End of the period (default: the export time)")] = None,
            by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "none",
            period_days: Annotated[int, Query(ge=7, le=730, description="Period length in days")] = 91) -> FunnelResponse:
     """Stage-to-stage conversion, time in stage (median, p90), drop-off and expected value lost per
@@ -126,14 +134,21 @@ def funnel(export: ExportDep,
     if by not in GROUPINGS:
         raise RequestProblem(f"unknown grouping {by!r}", [("by", f"one of {', '.join(GROUPINGS)}")])
     report = funnel_report(export, _as_of(as_of, export), period_days=period_days, by=by)
+    if not report.bottleneck:  # no stage had a deal in the period: nothing to report on
+        entered = export.stage_history["entered_at"]
+        span = f"{entered.min().date()} to {entered.max().date()}" if len(entered) else "empty"
+        raise RequestProblem(
+            f"no deal was in the funnel from {report.start.date()} to {report.end.date()}: choose as_of within the "
+            f"export's stage history ({span})", [("as_of", f"the export's stage history is {span}")])
     return FunnelResponse(start=report.start.to_pydatetime(), end=report.end.to_pydatetime(), by=by,
                           bottleneck=report.bottleneck, most_changed=report.most_changed, summary=report.summary(),
                           stages=_stages(report.table), overall=_stages(report.overall))
 
 
-@router.get("/forecast", response_model=ForecastResponse, responses=error_responses(401, 422, 503))
+@router.get("/forecast", response_model=ForecastResponse, responses=error_responses(401, 422, 503),
+            dependencies=[AnalyticsSlotDep])
 def forecast(model: DealModelDep, export: ExportDep,
-             as_of: Annotated[datetime | None, Query(description="Forecast time (default: the export time)")] = None,
+             as_of: Annotated[Timestamp | None, Query(description="Forecast time (default: the export time)")] = None,
              horizon_days: Annotated[int | None, Query(ge=1, le=730, description="Default: the model's")] = None,
              by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "owner_id",
              sims: Annotated[int, Query(ge=100, le=20000, description="Simulations")] = 5000,

@@ -7,7 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from serving.schemas.common import AccountRecord, ActivityRecord, LeadRecord, ModelRef, OpportunityRecord, Reason
+from serving.schemas.common import (
+    MAX_AMOUNT,
+    AccountRecord,
+    ActivityRecord,
+    LeadRecord,
+    ModelRef,
+    Number,
+    OpportunityRecord,
+    Reason,
+    Timestamp,
+)
 
 
 class AccountScoreItem(BaseModel):
@@ -20,7 +30,7 @@ class AccountScoreItem(BaseModel):
 
 
 class AccountScoreRequest(BaseModel):
-    as_of: datetime | None = Field(None, description="Score as of this time (default: now)")
+    as_of: Timestamp | None = Field(None, description="Score as of this time (default: now)")
     accounts: list[AccountScoreItem] = Field(min_length=1, description="1 to 1,000 accounts (FUNNELCAST_MAX_BATCH)")
 
 
@@ -42,17 +52,17 @@ class AccountScoreResponse(BaseModel):
 
 class RepIn(BaseModel):
     owner_id: str = Field(min_length=1)
-    capacity: float = Field(description="Items per week (>= 0)", le=100_000)
+    capacity: Number = Field(description="Items per week (>= 0)", le=100_000)
     team: str | None = None
     region: str | None = None
     skills: list[str] | None = Field(None, description="Products the rep can sell (none: all)")
-    rep_factor: float | None = Field(None, ge=0, description="Relative conversion skill (default 1)")
+    rep_factor: Number | None = Field(None, ge=0, le=1_000, description="Relative conversion skill (default 1)")
 
 
 class ItemIn(BaseModel):
     item_id: str = Field(min_length=1)
     kind: str = Field("lead", description="lead, deal or account")
-    expected_value: float
+    expected_value: Number = Field(ge=0, le=MAX_AMOUNT, description="Finite, 0 to 1e15")
     owner_id: str | None = Field(None, description="Current owner (must be one of the reps)")
     region: str | None = None
     team: str | None = None

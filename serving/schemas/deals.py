@@ -14,6 +14,7 @@ from serving.schemas.common import (
     OpportunityRecord,
     Reason,
     StageEntryRecord,
+    Timestamp,
 )
 
 
@@ -30,7 +31,7 @@ class DealScoreItem(BaseModel):
 
 
 class DealScoreRequest(BaseModel):
-    as_of: datetime | None = Field(None, description="Score as of this time (default: now); later rows are ignored")
+    as_of: Timestamp | None = Field(None, description="Score as of this time (default: now); later rows are ignored")
     opportunities: list[DealScoreItem] = Field(min_length=1, description="1 to 1,000 deals (FUNNELCAST_MAX_BATCH)")
 
 

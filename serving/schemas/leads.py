@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from serving.schemas.common import AccountRecord, ActivityRecord, LeadRecord, ModelRef, Reason
+from serving.schemas.common import AccountRecord, ActivityRecord, LeadRecord, ModelRef, Reason, Timestamp
 
 
 class LeadScoreItem(BaseModel):
@@ -18,7 +18,7 @@ class LeadScoreItem(BaseModel):
 
 
 class LeadScoreRequest(BaseModel):
-    as_of: datetime | None = Field(
+    as_of: Timestamp | None = Field(
         None, description="Score as of this time (default: now). Activities at or after it are ignored."
     )
     leads: list[LeadScoreItem] = Field(min_length=1, description="1 to 1,000 leads (FUNNELCAST_MAX_BATCH)")

@@ -50,6 +50,10 @@ def test_region_constraint_and_order():
     ({"owner_id": ["a"], "capacity": [-1]}, {"item_id": ["x"], "expected_value": [1.0]}, "reps[0].capacity"),
     ({"owner_id": ["a"], "capacity": [1]}, {"item_id": ["x"], "expected_value": [1.0], "owner_id": ["ghost"]}, "items[0].owner_id"),
     ({"owner_id": ["a"], "capacity": [1]}, {"item_id": ["x"], "expected_value": [-5.0]}, "items[0].expected_value"),
+    ({"owner_id": ["a"], "capacity": [1]}, {"item_id": ["x", "y"], "expected_value": [1.0, np.inf]}, "items[1].expected_value"),
+    ({"owner_id": ["a"], "capacity": [1]}, {"item_id": ["x"], "expected_value": [np.nan]}, "items[0].expected_value"),
+    ({"owner_id": ["a", "b"], "capacity": [1, 1], "rep_factor": [1.0, np.inf]}, {"item_id": ["x"], "expected_value": [1.0]},
+     "reps[1].rep_factor"),
 ])
 def test_invalid_input_names_the_field(reps, items, path):
     with pytest.raises(AllocationError) as e:
@@ -61,3 +65,30 @@ def test_missing_region_is_no_constraint():
     reps = pd.DataFrame([{"owner_id": "a", "capacity": 1, "region": None}, {"owner_id": "b", "capacity": 1, "region": "emea"}])
     items = pd.DataFrame([{"item_id": "x", "expected_value": 5.0, "region": None}, {"item_id": "y", "expected_value": 9.0, "region": "emea"}])
     assert allocate(reps, items).total_value == 14.0
+
+
+def test_a_problem_over_the_cell_limit_is_refused_naming_it_before_any_matrix():
+    reps = pd.DataFrame({"owner_id": ["a", "b"], "capacity": [300, 300]})
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(500)], "expected_value": 1.0})
+    with pytest.raises(AllocationError) as e:
+        allocate(reps, items, max_cells=100_000)  # 500 items x 600 slots = 300,000 cells
+    assert e.value.path == "items" and "300,000 cells" in e.value.reason and "100,000" in e.value.reason
+    assert allocate(reps, items, max_cells=300_000).total_value == 500.0
+    many_reps = pd.DataFrame({"owner_id": [f"r{j}" for j in range(400)], "capacity": 0})
+    with pytest.raises(AllocationError):  # reps without slots still widen the value matrix
+        allocate(many_reps, items, max_cells=100_000)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_region_and_team_clashes_equal_a_naive_loop(seed):
+    reps, items = _instance(seed, n_items=40, n_reps=7)
+    rng = np.random.default_rng(seed)
+    reps["team"] = rng.choice(["a", "b", None], len(reps))
+    items["team"] = rng.choice(["a", "b", "c", None], len(items))
+    V = value_matrix(reps, items)
+    for i, item in items.iterrows():
+        for j, rep in reps.iterrows():
+            clash = any(isinstance(item[c], str) and isinstance(rep[c], str) and item[c] != rep[c]
+                        for c in ("region", "team"))
+            want = -1e18 if clash else item["expected_value"] * rep["rep_factor"]
+            assert V[i, j] == pytest.approx(want), (i, j)
