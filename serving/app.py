@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from features.errors import FunnelcastError
+from features.errors import ModelNotAvailable
 from features.settings import Settings, get_settings
 from models.registry import LoadedModel, configure, load_scorer
-from models.tasks import Task
 from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_ops
+from serving.deps import LOAD_FAILED, SERVED_TASKS, load_failure
 from serving.middleware import (
     ConcurrencyGuard,
     FailedKeyThrottle,
@@ -32,8 +32,6 @@ from serving.security import allow_origins
 
 log = logging.getLogger("funnelcast.serving")
 
-#: Models the API serves; each is loaded by alias at start.
-SERVED_TASKS = (Task.LEAD_QUALITY, Task.HIGH_VALUE, Task.STAGE_CONVERSION)  # only lead_quality is needed to be ready
 
 
 def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, str]]:
@@ -42,15 +40,17 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     try:
         client = configure(settings.resolved_tracking_uri())
     except Exception as exc:  # a broken store must not keep the API down
-        return {}, {t.value: f"cannot open the MLflow store: {exc}" for t in SERVED_TASKS}
+        log.exception("cannot open the MLflow store")
+        reason = f"{LOAD_FAILED}: cannot open the MLflow store ({type(exc).__name__}; the server log has the details)"
+        return {}, {t.value: reason for t in SERVED_TASKS}
     for task in SERVED_TASKS:
         try:
             models[task.value] = load_scorer(client, task.value, settings.model_alias)
-        except FunnelcastError as exc:
+        except ModelNotAvailable as exc:  # not registered (no version at the alias)
             problems[task.value] = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported through /readyz, not raised
             log.exception("loading %s failed", task.value)
-            problems[task.value] = f"loading failed: {exc}"
+            problems[task.value] = load_failure(exc)
     return models, problems
 
 

@@ -24,12 +24,23 @@ from features.io import load_export
 from features.settings import Settings
 from models.registry import LoadedModel
 from models.tasks import Task
-from serving.errors import RequestProblem
+from serving.errors import RequestProblem, client_safe
 from serving.middleware import Busy
 
 log = logging.getLogger("funnelcast.serving")
 
 T = TypeVar("T")
+
+#: Models the API serves; each is loaded by alias at start (only lead_quality is needed to be ready).
+SERVED_TASKS = (Task.LEAD_QUALITY, Task.HIGH_VALUE, Task.STAGE_CONVERSION)
+#: How the reason of a registered model that failed to load starts (``/readyz`` says ``failed``).
+LOAD_FAILED = "loading failed"
+
+
+def load_failure(exc: BaseException) -> str:
+    """The reason a model failed to load: never empty (the type when the message is)."""
+    text = str(exc).strip()
+    return f"{LOAD_FAILED}: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -95,21 +106,24 @@ def _scrub(message: str, source: str) -> str:
     return message
 
 
-def _load_configured(settings: Settings) -> Export:
+def _load_configured(state: Any) -> Export:
+    settings: Settings = state.settings
     source = settings.data or str(settings.sample_export)
     try:
-        return load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)[0]
+        export = load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)[0]
     except (FunnelcastError, OSError, ValueError) as exc:
         log.exception("the configured export %s cannot be read", source)
-        raise ExportUnavailable(_scrub(str(exc) or type(exc).__name__, source)) from exc
+        state.export_error = client_safe(_scrub(str(exc) or type(exc).__name__, source))
+        raise ExportUnavailable(state.export_error) from exc
+    state.export_error = None
+    return export
 
 
 def configured_export(state: Any) -> Export:
     """The configured export (``FUNNELCAST_DATA``, else the sample), loaded once per process with
     bad rows skipped; the funnel, the forecast and the worklist all read this one copy. One that
     cannot be read is a 503 naming why (it is the server's data, not the client's)."""
-    settings: Settings = state.settings
-    return state_cached(state, "configured_export", lambda: _load_configured(settings))
+    return state_cached(state, "configured_export", lambda: _load_configured(state))
 
 
 def get_configured_export(request: Request) -> Export:

@@ -7,6 +7,7 @@ errors are rewritten as ``path: reason`` items; nothing a client sends gets a 50
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +37,14 @@ class RequestProblem(FunnelcastError):
     ):
         self.detail, self.errors, self.status_code, self.headers = detail, errors or [], status_code, headers
         super().__init__(detail)
+
+
+_SERVER_PATH = re.compile(r"(?:file://)?(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def client_safe(message: str) -> str:
+    """A message without the server's absolute paths (the log line keeps them)."""
+    return _SERVER_PATH.sub("<server path>", message)
 
 
 def _path(loc: tuple) -> str:
@@ -101,7 +110,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ModelNotAvailable)
     async def _no_model(request: Request, exc: ModelNotAvailable) -> JSONResponse:
-        return JSONResponse(_body(str(exc), [], request), status_code=503, headers={"Retry-After": "60"})
+        return JSONResponse(_body(client_safe(str(exc)), [], request), status_code=503, headers={"Retry-After": "60"})
 
     @app.exception_handler(InvalidRecord)
     async def _invalid(request: Request, exc: InvalidRecord) -> JSONResponse:

@@ -26,7 +26,7 @@ from features.io import coerce_records, coerce_table
 from serving.errors import RequestProblem, bad_rows_as_problem
 
 #: The tables of an export, and the prefix of each table's custom fields in a feature spec.
-_EXPORT_TABLES = ("accounts", "leads", "opportunities", "stage_history", "activities")
+EXPORT_TABLES = ("accounts", "leads", "opportunities", "stage_history", "activities")
 _SPEC_PREFIX = {"leads": "lead", "accounts": "account", "opportunities": "opportunity"}
 
 
@@ -122,7 +122,7 @@ class RequestRecords:
             bad.extend((self.paths[table][b.row], b) for b in problems)
         if bad:
             raise bad_rows_as_problem(bad)
-        rest = {t: _empty_table(t, stages) for t in _EXPORT_TABLES if t not in frames}
+        rest = {t: _empty_table(t, stages) for t in EXPORT_TABLES if t not in frames}
         return Export(**frames, **rest, open_stages=stages)
 
 

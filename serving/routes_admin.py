@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from models.registry import configure, describe_versions
 from models.tasks import Task
-from serving.deps import SettingsDep
-from serving.schemas.ops import Health, ModelsResponse, ModelVersion, Readiness
+from serving.deps import LOAD_FAILED, SERVED_TASKS, SettingsDep
+from serving.errors import client_safe
+from serving.records import EXPORT_TABLES
+from serving.schemas.ops import DataReadiness, Health, ModelsResponse, ModelVersion, Readiness, TaskReadiness
 from serving.security import ApiKeyDep
 
 router = APIRouter(tags=["operations"])
@@ -20,14 +24,46 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
+def _task_states(state: Any) -> dict[str, TaskReadiness]:
+    out = {}
+    for task in SERVED_TASKS:
+        model = state.models.get(task.value)
+        reason = state.load_errors.get(task.value)
+        if model is not None:
+            out[task.value] = TaskReadiness(state="loaded", version=model.version)
+        elif reason is not None and reason.startswith(LOAD_FAILED):
+            out[task.value] = TaskReadiness(state="failed", reason=client_safe(reason))
+        else:
+            out[task.value] = TaskReadiness(state="not_registered", reason=client_safe(reason or "not registered"))
+    return out
+
+
+def _data_state(state: Any) -> DataReadiness:
+    export = getattr(state, "configured_export", None)
+    if export is not None:
+        rows = {t: len(export.table(t)) for t in EXPORT_TABLES if export.table(t) is not None}
+        return DataReadiness(state="readable", rows=rows)
+    problem = getattr(state, "export_error", None)
+    if problem is not None:
+        return DataReadiness(state="unreadable", reason=problem)
+    return DataReadiness(state="not_read_yet")
+
+
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(request: Request):
-    """Ready when the lead-quality model is loaded (no key needed)."""
-    loaded = {name: m.version for name, m in request.app.state.models.items()}
-    if Task.LEAD_QUALITY.value in loaded:
-        return Readiness(ready=True, models=loaded)
-    reason = request.app.state.load_errors.get(Task.LEAD_QUALITY.value, "model not loaded")
-    return JSONResponse(Readiness(ready=False, models=loaded, reason=reason).model_dump(), status_code=503)
+    """Ready when the lead-quality model is loaded and no registered model failed to load (no key
+    needed). Every served task says loaded (its version), failed (why) or not registered; the
+    configured export says readable (rows per table), unreadable (why) or not read yet."""
+    state = request.app.state
+    loaded = {name: m.version for name, m in state.models.items()}
+    tasks = _task_states(state)
+    failed = [f"{name}: {t.reason}" for name, t in tasks.items() if t.state == "failed"]
+    lead = tasks[Task.LEAD_QUALITY.value]
+    if lead.state == "loaded" and not failed:
+        return Readiness(ready=True, models=loaded, tasks=tasks, data=_data_state(state))
+    reason = "; ".join(([] if lead.state == "loaded" else [f"lead_quality: {lead.reason}"]) + failed)
+    body = Readiness(ready=False, models=loaded, reason=reason, tasks=tasks, data=_data_state(state))
+    return JSONResponse(body.model_dump(), status_code=503)
 
 
 @router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"])

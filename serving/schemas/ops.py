@@ -31,10 +31,25 @@ class Health(BaseModel):
     status: str
 
 
+class TaskReadiness(BaseModel):
+    state: Literal["loaded", "failed", "not_registered"]
+    version: str | None = Field(None, description="The version served (state loaded)")
+    reason: str | None = Field(None, description="Why it is not loaded")
+
+
+class DataReadiness(BaseModel):
+    state: Literal["readable", "unreadable", "not_read_yet"] = Field(
+        description="The configured export (read on the first funnel, forecast or worklist request)")
+    rows: dict[str, int] = Field(default_factory=dict, description="Rows per table of the export served")
+    reason: str | None = None
+
+
 class Readiness(BaseModel):
-    ready: bool
+    ready: bool = Field(description="lead_quality loaded and no registered model failed to load")
     models: dict[str, str] = Field(description="Loaded model versions by name")
     reason: str | None = None
+    tasks: dict[str, TaskReadiness] = Field(default_factory=dict, description="Every served task's state")
+    data: DataReadiness | None = None
 
 
 class ReloadedModel(BaseModel):

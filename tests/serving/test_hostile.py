@@ -265,3 +265,50 @@ def test_a_good_key_never_uses_up_the_failure_budget(tmp_path_factory, sample_di
     app = _app(tmp_path_factory, sample_dir, models, failed_keys_per_minute=2)
     with TestClient(app, headers={"X-API-Key": KEY}) as c:
         assert all(c.get("/v1/traits").status_code == 200 for _ in range(10))
+
+
+# ------------------------------------------------------------------ readiness that tells the truth
+def test_a_model_that_failed_to_load_makes_readyz_not_ready_naming_the_task_and_reason(mlflow_store, monkeypatch):
+    import serving.app
+    from models.registry import load_scorer
+
+    def flaky(client, name, alias="champion"):
+        if name == "stage_conversion":
+            raise RuntimeError()  # an exception whose message is empty
+        return load_scorer(client, name, alias)
+
+    monkeypatch.setattr(serving.app, "load_scorer", flaky)
+    settings = Settings(home=mlflow_store["home"], api_keys=[KEY], tracking_uri=mlflow_store["uri"],
+                        reload_poll_seconds=0)
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
+        r = c.get("/readyz")
+        deal = c.post("/v1/opportunities/score", json={"opportunities": [_deal(1)]})
+    body = r.json()
+    assert r.status_code == 503 and body["ready"] is False
+    assert body["tasks"]["lead_quality"]["state"] == "loaded"
+    assert body["tasks"]["stage_conversion"] == {"state": "failed", "version": None,
+                                                 "reason": "loading failed: RuntimeError"}
+    assert body["tasks"]["high_value"]["state"] == "not_registered"
+    assert body["reason"] == "stage_conversion: loading failed: RuntimeError"
+    assert deal.status_code == 503 and deal.json()["detail"].endswith("loading failed: RuntimeError")
+
+
+def test_readyz_reports_the_export_and_a_broken_server_export_is_a_503_without_paths(tmp_path_factory, models):
+    missing = tmp_path_factory.mktemp("gone") / "no-such-export"
+    home = tmp_path_factory.mktemp("hostile")
+    settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'x.db'}", data=str(missing))
+    with TestClient(create_app(settings, preloaded=models), headers={"X-API-Key": KEY}) as c:
+        assert c.get("/readyz").json()["data"]["state"] == "not_read_yet"
+        r = c.get("/v1/funnel")
+        ready = c.get("/readyz").json()
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert "export cannot be read" in r.json()["detail"] and str(missing) not in r.text and str(home) not in r.text
+    assert ready["data"]["state"] == "unreadable" and str(missing) not in ready["data"]["reason"]
+
+
+def test_readyz_counts_the_rows_of_the_export_served(client, sample_export):
+    assert client.get("/v1/funnel").status_code == 200
+    data = client.get("/readyz").json()["data"]
+    assert data["state"] == "readable"
+    assert data["rows"]["opportunities"] == len(sample_export.opportunities)
+    assert data["rows"]["leads"] == len(sample_export.leads)
