@@ -8,6 +8,7 @@ ready and scoring answers 503 with the reason.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from features.errors import FunnelcastError
-from features.settings import Settings, get_settings
+from features.settings import Settings, StoreNotFound, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from models.tasks import Task
 from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_ops
@@ -29,21 +30,42 @@ log = logging.getLogger("funnelcast.serving")
 SERVED_TASKS = (Task.LEAD_QUALITY, Task.HIGH_VALUE, Task.STAGE_CONVERSION)  # only lead_quality is needed to be ready
 
 
+_SQL_NOISE = re.compile(r"\s*(\[SQL: .*?\]|\[parameters: .*?\]|\(Background on this error at: [^)]*\))", re.S)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:file://)?(?:/[\w.@+-]+)+/([\w.@+-]+)")
+
+
+def public_reason(exc: BaseException | str) -> str:
+    """What a client may read of a failure: no SQL text, no bind parameters, no absolute server paths
+    (a path is cut to its last part); the whole error goes to the server log."""
+    text = _ABSOLUTE_PATH.sub(r"<server>/\1", _SQL_NOISE.sub("", str(exc)))
+    return text.strip() or type(exc).__name__
+
+
 def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, str]]:
-    """Load each served task's model at the configured alias; collect why any could not load."""
+    """Load each served task's model at the configured alias; collect why any could not load.
+
+    A missing SQLite tracking store is refused, not created empty (the server log names the path
+    and how the home was found; clients read the reason without server paths)."""
     models, problems = {}, {}
     try:
+        settings.require_tracking_store()
         client = configure(settings.resolved_tracking_uri())
+    except StoreNotFound as exc:
+        log.error("%s", exc)
+        reason = (f"no MLflow store in the project home: train first (`funnelcast train`) or point FUNNELCAST_HOME "
+                  f"at the project ({public_reason(exc.path)} not found)")
+        return {}, {t.value: reason for t in SERVED_TASKS}
     except Exception as exc:  # a broken store must not keep the API down
-        return {}, {t.value: f"cannot open the MLflow store: {exc}" for t in SERVED_TASKS}
+        log.exception("opening the MLflow store failed")
+        return {}, {t.value: f"cannot open the MLflow store: {public_reason(exc)}" for t in SERVED_TASKS}
     for task in SERVED_TASKS:
         try:
             models[task.value] = load_scorer(client, task.value, settings.model_alias)
         except FunnelcastError as exc:
-            problems[task.value] = str(exc)
+            problems[task.value] = public_reason(exc)
         except Exception as exc:  # noqa: BLE001 - reported through /readyz, not raised
             log.exception("loading %s failed", task.value)
-            problems[task.value] = f"loading failed: {exc}"
+            problems[task.value] = f"loading failed: {public_reason(exc)}"
     return models, problems
 
 
