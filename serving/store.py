@@ -201,7 +201,8 @@ def _insert_if_absent(conn: Connection, row: dict[str, Any]) -> bool:
         else:
             from sqlalchemy.dialects.postgresql import insert
         stmt = insert(outcomes).values(**row).on_conflict_do_nothing(index_elements=["task", "record_id"])
-        return conn.execute(stmt).rowcount == 1
+        # RETURNING says whether the row went in (rowcount is not reliable once the driver returns the new id)
+        return conn.execute(stmt.returning(outcomes.c.id)).first() is not None
     try:
         with conn.begin_nested():
             conn.execute(outcomes.insert().values(**row))
