@@ -102,7 +102,7 @@ def retrain(tasks: Sequence[Task], train: Callable[..., list[Any]], export: Expo
             (result,) = train([task], settings, source=source, **train_kw)
             rows.append(promote_trained(result, export, client, settings, before=before, before_source=before_source,
                                         source=source, evaluate=evaluate))
-        except FunnelcastError as exc:
+        except (FunnelcastError, ValueError) as exc:  # data too short for a task: the others still run
             rows.append(RetrainRow(task.value, before, None, before, False, f"failed: {exc}", failed=True))
     return rows
 
