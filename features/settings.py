@@ -51,8 +51,8 @@ def find_home(start: Path | None = None) -> tuple[Path, str]:
             return folder / HOME_DIR, f"marked by {folder / MARKER}"
     import platformdirs
 
-    return platformdirs.user_data_path("funnelcast"), "the per-user default: no .funnelcast/ or funnelcast.toml above " \
-        f"{here}"
+    origin = f"the per-user default: no {HOME_DIR}/ or {MARKER} above {here}"
+    return platformdirs.user_data_path("funnelcast"), origin
 
 
 def redact_uri(uri: str) -> str:
@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FUNNELCAST_", env_file=".env", extra="ignore")
 
     #: never None once validated: ``_find_home`` fills it in
-    home: Path | None = Field(None, description="Project data folder (default: the nearest .funnelcast/ or funnelcast.toml "
-                       "walking up from the working folder, else the per-user data folder)")
+    home: Path | None = Field(None, description="Project data folder (default: the nearest .funnelcast/ or "
+                              "funnelcast.toml walking up from the working folder, else the per-user data folder)")
     data: str | None = Field(None, description="Default CRM export: folder or SQLAlchemy URL")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking/registry URI; default: MLFLOW_TRACKING_URI or SQLite under home"

@@ -33,9 +33,6 @@ def readyz(request: Request):
 @router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"])
 def list_models(request: Request, settings: SettingsDep) -> ModelsResponse:
     """Registered versions of every task with their aliases, training window and evaluation metrics."""
-    db = settings.local_tracking_db()
-    if db is not None and not db.exists():  # no store: none registered (opening it would create an empty one)
-        return ModelsResponse(models=[])
     client = configure(settings.resolved_tracking_uri())
     loaded = {(m.name, m.version) for m in request.app.state.models.values()}
     out = []
