@@ -15,7 +15,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
+# the repository folder is the project: its .funnelcast/ is found from any subfolder
 run: install
+	mkdir -p .funnelcast
 	FUNNELCAST_API_KEYS='$(DEV_API_KEYS)' $(BIN)/funnelcast run
 
 # the managers' page test drives Debian's chromium (no browser download); without root or apt

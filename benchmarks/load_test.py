@@ -1,12 +1,19 @@
 """Load on loopback: funnelcast (with reasons) and `mlflow models serve` (same model, no
 reasons) side by side, then a soak that watches the servers' memory.
 
-Both servers run on 127.0.0.1 with the same number of uvicorn workers; a bounded number of
-client threads send requests for a bounded time. Reported per case: sustained requests per
-second, p50/p95/p99 latency and errors; for the soak, resident memory of the server
-processes at the start and end.
+Both servers run on 127.0.0.1 with the same number of uvicorn workers (uvicorn[standard]:
+uvloop and httptools, as `funnelcast serve` runs); a bounded number of client threads send
+requests for a bounded time. Reported per case: sustained requests per second, p50/p95/p99
+latency and errors; for the soak, resident memory of the server processes at the start and end.
+
+The last case runs one-lead load while the champion changes under it: every ``--change-every``
+seconds the ``@champion`` alias flips between two registered versions and ``POST
+/v1/admin/reload`` is sent (the other workers follow with their alias poll, set to 1 s here);
+with ``--during refresh`` also ``POST /v1/admin/refresh`` (the snapshot refresh; reported as not
+available when the server answers 404). Any failed request there is a failure of the benchmark.
 
     python benchmarks/load_test.py [--seconds 20] [--soak 600] [--threads 4] [--workers 2]
+                                   [--during reload refresh] [--change-every 2]
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from serving.records import export_items
 from training.pipeline import log_and_register
 from training.train import TrainConfig, build_lead_model
 
-KEY = "load-key"
+KEY, ADMIN = "load-key", "load-admin-key"
 
 
 def _port() -> int:
@@ -53,6 +60,14 @@ def _wait(url: str, timeout: float = 120) -> None:
             pass
         time.sleep(0.5)
     raise SystemExit(f"{url} did not come up")
+
+
+def _uvicorn_extras() -> str:
+    """Which of uvicorn's fast loop and HTTP parser are installed (uvicorn picks them when they are)."""
+    import importlib.util
+
+    found = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m)]
+    return "+".join(found) if found else "asyncio + h11: uvicorn[standard] not installed"
 
 
 def _rss_mb(pid: int) -> float:
@@ -113,6 +128,49 @@ def _load(url: str, body: bytes, headers: dict, seconds: float, threads: int) ->
     }
 
 
+def _changes(base: str, uri: str, versions: list[str], every: float, during: list[str], stop: threading.Event,
+             done: dict) -> None:
+    """Until ``stop``: flip ``@champion`` between ``versions`` and reload; refresh too if asked and available."""
+    client = configure(uri)
+    headers = {"X-API-Key": ADMIN}
+    i = 0
+    with httpx.Client(timeout=60) as c:
+        while not stop.wait(every):
+            i += 1
+            if "reload" in during:
+                client.set_registered_model_alias("lead_quality", "champion", versions[i % len(versions)])
+                r = c.post(f"{base}/v1/admin/reload", headers=headers)
+                done["reload"].append(r.status_code)
+            if "refresh" in during and done["refresh"] != "not available":
+                r = c.post(f"{base}/v1/admin/refresh", headers=headers)
+                if r.status_code == 404:
+                    done["refresh"] = "not available"  # the server has no snapshot refresh (yet)
+                else:
+                    done["refresh"].append(r.status_code)
+
+
+def _under_change(fc_port: int, uri: str, versions: list[str], body: bytes, headers: dict, args: argparse.Namespace) -> tuple[dict, str]:
+    """One-lead load while the champion changes (and the snapshot refreshes): the row of the table and a summary."""
+    base = f"http://127.0.0.1:{fc_port}"
+    done: dict = {"reload": [], "refresh": []}
+    stop = threading.Event()
+    changer = threading.Thread(target=_changes, args=(base, uri, versions, args.change_every, args.during, stop, done))
+    changer.start()
+    try:
+        row = _load(f"{base}/v1/leads/score", body, headers, args.seconds, args.threads)
+    finally:
+        stop.set()
+        changer.join()
+    reloads = done["reload"]
+    refresh = done["refresh"]
+    note = (f"{len(reloads)} alias changes + reloads ({sum(c == 200 for c in reloads)} answered 200)"
+            + ("" if "refresh" not in args.during else
+               "; refresh: POST /v1/admin/refresh answered 404 (not available), reload only"
+               if refresh == "not available" else
+               f"; {len(refresh)} refreshes ({sum(c == 200 for c in refresh)} answered 200)"))
+    return {"case": "funnelcast, 1 lead, champion changing", **row}, note
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", default=".funnelcast/sample")
@@ -120,6 +178,9 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=600, help="soak duration (one-lead requests), 0 to skip")
     ap.add_argument("--threads", type=int, default=4, help="client threads")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
+    ap.add_argument("--during", nargs="*", default=["reload", "refresh"], choices=("reload", "refresh"),
+                    help="what changes during the last case (default both; none: skip the case)")
+    ap.add_argument("--change-every", type=float, default=2.0, help="seconds between changes in the last case")
     args = ap.parse_args()
     sample = Path(args.sample)
     if not (sample / "export" / "leads.csv").exists():
@@ -134,9 +195,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        log_and_register(result, configure(uri), experiment="load", artifact_location=Path(tmp, "a").as_uri(),
-                         cfg=cfg, data_source=str(sample))
+        versions = [log_and_register(result, configure(uri), experiment="load", artifact_location=Path(tmp, "a").as_uri(),
+                                     cfg=cfg, data_source=str(sample)).version for _ in range(2)]  # two to flip between
         env = {**os.environ, "FUNNELCAST_TRACKING_URI": uri, "MLFLOW_TRACKING_URI": uri,
+               "FUNNELCAST_HOME": tmp, "FUNNELCAST_ADMIN_API_KEYS": json.dumps([ADMIN]),
+               "FUNNELCAST_RELOAD_POLL_SECONDS": "1",
                "FUNNELCAST_API_KEYS": json.dumps([KEY]), "FUNNELCAST_RATE_LIMIT_PER_MINUTE": "0",
                # mlflow serve execs `uvicorn` by name: it must be on PATH
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -171,9 +234,19 @@ def main() -> None:
                 ("funnelcast, 100 leads + reasons", fc_url, body_100, fc_headers),
             ]:
                 rows.append({"case": name, **_load(url, body, headers, args.seconds, args.threads)})
-            print(f"\nloopback, {args.workers} uvicorn workers per server, {args.threads} client threads, "
-                  f"{args.seconds:.0f} s per case (probability funnelcast {p_fc:.6f} vs mlflow {p_ml:.6f})")
+            note = None
+            if args.during:
+                row, note = _under_change(fc_port, uri, versions, body_one, fc_headers, args)
+                rows.append(row)
+            print(f"\nloopback, {args.workers} uvicorn workers per server ({_uvicorn_extras()}), {args.threads} "
+                  f"client threads, {args.seconds:.0f} s per case (probability funnelcast {p_fc:.6f} vs mlflow "
+                  f"{p_ml:.6f})")
             print(pd.DataFrame(rows).round(1).to_string(index=False))
+            fc, ml = rows[0], rows[1]
+            print(f"funnelcast / mlflow, one lead: {fc['rps'] / ml['rps']:.2f}x the requests per second, p99 "
+                  f"{fc['p99_ms']:.1f} vs {ml['p99_ms']:.1f} ms")
+            if note:
+                print(f"champion changing: {note}; {rows[-1]['errors']} failed requests")
             if args.soak > 0:
                 pid = servers["funnelcast"].pid
                 before = _rss_mb(pid)

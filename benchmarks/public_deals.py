@@ -5,7 +5,7 @@ skipped: see the mapping's notes for what is real and what is synthetic), then
 
 1. **deal win** at monthly origins (1st of each month, ``--origins``): the funnelcast deal
    models are fitted on what was known at the origin (labels censored there, exactly as
-   ``funnelcast train-deals`` / ``backtest`` do), and every deal open at the origin is scored.
+   ``funnelcast train --task stage_conversion`` / ``backtest`` do), and every deal open at the origin is scored.
    Compared on the same deals: the CRM stage win rate (point in time; Maven records one open
    stage, so it is one number per origin) and a logistic regression on the same snapshot
    features, fitted on the snapshots before the origin whose outcome was known then. Targets:
@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--skip-backtest", action="store_true", help="only the deal-win comparison")
     ap.add_argument("--skip-deal-win", action="store_true", help="only the forecast backtest")
     ap.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
-                    help="the deal timing model (as `funnelcast train-deals --timing-layout`)")
+                    help="the deal timing model (as `funnelcast train --task stage_conversion --timing-layout`)")
     ap.add_argument("--config", default="{}", help="more DealTrainConfig fields as JSON, e.g. "
                     '\'{"timing_calibration": "platt"}\'')
     args = ap.parse_args()

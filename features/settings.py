@@ -3,6 +3,12 @@
 Library functions never read settings themselves: they take what they need as arguments.
 Values come from ``FUNNELCAST_*`` environment variables or a ``.env`` file; the MLflow
 tracking URI also honours the standard ``MLFLOW_TRACKING_URI``.
+
+The project home (models, operations database, sample) is found the way git finds ``.git``:
+``FUNNELCAST_HOME`` when set; else the nearest ``.funnelcast/`` folder, or the ``.funnelcast/``
+beside the nearest ``funnelcast.toml`` marker, walking up from the working folder; else the
+per-user data folder (``platformdirs.user_data_path("funnelcast")``: ``~/.local/share/funnelcast``
+on Linux). Any command run from a subfolder of a project therefore reads the project's store.
 """
 
 from __future__ import annotations
@@ -10,15 +16,60 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.errors import FunnelcastError
+
+__all__ = ["HOME_DIR", "MARKER", "Settings", "StoreNotFound", "find_home", "get_settings", "redact_uri"]
+
+#: The project folder's name, and the marker file whose folder gets one.
+HOME_DIR = ".funnelcast"
+MARKER = "funnelcast.toml"
+
+
+class StoreNotFound(FunnelcastError):
+    """A command that reads models found no MLflow store where the project home says it is."""
+
+    def __init__(self, path: Path, origin: str, hint: str):
+        self.path = path
+        super().__init__(f"no MLflow store at {path} (project home {path.parent}, {origin}); {hint}")
+
+
+def find_home(start: Path | None = None) -> tuple[Path, str]:
+    """The project home seen from ``start`` (the working folder) and how it was found.
+
+    The nearest ``.funnelcast/`` folder or ``funnelcast.toml`` marker (whose folder's
+    ``.funnelcast/`` is the home) from ``start`` up to the root; else the per-user data folder."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / HOME_DIR).is_dir():
+            return folder / HOME_DIR, f"found from {here}"
+        if (folder / MARKER).is_file():
+            return folder / HOME_DIR, f"marked by {folder / MARKER}"
+    import platformdirs
+
+    origin = f"the per-user default: no {HOME_DIR}/ or {MARKER} above {here}"
+    return platformdirs.user_data_path("funnelcast"), origin
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (database URLs and http URIs alike)."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FUNNELCAST_", env_file=".env", extra="ignore")
 
-    home: Path = Field(Path(".funnelcast"), description="Project data folder")
+    #: never None once validated: ``_find_home`` fills it in
+    home: Path | None = Field(None, description="Project data folder (default: the nearest .funnelcast/ or "
+                              "funnelcast.toml walking up from the working folder, else the per-user data folder)")
     data: str | None = Field(None, description="Default CRM export: folder or SQLAlchemy URL")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking/registry URI; default: MLFLOW_TRACKING_URI or SQLite under home"
@@ -60,6 +111,24 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    _home_origin: str = PrivateAttr("set by FUNNELCAST_HOME or given")
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home_absolute(cls, v: object) -> object:
+        return None if v is None or v == "" else Path(v).expanduser().resolve()  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _find_home(self) -> Settings:
+        if self.home is None:
+            self.home, self._home_origin = find_home()
+        return self
+
+    @property
+    def home_origin(self) -> str:
+        """How the home was found: ``FUNNELCAST_HOME`` (or given), found from a folder, or the per-user default."""
+        return self._home_origin
+
     @field_validator("open_stages", mode="before")
     @classmethod
     def _stages_from_str(cls, v: object) -> object:
@@ -82,6 +151,28 @@ class Settings(BaseSettings):
         if env:
             return env
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    def local_tracking_db(self) -> Path | None:
+        """The SQLite file of the tracking store when it is one (None for a server or another database)."""
+        uri = self.resolved_tracking_uri()
+        if not uri.startswith("sqlite:///"):
+            return None
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+
+    def require_tracking_store(self, hint: str = "train first: `funnelcast train` (or `funnelcast run`)") -> None:
+        """Refuse (:class:`StoreNotFound`) when the tracking store is a SQLite file that does not exist:
+        MLflow would silently create an empty one, and every model would look missing."""
+        db = self.local_tracking_db()
+        if db is not None and not db.exists():
+            origin = self.home_origin if db.parent == self.home else "the configured tracking URI"
+            raise StoreNotFound(db, origin, f"{hint}; or run from the project folder or set FUNNELCAST_HOME")
+
+    def where(self, data: str | None = None) -> str:
+        """One line naming the project home, the MLflow store and the data source (passwords hidden)."""
+        source = data or self.data or str(self.sample_export)
+        return (f"home {self.home} ({self.home_origin}) | store {redact_uri(self.resolved_tracking_uri())} | "
+                f"data {redact_uri(source)}")
 
     def artifact_location(self) -> str:
         return (self.home / "mlartifacts").resolve().as_uri()

@@ -59,7 +59,7 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise ModelNotAvailable(name, f"no version has the alias {alias!r} yet; run `funnelcast train`") from exc
+        raise ModelNotAvailable(name, f"no version has the alias {alias!r} yet; run `funnelcast train --task {name}`") from exc
     # models:/ URIs resolve through MLflow's global URIs: point them at this client's store
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)

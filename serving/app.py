@@ -8,6 +8,7 @@ ready and scoring answers 503 with the reason.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,8 +16,8 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from features.errors import ModelNotAvailable
-from features.settings import Settings, get_settings
+from features.errors import FunnelcastError, ModelNotAvailable
+from features.settings import Settings, StoreNotFound, get_settings
 from models.registry import LoadedModel, configure, load_scorer
 from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_ops
 from serving.deps import LOAD_FAILED, SERVED_TASKS, load_failure
@@ -34,23 +35,45 @@ log = logging.getLogger("funnelcast.serving")
 
 
 
+_SQL_NOISE = re.compile(r"\s*(\[SQL: .*?\]|\[parameters: .*?\]|\(Background on this error at: [^)]*\))", re.S)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:file://)?(?:/[\w.@+-]+)+/([\w.@+-]+)")
+
+
+def public_reason(exc: BaseException | str) -> str:
+    """What a client may read of a failure: no SQL text, no bind parameters, no absolute server paths
+    (a path is cut to its last part); the whole error goes to the server log."""
+    text = _ABSOLUTE_PATH.sub(r"<server>/\1", _SQL_NOISE.sub("", str(exc)))
+    return text.strip() or type(exc).__name__
+
+
 def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, str]]:
-    """Load each served task's model at the configured alias; collect why any could not load."""
+    """Load each served task's model at the configured alias; collect why any could not load.
+
+    A missing SQLite tracking store is refused, not created empty (the server log names the path
+    and how the home was found; clients read the reason without server paths)."""
     models, problems = {}, {}
     try:
+        settings.require_tracking_store()
         client = configure(settings.resolved_tracking_uri())
+    except StoreNotFound as exc:
+        log.error("%s", exc)
+        reason = (f"no MLflow store in the project home: train first (`funnelcast train`) or point FUNNELCAST_HOME "
+                  f"at the project ({public_reason(exc.path)} not found)")
+        return {}, {t.value: reason for t in SERVED_TASKS}
     except Exception as exc:  # a broken store must not keep the API down
         log.exception("cannot open the MLflow store")
-        reason = f"{LOAD_FAILED}: cannot open the MLflow store ({type(exc).__name__}; the server log has the details)"
+        reason = f"{LOAD_FAILED}: cannot open the MLflow store ({public_reason(exc)}; the server log has the details)"
         return {}, {t.value: reason for t in SERVED_TASKS}
     for task in SERVED_TASKS:
         try:
             models[task.value] = load_scorer(client, task.value, settings.model_alias)
         except ModelNotAvailable as exc:  # not registered (no version at the alias)
-            problems[task.value] = str(exc)
+            problems[task.value] = public_reason(exc)
+        except FunnelcastError as exc:
+            problems[task.value] = public_reason(exc)
         except Exception as exc:  # noqa: BLE001 - reported through /readyz, not raised
             log.exception("loading %s failed", task.value)
-            problems[task.value] = load_failure(exc)
+            problems[task.value] = public_reason(load_failure(exc))
     return models, problems
 
 

@@ -24,6 +24,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_tracking_store(hint="train first: `funnelcast train` (or `funnelcast run`, which also serves)")
     host, port = args.host or settings.host, args.port or settings.port
     print(f"serving on http://{host}:{port}: the managers' page at /, OpenAPI docs at /docs")
     serve(settings, args.host, args.port, args.workers)

@@ -175,8 +175,8 @@ def report_outcomes(body: OutcomesRequest, request: Request) -> OutcomesResponse
         raise RequestProblem(f"{len(errors)} invalid outcome(s): " + "; ".join(f"{p}: {r}" for p, r in errors[:5]), errors)
     items = [{"task": o.task, "record_id": o.record_id.strip(), "outcome": o.outcome, "occurred_at": o.occurred_at}
              for o in body.outcomes]
-    counts = operations_store(request).upsert_outcomes(items)
-    return OutcomesResponse(received=len(items), **counts)
+    stored = operations_store(request).upsert_outcomes(items)
+    return OutcomesResponse(received=len(items), **stored.counts(), results=stored.statuses)
 
 
 # --- performance ------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """Durable operations data: the scores the API served and the outcomes the CRM reports.
 
-SQLAlchemy Core on any URL (SQLite under the project home by default). Outcomes are keyed
-by ``(task, record_id)``: reporting the same record again is idempotent (unchanged when the
-same, updated when the CRM corrects it). Served scores are appended with the model version
+SQLAlchemy Core on any URL (SQLite under the project home by default; PostgreSQL is tested
+in CI). Outcomes are keyed by ``(task, record_id)``: reporting the same record again is
+idempotent, and concurrent reports cannot race: each record is one ``INSERT ... ON CONFLICT DO
+NOTHING`` (the SQLite and PostgreSQL dialects' ``insert``; a savepoint elsewhere) followed, when
+it was there already, by an ``UPDATE`` only where the stored outcome differs. Each record gets
+its own result: ``accepted`` (new), ``duplicate`` (the same outcome and time were stored) or
+``corrected`` (another outcome or time was stored: the CRM's correction replaces it); a
+collision never rolls back the rest of the batch. Served scores are appended with the model version
 that produced them; live performance joins each version's first score of a record with the
 record's outcome decided after it ("scored, then decided").
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,8 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 #: Outcomes that count as the positive class of their task.
 POSITIVE = {"converted", "won"}
@@ -117,26 +123,18 @@ class OperationsStore:
             with self.engine.begin() as conn:
                 conn.execute(served_scores.insert(), rows)
 
-    def upsert_outcomes(self, items: list[dict[str, Any]]) -> dict[str, int]:
-        """Store outcomes ``{task, record_id, outcome, occurred_at}``; counts of created/updated/unchanged."""
-        counts = {"created": 0, "updated": 0, "unchanged": 0}
+    def upsert_outcomes(self, items: list[dict[str, Any]]) -> StoredOutcomes:
+        """Store outcomes ``{task, record_id, outcome, occurred_at}``; each record's result, in order.
+
+        Records are written in key order (two batches with the same records cannot deadlock on
+        PostgreSQL), in one transaction that no collision aborts."""
+        statuses: list[str] = [""] * len(items)
         now = datetime.now(UTC)
+        order = sorted(range(len(items)), key=lambda i: (items[i]["task"], items[i]["record_id"]))
         with self.engine.begin() as conn:
-            for it in items:
-                occurred = _utc(it["occurred_at"])
-                key = (outcomes.c.task == it["task"]) & (outcomes.c.record_id == it["record_id"])
-                old = conn.execute(select(outcomes.c.outcome, outcomes.c.occurred_at).where(key)).first()
-                if old is None:
-                    conn.execute(outcomes.insert().values(task=it["task"], record_id=it["record_id"], outcome=it["outcome"],
-                                                          occurred_at=occurred, received_at=now))
-                    counts["created"] += 1
-                elif old.outcome == it["outcome"] and _utc(old.occurred_at) == occurred:
-                    counts["unchanged"] += 1
-                else:
-                    conn.execute(outcomes.update().where(key).values(outcome=it["outcome"], occurred_at=occurred,
-                                                                     received_at=now))
-                    counts["updated"] += 1
-        return counts
+            for i in order:
+                statuses[i] = _upsert_outcome(conn, items[i], now)
+        return StoredOutcomes(statuses)
 
     def outcome_count(self, task: str) -> int:
         with self.engine.connect() as conn:
@@ -175,6 +173,55 @@ class OperationsStore:
         frame = frame[occurred.to_numpy() > as_of.to_numpy()].copy()  # decided after it was scored
         frame["label"] = frame["outcome"].isin(POSITIVE).astype(int)
         return frame
+
+
+#: The result of each reported outcome (see the module docstring).
+ACCEPTED, DUPLICATE, CORRECTED = "accepted", "duplicate", "corrected"
+
+
+@dataclass
+class StoredOutcomes:
+    """What ``upsert_outcomes`` did with each record, in the order given."""
+
+    statuses: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """``created`` / ``updated`` / ``unchanged`` totals (accepted / corrected / duplicate)."""
+        return {"created": self.statuses.count(ACCEPTED), "updated": self.statuses.count(CORRECTED),
+                "unchanged": self.statuses.count(DUPLICATE)}
+
+
+def _insert_if_absent(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert ``row`` unless its ``(task, record_id)`` is stored; whether it was inserted. Never raises
+    on the unique key: ``ON CONFLICT DO NOTHING`` where the dialect has it, else a savepoint."""
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(outcomes).values(**row).on_conflict_do_nothing(index_elements=["task", "record_id"])
+        # RETURNING says whether the row went in (rowcount is not reliable once the driver returns the new id)
+        return conn.execute(stmt.returning(outcomes.c.id)).first() is not None
+    try:
+        with conn.begin_nested():
+            conn.execute(outcomes.insert().values(**row))
+        return True
+    except IntegrityError:
+        return False
+
+
+def _upsert_outcome(conn: Connection, item: dict[str, Any], now: datetime) -> str:
+    occurred = _utc(item["occurred_at"])
+    row = {"task": item["task"], "record_id": item["record_id"], "outcome": item["outcome"], "occurred_at": occurred,
+           "received_at": now}
+    if _insert_if_absent(conn, row):
+        return ACCEPTED
+    key = (outcomes.c.task == item["task"]) & (outcomes.c.record_id == item["record_id"])
+    changed = (outcomes.c.outcome != item["outcome"]) | (outcomes.c.occurred_at != occurred)
+    done = conn.execute(outcomes.update().where(key & changed).values(outcome=item["outcome"], occurred_at=occurred,
+                                                                      received_at=now))
+    return CORRECTED if done.rowcount else DUPLICATE
 
 
 @dataclass

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+#: A PostgreSQL server for the tests (`.ci/run` starts one): read before the FUNNELCAST_* variables go
+POSTGRES_URL = os.environ.get("FUNNELCAST_TEST_POSTGRES_URL")
+
 # tests configure everything explicitly: a developer's FUNNELCAST_* / MLflow settings must not leak in
 for _name in [n for n in os.environ if n.startswith("FUNNELCAST_") or n == "MLFLOW_TRACKING_URI"]:
     del os.environ[_name]
@@ -103,3 +106,64 @@ def deal_snapshot_frame(sample_export, deal_config):
     from training.deals import build_snapshots
 
     return build_snapshots(sample_export, sample_export.exported_at, deal_config)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """A SQLAlchemy URL of a fresh, empty PostgreSQL database for the test module (dropped after it).
+
+    From the server at ``FUNNELCAST_TEST_POSTGRES_URL`` (``.ci/run`` starts one); skips when it is
+    unset. Any module can use it: ``def test_x(postgres_url): ...``."""
+    if not POSTGRES_URL:
+        pytest.skip("no PostgreSQL server: set FUNNELCAST_TEST_POSTGRES_URL (`.ci/run` starts one and sets it)")
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = sa.make_url(POSTGRES_URL)
+    name = f"fc_{request.module.__name__.rsplit('.', 1)[-1][:30]}_{uuid.uuid4().hex[:8]}".lower()
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def race_outcomes():
+    """``race(url)``: 4 threads store the same 50 outcomes 5 times each through ``OperationsStore(url)``
+    at once; returns the errors raised, each record's results and the rows stored."""
+    import threading
+
+    def race(url: str) -> tuple[list[BaseException], list[list[str]], int]:
+        from serving.store import OperationsStore
+
+        store = OperationsStore(url)
+        items = [{"task": "lead_quality", "record_id": f"L-{i}", "outcome": "converted" if i % 2 else "disqualified",
+                  "occurred_at": "2030-01-01T00:00:00Z"} for i in range(50)]
+        errors: list[BaseException] = []
+        results: list[list[str]] = []
+        start = threading.Barrier(4)
+
+        def worker() -> None:
+            start.wait()
+            for _ in range(5):
+                try:
+                    results.append(store.upsert_outcomes(items).statuses)
+                except Exception as exc:  # noqa: BLE001 - counted, the test asserts there are none
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rows = store.outcome_count("lead_quality")
+        store.engine.dispose()
+        return errors, results, rows
+
+    return race

@@ -11,8 +11,8 @@ import sys
 
 from features.errors import FunnelcastError
 from features.settings import get_settings
-from training import cli_accounts, cli_adapters, cli_deals, cli_ops, cli_train
-from training.cli_common import plugin_commands
+from training import cli_accounts, cli_adapters, cli_deals, cli_ops, cli_retrain, cli_train
+from training.cli_common import announce, plugin_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_deals.register(sub)  # forecast, funnel, backtest
     cli_accounts.register(sub)  # traits, allocate
     cli_ops.register(sub)  # tune, promote, drift
+    cli_retrain.register(sub, train=cli_train.train_tasks)  # retrain (trains through train's one path)
     cli_adapters.register(sub)  # import, audit
     plugin_commands(sub)  # serve, from serving (an entry point: training does not import serving)
     return p
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
+    announce(args, settings)
     try:
         return int(args.func(args, settings) or 0)
     except FunnelcastError as exc:

@@ -36,7 +36,7 @@ def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
     print(result.importance.head(8)[["feature", "importance", "direction"]].round(4).to_string(index=False))
     print("wrote " + ", ".join(str(p) for p in paths))
     if args.register:
-        result = log_and_register(result, mlflow_client(settings), experiment=settings.experiment,
+        result = log_and_register(result, mlflow_client(settings, create=True), experiment=settings.experiment,
                                   artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
                                   alias=settings.model_alias)
         print(f"registered high_value version {result.version} as {', '.join('@' + a for a in result.aliases)} "

@@ -18,7 +18,7 @@ from features.contract import Export
 from features.settings import Settings
 from models.folds import InvalidFold, parse_duration
 
-__all__ = ["GROUPINGS", "as_of_arg", "by_arg", "data_args", "grouping", "horizon", "load_data", "load_export_from",
+__all__ = ["GROUPINGS", "announce", "as_of_arg", "by_arg", "data_args", "grouping", "horizon", "load_data", "load_export_from",
            "mlflow_client", "plugin_commands", "run_plugin_command", "timestamp", "tuned_params"]
 
 #: The entry-point group through which other packages add commands (serving adds ``serve``).
@@ -71,6 +71,11 @@ def by_arg(sp: argparse.ArgumentParser, default: str) -> None:
     sp.add_argument("--by", default=default, choices=GROUPINGS, help=f"grouping (default {default}; none: the total)")
 
 
+def announce(args: argparse.Namespace, settings: Settings) -> None:
+    """Say, in one line on stderr, which project home, MLflow store and data source the command uses."""
+    print(settings.where(getattr(args, "data", None)), file=sys.stderr)
+
+
 def load_export_from(source: str | None, settings: Settings, skip_bad_rows: bool = False) -> tuple[str, Export]:
     """The export at ``source`` (or settings, or the sample), loaded and validated; bad rows reported."""
     from features.io import load_export
@@ -87,11 +92,19 @@ def load_data(args: argparse.Namespace, settings: Settings) -> tuple[str, Export
     return load_export_from(args.data, settings, args.skip_bad_rows)
 
 
-def mlflow_client(settings: Settings) -> Any:
-    """An MLflow client on the configured tracking/registry store (SQLite under home by default)."""
+def mlflow_client(settings: Settings, create: bool = False) -> Any:
+    """An MLflow client on the configured tracking/registry store (SQLite under home by default).
+
+    Commands that only read models (score, promote, drift, ...) leave ``create`` False: a missing
+    SQLite store is then refused (:class:`~features.settings.StoreNotFound`, naming where it was
+    looked for) instead of MLflow silently creating an empty one. ``train``, ``run``, ``tune`` and
+    ``backtest`` create it."""
     from models.registry import configure
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    if create:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    else:
+        settings.require_tracking_store()
     return configure(settings.resolved_tracking_uri())
 
 

@@ -55,7 +55,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
                                                snapshot_every_days=settings.snapshot_every_days, seed=args.seed,
                                                exclude=tuple(args.exclude or ()))
     result = tune(args.task, export, cutoff, None, args.trials, config=config, timeout=args.timeout, storage=storage,
-                  study_name=args.study, n_folds=args.folds, client=mlflow_client(settings),
+                  study_name=args.study, n_folds=args.folds, client=mlflow_client(settings, create=True),
                   experiment=settings.experiment, progress=True)
     path = write_tuned_params(settings.home, result, args.task)
     print(f"{args.task}: study {result.study_name!r} ({storage}): {result.trials} trials, {result.complete} complete, "
@@ -162,7 +162,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     write_report(result, out)
     print(result.overall.round(4).to_string(index=False))
     if not args.no_mlflow:
-        run_id = log_backtest(result, mlflow_client(settings), settings.experiment, settings.artifact_location(), out,
+        run_id = log_backtest(result, mlflow_client(settings, create=True), settings.experiment, settings.artifact_location(), out,
                               cfg, source)
         print(f"figures logged to MLflow run {run_id}")
     print(f"report -> {out / 'report.md'} ({result.seconds:.0f} s)")

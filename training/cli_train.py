@@ -75,7 +75,7 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
     cutoff = as_of or export.exported_at
     if export.exported_at is not None and cutoff > export.exported_at:
         print(f"note: --as-of {cutoff} is after the export's last timestamp {export.exported_at}", file=sys.stderr)
-    client = mlflow_client(settings)
+    client = mlflow_client(settings, create=True)
     results = []
     for task in tasks:
         cfg, params_source = task_config(task, settings, horizon_days=horizon_days, snapshot_every_days=snapshot_every_days,
@@ -131,12 +131,35 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """The main job on the embedded default: sample data if absent, train every task, register, serve."""
-    if not (settings.sample_export / "leads.csv").exists() and not settings.data:
+    """The main job: sample data if no export is given, train every task, make them champions, serve.
+
+    With ``--data`` (or FUNNELCAST_DATA) the models are trained on that export, and a champion
+    trained on another source (the sample of a first ``run``) is replaced by the new version; a
+    champion trained on the same source is only replaced through the promotion gate. The API then
+    serves these champions and reads the same export."""
+    import os
+
+    from features.settings import get_settings
+    from training.retrain import champion_of, promote_trained
+
+    source = args.data or settings.data
+    if source is None and not (settings.sample_export / "leads.csv").exists():
         generate(Path(settings.sample_dir), args.seed, args.scale, settings)
-    train_tasks(list(TASKS), settings, seed=args.seed)
+    if source is not None and Path(source).exists():
+        source = str(Path(source).resolve())  # the API reads it from its own working folder
+    source, export = load_export_from(source, settings, args.skip_bad_rows)
+    client = mlflow_client(settings, create=True)
+    before = {t: champion_of(client, t.value, settings.model_alias) for t in TASKS}
+    for result in train_tasks(list(TASKS), settings, source=source, skip_bad_rows=args.skip_bad_rows, seed=args.seed):
+        v, v_source = before[Task(result.scorer.task)]
+        row = promote_trained(result, export, client, settings, before=v, before_source=v_source, source=source,
+                              replace_other_source=True)
+        print(f"{row.task}: @{settings.model_alias} v{row.champion_after} ({row.reason})")
     if args.no_serve:
         return 0
+    if args.data:
+        os.environ["FUNNELCAST_DATA"] = source  # the API's worker processes read their settings from the environment
+        get_settings.cache_clear()
     return run_plugin_command(["serve"], settings)
 
 
@@ -192,8 +215,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_score)
 
     r = sub.add_parser("run", help="the main job: sample data if absent, train every task, register, serve",
-                       description="Generate the sample CRM export if absent (or use FUNNELCAST_DATA), train and "
-                       f"register {', '.join(TASK_NAMES)} (@champion), then serve the API on 127.0.0.1:8000.")
+                       description="Train and register " + ", ".join(TASK_NAMES) + " on --data (else "
+                       "FUNNELCAST_DATA, else the sample, generated if absent), make them @champion (replacing a "
+                       "champion trained on another source; one of the same source only through the promotion "
+                       "gate), then serve the API on 127.0.0.1:8000 on that data.")
+    data_args(r)
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--scale", type=float, default=1.0, help="sample size multiplier (default 1.0)")
     r.add_argument("--no-serve", action="store_true", help="stop after training")

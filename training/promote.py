@@ -233,7 +233,7 @@ def promote(
     margins = margins or Margins()
     champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
     if chall_v is None:
-        raise ModelNotAvailable(task, f"no version has the alias {challenger_alias!r}: run `funnelcast train` first")
+        raise ModelNotAvailable(task, f"no version has the alias {challenger_alias!r}: run `funnelcast train --task {task}` first")
     if champ_v is None or champ_v == chall_v:
         reason = "no champion yet: the challenger becomes champion" if champ_v is None else "the challenger is the champion already"
         decision = Decision(task, champ_v is None, reason, "none", "", champ_v, chall_v, margins=margins)

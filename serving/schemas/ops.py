@@ -82,6 +82,9 @@ class OutcomesResponse(BaseModel):
     created: int
     updated: int = Field(description="Records reported before with another outcome or time, now corrected")
     unchanged: int = Field(description="Records reported before identically (idempotent repeats)")
+    results: list[Literal["accepted", "duplicate", "corrected"]] = Field(
+        default_factory=list, description="Each record's result, in the order sent: accepted (new), duplicate (the "
+        "same outcome and time were stored) or corrected (another one was stored and is replaced)")
 
 
 class VersionPerformance(BaseModel):

@@ -163,3 +163,9 @@ def test_alias_polling_is_off_at_zero(lead_scorer, tmp_path):
 
 async def _start(start, seconds):
     return start(None, seconds)
+
+
+def test_concurrent_outcome_upserts_on_sqlite_never_fail_and_store_one_row_each(race_outcomes, tmp_path):
+    errors, results, rows = race_outcomes(f"sqlite:///{tmp_path / 'operations.db'}")
+    assert errors == [] and len(results) == 20 and rows == 50
+    assert [sum(r[i] == "accepted" for r in results) for i in range(50)] == [1] * 50

@@ -121,10 +121,38 @@ def test_outcomes_are_idempotent_by_record_id(app):
         again = c.post("/v1/outcomes", json=batch).json()
         fixed = c.post("/v1/outcomes", json={"outcomes": [_outcome("L-2", "converted")]}).json()
         perf = c.get("/v1/models/lead_quality/performance").json()
-    assert first == {"received": 2, "created": 2, "updated": 0, "unchanged": 0}
-    assert again == {"received": 2, "created": 0, "updated": 0, "unchanged": 2}
-    assert fixed == {"received": 1, "created": 0, "updated": 1, "unchanged": 0}
+    assert first == {"received": 2, "created": 2, "updated": 0, "unchanged": 0, "results": ["accepted", "accepted"]}
+    assert again == {"received": 2, "created": 0, "updated": 0, "unchanged": 2, "results": ["duplicate", "duplicate"]}
+    assert fixed == {"received": 1, "created": 0, "updated": 1, "unchanged": 0, "results": ["corrected"]}
     assert perf["outcomes_stored"] == 2
+
+
+def test_four_clients_posting_the_same_outcomes_at_once_all_succeed_with_one_row_each(app):
+    """Select-then-insert raced the unique key (500s, whole batches rolled back); the upsert cannot."""
+    batch = {"outcomes": [_outcome(f"L-{i}", "converted" if i % 3 else "disqualified") for i in range(30)]}
+    codes: list[int] = []
+    results: list[list[str]] = []
+    start = threading.Barrier(4)
+
+    def client() -> None:
+        start.wait()
+        for _ in range(10):
+            r = c.post("/v1/outcomes", json=batch)
+            codes.append(r.status_code)
+            results.append(r.json().get("results", []))
+
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stored = c.get("/v1/models/lead_quality/performance").json()["outcomes_stored"]
+    assert codes == [200] * 40
+    assert stored == 30
+    accepted = [sum(r[i] == "accepted" for r in results) for i in range(30)]
+    assert accepted == [1] * 30  # each record created exactly once; every other report a duplicate
+    assert all(s in ("accepted", "duplicate") for r in results for s in r)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,72 @@
+"""The retraining loop: `retrain` trains and promotes through the gate; `run --data` ends serving its models."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    from features.settings import get_settings
+
+    monkeypatch.setenv("FUNNELCAST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FUNNELCAST_TRACKING_URI", raising=False)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def _champion(task: str) -> str:
+    from features.settings import get_settings
+    from models.registry import configure
+
+    return str(configure(get_settings().resolved_tracking_uri()).get_model_version_by_alias(task, "champion").version)
+
+
+def test_retrain_promotes_only_through_the_gate_and_exits_0_when_nothing_moves(project, capsys):
+    from training.cli import main
+
+    assert main(["generate", "--seed", "3", "--scale", "0.05"]) == 0
+    assert main(["retrain", "--task", "lead_quality"]) == 0
+    out = capsys.readouterr().out
+    assert "lead_quality: PROMOTED: first version: champion directly" in out and _champion("lead_quality") == "1"
+
+    assert main(["retrain", "--task", "lead_quality"]) == 0  # same recipe, same data: nothing to gain
+    out = capsys.readouterr().out
+    assert "champion before" in out and "lead_quality: kept: same recipe and no newer data" in out
+    assert _champion("lead_quality") == "1"  # v2 stays @challenger
+
+
+def test_retrain_reports_a_failed_task_and_exits_1(project, capsys):
+    from training.cli import main
+
+    assert main(["generate", "--seed", "3", "--scale", "0.05"]) == 0
+    assert main(["retrain", "--task", "lead_quality", "--as-of", "1990-01-01"]) == 1
+    out = capsys.readouterr().out
+    assert "lead_quality: FAILED: failed: " in out
+
+
+def test_a_champion_trained_on_another_source_is_replaced_only_when_asked(project, capsys):
+    """What `run --data` does after training: the sample's champion says nothing about the user's CRM."""
+    from types import SimpleNamespace
+
+    from features.settings import get_settings
+    from models.registry import configure
+    from training.cli import main
+    from training.retrain import champion_of, promote_trained
+
+    assert main(["generate", "--seed", "3", "--scale", "0.05"]) == 0
+    assert main(["train", "--task", "lead_quality"]) == 0  # v1: @champion, trained on the sample
+    settings = get_settings()
+    client = configure(settings.resolved_tracking_uri())
+    version, source = champion_of(client, "lead_quality", "champion")
+    assert (version, source) == ("1", str(settings.sample_export))
+    client.copy_model_version("models:/lead_quality/1", "lead_quality")  # v2, as if trained on the user's CRM
+    client.set_registered_model_alias("lead_quality", "challenger", "2")
+    new = SimpleNamespace(scorer=SimpleNamespace(task="lead_quality"), aliases=["challenger"], version="2")
+    row = promote_trained(new, None, client, settings, before="1", before_source=source, source="/srv/crm",
+                          replace_other_source=True)
+    assert row.promoted and row.champion_after == "2" and "another data source" in row.reason
+    aliases = client.get_registered_model("lead_quality").aliases
+    assert str(aliases["champion"]) == "2" and str(aliases["previous_champion"]) == "1"
