@@ -264,7 +264,7 @@ def won_in_period(export: Export, start: pd.Timestamp, as_of: pd.Timestamp, by: 
 
 def crm_categories(opps: pd.DataFrame, amount: np.ndarray, in_period: np.ndarray) -> pd.DataFrame | None:
     """The open amount per CRM forecast category (commit, best case, pipeline) of the deals dated
-    in the period, one column per category; ``None`` when the export has no ``forecast_category``."""
+    in the period by their current close date (the CRM's own view), one column per category; ``None`` when the export has no ``forecast_category``."""
     if "forecast_category" not in opps.columns or opps["forecast_category"].isna().all():
         return None
     cat = opps["forecast_category"].astype(object).replace(_CATEGORY_SPELLINGS).to_numpy()
@@ -365,7 +365,11 @@ def period_forecast(
     draws = pd.DataFrame(draws, columns=names).reindex(columns=everyone, fill_value=0.0).to_numpy()
     per = deals.assign(weighted_pipeline=np.where(deals["in_period"], deals["stage_rate"] * deals["amount"], 0.0),
                        reps_close_dates=np.where(deals["in_period"], deals["amount"], 0.0))
-    cats = crm_categories(info, deals["amount"].to_numpy(), deals["in_period"].to_numpy()) if as_of >= export.exported_at else None
+    cats = None
+    if as_of >= export.exported_at:  # the CRM's current view: its categories with its current close dates
+        now = pd.Series(info["expected_close_date"].to_numpy()) if "expected_close_date" in info else pd.Series(dtype=object)
+        dated = ((now < end) & now.notna()).to_numpy(dtype=bool) if len(now) else deals["in_period"].to_numpy()
+        cats = crm_categories(info, deals["amount"].to_numpy(), dated)
     if cats is not None:
         per = pd.concat([per, cats.set_axis(per.index)], axis=1)
     sums = per.drop(columns=["p_win", "stage_rate", "in_period"]).groupby("group").sum().rename(columns={"amount": "open_pipeline"})
