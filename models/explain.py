@@ -195,7 +195,7 @@ def reason_sentence(feature: str, value: object, points: float) -> str:
     ``"Meetings in the last 30 days: 4, raises the probability by 2 points"``."""
     direction = "raises" if points >= 0 else "lowers"
     size = abs(points) * 100
-    amount = f"{size:.0f} points" if size >= 1 else "less than a point"
+    amount = ("1 point" if round(size) == 1 else f"{size:.0f} points") if size >= 1 else "less than a point"
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if numeric and not (isinstance(value, float) and np.isnan(value)):
         return f"{feature_label(feature)}: {format_value(value)}, {direction} the probability by {amount}"
