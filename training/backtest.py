@@ -208,12 +208,14 @@ def write_report(result: BacktestResult, out: Path, title: str = "Forecast accur
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from training.score import rounded
+
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, frame in (("per_origin", result.per_origin), ("overall", result.overall), ("groups", result.groups),
                         ("waterfall", result.waterfall), ("deals", result.deals)):
         p = out / f"{name}.csv"
-        frame.to_csv(p, index=False)
+        rounded(frame).to_csv(p, index=False)  # probabilities and ratios to 4 decimals, money to 2
         paths.append(p)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for m in METHODS:
