@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.deals import deal_outcomes
-from models.forecast import forecast_table, group_keys, new_deal_flow
+from models.forecast import UNASSIGNED, forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
 from training.pipeline import experiment_id
@@ -154,12 +154,13 @@ def _backtest_origin(export: Export, cfg: BacktestConfig, scorer, now: pd.DataFr
                       "reps_close_dates": t["reps_close_dates"].to_numpy()})
     deal = {"funnelcast": classification_metrics(won_h.astype(int), p_h),
             "weighted_pipeline": classification_metrics(won_h.astype(int), np.where(close < end, rate, 0.0))}
-    y = g["actual"].to_numpy()
+    reps = g[g["group"] != UNASSIGNED] if cfg.by in ("owner_id", "team") else g  # deals without an owner: no rep
+    y = reps["actual"].to_numpy()
     rows = []
     for m in METHODS:
-        row = {"origin": origin, "method": m, **accuracy(g[m].to_numpy(), y)}
+        row = {"origin": origin, "method": m, **accuracy(reps[m].to_numpy(), y)}
         if m == "funnelcast":
-            row["coverage_p10_p90"] = float(np.mean((g["p10"] <= y) & (y <= g["p90"])))
+            row["coverage_p10_p90"] = float(np.mean((reps["p10"] <= y) & (y <= reps["p90"])))
         if m in deal:
             row["deal_auc"], row["deal_brier"] = deal[m]["roc_auc"], deal[m]["brier"]
         rows.append(row)
