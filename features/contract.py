@@ -66,6 +66,7 @@ ACCOUNTS = TableSpec(
         Column("country", Kind.CATEGORY),
         Column("employees", Kind.NUMBER, min_value=0),
         Column("annual_revenue", Kind.NUMBER, min_value=0),
+        Column("name", Kind.ID),  # free text for people (kept as it came, never a feature)
     ),
     key="account_id",
 )
@@ -83,6 +84,7 @@ LEADS = TableSpec(
         Column("converted_at", Kind.TIMESTAMP),
         Column("opportunity_id", Kind.ID),
         Column("disqualified_at", Kind.TIMESTAMP),
+        Column("name", Kind.ID),
     ),
     key="lead_id",
 )
@@ -102,6 +104,8 @@ OPPORTUNITIES = TableSpec(
         Column("stage", Kind.CATEGORY, required=True),
         Column("outcome", Kind.OUTCOME, required=True),
         Column("closed_at", Kind.TIMESTAMP),
+        Column("name", Kind.ID),
+        Column("forecast_category", Kind.CATEGORY),  # the CRM's current call: shown beside the forecast, never a feature
     ),
     key="opportunity_id",
 )

@@ -962,10 +962,62 @@ def _export_tables(
         "activities": _activity_table(activities, lead_id, opp_id, acc_id),
         "reps": reps_out,
     }
+    _add_names(tables)
+    tables["opportunities"]["forecast_category"] = _forecast_categories(tables["opportunities"])
     for name, frame in tables.items():  # contract columns first, in contract order, then custom fields
         known = TABLES[name].column_names
         tables[name] = frame[known + [c for c in frame.columns if c not in known]]
     return tables, {"lead_id": lead_id, "opportunity_id": opp_id, "accounts": keep_acc}
+
+
+_COMPANY = ("Northwind", "Bluebird", "Harbor", "Summit", "Crescent", "Juniper", "Granite", "Meridian", "Oakridge",
+            "Silverline", "Evergreen", "Redwood", "Lakeside", "Ironbridge", "Brightwater", "Copperfield", "Falcon",
+            "Highland", "Riverbend", "Starling", "Westgate", "Windmill", "Foxglove")
+_COMPANY_KIND = ("Systems", "Logistics", "Health", "Foods", "Analytics", "Energy", "Labs", "Retail", "Partners",
+                 "Media", "Finance", "Robotics", "Travel", "Textiles", "Software", "Dental", "Freight", "Insurance",
+                 "Studios")
+_FIRST = ("Ana", "Ben", "Chloe", "David", "Elif", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemi", "Liam", "Maya",
+          "Noah", "Olga", "Pavel", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wen", "Ximena", "Yusuf", "Zoe",
+          "Arjun", "Bianca", "Carlos", "Daria", "Emeka")
+_LAST = ("Almeida", "Brandt", "Chen", "Dubois", "Eriksen", "Fischer", "Garcia", "Haddad", "Ivanova", "Jensen",
+         "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quint", "Rossi", "Schmidt", "Tanaka",
+         "Urbano", "Vargas", "Weber", "Xu", "Yilmaz", "Zielinski", "Novak", "Silva", "Keller")
+
+
+def _numbers(ids: pd.Series) -> np.ndarray:
+    return ids.str.slice(1).astype(int).to_numpy()
+
+
+def _combined(k: np.ndarray, first: tuple[str, ...], second: tuple[str, ...]) -> np.ndarray:
+    """A readable name per number: the pairs of two word lists, then the same pairs with a counter."""
+    n = len(first) * len(second)
+    base = np.array([f"{first[i % len(first)]} {second[(i // len(first)) % len(second)]}" for i in k], dtype=object)
+    return np.where(k >= n, base + " " + (k // n + 1).astype(str), base)
+
+
+def _add_names(tables: dict[str, pd.DataFrame]) -> None:
+    """Names as a CRM shows them, derived from the ids (no random draws: the rest of the sample
+    is unchanged): companies, people, and deals named "<account> - <product> (<type>)"."""
+    acc, leads, opps = tables["accounts"], tables["leads"], tables["opportunities"]
+    acc["name"] = _combined(_numbers(acc["account_id"]), _COMPANY, _COMPANY_KIND)
+    leads["name"] = _combined(_numbers(leads["lead_id"]), _FIRST, _LAST)
+    account = opps["account_id"].map(acc.set_index("account_id")["name"]).fillna("Unknown account")
+    product = opps["product"].astype(object).where(opps["product"].notna(), "deal").astype(str).str.strip()
+    kind = opps["type"].astype(object).where(opps["type"].notna(), "").astype(str).str.strip().str.lower()
+    opps["name"] = account + " - " + product.str.title() + np.where(kind != "", " (" + kind + ")", "")
+
+
+def _forecast_categories(opps: pd.DataFrame) -> np.ndarray:
+    """The CRM forecast category a rep would set (Salesforce's): a contract-stage deal dated in
+    the export's quarter is commit, a proposal or contract deal best case, the rest pipeline;
+    closed deals are closed (won) or omitted (lost)."""
+    stage = opps["stage"].astype(object).str.strip().str.lower().to_numpy()
+    close = pd.to_datetime(opps["expected_close_date"], utc=True)
+    quarter_end = (EXPORTED_AT.tz_localize(None).to_period("Q") + 1).start_time.tz_localize("UTC")
+    dated = (close < quarter_end).to_numpy(dtype=bool)
+    out = np.where(stage == "contract", np.where(dated, "commit", "best case"),
+                   np.where(stage == "proposal", "best case", "pipeline"))
+    return np.where(stage == "won", "closed", np.where(stage == "lost", "omitted", out))
 
 
 def _account_table(rng: np.random.Generator, pop: _Population, dframe: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:

@@ -29,11 +29,14 @@ from models.deals import DealScorer, score_open_deals
 
 GROUPINGS = ("none", "owner_id", "team", "industry", "product")
 _MISSING = "(none)"
+#: The group of deals without an owner (by owner or team): shown, never counted as a rep.
+UNASSIGNED = "unassigned"
 
 
 def group_keys(opportunities: pd.DataFrame, export: Export, by: str) -> pd.Series:
     """The forecast group of each deal: its owner, the owner's team, the account's industry,
-    the product, or ``all`` (``by = none``). Missing values form the group ``(none)``."""
+    the product, or ``all`` (``by = none``). Deals without an owner form the group
+    ``unassigned`` (by owner or team: not a rep, not a team); other missing values ``(none)``."""
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}: use one of {', '.join(GROUPINGS)}")
     idx = opportunities.index
@@ -46,7 +49,10 @@ def group_keys(opportunities: pd.DataFrame, export: Export, by: str) -> pd.Serie
         keys = opportunities["owner_id"].map(reps.drop_duplicates("owner_id").set_index("owner_id")["team"])
     else:
         keys = opportunities["account_id"].map(export.accounts.drop_duplicates("account_id").set_index("account_id")["industry"])
-    return keys.astype(object).where(keys.notna(), _MISSING)
+    keys = keys.astype(object).where(keys.notna(), _MISSING)
+    if by in ("owner_id", "team"):
+        keys = keys.where(opportunities["owner_id"].notna().to_numpy(), UNASSIGNED)
+    return keys
 
 
 @dataclass
@@ -222,3 +228,163 @@ def forecast_bookings(
     table = forecast_table(scored, groups, rate, pd.Series(scored["crm_close_date"].to_numpy()), as_of, h, flow,
                            n_sims=n_sims, seed=seed)
     return table.rename(columns={"group": by if by != "none" else "group"})
+
+
+# ------------------------------------------------------------------ the forecast of a calendar period
+#: Calendar periods of :func:`period_forecast`.
+PERIODS = ("month", "quarter")
+#: The CRM's forecast categories shown beside the model (Salesforce's names; the loader case-folds).
+CRM_CATEGORIES = {"commit": "crm_commit", "best case": "crm_best_case", "pipeline": "crm_pipeline"}
+_CATEGORY_SPELLINGS = {"best_case": "best case", "bestcase": "best case", "best-case": "best case"}
+#: Columns of a period forecast that add up over groups (the bands do not: they are simulated again).
+ADDITIVE = ("won_so_far", "won_deals", "open_deals", "open_pipeline", "expected_open_pipeline", "expected_new_deals",
+            "expected_total", "weighted_pipeline", "reps_close_dates", *CRM_CATEGORIES.values())
+DAY = pd.Timedelta(days=1)
+
+
+def period_bounds(as_of: pd.Timestamp, period: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The calendar month or quarter (UTC) holding ``as_of``, as ``[start, end)``."""
+    if period not in PERIODS:
+        raise ValueError(f"unknown period {period!r}: use one of {', '.join(PERIODS)}")
+    t = pd.Timestamp(as_of)
+    t = t.tz_convert("UTC") if t.tzinfo is not None else t.tz_localize("UTC")
+    p = t.tz_localize(None).to_period("M" if period == "month" else "Q")
+    return p.start_time.tz_localize("UTC"), (p + 1).start_time.tz_localize("UTC")
+
+
+def won_in_period(export: Export, start: pd.Timestamp, as_of: pd.Timestamp, by: str) -> pd.DataFrame:
+    """Per group: the amount (last known before the close) and number of deals won in ``[start, as_of)``."""
+    decided = decided_deals(export, as_of)
+    won = decided[(decided["outcome"] == "won") & (decided["closed_at"] >= start)]
+    opps = export.opportunities.set_index("opportunity_id")
+    keys = group_keys(opps.loc[won["opportunity_id"]], export, by).to_numpy()
+    frame = pd.DataFrame({"group": keys.astype(str), "amount": won["amount"].fillna(0.0).to_numpy(dtype=float)})
+    return frame.groupby("group")["amount"].agg(won_so_far="sum", won_deals="size")
+
+
+def crm_categories(opps: pd.DataFrame, amount: np.ndarray, in_period: np.ndarray) -> pd.DataFrame | None:
+    """The open amount per CRM forecast category (commit, best case, pipeline) of the deals dated
+    in the period by their current close date (the CRM's own view), one column per category; ``None`` when the export has no ``forecast_category``."""
+    if "forecast_category" not in opps.columns or opps["forecast_category"].isna().all():
+        return None
+    cat = opps["forecast_category"].astype(object).replace(_CATEGORY_SPELLINGS).to_numpy()
+    return pd.DataFrame({col: np.where(in_period & (cat == name), amount, 0.0) for name, col in CRM_CATEGORIES.items()})
+
+
+@dataclass
+class PeriodForecast:
+    """The forecast of one calendar period: per group, the whole company and (by owner) per team.
+
+    Money: ``won_so_far`` (booked in ``[start, as_of)``), ``expected_open_pipeline`` (open deals
+    won by ``end``), ``expected_new_deals`` (deals created and won in ``[as_of, end)``),
+    ``expected_total`` (their sum) and ``p10/p50/p90`` of the total (won so far plus the
+    simulated rest); beside them the CRM weighted pipeline and the reps' close dates of the open
+    deals dated before ``end``, and the open amount per CRM forecast category when the export
+    has one (only at the export time: the category is the CRM's current value)."""
+
+    period: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    as_of: pd.Timestamp
+    by: str
+    groups: pd.DataFrame
+    total: pd.DataFrame
+    teams: pd.DataFrame | None
+    has_crm_categories: bool
+    new_deals: str
+
+
+def _band(table: pd.DataFrame, draws: np.ndarray) -> pd.DataFrame:
+    """``table`` (additive columns, one row per column of ``draws``) with P10/P50/P90 of won so far + draws."""
+    q = np.quantile(draws, [0.1, 0.5, 0.9], axis=0) if draws.shape[1] else np.zeros((3, 0))
+    won = table["won_so_far"].to_numpy(dtype=float)
+    return table.assign(p10=won + q[0], p50=won + q[1], p90=won + q[2])
+
+
+def rollup(groups: pd.DataFrame, draws: np.ndarray, key: pd.Series, name: str) -> pd.DataFrame:
+    """Groups summed into ``key`` (one value per row of ``groups``): the additive columns add up,
+    the band is read off the summed simulations (the deals are independent across groups)."""
+    keys = key.astype(str).to_numpy()
+    names = sorted(set(keys))
+    idx = pd.Index(names).get_indexer(keys)
+    summed = np.zeros((draws.shape[0], len(names)))
+    np.add.at(summed.T, idx, draws.T)
+    cols = [c for c in ADDITIVE if c in groups.columns]
+    table = groups[cols].groupby(keys).sum().reindex(names).reset_index(names=name)
+    return _band(table, summed)
+
+
+def _team_of(groups: pd.Series, export: Export) -> pd.Series:
+    """The team of each owner group (``unassigned`` stays itself; an owner without a team: ``(none)``)."""
+    reps = export.reps if export.reps is not None else pd.DataFrame(columns=["owner_id", "team"])
+    team = groups.map(reps.drop_duplicates("owner_id").set_index("owner_id")["team"])
+    team = team.astype(object).where(team.notna(), _MISSING)
+    return team.where(groups != UNASSIGNED, UNASSIGNED)
+
+
+def _open_part(export: Export, scorer: DealScorer, as_of: pd.Timestamp, end: pd.Timestamp, by: str) -> pd.DataFrame:
+    """The open deals at ``as_of``: group, amount, P(won before ``end``), stage win rate, and
+    whether the CRM dates them before ``end`` (overdue close dates count: the CRM shows them now)."""
+    days = max((end - as_of) / DAY, 1.0 / 24)
+    scored, opps = score_open_deals(export, scorer, as_of, n_reasons=0, horizon_days=days)
+    info = opps.set_index("opportunity_id").loc[scored["opportunity_id"]]
+    close = pd.Series(scored["crm_close_date"].to_numpy())
+    rate = scored["stage"].map(scorer.context.stage_win_rate).fillna(scorer.context.global_win_rate)
+    return pd.DataFrame({
+        "group": group_keys(info, export, by).astype(str).to_numpy(),
+        "amount": np.nan_to_num(scored["amount"].to_numpy(dtype=float)),
+        "p_win": scored["p_win_within_horizon"].to_numpy(dtype=float),
+        "stage_rate": rate.to_numpy(dtype=float),
+        "in_period": ((close < end) & close.notna()).to_numpy(dtype=bool),
+    }), info
+
+
+def period_forecast(
+    export: Export,
+    scorer: DealScorer,
+    as_of: pd.Timestamp,
+    period: str = "quarter",
+    by: str = "owner_id",
+    n_sims: int = 5000,
+    seed: int = 0,
+    include_new: bool = True,
+) -> PeriodForecast:
+    """The forecast of the calendar ``period`` holding ``as_of`` (see :class:`PeriodForecast`).
+
+    Open deals: P(won within ``end - as_of``) of the deal model's timing distribution. Deals not
+    yet created: :func:`new_deal_flow` with windows of the period's remaining length, all ending
+    before ``as_of`` (a run rate of deals created and won inside such a window, scaled by the lead
+    flow). Both simulated together (seeded); won so far is known, so it only shifts the band."""
+    start, end = period_bounds(as_of, period)
+    deals, info = _open_part(export, scorer, as_of, end, by)
+    flow = new_deal_flow(export, as_of, max(int(np.ceil((end - as_of) / DAY)), 1), by) if include_new else None
+    summary, draws, names = simulate_bookings(deals["amount"].to_numpy(), deals["p_win"].to_numpy(),
+                                              deals["group"].to_numpy(dtype=object), flow, n_sims=n_sims, seed=seed)
+    won = won_in_period(export, start, as_of, by)
+    everyone = sorted(set(names) | set(won.index))
+    draws = pd.DataFrame(draws, columns=names).reindex(columns=everyone, fill_value=0.0).to_numpy()
+    per = deals.assign(weighted_pipeline=np.where(deals["in_period"], deals["stage_rate"] * deals["amount"], 0.0),
+                       reps_close_dates=np.where(deals["in_period"], deals["amount"], 0.0))
+    cats = None
+    if as_of >= export.exported_at:  # the CRM's current view: its categories with its current close dates
+        now = pd.Series(info["expected_close_date"].to_numpy()) if "expected_close_date" in info else pd.Series(dtype=object)
+        dated = ((now < end) & now.notna()).to_numpy(dtype=bool) if len(now) else deals["in_period"].to_numpy()
+        cats = crm_categories(info, deals["amount"].to_numpy(), dated)
+    if cats is not None:
+        per = pd.concat([per, cats.set_axis(per.index)], axis=1)
+    sums = per.drop(columns=["p_win", "stage_rate", "in_period"]).groupby("group").sum().rename(columns={"amount": "open_pipeline"})
+    table = summary.set_index("group").reindex(everyone).fillna(0.0)
+    table = table.join(sums, how="left").join(won, how="left").fillna(0.0)
+    table["open_deals"] = deals.groupby("group").size().reindex(everyone).fillna(0).astype(int).to_numpy()
+    table["won_deals"] = table["won_deals"].astype(int)
+    table["expected_total"] = table["won_so_far"] + table["expected_open_pipeline"] + table["expected_new_deals"]
+    cols = [c for c in ADDITIVE if c in table.columns]
+    groups = _band(table[cols].reset_index(names="group"), draws)
+    teams = rollup(groups, draws, _team_of(groups["group"], export), "team") if by == "owner_id" else None
+    total = rollup(groups, draws, pd.Series("all", index=groups.index), "group")
+    how = ("none (open deals only)" if flow is None else
+           f"run rate: deals created and won within {max(int(np.ceil((end - as_of) / DAY)), 1)} days, in "
+           f"{flow.windows} past windows before as_of (recent ones weigh more), scaled by the lead flow "
+           f"x{flow.lead_flow_factor:.2f}; amounts drawn from those wins")
+    return PeriodForecast(period=period, start=start, end=end, as_of=as_of, by=by, groups=groups, total=total,
+                          teams=teams, has_crm_categories=cats is not None, new_deals=how)

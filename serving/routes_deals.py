@@ -20,6 +20,7 @@ from fastapi import APIRouter, Query, Request, Response
 from features.contract import Export
 from serving.deps import AnalyticsSlotDep, DealModelDep, ExportDep, SettingsDep
 from serving.errors import RequestProblem
+from serving.forecasting import forecast_payload
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
 from serving.schemas.common import (
     ModelRef,
@@ -38,6 +39,7 @@ from serving.schemas.deals import (
     ForecastResponse,
     FunnelResponse,
     FunnelStage,
+    PeriodForecastResponse,
 )
 from serving.security import ApiKeyDep
 
@@ -145,25 +147,35 @@ def funnel(export: ExportDep,
                           stages=_stages(report.table), overall=_stages(report.overall))
 
 
-@router.get("/forecast", response_model=ForecastResponse, responses=error_responses(401, 422, 503),
-            dependencies=[AnalyticsSlotDep])
+@router.get("/forecast", response_model=ForecastResponse | PeriodForecastResponse,
+            responses=error_responses(401, 422, 503), dependencies=[AnalyticsSlotDep])
 def forecast(model: DealModelDep, export: ExportDep,
              as_of: Annotated[Timestamp | None, Query(description="Forecast time (default: the export time)")] = None,
              horizon_days: Annotated[int | None, Query(ge=1, le=730, description="Default: the model's")] = None,
+             period: Annotated[str | None, Query(description="month or quarter: the calendar period holding as_of "
+                                                 "(won so far + open deals + new deals); without it, a rolling horizon")] = None,
              by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "owner_id",
              sims: Annotated[int, Query(ge=100, le=20000, description="Simulations")] = 5000,
-             seed: Annotated[int, Query(ge=0)] = 0) -> ForecastResponse:
-    """Expected bookings within the horizon per group (open pipeline + deals not yet created),
-    P10/P50/P90 from simulation, beside the CRM weighted pipeline and the reps' close dates."""
-    from models.forecast import forecast_bookings
+             seed: Annotated[int, Query(ge=0)] = 0) -> ForecastResponse | PeriodForecastResponse:
+    """Expected bookings per group (open pipeline + deals not yet created), P10/P50/P90 from
+    simulation, beside the CRM weighted pipeline and the reps' close dates: over a rolling
+    horizon, or (``period``) over the calendar month or quarter, with what is won so far, the
+    CRM forecast categories where the export has them and the roll-up by team."""
+    from models.forecast import PERIODS, forecast_bookings
 
     if by not in GROUPINGS:
         raise RequestProblem(f"unknown grouping {by!r}", [("by", f"one of {', '.join(GROUPINGS)}")])
     t = _as_of(as_of, export)
+    ref = ModelRef(name=model.name, version=model.version)
+    if period is not None:
+        if period not in PERIODS:
+            raise RequestProblem(f"unknown period {period!r}", [("period", f"one of {', '.join(PERIODS)}")])
+        if horizon_days is not None:
+            raise RequestProblem("period and horizon_days exclude each other", [("horizon_days", "leave it out with period")])
+        return forecast_payload(export, model.scorer, t, by, period, ref, n_sims=sims, seed=seed)
     h = horizon_days or model.scorer.spec.horizon_days
     table = forecast_bookings(export, model.scorer, t, by=by, horizon_days=h, n_sims=sims, seed=seed)
     table = table.rename(columns={table.columns[0]: "group"})
     groups = [ForecastGroup(**{k: (str(v) if k == "group" else v) for k, v in r.items() if k in ForecastGroup.model_fields})
               for r in table.to_dict("records")]
-    return ForecastResponse(as_of=t.to_pydatetime(), horizon_days=h, by=by,
-                            model=ModelRef(name=model.name, version=model.version), groups=groups)
+    return ForecastResponse(as_of=t.to_pydatetime(), horizon_days=h, by=by, model=ref, groups=groups)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from features.contract import Export
 from features.deals import deal_outcomes
-from models.forecast import forecast_table, group_keys, new_deal_flow
+from models.forecast import UNASSIGNED, forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
 from training.deals import DealTrainConfig, fit_deal_scorer
 from training.pipeline import experiment_id
@@ -154,12 +154,13 @@ def _backtest_origin(export: Export, cfg: BacktestConfig, scorer, now: pd.DataFr
                       "reps_close_dates": t["reps_close_dates"].to_numpy()})
     deal = {"funnelcast": classification_metrics(won_h.astype(int), p_h),
             "weighted_pipeline": classification_metrics(won_h.astype(int), np.where(close < end, rate, 0.0))}
-    y = g["actual"].to_numpy()
+    reps = g[g["group"] != UNASSIGNED] if cfg.by in ("owner_id", "team") else g  # deals without an owner: no rep
+    y = reps["actual"].to_numpy()
     rows = []
     for m in METHODS:
-        row = {"origin": origin, "method": m, **accuracy(g[m].to_numpy(), y)}
+        row = {"origin": origin, "method": m, **accuracy(reps[m].to_numpy(), y)}
         if m == "funnelcast":
-            row["coverage_p10_p90"] = float(np.mean((g["p10"] <= y) & (y <= g["p90"])))
+            row["coverage_p10_p90"] = float(np.mean((reps["p10"] <= y) & (y <= reps["p90"])))
         if m in deal:
             row["deal_auc"], row["deal_brier"] = deal[m]["roc_auc"], deal[m]["brier"]
         rows.append(row)
@@ -208,12 +209,14 @@ def write_report(result: BacktestResult, out: Path, title: str = "Forecast accur
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from training.score import rounded
+
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, frame in (("per_origin", result.per_origin), ("overall", result.overall), ("groups", result.groups),
                         ("waterfall", result.waterfall), ("deals", result.deals)):
         p = out / f"{name}.csv"
-        frame.to_csv(p, index=False)
+        rounded(frame).to_csv(p, index=False)  # probabilities and ratios to 4 decimals, money to 2
         paths.append(p)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for m in METHODS:
@@ -308,5 +311,155 @@ def log_backtest(result: BacktestResult, client, experiment: str, artifact_locat
         return run.info.run_id
 
 
-__all__ = ["BacktestConfig", "BacktestResult", "accuracy", "origins", "log_backtest", "run_backtest",
+# ------------------------------------------------------------------ the forecast of calendar periods, backtested
+@dataclass
+class PeriodBacktestConfig:
+    """Backtest of :func:`models.forecast.period_forecast` over the last ``periods`` complete
+    calendar periods: at each, the forecast made ``at_day`` days into the period (0: at its start)
+    by deal models fitted on what was known then, against the bookings of the whole period."""
+
+    period: str = "quarter"
+    periods: int = 4
+    at_day: int = 0
+    n_sims: int = 2000
+    by: str = "owner_id"
+    deal: DealTrainConfig = field(default_factory=DealTrainConfig)
+
+
+@dataclass
+class PeriodBacktestResult:
+    per_origin: pd.DataFrame  # one row per period and method: WAPE over reps, bias, total error
+    overall: pd.DataFrame  # one row per method
+    groups: pd.DataFrame  # per period and group: the forecasts and the actual bookings
+    seconds: float = 0.0
+
+
+def period_origins(export: Export, cfg: PeriodBacktestConfig) -> list[tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]]:
+    """``(start, origin, end)`` of the last ``cfg.periods`` calendar periods complete before the export, oldest first."""
+    from models.forecast import period_bounds
+
+    start, end = period_bounds(export.exported_at, cfg.period)
+    out = []
+    while len(out) < cfg.periods:
+        start, end = period_bounds(start - DAY, cfg.period)
+        origin = start + pd.Timedelta(days=cfg.at_day)
+        if origin >= end:
+            raise ValueError(f"at_day {cfg.at_day} is past the end of the {cfg.period} starting {start.date()}")
+        out.append((start, origin, end))
+    return out[::-1]
+
+
+PERIOD_METHODS = ("funnelcast", "weighted_pipeline", "reps_close_dates")
+
+
+def _period_groups(export: Export, scorer, cfg: PeriodBacktestConfig, start: pd.Timestamp, origin: pd.Timestamp,
+                   end: pd.Timestamp) -> pd.DataFrame:
+    """One period: per group, the three forecasts made at ``origin`` (each includes won so far) and
+    the bookings of ``[start, end)``."""
+    from models.forecast import period_forecast, won_in_period
+
+    fc = period_forecast(export, scorer, origin, period=cfg.period, by=cfg.by, n_sims=cfg.n_sims, seed=cfg.deal.seed)
+    actual = won_in_period(export, start, end, cfg.by)["won_so_far"]
+    g = fc.groups.set_index("group")
+    names = sorted(set(g.index) | set(actual.index))
+    g = g.reindex(names).fillna(0.0)
+    return pd.DataFrame({
+        "period_start": start, "origin": origin, "group": names,
+        "actual": actual.reindex(names).fillna(0.0).to_numpy(),
+        "won_so_far": g["won_so_far"].to_numpy(),
+        "funnelcast": g["expected_total"].to_numpy(), "p10": g["p10"].to_numpy(), "p90": g["p90"].to_numpy(),
+        "weighted_pipeline": (g["won_so_far"] + g["weighted_pipeline"]).to_numpy(),
+        "reps_close_dates": (g["won_so_far"] + g["reps_close_dates"]).to_numpy(),
+    })
+
+
+def _period_rows(g: pd.DataFrame, by: str) -> list[dict]:
+    """WAPE, bias and share within +-10% over the groups (by owner: the reps; 'unassigned' is no rep,
+    it counts in the total only), and the error of the company total."""
+    from models.forecast import UNASSIGNED
+
+    reps = g[g["group"] != UNASSIGNED] if by in ("owner_id", "team") else g
+    y = reps["actual"].to_numpy()
+    rows = []
+    for m in PERIOD_METHODS:
+        row = {"period_start": g["period_start"].iloc[0], "origin": g["origin"].iloc[0], "method": m,
+               **accuracy(reps[m].to_numpy(), y)}
+        total = g["actual"].sum()
+        row["total_forecast"], row["total_actual"] = float(g[m].sum()), float(total)
+        row["total_error"] = float((g[m].sum() - total) / total) if total > 0 else float("nan")
+        if m == "funnelcast":
+            row["coverage_p10_p90"] = float(np.mean((reps["p10"] <= y) & (y <= reps["p90"]))) if len(y) else float("nan")
+        rows.append(row)
+    return rows
+
+
+def run_period_backtest(export: Export, cfg: PeriodBacktestConfig, progress: bool = True) -> PeriodBacktestResult:
+    """Every past period: fit the deal models at its origin, forecast the period, compare with its bookings."""
+    start_time = time.perf_counter()
+    periods = period_origins(export, cfg)
+    spec, snaps = _snapshots(export, [o for _, o, _ in periods], cfg.deal, progress)
+    groups, rows = [], []
+    for start, origin, end in tqdm(periods, desc=f"backtest {cfg.period}s", disable=not progress, unit=cfg.period):
+        scorer = fit_deal_scorer(export, snaps, spec, origin, cfg.deal, surrogate=False)
+        g = _period_groups(export, scorer, cfg, start, origin, end)
+        groups.append(g)
+        rows += _period_rows(g, cfg.by)
+    per_origin = pd.DataFrame(rows)
+    overall = (per_origin.groupby("method", sort=False)
+               [["wape", "bias", "within_10pct", "total_error"]].mean().reset_index())
+    overall["total_abs_error"] = per_origin.groupby("method", sort=False)["total_error"].apply(lambda e: e.abs().mean()).to_numpy()
+    cov = per_origin.loc[per_origin["method"] == "funnelcast", "coverage_p10_p90"].mean()
+    overall["coverage_p10_p90"] = np.where(overall["method"] == "funnelcast", cov, np.nan)
+    return PeriodBacktestResult(per_origin=per_origin, overall=overall, groups=pd.concat(groups, ignore_index=True),
+                                seconds=time.perf_counter() - start_time)
+
+
+def write_period_report(result: PeriodBacktestResult, out: Path, cfg: PeriodBacktestConfig) -> list[Path]:
+    """``period_per_origin.csv``, ``period_overall.csv``, ``period_groups.csv`` (rounded) and a plot
+    of the company total forecast against the actual bookings per period, in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.score import rounded
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, frame in (("per_origin", result.per_origin), ("overall", result.overall), ("groups", result.groups)):
+        p = out / f"period_{name}.csv"
+        rounded(frame.assign(period=cfg.period, at_day=cfg.at_day)).to_csv(p, index=False)
+        paths.append(p)
+    tot = result.groups.groupby("period_start")[["actual", "funnelcast", "weighted_pipeline", "reps_close_dates"]].sum()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = [str(d.date()) for d in tot.index]
+    for c in tot.columns:
+        ax.plot(x, tot[c], marker="o", label=c)
+    ax.set_title(f"Company bookings per {cfg.period}: forecast at day {cfg.at_day} against actual")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "period_accuracy.png", dpi=110)
+    plt.close(fig)
+    return [*paths, out / "period_accuracy.png"]
+
+
+def log_period_backtest(result: PeriodBacktestResult, client, experiment: str, artifact_location: str | None,
+                        out: Path, cfg: PeriodBacktestConfig, data_source: str) -> str:
+    """Log the period backtest's overall figures and its files to MLflow; returns the run id."""
+    import mlflow
+
+    with mlflow.start_run(experiment_id=experiment_id(client, experiment, artifact_location),
+                          run_name=f"forecast-backtest-{cfg.period}") as run:
+        mlflow.set_tags({"task": "forecast_backtest", "period": cfg.period, "data_source": data_source})
+        mlflow.log_params({"period": cfg.period, "periods": cfg.periods, "at_day": cfg.at_day, "by": cfg.by,
+                           "n_sims": cfg.n_sims})
+        for r in result.overall.to_dict("records"):
+            mlflow.log_metrics({f"{cfg.period}_{r['method']}_{k}": float(v) for k, v in r.items()
+                                if k != "method" and v is not None and np.isfinite(v)})
+        mlflow.log_artifacts(str(out), artifact_path="backtest")
+        return run.info.run_id
+
+
+__all__ = ["BacktestConfig", "BacktestResult", "PeriodBacktestConfig", "PeriodBacktestResult", "accuracy", "origins",
+           "log_backtest", "log_period_backtest", "period_origins", "run_backtest", "run_period_backtest", "write_period_report",
            "write_report"]

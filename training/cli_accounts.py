@@ -8,8 +8,21 @@ from pathlib import Path
 from features.settings import Settings
 from models.tasks import Task
 from training.cli_common import as_of_arg, data_args, horizon, load_data, mlflow_client, tuned_params
+from training.score import readable
 
 __all__ = ["register"]
+
+
+def _readable_traits(result, out: Path, cutoff) -> None:
+    """traits.csv and importance.csv for people: the cutoff, rounded numbers, features by their plain labels."""
+    from models.explain import feature_label
+
+    readable(result.traits, cutoff).to_csv(out / "traits.csv", index=False)
+    imp = result.importance
+    if "feature" in imp.columns:
+        imp = imp.assign(label=imp["feature"].map(feature_label))
+        imp.insert(1, "label", imp.pop("label"))
+    readable(imp, cutoff).to_csv(out / "importance.csv", index=False)
 
 
 def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
@@ -25,6 +38,7 @@ def cmd_traits(args: argparse.Namespace, settings: Settings) -> int:
     result = build_high_value_model(export, cfg, cutoff, progress=True)
     result.scorer.metadata["params_source"] = f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default"
     paths = write_traits_report(result, Path(args.out))
+    _readable_traits(result, Path(args.out), cutoff)
     print(f"{len(result.snapshots):,} customers with a complete {cfg.window_days}-day value before {cutoff.date()}; "
           f"high value = at least {result.scorer.threshold:,.0f} (top {1 - cfg.quantile:.0%})")
     cols = ["rank", "trait", "accounts", "share", "lift", "heldout_lift", "heldout_low", "heldout_high", "stability"]
@@ -59,7 +73,9 @@ def cmd_allocate(args: argparse.Namespace, settings: Settings) -> int:
     items = lead_items(scored, leads)
     result = allocate(reps, items)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    result.assignments.to_csv(args.out, index=False)
+    table = result.assignments.rename(columns={"item_id": "lead_id"}) if (result.assignments["kind"] == "lead").all() \
+        else result.assignments
+    readable(table, as_of, f"lead_quality@{loaded.version}", export).to_csv(args.out, index=False)
     rr, own = round_robin(reps, items, seed=args.seed), own_by_score(reps, items)
     print(f"{len(items):,} open leads at {as_of}, {len(reps)} reps, capacity {int(reps['capacity'].sum()):,} per week")
     print(f"assigned {len(result.assignments):,}; expected value {result.total_value:,.0f} "

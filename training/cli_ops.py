@@ -151,6 +151,9 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
     from training.tasks import task_definition
 
+    if args.period:
+        return _backtest_periods(args, settings)
+
     source, export = load_data(args, settings)
     deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
                                                          snapshot_every_days=settings.snapshot_every_days,
@@ -166,6 +169,28 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
                               cfg, source)
         print(f"figures logged to MLflow run {run_id}")
     print(f"report -> {out / 'report.md'} ({result.seconds:.0f} s)")
+    return 0
+
+
+def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
+    """``backtest --period month|quarter``: the calendar-period forecast at past periods (training.backtest)."""
+    from training.backtest import PeriodBacktestConfig, log_period_backtest, run_period_backtest, write_period_report
+    from training.tasks import task_definition
+
+    source, export = load_data(args, settings)
+    deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
+                                                         snapshot_every_days=settings.snapshot_every_days, seed=args.seed)
+    cfg = PeriodBacktestConfig(period=args.period, periods=args.periods, at_day=args.at_day, n_sims=args.sims,
+                               by=grouping(args.by), deal=replace(deal, timing_layout=args.timing_layout))
+    result = run_period_backtest(export, cfg, progress=True)
+    out = Path(args.out)
+    paths = write_period_report(result, out, cfg)
+    print(result.overall.round(4).to_string(index=False))
+    if not args.no_mlflow:
+        run_id = log_period_backtest(result, mlflow_client(settings), settings.experiment, settings.artifact_location(),
+                                     out, cfg, source)
+        print(f"figures logged to MLflow run {run_id}")
+    print(f"tables -> {', '.join(str(p) for p in paths)} ({result.seconds:.0f} s)")
     return 0
 
 
@@ -228,4 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timing-layout": _flag("stage_conversion's timing model", default="competing_risks",
                                  choices=("competing_risks", "close_share")),
         "--no-mlflow": _flag("do not log to MLflow", action="store_true"),
+        "--period": _flag("backtest the forecast of calendar periods instead: month or quarter",
+                          choices=("month", "quarter")),
+        "--periods": _flag("with --period: how many past complete periods", int, 4),
+        "--at-day": _flag("with --period: the forecast is made this many days into each period", int, 0),
     })

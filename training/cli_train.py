@@ -112,15 +112,16 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def score_task(task: Task, export: Export, settings: Settings, as_of: pd.Timestamp | None, out: Path) -> pd.DataFrame:
     """Score every entity of ``task`` open at ``as_of`` with its registered champion into the CSV ``out``."""
     from models.registry import load_scorer
+    from training.score import readable
 
     loaded = load_scorer(mlflow_client(settings), task.value, settings.model_alias)
     as_of = as_of or export.exported_at
     scored = task_definition(task).score(loaded.scorer, export, as_of)
-    table = scored.table.assign(model_version=loaded.version)
+    table = readable(scored.table, as_of, f"{task}@{loaded.version}", export)  # names, owner, as_of, model, rounded
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     print(f"scored {len(table)} {scored.entity} open at {as_of} with {task} v{loaded.version} -> {out}")
-    print(table.head(10).drop(columns="model_version").round(3).to_string(index=False))
+    print(table.head(10).drop(columns=["as_of", "model"]).round(3).to_string(index=False))
     return table
 
 

@@ -128,6 +128,7 @@ class ModelRef(BaseModel):
 
 class Reason(BaseModel):
     feature: str = Field(examples=["source"])
+    label: str | None = Field(None, description="The feature's plain label", examples=["Source"])
     value: Any = Field(description="The feature's value for this lead (null: unknown)", examples=["referral"])
     contribution: float = Field(
         description="Signed contribution in probability points (0.09 = 9 points); base + contributions = probability"

@@ -102,3 +102,41 @@ class ForecastResponse(BaseModel):
     by: str
     model: ModelRef
     groups: list[ForecastGroup]
+
+
+class PeriodForecastGroup(BaseModel):
+    """One group's forecast of a calendar period (money in the export's currency, rounded to cents)."""
+
+    group: str
+    is_rep: bool = Field(description="True for a rep's own row (by owner_id); 'unassigned' deals are no rep")
+    won_so_far: float = Field(description="Won in the period before as_of")
+    won_deals: int
+    open_deals: int
+    open_pipeline: float = Field(description="Amount of the deals open at as_of")
+    expected_open_pipeline: float = Field(description="Open deals: P(won before the period end) x amount, summed")
+    expected_new_deals: float = Field(description="Deals not yet created, won before the period end (run rate)")
+    expected_total: float = Field(description="won_so_far + expected_open_pipeline + expected_new_deals")
+    p10: float = Field(description="Period bookings: 10th percentile (won so far + simulated rest)")
+    p50: float
+    p90: float
+    weighted_pipeline: float = Field(description="CRM: stage win rate x amount of open deals dated before the period end")
+    reps_close_dates: float = Field(description="Amount of open deals whose CRM close date is before the period end")
+    crm_commit: float | None = Field(None, description="Open amount in the CRM forecast category 'commit' dated in the period")
+    crm_best_case: float | None = Field(None, description="... in 'best case'")
+    crm_pipeline: float | None = Field(None, description="... in 'pipeline'")
+
+
+class PeriodForecastResponse(BaseModel):
+    """``GET /v1/forecast?period=month|quarter``: the calendar period holding ``as_of``."""
+
+    as_of: datetime
+    period: str
+    start: datetime
+    end: datetime = Field(description="First instant after the period")
+    by: str
+    model: ModelRef
+    new_deals: str = Field(description="How deals not yet created are forecast")
+    has_crm_categories: bool = Field(description="Whether the export has a forecast_category column (shown at the export time)")
+    total: PeriodForecastGroup = Field(description="The whole company, its band from the summed simulations")
+    teams: list[PeriodForecastGroup] | None = Field(None, description="Roll-up by team (by owner_id only)")
+    groups: list[PeriodForecastGroup]

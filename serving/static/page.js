@@ -1,7 +1,12 @@
 "use strict";
+// The managers' page: every section asks the API for itself, in parallel, and draws what has arrived
+// (each shows "loading…" until then), so the page is usable before the slowest call returns.
 const $ = (id) => document.getElementById(id);
 const fmt = (x, d = 0) => Number(x).toLocaleString("en-US", {maximumFractionDigits: d, minimumFractionDigits: d});
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+const UNASSIGNED = "unassigned";
+const TRENDS = {improving: ["▲", "improving"], declining: ["▼", "declining"], steady: ["▶", "steady"]};
+const state = {forecast: null};
 
 async function api(path) {
   const r = await fetch(path, {headers: {"X-API-Key": $("key").value}});
@@ -10,28 +15,241 @@ async function api(path) {
   return body;
 }
 
+function setState(id, text, cls = "note") { const el = $(id); el.className = cls; el.textContent = text; }
+
 function fillSelect(sel, values) {
   if (sel.options.length > 1) return;
   for (const v of values) { const o = document.createElement("option"); o.value = v; o.textContent = v; sel.appendChild(o); }
+}
+
+function ageText(seconds) {
+  const s = Math.max(0, seconds);
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 2 * 86400) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} days`;
+}
+
+function freshness(w) {
+  // from the refresh job's snapshot when the API has one (refreshed_at, age_seconds), else the data's as_of
+  const at = w.refreshed_at || w.as_of;
+  const age = w.age_seconds ?? (Date.now() - Date.parse(at)) / 1000;
+  const el = $("freshness");
+  el.className = age > 86400 ? "stale" : "note";
+  el.dataset.age = String(Math.round(age));
+  el.textContent = w.refreshed_at
+    ? `Scores refreshed ${w.refreshed_at} (${ageText(age)} ago) from data as of ${w.as_of}.`
+    : `Data as of ${w.as_of} (${ageText(age)} old); scores computed when first asked.`;
+}
+
+function trendCell(it) {
+  if (!it.trend) return "<td></td>";
+  const [arrow, word] = TRENDS[it.trend] || ["·", it.trend];
+  const cls = TRENDS[it.trend] ? `trend-${it.trend}` : "trend-none";
+  const before = it.previous_score == null ? "" : ` (was ${fmt(it.previous_score * 100)})`;
+  return `<td class="trend ${cls}" data-trend="${esc(it.trend)}" title="${esc(word + before)}">${arrow}</td>`;
+}
+
+function ownerCell(owner) {
+  if (!owner || owner === UNASSIGNED) return `<td class="unassigned">unassigned</td>`;
+  return `<td><span class="rep-link" data-rep="${esc(owner)}">${esc(owner)}</span></td>`;
+}
+
+function itemRow(it, i) {
+  return `<tr data-owner="${esc(it.owner_id)}"><td>${i + 1}</td><td><span class="kind">${esc(it.kind)}</span></td>` +
+    `<td title="${esc(it.id)}">${esc(it.name || it.id)}</td>${ownerCell(it.owner_id)}<td class="num">${fmt(it.score * 100)}</td>` +
+    `${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td><td class="num">${fmt(it.value_per_effort)}</td>` +
+    `<td>${esc(it.reasons[0] || "")}</td></tr>`;
 }
 
 async function loadWorklist() {
   const q = new URLSearchParams({limit: "50"});
   if ($("owner").value) q.set("owner", $("owner").value);
   if ($("team").value) q.set("team", $("team").value);
-  const w = await api("/v1/worklist?" + q);
-  fillSelect($("owner"), w.owners); fillSelect($("team"), w.teams);
-  $("missing").textContent = w.missing.length ? "Not shown: " + w.missing.join("; ") : "";
-  $("worklist").querySelector("tbody").innerHTML = w.items.map((it, i) =>
-    `<tr data-owner="${esc(it.owner_id)}"><td>${i + 1}</td><td><span class="kind">${esc(it.kind)}</span></td><td>${esc(it.id)}</td>` +
-    `<td>${esc(it.owner_id)}</td><td class="num">${fmt(it.score * 100)}</td><td class="num">${fmt(it.expected_value)}</td>` +
-    `<td class="num">${fmt(it.value_per_effort)}</td><td>${esc(it.reasons[0] || "")}</td></tr>`).join("");
-  $("status").textContent = `as of ${w.as_of}`;
+  setState("worklist-state", "loading…", "note loading");
+  try {
+    const w = await api("/v1/worklist?" + q);
+    fillSelect($("owner"), w.owners); fillSelect($("team"), w.teams);
+    freshness(w);
+    $("missing").textContent = w.missing.length ? "Not shown: " + w.missing.join("; ") : "";
+    $("worklist").querySelector("tbody").innerHTML = w.items.map(itemRow).join("");
+    setState("worklist-state", `${w.items.length} items, best value per unit of effort first. Click an owner for their list.`);
+  } catch (e) { setState("worklist-state", "Worklist not available: " + e.message, "error"); }
+}
+
+function repForecastLine(owner) {
+  const g = state.forecast && state.forecast.groups.find((x) => x.group === owner);
+  if (!g) return "";
+  const won = g.won ? `won so far ${fmt(g.won)}, ` : "";
+  return ` Forecast (${state.forecast.label}): ${won}expected ${fmt(g.expected)} (P10 ${fmt(g.p10)} – P90 ${fmt(g.p90)}).`;
+}
+
+async function openRep(owner) {
+  $("drill").hidden = false;
+  $("drill-title").textContent = `${owner}: the deals and leads behind the number`;
+  setState("drill-summary", "loading…", "note loading");
+  $("drill-items").querySelector("tbody").innerHTML = "";
+  try {
+    const w = await api("/v1/worklist?" + new URLSearchParams({owner, limit: "200"}));
+    const count = (k) => w.items.filter((i) => i.kind === k).length;
+    const total = w.items.reduce((a, i) => a + i.expected_value, 0);
+    $("drill-items").querySelector("tbody").innerHTML = w.items.map((it) =>
+      `<tr data-kind="${esc(it.kind)}"><td><span class="kind">${esc(it.kind)}</span></td><td title="${esc(it.id)}">${esc(it.name || it.id)}</td>` +
+      `<td class="num">${fmt(it.score * 100)}</td>${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td>` +
+      `<td>${esc(it.reasons[0] || "")}</td></tr>`).join("");
+    setState("drill-summary", `${count("deal")} deals, ${count("lead")} leads, ${count("account")} accounts; ` +
+      `expected value ${fmt(total)}.` + repForecastLine(owner));
+  } catch (e) { setState("drill-summary", "Not available: " + e.message, "error"); }
+  $("drill").scrollIntoView({block: "nearest"});
+}
+
+function normaliseForecast(f, period) {
+  if (period === "rolling") {
+    return {label: `next ${f.horizon_days} days`, model: f.model, as_of: f.as_of, total: null, teams: [],
+      groups: f.groups.map((g) => ({group: g.group, is_rep: g.group !== UNASSIGNED, won: 0, expected: g.expected_bookings,
+        p10: g.p10, p50: g.p50, p90: g.p90, crm: g.weighted_pipeline}))};
+  }
+  const one = (g) => ({group: g.group, is_rep: g.is_rep, won: g.won_so_far, expected: g.expected_total, p10: g.p10,
+    p50: g.p50, p90: g.p90, crm: g.won_so_far + g.weighted_pipeline, commit: g.crm_commit, best: g.crm_best_case});
+  const end = new Date(Date.parse(f.end) - 86400000).toISOString().slice(0, 10);
+  return {label: `${period} ${f.start.slice(0, 10)} to ${end}`, model: f.model, as_of: f.as_of, total: one(f.total),
+    teams: (f.teams || []).map(one), groups: f.groups.map(one), newDeals: f.new_deals, categories: f.has_crm_categories};
+}
+
+function forecastChart(groups) {
+  const w = 720, row = 24, left = 150, top = 22;
+  const max = Math.max(1, ...groups.map((g) => Math.max(g.p90, g.crm))) * 1.05;
+  const x = (v) => left + (w - left - 20) * v / max;
+  let s = `<svg id="forecast-svg" width="${w}" height="${top + row * groups.length + 30}" role="img" aria-label="forecast by rep">`;
+  s += `<text x="${left}" y="12" font-size="10">dark: won so far · bar: P10–P90 · tick: P50 · dot: expected · ◇: CRM (won + weighted pipeline)</text>`;
+  groups.forEach((g, i) => {
+    const y = top + i * row, label = g.is_rep ? `<text class="rep-link" data-rep="${esc(g.group)}" x="0" y="${y + 14}" font-size="12" fill="#1a5bb8">${esc(g.group)}</text>`
+      : `<text x="0" y="${y + 14}" font-size="12" fill="#777" font-style="italic">${esc(g.group)} (no owner)</text>`;
+    s += `<g class="${g.is_rep ? "rep" : "no-rep"}" data-rep="${esc(g.group)}">${label}`;
+    if (g.won > 0) s += `<rect class="won" x="${left}" y="${y + 6}" width="${x(g.won) - left}" height="10" fill="#2c4f7c"/>`;
+    s += `<rect class="interval" x="${x(g.p10)}" y="${y + 4}" width="${Math.max(1, x(g.p90) - x(g.p10))}" height="14" fill="#9cc0ef" fill-opacity="0.8">` +
+      `<title>${esc(g.group)}: won ${fmt(g.won)} · P10 ${fmt(g.p10)} · P50 ${fmt(g.p50)} · P90 ${fmt(g.p90)} · expected ${fmt(g.expected)}</title></rect>`;
+    s += `<line class="p50" x1="${x(g.p50)}" x2="${x(g.p50)}" y1="${y + 2}" y2="${y + 20}" stroke="#123" stroke-width="2"/>`;
+    s += `<circle cx="${x(g.expected)}" cy="${y + 11}" r="3" fill="#d9534f"/>`;
+    s += `<text x="${x(g.crm) - 4}" y="${y + 15}" font-size="11" fill="#555">◇</text></g>`;
+  });
+  const base = top + row * groups.length + 4, step = Math.pow(10, Math.floor(Math.log10(max / 4)));
+  const tick = step * (max / step / 4 > 5 ? 5 : max / step / 4 > 2 ? 2 : 1);
+  s += `<line x1="${left}" x2="${w - 20}" y1="${base}" y2="${base}" stroke="#999"/>`;
+  for (let v = 0; v <= max; v += tick) {
+    s += `<line x1="${x(v)}" x2="${x(v)}" y1="${base}" y2="${base + 4}" stroke="#999"/>`;
+    s += `<text x="${x(v)}" y="${base + 16}" font-size="10" text-anchor="middle">${fmt(v)}</text>`;
+  }
+  return s + "</svg>";
+}
+
+function teamRows(fc) {
+  const rows = [...fc.teams, ...(fc.total ? [{...fc.total, group: "company"}] : [])];
+  if (!rows.length) return "";
+  const cat = fc.categories;
+  const head = `<tr><th>team</th><th class="num">won so far</th><th class="num">expected</th><th class="num">P10</th><th class="num">P90</th>` +
+    `<th class="num">CRM: won + weighted</th>${cat ? '<th class="num">CRM commit</th><th class="num">CRM best case</th>' : ""}</tr>`;
+  return head + rows.map((g) => `<tr data-team="${esc(g.group)}"><td>${esc(g.group)}</td><td class="num">${fmt(g.won)}</td>` +
+    `<td class="num">${fmt(g.expected)}</td><td class="num">${fmt(g.p10)}</td><td class="num">${fmt(g.p90)}</td>` +
+    `<td class="num">${fmt(g.crm)}</td>${cat ? `<td class="num">${fmt(g.won + (g.commit || 0))}</td><td class="num">${fmt(g.won + (g.commit || 0) + (g.best || 0))}</td>` : ""}</tr>`).join("");
+}
+
+async function loadForecast() {
+  const period = $("period").value;
+  setState("forecast-note", "loading…", "note loading");
+  try {
+    const q = period === "rolling" ? "by=owner_id&sims=2000" : `period=${period}&by=owner_id&sims=2000`;
+    const fc = normaliseForecast(await api("/v1/forecast?" + q), period);
+    state.forecast = fc;
+    const reps = fc.groups.filter((g) => g.is_rep).length;
+    const total = fc.total ? fc.total.expected : fc.groups.reduce((a, g) => a + g.expected, 0);
+    const band = fc.total ? ` (P10 ${fmt(fc.total.p10)} – P90 ${fmt(fc.total.p90)})` : "";
+    setState("forecast-note", `Bookings expected, ${fc.label}: ${fmt(total)}${band}; ${reps} reps` +
+      `${fc.groups.some((g) => !g.is_rep) ? " and deals without an owner" : ""}; model ${fc.model.name} v${fc.model.version}.` +
+      (fc.newDeals ? ` Deals not yet created: ${fc.newDeals}.` : ""));
+    $("forecast-chart").innerHTML = forecastChart(fc.groups);
+    $("forecast-teams").innerHTML = teamRows(fc);
+  } catch (e) { setState("forecast-note", "Forecast not available: " + e.message, "error"); }
+}
+
+function funnelLabel(st) {
+  const decided = st.moved_on + st.lost;
+  const conv = st.conversion == null ? "none decided yet" : `${fmt(st.conversion * 100)}% of ${fmt(decided)} decided moved on`;
+  return `${fmt(st.entered)} entered: ${fmt(st.moved_on)} on, ${fmt(st.lost)} lost, ${fmt(st.still_open)} open · ${conv}`;
+}
+
+function funnelChart(stages, bottleneck) {
+  const w = 800, row = 30, left = 110, max = Math.max(1, ...stages.map((s) => s.entered));
+  let s = `<svg id="funnel-svg" width="${w}" height="${row * stages.length + 8}" role="img" aria-label="funnel">`;
+  stages.forEach((st, i) => {
+    const y = i * row + 4, bw = (w - left - 360) * st.entered / max, hot = st.stage === bottleneck;
+    s += `<text x="0" y="${y + 16}" font-size="12"${hot ? ' font-weight="bold"' : ""}>${esc(st.stage)}</text>`;
+    s += `<rect class="stage-bar" data-stage="${esc(st.stage)}" x="${left}" y="${y + 3}" width="${bw}" height="20" fill="${hot ? "#d9534f" : "#3b7dd8"}">` +
+      `<title>${esc(st.stage)}: ${fmt(st.entered)} entered</title></rect>`;
+    s += `<text class="stage-label" x="${left + bw + 6}" y="${y + 16}" font-size="11">${funnelLabel(st)}${hot ? " · bottleneck" : ""}</text>`;
+  });
+  return s + "</svg>";
+}
+
+async function loadFunnel() {
+  try {
+    const f = await api("/v1/funnel");
+    setState("bottleneck", `Bottleneck: ${f.bottleneck}.`, "");
+    $("funnel-summary").textContent = f.summary;
+    $("funnel-chart").innerHTML = funnelChart(f.overall, f.bottleneck);
+    $("funnel").querySelector("tbody").innerHTML = f.overall.map((r) =>
+      `<tr${r.stage === f.bottleneck ? ' class="bottleneck"' : ""}><td>${esc(r.stage)}</td><td class="num">${fmt(r.entered)}</td>` +
+      `<td class="num">${fmt(r.moved_on)}</td><td class="num">${fmt(r.lost)}</td><td class="num">${fmt(r.still_open)}</td>` +
+      `<td class="num">${r.conversion == null ? "" : fmt(r.conversion * 100) + "%"}</td>` +
+      `<td class="num">${r.median_days == null ? "" : fmt(r.median_days)}</td><td class="num">${fmt(r.value_lost)}</td></tr>`).join("");
+  } catch (e) { setState("bottleneck", "Funnel not available: " + e.message, "error"); }
+}
+
+function metricOf(metrics, ...names) {
+  for (const n of names) if (metrics[n] != null) return metrics[n];
+  return null;
+}
+
+function served(models) {
+  // per task, the version this API serves (else the champion): its evaluation metrics at training
+  const out = {};
+  for (const m of models) {
+    const pick = out[m.name];
+    if (!pick || (m.loaded && !pick.loaded) || (!pick.loaded && m.aliases.includes("champion"))) out[m.name] = m;
+  }
+  return Object.values(out);
+}
+
+function accuracyBlock(m, perf) {
+  const auc = metricOf(m.metrics, "eval_roc_auc", "eval_auc"), cal = metricOf(m.metrics, "eval_calibration_error", "eval_ece");
+  const brier = metricOf(m.metrics, "eval_brier");
+  const show = (label, v, d = 3) => `<span class="metric">${label} <b>${v == null ? "–" : fmt(v, d)}</b></span>`;
+  let live = "<span class='note'>live: not available</span>";
+  if (perf) {
+    const v = perf.versions.find((x) => x.version === m.version) || perf.versions[0];
+    live = !v || !v.n ? `<span class="note">live: no reported outcomes yet (POST /v1/outcomes)</span>`
+      : show(`live AUC (${fmt(v.n)} outcomes)`, v.roc_auc) + show("live calibration error", v.calibration_error) +
+        `<span class="metric">predicted ${fmt(v.mean_probability * 100, 1)}% · observed ${fmt(v.observed_rate * 100, 1)}%</span>`;
+  }
+  return `<div class="model" data-task="${esc(m.name)}"><b>${esc(m.name)}</b> v${esc(m.version)}` +
+    `${m.loaded ? "" : " (not loaded)"}<br>${show("AUC", auc)}${show("calibration error", cal)}${show("Brier", brier)}<br>${live}</div>`;
+}
+
+async function loadAccuracy() {
+  try {
+    const models = served((await api("/v1/models")).models);
+    if (!models.length) { setState("accuracy", "No registered model.", "note"); return; }
+    const perfs = await Promise.all(models.map((m) => api(`/v1/models/${m.name}/performance`).catch(() => null)));
+    const el = $("accuracy");
+    el.className = "";
+    el.innerHTML = models.map((m, i) => accuracyBlock(m, perfs[i])).join("<hr>") +
+      "<p class='note'>AUC and calibration from the evaluation window at training; live figures from the outcomes reported since.</p>";
+  } catch (e) { setState("accuracy", "Model accuracy not available: " + e.message, "error"); }
 }
 
 function traitsChart(traits) {
   if (!traits.length) return "<p class='note'>No trait beats the base with confidence.</p>";
-  const w = 520, row = 26, left = 260, max = Math.max(...traits.map((t) => t.heldout_high || t.lift)) * 1.05;
+  const w = 560, row = 26, left = 300, max = Math.max(...traits.map((t) => t.heldout_high || t.lift)) * 1.05;
   const x = (v) => left + (w - left - 10) * v / max;
   let s = `<svg id="traits-svg" width="${w}" height="${row * traits.length + 24}" role="img" aria-label="trait lift">`;
   traits.forEach((t, i) => {
@@ -48,86 +266,31 @@ function traitsChart(traits) {
 async function loadTraits() {
   try {
     const t = await api("/v1/traits");
-    $("traits-chart").innerHTML = traitsChart(t.traits);
+    const el = $("traits-chart");
+    el.className = "";
+    el.innerHTML = traitsChart(t.traits);
     $("traits").querySelector("tbody").innerHTML = t.traits.map((r) =>
       `<tr><td>${esc(r.trait)}</td><td class="num">${fmt(r.accounts)}</td><td class="num">${fmt(r.lift, 2)}x</td>` +
       `<td class="num">${r.heldout_lift == null ? "" : `${fmt(r.heldout_lift, 2)}x (${fmt(r.heldout_low, 2)}–${fmt(r.heldout_high, 2)})`}</td>` +
       `<td class="num">${fmt(r.stability * 100)}%</td></tr>`).join("");
-  } catch (e) { $("traits-chart").innerHTML = `<p class="note">Traits not available: ${esc(e.message)}</p>`; }
+  } catch (e) { setState("traits-chart", "Traits not available: " + e.message, "error"); }
 }
 
-function funnelChart(stages, bottleneck) {
-  const w = 560, row = 30, left = 120, max = Math.max(1, ...stages.map((s) => s.entered));
-  let s = `<svg id="funnel-svg" width="${w}" height="${row * stages.length + 8}" role="img" aria-label="funnel">`;
-  stages.forEach((st, i) => {
-    const y = i * row + 4, bw = (w - left - 150) * st.entered / max, hot = st.stage === bottleneck;
-    s += `<text x="0" y="${y + 16}" font-size="12"${hot ? ' font-weight="bold"' : ""}>${esc(st.stage)}</text>`;
-    s += `<rect class="stage-bar" data-stage="${esc(st.stage)}" x="${left}" y="${y + 3}" width="${bw}" height="20" fill="${hot ? "#d9534f" : "#3b7dd8"}">` +
-      `<title>${esc(st.stage)}: ${fmt(st.entered)} entered</title></rect>`;
-    const conv = st.conversion == null ? "" : ` · ${fmt(st.conversion * 100)}% on`;
-    s += `<text x="${left + bw + 6}" y="${y + 16}" font-size="11">${fmt(st.entered)}${conv}${hot ? " · bottleneck" : ""}</text>`;
-  });
-  return s + "</svg>";
-}
-
-async function loadFunnel() {
-  try {
-    const f = await api("/v1/funnel");
-    $("bottleneck").textContent = `Bottleneck: ${f.bottleneck}.`;
-    $("funnel-summary").textContent = f.summary;
-    $("funnel-chart").innerHTML = funnelChart(f.overall, f.bottleneck);
-    $("funnel").querySelector("tbody").innerHTML = f.overall.map((r) =>
-      `<tr${r.stage === f.bottleneck ? ' class="bottleneck"' : ""}><td>${esc(r.stage)}</td><td class="num">${fmt(r.entered)}</td>` +
-      `<td class="num">${fmt(r.moved_on)}</td><td class="num">${fmt(r.lost)}</td>` +
-      `<td class="num">${r.conversion == null ? "" : fmt(r.conversion * 100) + "%"}</td>` +
-      `<td class="num">${r.median_days == null ? "" : fmt(r.median_days)}</td><td class="num">${fmt(r.value_lost)}</td></tr>`).join("");
-  } catch (e) { $("bottleneck").textContent = "Funnel not available: " + e.message; }
-}
-
-function forecastChart(groups) {
-  const w = 620, row = 24, left = 110, top = 22;
-  const max = Math.max(1, ...groups.map((g) => Math.max(g.p90, g.weighted_pipeline))) * 1.05;
-  const x = (v) => left + (w - left - 20) * v / max;
-  const h = top + row * groups.length + 30;
-  let s = `<svg id="forecast-svg" width="${w}" height="${h}" role="img" aria-label="forecast by rep">`;
-  s += `<text x="${left}" y="12" font-size="10">bar: P10–P90 · tick: P50 · dot: expected · ◇: CRM weighted pipeline</text>`;
-  groups.forEach((g, i) => {
-    const y = top + i * row;
-    s += `<g class="rep" data-rep="${esc(g.group)}"><text x="0" y="${y + 14}" font-size="12">${esc(g.group)}</text>`;
-    s += `<rect class="interval" x="${x(g.p10)}" y="${y + 4}" width="${Math.max(1, x(g.p90) - x(g.p10))}" height="14" fill="#9cc0ef">` +
-      `<title>${esc(g.group)}: P10 ${fmt(g.p10)} · P50 ${fmt(g.p50)} · P90 ${fmt(g.p90)} · expected ${fmt(g.expected_bookings)}</title></rect>`;
-    s += `<line class="p50" x1="${x(g.p50)}" x2="${x(g.p50)}" y1="${y + 2}" y2="${y + 20}" stroke="#123" stroke-width="2"/>`;
-    s += `<circle cx="${x(g.expected_bookings)}" cy="${y + 11}" r="3" fill="#d9534f"/>`;
-    s += `<text x="${x(g.weighted_pipeline) - 4}" y="${y + 15}" font-size="11" fill="#555">◇</text></g>`;
-  });
-  const base = top + row * groups.length + 4, step = Math.pow(10, Math.floor(Math.log10(max / 4)));
-  const tick = step * (max / step / 4 > 5 ? 5 : max / step / 4 > 2 ? 2 : 1);
-  s += `<line x1="${left}" x2="${w - 20}" y1="${base}" y2="${base}" stroke="#999"/>`;
-  for (let v = 0; v <= max; v += tick) {
-    s += `<line x1="${x(v)}" x2="${x(v)}" y1="${base}" y2="${base + 4}" stroke="#999"/>`;
-    s += `<text x="${x(v)}" y="${base + 16}" font-size="10" text-anchor="middle">${fmt(v)}</text>`;
-  }
-  return s + "</svg>";
-}
-
-async function loadForecast() {
-  try {
-    const f = await api("/v1/forecast?by=owner_id&sims=2000");
-    const total = f.groups.reduce((a, g) => a + g.expected_bookings, 0);
-    $("forecast-note").textContent = `Bookings expected in the next ${f.horizon_days} days: ${fmt(total)} ` +
-      `(${f.groups.length} reps, model ${f.model.name} v${f.model.version}).`;
-    $("forecast-chart").innerHTML = forecastChart(f.groups);
-  } catch (e) { $("forecast-note").textContent = "Forecast not available: " + e.message; }
-}
-
-async function connect() {
+function connect() {
   localStorage.setItem("funnelcast-key", $("key").value);
-  try { await loadWorklist(); await loadTraits(); await loadFunnel(); await loadForecast(); }
-  catch (e) { $("status").textContent = "error: " + e.message; }
+  $("status").textContent = "";
+  // no section waits for another: each draws when its own answer arrives
+  return Promise.allSettled([loadWorklist(), loadForecast(), loadFunnel(), loadAccuracy(), loadTraits()]);
 }
 
+document.addEventListener("click", (e) => {
+  const rep = e.target.closest && e.target.closest(".rep-link");
+  if (rep) openRep(rep.dataset.rep);
+});
 $("key").value = localStorage.getItem("funnelcast-key") || "";
 $("connect").addEventListener("click", connect);
-$("owner").addEventListener("change", () => loadWorklist().catch((e) => { $("status").textContent = "error: " + e.message; }));
-$("team").addEventListener("change", () => loadWorklist().catch((e) => { $("status").textContent = "error: " + e.message; }));
+$("drill-close").addEventListener("click", () => { $("drill").hidden = true; });
+$("owner").addEventListener("change", loadWorklist);
+$("team").addEventListener("change", loadWorklist);
+$("period").addEventListener("change", loadForecast);
 if ($("key").value) connect();

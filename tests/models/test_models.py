@@ -104,7 +104,7 @@ def test_metrics_on_known_values():
 def test_reason_sentences_read_like_a_person_wrote_them():
     assert reason_sentence("source", "referral", 0.09) == "Source is referral: raises the probability by 9 points"
     assert reason_sentence("web_visit_30d", 4.0, -0.021) == (
-        "Web visit count, last 30 days is 4: lowers the probability by 2 points"
+        "Web visits in the last 30 days: 4, lowers the probability by 2 points"
     )
     assert "unknown" in reason_sentence("seniority", None, 0.001)
 
@@ -149,3 +149,14 @@ def test_intercept_shift_finds_its_root_for_extreme_scores():
                    (np.linspace(-80, -40, 50), np.r_[np.ones(5), np.zeros(45)])):
         b = _intercept_shift(raw, y)
         assert (1 / (1 + np.exp(-(raw + b)))).mean() == pytest.approx(y.mean(), abs=1e-9)
+
+
+def test_reasons_use_plain_labels_not_column_names():
+    from models.explain import feature_label
+
+    assert feature_label("meeting_30d") == "Meetings in the last 30 days"
+    assert feature_label("days_since_quote_sent_outbound") == "Days since the last quote sent"
+    assert feature_label("call_outbound_total") == "Calls made so far"
+    assert reason_sentence("close_date_pushes", 2.0, -0.05) == "Close date pushes: 2, lowers the probability by 5 points"
+    for name in ("meeting_30d", "email_inbound_per_week", "days_in_proposal", "first_deal_amount", "stage_win_rate"):
+        assert "_" not in feature_label(name), name

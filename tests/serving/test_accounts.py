@@ -3,6 +3,7 @@ managers' page in a real headless browser (Debian's chromium; skipped when absen
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -195,66 +196,139 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
-def test_managers_page_in_a_headless_browser(app, client):
-    sync_api = pytest.importorskip("playwright.sync_api")
+@pytest.fixture(scope="module")
+def page_app(lead_scorer, account_result, deal_scorer, sample_dir, tmp_path_factory, mlflow_store):
+    """The app of the page test, on the session's MLflow store (lead_quality registered there), so
+    the model-accuracy section has a registered model with its evaluation metrics."""
+    home = tmp_path_factory.mktemp("page")
+    settings = Settings(home=home, api_keys=[KEY], tracking_uri=mlflow_store["uri"], data=str(sample_dir / "export"))
+    models = {"lead_quality": LoadedModel("lead_quality", str(mlflow_store["version"]), "champion", None, lead_scorer),
+              "high_value": LoadedModel("high_value", "1", "champion", None, account_result.scorer),
+              "stage_conversion": LoadedModel("stage_conversion", "1", "champion", None, deal_scorer)}
+    return create_app(settings, preloaded=models)
+
+
+def _serve(app):
     import uvicorn
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    return server, thread, port
+
+
+def _open(sync_api, p, port):
+    browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"])
+    page = browser.new_page(viewport={"width": 1240, "height": 900})
+    for _ in range(200):  # the server thread needs a moment to bind; no sleeping: poll the page load
+        try:
+            page.goto(f"http://127.0.0.1:{port}/", timeout=2000)
+            break
+        except sync_api.Error:
+            continue
+    return browser, page
+
+
+def _check_worklist_and_drill_down(page, client):
+    rows = page.locator("#worklist tbody tr")
+    rows.first.wait_for(timeout=60000)
+    assert rows.count() == 50
+    kinds = set(page.locator("#worklist tbody tr .kind").all_inner_texts())
+    assert "deal" in kinds and kinds <= {"lead", "deal", "account"}
+    w = client.get("/v1/worklist").json()
+    fresh = page.inner_text("#freshness")  # freshness: the snapshot's refresh time when there is one, else as_of
+    assert (w.get("refreshed_at") or w["as_of"]) in fresh and ("ago" in fresh or "old" in fresh)
+    if any("trend" in i for i in w["items"]):  # w16-live's snapshots add trends: one arrow per item
+        assert page.locator("#worklist tbody td.trend").count() == rows.count()
+    # the drill-down: click a rep, see the deals and leads behind their number
+    rep = page.locator("#worklist tbody .rep-link").first
+    owner = rep.get_attribute("data-rep")
+    rep.click()
+    page.wait_for_function("() => document.querySelectorAll('#drill-items tbody tr').length > 0", timeout=60000)
+    mine = client.get("/v1/worklist", params={"owner": owner, "limit": 200}).json()["items"]
+    assert page.locator("#drill-items tbody tr").count() == len(mine)
+    assert owner in page.inner_text("#drill-title")
+    summary = page.inner_text("#drill-summary")
+    assert f"{sum(i['kind'] == 'deal' for i in mine)} deals, {sum(i['kind'] == 'lead' for i in mine)} leads" in summary
+
+
+def _check_funnel(page, client):
+    funnel = client.get("/v1/funnel").json()
+    page.wait_for_function("() => document.querySelectorAll('#funnel-svg .stage-bar').length > 0", timeout=60000)
+    assert page.inner_text("#bottleneck").startswith(f"Bottleneck: {funnel['bottleneck']}.")
+    assert page.locator("#funnel-svg .stage-bar").count() == len(funnel["overall"])
+    assert page.inner_text("#funnel tbody tr.bottleneck td >> nth=0") == funnel["bottleneck"]
+    labels = page.locator("#funnel-svg .stage-label").evaluate_all("ts => ts.map(t => t.textContent)")
+    for st, label in zip(funnel["overall"], labels, strict=True):  # the label's numbers are the counts beside it
+        assert label.startswith(f"{st['entered']:,} entered: {st['moved_on']:,} on, {st['lost']:,} lost, "
+                                f"{st['still_open']:,} open")
+        if st["conversion"] is not None:
+            assert f"{round(st['conversion'] * 100)}% of {st['moved_on'] + st['lost']:,} decided" in label
+    assert "censored" in page.inner_text("body")
+
+
+def _check_forecast(page, client):
+    forecast = client.get("/v1/forecast", params={"period": "quarter", "by": "owner_id", "sims": 2000}).json()
+    page.wait_for_function("() => document.querySelectorAll('#forecast-svg .interval').length > 0", timeout=60000)
+    reps = page.locator("#forecast-svg g.rep").evaluate_all("gs => gs.map(g => g.dataset.rep)")
+    assert reps == [g["group"] for g in forecast["groups"] if g["is_rep"]] and len(reps) >= 2
+    assert "unassigned" not in reps
+    n = len(forecast["groups"])
+    assert page.locator("#forecast-svg .interval").count() == n == page.locator("#forecast-svg .p50").count()
+    widths = page.locator("#forecast-svg .interval").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
+    spread = [g["p90"] - g["p10"] for g in forecast["groups"]]
+    assert widths[max(range(n), key=spread.__getitem__)] == max(widths)
+    note = page.inner_text("#forecast-note")
+    assert note.startswith("Bookings expected, quarter") and f"{round(forecast['total']['expected_total']):,}" in note
+    teams = page.locator("#forecast-teams tr[data-team]").evaluate_all("rs => rs.map(r => r.dataset.team)")
+    assert teams == [t["group"] for t in forecast["teams"]] + ["company"]
+    page.select_option("#period", "rolling")
+    page.wait_for_function("() => document.querySelector('#forecast-note').textContent.includes('next 91 days')",
+                           timeout=60000)
+
+
+def _check_accuracy(page, client):
+    page.wait_for_function("() => document.querySelector('#accuracy .model') !== null", timeout=60000)
+    models = client.get("/v1/models").json()["models"]
+    lead = next(m for m in models if m["name"] == "lead_quality" and m["loaded"])
+    block = page.inner_text("#accuracy .model[data-task='lead_quality']")
+    assert f"v{lead['version']}" in block and f"AUC {lead['metrics']['eval_roc_auc']:.3f}" in block
+    perf = client.get("/v1/models/lead_quality/performance").json()
+    assert ("no reported outcomes yet" in block) == (not any(v["n"] for v in perf["versions"]))
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_managers_page_in_a_headless_browser(page_app, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, thread, port = _serve(page_app)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"])
-            page = browser.new_page()
-            for _ in range(200):  # the server thread needs a moment to bind; no sleeping: poll the page load
-                try:
-                    page.goto(f"http://127.0.0.1:{port}/", timeout=2000)
-                    break
-                except sync_api.Error:
-                    continue
+        with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
+            browser, page = _open(sync_api, p, port)
             page.fill("#key", KEY)
             page.click("#connect")
-            rows = page.locator("#worklist tbody tr")
-            rows.first.wait_for(timeout=30000)
-            assert rows.count() == 50
-            # the traits chart loads by its own request, which may finish after the worklist's; the
-            # session's sample has traits (test_traits_route), so the page must draw them
+            # nothing blocks: every section says "loading" until its own answer arrives
+            assert page.locator(".loading").count() >= 1 or page.locator("#worklist tbody tr").count() == 50
+            _check_worklist_and_drill_down(page, client)
+            _check_funnel(page, client)
+            _check_forecast(page, client)
+            _check_accuracy(page, client)
             traits = client.get("/v1/traits").json()["traits"]
             page.wait_for_function("() => document.querySelector('#traits-svg') !== null", timeout=30000)
-            assert traits and page.locator("#traits-svg").count() == 1
-            assert "No trait" not in page.inner_text("#traits-chart")
-            kinds = set(page.locator("#worklist tbody tr .kind").all_inner_texts())
-            assert "deal" in kinds and kinds <= {"lead", "deal", "account"}
-            # the funnel: a bar per stage, the bottleneck named and highlighted as the API says
-            funnel = client.get("/v1/funnel").json()
-            page.wait_for_function("() => document.querySelectorAll('#funnel-svg .stage-bar').length > 0", timeout=30000)
-            assert page.inner_text("#bottleneck").startswith(f"Bottleneck: {funnel['bottleneck']}.")
-            assert page.locator("#funnel-svg .stage-bar").count() == len(funnel["overall"])
-            assert page.inner_text("#funnel tbody tr.bottleneck td >> nth=0") == funnel["bottleneck"]
-            # the forecast: one P10-P90 interval and one P50 tick per rep, positioned in order of the numbers
-            forecast = client.get("/v1/forecast", params={"by": "owner_id", "sims": 2000}).json()
-            page.wait_for_function("() => document.querySelectorAll('#forecast-svg .interval').length > 0", timeout=60000)
-            reps = page.locator("#forecast-svg g.rep").evaluate_all("gs => gs.map(g => g.dataset.rep)")
-            assert reps == [g["group"] for g in forecast["groups"]] and len(reps) >= 2
-            assert page.locator("#forecast-svg .interval").count() == len(reps) == page.locator("#forecast-svg .p50").count()
-            widths = page.locator("#forecast-svg .interval").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
-            spread = [g["p90"] - g["p10"] for g in forecast["groups"]]
-            widest = max(range(len(spread)), key=spread.__getitem__)
-            assert widths[widest] == max(widths)
-            assert "Bookings expected in the next" in page.inner_text("#forecast-note")
-            # the traits: a table row per trait, as the API serves them
-            assert page.locator("#traits tbody tr").count() == len(traits)
+            assert traits and page.locator("#traits tbody tr").count() == len(traits)
             assert page.inner_text("#traits tbody tr >> nth=0").startswith(traits[0]["trait"])
+            page.select_option("#period", "quarter")
+            page.wait_for_function("() => document.querySelector('#forecast-note').textContent.includes('quarter')",
+                                   timeout=60000)
+            # the docs' screenshot: MANAGERS_PAGE_PNG=docs/img/managers-page.png pytest -k headless_browser
+            page.screenshot(path=os.environ.get("MANAGERS_PAGE_PNG") or str(tmp_path / "managers-page.png"), full_page=True)
             owner = page.locator("#owner option").nth(1).get_attribute("value")
             page.select_option("#owner", owner)
             page.wait_for_function(
                 "o => [...document.querySelectorAll('#worklist tbody tr')].every(r => r.dataset.owner === o)", arg=owner,
                 timeout=30000)
-            assert all(r == owner for r in page.locator("#worklist tbody tr").evaluate_all("rs => rs.map(r => r.dataset.owner)"))
             browser.close()
     finally:
         server.should_exit = True

@@ -128,7 +128,7 @@ def test_funnel_and_forecast(client, sample_export):
     f = r.json()
     assert f["bottleneck"] in sample_export.open_stages
     assert [s["stage"] for s in f["overall"]] == list(sample_export.open_stages)
-    assert {s["group"] for s in f["stages"]} <= set(sample_export.reps["team"]) | {"(none)"}
+    assert {s["group"] for s in f["stages"]} <= set(sample_export.reps["team"]) | {"(none)", "unassigned"}
     assert client.get("/v1/funnel", params={"by": "colour"}).status_code == 422
     r = client.get("/v1/forecast", params={"by": "owner_id", "sims": 500})
     assert r.status_code == 200, r.text
