@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from models.tasks import Task
+from serving.schemas.live import SnapshotState
 
 
 class ModelVersion(BaseModel):
@@ -35,6 +36,7 @@ class Readiness(BaseModel):
     ready: bool
     models: dict[str, str] = Field(description="Loaded model versions by name")
     reason: str | None = None
+    snapshot: SnapshotState | None = Field(None, description="The scored snapshot served (null: none yet)")
 
 
 class ReloadedModel(BaseModel):
