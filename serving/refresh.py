@@ -50,6 +50,8 @@ PAYLOADS: dict[str, list[dict[str, Any]]] = {
     "forecast": [{"as_of": None, "horizon_days": None, "by": by, "sims": sims, "seed": 0}
                  for by, sims in (("owner_id", 5000), ("owner_id", 2000), ("none", 5000), ("team", 5000))],
 }
+#: Without any good snapshot, a request runs a refresh again only this long after a failed one.
+RETRY_FAILED_SECONDS = 60.0
 _PARTS = ((Task.LEAD_QUALITY, "lead", "leads"), (Task.STAGE_CONVERSION, "deal", "deals"),
           (Task.HIGH_VALUE, "account", "accounts"))
 
@@ -229,6 +231,10 @@ def latest_snapshot(state: Any) -> SnapshotRow:
     snap = r.store.latest()
     if snap is not None:
         return snap
+    attempt = r.store.latest(ok_only=False)
+    if attempt is not None and attempt.age_seconds() < RETRY_FAILED_SECONDS:  # a request does not retry it at once
+        raise RequestProblem(f"no scored snapshot yet: the last refresh failed ({attempt.error}); fix it and run "
+                             "`funnelcast refresh`", status_code=503, headers={"Retry-After": "60"})
     result = r.run(wait=False)
     snap = r.store.latest()
     if snap is not None:

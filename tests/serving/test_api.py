@@ -317,7 +317,10 @@ def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, o
     settings = Settings(home=mlflow_store["home"], api_keys=[KEY], tracking_uri=mlflow_store["uri"])
     as_of, leads = open_at_export
     with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
-        assert c.get("/readyz").json() == {"ready": True, "models": {"lead_quality": mlflow_store["version"]}, "reason": None}
+        ready = c.get("/readyz").json()
+        assert {k: ready[k] for k in ("ready", "models", "reason")} == {
+            "ready": True, "models": {"lead_quality": mlflow_store["version"]}, "reason": None}
+        assert ready["snapshot"]["status"] == "none"  # no refresh yet
         r = c.post("/v1/leads/score", json=_body(sample_export, leads.head(2), as_of))
         assert r.status_code == 200 and r.json()["model"]["version"] == mlflow_store["version"]
         models = c.get("/v1/models").json()["models"]

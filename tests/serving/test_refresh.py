@@ -137,6 +137,9 @@ def test_without_a_snapshot_a_failing_source_answers_503_naming_the_command(mode
         r = c.get("/v1/worklist")
         assert r.status_code == 503 and "funnelcast refresh" in r.json()["detail"]
         assert "no-such-export" in r.json()["detail"]
+        again = c.get("/v1/funnel")  # right after a failed refresh, requests do not retry it
+        assert again.status_code == 503 and "no-such-export" in again.json()["detail"]
+        assert app.state.refresher.store.count() == 1
 
 
 def test_a_refresh_already_running_makes_the_first_request_503_not_a_second_refresh(sample_dir, models, tmp_path):
