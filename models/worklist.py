@@ -5,9 +5,12 @@ Pure computation over an export and the loaded scorers (the refresh job stores t
 * a **lead**: P(converts) x the value of a converted lead (the lead scorer's average first-deal
   value by industry);
 * a **deal**: P(won) x amount (the stage_conversion scorer);
-* an **account**: the value expected over the next 12 months (the high_value scorer's expected
-  customer value) minus what it booked in the last 12 months, minus the expected value of its
-  open deals and open leads (those are items of their own), never below 0: nothing is counted twice.
+* an **account** (a customer): the value expected in the next 12 months, minus the expected value
+  of its open deals and open leads (those are items of their own), never below 0. In its first
+  year after the first win that is the rest of the high_value scorer's expected first-year value
+  beyond what it booked; later, the export's repeat rate (second-year over first-year value of
+  past customers) times that value. A prospect's value comes through its leads and deals only, so
+  it is not an account item: nothing is counted twice.
 
 Reasons lead with what a rep can act on (activity, then stage, then timing, then fit) and
 never with value already booked. ``trend`` turns a score history into improving, steady,
@@ -27,7 +30,7 @@ from features.pit import open_leads
 from models.deals import score_open_deals
 
 __all__ = ["TRENDS", "WORK_COLUMNS", "actionable_reasons", "account_items", "deal_items", "entity_names",
-           "lead_items", "reason_kind", "trend"]
+           "lead_items", "next_year_value", "reason_kind", "repeat_rate", "trend"]
 
 WORK_COLUMNS = ["kind", "id", "name", "owner_id", "probability", "score", "grade", "expected_value", "reasons"]
 TRENDS = ("improving", "steady", "declining", "not enough history")
@@ -125,11 +128,39 @@ def deal_items(export: Export, scorer: Any, as_of: pd.Timestamp) -> pd.DataFrame
                   s["p_win"], [None] * len(s), s["expected_value"].astype(float).fillna(0.0).to_numpy(), reasons)
 
 
-def _booked_last_year(export: Export, as_of: pd.Timestamp) -> pd.Series:
-    """Won amount per account closed in the 12 months before ``as_of``."""
+def _customer_years(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per customer (a deal won before ``as_of``): its first win, the value won in its first year
+    and in its second year, and the value won so far in its first year (closed before ``as_of``)."""
     o = export.opportunities
-    won = o[(o["outcome"] == "won") & (o["closed_at"] < as_of) & (o["closed_at"] >= as_of - YEAR)]
-    return won["amount"].fillna(0.0).groupby(won["account_id"]).sum()
+    won = o[(o["outcome"] == "won") & (o["closed_at"] < as_of) & o["account_id"].notna()]
+    first = won.groupby("account_id")["closed_at"].min()
+    if first.empty:
+        return pd.DataFrame({"first_won_at": pd.Series(dtype=won["closed_at"].dtype), "year1": pd.Series(dtype=float),
+                             "year2": pd.Series(dtype=float)})
+    age = won["closed_at"] - won["account_id"].map(first)
+    amount = won["amount"].fillna(0.0)
+    frame = pd.DataFrame({"first_won_at": first})
+    frame["year1"] = amount.where(age < YEAR, 0.0).groupby(won["account_id"]).sum()
+    frame["year2"] = amount.where((age >= YEAR) & (age < 2 * YEAR), 0.0).groupby(won["account_id"]).sum()
+    return frame
+
+
+def repeat_rate(export: Export, as_of: pd.Timestamp) -> float:
+    """Value a customer wins in its second year per unit of its first year's, over the customers
+    whose second year ended before ``as_of`` (0 when there are none: no evidence of repeat business)."""
+    years = _customer_years(export, as_of)
+    done = years[years["first_won_at"] + 2 * YEAR <= as_of]
+    total = float(done["year1"].sum())
+    return float(done["year2"].sum()) / total if total > 0 else 0.0
+
+
+def next_year_value(first_year_value: np.ndarray, first_won_at: pd.Series, booked_first_year: np.ndarray,
+                    as_of: pd.Timestamp, rate: float) -> np.ndarray:
+    """Value a customer is expected to win in the 12 months after ``as_of``: in its first year the rest
+    of its expected first-year value (beyond what it booked), after it ``rate`` x that value."""
+    in_first_year = (as_of - pd.to_datetime(first_won_at, utc=True)).to_numpy() < YEAR.to_timedelta64()
+    rest = np.maximum(first_year_value - booked_first_year, 0.0)
+    return np.where(in_first_year, rest, rate * first_year_value)
 
 
 def _account_owners(export: Export, as_of: pd.Timestamp) -> pd.Series:
@@ -144,22 +175,25 @@ def _account_owners(export: Export, as_of: pd.Timestamp) -> pd.Series:
 
 
 def account_items(export: Export, scorer: Any, as_of: pd.Timestamp, open_items: pd.DataFrame) -> pd.DataFrame:
-    """Every account with an owner: the value expected over the next 12 months beyond what it booked in
-    the last 12 and beyond ``open_items`` (the lead and deal items, whose value is theirs)."""
+    """Every customer with an owner: the value expected in the next 12 months (:func:`next_year_value`
+    of the high_value model's expected first-year value) beyond ``open_items`` (its open leads and
+    deals, whose value is theirs). A prospect's value comes only through its leads and deals: those
+    items carry it, so it is not an account item (nothing counted twice)."""
+    years = _customer_years(export, as_of)
     owners = _account_owners(export, as_of)
-    ids = sorted(owners.index.astype(str))
+    ids = sorted(set(owners.index.astype(str)) & set(years.index.astype(str)))
     if not ids:
         return pd.DataFrame(columns=WORK_COLUMNS)
     s = scorer.score(export, ids, as_of, n_reasons=6)
-    booked = s["account_id"].map(_booked_last_year(export, as_of)).fillna(0.0).to_numpy()
+    y = years.reindex(s["account_id"])
+    expected = next_year_value(s["expected_value"].to_numpy(dtype=float), y["first_won_at"],
+                               y["year1"].to_numpy(dtype=float), as_of, repeat_rate(export, as_of))
     item_account = pd.concat([
         open_items.loc[open_items["kind"] == "lead", "id"].map(export.leads.set_index("lead_id")["account_id"]),
         open_items.loc[open_items["kind"] == "deal", "id"].map(
             export.opportunities.set_index("opportunity_id")["account_id"])])
     in_items = open_items.loc[item_account.index, "expected_value"].groupby(item_account.to_numpy()).sum()
-    in_items = s["account_id"].map(in_items).fillna(0.0).to_numpy()
-    expected = s["expected_value"].to_numpy(dtype=float)
-    rest = np.maximum(expected - booked - in_items, 0.0)
+    rest = np.maximum(expected - s["account_id"].map(in_items).fillna(0.0).to_numpy(), 0.0)
     headline = [f"About {r:,.0f} more expected in the next 12 months beyond booked value and open deals and leads"
                 for r in rest]
     reasons = [[h, *actionable_reasons(r)] for h, r in zip(headline, s["reasons"], strict=True)]

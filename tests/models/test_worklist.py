@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.worklist import BOOKED, account_items, actionable_reasons, lead_items, reason_kind
+from models.worklist import BOOKED, account_items, actionable_reasons, lead_items, reason_kind, repeat_rate
 
 
 class FixedValueAccounts:
@@ -25,27 +25,51 @@ class FixedValueAccounts:
                              "is_customer": False, "base_probability": 0.2, "reasons": [reasons] * len(ids)})
 
 
-def test_account_value_is_beyond_booked_and_beyond_its_open_items(sample_export, lead_scorer):
-    export, as_of = sample_export, sample_export.exported_at
+def _won(export, as_of):
+    o = export.opportunities
+    return o[(o["outcome"] == "won") & (o["closed_at"] < as_of)]
+
+
+def test_repeat_rate_against_a_per_customer_loop(sample_export):
+    as_of, year = sample_export.exported_at, pd.Timedelta(days=365)
+    won = _won(sample_export, as_of)
+    y1 = y2 = 0.0
+    for _, deals in won.groupby("account_id"):
+        first = deals["closed_at"].min()
+        if first + 2 * year > as_of:
+            continue
+        age = deals["closed_at"] - first
+        y1 += deals.loc[age < year, "amount"].fillna(0).sum()
+        y2 += deals.loc[(age >= year) & (age < 2 * year), "amount"].fillna(0).sum()
+    assert repeat_rate(sample_export, as_of) == pytest.approx(y2 / y1 if y1 else 0.0)
+    assert repeat_rate(sample_export, as_of - pd.Timedelta(days=3000)) == 0.0  # no customer yet: no evidence
+
+
+def test_account_value_is_next_year_beyond_booked_and_beyond_its_open_items(sample_export, lead_scorer):
+    export, as_of, year = sample_export, sample_export.exported_at, pd.Timedelta(days=365)
     leads = lead_items(export, lead_scorer, as_of)
     open_deals = export.opportunities[export.opportunities["outcome"] == "open"]
     deals = pd.DataFrame({"kind": "deal", "id": open_deals["opportunity_id"].to_numpy(), "expected_value": 5_000.0})
     value = 200_000.0
     items = account_items(export, FixedValueAccounts(value), as_of, pd.concat([leads, deals], ignore_index=True))
-    # the naive way, one account at a time
-    o = export.opportunities
+    rate = repeat_rate(export, as_of)
+    won = _won(export, as_of)
     lead_account = export.leads.set_index("lead_id")["account_id"]
-    checked = 0
-    for r in items.itertuples(index=False):
-        won = o[(o["account_id"] == r.id) & (o["outcome"] == "won") & (o["closed_at"] < as_of)
-                & (o["closed_at"] >= as_of - pd.Timedelta(days=365))]
-        booked = won["amount"].fillna(0).sum()
+    assert len(items) and set(items["id"]) <= set(won["account_id"])  # customers only: prospects live in their leads
+    first_year = 0
+    for r in items.itertuples(index=False):  # the naive way, one account at a time
+        mine = won[won["account_id"] == r.id]
+        first = mine["closed_at"].min()
+        if as_of - first < year:
+            booked = mine.loc[mine["closed_at"] - first < year, "amount"].fillna(0).sum()
+            expected = max(value - booked, 0.0)
+            first_year += 1
+        else:
+            expected = rate * value
         in_leads = leads.loc[leads["id"].map(lead_account) == r.id, "expected_value"].sum()
         in_deals = 5_000.0 * (open_deals["account_id"] == r.id).sum()
-        assert r.expected_value == pytest.approx(max(value - booked - in_leads - in_deals, 0.0))
-        checked += booked > 0
-    assert checked > 0  # some accounts had booked value taken off
-    assert (items["expected_value"] >= 0).all() and (items["expected_value"] < value).any()
+        assert r.expected_value == pytest.approx(max(expected - in_leads - in_deals, 0.0))
+    assert 0 < first_year < len(items)  # both cases are checked
     for reasons in items["reasons"]:
         assert "First deal amount" not in reasons and reasons[0].startswith("About")
         assert reasons[1:] == ["2 early meetings", "Industry is x"]  # activity before fit
