@@ -117,7 +117,8 @@ def _compared(items: pd.DataFrame, store: SnapshotStore, settings: Settings) -> 
     for r in before.itertuples(index=False):
         key = (r.kind, r.entity_id)
         history.setdefault(key, []).append(float(r.probability))
-        last[key] = (int(r.score), r.grade, round(float(r.probability), 3), list(r.reasons))
+        grade = r.grade if isinstance(r.grade, str) else None  # a database NULL reads back as NaN
+        last[key] = (int(r.score), grade, round(float(r.probability), 3), list(r.reasons))
     trends, previous, changed = [], [], []
     for r in items.itertuples(index=False):
         key = (r.kind, r.entity_id)
