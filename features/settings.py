@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     failed_keys_per_minute: int = Field(30, ge=0, description="Bad API keys per client address per minute (0: off)")
     max_allocation_cells: int = Field(4_000_000, gt=0, description="Largest reps x items of one allocation")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
+    refresh_every: float = Field(
+        0, ge=0, description="`serve` refreshes the scored snapshot every N seconds (or '15m', '2h'); 0: off "
+        "(run `funnelcast refresh` from cron instead)"
+    )
+    trend_points: int = Field(3, ge=2, description="Snapshots a score trend looks back over (the latest included)")
+    trend_threshold_points: float = Field(
+        5.0, gt=0, description="Probability change, in points, beyond which a trend is improving or declining"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -134,6 +142,20 @@ class Settings(BaseSettings):
     def _stages_from_str(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(s.strip().casefold() for s in v.split(",") if s.strip())
+        return v
+
+    @field_validator("refresh_every", mode="before")
+    @classmethod
+    def _seconds_from_str(cls, v: object) -> object:
+        """'90', '90s', '15m', '2h' or '1d' as seconds."""
+        if isinstance(v, str):
+            text = v.strip().lower()
+            unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:], None)
+            number = text[:-1] if unit else text
+            try:
+                return float(number) * (unit or 1)
+            except ValueError:
+                raise ValueError(f"refresh_every {v!r} is not a duration such as 900, '15m' or '2h'") from None
         return v
 
     @property

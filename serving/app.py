@@ -2,11 +2,13 @@
 
 Nothing is built at import time. The lifespan loads the champion models from the MLflow
 registry; when none is registered yet the app still starts, ``/readyz`` says why it is not
-ready and scoring answers 503 with the reason.
+ready and scoring answers 503 with the reason. With ``FUNNELCAST_REFRESH_EVERY`` the lifespan
+also refreshes the scored snapshot at start and then on that schedule.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -19,7 +21,7 @@ from starlette.responses import Response
 from features.errors import FunnelcastError, ModelNotAvailable
 from features.settings import Settings, StoreNotFound, get_settings
 from models.registry import LoadedModel, configure, load_scorer
-from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_ops
+from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_live, routes_ops
 from serving.deps import LOAD_FAILED, SERVED_TASKS, load_failure
 from serving.middleware import (
     ConcurrencyGuard,
@@ -29,6 +31,7 @@ from serving.middleware import (
     RateLimiter,
     RequestContextMiddleware,
 )
+from serving.refresh import Refresher, refresh_every
 from serving.security import allow_origins
 
 log = logging.getLogger("funnelcast.serving")
@@ -102,9 +105,11 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
         for name, m in app.state.models.items():
             log.info("serving %s version %s (@%s)", name, m.version, m.alias)
         poller = routes_ops.start_alias_polling(app.state, settings.reload_poll_seconds) if preloaded is None else None
+        schedule = asyncio.create_task(refresh_every(app.state, settings.refresh_every)) if settings.refresh_every else None
         yield
-        if poller is not None:
-            poller.cancel()
+        for task in (poller, schedule):
+            if task is not None:
+                task.cancel()
 
     app = FastAPI(
         title="funnelcast",
@@ -119,6 +124,8 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
     app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads
+    app.state.refresher = Refresher(app.state)  # scored snapshots: the worklist, funnel and forecast answer from them
+    app.state.after_models_swapped = app.state.refresher.run_in_background  # a reload refreshes the snapshot
     app.state.metrics = Metrics()
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.idempotency = IdempotencyCache(max_bytes=settings.idempotency_cache_bytes)
@@ -138,5 +145,6 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.include_router(routes_ops.router)
     app.include_router(routes_accounts.router)
     app.include_router(routes_deals.router)
+    app.include_router(routes_live.router)
     app.include_router(page.router)
     return app

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import pandas as pd
 from fastapi import APIRouter, Query, Request
 
 from features.contract import Export
-from features.pit import open_leads
 from models.allocation import AllocationError, allocate
-from models.deals import score_open_deals
-from models.tasks import Task
-from serving.deps import AnalyticsSlotDep, HighValueModelDep, SettingsDep, configured_export, state_cached
+from serving.deps import AnalyticsSlotDep, HighValueModelDep, SettingsDep
 from serving.errors import RequestProblem
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
+from serving.refresh import latest_snapshot, refresher
 from serving.schemas.accounts import (
     AccountScore,
     AccountScoreItem,
@@ -40,7 +38,6 @@ from serving.security import ApiKeyDep
 router = APIRouter(prefix="/v1", tags=["accounts"], dependencies=[ApiKeyDep])
 #: Effort per item kind (a lead is one unit; a deal and an account need more of a rep's week).
 EFFORT = {"lead": 1.0, "deal": 2.0, "account": 3.0}
-_WORK_COLUMNS = ["kind", "id", "score", "expected_value", "owner_id", "reasons"]
 
 
 def _finite(x: float) -> float | None:
@@ -125,70 +122,13 @@ def allocation(body: AllocationRequest, settings: SettingsDep) -> AllocationResp
                               unassigned=[str(x) for x in result.unassigned["item_id"]])
 
 
-# ------------------------------------------------------------------ worklist over the configured export
-def _reasons(reasons: pd.Series) -> list[list[str]]:
-    return [[x["text"] for x in r] for r in reasons]
-
-
-def _lead_items(export: Export, model: Any) -> pd.DataFrame:
-    t = max(export.exported_at, model.scorer.trained_until)
-    leads = open_leads(export.leads, t)
-    s = model.scorer.score(leads, export.accounts, export.activities, t, n_reasons=3)
-    return pd.DataFrame({"kind": "lead", "id": s["lead_id"], "score": s["probability"],
-                         "expected_value": s["expected_value"],
-                         "owner_id": s["lead_id"].map(leads.set_index("lead_id")["owner_id"]).to_numpy(),
-                         "reasons": _reasons(s["reasons"])})
-
-
-def _account_items(export: Export, model: Any) -> pd.DataFrame:
-    opps = export.opportunities[export.opportunities["outcome"] == "open"]
-    active = opps["account_id"].dropna().unique().tolist()
-    if not active:
-        return pd.DataFrame(columns=_WORK_COLUMNS)
-    s = model.scorer.score(export, active, export.exported_at, n_reasons=3)
-    owner = opps.drop_duplicates("account_id").set_index("account_id")["owner_id"]
-    return pd.DataFrame({"kind": "account", "id": s["account_id"], "score": s["probability"],
-                         "expected_value": s["expected_value"] * s["probability"],
-                         "owner_id": s["account_id"].map(owner).to_numpy(), "reasons": _reasons(s["reasons"])})
-
-
-def _deal_items(export: Export, model: Any) -> pd.DataFrame:
-    s, opps = score_open_deals(export, model.scorer, export.exported_at, n_reasons=3)
-    owner = opps.drop_duplicates("opportunity_id").set_index("opportunity_id")["owner_id"]
-    headline = [f"Stage {st}, amount {amt:,.0f}" + (" (predicted)" if pred else "") + f": P(won) {p:.0%}"
-                for st, amt, pred, p in zip(s["stage"], s["amount"], s["amount_predicted"], s["p_win"], strict=True)]
-    return pd.DataFrame({"kind": "deal", "id": s["opportunity_id"], "score": s["p_win"],
-                         "expected_value": s["expected_value"].astype(float).fillna(0.0),
-                         "owner_id": s["opportunity_id"].map(owner).to_numpy(),
-                         "reasons": [[h, *r] for h, r in zip(headline, _reasons(s["reasons"]), strict=True)]})
-
-
-#: Each part of the worklist: the task whose model scores it, how, and what to say when it is not loaded.
-_PARTS = ((Task.LEAD_QUALITY, _lead_items, "leads: no lead_quality model loaded"),
-          (Task.HIGH_VALUE, _account_items, "accounts: no high_value model loaded"),
-          (Task.STAGE_CONVERSION, _deal_items, "deals: no stage_conversion model loaded"))
-
-
-def _worklist_frame(state: Any) -> tuple[pd.DataFrame, str, list[str]]:
-    """Every open lead, account with open deals and open deal of the configured export, scored
-    once per process by the loaded models; the parts whose model is not loaded are named."""
-    export = configured_export(state)
-    teams = export.reps.set_index("owner_id")["team"] if export.reps is not None and "team" in export.reps else pd.Series(dtype=object)
-    parts, missing = [], []
-    for task, items, absent in _PARTS:
-        model = state.models.get(task.value)
-        if model is not None:
-            parts.append(items(export, model))
-        else:
-            missing.append(f"{absent} ({state.load_errors.get(task.value, f'run `funnelcast train --task {task}`')})")
-    parts = [p for p in parts if len(p)]
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_WORK_COLUMNS)
-    frame["team"] = frame["owner_id"].map(teams) if len(teams) else None
-    return frame, export.exported_at.isoformat(), missing
-
-
+# ------------------------------------------------------------------ worklist from the latest scored snapshot
 def _text(v: object) -> str | None:
     return v if isinstance(v, str) else None
+
+
+def _num(v: object) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 @router.get("/worklist", response_model=WorklistResponse, responses=error_responses(401, 422, 503),
@@ -201,16 +141,18 @@ def worklist(request: Request,
              effort_deal: Annotated[float, Query(ge=0.01, le=1000, description="Effort of a deal")] = EFFORT["deal"],
              effort_account: Annotated[float, Query(ge=0.01, le=1000, description="Effort of an account")] = EFFORT["account"],
              ) -> WorklistResponse:
-    """The prioritised list over the configured export: open leads (P(converts) x value), open
-    deals (P(won) x amount, from the stage_conversion model) and accounts with open deals
-    (P(high value) x expected customer value), ranked by expected value per unit of effort
-    (default lead 1, deal 2, account 3; set per request), with reasons. A part whose model is
-    not loaded is left out and named in ``missing``."""
-    frame, as_of, missing = state_cached(request.app.state, "worklist", lambda: _worklist_frame(request.app.state))
+    """One list in one unit, from the latest scored snapshot: open leads (P(converts) x first-deal
+    value), open deals (P(won) x amount) and accounts (value expected in the next 12 months beyond
+    what they booked and beyond their open deals and leads), ranked by value still to be won per
+    unit of effort (default lead 1, deal 2, account 3; set per request), with reasons a rep can
+    act on and the trend of each score. A part whose model is not loaded is named in ``missing``."""
+    state = request.app.state
+    snap = latest_snapshot(state)
+    frame = refresher(state).scores(snap)
     effort = {"lead": effort_lead, "deal": effort_deal, "account": effort_account}
     frame = frame.assign(effort=frame["kind"].map(effort).astype(float))
     frame["value_per_effort"] = frame["expected_value"].astype(float) / frame["effort"]
-    frame = frame.sort_values(["value_per_effort", "id"], ascending=[False, True], ignore_index=True)
+    frame = frame.sort_values(["value_per_effort", "entity_id"], ascending=[False, True], ignore_index=True)
     owners = sorted({o for o in frame["owner_id"] if isinstance(o, str)})
     teams = sorted({t for t in frame["team"] if isinstance(t, str)})
     if owner is not None and owner not in owners:
@@ -220,10 +162,11 @@ def worklist(request: Request,
         view = view[view["owner_id"] == owner]
     if team:
         view = view[view["team"] == team]
-    items = [WorkItem(kind=r.kind, id=str(r.id), owner_id=_text(r.owner_id), team=_text(r.team), score=float(r.score),
-                      expected_value=float(r.expected_value), effort=float(r.effort),
+    items = [WorkItem(kind=r.kind, id=str(r.entity_id), name=_text(r.name), owner_id=_text(r.owner_id),
+                      team=_text(r.team), score=float(r.probability), previous_score=_num(r.previous_probability),
+                      trend=r.trend, expected_value=float(r.expected_value), effort=float(r.effort),
                       value_per_effort=float(r.value_per_effort), reasons=list(r.reasons))
              for r in view.head(limit).itertuples(index=False)]
-    return WorklistResponse(as_of=as_of, items=items, owners=owners, teams=teams, missing=missing)
-
-
+    as_of = snap.as_of.isoformat() if snap.as_of is not None else ""
+    return WorklistResponse(as_of=as_of, refreshed_at=snap.refreshed_at.isoformat(), age_seconds=snap.age_seconds(),
+                            snapshot_id=snap.id, items=items, owners=owners, teams=teams, missing=list(snap.missing))

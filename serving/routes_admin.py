@@ -12,6 +12,7 @@ from models.tasks import Task
 from serving.deps import LOAD_FAILED, SERVED_TASKS, SettingsDep
 from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
+from serving.schemas.live import SnapshotState
 from serving.schemas.ops import DataReadiness, Health, ModelsResponse, ModelVersion, Readiness, TaskReadiness
 from serving.security import ApiKeyDep
 
@@ -53,17 +54,37 @@ def _data_state(state: Any) -> DataReadiness:
 def readyz(request: Request):
     """Ready when the lead-quality model is loaded and no registered model failed to load (no key
     needed). Every served task says loaded (its version), failed (why) or not registered; the
-    configured export says readable (rows per table), unreadable (why) or not read yet."""
+    configured export says readable (rows per table), unreadable (why) or not read yet;
+    ``snapshot`` says which scored snapshot is served, its age, and why the latest refresh failed
+    if it did."""
     state = request.app.state
     loaded = {name: m.version for name, m in state.models.items()}
     tasks = _task_states(state)
+    snapshot = snapshot_state(state)
     failed = [f"{name}: {t.reason}" for name, t in tasks.items() if t.state == "failed"]
     lead = tasks[Task.LEAD_QUALITY.value]
     if lead.state == "loaded" and not failed:
-        return Readiness(ready=True, models=loaded, tasks=tasks, data=_data_state(state))
+        return Readiness(ready=True, models=loaded, tasks=tasks, data=_data_state(state), snapshot=snapshot)
     reason = "; ".join(([] if lead.state == "loaded" else [f"lead_quality: {lead.reason}"]) + failed)
-    body = Readiness(ready=False, models=loaded, reason=reason, tasks=tasks, data=_data_state(state))
-    return JSONResponse(body.model_dump(), status_code=503)
+    body = Readiness(ready=False, models=loaded, reason=reason, tasks=tasks, data=_data_state(state),
+                     snapshot=snapshot)
+    return JSONResponse(body.model_dump(mode="json"), status_code=503)
+
+
+def snapshot_state(state) -> SnapshotState | None:
+    """The served snapshot (the latest good one) and the latest refresh's status and error."""
+    try:
+        store = state.refresher.store
+        good, latest = store.latest(), store.latest(ok_only=False)
+    except Exception as exc:  # noqa: BLE001 - readiness must answer even when the database does not
+        return SnapshotState(status="failed", error=f"cannot read the operations database: {client_safe(str(exc))}")
+    if latest is None:
+        return SnapshotState(status="none", error="no refresh yet: run `funnelcast refresh`")
+    out = SnapshotState(status=latest.status, error=latest.error)
+    if good is not None:
+        out = out.model_copy(update={"snapshot_id": good.id, "as_of": good.as_of, "refreshed_at": good.refreshed_at,
+                                     "age_seconds": good.age_seconds()})
+    return out
 
 
 @router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"])

@@ -3,7 +3,8 @@
 Scoring takes deal records as a CRM sends them (the opportunity, its stage history and
 activities inline, optionally its lead and account) and runs the same
 :meth:`models.deals.DealScorer.score` as ``funnelcast score opportunities``. The funnel and
-the forecast read the configured export (``FUNNELCAST_DATA``, else the sample), loaded once.
+the forecast answer from the latest scored snapshot (serving/refresh.py); parameters it did not
+store are computed on the export that snapshot read.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request, Response
 
 from features.contract import Export
-from serving.deps import AnalyticsSlotDep, DealModelDep, ExportDep, SettingsDep
+from models.registry import LoadedModel
+from serving.deps import AnalyticsSlotDep, DealModelDep, SettingsDep, configured_export
 from serving.errors import RequestProblem
 from serving.forecasting import forecast_payload
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
+from serving.refresh import snapshot_answer
 from serving.schemas.common import (
     ModelRef,
     OpportunityRecord,
@@ -123,18 +126,11 @@ def _stages(frame: pd.DataFrame) -> list[FunnelStage]:
     return out
 
 
-@router.get("/funnel", response_model=FunnelResponse, responses=error_responses(401, 422, 503),
-            dependencies=[AnalyticsSlotDep])
-def funnel(export: ExportDep,
-           as_of: Annotated[Timestamp | None, Query(description="End of the period (default: the export time)")] = None,
-           by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "none",
-           period_days: Annotated[int, Query(ge=7, le=730, description="Period length in days")] = 91) -> FunnelResponse:
-    """Stage-to-stage conversion, time in stage (median, p90), drop-off and expected value lost per
-    stage over the period, by group; the bottleneck stage and where it changed most."""
+def funnel_answer(export: Export, as_of: datetime | None = None, by: str = "none",
+                  period_days: int = 91) -> FunnelResponse:
+    """The funnel over ``export`` (what ``GET /v1/funnel`` answers; the refresh stores it)."""
     from models.funnel import funnel_report
 
-    if by not in GROUPINGS:
-        raise RequestProblem(f"unknown grouping {by!r}", [("by", f"one of {', '.join(GROUPINGS)}")])
     report = funnel_report(export, _as_of(as_of, export), period_days=period_days, by=by)
     if not report.bottleneck:  # no stage had a deal in the period: nothing to report on
         entered = export.stage_history["entered_at"]
@@ -147,24 +143,33 @@ def funnel(export: ExportDep,
                           stages=_stages(report.table), overall=_stages(report.overall))
 
 
-@router.get("/forecast", response_model=ForecastResponse | PeriodForecastResponse,
-            responses=error_responses(401, 422, 503), dependencies=[AnalyticsSlotDep])
-def forecast(model: DealModelDep, export: ExportDep,
-             as_of: Annotated[Timestamp | None, Query(description="Forecast time (default: the export time)")] = None,
-             horizon_days: Annotated[int | None, Query(ge=1, le=730, description="Default: the model's")] = None,
-             period: Annotated[str | None, Query(description="month or quarter: the calendar period holding as_of "
-                                                 "(won so far + open deals + new deals); without it, a rolling horizon")] = None,
-             by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "owner_id",
-             sims: Annotated[int, Query(ge=100, le=20000, description="Simulations")] = 5000,
-             seed: Annotated[int, Query(ge=0)] = 0) -> ForecastResponse | PeriodForecastResponse:
-    """Expected bookings per group (open pipeline + deals not yet created), P10/P50/P90 from
-    simulation, beside the CRM weighted pipeline and the reps' close dates: over a rolling
-    horizon, or (``period``) over the calendar month or quarter, with what is won so far, the
-    CRM forecast categories where the export has them and the roll-up by team."""
-    from models.forecast import PERIODS, forecast_bookings
-
+def _grouping(by: str) -> None:
     if by not in GROUPINGS:
         raise RequestProblem(f"unknown grouping {by!r}", [("by", f"one of {', '.join(GROUPINGS)}")])
+
+
+@router.get("/funnel", response_model=FunnelResponse, responses=error_responses(401, 422, 503),
+            dependencies=[AnalyticsSlotDep])
+def funnel(request: Request,
+           as_of: Annotated[Timestamp | None, Query(description="End of the period (default: the export time)")] = None,
+           by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "none",
+           period_days: Annotated[int, Query(ge=7, le=730, description="Period length in days")] = 91) -> FunnelResponse:
+    """Stage-to-stage conversion, time in stage (median, p90), drop-off and expected value lost per
+    stage over the period, by group; the bottleneck stage and where it changed most. Answered from
+    the latest scored snapshot (other parameters: computed on its export)."""
+    _grouping(by)
+    stored = snapshot_answer(request, "funnel", {"as_of": as_of, "by": by, "period_days": period_days})
+    if stored is not None:
+        return stored
+    return funnel_answer(configured_export(request.app.state), as_of, by, period_days)
+
+
+def forecast_answer(model: LoadedModel, export: Export, as_of: datetime | None = None, horizon_days: int | None = None,
+                    by: str = "owner_id", sims: int = 5000, seed: int = 0,
+                    period: str | None = None) -> ForecastResponse | PeriodForecastResponse:
+    """The forecast over ``export`` (what ``GET /v1/forecast`` answers; the refresh stores it)."""
+    from models.forecast import PERIODS, forecast_bookings
+
     t = _as_of(as_of, export)
     ref = ModelRef(name=model.name, version=model.version)
     if period is not None:
@@ -179,3 +184,26 @@ def forecast(model: DealModelDep, export: ExportDep,
     groups = [ForecastGroup(**{k: (str(v) if k == "group" else v) for k, v in r.items() if k in ForecastGroup.model_fields})
               for r in table.to_dict("records")]
     return ForecastResponse(as_of=t.to_pydatetime(), horizon_days=h, by=by, model=ref, groups=groups)
+
+
+@router.get("/forecast", response_model=ForecastResponse | PeriodForecastResponse,
+            responses=error_responses(401, 422, 503), dependencies=[AnalyticsSlotDep])
+def forecast(request: Request, model: DealModelDep,
+             as_of: Annotated[Timestamp | None, Query(description="Forecast time (default: the export time)")] = None,
+             horizon_days: Annotated[int | None, Query(ge=1, le=730, description="Default: the model's")] = None,
+             period: Annotated[str | None, Query(description="month or quarter: the calendar period holding as_of "
+                                                 "(won so far + open deals + new deals); without it, a rolling horizon")] = None,
+             by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "owner_id",
+             sims: Annotated[int, Query(ge=100, le=20000, description="Simulations")] = 5000,
+             seed: Annotated[int, Query(ge=0)] = 0) -> ForecastResponse | PeriodForecastResponse:
+    """Expected bookings per group (open pipeline + deals not yet created), P10/P50/P90 from
+    simulation, beside the CRM weighted pipeline and the reps' close dates: over a rolling
+    horizon, or (``period``) over the calendar month or quarter, with what is won so far, the
+    CRM forecast categories where the export has them and the roll-up by team. Answered from the
+    latest scored snapshot (other parameters: computed on its export)."""
+    _grouping(by)
+    params = {"as_of": as_of, "horizon_days": horizon_days, "by": by, "sims": sims, "seed": seed, "period": period}
+    stored = snapshot_answer(request, "forecast", params)
+    if stored is not None:
+        return stored
+    return forecast_answer(model, configured_export(request.app.state), **params)

@@ -113,6 +113,8 @@ def swap_in_registered(state: Any) -> tuple[dict[str, LoadedModel], dict[str, Lo
         errors.update({k: v for k, v in problems.items() if k not in swapped})
         state.models = swapped  # one assignment: a request sees the old dict or the new one
         state.load_errors = errors
+    if any(old.get(k) is not v for k, v in swapped.items()) and getattr(state, "after_models_swapped", None):
+        state.after_models_swapped()  # new champions: refresh the scored snapshot (serving/refresh.py)
     return old, swapped, problems
 
 

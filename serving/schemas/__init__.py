@@ -1,6 +1,7 @@
 """Request and response schemas of the API, named for their role and grouped per task:
 ``common`` (the contract's records, model reference, reason, error), ``leads``, ``deals``,
-``accounts`` and ``ops`` (health, models, reload, outcomes, performance)."""
+``accounts``, ``ops`` (health, models, reload, outcomes, performance) and ``live`` (snapshot,
+refresh, the score feed and history)."""
 
 from serving.schemas.accounts import AccountScoreRequest, AccountScoreResponse
 from serving.schemas.common import ErrorResponse, ModelRef, Reason, error_responses

@@ -128,19 +128,26 @@ class TraitsResponse(BaseModel):
 
 
 class WorkItem(BaseModel):
-    kind: str
+    kind: str = Field(description="lead, deal or account")
     id: str
+    name: str | None = Field(None, description="The entity's name, where the export has one")
     owner_id: str | None
     team: str | None
     score: float = Field(description="Probability (lead: converts; deal: won; account: high value)")
-    expected_value: float
+    previous_score: float | None = Field(None, description="The probability in the previous snapshot that had it")
+    trend: str = Field("not enough history", description="improving, steady, declining or not enough history")
+    expected_value: float = Field(description="Value still to be won (lead: P(converts) x first-deal value; deal: "
+                                  "P(won) x amount; account: next 12 months beyond booked value and open items)")
     effort: float
     value_per_effort: float
-    reasons: list[str]
+    reasons: list[str] = Field(description="What a rep can act on first (activity, stage, timing, fit)")
 
 
 class WorklistResponse(BaseModel):
     as_of: str
+    refreshed_at: str | None = Field(None, description="When the snapshot the list comes from was scored")
+    age_seconds: float | None = Field(None, description="Seconds since that snapshot was scored")
+    snapshot_id: int | None = None
     items: list[WorkItem]
     owners: list[str]
     teams: list[str]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from models.tasks import Task
+from serving.schemas.live import SnapshotState
 
 
 class ModelVersion(BaseModel):
@@ -50,6 +51,7 @@ class Readiness(BaseModel):
     reason: str | None = None
     tasks: dict[str, TaskReadiness] = Field(default_factory=dict, description="Every served task's state")
     data: DataReadiness | None = None
+    snapshot: SnapshotState | None = Field(None, description="The scored snapshot served (null: none yet)")
 
 
 class ReloadedModel(BaseModel):

@@ -101,7 +101,8 @@ def test_the_configured_export_is_loaded_once_for_funnel_forecast_and_worklist(l
         calls.append(args)
         return load_export(*args, **kwargs)
 
-    with patch("serving.deps.load_export", counted), \
+    # one refresh reads it (serving/refresh.py); answers it did not store are computed on that same copy
+    with patch("serving.refresh.load_export", counted), patch("serving.deps.load_export", counted), \
             TestClient(_make_app(tmp_path_factory, sample_dir, models), headers={"X-API-Key": KEY}) as c:
         assert c.get("/v1/funnel").status_code == 200
         assert c.get("/v1/forecast", params={"sims": 100}).status_code == 200

@@ -322,6 +322,7 @@ def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, o
             "ready": True, "models": {"lead_quality": mlflow_store["version"]}, "reason": None}
         assert ready["tasks"]["lead_quality"] == {"state": "loaded", "version": mlflow_store["version"], "reason": None}
         assert ready["tasks"]["stage_conversion"]["state"] == "not_registered"
+        assert ready["snapshot"]["status"] == "none"  # no refresh yet
         r = c.post("/v1/leads/score", json=_body(sample_export, leads.head(2), as_of))
         assert r.status_code == 200 and r.json()["model"]["version"] == mlflow_store["version"]
         models = c.get("/v1/models").json()["models"]

@@ -1,0 +1,268 @@
+"""Refresh: read the configured source, score everything open with the champions, store one snapshot.
+
+One refresh reads the export (``FUNNELCAST_DATA``, a folder or a SQL URL; else the sample) with
+bad rows skipped and reported, scores every open lead, open deal and owned account with the
+loaded models (:mod:`models.worklist`), compares each score with the entity's previous
+snapshots (trend, previous probability, new or changed for the feed), computes the funnel and
+forecast answers the API and the managers' page ask for, and stores all of it as one snapshot
+in one transaction (:mod:`serving.snapshots`). A refresh that fails is stored as a failed
+snapshot with its error; the API keeps serving the last good one.
+
+Entry points: ``funnelcast refresh`` (serving/cli.py), ``POST /v1/admin/refresh``, the schedule
+in ``serve`` (``FUNNELCAST_REFRESH_EVERY``), a model reload, and the first request of
+``/v1/worklist``, ``/v1/funnel`` or ``/v1/forecast`` when no snapshot exists yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from fastapi import Request
+
+from features.contract import Export
+from features.errors import FunnelcastError
+from features.io import load_export
+from features.settings import Settings
+from models.registry import LoadedModel
+from models.tasks import Task
+from models.worklist import WORK_COLUMNS, account_items, deal_items, lead_items, trend
+from serving.errors import RequestProblem
+from serving.snapshots import SnapshotRow, SnapshotStore, payload_key
+from serving.store import OperationsStore
+
+__all__ = ["RefreshResult", "Refresher", "configured_source", "refresh", "refresher", "snapshot_answer",
+           "latest_snapshot", "PAYLOADS"]
+
+log = logging.getLogger("funnelcast.refresh")
+
+#: The funnel and forecast answers stored with each snapshot: the routes' defaults and the groupings
+#: the managers' page uses (other parameters are computed when asked).
+PAYLOADS: dict[str, list[dict[str, Any]]] = {
+    "funnel": [{"as_of": None, "by": by, "period_days": 91} for by in ("none", "owner_id", "team", "industry", "product")],
+    "forecast": [{"as_of": None, "horizon_days": None, "by": by, "sims": sims, "seed": 0, "period": period}
+                 for by, sims, period in (("owner_id", 5000, None), ("owner_id", 2000, None), ("none", 5000, None),
+                                          ("team", 5000, None), ("owner_id", 2000, "quarter"),
+                                          ("owner_id", 2000, "month"))],
+}
+#: Without any good snapshot, a request runs a refresh again only this long after a failed one.
+RETRY_FAILED_SECONDS = 60.0
+_PARTS = ((Task.LEAD_QUALITY, "lead", "leads"), (Task.STAGE_CONVERSION, "deal", "deals"),
+          (Task.HIGH_VALUE, "account", "accounts"))
+
+
+def configured_source(settings: Settings) -> str:
+    """The CRM source a refresh reads: ``FUNNELCAST_DATA`` (folder or SQL URL), else the sample."""
+    return settings.data or str(settings.sample_export)
+
+
+@dataclass
+class RefreshResult:
+    status: str
+    source: str
+    store: str
+    snapshot_id: int | None = None
+    as_of: datetime | None = None
+    refreshed_at: datetime | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    bad_rows: int = 0
+    bad_rows_summary: str | None = None
+    duration_seconds: float = 0.0
+    error: str | None = None
+    data_problem: bool = False  # the error is the data's (a domain error), not the service's
+    export: Export | None = field(default=None, repr=False)
+
+
+def _scored(export: Export, models: Mapping[str, LoadedModel],
+            load_errors: Mapping[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """Every item the loaded models can score, with model and version; the parts left out, named."""
+    parts, missing = [], []
+    by_kind: dict[str, pd.DataFrame] = {}
+    for task, kind, label in _PARTS:
+        model = models.get(task.value)
+        if model is None:
+            why = load_errors.get(task.value, f"run `funnelcast train --task {task}`")
+            missing.append(f"{label}: no {task.value} model loaded ({why})")
+            continue
+        if kind == "account":
+            opened = pd.concat([by_kind.get("lead", pd.DataFrame(columns=WORK_COLUMNS)),
+                                by_kind.get("deal", pd.DataFrame(columns=WORK_COLUMNS))], ignore_index=True)
+            frame = account_items(export, model.scorer, export.exported_at, opened)
+        else:
+            build = lead_items if kind == "lead" else deal_items
+            frame = build(export, model.scorer, export.exported_at)
+        by_kind[kind] = frame
+        parts.append(frame.assign(model=model.name, version=str(model.version)))
+    parts = [p for p in parts if len(p)]
+    items = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*WORK_COLUMNS, "model", "version"])
+    teams = export.reps.set_index("owner_id")["team"] if export.reps is not None and "team" in export.reps else None
+    items["team"] = items["owner_id"].map(teams).astype(object) if teams is not None else None
+    return items, missing
+
+
+def _compared(items: pd.DataFrame, store: SnapshotStore, settings: Settings) -> pd.DataFrame:
+    """Each item with its trend over the previous snapshots and this one, its previous probability,
+    and whether it is new or changed for a CRM (score, grade, probability to 3 decimals, reasons)."""
+    before = store.previous(list(items["kind"].unique()) if len(items) else [], settings.trend_points - 1)
+    items = items.rename(columns={"id": "entity_id"})
+    history: dict[tuple[str, str], list[float]] = {}
+    last: dict[tuple[str, str], tuple] = {}
+    for r in before.itertuples(index=False):
+        key = (r.kind, r.entity_id)
+        history.setdefault(key, []).append(float(r.probability))
+        grade = r.grade if isinstance(r.grade, str) else None  # a database NULL reads back as NaN
+        last[key] = (int(r.score), grade, round(float(r.probability), 3), list(r.reasons))
+    trends, previous, changed = [], [], []
+    for r in items.itertuples(index=False):
+        key = (r.kind, r.entity_id)
+        past = history.get(key, [])
+        trends.append(trend([*past, float(r.probability)], settings.trend_points, settings.trend_threshold_points))
+        previous.append(past[-1] if past else None)
+        grade = r.grade if isinstance(r.grade, str) else None
+        changed.append(last.get(key) != (int(r.score), grade, round(float(r.probability), 3), list(r.reasons)))
+    items = items.assign(trend=trends, previous_probability=previous, changed=changed)
+    items["grade"] = [g if isinstance(g, str) else None for g in items["grade"]]
+    for c in ("name", "owner_id", "team"):
+        items[c] = [v if isinstance(v, str) else None for v in items[c]]
+    return items
+
+
+def _payloads(export: Export, models: Mapping[str, LoadedModel]) -> dict[str, Any]:
+    """The JSON of the funnel and forecast answers of :data:`PAYLOADS` (forecast: with a deal model)."""
+    from serving import routes_deals  # the routes compute the answers; they import this module for snapshots
+
+    out: dict[str, Any] = {}
+    for params in PAYLOADS["funnel"]:
+        out[payload_key("funnel", params)] = routes_deals.funnel_answer(export, **params).model_dump(mode="json")
+    deal_model = models.get(Task.STAGE_CONVERSION.value)
+    if deal_model is not None:
+        for params in PAYLOADS["forecast"]:
+            answer = routes_deals.forecast_answer(deal_model, export, **params)
+            out[payload_key("forecast", params)] = answer.model_dump(mode="json")
+    return out
+
+
+def refresh(settings: Settings, models: Mapping[str, LoadedModel], store: SnapshotStore,
+            load_errors: Mapping[str, str] | None = None, source: str | None = None) -> RefreshResult:
+    """Read the source, score, compare, compute the answers and store one snapshot (ok or failed)."""
+    source = source or configured_source(settings)
+    started, now = time.perf_counter(), datetime.now(UTC)
+    versions = {name: str(m.version) for name, m in models.items()}
+    result = RefreshResult(status="failed", source=source, store=store.ops.url, refreshed_at=now, models=versions)
+    try:
+        export, report = load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)
+        result.bad_rows = len(report.bad_rows)
+        result.bad_rows_summary = report.summary(limit=20) if report else None
+        items, result.missing = _scored(export, models, load_errors or {})
+        items = _compared(items, store, settings)
+        payloads = _payloads(export, models)
+        result.as_of, result.export = export.exported_at.to_pydatetime(), export
+        result.counts = {kind: int((items["kind"] == kind).sum()) for kind in ("lead", "deal", "account")}
+        result.counts["changed"] = int(items["changed"].sum())
+        result.status = "ok"
+    except Exception as exc:  # noqa: BLE001 - stored as a failed snapshot; the last good one stays served
+        result.data_problem = isinstance(exc, FunnelcastError)
+        if not result.data_problem:
+            log.exception("refresh from %s failed", source)
+        result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FunnelcastError) else str(exc)
+        items, payloads = None, None
+    result.duration_seconds = time.perf_counter() - started
+    row = {"as_of": result.as_of, "refreshed_at": now, "source": source, "status": result.status,
+           "error": result.error, "models": versions, "counts": result.counts, "missing": result.missing,
+           "bad_rows": result.bad_rows, "bad_rows_summary": result.bad_rows_summary,
+           "duration_seconds": result.duration_seconds}
+    result.snapshot_id = store.write(row, items, payloads)
+    return result
+
+
+# --- in the API -----------------------------------------------------------------------------------
+
+
+class Refresher:
+    """The app's refreshes: one at a time, against the app's loaded models and its operations store."""
+
+    def __init__(self, state: Any):
+        self.state = state
+        self.store = SnapshotStore(OperationsStore(state.settings.resolved_store_url()))
+        self.lock = threading.Lock()
+        self.frames: dict[int, pd.DataFrame] = {}  # a snapshot's scores, by snapshot id (new id: new frame)
+
+    def run(self, wait: bool = True) -> RefreshResult | None:
+        """Refresh now; with ``wait=False`` give up (``None``) when a refresh is already running."""
+        if not self.lock.acquire(blocking=wait):
+            return None
+        try:
+            result = refresh(self.state.settings, self.state.models, self.store, self.state.load_errors)
+            if result.export is not None:
+                self.state.configured_export = result.export  # the answers computed live read the same data
+            log.info("refresh %s: snapshot %s, %s in %.1f s", result.status, result.snapshot_id, result.counts,
+                     result.duration_seconds)
+            return result
+        finally:
+            self.lock.release()
+
+    def run_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, kwargs={"wait": True}, name="funnelcast-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    def scores(self, snapshot: SnapshotRow) -> pd.DataFrame:
+        frame = self.frames.get(snapshot.id)
+        if frame is None:
+            frame = self.store.scores(snapshot.id)
+            self.frames = {snapshot.id: frame}  # keep only the latest
+        return frame
+
+
+def refresher(state: Any) -> Refresher:
+    """The app's :class:`Refresher` (created with the app)."""
+    return state.refresher
+
+
+def latest_snapshot(state: Any) -> SnapshotRow:
+    """The latest good snapshot; when there is none yet, one refresh now (one at a time) or a 503."""
+    r = refresher(state)
+    snap = r.store.latest()
+    if snap is not None:
+        return snap
+    attempt = r.store.latest(ok_only=False)
+    if attempt is not None and attempt.age_seconds() < RETRY_FAILED_SECONDS:  # a request does not retry it at once
+        raise RequestProblem(f"no scored snapshot yet: the last refresh failed ({attempt.error}); fix it and run "
+                             "`funnelcast refresh`", status_code=503, headers={"Retry-After": "60"})
+    result = r.run(wait=False)
+    snap = r.store.latest()
+    if snap is not None:
+        return snap
+    if result is None:
+        raise RequestProblem("no scored snapshot yet: a refresh is running; retry in a minute, or run "
+                             "`funnelcast refresh`", status_code=503, headers={"Retry-After": "30"})
+    raise RequestProblem(f"no scored snapshot yet: the refresh failed ({result.error}); fix it and run "
+                         "`funnelcast refresh`", status_code=503, headers={"Retry-After": "60"})
+
+
+def snapshot_answer(request: Request, name: str, params: dict[str, Any]) -> Any | None:
+    """The stored answer of route ``name`` with ``params`` from the latest good snapshot (``None``:
+    not stored, compute it). Answers as of another time are never stored."""
+    if params.get("as_of") is not None:
+        return None
+    snap = latest_snapshot(request.app.state)
+    return refresher(request.app.state).store.payload(snap.id, payload_key(name, params))
+
+
+async def refresh_every(state: Any, seconds: float) -> None:
+    """Refresh at start and then every ``seconds`` (skipped while one runs); failures are stored, logged."""
+    while True:
+        try:
+            await asyncio.to_thread(refresher(state).run, False)
+        except Exception:  # noqa: BLE001 - the schedule must not stop the API
+            log.exception("scheduled refresh failed")
+        await asyncio.sleep(seconds)

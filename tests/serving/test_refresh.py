@@ -1,0 +1,209 @@
+"""Refresh against a live SQLite CRM: a new lead reaches the feed after ``POST /v1/admin/refresh``
+without a restart; the worklist, funnel and forecast answer from the snapshot; a failed refresh
+keeps the last good snapshot served and says why; the CLI, the schedule and a model reload."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from features.io import write_export
+from features.settings import Settings
+from models.registry import LoadedModel
+from serving import refresh as refresh_module
+from serving.app import create_app
+from serving.cli import _cmd_refresh
+
+KEY, ADMIN = "test-key", "admin-key"
+
+
+@pytest.fixture(scope="module")
+def deal_scorer(sample_export):
+    from training.deals import DealTrainConfig, build_deal_model
+
+    return build_deal_model(sample_export, DealTrainConfig(snapshot_every_days=28, seed=7),
+                            sample_export.exported_at).scorer
+
+
+@pytest.fixture(scope="module")
+def models(lead_scorer, deal_scorer):
+    return {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
+            "stage_conversion": LoadedModel("stage_conversion", "2", "champion", None, deal_scorer)}
+
+
+def _crm(sample_export, tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    write_export(sample_export, url)
+    return url
+
+
+def _settings(tmp_path, data: str) -> Settings:
+    return Settings(home=tmp_path / "home", api_keys=[KEY], admin_api_keys=[ADMIN], data=data,
+                    tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _insert_lead(url: str, sample_export, lead_id: str) -> None:
+    """A CRM user adds a lead: a row written straight into the source database."""
+    row = sample_export.leads.iloc[[0]].copy()
+    at = sample_export.exported_at - pd.Timedelta(hours=1)
+    # the format SQLAlchemy wrote the export's timestamps in (naive UTC)
+    row = row.assign(lead_id=lead_id, created_at=at.tz_convert(None).strftime("%Y-%m-%d %H:%M:%S.%f"), converted_at=None, disqualified_at=None,
+                     opportunity_id=None)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        row.astype(object).where(row.notna(), None).to_sql("leads", conn, if_exists="append", index=False)
+    engine.dispose()
+
+
+def test_a_lead_inserted_into_the_crm_appears_in_the_feed_after_an_admin_refresh(sample_export, models, tmp_path):
+    url = _crm(sample_export, tmp_path)
+    app = create_app(_settings(tmp_path, url), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        first = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN})
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert body["status"] == "ok" and body["source"] == url and body["counts"]["lead"] > 0
+        assert body["counts"]["deal"] > 0 and any(m.startswith("accounts:") for m in body["missing"])
+        since = datetime.now(UTC)
+        _insert_lead(url, sample_export, "L-NEW-1")
+        second = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN}).json()
+        assert second["counts"]["lead"] == body["counts"]["lead"] + 1
+        feed = c.get("/v1/scores", params={"since": since.isoformat(), "kind": "lead", "limit": 5000}).json()
+        ids = [s["id"] for s in feed["scores"]]
+        assert "L-NEW-1" in ids and feed["next_page_token"] is None
+        new = next(s for s in feed["scores"] if s["id"] == "L-NEW-1")
+        assert new["snapshot_id"] == second["snapshot_id"] and new["model_version"] == "1"
+        assert new["trend"] == "not enough history" and new["previous_probability"] is None
+        assert 0 <= new["score"] <= 100 and new["grade"] in "ABCD"
+        assert len(ids) == len(set(ids)) and len(ids) < second["counts"]["lead"]  # changed ones only
+        every_kind = c.get("/v1/scores", params={"since": since.isoformat(), "limit": 5000}).json()["scores"]
+        assert not [s for s in every_kind if s["kind"] == "deal"]  # the deals did not change (no grade: NULL)
+        for path, params in (("/v1/worklist", {}), ("/v1/funnel", {}), ("/v1/forecast", {"by": "owner_id"})):
+            start = time.perf_counter()
+            r = c.get(path, params=params)
+            assert r.status_code == 200, r.text
+            assert time.perf_counter() - start < 1.0, path
+        w = c.get("/v1/worklist", params={"limit": 1000}).json()
+        assert w["snapshot_id"] == second["snapshot_id"] and w["age_seconds"] >= 0 and w["refreshed_at"]
+        assert "L-NEW-1" in {i["id"] for i in w["items"]}
+        ready = c.get("/readyz").json()["snapshot"]
+        assert ready["snapshot_id"] == second["snapshot_id"] and ready["status"] == "ok" and ready["error"] is None
+        assert pd.Timestamp(ready["as_of"]) == sample_export.exported_at
+
+
+def test_a_failed_refresh_keeps_the_last_good_snapshot_served_and_says_why(sample_export, models, tmp_path):
+    url = _crm(sample_export, tmp_path)
+    app = create_app(_settings(tmp_path, url), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        good = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN}).json()
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE leads"))
+        engine.dispose()
+        r = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN})
+        assert r.status_code == 422 and "leads" in r.json()["detail"] and "last good snapshot" in r.json()["detail"]
+        ready = c.get("/readyz").json()["snapshot"]
+        assert ready["status"] == "failed" and "leads" in ready["error"]
+        assert ready["snapshot_id"] == good["snapshot_id"]
+        w = c.get("/v1/worklist")
+        assert w.status_code == 200 and w.json()["snapshot_id"] == good["snapshot_id"]
+        assert c.get("/v1/funnel").status_code == 200
+
+
+def test_admin_refresh_needs_an_admin_key(sample_dir, models, tmp_path):
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app) as c:
+        assert c.post("/v1/admin/refresh", headers={"X-API-Key": KEY}).status_code == 403
+        assert c.post("/v1/admin/refresh").status_code == 401
+
+
+def test_the_first_request_without_a_snapshot_runs_one_refresh(sample_dir, models, tmp_path):
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        assert c.get("/readyz").json()["snapshot"]["status"] == "none"
+        assert c.get("/v1/worklist").status_code == 200
+        assert c.get("/v1/funnel").status_code == 200
+        assert app.state.refresher.store.count() == 1
+
+
+def test_without_a_snapshot_a_failing_source_answers_503_naming_the_command(models, tmp_path):
+    app = create_app(_settings(tmp_path, str(tmp_path / "no-such-export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        r = c.get("/v1/worklist")
+        assert r.status_code == 503 and "funnelcast refresh" in r.json()["detail"]
+        assert "no-such-export" in r.json()["detail"]
+        again = c.get("/v1/funnel")  # right after a failed refresh, requests do not retry it
+        assert again.status_code == 503 and "no-such-export" in again.json()["detail"]
+        assert app.state.refresher.store.count() == 1
+
+
+def test_a_refresh_already_running_makes_the_first_request_503_not_a_second_refresh(sample_dir, models, tmp_path):
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        with app.state.refresher.lock:  # a refresh holds the lock
+            r = c.get("/v1/worklist")
+        assert r.status_code == 503 and "running" in r.json()["detail"] and r.headers["Retry-After"]
+        assert app.state.refresher.store.count() == 0
+
+
+def test_a_model_reload_refreshes_the_snapshot_with_the_new_version(sample_dir, models, tmp_path):
+    from serving.routes_ops import swap_in_registered
+
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN})
+        newer = LoadedModel("lead_quality", "5", "champion", None, models["lead_quality"].scorer)
+        app.state.model_loader = lambda: ({"lead_quality": newer}, {})
+        threads = []
+        app.state.after_models_swapped = lambda: threads.append(app.state.refresher.run_in_background())
+        swap_in_registered(app.state)
+        assert len(threads) == 1
+        threads[0].join(timeout=120)
+        snap = app.state.refresher.store.latest()
+        assert snap.models["lead_quality"] == "5"
+        w = c.get("/v1/worklist", params={"limit": 1000, "effort_deal": 1000}).json()
+        assert w["snapshot_id"] == snap.id
+        swap_in_registered(app.state)  # the same versions again: no refresh
+        assert len(threads) == 1
+
+
+def test_cli_refresh_prints_store_source_counts_and_fails_non_zero(sample_dir, tmp_path, capsys, monkeypatch, models):
+    monkeypatch.setattr("serving.app.load_models", lambda settings: (dict(models), {}))
+    settings = _settings(tmp_path, str(sample_dir / "export"))
+    assert _cmd_refresh(argparse.Namespace(data=None), settings) == 0
+    out = capsys.readouterr().out
+    assert settings.resolved_store_url() in out and str(sample_dir / "export") in out
+    assert "leads" in out and "deals" in out and "as of" in out and " s" in out
+    assert _cmd_refresh(argparse.Namespace(data=str(tmp_path / "gone")), settings) == 1
+    err = capsys.readouterr().err
+    assert "refresh failed" in err and "gone" in err
+
+
+def test_the_schedule_refreshes_at_start(sample_dir, models, tmp_path, monkeypatch):
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+
+    class Stop(Exception):
+        pass
+
+    async def stop(_seconds):
+        raise Stop
+
+    monkeypatch.setattr(refresh_module.asyncio, "sleep", stop)
+    with pytest.raises(Stop):
+        asyncio.run(refresh_module.refresh_every(app.state, 900))
+    assert app.state.refresher.store.latest().status == "ok"
+
+
+def test_refresh_every_takes_seconds_or_a_duration():
+    assert Settings(refresh_every="15m").refresh_every == 900
+    assert Settings(refresh_every="2h").refresh_every == 7200
+    assert Settings(refresh_every=30).refresh_every == 30
+    with pytest.raises(ValueError, match="soon"):
+        Settings(refresh_every="soon")
