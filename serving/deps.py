@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -134,10 +135,12 @@ def get_configured_export(request: Request) -> Export:
 ExportDep = Annotated[Export, Depends(get_configured_export)]
 
 
-def analytics_slot(request: Request) -> Iterator[None]:
-    """A slot of the expensive analytics (funnel, forecast, worklist) for this request; 503 with
-    Retry-After when ``FUNNELCAST_ANALYTICS_CONCURRENCY`` of them are already running."""
-    guard = request.app.state.analytics
+@contextmanager
+def analytics_slot(state: Any) -> Iterator[None]:
+    """A slot of the expensive analytics (funnel, forecast computed on the export, not read from a
+    snapshot); 503 with Retry-After when ``FUNNELCAST_ANALYTICS_CONCURRENCY`` of them are already
+    running. Answers read from the latest scored snapshot take no slot: they cost milliseconds."""
+    guard = state.analytics
     try:
         guard.acquire()
     except Busy as exc:
@@ -147,7 +150,3 @@ def analytics_slot(request: Request) -> Iterator[None]:
         yield
     finally:
         guard.release()
-
-
-#: ``dependencies=[AnalyticsSlotDep]`` on an expensive route.
-AnalyticsSlotDep = Depends(analytics_slot)

@@ -36,6 +36,7 @@ from models.tasks import Task
 from models.worklist import WORK_COLUMNS, account_items, deal_items, lead_items, trend
 from serving.errors import RequestProblem
 from serving.snapshots import SnapshotRow, SnapshotStore, payload_key
+from serving.deps import state_cached
 from serving.store import OperationsStore
 
 __all__ = ["RefreshResult", "Refresher", "configured_source", "refresh", "refresher", "snapshot_answer",
@@ -192,7 +193,8 @@ class Refresher:
 
     def __init__(self, state: Any):
         self.state = state
-        self.store = SnapshotStore(OperationsStore(state.settings.resolved_store_url()))
+        # the one operations store of the app (outcomes and served scores use it too)
+        self.store = SnapshotStore(state_cached(state, "ops_store", lambda: OperationsStore(state.settings.resolved_store_url())))
         self.lock = threading.Lock()
         self.frames: dict[int, pd.DataFrame] = {}  # a snapshot's scores, by snapshot id (new id: new frame)
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 
 from features.contract import Export
 from models.allocation import AllocationError, allocate
-from serving.deps import AnalyticsSlotDep, HighValueModelDep, SettingsDep
+from serving.deps import HighValueModelDep, SettingsDep
 from serving.errors import RequestProblem
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
 from serving.refresh import latest_snapshot, refresher
@@ -131,8 +131,7 @@ def _num(v: object) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-@router.get("/worklist", response_model=WorklistResponse, responses=error_responses(401, 422, 503),
-            dependencies=[AnalyticsSlotDep])
+@router.get("/worklist", response_model=WorklistResponse, responses=error_responses(401, 422, 503))
 def worklist(request: Request,
              owner: Annotated[str | None, Query(description="Only this owner's items")] = None,
              team: Annotated[str | None, Query(description="Only this team's items")] = None,

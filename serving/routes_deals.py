@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from features.contract import Export
 from models.registry import LoadedModel
-from serving.deps import AnalyticsSlotDep, DealModelDep, SettingsDep, configured_export
+from serving.deps import DealModelDep, SettingsDep, analytics_slot, configured_export
 from serving.errors import RequestProblem
 from serving.forecasting import forecast_payload
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
@@ -148,8 +148,7 @@ def _grouping(by: str) -> None:
         raise RequestProblem(f"unknown grouping {by!r}", [("by", f"one of {', '.join(GROUPINGS)}")])
 
 
-@router.get("/funnel", response_model=FunnelResponse, responses=error_responses(401, 422, 503),
-            dependencies=[AnalyticsSlotDep])
+@router.get("/funnel", response_model=FunnelResponse, responses=error_responses(401, 422, 503))
 def funnel(request: Request,
            as_of: Annotated[Timestamp | None, Query(description="End of the period (default: the export time)")] = None,
            by: Annotated[str, Query(description="none, owner_id, team, industry or product")] = "none",
@@ -161,7 +160,8 @@ def funnel(request: Request,
     stored = snapshot_answer(request, "funnel", {"as_of": as_of, "by": by, "period_days": period_days})
     if stored is not None:
         return stored
-    return funnel_answer(configured_export(request.app.state), as_of, by, period_days)
+    with analytics_slot(request.app.state):
+        return funnel_answer(configured_export(request.app.state), as_of, by, period_days)
 
 
 def forecast_answer(model: LoadedModel, export: Export, as_of: datetime | None = None, horizon_days: int | None = None,
@@ -187,7 +187,7 @@ def forecast_answer(model: LoadedModel, export: Export, as_of: datetime | None =
 
 
 @router.get("/forecast", response_model=ForecastResponse | PeriodForecastResponse,
-            responses=error_responses(401, 422, 503), dependencies=[AnalyticsSlotDep])
+            responses=error_responses(401, 422, 503))
 def forecast(request: Request, model: DealModelDep,
              as_of: Annotated[Timestamp | None, Query(description="Forecast time (default: the export time)")] = None,
              horizon_days: Annotated[int | None, Query(ge=1, le=730, description="Default: the model's")] = None,
@@ -206,4 +206,5 @@ def forecast(request: Request, model: DealModelDep,
     stored = snapshot_answer(request, "forecast", params)
     if stored is not None:
         return stored
-    return forecast_answer(model, configured_export(request.app.state), **params)
+    with analytics_slot(request.app.state):
+        return forecast_answer(model, configured_export(request.app.state), **params)

@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 
 from features.errors import FunnelcastError
-from serving.store import OperationsStore, served_scores
+from serving.store import OperationsStore, create_tables, served_scores
 
 __all__ = ["SnapshotStore", "SnapshotRow", "BadPageToken", "KINDS", "snapshots", "snapshot_scores",
            "snapshot_payloads", "payload_key"]
@@ -160,7 +160,7 @@ class SnapshotStore:
         engine = self.ops.engine
         with self._lock:
             if not self._ready:
-                _meta.create_all(engine)  # checkfirst: only the tables not there yet
+                create_tables(engine)  # only the tables not there yet
                 self._ready = True
         return engine
 

@@ -40,7 +40,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 #: Outcomes that count as the positive class of their task.
 POSITIVE = {"converted", "won"}
@@ -92,6 +92,23 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+_create_lock = threading.Lock()
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the operations tables not there yet. Stores of one process opening the same database
+    take turns; another process creating a table between the check and the CREATE (``already
+    exists``) is waited out by checking again."""
+    with _create_lock:
+        for attempt in range(3):
+            try:
+                _meta.create_all(engine)  # checkfirst
+                return
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                if not any(w in str(exc) for w in ("already exists", "duplicate key")) or attempt == 2:
+                    raise
+
+
 class OperationsStore:
     """Served scores and outcomes in one database; the engine is created on first use."""
 
@@ -109,7 +126,7 @@ class OperationsStore:
                 self._engine = create_engine(self.url, future=True)
                 if self._engine.dialect.name == "sqlite":
                     event.listen(self._engine, "connect", _sqlite_wal)
-                _meta.create_all(self._engine)
+                create_tables(self._engine)
             return self._engine
 
     def record_scores(self, task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> None:

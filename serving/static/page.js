@@ -8,11 +8,16 @@ const UNASSIGNED = "unassigned";
 const TRENDS = {improving: ["▲", "improving"], declining: ["▼", "declining"], steady: ["▶", "steady"]};
 const state = {forecast: null};
 
-async function api(path) {
-  const r = await fetch(path, {headers: {"X-API-Key": $("key").value}});
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.detail || r.status);
-  return body;
+async function api(path, tries = 8) {
+  // a 503 with Retry-After (the first scored snapshot being built, or the server busy) is waited out
+  for (let i = 0; ; i++) {
+    const r = await fetch(path, {headers: {"X-API-Key": $("key").value}});
+    const body = await r.json().catch(() => ({}));
+    if (r.ok) return body;
+    const wait = Number(r.headers.get("Retry-After"));
+    if (r.status !== 503 || !wait || i + 1 >= tries) throw new Error(body.detail || r.status);
+    await new Promise((done) => setTimeout(done, Math.min(wait, 5) * 1000));
+  }
 }
 
 function setState(id, text, cls = "note") { const el = $(id); el.className = cls; el.textContent = text; }
