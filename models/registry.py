@@ -80,7 +80,8 @@ def alias_versions(client: MlflowClient, names: list[str], alias: str = "champio
 
 
 def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every registered version of ``name``: aliases, training window, metrics, params.
+    """Every complete registered version of ``name`` (not those tagged ``incomplete`` by an
+    interrupted training): aliases, training window, metrics, params.
 
     A version whose run cannot be read has empty metrics and says why in ``run_error`` (None
     when the run was read), and a warning is logged: its metrics are unknown, not absent."""
@@ -92,7 +93,8 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     except MlflowException:
         return []
     out = []
-    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+    complete = [mv for mv in versions if (mv.tags or {}).get("incomplete") != "true"]  # interrupted trainings
+    for mv in sorted(complete, key=lambda v: int(v.version), reverse=True):
         metrics: dict[str, float] = {}
         params: dict[str, str] = {}
         run_error = None if mv.run_id else "the version has no training run"

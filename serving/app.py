@@ -14,9 +14,14 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from pathlib import Path
+
+import swagger_ui
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from features.errors import FunnelcastError, ModelNotAvailable
 from features.settings import Settings, StoreNotFound, get_settings
@@ -80,6 +85,23 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     return models, problems
 
 
+#: Swagger UI's files, from the installed swagger-ui-py package (no CDN: /docs works offline).
+SWAGGER_UI_FILES = Path(swagger_ui.__file__).parent / "static"
+
+
+def _local_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from the installed package (FastAPI's "self-hosting
+    JavaScript and CSS for docs"), so it renders where there is no internet."""
+    app.mount("/docs-static", StaticFiles(directory=SWAGGER_UI_FILES), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui_html() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
+
+
 def _json_access_log() -> None:
     """Access lines are JSON already: print them as they are, once."""
     access = logging.getLogger("funnelcast.access")
@@ -120,7 +142,10 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
             "(data contract v1); every error names the field path and the reason."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from local files below, not a CDN
+        redoc_url=None,  # ReDoc loads from a CDN only
     )
+    _local_docs(app)
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
     app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads

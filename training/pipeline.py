@@ -11,6 +11,7 @@ champion; later ones wait as challenger for ``funnelcast promote``.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,21 @@ def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: s
             _write_report(result, cfg, d / "artifacts")
             for part in sorted(p for p in (d / "artifacts").iterdir() if p.is_dir()):
                 mlflow.log_artifacts(str(part), artifact_path=part.name)
-            version = _log_model(scorer, result.snapshots, d)
-        result.aliases = _register(client, scorer, version, alias, challenger_alias)
+            try:
+                version = _log_model(scorer, result.snapshots, d)
+                result.aliases = _register(client, scorer, version, alias, challenger_alias)
+            except BaseException as exc:  # interrupted or failed: no version of this run may look complete
+                _mark_incomplete(client, scorer.task, run.info.run_id)
+                mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                raise
         result.run_id, result.version = run.info.run_id, version
     return result
+
+
+def _mark_incomplete(client: MlflowClient, name: str, run_id: str) -> None:
+    """Tag every version registered from ``run_id`` ``incomplete`` (``/v1/models`` leaves them out)."""
+    try:
+        for mv in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            client.set_model_version_tag(name, mv.version, "incomplete", "true")
+    except Exception:  # noqa: BLE001 - the original error is what the caller must see
+        logging.getLogger(__name__).exception("could not tag the versions of run %s incomplete", run_id)

@@ -54,7 +54,12 @@ def _body(sample_export, leads, as_of) -> dict:
 def test_health_and_docs_need_no_key(client):
     anon = TestClient(client.app)
     assert anon.get("/healthz").json() == {"status": "ok"}
-    assert anon.get("/docs").status_code == 200
+    docs = anon.get("/docs")
+    assert docs.status_code == 200 and "http" not in docs.text  # no CDN: every asset is served by the API
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text and "/openapi.json" in docs.text
+    js = anon.get("/docs-static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and "isOAS31" in js.text  # Swagger UI 5: renders FastAPI's OpenAPI 3.1
+    assert anon.get("/docs-static/swagger-ui.css").status_code == 200
     schema = anon.get("/openapi.json").json()
     assert "/v1/leads/score" in schema["paths"]
 

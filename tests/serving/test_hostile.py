@@ -312,3 +312,29 @@ def test_readyz_counts_the_rows_of_the_export_served(client, sample_export):
     assert data["state"] == "readable"
     assert data["rows"]["opportunities"] == len(sample_export.opportunities)
     assert data["rows"]["leads"] == len(sample_export.leads)
+
+
+# ------------------------------------------------------------------ interrupted training
+def test_an_interrupted_training_ends_its_run_killed_and_its_version_is_not_listed(trained, train_config, tmp_path,
+                                                                                  monkeypatch):
+    import training.pipeline
+    from models.registry import configure, describe_versions
+    from training.pipeline import log_and_register
+
+    client = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    kwargs = dict(experiment="interrupted", artifact_location=(tmp_path / "a").as_uri(), cfg=train_config,
+                  data_source="sample")
+    first = log_and_register(trained, client, **kwargs)
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.pipeline, "_register", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        log_and_register(trained, client, **kwargs)
+    versions = client.search_model_versions("name = 'lead_quality'")
+    assert len(versions) == 2
+    broken = next(v for v in versions if v.version != first.version)
+    assert broken.tags.get("incomplete") == "true" and not broken.aliases
+    assert client.get_run(broken.run_id).info.status == "KILLED"
+    assert [v["version"] for v in describe_versions(client, "lead_quality")] == [first.version]
