@@ -609,7 +609,7 @@ def deal_candidates(model: DealScorer, snapshots: Snapshots, split: Split, cfg: 
             m = {}
         table[name] = {"role": "model", "layout": c.timing_layout, "lgbm": c.timing_lgbm,
                        **choice["candidates"].get(name, {}), "chosen": name == choice["chosen"], **m}
-    table["stage_win_rate"] = {"role": "baseline", "chosen": False,
+    table["stage"] = {"role": "baseline", "chosen": False,
                                **win_scores(outcomes, frame["stage_win_rate"].to_numpy(),
                                             frame["stage_win_rate"].to_numpy())}
     for name, (baseline, figures) in win_baselines(snaps, spec, E, cfg).items():
