@@ -73,8 +73,8 @@ def _candidate_metrics(result: TrainResult) -> dict[str, float]:
         if f"{prefix}_{name}" == own:
             continue
         for k, v in row.items():
-            if k not in ("role", "chosen") and isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) \
-                    and np.isfinite(v):
+            # the evaluation window's figures only (validation figures and settings: report/candidates.csv)
+            if k in result.metrics and isinstance(v, (int, float, np.floating)) and np.isfinite(v):
                 out[f"{prefix}_{name}_{k}"] = float(v)
     return out
 
