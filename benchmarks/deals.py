@@ -72,6 +72,12 @@ def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True, 
     for as_of in tqdm(sorted(truth["as_of"].unique()), desc="truth origins", disable=not progress):
         as_of = pd.Timestamp(as_of)
         scorer = fit_deal_scorer(export, snaps, spec, as_of, cfg, surrogate=False)
+        choice = scorer.metadata.get("timing_choice") or {}
+        if progress:
+            tqdm.write(f"{as_of.date()}: timing candidate {choice.get('chosen', cfg.timing_layout)} (validation "
+                       f"{choice.get('window', 'n/a')}): " + ", ".join(
+                           f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
+                           for k, v in choice.get("candidates", {}).items()))
         opps = export.opportunities.set_index("opportunity_id")
         t = truth[truth["as_of"] == as_of]
         scored = scorer.score(opps.loc[t["opportunity_id"]].reset_index(), export.stage_history, export.activities,

@@ -51,8 +51,9 @@ LEAKS = ("close_value", "lead_close_value")  # 0 for lost deals: set after the o
 ORIGINS = ("2017-07-01", "2017-08-01", "2017-09-01", "2017-10-01", "2017-11-01")
 
 
-def deal_config(seed: int = 0, timing_layout: str = "competing_risks", **more: Any) -> DealTrainConfig:
-    """30-day horizon, weekly snapshots; 14 months of history leave 42-day calibration windows."""
+def deal_config(seed: int = 0, timing_layout: str | None = None, **more: Any) -> DealTrainConfig:
+    """30-day horizon, weekly snapshots; 14 months of history leave 42-day calibration windows;
+    the timing layout and LightGBM rung chosen per fit on the validation window (``None``)."""
     return DealTrainConfig(horizon_days=30, snapshot_every_days=7, eval_days=42, calib_days=42, warmup_days=30,
                            exclude=LEAKS, seed=seed, timing_layout=timing_layout, **more)
 
@@ -75,6 +76,12 @@ def deal_win(export: Export, origins: list[pd.Timestamp], cfg: DealTrainConfig,
     rows = []
     for origin in tqdm(origins, desc="deal-win origins", disable=not progress, unit="origin"):
         scorer = fit_deal_scorer(export, snaps, spec, origin, cfg, surrogate=False)
+        choice = scorer.metadata.get("timing_choice") or {}
+        if progress:
+            tqdm.write(f"{origin.date()}: timing candidate {choice.get('chosen', cfg.timing_layout)} (validation "
+                       f"{choice.get('window', 'n/a')}{'; ' + choice['note'] if choice.get('note') else ''}): "
+                       + ", ".join(f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
+                                   for k, v in choice.get("candidates", {}).items()))
         now = snaps[snaps["as_of"] == origin]
         pred = scorer.predict(now[cols])
         # the logistic regression learns P(won) from earlier snapshots whose outcome was known at the origin
@@ -121,8 +128,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-backtest", action="store_true", help="only the deal-win comparison")
     ap.add_argument("--skip-deal-win", action="store_true", help="only the forecast backtest")
-    ap.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default="competing_risks",
-                    help="the deal timing model (as `funnelcast train --task stage_conversion --timing-layout`)")
+    ap.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default=None,
+                    help="the deal timing model (as `funnelcast train --task stage_conversion --timing-layout`; default: chosen per fit)")
     ap.add_argument("--config", default="{}", help="more DealTrainConfig fields as JSON, e.g. "
                     '\'{"timing_calibration": "platt"}\'')
     args = ap.parse_args()

@@ -25,6 +25,7 @@ Expected value = P(won) x amount (the last known amount, else predicted from sim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,26 @@ def capped_hazards(win: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.nd
         return win, loss
     scale = np.where(over, 1.0 / np.where(over, total, 1.0), 1.0)
     return win * scale, loss * scale
+
+
+def timing_distribution(win_hazard: Any, loss_hazard: Any, X: pd.DataFrame, n_periods: int) -> np.ndarray:
+    """``(n, n_periods + 1)``: P(won in each period after as_of) from a pair of hazards (see
+    :func:`win_mass`); what :meth:`DealScorer.win_distribution` and the timing candidates use."""
+    n, J = len(X), n_periods
+    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
+    win = win_hazard.predict_proba(big).reshape(n, J)
+    loss = loss_hazard.predict_proba(big).reshape(n, J)
+    return win_mass(win, loss)
+
+
+def mass_within(mass: np.ndarray, days: float, period_days: float, n_periods: int) -> np.ndarray:
+    """P(won within ``days``) from a :func:`timing_distribution` (a partial period pro rata)."""
+    k = min(days / period_days, float(n_periods))
+    full = int(np.floor(k))
+    out = mass[:, :full].sum(axis=1)
+    if full < n_periods:
+        out = out + (k - full) * mass[:, full]
+    return out
 
 
 @dataclass
@@ -154,20 +175,11 @@ class DealScorer(Scorer):
     # ------------------------------------------------------------------ predictions
     def win_distribution(self, X: pd.DataFrame) -> np.ndarray:
         """``(n, n_periods + 1)``: P(won in each period after as_of), the last column beyond them."""
-        n, J = len(X), self.n_periods
-        big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
-        win = self.win_hazard.predict_proba(big).reshape(n, J)
-        loss = self.loss_hazard.predict_proba(big).reshape(n, J)
-        return win_mass(win, loss)
+        return timing_distribution(self.win_hazard, self.loss_hazard, X, self.n_periods)
 
     def within(self, mass: np.ndarray, days: float) -> np.ndarray:
         """P(won within ``days``) from :meth:`win_distribution` (a partial period pro rata)."""
-        k = min(days / self.period_days, float(self.n_periods))
-        full = int(np.floor(k))
-        out = mass[:, :full].sum(axis=1)
-        if full < self.n_periods:
-            out = out + (k - full) * mass[:, full]
-        return out
+        return mass_within(mass, days, self.period_days, self.n_periods)
 
     def predict(self, X: pd.DataFrame, horizon_days: float | None = None) -> pd.DataFrame:
         """P(won), P(won within the horizon), P(next stage within the model's horizon), expected
@@ -266,3 +278,80 @@ def score_open_deals(
     scored = scorer.score(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of,
                           n_reasons=n_reasons, horizon_days=horizon_days)
     return scored, opps
+
+
+# ---------------------------------------------------------------------- plain baselines of P(won)
+_MISSING = "(missing)"
+
+
+def _plain_columns(X: pd.DataFrame, categorical: list[str]) -> tuple[list[str], list[str]]:
+    cats = [c for c in X.columns if c in categorical]
+    return [c for c in X.columns if c not in cats], cats
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype("str").where(frame.notna(), _MISSING).astype(object)
+
+
+class PlainLogisticRegression:
+    """The best plain logistic regression of P(won) on the deal features, a baseline the deal models
+    must beat: numerics median-imputed (with a missing indicator), standardised; categories one-hot
+    (values seen fewer than ``min_frequency`` times pooled, unseen ones all-zero); L2 penalty ``C``
+    (chosen on the validation window by the caller); no class weights (they would trade
+    calibration for nothing a ranking needs). scikit-learn's pipeline, not a hand-rolled one."""
+
+    def __init__(self, categorical: list[str], C: float = 1.0, min_frequency: int = 20):
+        self.categorical, self.C, self.min_frequency = list(categorical), C, min_frequency
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> PlainLogisticRegression:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+        num, cats = _plain_columns(X, self.categorical)
+        prep = ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                                  StandardScaler()), num),
+            ("cat", make_pipeline(FunctionTransformer(_as_text),
+                                  OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=self.min_frequency)),
+             cats),
+        ])
+        self.model_ = make_pipeline(prep, LogisticRegression(C=self.C, max_iter=2000)).fit(
+            X.astype({c: float for c in num}), np.asarray(y, dtype=int))
+        self.numeric_ = num
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict_proba(X.astype({c: float for c in self.numeric_}))[:, 1]
+
+
+class BinnedNaiveBayes:
+    """Naive Bayes (Odoo's method) of P(won) over every deal feature: categories as they are,
+    numerics cut at the training rows' quintiles (missing its own value), Laplace smoothing
+    ``alpha`` (chosen on the validation window by the caller); ``models.baselines.NaiveBayesLeadScore``
+    does the counting."""
+
+    def __init__(self, categorical: list[str], alpha: float = 1.0, bins: int = 5):
+        self.categorical, self.alpha, self.bins = list(categorical), alpha, bins
+
+    def _binned(self, X: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for c, edges in self.edges_.items():
+            v = X[c].to_numpy(dtype=float, na_value=np.nan)
+            out[c] = np.where(np.isnan(v), _MISSING, np.searchsorted(edges, v, side="right").astype(str))
+        return X.assign(**{c: pd.Series(v, index=X.index, dtype=object) for c, v in out.items()})
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> BinnedNaiveBayes:
+        from models.baselines import NaiveBayesLeadScore
+
+        num, _ = _plain_columns(X, self.categorical)
+        qs = np.linspace(0, 1, self.bins + 1)[1:-1]
+        self.edges_ = {c: np.unique(np.nanquantile(X[c].to_numpy(dtype=float, na_value=np.nan), qs))
+                       if X[c].notna().any() else np.array([]) for c in num}
+        self.model_ = NaiveBayesLeadScore(list(X.columns), alpha=self.alpha).fit(self._binned(X), y)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict_proba(self._binned(X))

@@ -59,13 +59,26 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise ModelNotAvailable(name, f"no version has the alias {alias!r} yet; run `funnelcast train --task {name}`") from exc
+        raise ModelNotAvailable(name, _why_no_alias(client, name, alias)) from exc
     # models:/ URIs resolve through MLflow's global URIs: point them at this client's store
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
     scorer = model.unwrap_python_model().scorer
     return LoadedModel(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, scorer=scorer)
+
+
+def _why_no_alias(client: MlflowClient, name: str, alias: str) -> str:
+    """Why ``name`` has no ``alias``: never trained, or its version refused by the baseline floor."""
+    try:
+        refused = [mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get("floor") == "refused"]
+    except MlflowException:
+        refused = []
+    if refused:
+        mv = max(refused, key=lambda v: int(v.version))
+        return (f"version {mv.version} was not made {alias!r} by the baseline floor ({mv.tags.get('floor_reason', '')}); "
+                f"`funnelcast promote --task {name} --force` makes it champion, or retrain on more history")
+    return f"no version has the alias {alias!r} yet; run `funnelcast train --task {name}`"
 
 
 def alias_versions(client: MlflowClient, names: list[str], alias: str = "champion") -> dict[str, str]:

@@ -54,6 +54,9 @@ class TrainResult:
     windows: dict[str, str]
     #: Labels decided by the outcomes the CRM reported (None: trained without stored outcomes).
     outcome_labels: Any = None
+    #: One row per candidate (index: name): ``role`` ("model" | "baseline"), ``validation_log_loss``,
+    #: ``validation_roc_auc``, ``chosen``, then the evaluation window's metrics (None: no ladder).
+    candidates: pd.DataFrame | None = None
     run_id: str | None = None
     version: str | None = None
     aliases: list[str] = field(default_factory=list)
@@ -82,6 +85,8 @@ class Evaluation:
     metrics: dict[str, float]
     baseline: dict[str, float]
     frame: pd.DataFrame
+    #: The candidates on the evaluation window (see ``TrainResult.candidates``).
+    candidates: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class TaskDefinition(Protocol):
     comparison: Any
     #: What `funnelcast drift` calls the population it scores (``leads open``, ...).
     drift_population: str
+    #: The evaluation metric of the baseline floor (``training.promote.floor``): no model becomes
+    #: champion below the best simple baseline on it (``roc_auc``, ``win_roc_auc``).
+    floor_metric: str
 
     def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> TaskConfig:

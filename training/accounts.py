@@ -238,6 +238,7 @@ class HighValue:
 
     task = Task.HIGH_VALUE
     baseline = "baseline_first_deal"
+    floor_metric = "roc_auc"
     # high_value fits on hundreds of customers, not tens of thousands of rows
     tuning = ProtocolTuning(Task.HIGH_VALUE, _tuning_params, (5, 100))
     comparison = AccountComparison()

@@ -73,8 +73,9 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     (ROC AUC, Brier, calibration error; lead_quality: converts within the horizon; stage_conversion:
     won within the horizon, plus the forecast's WAPE by owner; high_value: P(high value) on the
     latest customers); move @champion only when the challenger is better by a margin, not worse
-    calibrated and (stage_conversion) not a worse forecast. The figures and the decision are printed
-    and logged to MLflow.
+    calibrated and (stage_conversion) not a worse forecast, and never below the baseline floor (the
+    best simple baseline on the challenger's evaluation window, within one standard error of its
+    AUC) unless --force. The figures and the decision are printed and logged to MLflow.
     """
     from training.promote import Margins, promote
 
@@ -83,7 +84,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
                 evaluate=args.evaluate,
                 margins=Margins(auc=args.auc_margin, brier=args.brier_margin, calibration=args.calibration_tolerance,
                                 wape=args.wape_tolerance),
-                champion_alias=settings.model_alias, dry_run=args.dry_run)
+                champion_alias=settings.model_alias, dry_run=args.dry_run, force=args.force)
     if d.champion:
         print(f"{d.task}: champion v{d.champion_version} vs challenger v{d.challenger_version} on {d.window}, "
               f"{d.mode} mode")
@@ -235,6 +236,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--wape-tolerance": _flag("stage_conversion: largest increase of the forecast's WAPE by owner "
                                   "accepted", float, 0.02),
         "--dry-run": _flag("decide and log, but leave the aliases alone", action="store_true"),
+        "--force": _flag("promote even when the challenger is below the best simple baseline on its evaluation "
+                         "window (the baseline floor)", action="store_true"),
     }, task="the task whose models are compared")
     _command(sub, "drift", cmd_drift, "feature and score drift of an export against the model's training data", {
         "--alias": _flag("model alias (default: champion)"),
@@ -250,7 +253,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--span": _flag("how far back the origins go, e.g. 52w", _duration, "364d"),
         "--sims": _flag("simulations per origin", int, 2000),
         "--seed": _flag("random seed", int, 0),
-        "--timing-layout": _flag("stage_conversion's timing model", default="competing_risks",
+        "--timing-layout": _flag("stage_conversion's timing model (default: chosen per fit on the validation window)",
                                  choices=("competing_risks", "close_share")),
         "--no-mlflow": _flag("do not log to MLflow", action="store_true"),
         "--period": _flag("backtest the forecast of calendar periods instead: month or quarter",

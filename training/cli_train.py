@@ -21,7 +21,7 @@ from features.settings import Settings
 from models.tasks import Task
 from training.cli_common import (as_of_arg, data_args, horizon, load_data, load_export_from, mlflow_client,
                                  run_plugin_command, tuned_params)
-from training.pipeline import log_and_register, train
+from training.pipeline import log_and_register, result_floor, train
 from training.tasks import TASKS, task_definition
 
 __all__ = ["generate", "register", "score_task", "task_config", "train_tasks"]
@@ -69,7 +69,7 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
                 as_of: pd.Timestamp | None = None, horizon_days: int | None = None,
                 snapshot_every_days: int | None = None, seed: int = 0, exclude: Sequence[str] = (),
                 overrides: dict[str, Any] | None = None, default_params: bool = False,
-                use_outcomes: bool = True) -> list[Any]:
+                use_outcomes: bool = True, force: bool = False) -> list[Any]:
     """Train, evaluate, log and register each of ``tasks`` on the export at ``source``; the results."""
     source, export = load_export_from(source, settings, skip_bad_rows)
     cutoff = as_of or export.exported_at
@@ -90,11 +90,16 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
                   f"{o.labels_changed}")
         result = log_and_register(result, client, experiment=settings.experiment,
                                   artifact_location=settings.artifact_location(), cfg=cfg, data_source=source,
-                                  alias=settings.model_alias)
+                                  alias=settings.model_alias, force=force)
         print(f"{task} trained on history before {cutoff}; {task_definition(task).summary(result)}")
         print(f"registered {task} version {result.version} as {', '.join('@' + a for a in result.aliases)} "
               f"(run {result.run_id})")
-        if settings.model_alias not in result.aliases:
+        fl = result_floor(result)
+        if not fl.passed:
+            print(f"baseline floor: {fl.describe()}: "
+                  + ("registered as champion anyway (--force)" if force else
+                     f"not made @{settings.model_alias}; `funnelcast promote --task {task} --force` makes it champion"))
+        elif settings.model_alias not in result.aliases:
             print(f"next: `funnelcast promote --task {task}` compares it with the champion")
         results.append(result)
     return results
@@ -105,7 +110,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     train_tasks([Task(t) for t in (args.task or TASK_NAMES)], settings, source=args.data,
                 skip_bad_rows=args.skip_bad_rows, as_of=args.as_of, horizon_days=args.horizon,
                 snapshot_every_days=args.snapshot_every, seed=args.seed, exclude=args.exclude or (),
-                overrides=overrides, default_params=args.default_params, use_outcomes=not args.no_outcomes)
+                overrides=overrides, default_params=args.default_params, use_outcomes=not args.no_outcomes,
+                force=args.force)
     return 0
 
 
@@ -184,9 +190,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out (e.g. leaking custom fields)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--timing-layout", choices=("competing_risks", "close_share"),
-                   help="stage_conversion's timing model: separate win and loss hazards (the default), or a close "
-                   "hazard times P(won | closes)")
+                   help="stage_conversion's timing model: separate win and loss hazards, or a close hazard times "
+                   "P(won | closes) (default: chosen per fit on a validation window)")
     t.add_argument("--default-params", action="store_true", help="ignore the parameters of `funnelcast tune`")
+    t.add_argument("--force", action="store_true", help="make a first version champion even when it is below the "
+                   "best simple baseline on the evaluation window (the baseline floor)")
     t.add_argument("--no-outcomes", action="store_true",
                    help="ignore the outcomes reported through POST /v1/outcomes (default: they decide the labels "
                    "of the snapshots whose label window they fall in)")

@@ -18,7 +18,7 @@ rows. :data:`STAGE_CONVERSION` is the task's :class:`~models.tasks.TaskDefinitio
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,18 @@ import pandas as pd
 from features.contract import Export
 from features.deals import DealFeatureSpec, deal_context, deal_snapshots, open_opportunities, snapshot_times
 from features.errors import FunnelcastError
-from models.deals import N_PERIODS, PERIODS_PER_HORIZON, DealScorer, SplitHazard, period_frame, score_open_deals
+from models.deals import (
+    N_PERIODS,
+    PERIODS_PER_HORIZON,
+    BinnedNaiveBayes,
+    DealScorer,
+    PlainLogisticRegression,
+    SplitHazard,
+    mass_within,
+    period_frame,
+    score_open_deals,
+    timing_distribution,
+)
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import shap_summary_plot
@@ -52,6 +63,17 @@ TIMING_PARAMS: dict[str, Any] = {
 }
 #: The timing model's layouts (see :func:`timing_models`).
 TIMING_LAYOUTS = ("competing_risks", "close_share")
+#: The timing models' LightGBM rungs: the layout's settings, or ``CONSERVATIVE_TIMING_PARAMS``.
+TIMING_RUNGS = ("current", "conservative")
+#: The conservative rung: plain trees of 4 leaves on 400+ rows, strong L2, heavy smoothing of
+#: categories and a random 60% of the features per tree (a model that can only learn the large,
+#: stable effects: what a small or drifting CRM supports).
+CONSERVATIVE_TIMING_PARAMS: dict[str, Any] = {
+    "linear_tree": False, "num_leaves": 4, "min_child_samples": 400, "lambda_l2": 10.0, "cat_smooth": 30.0,
+    "min_data_per_group": 100, "feature_fraction": 0.6,
+}
+#: The candidate used when the validation window cannot tell the candidates apart.
+DEFAULT_CANDIDATE = ("competing_risks", "current")
 #: Fewest positives a fit or calibration window may hold.
 MIN_POSITIVES = 10
 
@@ -73,8 +95,16 @@ class DealTrainConfig:
     params: dict[str, Any] = field(default_factory=dict)
     #: The timing model's layout (see :func:`timing_models`): ``"competing_risks"`` (separate win
     #: and loss hazards) or ``"close_share"`` (a close hazard times P(won | closes), the model
-    #: before 29 Nov, with its settings: no ``TIMING_PARAMS``, Platt scaling).
-    timing_layout: str = "competing_risks"
+    #: before 29 Nov, with its settings: no ``TIMING_PARAMS``, Platt scaling); ``None`` (the
+    #: default): chosen per fit on the validation window (:func:`choose_timing`).
+    timing_layout: str | None = None
+    #: The timing models' LightGBM rung: ``"current"`` (the layout's settings below) or
+    #: ``"conservative"`` (``CONSERVATIVE_TIMING_PARAMS``); ``None`` (the default): chosen per fit
+    #: with the layout (only ``"current"`` is tried when ``timing_params`` is set).
+    timing_lgbm: str | None = None
+    #: The validation window the timing candidates are chosen on, in days (``None``: ``eval_days``):
+    #: the latest snapshots whose horizon ended by the fit's cutoff.
+    validation_days: int | None = None
     #: LightGBM settings of the timing models over ``DEAL_PARAMS`` (``params``, e.g. tuned ones,
     #: still win); ``None``: the layout's (``TIMING_PARAMS`` for competing risks: linear trees, a
     #: ridge-penalised linear model in each leaf, so counts and durations whose effect on the
@@ -105,12 +135,26 @@ class DealTrainConfig:
         return self.horizon_days / PERIODS_PER_HORIZON
 
     def timing_settings(self) -> tuple[dict[str, Any], str]:
-        """The timing models' LightGBM settings and calibration, the layout's unless set."""
-        if self.timing_layout not in TIMING_LAYOUTS:
+        """The timing models' LightGBM settings and calibration, the layout's and rung's unless set
+        (a layout or rung left to the per-fit choice counts as the default candidate's)."""
+        layout = self.timing_layout or DEFAULT_CANDIDATE[0]
+        if layout not in TIMING_LAYOUTS:
             raise ValueError(f"timing_layout must be one of {TIMING_LAYOUTS}, not {self.timing_layout!r}")
-        cr = self.timing_layout == "competing_risks"
-        params = self.timing_params if self.timing_params is not None else (dict(TIMING_PARAMS) if cr else {})
+        if (self.timing_lgbm or "current") not in TIMING_RUNGS:
+            raise ValueError(f"timing_lgbm must be one of {TIMING_RUNGS}, not {self.timing_lgbm!r}")
+        cr = layout == "competing_risks"
+        if self.timing_params is not None:
+            params = self.timing_params
+        elif self.timing_lgbm == "conservative":
+            params = dict(CONSERVATIVE_TIMING_PARAMS)
+        else:
+            params = dict(TIMING_PARAMS) if cr else {}
         return params, self.timing_calibration or ("intercept" if cr else "platt")
+
+    @property
+    def chosen_per_fit(self) -> bool:
+        """Whether the timing layout or its LightGBM rung is chosen per fit (:func:`choose_timing`)."""
+        return self.timing_layout is None or (self.timing_lgbm is None and self.timing_params is None)
 
 
 @dataclass(kw_only=True)
@@ -221,19 +265,124 @@ def timing_models(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame
     Platt scaling: the timing model before 29 Nov). Neither wins everywhere: on the sample
     competing risks took the win AUC gap to the truth from 0.021 to 0.014 (0.017 -> 0.012 and
     0.020 -> 0.016 on two more seeds); on Maven CRM it took P(won within 30 d) from AUC 0.60 to
-    0.54. Choosing per fit by the log loss of the calibration rows' outcomes (won, lost, open)
-    picked the worse layout at one origin of four on the sample and did not restore Maven, so
-    the layout is a setting (``funnelcast train --task stage_conversion --timing-layout``), not a per-fit choice.
+    0.54.
+
+    History of the choice: a per-fit choice by the log loss of the **calibration rows'** outcomes
+    (won, lost, open) picked the worse layout at one origin of four on the sample and did not
+    restore Maven: those rows are the ones early stopping and the calibration were fitted on, and
+    the first periods of recent snapshots, not the horizon the models are judged on. The choice
+    now made (:func:`choose_timing`, when ``timing_layout`` or ``timing_lgbm`` is ``None``) is
+    different: each candidate is fitted with its labels censored where a separate **validation
+    window** starts (the latest snapshots whose horizon ended by the fit's cutoff) and judged on
+    what those deals did within the horizon and in the end, rows no part of it learned from.
+    ``timing_models`` itself fits the layout it is given.
     """
-    if cfg.timing_layout == "competing_risks":
+    layout = cfg.timing_layout or DEFAULT_CANDIDATE[0]
+    if layout == "competing_risks":
         return (_classifier(spec, cfg, fit, cal, cols, "won_label", "win hazard"),
                 _classifier(spec, cfg, fit, cal, cols, "lost_label", "loss hazard"))
-    if cfg.timing_layout == "close_share":
+    if layout == "close_share":
         close = _classifier(spec, cfg, fit, cal, cols, "closed", "close hazard")
         share = _classifier(spec, cfg, fit[fit["closed"] == 1], cal[cal["closed"] == 1], cols, "won_label",
                             "win share")
         return SplitHazard(close, share, won=True), SplitHazard(close, share, won=False)
     raise ValueError(f"timing_layout must be one of {TIMING_LAYOUTS}, not {cfg.timing_layout!r}")
+
+
+def candidate_name(layout: str, rung: str) -> str:
+    """A timing candidate's name: the layout, with ``_conservative`` for the conservative rung."""
+    return layout if rung == "current" else f"{layout}_{rung}"
+
+
+def timing_candidates(cfg: DealTrainConfig) -> dict[str, DealTrainConfig]:
+    """The timing candidates of ``cfg``: every layout and LightGBM rung it leaves open (one
+    candidate, itself, when both are set; only the current rung when ``timing_params`` is set)."""
+    layouts = (cfg.timing_layout,) if cfg.timing_layout else TIMING_LAYOUTS
+    rungs = (cfg.timing_lgbm,) if cfg.timing_lgbm else (("current",) if cfg.timing_params is not None else TIMING_RUNGS)
+    return {candidate_name(lay, r): replace(cfg, timing_layout=lay, timing_lgbm=r) for lay in layouts for r in rungs}
+
+
+def validation_window(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig) -> list[pd.Timestamp]:
+    """The snapshot times the candidates are chosen on: the latest ``validation_days`` (default
+    ``eval_days``) of those whose horizon ended by ``cutoff``."""
+    h = pd.Timedelta(days=cfg.horizon_days)
+    times = [t for t in _times(snaps) if t + h <= cutoff]
+    if not times:
+        return []
+    start = times[-1] - pd.Timedelta(days=cfg.validation_days or cfg.eval_days) + pd.Timedelta(days=1)
+    return [t for t in times if t >= start]
+
+
+def win_outcomes(rows: pd.DataFrame, known_at: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """``won`` (NaN: open at ``known_at``) and ``won_within_horizon`` of snapshot rows, as known at ``known_at``."""
+    known = censored(rows, known_at + pd.Timedelta(seconds=1)) if len(rows) else rows
+    end = rows["as_of"] + pd.Timedelta(days=horizon_days)
+    return pd.DataFrame({"won": known["won"].to_numpy(),
+                         "won_within_horizon": ((known["closed_at"] < end) & (known["won"] == 1)).astype(int).to_numpy()},
+                        index=rows.index)
+
+
+def win_scores(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray | None) -> dict[str, float]:
+    """``win_*`` (P(won), decided rows) and ``win_h_*`` (P(won within the horizon), every row) metrics."""
+    decided = outcomes["won"].notna().to_numpy()
+    out = {f"win_{k}": v for k, v in classification_metrics(outcomes["won"].to_numpy()[decided].astype(int),
+                                                             np.asarray(p_win)[decided]).items()}
+    if p_win_h is not None:
+        out |= {f"win_h_{k}": v for k, v in classification_metrics(outcomes["won_within_horizon"].to_numpy(),
+                                                                   p_win_h).items()}
+    return out
+
+
+def _timing_scores(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
+                   rows: pd.DataFrame, outcomes: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> dict[str, float]:
+    """A timing candidate fitted on ``hazard`` (fit, calibration) rows (or ``fitted``), scored on ``rows``."""
+    win, loss = fitted or timing_models(spec, cfg, *hazard, [*spec.feature_names, "period"])
+    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods)
+    return win_scores(outcomes, mass.sum(axis=1), mass_within(mass, cfg.horizon_days, cfg.period_days, cfg.n_periods))
+
+
+def _criterion(m: dict[str, float]) -> float:
+    """What the timing candidates are chosen by: the mean of the log losses of P(won within the
+    horizon) (every validation row) and of P(won) (the validation rows decided by the cutoff)."""
+    return float(np.mean([m.get("win_h_log_loss", np.nan), m.get("win_log_loss", np.nan)]))
+
+
+def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timestamp, cfg: DealTrainConfig,
+                  ) -> tuple[DealTrainConfig, dict[str, Any]]:
+    """The timing candidate (layout x LightGBM rung) to fit at ``cutoff``, chosen on the validation
+    window (:func:`validation_window`): each candidate fitted once, its labels censored where the
+    window starts (the rows built once for all), and judged by :func:`_criterion` on what the
+    window's deals did by ``cutoff``. Nothing at or after ``cutoff`` is read. When the window holds
+    too few outcomes, or no candidate can be fitted before it, ``DEFAULT_CANDIDATE`` (said in
+    ``note``). Returns the chosen config and the choice (window, candidates' figures, chosen)."""
+    cands = timing_candidates(cfg)
+    window = validation_window(snaps, cutoff, cfg)
+    rows = snaps[snaps["as_of"].isin(window)]
+    outcomes = win_outcomes(rows, cutoff, cfg.horizon_days)
+    table: dict[str, dict[str, float]] = {name: {} for name in cands}
+    note = None
+    if len(cands) > 1 and window and _enough(outcomes.dropna(), "won") and \
+            _enough(outcomes, "won_within_horizon"):
+        hazard = fit_and_calibration_rows(snaps, window[0], cfg)["hazard"]
+        for name, c in cands.items():
+            try:
+                m = _timing_scores(spec, c, hazard, rows, outcomes)
+            except (ValueError, FunnelcastError) as exc:  # a candidate that cannot be fitted before the window
+                table[name] = {"error": str(exc)[:200]}
+                continue
+            table[name] = {"validation_log_loss": _criterion(m), "validation_roc_auc": m["win_h_roc_auc"],
+                           "validation_win_h_log_loss": m["win_h_log_loss"],
+                           "validation_win_log_loss": m["win_log_loss"], "validation_win_roc_auc": m["win_roc_auc"]}
+    elif len(cands) > 1:
+        note = f"validation window {window_label(window) if window else 'empty'}: too few outcomes to choose on"
+    scored = {n: t["validation_log_loss"] for n, t in table.items() if np.isfinite(t.get("validation_log_loss", np.nan))}
+    default = candidate_name(*DEFAULT_CANDIDATE)
+    chosen = min(scored, key=scored.get) if scored else (default if default in cands else next(iter(cands)))
+    if len(cands) > 1 and not scored and note is None:
+        note = "no candidate could be fitted before the validation window"
+    return cands[chosen], {"window": window_label(window) if window else "none", "chosen": chosen, "note": note,
+                           "criterion": "mean log loss of P(won within the horizon) and P(won)",
+                           "candidates": table}
 
 
 def _enough(part: pd.DataFrame, label: str) -> bool:
@@ -308,6 +457,9 @@ def fit_deal_scorer(
     :func:`fit_and_calibration_rows` of the same snapshots, cutoff and windows, when the caller
     fits there more than once (tuning's trials); built here otherwise."""
     cols = spec.feature_names
+    choice = None
+    if cfg.chosen_per_fit:
+        cfg, choice = choose_timing(snaps, spec, cutoff, cfg)
     rows = rows if rows is not None else fit_and_calibration_rows(snaps, cutoff, cfg)
     next_stage = _classifier(spec, cfg, *rows["next_stage"], cols, "label", "next stage")
     tcols = [*cols, "period"]
@@ -333,7 +485,8 @@ def fit_deal_scorer(
         surrogate=None,
         period_days=cfg.period_days,
         n_periods=cfg.n_periods,
-        metadata={"calibration_days": int(rows["calib_days"]), "timing_layout": cfg.timing_layout},
+        metadata={"calibration_days": int(rows["calib_days"]), "timing_layout": cfg.timing_layout,
+                  "timing_lgbm": cfg.timing_lgbm or "current", "timing_choice": choice},
     )
     if surrogate:
         # reasons: a regression tree on logit P(won) over the training snapshots
@@ -386,6 +539,90 @@ def deal_metrics(ev: pd.DataFrame, prefix_model: str = "", baseline: str = "stag
     return model, base
 
 
+#: The plain baselines of P(won) and the settings tried for each (chosen on the validation window).
+WIN_BASELINES: dict[str, tuple[type, str, tuple[float, ...]]] = {
+    "logistic_regression": (PlainLogisticRegression, "C", (0.01, 0.1, 1.0)),
+    "naive_bayes": (BinnedNaiveBayes, "alpha", (0.5, 2.0, 10.0)),
+}
+
+
+def _decided_before(snaps: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Snapshots before ``cutoff`` whose deal was decided (won or lost) before it: what a P(won) baseline learns from."""
+    past = censored(snaps, cutoff)
+    return past[past["won"].notna()]
+
+
+def win_baselines(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timestamp, cfg: DealTrainConfig,
+                  ) -> dict[str, tuple[Any, dict[str, float]]]:
+    """Each plain baseline of P(won) (``WIN_BASELINES``) in its best plain version: its setting
+    chosen by the log loss of P(won) on the validation window (fitted on the deals decided before
+    the window, scored on the window's deals decided by ``cutoff``), then fitted on every deal
+    decided before ``cutoff``. Returns the fitted baseline and its validation figures; a baseline
+    that cannot be fitted (one outcome class) is left out."""
+    cols, cats = spec.feature_names, spec.categorical_features
+    window = validation_window(snaps, cutoff, cfg)
+    rows = snaps[snaps["as_of"].isin(window)]
+    outcomes = win_outcomes(rows, cutoff, cfg.horizon_days)
+    decided = outcomes["won"].notna().to_numpy()
+    before = _decided_before(snaps, window[0]) if window else snaps.iloc[:0]
+    known = _decided_before(snaps, cutoff)
+    out = {}
+    for name, (kind, setting, grid) in WIN_BASELINES.items():
+        if known["won"].nunique() < 2:
+            continue
+        best, figures = grid[len(grid) // 2], {}
+        if before["won"].nunique() == 2 and decided.sum() and len(set(outcomes["won"][decided])) == 2:
+            losses = {}
+            for value in grid:
+                p = kind(cats, **{setting: value}).fit(before[cols], before["won"].to_numpy(int)).predict_proba(
+                    rows[cols][decided])
+                losses[value] = classification_metrics(outcomes["won"].to_numpy()[decided].astype(int), p)
+            best = min(losses, key=lambda v: losses[v]["log_loss"])
+            figures = {"validation_win_log_loss": losses[best]["log_loss"],
+                       "validation_win_roc_auc": losses[best]["roc_auc"]}
+        model = kind(cats, **{setting: best}).fit(known[cols], known["won"].to_numpy(int))
+        out[name] = (model, {**figures, setting: best})
+    return out
+
+
+def deal_candidates(model: DealScorer, snapshots: Snapshots, split: Split, cfg: DealTrainConfig,
+                    frame: pd.DataFrame) -> pd.DataFrame:
+    """Every timing candidate and baseline on the evaluation window, one row each (index: name):
+    ``role`` (model / baseline), the validation figures the choice was made on, ``chosen``, then
+    the evaluation window's ``win_*`` and ``win_h_*`` metrics. The timing candidates not chosen
+    are fitted at the evaluation window's start (the rows built once); the chosen one is
+    ``model`` itself. Adds each baseline's P(won) to ``frame`` (``p_<name>``)."""
+    snaps, spec, E = snapshots.frame, snapshots.spec, split.cutoff
+    rows = snaps[snaps["as_of"].isin(split.evaluate)]
+    outcomes = win_outcomes(rows, snapshots.cutoff, cfg.horizon_days)
+    choice = model.metadata.get("timing_choice") or {"chosen": candidate_name(model.metadata["timing_layout"],
+                                                                            model.metadata["timing_lgbm"]),
+                                                     "candidates": {}}
+    cands = timing_candidates(cfg) if cfg.chosen_per_fit else {choice["chosen"]: cfg}
+    hazard = fit_and_calibration_rows(snaps, E, cfg)["hazard"] if len(cands) > 1 else None
+    table = {}
+    for name, c in cands.items():
+        fitted = (model.win_hazard, model.loss_hazard) if name == choice["chosen"] else None
+        try:
+            m = _timing_scores(spec, c, hazard, rows, outcomes, fitted)
+        except (ValueError, FunnelcastError):
+            m = {}
+        table[name] = {"role": "model", "layout": c.timing_layout, "lgbm": c.timing_lgbm,
+                       **choice["candidates"].get(name, {}), "chosen": name == choice["chosen"], **m}
+    table["stage"] = {"role": "baseline", "chosen": False,
+                               **win_scores(outcomes, frame["stage_win_rate"].to_numpy(),
+                                            frame["stage_win_rate"].to_numpy())}
+    for name, (baseline, figures) in win_baselines(snaps, spec, E, cfg).items():
+        p = baseline.predict_proba(rows[spec.feature_names])
+        frame[f"p_{name}"] = p
+        table[name] = {"role": "baseline", "chosen": False, **figures, **win_scores(outcomes, p, None)}
+    out = pd.DataFrame.from_dict(table, orient="index")
+    first = ["role", "validation_log_loss", "validation_roc_auc", "chosen"]
+    out = out.reindex(columns=[*first, *(c for c in out.columns if c not in first)])
+    out.attrs["validation"] = choice.get("window", "")
+    return out
+
+
 def _times(snaps: pd.DataFrame) -> list[pd.Timestamp]:
     return list(pd.DatetimeIndex(snaps["as_of"].unique()).sort_values())
 
@@ -402,8 +639,10 @@ def build_deal_model(
     return build_task(STAGE_CONVERSION, export, cutoff, cfg, progress=progress, snapshots=given)  # type: ignore[return-value]
 
 
-def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfig) -> DealScorer:
-    """The registered deal scorer: every model fitted at the cutoff, with its drift reference."""
+def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfig,
+                       recipe: DealTrainConfig | None = None) -> DealScorer:
+    """The registered deal scorer: every model fitted at the cutoff, with its drift reference;
+    ``recipe``: the config logged as its training config (what a refit repeats; default ``cfg``)."""
     snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
     scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
     # drift reference (`funnelcast drift --task stage_conversion`): the deals open in the snapshots of
@@ -422,7 +661,7 @@ def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfi
         "horizon_days": cfg.horizon_days,
         "snapshots": int(snaps["as_of"].nunique()),
         "rows": len(snaps),
-        "train_config": asdict(cfg),
+        "train_config": asdict(recipe or cfg),
         "data_fingerprint": export_fingerprint(export),
         "outcome_labels": labels.__dict__ if labels else None,
     }
@@ -451,6 +690,10 @@ class DealTuning:
     def cross_validation(self, export: Export, config: Any, cutoff: pd.Timestamp, fold: TimeFold | None,
                          n_folds: int, progress: bool) -> CrossValidation:
         fold = fold or config.fold
+        # one timing candidate per trial (the default one unless set): a ladder per trial would cost
+        # four fits for one figure; the parameters found apply to every candidate's `params`
+        config = replace(config, timing_layout=config.timing_layout or DEFAULT_CANDIDATE[0],
+                         timing_lgbm=config.timing_lgbm or DEFAULT_CANDIDATE[1])
         start = export.opportunities["created_at"].min() + pd.Timedelta(days=config.warmup_days)
         splits = fold.splits(snapshot_times(start, cutoff, config.snapshot_every_days), cutoff, n_folds)
         # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
@@ -557,6 +800,7 @@ class StageConversion:
 
     task = Task.STAGE_CONVERSION
     baseline = "baseline_stage"
+    floor_metric = "win_roc_auc"
     tuning = DealTuning()
     comparison = DealComparison()
     drift_population = "deals open"
@@ -592,19 +836,32 @@ class StageConversion:
         snaps = snapshots.frame
         frame = evaluation_frame(model, snaps[snaps["as_of"].isin(split.evaluate)], snapshots.cutoff)
         metrics, baseline = deal_metrics(frame)
-        return Evaluation(metrics, baseline, frame)
+        candidates = deal_candidates(model, snapshots, split, config, frame)
+        return Evaluation(metrics, baseline, frame, candidates=candidates)
 
     def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
               config: DealTrainConfig) -> DealTrainResult:
-        scorer = _final_deal_scorer(export, snapshots, config)
+        chosen = evaluation.candidates is not None and evaluation.candidates["chosen"].any()
+        fixed = config
+        if chosen and config.chosen_per_fit:
+            # the candidate chosen on the validation window before the evaluation window, refitted at
+            # the cutoff: what is registered is what the evaluation window measured
+            row = evaluation.candidates[evaluation.candidates["chosen"].astype(bool)].iloc[0]
+            fixed = replace(config, timing_layout=row["layout"], timing_lgbm=row["lgbm"])
+        scorer = _final_deal_scorer(export, snapshots, fixed, recipe=config)
         windows = {"evaluate": split.describe()["evaluate"], "fit_until": str(split.cutoff.date()),
                    "calibration_days": str(scorer.metadata["calibration_days"])}
+        choice = evaluation.candidates is not None and evaluation.candidates.attrs.get("validation")
+        if choice:
+            windows["validate"] = choice
         return DealTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
-                               evaluation=evaluation.frame, snapshots=snapshots.frame, windows=windows)
+                               evaluation=evaluation.frame, snapshots=snapshots.frame, windows=windows,
+                               candidates=evaluation.candidates)
 
     def run_params(self, result: TrainResult, config: DealTrainConfig) -> dict[str, object]:
         meta = result.scorer.metadata
-        timing_params, timing_calibration = config.timing_settings()
+        fixed = replace(config, timing_layout=meta.get("timing_layout"), timing_lgbm=meta.get("timing_lgbm"))
+        timing_params, timing_calibration = fixed.timing_settings()
         return {
             "horizon_days": config.horizon_days,
             "period_days": round(config.period_days, 3),
@@ -612,7 +869,9 @@ class StageConversion:
             "snapshot_every_days": config.snapshot_every_days,
             "snapshots": meta["snapshots"],
             "rows": meta["rows"],
-            "timing_model": _timing_description(config.timing_layout),
+            "timing_model": _timing_description(fixed.timing_layout or DEFAULT_CANDIDATE[0]),
+            "timing_candidate": candidate_name(fixed.timing_layout or DEFAULT_CANDIDATE[0], fixed.timing_lgbm or "current"),
+            "timing_choice": "per fit on the validation window" if config.chosen_per_fit else "set",
             "timing_calibration": timing_calibration,
             **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **DEAL_PARAMS, **config.params}.items()},
             **{f"timing_lgbm_{k}": v for k, v in timing_params.items()},
@@ -620,6 +879,8 @@ class StageConversion:
 
     def write_report(self, result: TrainResult, config: DealTrainConfig, folder: Path) -> None:
         d = folder / "report"
+        if result.candidates is not None:
+            result.candidates.to_csv(d / "candidates.csv", index_label="candidate")
         ev = result.evaluation
         decided = ev[ev["won"].notna()]
         calibration_plot(decided["won"].to_numpy(), {"funnelcast P(won)": decided["p_win"].to_numpy(),
@@ -639,7 +900,14 @@ class StageConversion:
                 for target, key in (("won (decided deals)", "win"), (f"won within {h} d", "win_h"),
                                     (f"next stage within {h} d", "next"))
                 for metric in ("roc_auc", "brier", "calibration_error")]
-        return f"evaluation window {result.windows['evaluate']}\n{pd.DataFrame(rows).round(4).to_string(index=False)}"
+        out = f"evaluation window {result.windows['evaluate']}\n{pd.DataFrame(rows).round(4).to_string(index=False)}"
+        if result.candidates is not None:
+            shown = [c for c in ("role", "validation_log_loss", "chosen", "win_roc_auc", "win_log_loss",
+                                 "win_calibration_error", "win_h_roc_auc", "win_h_log_loss") if c in result.candidates]
+            out += (f"\ncandidates (chosen on the validation window {result.windows.get('validate', 'none')} by the mean "
+                    "log loss of P(won within the horizon) and P(won); then all on the evaluation window)\n"
+                    + result.candidates[shown].round(4).to_string())
+        return out
 
     def score(self, scorer: DealScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(scored_deals_table(export, scorer, as_of), "deals")

@@ -3,9 +3,12 @@
 :func:`train` asks the task's definition (``training.tasks``) for its snapshots, time-fold
 evaluation and final scorer; :func:`log_and_register` logs any task's result the same way:
 tags (task, data source, provenance), params (the shared ones and the task's), the evaluation
-metrics as ``eval_*`` and the baseline's under the task's prefix, the report artifacts, the
-pyfunc, and the registration. The first registered version of a model also becomes the
-champion; later ones wait as challenger for ``funnelcast promote``.
+metrics as ``eval_*`` and the baseline's under the task's prefix, each candidate's
+(``baseline_<name>_*`` for the baselines, ``candidate_<name>_*`` for the models), the report
+artifacts, the pyfunc, and the registration. The first registered version of a model also
+becomes the champion, unless it is below the **baseline floor** (:func:`result_floor`; then it
+stays challenger and the ``floor`` tag says why, until ``funnelcast promote --force``); later
+ones wait as challenger for ``funnelcast promote``.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from mlflow.tracking import MlflowClient
 from features.contract import Export
 from models.registry import ScorerModel
 from models.tasks import Task, TrainResult, build_task
+from training.promote import Floor, floor
 from training.provenance import provenance_tags
 from training.tasks import task_definition
 
-__all__ = ["experiment_id", "log_and_register", "train"]
+__all__ = ["experiment_id", "log_and_register", "result_baselines", "result_floor", "train"]
 
 
 def train(task: Task | str, export: Export, cutoff: pd.Timestamp, config: Any, *, progress: bool = False,
@@ -58,6 +62,42 @@ def _shared_params(result: TrainResult, cfg: Any) -> dict[str, object]:
     }
 
 
+def _candidate_metrics(result: TrainResult) -> dict[str, float]:
+    """Each candidate's evaluation-window metrics: ``baseline_<name>_<metric>`` for the baselines
+    (where the floor reads them), ``candidate_<name>_<metric>`` for the models."""
+    out: dict[str, float] = {}
+    if result.candidates is None:
+        return out
+    own = task_definition(result.scorer.task).baseline  # logged already, from baseline_metrics
+    for name, row in result.candidates.iterrows():
+        prefix = "baseline" if row.get("role") == "baseline" else "candidate"
+        if f"{prefix}_{name}" == own:
+            continue
+        for k, v in row.items():
+            # the evaluation window's figures only (validation figures and settings: report/candidates.csv)
+            if k in result.metrics and isinstance(v, (int, float, np.floating)) and np.isfinite(v):
+                out[f"{prefix}_{name}_{k}"] = float(v)
+    return out
+
+
+def result_baselines(result: TrainResult) -> dict[str, dict[str, float]]:
+    """Every baseline's evaluation-window metrics: the task's own (under its prefix) and the
+    candidates whose role is ``baseline``."""
+    definition = task_definition(result.scorer.task)
+    out = {definition.baseline: dict(result.baseline_metrics)}
+    if result.candidates is not None:
+        for name, row in result.candidates[result.candidates["role"] == "baseline"].iterrows():
+            if f"baseline_{name}" != definition.baseline:
+                out[f"baseline_{name}"] = {k: v for k, v in row.items() if isinstance(v, (int, float, np.floating))}
+    return out
+
+
+def result_floor(result: TrainResult) -> Floor:
+    """The baseline floor of a training result on its evaluation window (``training.promote.floor``)."""
+    metric = task_definition(result.scorer.task).floor_metric
+    return floor(result.metrics, result_baselines(result), metric, result.windows.get("evaluate", "?"))
+
+
 def _write_report(result: TrainResult, cfg: Any, folder: Path) -> None:
     """The report every task logs (features, held-out predictions, drift reference), then the task's own."""
     report = folder / "report"
@@ -84,24 +124,38 @@ def _log_model(scorer: Any, snapshots: pd.DataFrame, folder: Path) -> str:
     return str(info.registered_model_version)
 
 
-def _register(client: MlflowClient, scorer: Any, version: str, alias: str, challenger_alias: str) -> list[str]:
-    """Set the aliases of a new version (the first version also becomes ``alias``) and its trained_until tag."""
+def _register(client: MlflowClient, scorer: Any, version: str, alias: str, challenger_alias: str,
+              outcome: str, reason: str) -> list[str]:
+    """Set the aliases of a new version (the first version also becomes ``alias``, unless the floor
+    refused it) and its trained_until and floor tags."""
     name = scorer.task
     aliases = [challenger_alias]
-    if alias not in client.get_registered_model(name).aliases:
+    if alias not in client.get_registered_model(name).aliases and outcome != "refused":
         aliases.append(alias)  # a first model becomes champion directly
     for a in aliases:
         client.set_registered_model_alias(name, a, version)
     client.set_model_version_tag(name, version, "trained_until", str(scorer.trained_until))
+    client.set_model_version_tag(name, version, "floor", outcome)
+    client.set_model_version_tag(name, version, "floor_reason", reason[:500])
     return aliases
+
+
+def floor_outcome(fl: Floor, force: bool) -> str:
+    """``passed``, ``refused``, ``forced`` (below, but ``--force``) or ``no baseline``."""
+    if fl.best is None:
+        return "no baseline"
+    return "passed" if fl.passed else ("forced" if force else "refused")
 
 
 def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: str, artifact_location: str | None,
                      cfg: Any, data_source: str, alias: str = "champion",
-                     challenger_alias: str = "challenger") -> TrainResult:
-    """Log ``result`` (any task) to MLflow and register it as ``challenger_alias`` (first version: ``alias`` too)."""
+                     challenger_alias: str = "challenger", force: bool = False) -> TrainResult:
+    """Log ``result`` (any task) to MLflow and register it as ``challenger_alias`` (first version:
+    ``alias`` too, unless it is below the baseline floor and not ``force``)."""
     scorer = result.scorer
     definition = task_definition(scorer.task)
+    fl = result_floor(result)
+    outcome = floor_outcome(fl, force)
     with mlflow.start_run(experiment_id=experiment_id(client, experiment, artifact_location),
                           run_name=f"{scorer.task}-{scorer.trained_until.date()}") as run:
         mlflow.set_tags({"task": scorer.task, "data_source": data_source})
@@ -110,6 +164,9 @@ def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: s
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"{definition.baseline}_{k}": v for k, v in result.baseline_metrics.items()
                             if np.isfinite(v)})
+        mlflow.log_metrics(_candidate_metrics(result))
+        mlflow.log_metrics({k: v for k, v in fl.metrics().items() if np.isfinite(v)})
+        mlflow.set_tags({"floor": outcome, "floor_metric": fl.metric, "floor_reason": fl.describe()[:500]})
         if result.outcome_labels is not None:
             mlflow.log_metrics(result.outcome_labels.as_metrics())
         with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +176,7 @@ def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: s
                 mlflow.log_artifacts(str(part), artifact_path=part.name)
             try:
                 version = _log_model(scorer, result.snapshots, d)
-                result.aliases = _register(client, scorer, version, alias, challenger_alias)
+                result.aliases = _register(client, scorer, version, alias, challenger_alias, outcome, fl.describe())
             except BaseException as exc:  # interrupted or failed: no version of this run may look complete
                 _mark_incomplete(client, scorer.task, run.info.run_id)
                 mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -119,6 +119,87 @@ def decide(champion: dict[str, float], challenger: dict[str, float], margins: Ma
     return False, f"not better by the margin ({figures}; margins AUC +{margins.auc}, Brier -{margins.brier:.0%})"
 
 
+#: How many standard errors below the best baseline a model's AUC must be to count as worse.
+FLOOR_Z = 1.0
+
+
+def auc_standard_error(auc: float, n: float, positive_rate: float) -> float:
+    """The standard error of an ROC AUC from its value and the counts of positives and negatives
+    (Hanley & McNeil, 1982), NaN when either class is absent. Snapshot rows repeat entities, so
+    the rows are not all independent: the error is a lower bound and the floor, if anything, strict."""
+    n1, n0 = n * positive_rate, n * (1 - positive_rate)
+    if not (np.isfinite(auc) and n1 >= 1 and n0 >= 1):
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    return float(np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)))
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The baseline floor of one model on its evaluation window (see :func:`floor`)."""
+
+    metric: str
+    window: str
+    model: float
+    baselines: dict[str, float]
+    best: str | None
+    allowance: float
+    passed: bool
+
+    def describe(self) -> str:
+        if self.best is None:
+            return f"no baseline figure of {self.metric} on the evaluation window {self.window}: nothing to hold the model to"
+        others = ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.baselines.items(), key=lambda kv: -kv[1]))
+        verdict = "below" if not self.passed else "not below"
+        return (f"{self.metric} on the evaluation window {self.window}: model {self.model:.4f}, baselines {others}; "
+                f"{verdict} the best ({self.best}) by more than the noise allowance {self.allowance:.4f} "
+                f"({FLOOR_Z:g} standard error of the model's AUC)")
+
+    def metrics(self) -> dict[str, float]:
+        """``floor_*`` MLflow metrics (``floor_passed`` 1/0)."""
+        if self.best is None:
+            return {"floor_model": self.model}
+        return {"floor_model": self.model, "floor_baseline": self.baselines[self.best], "floor_allowance": self.allowance,
+                "floor_passed": float(self.passed)}
+
+
+def floor(metrics: dict[str, float], baselines: dict[str, dict[str, float]], metric: str, window: str) -> Floor:
+    """The baseline floor: a model is **worse** than the best simple baseline when its ``metric``
+    (an ROC AUC) on the evaluation window is below the best baseline's by more than ``FLOOR_Z``
+    standard errors of its own AUC (:func:`auc_standard_error`, from the window's rows): a gap
+    inside that is noise, not evidence. Read from figures only (a training result, or the run's
+    logged metrics at promotion), so every task and every path applies the same rule."""
+    prefix = metric[: -len("roc_auc")] if metric.endswith("roc_auc") else ""
+    model = float(metrics.get(metric, np.nan))
+    figures = {k: float(b[metric]) for k, b in baselines.items() if np.isfinite(b.get(metric, np.nan))}
+    if not figures or not np.isfinite(model):
+        return Floor(metric, window, model, figures, None, float("nan"), True)
+    best = max(figures, key=figures.get)
+    se = auc_standard_error(model, metrics.get(f"{prefix}n", np.nan), metrics.get(f"{prefix}positive_rate", np.nan))
+    allowance = FLOOR_Z * se if np.isfinite(se) else 0.0
+    return Floor(metric, window, model, figures, best, allowance, model >= figures[best] - allowance)
+
+
+def logged_baselines(run_metrics: dict[str, float], metric: str) -> dict[str, dict[str, float]]:
+    """The baselines' figures of ``metric`` in a training run's metrics (``baseline_<name>_<metric>``)."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in run_metrics.items():
+        if key.startswith("baseline_") and key.endswith(f"_{metric}"):
+            out[key[: -len(metric) - 1]] = {metric: value}
+    return out
+
+
+def run_floor(client: MlflowClient, task: str, version: str, metric: str) -> Floor | None:
+    """The floor of a registered version from its training run's logged metrics (None: no run)."""
+    mv = client.get_model_version(task, version)
+    if not mv.run_id:
+        return None
+    run = client.get_run(mv.run_id)
+    m = run.data.metrics
+    evaluation = {k.removeprefix("eval_"): v for k, v in m.items() if k.startswith("eval_")}
+    return floor(evaluation, logged_baselines(m, metric), metric, run.data.params.get("split_evaluate", "?"))
+
+
 @dataclass(frozen=True)
 class Window:
     """The rows both models are scored on: ``start`` is the first snapshot time (a refit learns
@@ -227,8 +308,11 @@ def promote(
     champion_alias: str = "champion",
     challenger_alias: str = "challenger",
     dry_run: bool = False,
+    force: bool = False,
 ) -> Decision:
-    """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it wins."""
+    """Compare ``@challenger`` with ``@champion`` on the latest labelled window; move the alias if it
+    wins and it is not below the baseline floor (:func:`floor`, on its training run's evaluation
+    window) unless ``force``."""
     task = Task(task).value
     margins = margins or Margins()
     champ_v, chall_v = _version(client, task, champion_alias), _version(client, task, challenger_alias)
@@ -252,6 +336,8 @@ def promote(
             ok, reason = decide(cmp.champion, cmp.challenger, margins, task_comparison(task).checks)
         decision = Decision(task, ok, reason, cmp.mode, cmp.window, champ_v, chall_v, cmp.champion, cmp.challenger,
                             margins)
+    if decision.promote:
+        _apply_floor(client, decision, force)
     decision.run_id = _log(client, decision, experiment)
     if decision.promote and not dry_run:
         if champ_v is not None:
@@ -259,6 +345,21 @@ def promote(
         client.set_registered_model_alias(task, champion_alias, chall_v)
         client.delete_registered_model_alias(task, challenger_alias)
     return decision
+
+
+def _apply_floor(client: MlflowClient, decision: Decision, force: bool) -> None:
+    """Keep the champion when the challenger is below the baseline floor (unless ``force``)."""
+    from training.tasks import task_definition
+
+    fl = run_floor(client, decision.task, decision.challenger_version, task_definition(decision.task).floor_metric)
+    if fl is None or fl.passed:
+        return
+    if force:
+        decision.reason += f"; below the baseline floor, forced (--force): {fl.describe()}"
+        return
+    decision.promote = False
+    decision.reason = (f"below the baseline floor: {fl.describe()}; `funnelcast promote --task {decision.task} --force` "
+                       f"promotes it anyway (otherwise: {decision.reason})")
 
 
 def _log(client: MlflowClient, d: Decision, experiment: str) -> str:

@@ -195,6 +195,7 @@ class LeadQuality:
 
     task = Task.LEAD_QUALITY
     baseline = "baseline_nb"
+    floor_metric = "roc_auc"
     tuning = ProtocolTuning(Task.LEAD_QUALITY, _tuning_params, (10, 1000))
     comparison = LeadComparison()
     drift_population = "leads open"

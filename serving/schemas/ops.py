@@ -11,6 +11,13 @@ from models.tasks import Task
 from serving.schemas.live import SnapshotState
 
 
+class FloorOutcome(BaseModel):
+    passed: bool = Field(description="Not below the best simple baseline by more than the allowance")
+    model: float = Field(description="The model's floor metric (an ROC AUC) on its evaluation window")
+    baseline: float = Field(description="The best baseline's figure of the same metric, same window")
+    allowance: float = Field(description="The noise allowance: one standard error of the model's AUC")
+
+
 class ModelVersion(BaseModel):
     name: str
     version: str
@@ -20,6 +27,10 @@ class ModelVersion(BaseModel):
     trained_from: str | None
     trained_until: str | None
     metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Each baseline's figures on the same evaluation window, beside eval_* "
+        "(from the run's baseline_<name>_<metric> metrics)")
+    floor: FloorOutcome | None = Field(None, description="The baseline floor of the version (null: not recorded)")
     run_error: str | None = Field(None, description="Why the version's training run (its metrics) could not be read")
     loaded: bool = Field(description="Whether this API process serves this version")
 

@@ -334,6 +334,31 @@ def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, o
         assert "champion" in models[0]["aliases"] and models[0]["loaded"] is True
         assert models[0]["metrics"]["eval_roc_auc"] > 0.6
         assert np.isfinite(models[0]["metrics"]["eval_brier"])
+        # beside the figures: the naive-Bayes baseline's on the same window, and the floor's outcome
+        nb = models[0]["baselines"]["nb"]
+        assert nb["roc_auc"] == models[0]["metrics"]["baseline_nb_roc_auc"] and "brier" in nb
+        floor = models[0]["floor"]
+        assert floor["passed"] is True and floor["model"] == models[0]["metrics"]["eval_roc_auc"]
+        assert floor["baseline"] == nb["roc_auc"] and floor["allowance"] > 0
+
+
+def test_models_lists_baselines_beside_a_deal_models_figures(tmp_path, monkeypatch):
+    """Baseline names with underscores and metrics that end alike (win_roc_auc, win_h_roc_auc) parse apart."""
+    metrics = {"eval_win_roc_auc": 0.70, "eval_win_h_roc_auc": 0.74, "baseline_stage_win_roc_auc": 0.66,
+               "baseline_stage_win_h_roc_auc": 0.64, "baseline_logistic_regression_win_roc_auc": 0.79,
+               "floor_model": 0.70, "floor_baseline": 0.79, "floor_allowance": 0.04, "floor_passed": 0.0}
+
+    def versions(client, name):
+        return [{"name": name, "version": "1", "aliases": ["challenger"], "run_id": "r", "created_at": "2026-01-01",
+                 "trained_from": None, "trained_until": None, "metrics": metrics, "run_error": None}]
+
+    monkeypatch.setattr("serving.routes_admin.describe_versions", versions)
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'x.db'}")
+    with TestClient(create_app(settings, preloaded={}), headers={"X-API-Key": KEY}) as c:
+        deal = c.get("/v1/models").json()["models"][1]
+    assert deal["baselines"] == {"stage": {"win_roc_auc": 0.66, "win_h_roc_auc": 0.64},
+                                 "logistic_regression": {"win_roc_auc": 0.79}}
+    assert deal["floor"] == {"passed": False, "model": 0.70, "baseline": 0.79, "allowance": 0.04}
 
 
 def test_models_lists_every_task_and_says_why_metrics_are_missing(tmp_path, lead_scorer, monkeypatch):

@@ -15,9 +15,9 @@ from training.promote import Margins, decide, promote, task_comparison
 from training.train import TrainConfig, build_lead_model
 
 
-def _register(result, client, cfg, home):
+def _register(result, client, cfg, home, force=False):
     return log_and_register(result, client, experiment="promote-tests", artifact_location=(home / "a").as_uri(),
-                            cfg=cfg, data_source="sample")
+                            cfg=cfg, data_source="sample", force=force)
 
 
 def _aliases(client, version):
@@ -116,7 +116,7 @@ def test_models_trained_before_the_window_are_compared_as_registered(store, samp
     older = start - pd.Timedelta(days=60)
     weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "learning_rate": 0.3,
                                                                   "min_child_samples": 2000}})
-    champ = _register(build_lead_model(sample_export, weak_cfg, older), client, weak_cfg, home)
+    champ = _register(build_lead_model(sample_export, weak_cfg, older), client, weak_cfg, home, force=True)
     good = _register(build_lead_model(sample_export, train_config, start), client, train_config, home)
     d = promote(sample_export, client, experiment="promote-tests")
     assert d.mode == "registered"
@@ -153,17 +153,20 @@ def test_stage_conversion_champion_and_challenger_compared_on_the_same_window(sa
     versions = []
     for cfg in cfgs:
         r = build_deal_model(sample_export, cfg, sample_export.exported_at)
+        # forced: on the tiny sample a plain logistic regression ranks decided deals better (the floor)
         versions.append(log_and_register(r, client, experiment="promote-deals",
                                          artifact_location=(tmp_path / "a").as_uri(), cfg=cfg,
-                                         data_source="sample").version)
-    d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals", dry_run=False)
+                                         data_source="sample", force=True).version)
+    d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals", dry_run=False,
+                force=True)
     assert (d.champion_version, d.challenger_version) == (versions[0], versions[1])
     assert d.mode == "refit" and "snapshots" in d.window
     for m in (d.champion, d.challenger):
         assert 0.5 < m["roc_auc"] <= 1 and 0 < m["brier"] < 0.25 and m["n"] > 50
         assert "next_roc_auc" in m and "win_roc_auc" in m
     assert d.champion != d.challenger  # different recipes, different scores on the same rows
-    assert (d.promote, d.reason) == decide(d.champion, d.challenger, Margins(), (FORECAST_CHECK,))
+    ok, why = decide(d.champion, d.challenger, Margins(), (FORECAST_CHECK,))
+    assert d.promote == ok and d.reason.startswith(why)  # forced past the floor: the rule alone decides
     champion_now = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
     assert champion_now == (versions[1] if d.promote else versions[0])
     for m in (d.champion, d.challenger):  # the forecast's accuracy by owner, on the same window
@@ -243,3 +246,72 @@ def test_stage_conversion_keeps_a_worse_challenger_and_promotes_a_better_one(sam
         assert better["roc_auc"] > worse["roc_auc"] + 0.05
         champion = str(client.get_model_version_by_alias("stage_conversion", "champion").version)
         assert champion == versions[1 if promoted else 0]
+
+
+WEAK = {"num_leaves": 2, "min_child_samples": 2000, "learning_rate": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("model", "passed", "best"),
+    [
+        (0.70, True, "baseline_lr"),   # above every baseline
+        (0.655, True, "baseline_lr"),  # below the best by less than one standard error: noise
+        (0.60, False, "baseline_lr"),  # below by several standard errors
+    ],
+)
+def test_the_floor_allows_noise_only(model, passed, best):
+    from training.promote import auc_standard_error, floor
+
+    metrics = {"roc_auc": model, "n": 1000.0, "positive_rate": 0.3}
+    fl = floor(metrics, {"baseline_nb": {"roc_auc": 0.62}, "baseline_lr": {"roc_auc": 0.66}}, "roc_auc", "w")
+    assert fl.best == best and fl.passed is passed
+    assert fl.allowance == pytest.approx(auc_standard_error(model, 1000, 0.3)) and 0.01 < fl.allowance < 0.03
+    assert ("not below" in fl.describe()) is passed and "baseline_lr 0.6600" in fl.describe()
+    nothing = floor(metrics, {}, "roc_auc", "w")
+    assert nothing.passed and nothing.best is None
+    # the deal task's prefix: win_roc_auc reads win_n and win_positive_rate
+    deal = floor({"win_roc_auc": 0.6, "win_n": 1000.0, "win_positive_rate": 0.3},
+                 {"baseline_stage": {"win_roc_auc": 0.7}}, "win_roc_auc", "w")
+    assert not deal.passed and deal.allowance > 0
+
+
+def test_hanley_mcneil_error_matches_a_simulation():
+    """The AUC's standard error of the floor against the spread of AUCs over seeded samples."""
+    from sklearn.metrics import roc_auc_score
+
+    from training.promote import auc_standard_error
+
+    rng = np.random.default_rng(0)
+    n1, n0 = 150, 350
+    aucs = [roc_auc_score(np.r_[np.ones(n1), np.zeros(n0)], np.r_[rng.normal(1.0, 1, n1), rng.normal(0, 1, n0)])
+            for _ in range(400)]
+    se = auc_standard_error(float(np.mean(aucs)), n1 + n0, n1 / (n1 + n0))
+    assert se == pytest.approx(np.std(aucs), rel=0.15)
+
+
+def test_a_first_version_below_the_floor_is_not_champion(store, sample_export, train_config, capsys):
+    """A model worse than naive Bayes on its evaluation window stays challenger, says why (tag,
+    load error), promote keeps it out, and --force makes it champion."""
+    client, home = store
+    weak_cfg = TrainConfig(**{**train_config.__dict__, "params": WEAK})
+    result = build_lead_model(sample_export, weak_cfg, sample_export.exported_at)
+    from training.pipeline import result_floor
+
+    fl = result_floor(result)
+    assert not fl.passed and fl.best == "baseline_nb" and fl.model < fl.baselines["baseline_nb"] - fl.allowance
+    weak = _register(result, client, weak_cfg, home)
+    assert weak.aliases == ["challenger"]
+    mv = client.get_model_version("lead_quality", weak.version)
+    assert mv.tags["floor"] == "refused" and "baseline_nb" in mv.tags["floor_reason"]
+    run = client.get_run(weak.run_id)
+    assert run.data.tags["floor"] == "refused" and run.data.metrics["floor_passed"] == 0.0
+    from models.registry import load_scorer
+
+    with pytest.raises(ModelNotAvailable, match="baseline floor.*--force"):
+        load_scorer(client, "lead_quality", "champion")
+    d = promote(sample_export, client, experiment="promote-tests")
+    assert not d.promote and "below the baseline floor" in d.reason and "--force" in d.reason
+    assert _aliases(client, weak.version) == ["challenger"]
+    d = promote(sample_export, client, experiment="promote-tests", force=True)
+    assert d.promote and "forced" in d.reason
+    assert _aliases(client, weak.version) == ["champion"]
