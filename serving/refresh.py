@@ -34,7 +34,7 @@ from features.settings import Settings
 from models.registry import LoadedModel
 from models.tasks import Task
 from models.worklist import WORK_COLUMNS, account_items, deal_items, lead_items, trend
-from serving.errors import RequestProblem
+from serving.errors import RequestProblem, client_safe
 from serving.snapshots import SnapshotRow, SnapshotStore, payload_key
 from serving.deps import state_cached
 from serving.store import OperationsStore
@@ -43,6 +43,10 @@ __all__ = ["RefreshResult", "Refresher", "configured_source", "refresh", "refres
            "latest_snapshot", "PAYLOADS"]
 
 log = logging.getLogger("funnelcast.refresh")
+
+
+class ExportUnreadable(FunnelcastError):
+    """The configured CRM source cannot be read (the server's data: a 503 to clients, not their 422)."""
 
 #: The funnel and forecast answers stored with each snapshot: the routes' defaults and the groupings
 #: the managers' page uses (other parameters are computed when asked).
@@ -160,7 +164,10 @@ def refresh(settings: Settings, models: Mapping[str, LoadedModel], store: Snapsh
     versions = {name: str(m.version) for name, m in models.items()}
     result = RefreshResult(status="failed", source=source, store=store.ops.url, refreshed_at=now, models=versions)
     try:
-        export, report = load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)
+        try:
+            export, report = load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)
+        except FunnelcastError as exc:
+            raise ExportUnreadable(f"the CRM export cannot be read: {exc}") from exc
         result.bad_rows = len(report.bad_rows)
         result.bad_rows_summary = report.summary(limit=20) if report else None
         items, result.missing = _scored(export, models, load_errors or {})
@@ -206,6 +213,9 @@ class Refresher:
             result = refresh(self.state.settings, self.state.models, self.store, self.state.load_errors)
             if result.export is not None:
                 self.state.configured_export = result.export  # the answers computed live read the same data
+                self.state.export_error = None
+            elif result.error and result.error.startswith("the CRM export cannot be read"):
+                self.state.export_error = client_safe(result.error)  # /readyz: the data source is unreadable
             log.info("refresh %s: snapshot %s, %s in %.1f s", result.status, result.snapshot_id, result.counts,
                      result.duration_seconds)
             return result
@@ -238,7 +248,7 @@ def latest_snapshot(state: Any) -> SnapshotRow:
         return snap
     attempt = r.store.latest(ok_only=False)
     if attempt is not None and attempt.age_seconds() < RETRY_FAILED_SECONDS:  # a request does not retry it at once
-        raise RequestProblem(f"no scored snapshot yet: the last refresh failed ({attempt.error}); fix it and run "
+        raise RequestProblem(f"no scored snapshot yet: the last refresh failed ({client_safe(attempt.error or '')}); fix it and run "
                              "`funnelcast refresh`", status_code=503, headers={"Retry-After": "60"})
     result = r.run(wait=False)
     snap = r.store.latest()
@@ -247,7 +257,7 @@ def latest_snapshot(state: Any) -> SnapshotRow:
     if result is None:
         raise RequestProblem("no scored snapshot yet: a refresh is running; retry in a minute, or run "
                              "`funnelcast refresh`", status_code=503, headers={"Retry-After": "30"})
-    raise RequestProblem(f"no scored snapshot yet: the refresh failed ({result.error}); fix it and run "
+    raise RequestProblem(f"no scored snapshot yet: the refresh failed ({client_safe(result.error or '')}); fix it and run "
                          "`funnelcast refresh`", status_code=503, headers={"Retry-After": "60"})
 
 
