@@ -27,8 +27,9 @@ The ladder (:func:`ladder`), simplest first:
 ``blend``
     The log-odds average of the two best candidates, kept only when it beats both on validation.
 
-naive Bayes and the logistic regression are the *baselines* (``role == "baseline"``); a model is
-chosen by the validation log loss (ties, within 1e-4, by the higher ROC AUC).
+naive Bayes and the logistic regression are the *baselines* (``role == "baseline"``). A model is
+chosen by the validation log loss with the one-standard-error rule (:func:`choose`: the simplest
+candidate within one paired standard error of the best; ties within 1e-4 broken by ROC AUC).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from models.baselines import NaiveBayesLeadScore
 from models.estimators import CalibratedBoostedClassifier
 from models.metrics import classification_metrics
 
-__all__ = ["BlendClassifier", "Candidate", "LogisticClassifier", "NaiveBayesClassifier", "choose", "ladder",
-           "platt"]
+__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "choose",
+           "choose_on_validation", "fit_candidate", "fit_every", "ladder", "platt", "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 500 rows a leaf, strong L2, and a
 #: faster learning rate (fewer rounds: the cheap rung of the ladder).
@@ -265,24 +266,179 @@ def _better(a: dict[str, float], b: dict[str, float]) -> bool:
     return np.nan_to_num(a["roc_auc"]) > np.nan_to_num(b["roc_auc"])
 
 
+def _row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    y = np.asarray(y, dtype=float)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
 def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal: pd.DataFrame,
            y_cal: np.ndarray, roles: dict[str, str]) -> tuple[str, pd.DataFrame, dict[str, Any]]:
-    """The best of ``models`` on the validation window (plus the blend of the two best when it beats both):
-    the winner's name, one row per candidate (``role``, ``validation_log_loss``, ``validation_roc_auc``,
-    ``chosen``), and the models (with the blend, when it was tried)."""
+    """The candidate chosen on the validation window: the *simplest* (ladder order, the blend last) whose log
+    loss is within one standard error of the best one's (the paired standard error of the per-row loss
+    differences; the one-standard-error rule, so a noise-level win of a complex model does not count);
+    the blend of the two best is tried and kept only when it beats both.
+
+    Returns the name, one row per candidate (``role``, ``validation_log_loss``, ``validation_roc_auc``,
+    ``chosen``) and the models (with the blend)."""
     models = dict(models)
-    scores = {n: classification_metrics(y_val, m.predict_proba(X_val)) for n, m in models.items()}
+    preds = {n: m.predict_proba(X_val) for n, m in models.items()}
+    scores = {n: classification_metrics(y_val, p) for n, p in preds.items()}
     ranked = sorted(scores, key=lambda n: (scores[n]["log_loss"], -np.nan_to_num(scores[n]["roc_auc"])))
     if len(ranked) >= 2:
         blend = BlendClassifier([models[ranked[0]], models[ranked[1]]], ranked[:2]).fit(X_cal=X_cal, y_cal=y_cal)
-        s = classification_metrics(y_val, blend.predict_proba(X_val))
+        preds["blend"] = blend.predict_proba(X_val)
+        s = classification_metrics(y_val, preds["blend"])
+        if all(_better(s, scores[n]) for n in ranked[:2]):
+            ranked.insert(0, "blend")
         models["blend"], scores["blend"] = blend, s
         roles = {**roles, "blend": "model"}
     best = ranked[0]
-    if "blend" in scores and all(_better(scores["blend"], scores[n]) for n in ranked[:2]):
-        best = "blend"
+    losses = {n: _row_losses(y_val, p) for n, p in preds.items()}
+    for name in models:  # ladder order: the simplest first (the blend was added last)
+        if name == "blend" and best != "blend":
+            continue
+        diff = losses[name] - losses[best]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if name == best or diff.mean() <= max(se, TIE):
+            best = name
+            break
     table = pd.DataFrame({"role": [roles[n] for n in scores],
                           "validation_log_loss": [scores[n]["log_loss"] for n in scores],
                           "validation_roc_auc": [scores[n]["roc_auc"] for n in scores],
                           "chosen": [n == best for n in scores]}, index=pd.Index(list(scores), name="candidate"))
     return best, table, models
+
+
+# ---------------------------------------------------------------- choosing on the validation window
+#: The history lengths tried (days before the split's cutoff; None: all of it) and the recency
+#: half-lives (days; None: every row weighs the same). Kept tiny: each point is one more fit.
+HISTORIES: tuple[int | None, ...] = (None, 365)
+HALF_LIVES: tuple[int | None, ...] = (None, 180)
+#: Fewest rows of each class a shortened history must keep to be tried.
+MIN_CLASS_ROWS = 10
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the validation window chose: the candidate (a blend names its members), the history and weighting."""
+
+    name: str
+    members: tuple[str, ...]
+    history_days: int | None
+    half_life_days: int | None
+    #: Validation metrics, one row per candidate (and per history/weighting tried for the winner).
+    table: pd.DataFrame
+    grid: pd.DataFrame
+
+    def params(self) -> dict[str, object]:
+        return {"candidate": self.name, "history_days": self.history_days or "all",
+                "half_life_days": self.half_life_days or "none"}
+
+
+def training_rows(rows: pd.DataFrame, cutoff: pd.Timestamp, history_days: int | None, half_life_days: int | None,
+                  time: str = "as_of") -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The rows of the last ``history_days`` before ``cutoff`` and their recency weights (None: unweighted)."""
+    if history_days is not None:
+        rows = rows[rows[time] >= cutoff - pd.Timedelta(days=history_days)]
+    if half_life_days is None:
+        return rows, None
+    age = (cutoff - rows[time]) / pd.Timedelta(days=1)
+    return rows, np.power(0.5, age.to_numpy(dtype=float) / half_life_days)
+
+
+def _fit_rows(candidate: Candidate, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str], cutoff: pd.Timestamp,
+              history_days: int | None, half_life_days: int | None, label: str = "label") -> Any:
+    rows, w = training_rows(fit, cutoff, history_days, half_life_days)
+    return fit_candidate(candidate, rows[cols], rows[label].to_numpy(), cal[cols], cal[label].to_numpy(), w)
+
+
+def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.DataFrame, val: pd.DataFrame,
+                         cols: list[str], cutoff: pd.Timestamp, label: str = "label",
+                         histories: Sequence[int | None] = HISTORIES,
+                         half_lives: Sequence[int | None] = HALF_LIVES) -> Choice:
+    """Every rung fitted on ``fit`` (calibrated on ``cal``) and compared on ``val`` (:func:`choose`); then, for
+    the winner (a blend: its better member), the history lengths and recency weightings, each kept only if
+    it lowers the validation log loss by more than :data:`TIE`. ``cutoff``: what the fit may know."""
+    by_name = {c.name: c for c in rungs}
+    models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, None, None, label) for c in rungs}
+    y_val = val[label].to_numpy()
+    name, table, models = choose(models, val[cols], y_val, cal[cols], cal[label].to_numpy(),
+                                 {c.name: c.role for c in rungs})
+    members = tuple(models["blend"].member_names) if name == "blend" else (name,)
+    base = members[0]
+    best = (float(table.loc[base, "validation_log_loss"]), None, None)
+    grid = [{"candidate": base, "history_days": "all", "half_life_days": "none", "validation_log_loss": best[0]}]
+    for history in histories:
+        for half_life in half_lives:
+            if history is None and half_life is None:
+                continue
+            rows, _ = training_rows(fit, cutoff, history, None)
+            counts = np.bincount(rows[label].to_numpy(dtype=int), minlength=2)
+            if (history is not None and len(rows) == len(fit)) or counts.min() < MIN_CLASS_ROWS:
+                continue
+            model = _fit_rows(by_name[base], fit, cal, cols, cutoff, history, half_life, label)
+            loss = classification_metrics(y_val, model.predict_proba(val[cols]))["log_loss"]
+            grid.append({"candidate": base, "history_days": history or "all", "half_life_days": half_life or "none",
+                         "validation_log_loss": loss})
+            if loss < best[0] - TIE:
+                best = (loss, history, half_life)
+    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid))
+
+
+def fit_every(rungs: list[Candidate], choice: Choice, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
+              cutoff: pd.Timestamp, label: str = "label", only_chosen: bool = False) -> dict[str, Any]:
+    """The rungs (``only_chosen``: just the chosen one, or a blend's members) fitted on ``fit`` with the chosen
+    history and weighting, calibrated on ``cal``; with the blend when it was chosen or tried."""
+    names = set(choice.members) if only_chosen else {c.name for c in rungs}
+    models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, choice.history_days, choice.half_life_days, label)
+              for c in rungs if c.name in names}
+    if ("blend" in choice.table.index and not only_chosen) or choice.name == "blend":
+        pair = choice.members if choice.name == "blend" else _blend_pair(choice.table)
+        if all(p in models for p in pair):
+            models["blend"] = BlendClassifier([models[p] for p in pair], pair).fit(X_cal=cal[cols],
+                                                                                  y_cal=cal[label].to_numpy())
+    return models
+
+
+def _blend_pair(table: pd.DataFrame) -> tuple[str, ...]:
+    """The two best single candidates on validation (the pair a blend averages)."""
+    single = table.drop(index="blend", errors="ignore")
+    order = single.sort_values(["validation_log_loss", "validation_roc_auc"], ascending=[True, False]).index
+    return tuple(order[:2])
+
+
+# ---------------------------------------------------------------- base-rate shift
+#: A shift is "sharp" when a two-proportion z-test gives |z| > Z_SHARP and the odds ratio is outside
+#: [1 / ODDS_SHARP, ODDS_SHARP] (both: a large sample makes tiny shifts significant, a small one noisy).
+Z_SHARP = 3.0
+ODDS_SHARP = 1.25
+
+
+def base_rate_shift(train_positives: int, train_n: int, recent_positives: int, recent_n: int) -> str | None:
+    """A sentence describing a sharp shift of the positive rate from training to a recent window (else None).
+
+    ``*_n`` should count distinct entities, not snapshot rows (rows of one lead are not independent)."""
+    if min(train_n, recent_n) == 0:
+        return None
+    p1, p2 = train_positives / train_n, recent_positives / recent_n
+    pooled = (train_positives + recent_positives) / (train_n + recent_n)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / train_n + 1 / recent_n))
+    if se == 0 or not 0 < p1 < 1 or not 0 < p2 < 1:
+        return None
+    z = (p2 - p1) / se
+    odds = (p2 / (1 - p2)) / (p1 / (1 - p1))
+    if abs(z) > Z_SHARP and not 1 / ODDS_SHARP <= odds <= ODDS_SHARP:
+        return f"the positive rate moved from {p1:.1%} in training to {p2:.1%} (z {z:+.1f}, odds ratio {odds:.2f})"
+    return None
+
+
+def shift_to_rate(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
+    """Move ``model``'s calibrated intercept so that its mean probability on ``X`` is the rate of ``y``;
+    returns the shift (log-odds)."""
+    from models.estimators import _intercept_shift
+
+    z = model.calib_slope_ * model.raw_score(X) + model.calib_intercept_
+    shift = _intercept_shift(z, np.asarray(y, dtype=float))
+    model.calib_intercept_ += shift
+    return shift
