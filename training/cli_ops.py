@@ -150,6 +150,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     dates. Writes OUT/report.md with plots and CSVs, and logs the figures to MLflow.
     """
     from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
+    from models.tasks import resolve_horizon
     from training.tasks import task_definition
 
     if args.period:
@@ -159,6 +160,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
                                                          snapshot_every_days=settings.snapshot_every_days,
                                                          seed=args.seed)
+    deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
     cfg = BacktestConfig(every=args.every, span=args.span, n_sims=args.sims, by=grouping(args.by),
                          deal=replace(deal, timing_layout=args.timing_layout))
     result = run_backtest(export, cfg, progress=True)
