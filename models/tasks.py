@@ -193,7 +193,9 @@ def resolve_horizon(definition: TaskDefinition, export: Export, cutoff: pd.Times
         return config, Horizon(days=int(config.horizon_days), source="user")
     durations = definition.decision_durations(export, cutoff)
     history = cutoff - durations.index.min() if len(durations) else None
-    horizon = choose_horizon(durations, cutoff, history=history)
+    # a task may cap the horizon (stage_conversion: a quarter, the period sales leaders forecast)
+    cap = getattr(definition, "max_horizon_days", None)
+    horizon = choose_horizon(durations, cutoff, history=history, **({"max_days": cap} if cap else {}))
     return dataclasses.replace(config, horizon_days=horizon.days), horizon
 
 

@@ -107,10 +107,18 @@ class LeadModels:
     choice: Choice | None
     roles: dict[str, str]
     validation: str = ""
+    #: The candidate used when nothing was chosen: the regularised logistic regression when the history
+    #: had no room for a validation window (a small, young export: the plain model is the safe one;
+    #: LightGBM fitted on a few snapshot times scored a constant on Maven CRM), LightGBM when choice is off.
+    fallback: str = "lgbm"
+
+    @property
+    def name(self) -> str:
+        return self.choice.name if self.choice else self.fallback
 
     @property
     def chosen(self) -> Any:
-        return self.models[self.choice.name if self.choice else "lgbm"]
+        return self.models[self.name]
 
 
 def _rows(snaps: pd.DataFrame, times: list[pd.Timestamp]) -> pd.DataFrame:
@@ -152,11 +160,11 @@ def _check_positives(snaps: pd.DataFrame, plan: Split) -> None:
 
 
 def _fit_models(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig, choice: Choice | None,
-                only_chosen: bool = False) -> dict[str, Any]:
+                only_chosen: bool = False, fallback: str = "lgbm") -> dict[str, Any]:
     fit, cal = _rows(snaps, split.fit), _rows(snaps, split.calibrate)
     rungs = _rungs(spec, cfg)
     if choice is None:  # no validation window: the current LightGBM (choice off, e.g. tuning: beside naive Bayes)
-        keep = {"lgbm"} if only_chosen else {"lgbm", "naive_bayes"} if not cfg.choose else {r.name for r in rungs}
+        keep = {fallback} if only_chosen else {"lgbm", "naive_bayes"} if not cfg.choose else {r.name for r in rungs}
         rungs = [r for r in rungs if r.name in keep]
         return {r.name: fit_candidate(r, fit[spec.feature_names], fit["label"].to_numpy(),
                                       cal[spec.feature_names], cal["label"].to_numpy()) for r in rungs}
@@ -171,7 +179,7 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
     try:
         val = cfg.fold.validation(sorted(set(snaps["as_of"])), split, _enough(snaps))
     except NotEnoughHistory as exc:
-        return None, f"no validation window ({exc.missing}): the current LightGBM settings, unchosen"
+        return None, f"no validation window ({exc.missing}): the regularised logistic regression, unchosen"
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
     choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff)
     return choice, val.describe()["evaluate"]
@@ -202,8 +210,8 @@ def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp]
     cols = spec.feature_names
     final_plan = cfg.fold.final(times, calibrate=split.calibrate_days or None)
     choice = fold_models.choice
-    models = _fit_models(snaps, final_plan, spec, cfg, choice, only_chosen=True)
-    final = models[choice.name if choice else "lgbm"]
+    models = _fit_models(snaps, final_plan, spec, cfg, choice, only_chosen=True, fallback=fold_models.fallback)
+    final = models[fold_models.name]
     chosen: dict[str, object] = {}
     if shift:  # the latest decided window: the last two snapshot steps (or 14 days) of the calibration window
         recent = pd.Timedelta(days=max(MIN_WINDOW_DAYS, 2 * cfg.snapshot_every_days))
@@ -230,7 +238,7 @@ def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp]
             "train_config": asdict(cfg),
             "data_fingerprint": export_fingerprint(export),
             "reference": reference,
-            "candidate": choice.name if choice else "lgbm",
+            "candidate": fold_models.name,
         },
     ), chosen
 
@@ -299,7 +307,7 @@ def candidate_table(fold_models: LeadModels, metrics: dict[str, dict[str, float]
                                 for n in names],
         "validation_roc_auc": [float(val["validation_roc_auc"].get(n, np.nan)) if len(val) else np.nan
                                for n in names],
-        "chosen": [n == (choice.name if choice else "lgbm") for n in names],
+        "chosen": [n == fold_models.name for n in names],
     }, index=pd.Index(names, name="candidate"))
     for k in SUMMARY_METRICS:
         table[k] = [metrics[n][k] for n in names]
@@ -362,9 +370,10 @@ class LeadQuality:
         """The candidates chosen on the validation window, every one fitted on the split's fit window."""
         _check_positives(snapshots.frame, split)
         choice, validation = _choose(snapshots.frame, split, snapshots.spec, config)
-        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice)
+        fallback = "logistic" if config.choose and choice is None else "lgbm"
+        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice, fallback=fallback)
         roles = {r.name: r.role for r in _rungs(snapshots.spec, config)} | {"blend": "model"}
-        return LeadModels(models, choice, roles, validation)
+        return LeadModels(models, choice, roles, validation, fallback)
 
     def evaluate(self, model: LeadModels, snapshots: Snapshots, split: Split, config: TrainConfig) -> Evaluation:
         """Every candidate on the evaluation window; the chosen one against the better baseline."""
@@ -375,7 +384,7 @@ class LeadQuality:
         metrics = {name: classification_metrics(y_ev, p) for name, p in preds.items()}
         baselines = [n for n in metrics if model.roles.get(n) == "baseline"]
         best_baseline = min(baselines, key=lambda n: metrics[n]["log_loss"])
-        chosen = model.choice.name if model.choice else "lgbm"
+        chosen = model.name
         frame = ev[["lead_id", "as_of", "label"]].assign(
             p_model=preds[chosen], **{f"p_{n}": p for n, p in preds.items()})
         return Evaluation(metrics[chosen], metrics[best_baseline], frame,
@@ -400,7 +409,7 @@ class LeadQuality:
                                  evaluation=evaluation.frame, snapshots=snaps,
                                  candidates=candidate_table(fold_models, metrics))
         choice = fold_models.choice
-        result.chosen = {**(choice.params() if choice else {"candidate": "lgbm"}), "baseline_name": best_baseline,
+        result.chosen = {**(choice.params() if choice else {"candidate": fold_models.name}), "baseline_name": best_baseline,
                          "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
         if shift:
             result.warnings.append(f"base-rate shift: {shift}; the registered model's intercept was moved by "
