@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     experiment: str = "funnelcast"
     open_stages: tuple[str, ...] = ("qualification", "proposal", "contract")
-    horizon_days: int = Field(91, gt=0)
+    horizon_days: int | None = Field(None, gt=0, description="Label horizon of lead_quality and stage_conversion; default: chosen from the data")
     snapshot_every_days: int = Field(14, gt=0)
     max_batch: int = Field(1000, gt=0)
     model_alias: str = "champion"

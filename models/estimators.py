@@ -88,13 +88,16 @@ class CalibratedBoostedClassifier:
         y: np.ndarray,
         X_cal: pd.DataFrame | None = None,
         y_cal: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> CalibratedBoostedClassifier:
+        """``sample_weight``: weights of the rows of ``X`` (e.g. a recency weighting); calibration is unweighted."""
         self.feature_names_ = list(X.columns)
         self.categories_ = {
             c: sorted(X[c].dropna().astype("str").unique().tolist()) for c in self.categorical_features if c in X
         }
         params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
-        train = lgb.Dataset(self._frame(X), label=np.asarray(y), categorical_feature=list(self.categories_) or "auto")
+        train = lgb.Dataset(self._frame(X), label=np.asarray(y), weight=sample_weight,
+                            categorical_feature=list(self.categories_) or "auto")
         callbacks = []
         valid_sets = []
         if X_cal is not None and y_cal is not None and len(X_cal):

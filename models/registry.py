@@ -106,7 +106,7 @@ def describe_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     except MlflowException:
         return []
     out = []
-    complete = [mv for mv in versions if (mv.tags or {}).get("incomplete") != "true"]  # interrupted trainings
+    complete = [mv for mv in versions if (getattr(mv, "tags", None) or {}).get("incomplete") != "true"]  # interrupted trainings
     for mv in sorted(complete, key=lambda v: int(v.version), reverse=True):
         metrics: dict[str, float] = {}
         params: dict[str, str] = {}

@@ -13,6 +13,7 @@ the protocol. Adding a task is one module implementing it and one line in ``trai
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,8 +24,10 @@ import pandas as pd
 
 from features.contract import Export
 from models.folds import Split, TimeFold
+from models.windows import Horizon, choose_horizon
 
-__all__ = ["Evaluation", "Scored", "Snapshots", "Task", "TaskConfig", "TaskDefinition", "TrainResult", "build_task"]
+__all__ = ["Evaluation", "Scored", "Snapshots", "Task", "TaskConfig", "TaskDefinition", "TrainResult", "build_task",
+           "resolve_horizon"]
 
 
 class Task(StrEnum):
@@ -60,6 +63,12 @@ class TrainResult:
     run_id: str | None = None
     version: str | None = None
     aliases: list[str] = field(default_factory=list)
+    #: What was chosen from the data (horizon, history, weighting, base-rate correction), logged as params.
+    chosen: dict[str, object] = field(default_factory=dict)
+    #: Warnings for the user (printed by `funnelcast train`, logged as the ``warnings`` tag).
+    warnings: list[str] = field(default_factory=list)
+    #: The configuration trained with, its horizon resolved (what promotion and tuning repeat).
+    config: Any = None
 
 
 @dataclass
@@ -87,6 +96,8 @@ class Evaluation:
     frame: pd.DataFrame
     #: The candidates on the evaluation window (see ``TrainResult.candidates``).
     candidates: pd.DataFrame | None = None
+    #: What the task's :meth:`~TaskDefinition.final` needs of the evaluation besides (e.g. every candidate).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,11 @@ class TaskDefinition(Protocol):
 
     def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
         """The entities the task scores at ``as_of`` (none created at or after it)."""
+        ...
+
+    def decision_durations(self, export: Export, cutoff: pd.Timestamp) -> pd.Series:
+        """Time from creation to decision (timedeltas, indexed by creation time) of the entities decided
+        before ``cutoff``: what :func:`models.windows.choose_horizon` chooses the horizon from."""
         ...
 
     def snapshots(self, export: Export, cutoff: pd.Timestamp, config: Any, *, progress: bool = False,
@@ -167,15 +183,39 @@ class TaskDefinition(Protocol):
         ...
 
 
+def resolve_horizon(definition: TaskDefinition, export: Export, cutoff: pd.Timestamp, config: Any,
+                    ) -> tuple[Any, Horizon | None]:
+    """``config`` with its ``horizon_days`` set (None: chosen from the task's decision times before
+    ``cutoff``, see :mod:`models.windows`), and the horizon; configs without a horizon pass through."""
+    if not hasattr(config, "horizon_days"):
+        return config, None
+    if config.horizon_days is not None:
+        return config, Horizon(days=int(config.horizon_days), source="user")
+    durations = definition.decision_durations(export, cutoff)
+    history = cutoff - durations.index.min() if len(durations) else None
+    # a task may cap the horizon (stage_conversion: a quarter, the period sales leaders forecast)
+    cap = getattr(definition, "max_horizon_days", None)
+    horizon = choose_horizon(durations, cutoff, history=history, **({"max_days": cap} if cap else {}))
+    return dataclasses.replace(config, horizon_days=horizon.days), horizon
+
+
 def build_task(definition: TaskDefinition, export: Export, cutoff: pd.Timestamp, config: Any, *,
                progress: bool = False, outcomes: pd.DataFrame | None = None,
                snapshots: Snapshots | None = None) -> TrainResult:
-    """Snapshots (unless given), the fold's evaluation split, a model on it and its evaluation against
-    the baseline, then the final scorer: the one training path of every task (no MLflow)."""
+    """The horizon (from the data unless set), snapshots (unless given), the fold's evaluation split, a
+    model on it and its evaluation against the baseline, then the final scorer: the one training path of
+    every task (no MLflow). ``result.config`` is ``config`` with the horizon resolved."""
+    config, horizon = resolve_horizon(definition, export, cutoff, config)
     snaps = snapshots if snapshots is not None else definition.snapshots(export, cutoff, config, progress=progress,
                                                                           outcomes=outcomes)
-    split = definition.fold(config, snaps).split(snaps.times, snaps.cutoff)
+    # a task may say what a split is missing (e.g. too few decided records per class): the fold shrinks for it
+    enough = definition.enough(snaps) if hasattr(definition, "enough") else None
+    split = definition.fold(config, snaps).split(snaps.times, snaps.cutoff, enough)
     evaluation = definition.evaluate(definition.fit(export, snaps, split, config), snaps, split, config)
     result = definition.final(export, snaps, split, evaluation, config)
     result.outcome_labels = snaps.outcome_labels
+    result.config = config
+    result.chosen = {**(horizon.params() if horizon else {}), **result.chosen}
+    if horizon is not None and horizon.note:
+        result.warnings.insert(0, horizon.describe())
     return result

@@ -43,7 +43,7 @@ def sample_export(sample_dir: Path):
 def train_config():
     from training.train import TrainConfig
 
-    return TrainConfig(snapshot_every_days=28, seed=SEED)
+    return TrainConfig(horizon_days=91, snapshot_every_days=28, seed=SEED)  # the horizon from the data: tests/models/test_windows.py
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_settings_page_has_a_row_per_setting():
     page = hooks.settings_markdown(Settings)
     rows = re.findall(r"^\| `(FUNNELCAST_[A-Z_]+)` \|", page, flags=re.M)
     assert rows == [f"FUNNELCAST_{name.upper()}" for name in Settings.model_fields]
-    assert "| `FUNNELCAST_HORIZON_DAYS` | `int` | `91` |" in page
+    assert "| `FUNNELCAST_HORIZON_DAYS` | `int or None` | `none` |" in page
 
 
 def test_api_page_has_every_operation():

@@ -93,7 +93,7 @@ def test_trained_in_a_project_scored_from_a_subfolder_with_the_same_models(tmp_p
     assert f"home {project / '.funnelcast'} (found from {sub})" in captured.err
     assert f"store sqlite:///{project / '.funnelcast' / 'mlflow.db'}" in captured.err
     scored = pd.read_csv(sub / "scores.csv")
-    assert len(scored) > 0 and set(scored["model_version"]) == {1}
+    assert len(scored) > 0 and set(scored["model"]) == {"lead_quality@1"}
     assert _homes(tmp_path) == [project / ".funnelcast"]  # no new store next to the subfolder
     assert not (tmp_path / "user-data").exists()
 

@@ -80,10 +80,15 @@ def customer_fold(times: pd.Series) -> TimeFold:
     return TimeFold(horizon="1d", evaluate=f"{evaluate}d", calibrate=f"{max((q75 - q50).days, 1)}d")
 
 
+class TooFewCustomers(FunnelcastError, ValueError):
+    """Too few customers with a complete value window for high_value's time split; names the counts."""
+
+
 def _require_customers(n: int, enough: bool = True) -> None:
     """Refuse fewer than 80 customers (or a split of them without ``enough`` in each part)."""
     if n < 80 or not enough:
-        raise ValueError(f"only {n} customers with a complete value: too few for a time split (need 80)")
+        raise TooFewCustomers(f"only {n} customers with a complete value: too few for a time split (need 80, and "
+                              "at least 20 fitting and 10 calibrating and evaluating); train on a longer export")
 
 
 def _days(snaps: pd.DataFrame) -> pd.Series:
@@ -252,6 +257,23 @@ class HighValue:
 
     def population(self, export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
         return export.accounts[export.accounts["created_at"] < as_of].drop_duplicates("account_id")
+
+    def decision_durations(self, export: Export, cutoff: pd.Timestamp) -> pd.Series:
+        """Account created to its first won deal, of the accounts that became customers before ``cutoff``.
+
+        high_value has no label horizon: its label is the value of a customer's first ``window_days``
+        (365 by default) after the first win, and its fold has a one-day gap (each account appears
+        once), so no horizon is resolved from these. They are what its windows rest on: how long an
+        account takes to become a customer, i.e. how late in an export the customers whose value
+        window is complete were created (what ``funnelcast train`` can learn from)."""
+        accounts = export.accounts.drop_duplicates("account_id").set_index("account_id")["created_at"]
+        opps = export.opportunities
+        won = opps[(opps["outcome"] == "won") & opps["closed_at"].notna() & (opps["closed_at"] < cutoff)]
+        first = won.groupby("account_id")["closed_at"].min()
+        created = accounts.reindex(first.index)
+        keep = created.notna() & (created < cutoff)
+        return pd.Series((first - created)[keep].to_numpy(), index=pd.DatetimeIndex(created[keep]),
+                         name="decision_time")
 
     def snapshots(self, export: Export, cutoff: pd.Timestamp, config: AccountConfig, *, progress: bool = False,
                   outcomes: pd.DataFrame | None = None) -> Snapshots:

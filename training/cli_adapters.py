@@ -36,6 +36,14 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _lead_horizon(export, as_of: pd.Timestamp | None) -> int:
+    """lead_quality's horizon chosen from the data (as `funnelcast train` chooses it)."""
+    from models.tasks import resolve_horizon
+    from training.train import LEAD_QUALITY, TrainConfig
+
+    return resolve_horizon(LEAD_QUALITY, export, as_of or export.exported_at, TrainConfig())[0].horizon_days
+
+
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from features.adapters import read_field_history, read_import_info
     from training.audit import AuditThresholds, audit_leads, write_exclude
@@ -47,7 +55,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     report = audit_leads(
         export,
         cutoff=args.as_of,
-        horizon_days=args.horizon or settings.horizon_days,
+        horizon_days=args.horizon or settings.horizon_days or _lead_horizon(export, args.as_of),
         snapshot_every_days=settings.snapshot_every_days,
         thresholds=thresholds,
         field_history=history,

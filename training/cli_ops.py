@@ -150,6 +150,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     dates. Writes OUT/report.md with plots and CSVs, and logs the figures to MLflow.
     """
     from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
+    from models.tasks import resolve_horizon
     from training.tasks import task_definition
 
     if args.period:
@@ -159,6 +160,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
                                                          snapshot_every_days=settings.snapshot_every_days,
                                                          seed=args.seed)
+    deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
     cfg = BacktestConfig(every=args.every, span=args.span, n_sims=args.sims, by=grouping(args.by),
                          deal=replace(deal, timing_layout=args.timing_layout))
     result = run_backtest(export, cfg, progress=True)
@@ -175,12 +177,14 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
     """``backtest --period month|quarter``: the calendar-period forecast at past periods (training.backtest)."""
+    from models.tasks import resolve_horizon
     from training.backtest import PeriodBacktestConfig, log_period_backtest, run_period_backtest, write_period_report
     from training.tasks import task_definition
 
     source, export = load_data(args, settings)
     deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
                                                          snapshot_every_days=settings.snapshot_every_days, seed=args.seed)
+    deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
     cfg = PeriodBacktestConfig(period=args.period, periods=args.periods, at_day=args.at_day, n_sims=args.sims,
                                by=grouping(args.by), deal=replace(deal, timing_layout=args.timing_layout))
     result = run_period_backtest(export, cfg, progress=True)

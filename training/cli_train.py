@@ -32,7 +32,8 @@ TASK_NAMES = [t.value for t in TASKS]
 def generate(out: Path, seed: int, scale: float, settings: Settings) -> None:
     from features.sample import generate_sample
 
-    print(generate_sample(out, seed=seed, scale=scale, horizon_days=settings.horizon_days, progress=True))
+    kwargs = {"horizon_days": settings.horizon_days} if settings.horizon_days else {}  # else the generator's
+    print(generate_sample(out, seed=seed, scale=scale, progress=True, **kwargs))
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,7 +54,8 @@ def _stored_outcomes(settings: Settings, task: Task, cutoff: pd.Timestamp) -> pd
 
 def task_config(task: Task, settings: Settings, *, horizon_days: int | None, snapshot_every_days: int | None, seed: int,
             exclude: Sequence[str], overrides: dict[str, Any], default_params: bool) -> tuple[Any, str]:
-    """The task's config from the shared flags, ``overrides`` of the fields it has, and the tuned parameters."""
+    """The task's config from the shared flags, ``overrides`` of the fields it has, and the tuned parameters
+    (a horizon of None is chosen from the data when the task trains)."""
     cfg = task_definition(task).config(horizon_days=horizon_days or settings.horizon_days,
                                        snapshot_every_days=snapshot_every_days or settings.snapshot_every_days,
                                        seed=seed, exclude=tuple(exclude))
@@ -63,6 +65,23 @@ def task_config(task: Task, settings: Settings, *, horizon_days: int | None, sna
     if tuned:
         cfg.params = dict(tuned["params"])
     return cfg, (f"tuned:{tuned['study']}#{tuned['trial']}" if tuned else "default")
+
+
+def _chosen_text(chosen: dict[str, object]) -> str:
+    """The windows and choices of a training run, as `funnelcast train` prints them."""
+    if not chosen:
+        return "trained with its own windows"
+    parts = []
+    if "horizon_days" in chosen:
+        source = "from the data" if chosen.get("horizon_source") == "data" else "set by the user"
+        parts.append(f"horizon {chosen['horizon_days']}d ({source})")
+    if "evaluate_days" in chosen:
+        parts.append(f"evaluation window {chosen['evaluate_days']}d, calibration window {chosen['calibrate_days']}d")
+    if "candidate" in chosen:
+        parts.append(f"model {chosen['candidate']} chosen on the validation window (history "
+                     f"{chosen.get('history_days', 'all')}, half-life {chosen.get('half_life_days', 'none')}); "
+                     f"baseline {chosen.get('baseline_name', '-')}")
+    return "; ".join(parts)
 
 
 def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None = None, skip_bad_rows: bool = False,
@@ -83,7 +102,11 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
                                      default_params=default_params)
         outcomes = _stored_outcomes(settings, task, cutoff) if use_outcomes else None
         result = train(task, export, cutoff, cfg, progress=True, outcomes=outcomes)
+        cfg = result.config if result.config is not None else cfg  # its horizon resolved
         result.scorer.metadata["params_source"] = params_source
+        print(f"{task}: {_chosen_text(result.chosen)}")
+        for warning in result.warnings:
+            print(f"warning: {task}: {warning}")
         if result.outcome_labels is not None:
             o = result.outcome_labels
             print(f"labels decided by stored outcomes: {o.labels_from_outcomes}, changed from the export: "
@@ -185,7 +208,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     data_args(t)
     as_of_arg(t, "train on history before this time only")
     t.add_argument("--horizon", type=horizon, help="label horizon of lead_quality and stage_conversion, e.g. 91d "
-                   "(default FUNNELCAST_HORIZON_DAYS, 91 days)")
+                   "(default FUNNELCAST_HORIZON_DAYS, else chosen from the data: 90%% of the decisions, rounded up)")
     t.add_argument("--snapshot-every", type=horizon, help="time between snapshots, e.g. 14d (default 14d)")
     t.add_argument("--exclude", nargs="*", help="feature columns to leave out (e.g. leaking custom fields)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

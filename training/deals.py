@@ -80,7 +80,7 @@ MIN_POSITIVES = 10
 
 @dataclass
 class DealTrainConfig:
-    horizon_days: int = 91
+    horizon_days: int | None = 91
     snapshot_every_days: int = 14
     eval_days: int = 91
     #: The calibration window (early stopping, Platt scaling). Six weeks, not a horizon: the fit
@@ -805,7 +805,19 @@ class StageConversion:
     comparison = DealComparison()
     drift_population = "deals open"
 
-    def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
+    #: The horizon chosen from the data is at most a quarter: the period a sales team forecasts, and
+    #: the span the timing model's periods are cut from (a shorter one for deals that decide faster).
+    max_horizon_days = 91
+
+    def decision_durations(self, export: Export, cutoff: pd.Timestamp) -> pd.Series:
+        """Created to closed (won or lost), of the deals closed before ``cutoff`` (indexed by creation time)."""
+        opps = export.opportunities
+        closed = opps["closed_at"]
+        keep = closed.notna() & (closed < cutoff) & (opps["created_at"] < cutoff)
+        return pd.Series((closed - opps["created_at"])[keep].to_numpy(),
+                         index=pd.DatetimeIndex(opps.loc[keep, "created_at"]), name="decision_time")
+
+    def config(self, *, horizon_days: int | None, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> DealTrainConfig:
         return DealTrainConfig(horizon_days=horizon_days, snapshot_every_days=snapshot_every_days, exclude=exclude,
                                seed=seed)

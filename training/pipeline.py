@@ -59,6 +59,7 @@ def _shared_params(result: TrainResult, cfg: Any) -> dict[str, object]:
         "params_source": str(meta.get("params_source", "default")),
         "stored_outcomes": "used" if result.outcome_labels is not None else "off",
         **{f"split_{k}": v for k, v in result.windows.items()},
+        **result.chosen,  # windows and models chosen from the data (horizon_source: data|user, candidate, ...)
     }
 
 
@@ -160,6 +161,8 @@ def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: s
                           run_name=f"{scorer.task}-{scorer.trained_until.date()}") as run:
         mlflow.set_tags({"task": scorer.task, "data_source": data_source})
         mlflow.set_tags(provenance_tags(cfg.seed, scorer.metadata.get("data_fingerprint")))
+        if result.warnings:
+            mlflow.set_tag("warnings", " | ".join(result.warnings)[:5000])
         mlflow.log_params({**_shared_params(result, cfg), **definition.run_params(result, cfg)})
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"{definition.baseline}_{k}": v for k, v in result.baseline_metrics.items()

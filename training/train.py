@@ -1,12 +1,24 @@
 """The lead_quality task: point-in-time lead snapshots, the time-fold evaluation, the scorer.
 
-The split is the task's :class:`~models.folds.TimeFold` over the labelled snapshot times
-(``as_of <= cutoff - h``): the latest ``eval_days`` evaluate, the ``calib_days`` ending a
-horizon before them calibrate (early stopping, Platt scaling), everything earlier fits. The
-registered model is then refitted on the fold's final split (its calibration window being
-the latest ``calib_days``), with the context of ``cutoff``. The metrics are those of the
-held-out evaluation, for the model and for the naive-Bayes baseline (Odoo's approach) on the
-same rows. :data:`LEAD_QUALITY` is the task's :class:`~models.tasks.TaskDefinition`.
+The horizon is the user's (``horizon_days``) or chosen from the leads' decision times (created to
+converted or disqualified, see :mod:`models.windows`). The split is the task's
+:class:`~models.folds.TimeFold` over the labelled snapshot times (``as_of <= cutoff - h``): the
+latest ``eval_days`` evaluate, the ``calib_days`` ending a horizon before them calibrate (early
+stopping, Platt scaling), everything earlier fits; on a short history both windows shrink (to two
+snapshot steps or 14 days, whichever is longer) until every window holds at least
+:data:`MIN_POSITIVES` leads of each class.
+
+The model is chosen on the **validation** split (the same fold as known at the evaluation
+window's start, :meth:`~models.folds.TimeFold.validation`), never on the evaluation window: the
+ladder of :mod:`models.candidates` (naive Bayes, logistic regression, conservative and current
+LightGBM, a blend), then the history length and recency weighting of the winner. Every candidate
+is then fitted on the evaluation split and scored on the evaluation window (``result.candidates``);
+``metrics`` are the chosen one's, ``baseline_metrics`` the better baseline's (naive Bayes or the
+logistic regression, by evaluation log loss). The registered model is the winner refitted on the
+fold's final split with the context of ``cutoff``; when the evaluation window's conversion rate
+differed sharply from training's (:func:`models.candidates.base_rate_shift`), its intercept is
+moved to the rate of the latest decided window and the user is warned.
+:data:`LEAD_QUALITY` is the task's :class:`~models.tasks.TaskDefinition`.
 """
 
 from __future__ import annotations
@@ -28,11 +40,19 @@ from features.leads import (
     snapshot_times,
 )
 from features.pit import open_leads
-from models.baselines import NaiveBayesLeadScore
+from models.candidates import (
+    Choice,
+    base_rate_shift,
+    choose_on_validation,
+    fit_candidate,
+    fit_every,
+    ladder,
+    shift_to_rate,
+)
 from models.drift import reference_profile
-from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
+from models.estimators import DEFAULT_PARAMS
 from models.explain import shap_summary_plot
-from models.folds import Split, TimeFold
+from models.folds import NotEnoughHistory, Split, TimeFold
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
@@ -43,13 +63,17 @@ from training.provenance import export_fingerprint
 from training.score import score_open_leads
 from training.tune import ProtocolTuning
 
-#: Fewest conversions a fit or calibration window may hold before training refuses.
+#: Fewest leads of each class (converted, not converted) a fit or calibration window may hold, and
+#: half of it an evaluation window, before the windows shrink or training refuses.
 MIN_POSITIVES = 10
+#: Shortest evaluation and calibration windows (days; or two snapshot steps when that is longer).
+MIN_WINDOW_DAYS = 14
 
 
 @dataclass
 class TrainConfig:
-    horizon_days: int = 91
+    #: None: chosen from the data (``models.windows.choose_horizon``) when training starts.
+    horizon_days: int | None = None
     snapshot_every_days: int = 14
     eval_days: int = 91
     calib_days: int = 91
@@ -57,10 +81,16 @@ class TrainConfig:
     params: dict[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     seed: int = 0
+    #: Choose the model on a validation window (False: the current LightGBM, as before the ladder).
+    choose: bool = True
 
     @property
     def fold(self) -> TimeFold:
-        return TimeFold(horizon=self.horizon_days, evaluate=self.eval_days, calibrate=self.calib_days)
+        if self.horizon_days is None:
+            raise NotEnoughHistory("no horizon", [], "the horizon was not resolved (models.tasks.resolve_horizon)")
+        least = max(MIN_WINDOW_DAYS, 2 * self.snapshot_every_days)
+        return TimeFold(horizon=self.horizon_days, evaluate=self.eval_days, calibrate=self.calib_days,
+                        min_evaluate=least, min_calibrate=least)
 
 
 @dataclass(kw_only=True)
@@ -69,27 +99,90 @@ class LeadTrainResult(TrainResult):
     plan: Split
 
 
+@dataclass
+class LeadModels:
+    """A fold's models: every candidate fitted on the evaluation split, and what validation chose."""
+
+    models: dict[str, Any]
+    choice: Choice | None
+    roles: dict[str, str]
+    validation: str = ""
+    #: The candidate used when nothing was chosen: the regularised logistic regression when the history
+    #: had no room for a validation window (a small, young export: the plain model is the safe one;
+    #: LightGBM fitted on a few snapshot times scored a constant on Maven CRM), LightGBM when choice is off.
+    fallback: str = "lgbm"
+
+    @property
+    def name(self) -> str:
+        return self.choice.name if self.choice else self.fallback
+
+    @property
+    def chosen(self) -> Any:
+        return self.models[self.name]
+
+
 def _rows(snaps: pd.DataFrame, times: list[pd.Timestamp]) -> pd.DataFrame:
     return snaps[snaps["as_of"].isin(times)]
 
 
-def _fit(snaps: pd.DataFrame, plan: Split, spec: LeadFeatureSpec, cfg: TrainConfig) -> CalibratedBoostedClassifier:
-    fit, cal = _rows(snaps, plan.fit), _rows(snaps, plan.calibrate)
-    cols = spec.feature_names
-    return CalibratedBoostedClassifier(spec.categorical_features, params=cfg.params, random_state=cfg.seed).fit(
-        fit[cols], fit["label"].to_numpy(), cal[cols], cal["label"].to_numpy()
-    )
+def _rungs(spec: LeadFeatureSpec, cfg: TrainConfig) -> list:
+    return ladder(spec.categorical_features, cfg.params, cfg.seed)
+
+
+def _enough(snaps: pd.DataFrame) -> Any:
+    """What a split of ``snaps`` is missing (decided leads per class per window), or None."""
+    by_time = snaps.groupby("as_of")["label"].agg(["sum", "count"])
+
+    def missing(split: Split) -> str | None:
+        for window, key, least in (("fit", "fit", MIN_POSITIVES), ("calibration", "calibrate", MIN_POSITIVES),
+                                   ("evaluation", "evaluate", MIN_POSITIVES // 2)):
+            times = getattr(split, key)
+            if key == "evaluate" and not times:
+                continue
+            part = by_time.reindex(times).fillna(0)
+            pos, n = int(part["sum"].sum()), int(part["count"].sum())
+            if min(pos, n - pos) < least:
+                return (f"the {window} window {split.describe()[key]} holds {pos} converted and {n - pos} other "
+                        f"lead snapshots (at least {least} of each are needed)")
+        return None
+
+    return missing
 
 
 def _check_positives(snaps: pd.DataFrame, plan: Split) -> None:
-    for window, key in (("fit", "fit"), ("calibration", "calibrate")):
-        positives = int(_rows(snaps, getattr(plan, key))["label"].sum())
-        if positives < MIN_POSITIVES:
-            raise ValueError(
-                f"only {positives} conversion(s) in the {window} window {plan.describe()[key]}: "
-                f"too few to learn from (at least {MIN_POSITIVES}); the history may start before outcomes were "
-                "recorded, so train with --as-of later or on a longer export"
-            )
+    """Refuse a split whose windows hold too few leads of a class (NotEnoughHistory names them)."""
+    missing = _enough(snaps)(plan)
+    if missing:
+        months = (max(plan.fit + plan.calibrate + plan.evaluate) - min(plan.fit)) / pd.Timedelta(days=30.44)
+        raise NotEnoughHistory(f"{months:.1f} months of labelled snapshots", [plan.describe()["evaluate"]],
+                               f"{missing}; the history may start before outcomes were recorded, so train with "
+                               "--as-of later or on a longer export")
+
+
+def _fit_models(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig, choice: Choice | None,
+                only_chosen: bool = False, fallback: str = "lgbm") -> dict[str, Any]:
+    fit, cal = _rows(snaps, split.fit), _rows(snaps, split.calibrate)
+    rungs = _rungs(spec, cfg)
+    if choice is None:  # no validation window: the current LightGBM (choice off, e.g. tuning: beside naive Bayes)
+        keep = {fallback} if only_chosen else {"lgbm", "naive_bayes"} if not cfg.choose else {r.name for r in rungs}
+        rungs = [r for r in rungs if r.name in keep]
+        return {r.name: fit_candidate(r, fit[spec.feature_names], fit["label"].to_numpy(),
+                                      cal[spec.feature_names], cal["label"].to_numpy()) for r in rungs}
+    return fit_every(rungs, choice, fit, cal, spec.feature_names, split.cutoff, only_chosen=only_chosen)
+
+
+def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig) -> tuple[Choice | None, str]:
+    """The candidate, history and weighting chosen on the validation split before ``split``'s evaluation
+    window (None, and why, when the history has no room for one)."""
+    if not cfg.choose:
+        return None, "off"
+    try:
+        val = cfg.fold.validation(sorted(set(snaps["as_of"])), split, _enough(snaps))
+    except NotEnoughHistory as exc:
+        return None, f"no validation window ({exc.missing}): the regularised logistic regression, unchosen"
+    fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
+    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff)
+    return choice, val.describe()["evaluate"]
 
 
 def build_lead_model(
@@ -109,11 +202,21 @@ def build_lead_model(
 
 
 def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp], spec: LeadFeatureSpec,
-                  cfg: TrainConfig, cutoff: pd.Timestamp) -> LeadScorer:
-    """The registered model: refitted on the fold's final split, with the context of ``cutoff``."""
+                  cfg: TrainConfig, cutoff: pd.Timestamp, split: Split, fold_models: LeadModels,
+                  shift: str | None) -> tuple[LeadScorer, dict[str, object]]:
+    """The registered model: the chosen candidate refitted on the fold's final split (its calibration window
+    as long as the evaluation split's), with the context of ``cutoff``; its intercept moved to the latest
+    decided window's rate when ``shift`` says the base rate moved."""
     cols = spec.feature_names
-    final_plan = cfg.fold.final(times)
-    final = _fit(snaps, final_plan, spec, cfg)
+    final_plan = cfg.fold.final(times, calibrate=split.calibrate_days or None)
+    choice = fold_models.choice
+    models = _fit_models(snaps, final_plan, spec, cfg, choice, only_chosen=True, fallback=fold_models.fallback)
+    final = models[fold_models.name]
+    chosen: dict[str, object] = {}
+    if shift:  # the latest decided window: the last two snapshot steps (or 14 days) of the calibration window
+        recent = pd.Timedelta(days=max(MIN_WINDOW_DAYS, 2 * cfg.snapshot_every_days))
+        latest = _rows(snaps, [t for t in final_plan.calibrate if t > final_plan.calibrate[-1] - recent])
+        chosen["base_rate_shift"] = round(shift_to_rate(final, latest[cols], latest["label"].to_numpy()), 4)
     every = _rows(snaps, final_plan.fit + final_plan.calibrate)
     # drift reference: the final model's latest training rows (its calibration window) and their scores
     recent = _rows(snaps, final_plan.calibrate)[cols]
@@ -135,8 +238,9 @@ def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp]
             "train_config": asdict(cfg),
             "data_fingerprint": export_fingerprint(export),
             "reference": reference,
+            "candidate": fold_models.name,
         },
-    )
+    ), chosen
 
 
 def _tuning_params() -> dict[str, Any]:
@@ -159,7 +263,9 @@ class LeadComparison:
         start = export.leads["created_at"].min() + pd.Timedelta(days=recipe.warmup_days)
         times = snapshot_times(start, export.exported_at - pd.Timedelta(days=recipe.horizon_days),
                                recipe.snapshot_every_days)
-        fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days)
+        least = max(MIN_WINDOW_DAYS, 2 * recipe.snapshot_every_days)
+        fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days,
+                        min_evaluate=least, min_calibrate=least)
         window = fold.split(times, export.exported_at).evaluate
         return Window(window[0], window_label(window), window)
 
@@ -190,17 +296,36 @@ def window_predictions(scorer: Any, export: Export, times: list[pd.Timestamp]) -
 SUMMARY_METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "calibration_error", "top_decile_capture")
 
 
+def candidate_table(fold_models: LeadModels, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per candidate: role, validation figures, chosen, then the evaluation-window metrics."""
+    names = list(metrics)
+    choice = fold_models.choice
+    val = choice.table if choice is not None else pd.DataFrame(index=pd.Index([], name="candidate"))
+    table = pd.DataFrame({
+        "role": [fold_models.roles.get(n, "model") for n in names],
+        "validation_log_loss": [float(val["validation_log_loss"].get(n, np.nan)) if len(val) else np.nan
+                                for n in names],
+        "validation_roc_auc": [float(val["validation_roc_auc"].get(n, np.nan)) if len(val) else np.nan
+                               for n in names],
+        "chosen": [n == fold_models.name for n in names],
+    }, index=pd.Index(names, name="candidate"))
+    for k in SUMMARY_METRICS:
+        table[k] = [metrics[n][k] for n in names]
+    return table
+
+
 class LeadQuality:
     """The lead_quality :class:`~models.tasks.TaskDefinition`: P(a lead converts within the horizon)."""
 
     task = Task.LEAD_QUALITY
-    baseline = "baseline_nb"
+    #: the better of naive Bayes and the logistic regression on the evaluation window (its name: param baseline_name)
+    baseline = "baseline"
     floor_metric = "roc_auc"
     tuning = ProtocolTuning(Task.LEAD_QUALITY, _tuning_params, (10, 1000))
     comparison = LeadComparison()
     drift_population = "leads open"
 
-    def config(self, *, horizon_days: int, snapshot_every_days: int, seed: int,
+    def config(self, *, horizon_days: int | None, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> TrainConfig:
         return TrainConfig(horizon_days=horizon_days, snapshot_every_days=snapshot_every_days, exclude=exclude,
                            seed=seed)
@@ -225,33 +350,76 @@ class LeadQuality:
     def fold(self, config: TrainConfig, snapshots: Snapshots) -> TimeFold:
         return config.fold
 
-    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: TrainConfig,
-            ) -> CalibratedBoostedClassifier:
-        _check_positives(snapshots.frame, split)
-        return _fit(snapshots.frame, split, snapshots.spec, config)
+    def decision_durations(self, export: Export, cutoff: pd.Timestamp) -> pd.Series:
+        """Created to converted, of the leads converted before ``cutoff`` (indexed by creation time).
 
-    def evaluate(self, model: CalibratedBoostedClassifier, snapshots: Snapshots, split: Split,
-                 config: TrainConfig) -> Evaluation:
-        """The model against naive Bayes (fitted on the same fit and calibration rows)."""
+        The label is "converted within the horizon", so the horizon is to hold most conversions.
+        Disqualifications are left out: CRMs often disqualify in bulk clean-ups of stale leads (the
+        sample after a year), which would say more about the clean-up than about when leads decide."""
+        leads = export.leads
+        decided = leads["converted_at"]
+        keep = decided.notna() & (decided < cutoff) & (leads["created_at"] < cutoff)
+        return pd.Series((decided - leads["created_at"])[keep].to_numpy(),
+                         index=pd.DatetimeIndex(leads.loc[keep, "created_at"]), name="decision_time")
+
+    def enough(self, snapshots: Snapshots) -> Any:
+        """What a split of the snapshots is missing (leads of each class per window), for the fold to shrink."""
+        return _enough(snapshots.frame)
+
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: TrainConfig) -> LeadModels:
+        """The candidates chosen on the validation window, every one fitted on the split's fit window."""
+        _check_positives(snapshots.frame, split)
+        choice, validation = _choose(snapshots.frame, split, snapshots.spec, config)
+        fallback = "logistic" if config.choose and choice is None else "lgbm"
+        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice, fallback=fallback)
+        roles = {r.name: r.role for r in _rungs(snapshots.spec, config)} | {"blend": "model"}
+        return LeadModels(models, choice, roles, validation, fallback)
+
+    def evaluate(self, model: LeadModels, snapshots: Snapshots, split: Split, config: TrainConfig) -> Evaluation:
+        """Every candidate on the evaluation window; the chosen one against the better baseline."""
         snaps, cols = snapshots.frame, snapshots.spec.feature_names
         ev = _rows(snaps, split.evaluate)
         y_ev = ev["label"].to_numpy()
-        p_model = model.predict_proba(ev[cols])
-        train_rows = _rows(snaps, split.fit + split.calibrate)
-        nb = NaiveBayesLeadScore(snapshots.spec.categorical_features).fit(train_rows[cols],
-                                                                          train_rows["label"].to_numpy())
-        p_nb = nb.predict_proba(ev[cols])
-        frame = ev[["lead_id", "as_of", "label"]].assign(p_model=p_model, p_naive_bayes=p_nb)
-        return Evaluation(classification_metrics(y_ev, p_model), classification_metrics(y_ev, p_nb), frame)
+        preds = {name: m.predict_proba(ev[cols]) for name, m in model.models.items()}
+        metrics = {name: classification_metrics(y_ev, p) for name, p in preds.items()}
+        baselines = [n for n in metrics if model.roles.get(n) == "baseline"]
+        best_baseline = min(baselines, key=lambda n: metrics[n]["log_loss"])
+        chosen = model.name
+        frame = ev[["lead_id", "as_of", "label"]].assign(
+            p_model=preds[chosen], **{f"p_{n}": p for n, p in preds.items()})
+        return Evaluation(metrics[chosen], metrics[best_baseline], frame,
+                          extra={"models": model, "metrics": metrics, "baseline_name": best_baseline})
 
     def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
               config: TrainConfig) -> LeadTrainResult:
-        scorer = _final_scorer(export, snapshots.frame, snapshots.times, snapshots.spec, config, snapshots.cutoff)
+        fold_models, metrics = evaluation.extra["models"], evaluation.extra["metrics"]
+        best_baseline = evaluation.extra["baseline_name"]
+        snaps = snapshots.frame
+        train_rows, ev = _rows(snaps, split.fit + split.calibrate), _rows(snaps, split.evaluate)
+        # snapshot rates, with the distinct leads as the sample sizes (a lead's rows are not independent)
+        n_train, n_ev = train_rows["lead_id"].nunique(), ev["lead_id"].nunique()
+        shift = base_rate_shift(round(train_rows["label"].mean() * n_train), n_train, round(ev["label"].mean() * n_ev),
+                                n_ev)
+        scorer, chosen = _final_scorer(export, snaps, snapshots.times, snapshots.spec, config, snapshots.cutoff, split,
+                                       fold_models, shift)
         labels = snapshots.outcome_labels
         scorer.metadata["outcome_labels"] = labels.__dict__ if labels else None
-        return LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
-                               plan=split, windows=split.describe(), evaluation=evaluation.frame,
-                               snapshots=snapshots.frame)
+        result = LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                                 plan=split, windows={**split.describe(), "validate": fold_models.validation},
+                                 evaluation=evaluation.frame, snapshots=snaps,
+                                 candidates=candidate_table(fold_models, metrics))
+        choice = fold_models.choice
+        result.chosen = {**(choice.params() if choice else {"candidate": fold_models.name}), "baseline_name": best_baseline,
+                         "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
+        if shift:
+            result.warnings.append(f"base-rate shift: {shift}; the registered model's intercept was moved by "
+                                   f"{chosen['base_rate_shift']:+.3f} log-odds to the latest decided window's rate")
+        if split.evaluate_days < config.eval_days:
+            result.warnings.append(f"short history: evaluation window {split.evaluate_days}d and calibration window "
+                                   f"{split.calibrate_days}d (asked {config.eval_days}d and {config.calib_days}d); "
+                                   f"{metrics[result.chosen['candidate']]['n']:.0f} evaluation rows, so the figures "
+                                   "are less reliable")
+        return result
 
     def run_params(self, result: TrainResult, config: TrainConfig) -> dict[str, object]:
         meta = result.scorer.metadata
@@ -260,7 +428,7 @@ class LeadQuality:
             "snapshot_every_days": config.snapshot_every_days,
             "snapshots": meta["snapshots"],
             "rows": meta["rows"],
-            "n_rounds": result.scorer.classifier.n_rounds_,
+            "n_rounds": getattr(result.scorer.classifier, "n_rounds_", 0),
             "calibration": "platt",
             **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **config.params}.items()},
         }
@@ -268,9 +436,13 @@ class LeadQuality:
     def write_report(self, result: TrainResult, config: TrainConfig, folder: Path) -> None:
         d = folder / "report"
         ev = result.evaluation
+        baseline = str(result.chosen.get("baseline_name", "naive_bayes"))
+        if result.candidates is not None:
+            result.candidates.to_csv(d / "candidates.csv")
         calibration_plot(
             ev["label"].to_numpy(),
-            {"funnelcast": ev["p_model"].to_numpy(), "naive Bayes (Odoo-style)": ev["p_naive_bayes"].to_numpy()},
+            {f"funnelcast ({result.chosen.get('candidate', 'lgbm')})": ev["p_model"].to_numpy(),
+             f"best baseline ({baseline})": ev[f"p_{baseline}"].to_numpy()},
             str(d / "calibration.png"),
             title="Lead quality: calibration on the evaluation window",
         )
@@ -279,10 +451,17 @@ class LeadQuality:
         shap_summary_plot(result.scorer.explain(sample), sample, str(d / "shap_summary.png"))
 
     def summary(self, result: TrainResult) -> str:
-        m, b = result.metrics, result.baseline_metrics
-        table = pd.DataFrame({"funnelcast": [m[r] for r in SUMMARY_METRICS],
-                              "naive Bayes": [b[r] for r in SUMMARY_METRICS]}, index=list(SUMMARY_METRICS))
-        return f"evaluation window {result.windows['evaluate']}\n{table.round(4).to_string()}"
+        """The candidates (chosen on the validation window) and their figures on the evaluation window."""
+        table = result.candidates
+        if table is None:
+            m, b = result.metrics, result.baseline_metrics
+            table = pd.DataFrame({"funnelcast": m, "baseline": b}).T[list(SUMMARY_METRICS)]
+        cols = ["role", "chosen", "validation_log_loss", "roc_auc", "brier", "log_loss", "calibration_error"]
+        shown = table[[c for c in cols if c in table]]
+        with pd.option_context("display.width", 160):
+            text = shown.round(4).to_string()
+        return (f"validation window {result.windows.get('validate') or 'none'}, evaluation window "
+                f"{result.windows['evaluate']}\n{text}")
 
     def score(self, scorer: LeadScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(score_open_leads(export, scorer, as_of), "leads")

@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient
 from features.contract import Export
 from features.errors import FunnelcastError
 from models.folds import TimeFold
-from models.tasks import Task
+from models.tasks import Task, resolve_horizon
 from training.provenance import export_fingerprint, provenance_tags
 
 #: The parameters searched (the rest of each task's defaults stays as it is).
@@ -84,8 +84,8 @@ class Tuning(Protocol):
 
 
 def with_params(config: Any, params: dict[str, Any]) -> Any:
-    """``config`` with the trial's ``params`` over its own."""
-    return replace(config, params={**config.params, **params})
+    """``config`` with the trial's ``params`` over its own (and no choice of candidate: a trial tunes LightGBM)."""
+    return replace(config, params={**config.params, **params}, **({"choose": False} if hasattr(config, "choose") else {}))
 
 
 class ProtocolTuning:
@@ -208,8 +208,10 @@ def tune(
     configuration, whose parameters the trials override); returns the best parameters over every
     trial of the study (default name: the task)."""
     from training.pipeline import experiment_id  # the pipeline imports the task modules, which import this one
+    from training.tasks import task_definition
 
     tuning = task_tuning(task)
+    config, _ = resolve_horizon(task_definition(task), export, cutoff, config)  # None: chosen from the data
     horizon = getattr(config, "horizon_days", None)
     if fold is not None and horizon is not None and pd.Timedelta(days=horizon) != fold.horizon:
         raise FunnelcastError(f"the fold's horizon {fold.describe()['horizon']} is not the {task} config's "

@@ -90,3 +90,41 @@ def test_backtest_origins_end_a_horizon_before_the_cutoff():
     with pytest.raises(InvalidFold, match="every"):
         fold.origins(cutoff, span="364d", every="0d")
     assert "horizon='91d'" in repr(fold) and fold.describe()["calibrate"] == "91d"
+
+
+def test_windows_shrink_to_what_a_short_history_allows():
+    times = list(pd.date_range("2025-01-01", periods=20, freq="7D", tz="UTC"))  # 19 weeks
+    fold = TimeFold(horizon="14d", evaluate="91d", calibrate="91d")
+    s = fold.split(times)
+    assert s.fit and s.calibrate and s.evaluate
+    assert 14 <= s.evaluate_days < 91 and 14 <= s.calibrate_days < 91
+    assert max(s.calibrate) + fold.horizon < min(s.evaluate)
+
+
+def test_not_enough_history_names_what_was_found_and_tried():
+    from models.folds import NotEnoughHistory
+
+    times = list(pd.date_range("2025-01-01", periods=4, freq="7D", tz="UTC"))
+    with pytest.raises(NotEnoughHistory) as err:
+        TimeFold(horizon="14d", evaluate="28d", calibrate="28d").split(times)
+    text = str(err.value)
+    assert "months of labelled snapshots" in text and "28d/28d" in text and "14d/14d" in text
+    assert "empty" in text and isinstance(err.value, FunnelcastError)
+
+
+def test_enough_makes_the_windows_shrink_and_its_reason_is_named():
+    from models.folds import NotEnoughHistory
+
+    fold = TimeFold(horizon="14d", evaluate="91d", calibrate="91d")
+    s = fold.split(TIMES, enough=lambda split: None if len(split.evaluate) <= 3 else "too long")
+    assert len(s.evaluate) <= 3 and s.evaluate_days < 91
+    with pytest.raises(NotEnoughHistory, match="3 positives"):
+        fold.split(TIMES, enough=lambda split: "3 positives")
+
+
+def test_the_validation_window_lies_before_the_evaluation_window():
+    fold = TimeFold(horizon="28d", evaluate="56d", calibrate="56d")
+    s = fold.split(TIMES)
+    v = fold.validation(TIMES, s)
+    assert v.evaluate and max(v.evaluate) + fold.horizon <= s.cutoff < min(s.evaluate) + DAY
+    assert v.evaluate_days == s.evaluate_days

@@ -93,7 +93,7 @@ def test_a_worse_recipe_is_refitted_on_the_same_window_and_kept_out(store, sampl
     champ = _register(trained, client, train_config, home)
     assert sorted(champ.aliases) == ["challenger", "champion"]  # a first model is champion directly
     weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "min_child_samples": 2000,
-                                                                  "learning_rate": 0.3}})
+                                                                  "learning_rate": 0.3}, "choose": False})
     champ_version = champ.version
     weak = _register(build_lead_model(sample_export, weak_cfg, sample_export.exported_at), client, weak_cfg, home)
     assert weak.aliases == ["challenger"]  # later ones wait for promotion
@@ -238,8 +238,9 @@ def test_stage_conversion_keeps_a_worse_challenger_and_promotes_a_better_one(sam
                                   ("replace", [(weak, weak_cfg), (good, good_cfg)], True)):
         client = configure(f"sqlite:///{tmp_path / name}.db")
         versions = [log_and_register(r, client, experiment="promote-deals", artifact_location=(tmp_path / name).as_uri(),
-                                     cfg=cfg, data_source="sample").version for r, cfg in order]
-        d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals")
+                                     cfg=cfg, data_source="sample", force=True).version for r, cfg in order]
+        # the comparison, not the floor (the tiny sample's deal models are within noise of a plain baseline)
+        d = promote(sample_export, client, task="stage_conversion", experiment="promote-deals", force=True)
         assert d.mode == "refit" and d.promote is promoted, d.reason
         assert "forecast WAPE by owner" in d.reason
         better, worse = (d.challenger, d.champion) if promoted else (d.champion, d.challenger)
@@ -293,16 +294,16 @@ def test_a_first_version_below_the_floor_is_not_champion(store, sample_export, t
     """A model worse than naive Bayes on its evaluation window stays challenger, says why (tag,
     load error), promote keeps it out, and --force makes it champion."""
     client, home = store
-    weak_cfg = TrainConfig(**{**train_config.__dict__, "params": WEAK})
+    weak_cfg = TrainConfig(**{**train_config.__dict__, "params": WEAK, "choose": False})
     result = build_lead_model(sample_export, weak_cfg, sample_export.exported_at)
     from training.pipeline import result_floor
 
     fl = result_floor(result)
-    assert not fl.passed and fl.best == "baseline_nb" and fl.model < fl.baselines["baseline_nb"] - fl.allowance
+    assert not fl.passed and fl.best.startswith("baseline") and fl.model < fl.baselines[fl.best] - fl.allowance
     weak = _register(result, client, weak_cfg, home)
     assert weak.aliases == ["challenger"]
     mv = client.get_model_version("lead_quality", weak.version)
-    assert mv.tags["floor"] == "refused" and "baseline_nb" in mv.tags["floor_reason"]
+    assert mv.tags["floor"] == "refused" and "baseline_naive_bayes" in mv.tags["floor_reason"]
     run = client.get_run(weak.run_id)
     assert run.data.tags["floor"] == "refused" and run.data.metrics["floor_passed"] == 0.0
     from models.registry import load_scorer

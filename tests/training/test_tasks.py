@@ -97,7 +97,7 @@ def test_a_logged_scorer_loads_back_with_identical_scores(task, results, tmp_pat
                                   artifact_location=(tmp_path / "a").as_uri(),
                                   cfg=task_definition(task).config(horizon_days=91, snapshot_every_days=28,
                                                                    seed=cfg["seed"]),
-                                  data_source="sample")
+                                  data_source="sample", force=True)  # the round trip, not the floor (see test_promote)
     assert sorted(registered.aliases) == ["challenger", "champion"]
     run = client.get_run(registered.run_id).data
     assert run.tags["task"] == task.value and 0.5 < run.metrics[HEADLINE[task]] <= 1
@@ -109,3 +109,29 @@ def test_a_logged_scorer_loads_back_with_identical_scores(task, results, tmp_pat
     definition = task_definition(task)
     pd.testing.assert_frame_equal(definition.score(result.scorer, export, as_of).table,
                                   definition.score(loaded.scorer, export, as_of).table)
+
+
+@pytest.mark.parametrize("task", [Task.LEAD_QUALITY, Task.HIGH_VALUE])
+def test_decision_durations_read_only_what_was_decided_before_the_cutoff(task, sample_export):
+    definition = task_definition(task)
+    cutoff = sample_export.exported_at - 200 * DAY
+    d = definition.decision_durations(sample_export, cutoff)
+    assert len(d) and (d >= pd.Timedelta(0)).all()
+    assert ((d.index + pd.to_timedelta(d.to_numpy())) < cutoff).all()
+    assert len(definition.decision_durations(sample_export, sample_export.exported_at)) > len(d)
+
+
+def test_the_horizon_is_resolved_once_for_a_task_that_has_one(trained, sample_export):
+    from models.tasks import resolve_horizon
+
+    lead = task_definition(Task.LEAD_QUALITY)
+    cfg, horizon = resolve_horizon(lead, sample_export, sample_export.exported_at, lead.config(
+        horizon_days=None, snapshot_every_days=28, seed=0))
+    assert horizon.source == "data" and cfg.horizon_days == horizon.days and 7 <= horizon.days <= 182
+    assert trained.chosen["horizon_source"] == "data" and trained.config.horizon_days == trained.chosen["horizon_days"]
+    assert trained.scorer.spec.horizon_days == trained.chosen["horizon_days"]
+    user, h = resolve_horizon(lead, sample_export, sample_export.exported_at, dataclasses.replace(cfg, horizon_days=30))
+    assert h.source == "user" and user.horizon_days == 30
+    account = task_definition(Task.HIGH_VALUE).config(horizon_days=None, snapshot_every_days=14, seed=0)
+    assert resolve_horizon(task_definition(Task.HIGH_VALUE), sample_export, sample_export.exported_at,
+                           account) == (account, None)

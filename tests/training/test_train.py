@@ -13,11 +13,19 @@ from training.score import score_open_leads
 from training.train import build_lead_model
 
 
-def test_model_beats_naive_bayes_on_the_later_window(trained):
-    m, b = trained.metrics, trained.baseline_metrics
-    assert m["roc_auc"] > b["roc_auc"] + 0.05
-    assert m["brier"] < b["brier"]
-    assert 0 <= m["calibration_error"] < 0.05
+def test_every_candidate_is_shown_on_the_evaluation_window_and_one_is_chosen(trained):
+    table = trained.candidates
+    assert {"naive_bayes", "logistic", "lgbm_conservative", "lgbm", "blend"} <= set(table.index)
+    assert table["chosen"].sum() == 1 and table.loc[["naive_bayes", "logistic"], "role"].eq("baseline").all()
+    chosen = table.index[table["chosen"]][0]
+    assert chosen == trained.chosen["candidate"] == trained.scorer.metadata["candidate"]
+    assert trained.metrics["roc_auc"] == pytest.approx(table.loc[chosen, "roc_auc"])
+    baselines = table[table["role"] == "baseline"]
+    assert trained.chosen["baseline_name"] == baselines["log_loss"].idxmin()
+    assert trained.baseline_metrics["log_loss"] == pytest.approx(baselines["log_loss"].min())
+    # chosen on validation: the chosen model's validation loss is within reach of the best one's
+    assert table.loc[chosen, "validation_log_loss"] <= table["validation_log_loss"].min() + 0.01
+    assert 0.6 < trained.metrics["roc_auc"] and trained.metrics["calibration_error"] < 0.08
 
 
 def _scramble_after(export: Export, t: pd.Timestamp) -> Export:
@@ -155,5 +163,11 @@ def test_training_refuses_a_fit_window_without_conversions(sample_export, train_
     early = leads["created_at"] < sample_export.exported_at - pd.Timedelta(days=300)
     leads.loc[early, "converted_at"] = pd.NaT  # as if outcomes were only recorded recently
     export = Export(**{**sample_export.__dict__, "leads": leads})
-    with pytest.raises(ValueError, match="too few to learn from"):
+    from models.folds import NotEnoughHistory
+
+    with pytest.raises(NotEnoughHistory) as err:
         build_lead_model(export, train_config, sample_export.exported_at)
+    text = str(err.value)
+    # what was found (months of history), what was tried (the windows, shrunk) and what is missing (per class)
+    assert "months of labelled snapshots" in text and "91d/91d" in text and "56d/56d" in text
+    assert "converted and" in text and "at least 10 of each" in text

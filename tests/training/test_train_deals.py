@@ -151,7 +151,7 @@ def test_mlflow_round_trip_and_commands(deal_result, deal_cfg, sample_export, sa
         client = configure(settings.resolved_tracking_uri())
         result = log_and_register(deal_result, client, experiment="deals-test",
                                   artifact_location=settings.artifact_location(), cfg=deal_cfg,
-                                  data_source="sample")
+                                  data_source="sample", force=True)  # the round trip, not the floor
         assert "champion" in result.aliases
         loaded = load_scorer(client, "stage_conversion")
         as_of = sample_export.exported_at

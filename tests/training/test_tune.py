@@ -128,7 +128,7 @@ def test_stage_conversion_study_resumes_with_nested_runs(tmp_path, sample_export
     write_tuned_params(tmp_path, again)
     assert load_tuned_params(tmp_path, "stage_conversion")["params"] == again.best_params
     assert load_tuned_params(tmp_path) is None  # lead_quality's record is another file
-    lead_cfg = TrainConfig(snapshot_every_days=28)
+    lead_cfg = TrainConfig(horizon_days=91, snapshot_every_days=28)
     with pytest.raises(FunnelcastError, match="another task"):  # one study name, two tasks: refused
         tune("lead_quality", sample_export, cutoff, _fold(lead_cfg), 1, config=lead_cfg,
              study_name="stage_conversion", **kw)

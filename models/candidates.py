@@ -1,0 +1,456 @@
+"""The candidate ladder: models fitted on the user's data and chosen on a validation window.
+
+Every candidate keeps one small contract (the one of
+:class:`~models.estimators.CalibratedBoostedClassifier`), so the scorers, SHAP reasons and the
+registry work with whichever wins:
+
+* ``fit(X, y, X_cal, y_cal, sample_weight=None)``: learn on ``X``, calibrate (Platt scaling of the
+  log-odds) on the later window ``X_cal``;
+* ``raw_score(X)``: uncalibrated log-odds; ``predict_proba(X)``: calibrated probability;
+* ``contributions(X)``: per-feature log-odds contributions plus the base value last, additive
+  (``base + sum == raw_score``), so ``calib_slope_ * contributions`` explains the calibrated score;
+* ``unseen_categories(X)``, ``feature_names_``, ``calib_slope_``, ``calib_intercept_``; picklable.
+
+The ladder (:func:`ladder`), simplest first:
+
+``naive_bayes``
+    Odoo's predictive lead scoring: a naive Bayes over the fields (numerics binned into
+    quantiles), whose log-odds are the prior plus one log-likelihood ratio per field (additive).
+``logistic``
+    A regularised logistic regression (scikit-learn pipeline): one-hot categories (rare ones
+    pooled), numerics log-scaled when skewed, median-imputed with missing indicators and
+    standardised; ``C`` chosen on the calibration window. Linear SHAP: ``coef * (x - mean)``.
+``lgbm_conservative``
+    LightGBM with few leaves, many rows per leaf and strong L2 (a safe choice on small data).
+``lgbm``
+    LightGBM with the current (or tuned) settings.
+``blend``
+    The log-odds average of the two best candidates, kept only when it beats both on validation.
+
+naive Bayes and the logistic regression are the *baselines* (``role == "baseline"``). A model is
+chosen by the validation log loss with the one-standard-error rule (:func:`choose`: the simplest
+candidate within one paired standard error of the best; ties within 1e-4 broken by ROC AUC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from models.baselines import NaiveBayesLeadScore
+from models.estimators import CalibratedBoostedClassifier
+from models.metrics import classification_metrics
+
+__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "choose",
+           "choose_on_validation", "fit_candidate", "fit_every", "ladder", "platt", "training_rows"]
+
+#: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
+#: faster learning rate (fewer rounds: the cheap rung of the ladder).
+CONSERVATIVE_PARAMS: dict[str, Any] = {"num_leaves": 3, "min_child_samples": 100, "lambda_l2": 10.0,
+                                       "learning_rate": 0.15, "feature_fraction": 0.7, "bagging_fraction": 0.5,
+                                       "cat_smooth": 50.0}
+#: Most rounds of the conservative rung (with its faster learning rate and half the rows a round, it is
+#: the cheap rung: about a quarter of the current settings' fit).
+CONSERVATIVE_ROUNDS = 150
+#: Logistic-regression strengths tried on the calibration window (strongest first, each warm-started
+#: from the previous solution).
+C_GRID = (0.05, 1.0)
+#: Two validation log losses closer than this are a tie (broken by ROC AUC).
+TIE = 1e-4
+
+
+def platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of a logistic regression of ``y`` on the log-odds ``raw`` (Platt scaling)."""
+    y = np.asarray(y, dtype=int)
+    if len(np.unique(y)) < 2:
+        return 1.0, 0.0
+    fit = LogisticRegression(C=1e4).fit(np.asarray(raw, dtype=float).reshape(-1, 1), y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+class _Calibrated:
+    """Calibrated probability and unseen categories over ``raw_score`` (shared by the non-LightGBM rungs)."""
+
+    categorical_features: Sequence[str]
+    calib_slope_: float = 1.0
+    calib_intercept_: float = 0.0
+
+    def _categories(self, X: pd.DataFrame) -> None:
+        self.feature_names_ = list(X.columns)
+        self.categories_ = {c: set(X[c].dropna().astype("str")) for c in self.categorical_features if c in X}
+
+    def _calibrate(self, X_cal: pd.DataFrame | None, y_cal: np.ndarray | None) -> None:
+        self.calib_slope_, self.calib_intercept_ = 1.0, 0.0
+        if X_cal is not None and y_cal is not None and len(X_cal):
+            self.calib_slope_, self.calib_intercept_ = platt(self.raw_score(X_cal), y_cal)
+
+    def raw_score(self, X: pd.DataFrame) -> np.ndarray:
+        return self.contributions(X).sum(axis=1)
+
+    def contributions(self, X: pd.DataFrame) -> np.ndarray:  # pragma: no cover - each rung defines it
+        raise NotImplementedError
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        z = self.calib_slope_ * self.raw_score(X) + self.calib_intercept_
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        out = {}
+        for c, known in self.categories_.items():
+            values = X[c].to_numpy(dtype=object)
+            out[c] = np.fromiter((isinstance(v, str) and v not in known for v in values), dtype=bool,
+                                 count=len(values))
+        return out
+
+
+class NaiveBayesClassifier(_Calibrated):
+    """Odoo's naive Bayes over every feature (numerics in ``bins`` quantile bins), Platt-calibrated."""
+
+    def __init__(self, categorical_features: Sequence[str] = (), alpha: float = 1.0, bins: int = 5):
+        self.categorical_features = categorical_features
+        self.alpha = alpha
+        self.bins = bins
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, X_cal: pd.DataFrame | None = None,
+            y_cal: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> NaiveBayesClassifier:
+        self._categories(X)
+        numeric = [c for c in X.columns if c not in self.categories_]
+        self.nb_ = NaiveBayesLeadScore(list(X.columns), alpha=self.alpha, numeric=numeric, bins=self.bins).fit(
+            X, y, sample_weight=sample_weight)
+        self._calibrate(X_cal, y_cal)
+        return self
+
+    def contributions(self, X: pd.DataFrame) -> np.ndarray:
+        return self.nb_.contributions(X)
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+class LogisticClassifier(_Calibrated):
+    """A regularised logistic regression (scikit-learn pipeline per feature, see the module docstring)."""
+
+    def __init__(self, categorical_features: Sequence[str] = (), C: float | None = None, min_frequency: int = 20,
+                 random_state: int = 0):
+        self.categorical_features = categorical_features
+        self.C = C
+        self.min_frequency = min_frequency
+        self.random_state = random_state
+
+    def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        cats = {c: X[c].astype("str").where(X[c].notna(), "(missing)").astype(object) for c in self.categories_}
+        nums = {c: X[c].to_numpy(dtype=float, na_value=np.nan) for c in self.numeric_}
+        return pd.DataFrame({**cats, **nums}, index=X.index)[self.used_]
+
+    def _design(self) -> ColumnTransformer:
+        """One scikit-learn pipeline per feature, named by its position (so each design column knows its feature)."""
+        parts = []
+        for j, c in enumerate(self.used_):
+            if c in self.categories_:
+                parts.append((str(j), OneHotEncoder(handle_unknown="infrequent_if_exist",
+                                                    min_frequency=self.min_frequency), [c]))
+            else:
+                steps = [FunctionTransformer(_signed_log, feature_names_out="one-to-one")] if c in self.skewed_ else []
+                steps += [SimpleImputer(strategy="median", add_indicator=True), StandardScaler()]
+                parts.append((str(j), make_pipeline(*steps), [c]))
+        return ColumnTransformer(parts, sparse_threshold=0)
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, X_cal: pd.DataFrame | None = None,
+            y_cal: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> LogisticClassifier:
+        self._categories(X)
+        self.numeric_ = [c for c in X.columns if c not in self.categories_ and X[c].notna().any()]
+        self.used_ = [c for c in X.columns if c in self.categories_ or c in self.numeric_]
+        self.skewed_ = {c for c in self.numeric_ if abs(float(X[c].astype(float).skew() or 0.0)) > 2}
+        self.design_ = self._design()
+        T, y = self.design_.fit_transform(self._frame(X)), np.asarray(y, dtype=int)
+        T_cal = self.design_.transform(self._frame(X_cal)) if X_cal is not None and len(X_cal) else None
+        grid = [self.C] if self.C is not None else list(C_GRID)
+        best = None
+        start = None
+        for C in grid:  # the design is built once; each strength refits the regression only, warm-started
+            lr = LogisticRegression(C=C, max_iter=500, tol=1e-3, warm_start=start is not None)
+            if start is not None:
+                lr.coef_, lr.intercept_ = start.coef_.copy(), start.intercept_.copy()
+            lr.fit(T, y, sample_weight=sample_weight)
+            start = lr
+            loss = log_loss(y_cal, lr.predict_proba(T_cal)[:, 1], labels=[0, 1]) if T_cal is not None else 0.0
+            if best is None or loss < best[0]:
+                best = (loss, C, lr)
+            if T_cal is None:
+                break
+        _, self.C_, lr = best  # type: ignore[misc]
+        names = self.design_.get_feature_names_out()
+        self.owner_ = np.array([int(n.split("__", 1)[0]) for n in names])
+        self.coef_, self.intercept_ = lr.coef_[0], float(lr.intercept_[0])
+        # the reference point of linear SHAP: the mean of the training design
+        self.mean_ = np.average(T, axis=0, weights=sample_weight)
+        self._calibrate(X_cal, y_cal)
+        return self
+
+    def contributions(self, X: pd.DataFrame) -> np.ndarray:
+        T = np.asarray(self.design_.transform(self._frame(X)), dtype=float)
+        index = {c: self.feature_names_.index(c) for c in self.used_}
+        owner = np.zeros((T.shape[1], len(self.feature_names_)))
+        owner[np.arange(T.shape[1]), [index[self.used_[o]] for o in self.owner_]] = 1.0
+        out = np.empty((len(X), len(self.feature_names_) + 1))
+        out[:, :-1] = ((T - self.mean_) * self.coef_) @ owner
+        out[:, -1] = self.intercept_ + float(self.mean_ @ self.coef_)
+        return out
+
+
+class BlendClassifier(_Calibrated):
+    """The average of two fitted candidates' calibrated log-odds (contributions averaged the same way)."""
+
+    def __init__(self, members: Sequence[Any], names: Sequence[str] = ()):
+        self.members = list(members)
+        #: The candidates blended (their names on the ladder).
+        self.member_names = list(names)
+        first = self.members[0]
+        self.categorical_features = getattr(first, "categorical_features", ())
+        self.feature_names_ = list(first.feature_names_)
+
+    def fit(self, X: pd.DataFrame | None = None, y: np.ndarray | None = None, X_cal: pd.DataFrame | None = None,
+            y_cal: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> BlendClassifier:
+        """The members are fitted already; the blend only re-calibrates on ``X_cal``."""
+        self._calibrate(X_cal, y_cal)
+        return self
+
+    def contributions(self, X: pd.DataFrame) -> np.ndarray:
+        parts = []
+        for m in self.members:
+            c = m.contributions(X) * m.calib_slope_
+            c[:, -1] += m.calib_intercept_
+            parts.append(c)
+        return np.mean(parts, axis=0)
+
+    def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        return self.members[0].unseen_categories(X)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A rung of the ladder: its name, whether it is a baseline, and how to build it unfitted."""
+
+    name: str
+    role: str  # "model" or "baseline"
+    make: Callable[[], Any]
+
+
+def ladder(categorical: Sequence[str], params: dict[str, Any], seed: int,
+           conservative: dict[str, Any] | None = None) -> list[Candidate]:
+    """naive Bayes, logistic regression, conservative LightGBM and LightGBM with ``params``."""
+    cons = {**(params or {}), **CONSERVATIVE_PARAMS, **(conservative or {})}
+    return [
+        Candidate("naive_bayes", "baseline", lambda: NaiveBayesClassifier(categorical)),
+        Candidate("logistic", "baseline", lambda: LogisticClassifier(categorical, random_state=seed)),
+        Candidate("lgbm_conservative", "model",
+                  lambda: CalibratedBoostedClassifier(categorical, params=cons, max_rounds=CONSERVATIVE_ROUNDS,
+                                                     random_state=seed)),
+        Candidate("lgbm", "model", lambda: CalibratedBoostedClassifier(categorical, params=params, random_state=seed)),
+    ]
+
+
+def fit_candidate(candidate: Candidate, X: pd.DataFrame, y: np.ndarray, X_cal: pd.DataFrame, y_cal: np.ndarray,
+                  sample_weight: np.ndarray | None = None) -> Any:
+    """``candidate`` fitted on ``X`` and calibrated on ``X_cal``."""
+    return candidate.make().fit(X, y, X_cal, y_cal, sample_weight=sample_weight)
+
+
+def _better(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Is ``a`` better than ``b``: lower log loss, or a tie and higher ROC AUC."""
+    if abs(a["log_loss"] - b["log_loss"]) > TIE:
+        return a["log_loss"] < b["log_loss"]
+    return np.nan_to_num(a["roc_auc"]) > np.nan_to_num(b["roc_auc"])
+
+
+def _row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    y = np.asarray(y, dtype=float)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal: pd.DataFrame,
+           y_cal: np.ndarray, roles: dict[str, str]) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+    """The candidate chosen on the validation window: the *simplest* (ladder order, the blend last) whose log
+    loss is within one standard error of the best one's (the paired standard error of the per-row loss
+    differences; the one-standard-error rule, so a noise-level win of a complex model does not count);
+    the blend of the two best is tried and kept only when it beats both.
+
+    Returns the name, one row per candidate (``role``, ``validation_log_loss``, ``validation_roc_auc``,
+    ``chosen``) and the models (with the blend)."""
+    models = dict(models)
+    preds = {n: m.predict_proba(X_val) for n, m in models.items()}
+    scores = {n: classification_metrics(y_val, p) for n, p in preds.items()}
+    ranked = sorted(scores, key=lambda n: (scores[n]["log_loss"], -np.nan_to_num(scores[n]["roc_auc"])))
+    if len(ranked) >= 2:
+        blend = BlendClassifier([models[ranked[0]], models[ranked[1]]], ranked[:2]).fit(X_cal=X_cal, y_cal=y_cal)
+        preds["blend"] = blend.predict_proba(X_val)
+        s = classification_metrics(y_val, preds["blend"])
+        if all(_better(s, scores[n]) for n in ranked[:2]):
+            ranked.insert(0, "blend")
+        models["blend"], scores["blend"] = blend, s
+        roles = {**roles, "blend": "model"}
+    best = ranked[0]
+    losses = {n: _row_losses(y_val, p) for n, p in preds.items()}
+    for name in models:  # ladder order: the simplest first (the blend was added last)
+        if name == "blend" and best != "blend":
+            continue
+        diff = losses[name] - losses[best]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if name == best or diff.mean() <= max(se, TIE):
+            best = name
+            break
+    table = pd.DataFrame({"role": [roles[n] for n in scores],
+                          "validation_log_loss": [scores[n]["log_loss"] for n in scores],
+                          "validation_roc_auc": [scores[n]["roc_auc"] for n in scores],
+                          "chosen": [n == best for n in scores]}, index=pd.Index(list(scores), name="candidate"))
+    return best, table, models
+
+
+# ---------------------------------------------------------------- choosing on the validation window
+#: The history lengths tried (days before the split's cutoff; None: all of it) and the recency
+#: half-lives (days; None: every row weighs the same). Kept tiny: each point is one more fit.
+HISTORIES: tuple[int | None, ...] = (None, 365)
+HALF_LIVES: tuple[int | None, ...] = (None, 180)
+#: The rung that tries the histories and weightings for a LightGBM winner (a cheap proxy of the same family).
+PROXY = {"lgbm": "lgbm_conservative"}
+#: Fewest rows of each class a shortened history must keep to be tried.
+MIN_CLASS_ROWS = 10
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the validation window chose: the candidate (a blend names its members), the history and weighting."""
+
+    name: str
+    members: tuple[str, ...]
+    history_days: int | None
+    half_life_days: int | None
+    #: Validation metrics, one row per candidate (and per history/weighting tried for the winner).
+    table: pd.DataFrame
+    grid: pd.DataFrame
+
+    def params(self) -> dict[str, object]:
+        return {"candidate": self.name, "history_days": self.history_days or "all",
+                "half_life_days": self.half_life_days or "none"}
+
+
+def training_rows(rows: pd.DataFrame, cutoff: pd.Timestamp, history_days: int | None, half_life_days: int | None,
+                  time: str = "as_of") -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The rows of the last ``history_days`` before ``cutoff`` and their recency weights (None: unweighted)."""
+    if history_days is not None:
+        rows = rows[rows[time] >= cutoff - pd.Timedelta(days=history_days)]
+    if half_life_days is None:
+        return rows, None
+    age = (cutoff - rows[time]) / pd.Timedelta(days=1)
+    return rows, np.power(0.5, age.to_numpy(dtype=float) / half_life_days)
+
+
+def _fit_rows(candidate: Candidate, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str], cutoff: pd.Timestamp,
+              history_days: int | None, half_life_days: int | None, label: str = "label") -> Any:
+    rows, w = training_rows(fit, cutoff, history_days, half_life_days)
+    return fit_candidate(candidate, rows[cols], rows[label].to_numpy(), cal[cols], cal[label].to_numpy(), w)
+
+
+def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.DataFrame, val: pd.DataFrame,
+                         cols: list[str], cutoff: pd.Timestamp, label: str = "label",
+                         histories: Sequence[int | None] = HISTORIES,
+                         half_lives: Sequence[int | None] = HALF_LIVES) -> Choice:
+    """Every rung fitted on ``fit`` (calibrated on ``cal``) and compared on ``val`` (:func:`choose`); then, for
+    the winner (a blend: its better member; LightGBM: its conservative rung, :data:`PROXY`, to keep training
+    time), the history lengths and recency weightings, each kept only if it lowers the validation log loss
+    by more than :data:`TIE` (one point at a time: every point is one more fit). ``cutoff``: what the fit
+    may know."""
+    by_name = {c.name: c for c in rungs}
+    models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, None, None, label) for c in rungs}
+    y_val = val[label].to_numpy()
+    name, table, models = choose(models, val[cols], y_val, cal[cols], cal[label].to_numpy(),
+                                 {c.name: c.role for c in rungs})
+    members = tuple(models["blend"].member_names) if name == "blend" else (name,)
+    base = PROXY.get(members[0], members[0])
+    best = (float(table.loc[base, "validation_log_loss"]), None, None)
+    grid = [{"candidate": base, "history_days": "all", "half_life_days": "none", "validation_log_loss": best[0]}]
+    for history in histories:
+        for half_life in half_lives:
+            if (history is None) == (half_life is None):  # the baseline point, and no combined point
+                continue
+            rows, _ = training_rows(fit, cutoff, history, None)
+            counts = np.bincount(rows[label].to_numpy(dtype=int), minlength=2)
+            if (history is not None and len(rows) == len(fit)) or counts.min() < MIN_CLASS_ROWS:
+                continue
+            model = _fit_rows(by_name[base], fit, cal, cols, cutoff, history, half_life, label)
+            loss = classification_metrics(y_val, model.predict_proba(val[cols]))["log_loss"]
+            grid.append({"candidate": base, "history_days": history or "all", "half_life_days": half_life or "none",
+                         "validation_log_loss": loss})
+            if loss < best[0] - TIE:
+                best = (loss, history, half_life)
+    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid))
+
+
+def fit_every(rungs: list[Candidate], choice: Choice, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
+              cutoff: pd.Timestamp, label: str = "label", only_chosen: bool = False) -> dict[str, Any]:
+    """The rungs (``only_chosen``: just the chosen one, or a blend's members) fitted on ``fit`` with the chosen
+    history and weighting, calibrated on ``cal``; with the blend when it was chosen or tried."""
+    names = set(choice.members) if only_chosen else {c.name for c in rungs}
+    models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, choice.history_days, choice.half_life_days, label)
+              for c in rungs if c.name in names}
+    if ("blend" in choice.table.index and not only_chosen) or choice.name == "blend":
+        pair = choice.members if choice.name == "blend" else _blend_pair(choice.table)
+        if all(p in models for p in pair):
+            models["blend"] = BlendClassifier([models[p] for p in pair], pair).fit(X_cal=cal[cols],
+                                                                                  y_cal=cal[label].to_numpy())
+    return models
+
+
+def _blend_pair(table: pd.DataFrame) -> tuple[str, ...]:
+    """The two best single candidates on validation (the pair a blend averages)."""
+    single = table.drop(index="blend", errors="ignore")
+    order = single.sort_values(["validation_log_loss", "validation_roc_auc"], ascending=[True, False]).index
+    return tuple(order[:2])
+
+
+# ---------------------------------------------------------------- base-rate shift
+#: A shift is "sharp" when a two-proportion z-test gives |z| > Z_SHARP and the odds ratio is outside
+#: [1 / ODDS_SHARP, ODDS_SHARP] (both: a large sample makes tiny shifts significant, a small one noisy).
+Z_SHARP = 3.0
+ODDS_SHARP = 1.25
+
+
+def base_rate_shift(train_positives: int, train_n: int, recent_positives: int, recent_n: int) -> str | None:
+    """A sentence describing a sharp shift of the positive rate from training to a recent window (else None).
+
+    ``*_n`` should count distinct entities, not snapshot rows (rows of one lead are not independent)."""
+    if min(train_n, recent_n) == 0:
+        return None
+    p1, p2 = train_positives / train_n, recent_positives / recent_n
+    pooled = (train_positives + recent_positives) / (train_n + recent_n)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / train_n + 1 / recent_n))
+    if se == 0 or not 0 < p1 < 1 or not 0 < p2 < 1:
+        return None
+    z = (p2 - p1) / se
+    odds = (p2 / (1 - p2)) / (p1 / (1 - p1))
+    if abs(z) > Z_SHARP and not 1 / ODDS_SHARP <= odds <= ODDS_SHARP:
+        return f"the positive rate moved from {p1:.1%} in training to {p2:.1%} (z {z:+.1f}, odds ratio {odds:.2f})"
+    return None
+
+
+def shift_to_rate(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
+    """Move ``model``'s calibrated intercept so that its mean probability on ``X`` is the rate of ``y``;
+    returns the shift (log-odds)."""
+    from models.estimators import _intercept_shift
+
+    z = model.calib_slope_ * model.raw_score(X) + model.calib_intercept_
+    shift = _intercept_shift(z, np.asarray(y, dtype=float))
+    model.calib_intercept_ += shift
+    return shift
