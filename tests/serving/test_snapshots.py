@@ -16,9 +16,21 @@ from serving.store import OperationsStore
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def store(tmp_path) -> SnapshotStore:
-    return SnapshotStore(OperationsStore(f"sqlite:///{tmp_path / 'ops.db'}"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> SnapshotStore:
+    """The snapshot store on SQLite (the default) and on PostgreSQL (when `.ci/run` started a server;
+    skipped otherwise), its tables dropped after each test."""
+    if request.param == "sqlite":
+        yield SnapshotStore(OperationsStore(f"sqlite:///{tmp_path / 'ops.db'}"))
+        return
+    from serving.snapshots import _meta
+
+    store = SnapshotStore(OperationsStore(request.getfixturevalue("postgres_url")))
+    try:
+        yield store
+    finally:
+        _meta.drop_all(store.engine)
+        store.engine.dispose()
 
 
 def _snapshot(i: int, status: str = "ok", error: str | None = None) -> dict:
