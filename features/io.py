@@ -479,7 +479,11 @@ def _read_sql(url: str) -> dict[str, pd.DataFrame]:
             frames = {}
             for name, spec in TABLES.items():
                 if name in names:
-                    frames[name] = pd.read_sql_table(name, conn)
+                    frame = pd.read_sql_table(name, conn)
+                    # a SQL table has no row order (PostgreSQL returns its heap's): read it by its key
+                    if spec.key and spec.key in frame:
+                        frame = frame.sort_values(spec.key, kind="stable", ignore_index=True)
+                    frames[name] = frame
                 elif spec.required_table:
                     raise MissingTable(name, where)
     except sa.exc.SQLAlchemyError as exc:

@@ -128,8 +128,9 @@ def test_the_horizon_is_resolved_once_for_a_task_that_has_one(trained, sample_ex
     cfg, horizon = resolve_horizon(lead, sample_export, sample_export.exported_at, lead.config(
         horizon_days=None, snapshot_every_days=28, seed=0))
     assert horizon.source == "data" and cfg.horizon_days == horizon.days and 7 <= horizon.days <= 182
-    assert trained.chosen["horizon_source"] == "data" and trained.config.horizon_days == trained.chosen["horizon_days"]
-    assert trained.scorer.spec.horizon_days == trained.chosen["horizon_days"]
+    # the shared fixture sets its horizon (91 days): the user's, logged as such and used by the scorer
+    assert trained.chosen["horizon_source"] == "user" and trained.config.horizon_days == 91
+    assert trained.scorer.spec.horizon_days == 91
     user, h = resolve_horizon(lead, sample_export, sample_export.exported_at, dataclasses.replace(cfg, horizon_days=30))
     assert h.source == "user" and user.horizon_days == 30
     account = task_definition(Task.HIGH_VALUE).config(horizon_days=None, snapshot_every_days=14, seed=0)
