@@ -35,3 +35,11 @@ def open_leads(leads: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     converted = known_as_of(leads["converted_at"], as_of).notna()
     disqualified = known_as_of(leads["disqualified_at"], as_of).notna()
     return leads[created & ~converted & ~disqualified]
+
+
+def decision_times(frame: pd.DataFrame, decided_col: str, cutoff: pd.Timestamp) -> pd.Series:
+    """Created to ``decided_col``, of the rows created and decided before ``cutoff`` (indexed by creation time)."""
+    decided = frame[decided_col]
+    keep = decided.notna() & (decided < cutoff) & (frame["created_at"] < cutoff)
+    return pd.Series((decided - frame["created_at"])[keep].to_numpy(),
+                     index=pd.DatetimeIndex(frame.loc[keep, "created_at"]), name="decision_time")

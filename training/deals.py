@@ -28,6 +28,7 @@ import pandas as pd
 from features.contract import Export
 from features.deals import DealFeatureSpec, deal_context, deal_snapshots, open_opportunities, snapshot_times
 from features.errors import FunnelcastError
+from features.pit import decision_times
 from models.deals import (
     N_PERIODS,
     PERIODS_PER_HORIZON,
@@ -811,11 +812,7 @@ class StageConversion:
 
     def decision_durations(self, export: Export, cutoff: pd.Timestamp) -> pd.Series:
         """Created to closed (won or lost), of the deals closed before ``cutoff`` (indexed by creation time)."""
-        opps = export.opportunities
-        closed = opps["closed_at"]
-        keep = closed.notna() & (closed < cutoff) & (opps["created_at"] < cutoff)
-        return pd.Series((closed - opps["created_at"])[keep].to_numpy(),
-                         index=pd.DatetimeIndex(opps.loc[keep, "created_at"]), name="decision_time")
+        return decision_times(export.opportunities, "closed_at", cutoff)
 
     def config(self, *, horizon_days: int | None, snapshot_every_days: int, seed: int,
                exclude: tuple[str, ...] = ()) -> DealTrainConfig:

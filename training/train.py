@@ -39,7 +39,7 @@ from features.leads import (
     lead_snapshots,
     snapshot_times,
 )
-from features.pit import open_leads
+from features.pit import decision_times, open_leads
 from models.candidates import (
     Choice,
     base_rate_shift,
@@ -356,11 +356,7 @@ class LeadQuality:
         The label is "converted within the horizon", so the horizon is to hold most conversions.
         Disqualifications are left out: CRMs often disqualify in bulk clean-ups of stale leads (the
         sample after a year), which would say more about the clean-up than about when leads decide."""
-        leads = export.leads
-        decided = leads["converted_at"]
-        keep = decided.notna() & (decided < cutoff) & (leads["created_at"] < cutoff)
-        return pd.Series((decided - leads["created_at"])[keep].to_numpy(),
-                         index=pd.DatetimeIndex(leads.loc[keep, "created_at"]), name="decision_time")
+        return decision_times(export.leads, "converted_at", cutoff)
 
     def enough(self, snapshots: Snapshots) -> Any:
         """What a split of the snapshots is missing (leads of each class per window), for the fold to shrink."""
