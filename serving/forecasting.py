@@ -1,18 +1,31 @@
-"""The forecast of a calendar period as the API serves it, in one function that the
-``/v1/forecast?period=`` route and the refresh job both call (the CLI calls the same
-:func:`models.forecast.period_forecast` and writes its frames)."""
+"""The funnel and forecast answers as the API serves them: :func:`funnel_answer` and
+:func:`forecast_answer`, which the ``/v1/funnel`` and ``/v1/forecast`` routes and the refresh
+job all call (the CLI calls the same :mod:`models.funnel` and :mod:`models.forecast` functions
+and writes their frames)."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import pandas as pd
 
 from features.contract import Export
 from models.deals import DealScorer
-from models.forecast import UNASSIGNED, PeriodForecast, period_forecast
+from models.forecast import PERIODS, UNASSIGNED, PeriodForecast, forecast_bookings, period_forecast
+from models.funnel import funnel_report
+from models.registry import LoadedModel
+from serving.errors import RequestProblem
+from serving.records import utc_timestamp
 from serving.schemas.common import ModelRef
-from serving.schemas.deals import PeriodForecastGroup, PeriodForecastResponse
+from serving.schemas.deals import (
+    ForecastGroup,
+    ForecastResponse,
+    FunnelResponse,
+    FunnelStage,
+    PeriodForecastGroup,
+    PeriodForecastResponse,
+)
 
 _COUNTS = ("won_deals", "open_deals")
 
@@ -44,3 +57,51 @@ def forecast_payload(export: Export, scorer: DealScorer, as_of: pd.Timestamp, by
     group, with the company total and (by owner) the team roll-up."""
     return period_response(period_forecast(export, scorer, as_of, period=period, by=by, n_sims=n_sims, seed=seed),
                            model)
+
+
+# ------------------------------------------------------------------ funnel and forecast over an export
+def _as_of(value: datetime | None, export: Export) -> pd.Timestamp:
+    return utc_timestamp(value) if value is not None else export.exported_at
+
+
+def _stages(frame: pd.DataFrame) -> list[FunnelStage]:
+    out = []
+    for r in frame.to_dict("records"):
+        out.append(FunnelStage(**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()
+                                  if k in FunnelStage.model_fields}))
+    return out
+
+
+def funnel_answer(export: Export, as_of: datetime | None = None, by: str = "none",
+                  period_days: int = 91) -> FunnelResponse:
+    """The funnel over ``export`` (what ``GET /v1/funnel`` answers; the refresh stores it)."""
+    report = funnel_report(export, _as_of(as_of, export), period_days=period_days, by=by)
+    if not report.bottleneck:  # no stage had a deal in the period: nothing to report on
+        entered = export.stage_history["entered_at"]
+        span = f"{entered.min().date()} to {entered.max().date()}" if len(entered) else "empty"
+        raise RequestProblem(
+            f"no deal was in the funnel from {report.start.date()} to {report.end.date()}: choose as_of within the "
+            f"export's stage history ({span})", [("as_of", f"the export's stage history is {span}")])
+    return FunnelResponse(start=report.start.to_pydatetime(), end=report.end.to_pydatetime(), by=by,
+                          bottleneck=report.bottleneck, most_changed=report.most_changed, summary=report.summary(),
+                          stages=_stages(report.table), overall=_stages(report.overall))
+
+
+def forecast_answer(model: LoadedModel, export: Export, as_of: datetime | None = None, horizon_days: int | None = None,
+                    by: str = "owner_id", sims: int = 5000, seed: int = 0,
+                    period: str | None = None) -> ForecastResponse | PeriodForecastResponse:
+    """The forecast over ``export`` (what ``GET /v1/forecast`` answers; the refresh stores it)."""
+    t = _as_of(as_of, export)
+    ref = ModelRef(name=model.name, version=model.version)
+    if period is not None:
+        if period not in PERIODS:
+            raise RequestProblem(f"unknown period {period!r}", [("period", f"one of {', '.join(PERIODS)}")])
+        if horizon_days is not None:
+            raise RequestProblem("period and horizon_days exclude each other", [("horizon_days", "leave it out with period")])
+        return forecast_payload(export, model.scorer, t, by, period, ref, n_sims=sims, seed=seed)
+    h = horizon_days or model.scorer.spec.horizon_days
+    table = forecast_bookings(export, model.scorer, t, by=by, horizon_days=h, n_sims=sims, seed=seed)
+    table = table.rename(columns={table.columns[0]: "group"})
+    groups = [ForecastGroup(**{k: (str(v) if k == "group" else v) for k, v in r.items() if k in ForecastGroup.model_fields})
+              for r in table.to_dict("records")]
+    return ForecastResponse(as_of=t.to_pydatetime(), horizon_days=h, by=by, model=ref, groups=groups)

@@ -35,6 +35,7 @@ from models.registry import LoadedModel
 from models.tasks import Task
 from models.worklist import WORK_COLUMNS, account_items, deal_items, lead_items, trend
 from serving.errors import RequestProblem, client_safe
+from serving.forecasting import forecast_answer, funnel_answer
 from serving.snapshots import SnapshotRow, SnapshotStore, payload_key
 from serving.deps import state_cached
 from serving.store import OperationsStore
@@ -143,15 +144,13 @@ def _compared(items: pd.DataFrame, store: SnapshotStore, settings: Settings) -> 
 
 def _payloads(export: Export, models: Mapping[str, LoadedModel]) -> dict[str, Any]:
     """The JSON of the funnel and forecast answers of :data:`PAYLOADS` (forecast: with a deal model)."""
-    from serving import routes_deals  # the routes compute the answers; they import this module for snapshots
-
     out: dict[str, Any] = {}
     for params in PAYLOADS["funnel"]:
-        out[payload_key("funnel", params)] = routes_deals.funnel_answer(export, **params).model_dump(mode="json")
+        out[payload_key("funnel", params)] = funnel_answer(export, **params).model_dump(mode="json")
     deal_model = models.get(Task.STAGE_CONVERSION.value)
     if deal_model is not None:
         for params in PAYLOADS["forecast"]:
-            answer = routes_deals.forecast_answer(deal_model, export, **params)
+            answer = forecast_answer(deal_model, export, **params)
             out[payload_key("forecast", params)] = answer.model_dump(mode="json")
     return out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Annotated
 
 import numpy as np
@@ -19,10 +18,9 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request, Response
 
 from features.contract import Export
-from models.registry import LoadedModel
 from serving.deps import DealModelDep, SettingsDep, analytics_slot, configured_export
 from serving.errors import RequestProblem
-from serving.forecasting import forecast_payload
+from serving.forecasting import forecast_answer, funnel_answer
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
 from serving.refresh import snapshot_answer
 from serving.schemas.common import (
@@ -38,10 +36,8 @@ from serving.schemas.deals import (
     DealScoreItem,
     DealScoreRequest,
     DealScoreResponse,
-    ForecastGroup,
     ForecastResponse,
     FunnelResponse,
-    FunnelStage,
     PeriodForecastResponse,
 )
 from serving.security import ApiKeyDep
@@ -114,35 +110,6 @@ def score_opportunities(body: DealScoreRequest, model: DealModelDep, settings: S
 
 
 # ------------------------------------------------------------------ funnel and forecast over the configured export
-def _as_of(value: datetime | None, export: Export) -> pd.Timestamp:
-    return utc_timestamp(value) if value is not None else export.exported_at
-
-
-def _stages(frame: pd.DataFrame) -> list[FunnelStage]:
-    out = []
-    for r in frame.to_dict("records"):
-        out.append(FunnelStage(**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()
-                                  if k in FunnelStage.model_fields}))
-    return out
-
-
-def funnel_answer(export: Export, as_of: datetime | None = None, by: str = "none",
-                  period_days: int = 91) -> FunnelResponse:
-    """The funnel over ``export`` (what ``GET /v1/funnel`` answers; the refresh stores it)."""
-    from models.funnel import funnel_report
-
-    report = funnel_report(export, _as_of(as_of, export), period_days=period_days, by=by)
-    if not report.bottleneck:  # no stage had a deal in the period: nothing to report on
-        entered = export.stage_history["entered_at"]
-        span = f"{entered.min().date()} to {entered.max().date()}" if len(entered) else "empty"
-        raise RequestProblem(
-            f"no deal was in the funnel from {report.start.date()} to {report.end.date()}: choose as_of within the "
-            f"export's stage history ({span})", [("as_of", f"the export's stage history is {span}")])
-    return FunnelResponse(start=report.start.to_pydatetime(), end=report.end.to_pydatetime(), by=by,
-                          bottleneck=report.bottleneck, most_changed=report.most_changed, summary=report.summary(),
-                          stages=_stages(report.table), overall=_stages(report.overall))
-
-
 def _grouping(by: str) -> None:
     if by not in GROUPINGS:
         raise RequestProblem(f"unknown grouping {by!r}", [("by", f"one of {', '.join(GROUPINGS)}")])
@@ -162,28 +129,6 @@ def funnel(request: Request,
         return stored
     with analytics_slot(request.app.state):
         return funnel_answer(configured_export(request.app.state), as_of, by, period_days)
-
-
-def forecast_answer(model: LoadedModel, export: Export, as_of: datetime | None = None, horizon_days: int | None = None,
-                    by: str = "owner_id", sims: int = 5000, seed: int = 0,
-                    period: str | None = None) -> ForecastResponse | PeriodForecastResponse:
-    """The forecast over ``export`` (what ``GET /v1/forecast`` answers; the refresh stores it)."""
-    from models.forecast import PERIODS, forecast_bookings
-
-    t = _as_of(as_of, export)
-    ref = ModelRef(name=model.name, version=model.version)
-    if period is not None:
-        if period not in PERIODS:
-            raise RequestProblem(f"unknown period {period!r}", [("period", f"one of {', '.join(PERIODS)}")])
-        if horizon_days is not None:
-            raise RequestProblem("period and horizon_days exclude each other", [("horizon_days", "leave it out with period")])
-        return forecast_payload(export, model.scorer, t, by, period, ref, n_sims=sims, seed=seed)
-    h = horizon_days or model.scorer.spec.horizon_days
-    table = forecast_bookings(export, model.scorer, t, by=by, horizon_days=h, n_sims=sims, seed=seed)
-    table = table.rename(columns={table.columns[0]: "group"})
-    groups = [ForecastGroup(**{k: (str(v) if k == "group" else v) for k, v in r.items() if k in ForecastGroup.model_fields})
-              for r in table.to_dict("records")]
-    return ForecastResponse(as_of=t.to_pydatetime(), horizon_days=h, by=by, model=ref, groups=groups)
 
 
 @router.get("/forecast", response_model=ForecastResponse | PeriodForecastResponse,
