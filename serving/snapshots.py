@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,6 +117,15 @@ def payload_key(name: str, params: dict[str, Any]) -> str:
     return name + "?" + json.dumps({k: params[k] for k in sorted(params)}, default=str, separators=(",", ":"))
 
 
+def _sql(value: Any) -> Any:
+    """A missing value as SQL NULL. pandas gives NaN for a missing string or float; SQLite stores a
+    NaN as NULL, but PostgreSQL stores the float NaN and the text 'NaN' (an unchanged deal without a
+    grade then read back 'NaN' and was fed again as changed)."""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
 def _utc(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -173,7 +183,7 @@ class SnapshotStore:
             sid = int(conn.execute(snapshots.insert().values(**row)).inserted_primary_key[0])
             if scores is not None and len(scores):
                 at = row["as_of"]
-                records = [{**{k: r[k] for k in _SCORE_FIELDS}, "snapshot_id": sid, "as_of": at}
+                records = [{**{k: _sql(r[k]) for k in _SCORE_FIELDS}, "snapshot_id": sid, "as_of": at}
                            for r in scores.to_dict("records")]
                 for i in range(0, len(records), 5000):
                     conn.execute(snapshot_scores.insert(), records[i:i + 5000])

@@ -95,8 +95,7 @@ def test_a_lead_inserted_into_the_crm_appears_in_the_feed_after_an_admin_refresh
         assert 0 <= new["score"] <= 100 and new["grade"] in "ABCD"
         assert len(ids) == len(set(ids)) and len(ids) < second["counts"]["lead"]  # changed ones only
         every_kind = c.get("/v1/scores", params={"since": since.isoformat(), "limit": 5000}).json()["scores"]
-        if database == "sqlite":  # on PostgreSQL unchanged deals are fed again: a known issue, to be fixed
-            assert not [s for s in every_kind if s["kind"] == "deal"]  # the deals did not change (no grade: NULL)
+        assert not [s for s in every_kind if s["kind"] == "deal"]  # the deals did not change (no grade: NULL)
         for path, params in (("/v1/worklist", {}), ("/v1/funnel", {}), ("/v1/forecast", {"by": "owner_id"})):
             start = time.perf_counter()
             r = c.get(path, params=params)

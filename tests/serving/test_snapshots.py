@@ -112,3 +112,22 @@ def test_feed_pages_are_ordered_stable_and_filtered_by_since_and_changed(store):
 ])
 def test_trend_rule(probabilities, expected):
     assert trend(probabilities, points=3, threshold_points=5.0) == expected
+
+
+def test_missing_strings_and_floats_are_stored_as_null_on_every_backend(store):
+    """pandas holds a missing grade, name or previous probability as NaN; PostgreSQL would store the
+    text 'NaN' and the float NaN (SQLite stores NULL), and a refresh then took the unchanged entity
+    for a changed one."""
+    scores = _scores({"L1": 0.2, "L2": 0.3}).assign(
+        grade=pd.Series(["B", None], dtype="str"), name=pd.Series([None, "Acme"], dtype="str"),
+        previous_probability=[0.1, float("nan")])
+    assert pd.isna(scores["grade"].iloc[1]) and isinstance(scores["grade"].iloc[1], float)  # NaN, not None
+    sid = store.write(_snapshot(1), scores)
+    with store.engine.connect() as conn:
+        from sqlalchemy import text
+
+        rows = conn.execute(text("SELECT entity_id, grade, name, previous_probability FROM snapshot_scores "
+                                 "WHERE snapshot_id = :s ORDER BY entity_id"), {"s": sid}).all()
+    assert [tuple(r) for r in rows] == [("L1", "B", None, 0.1), ("L2", None, "Acme", None)]
+    before = store.previous(["lead"], 1)
+    assert before.set_index("entity_id")["grade"].isna().tolist() == [False, True]
