@@ -203,28 +203,49 @@ class Refresher:
         self.store = SnapshotStore(state_cached(state, "ops_store", lambda: OperationsStore(state.settings.resolved_store_url())))
         self.lock = threading.Lock()
         self.frames: dict[int, pd.DataFrame] = {}  # a snapshot's scores, by snapshot id (new id: new frame)
+        self._waiting: threading.Thread | None = None  # the background refresh not yet started, if any
+        self._waiting_lock = threading.Lock()
 
     def run(self, wait: bool = True) -> RefreshResult | None:
         """Refresh now; with ``wait=False`` give up (``None``) when a refresh is already running."""
         if not self.lock.acquire(blocking=wait):
             return None
         try:
-            result = refresh(self.state.settings, self.state.models, self.store, self.state.load_errors)
-            if result.export is not None:
-                self.state.configured_export = result.export  # the answers computed live read the same data
-                self.state.export_error = None
-            elif result.error and result.error.startswith("the CRM export cannot be read"):
-                self.state.export_error = client_safe(result.error)  # /readyz: the data source is unreadable
-            log.info("refresh %s: snapshot %s, %s in %.1f s", result.status, result.snapshot_id, result.counts,
-                     result.duration_seconds)
-            return result
+            return self._run_locked()
         finally:
             self.lock.release()
 
+    def _run_locked(self) -> RefreshResult:
+        result = refresh(self.state.settings, self.state.models, self.store, self.state.load_errors)
+        if result.export is not None:
+            self.state.configured_export = result.export  # the answers computed live read the same data
+            self.state.export_error = None
+        elif result.error and result.error.startswith("the CRM export cannot be read"):
+            self.state.export_error = client_safe(result.error)  # /readyz: the data source is unreadable
+        log.info("refresh %s: snapshot %s, %s in %.1f s", result.status, result.snapshot_id, result.counts,
+                 result.duration_seconds)
+        return result
+
     def run_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, kwargs={"wait": True}, name="funnelcast-refresh", daemon=True)
+        """Refresh in a thread, after the refresh running now (if any). Calls while one such refresh
+        still waits to start get that one: a burst of reloads is one more refresh, not a queue of
+        threads each holding a snapshot's worth of memory."""
+        with self._waiting_lock:
+            if self._waiting is not None:
+                return self._waiting
+            thread = threading.Thread(target=self._background, name="funnelcast-refresh", daemon=True)
+            self._waiting = thread
         thread.start()
         return thread
+
+    def _background(self) -> None:
+        with self.lock:
+            with self._waiting_lock:  # started: a change from now on needs a refresh of its own
+                self._waiting = None
+            try:
+                self._run_locked()
+            except Exception:  # noqa: BLE001 - a background refresh must not die silently
+                log.exception("background refresh failed")
 
     def scores(self, snapshot: SnapshotRow) -> pd.DataFrame:
         frame = self.frames.get(snapshot.id)

@@ -218,3 +218,18 @@ def test_refresh_every_takes_seconds_or_a_duration():
     assert Settings(refresh_every=30).refresh_every == 30
     with pytest.raises(ValueError, match="soon"):
         Settings(refresh_every="soon")
+
+
+def test_a_burst_of_reloads_while_a_refresh_runs_queues_one_more_refresh_not_a_thread_each(sample_dir, models,
+                                                                                          tmp_path):
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}):
+        r = app.state.refresher
+        with r.lock:  # a refresh is running
+            threads = {r.run_in_background() for _ in range(5)}
+            assert len(threads) == 1 and r.store.count() == 0
+        threads.pop().join(timeout=120)
+        assert r.store.count() == 1
+        again = r.run_in_background()  # a change after that refresh started: a refresh of its own
+        again.join(timeout=120)
+        assert r.store.count() == 2
