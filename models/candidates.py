@@ -49,6 +49,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from models.baselines import NaiveBayesLeadScore
 from models.estimators import CalibratedBoostedClassifier
+from models.explain import design_rows
 from models.metrics import classification_metrics
 
 __all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "choose",
@@ -65,6 +66,9 @@ CONSERVATIVE_ROUNDS = 150
 #: Logistic-regression strengths tried on the calibration window (strongest first, each warm-started
 #: from the previous solution).
 C_GRID = (0.05, 1.0)
+#: Requests of fewer rows build the logistic design with models.explain.design_rows (serving);
+#: larger frames (training, batch scoring) with scikit-learn's transform.
+FAST_DESIGN_ROWS = 200
 #: Two validation log losses closer than this are a tie (broken by ROC AUC).
 TIE = 1e-4
 
@@ -199,7 +203,9 @@ class LogisticClassifier(_Calibrated):
         return self
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
-        T = np.asarray(self.design_.transform(self._frame(X)), dtype=float)
+        T = design_rows(self.design_, X) if len(X) < FAST_DESIGN_ROWS else None  # the same numbers, in numpy
+        if T is None:
+            T = np.asarray(self.design_.transform(self._frame(X)), dtype=float)
         index = {c: self.feature_names_.index(c) for c in self.used_}
         owner = np.zeros((T.shape[1], len(self.feature_names_)))
         owner[np.arange(T.shape[1]), [index[self.used_[o]] for o in self.owner_]] = 1.0
