@@ -1,19 +1,22 @@
 """Load on loopback: funnelcast (with reasons) and `mlflow models serve` (same model, no
-reasons) side by side, then a soak that watches the servers' memory.
+reasons) side by side, then a soak that watches the server's memory.
 
 Both servers run on 127.0.0.1 with the same number of uvicorn workers (uvicorn[standard]:
 uvloop and httptools, as `funnelcast serve` runs); a bounded number of client threads send
 requests for a bounded time. Reported per case: sustained requests per second, p50/p95/p99
-latency and errors; for the soak, resident memory of the server processes at the start and end.
+latency and failed requests (anything but a 200).
 
-The last case runs one-lead load while the champion changes under it: every ``--change-every``
-seconds the ``@champion`` alias flips between two registered versions and ``POST
-/v1/admin/reload`` is sent (the other workers follow with their alias poll, set to 1 s here);
-with ``--during refresh`` also ``POST /v1/admin/refresh`` (the snapshot refresh; reported as not
-available when the server answers 404). Any failed request there is a failure of the benchmark.
+The last case runs one-lead load while the champion changes and the snapshot refreshes under it:
+every ``--change-every`` seconds the ``@champion`` alias flips between two registered versions and
+``POST /v1/admin/reload`` is sent (the other workers follow with their alias poll, set to 1 s here;
+each new champion also starts a background refresh in the worker that loaded it), then ``POST
+/v1/admin/refresh`` (the snapshot of the sample's export: every open lead scored). Reported: the
+failed requests (must be 0), and the latency of the requests that started while a refresh ran
+against the others. The soak runs the same changes (``--soak-quiet``: none) and prints the
+server's resident memory, all workers, after each minute.
 
-    python benchmarks/load_test.py [--seconds 20] [--soak 600] [--threads 4] [--workers 2]
-                                   [--during reload refresh] [--change-every 2]
+    python benchmarks/load_test.py [--sample DIR] [--model-cache FILE] [--seconds 20] [--soak 600]
+                                   [--threads 4] [--workers 2] [--during reload refresh] [--change-every 2]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -90,25 +94,27 @@ def _rss_mb(pid: int) -> float:
 
 
 def _load(url: str, body: bytes, headers: dict, seconds: float, threads: int) -> dict:
-    """Closed-loop load: ``threads`` clients, each sending as fast as answered, for ``seconds``."""
-    lat: list[float] = []
-    errors = [0]
+    """Closed-loop load: ``threads`` clients, each sending as fast as answered, for ``seconds``.
+
+    The row of the table, and under ``"_calls"`` each request's (start, seconds, answered 200) for
+    splitting the latencies by what the server was doing meanwhile."""
+    calls: list[tuple[float, float, bool]] = []
+    statuses: dict[str, int] = {}
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
     def worker() -> None:
-        with httpx.Client(timeout=30) as c:
+        with httpx.Client(timeout=60) as c:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
-                    ok = c.post(url, content=body, headers=headers).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                    status = str(c.post(url, content=body, headers=headers).status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
                 dt = time.perf_counter() - t0
                 with lock:
-                    lat.append(dt)
-                    if not ok:
-                        errors[0] += 1
+                    calls.append((t0, dt, status == "200"))
+                    statuses[status] = statuses.get(status, 0) + 1
 
     ts = [threading.Thread(target=worker) for _ in range(threads)]
     start = time.perf_counter()
@@ -117,152 +123,228 @@ def _load(url: str, body: bytes, headers: dict, seconds: float, threads: int) ->
     for t in ts:
         t.join()
     elapsed = time.perf_counter() - start
-    ms = np.array(lat) * 1000
+    ms = np.array([c[1] for c in calls]) * 1000
+    failed = {s: n for s, n in statuses.items() if s != "200"}
     return {
-        "requests": len(lat),
-        "rps": len(lat) / elapsed,
+        "requests": len(calls),
+        "rps": len(calls) / elapsed,
         "p50_ms": np.percentile(ms, 50),
         "p95_ms": np.percentile(ms, 95),
         "p99_ms": np.percentile(ms, 99),
-        "errors": errors[0],
+        "errors": sum(failed.values()),
+        "_failed": failed,
+        "_calls": calls,
     }
 
 
 def _changes(base: str, uri: str, versions: list[str], every: float, during: list[str], stop: threading.Event,
              done: dict) -> None:
-    """Until ``stop``: flip ``@champion`` between ``versions`` and reload; refresh too if asked and available."""
+    """Until ``stop``: flip ``@champion`` between ``versions`` and reload; refresh too if asked and
+    available. Each admin call's (start, end, status) goes into ``done``."""
     client = configure(uri)
     headers = {"X-API-Key": ADMIN}
     i = 0
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=600) as c:
         while not stop.wait(every):
             i += 1
             if "reload" in during:
                 client.set_registered_model_alias("lead_quality", "champion", versions[i % len(versions)])
+                t0 = time.perf_counter()
                 r = c.post(f"{base}/v1/admin/reload", headers=headers)
-                done["reload"].append(r.status_code)
-            if "refresh" in during and done["refresh"] != "not available":
+                done["reload"].append((t0, time.perf_counter(), r.status_code))
+            if "refresh" in during and done["refresh"] != "not available" and not stop.is_set():
+                t0 = time.perf_counter()
                 r = c.post(f"{base}/v1/admin/refresh", headers=headers)
                 if r.status_code == 404:
-                    done["refresh"] = "not available"  # the server has no snapshot refresh (yet)
+                    done["refresh"] = "not available"  # the server has no snapshot refresh
                 else:
-                    done["refresh"].append(r.status_code)
+                    done["refresh"].append((t0, time.perf_counter(), r.status_code))
 
 
-def _under_change(fc_port: int, uri: str, versions: list[str], body: bytes, headers: dict, args: argparse.Namespace) -> tuple[dict, str]:
-    """One-lead load while the champion changes (and the snapshot refreshes): the row of the table and a summary."""
+def _split(calls: list[tuple[float, float, bool]], windows: list[tuple[float, float, int]]) -> dict[str, dict]:
+    """Latency of the requests that started while one of ``windows`` ran, and of the others."""
+    starts = np.array([c[0] for c in calls])
+    ms = np.array([c[1] for c in calls]) * 1000
+    inside = np.zeros(len(calls), dtype=bool)
+    for t0, t1, _ in windows:
+        inside |= (starts >= t0) & (starts < t1)
+    out = {}
+    for name, mask in (("during refresh", inside), ("no refresh running", ~inside)):
+        if mask.any():
+            out[name] = {"requests": int(mask.sum()), "p50_ms": float(np.percentile(ms[mask], 50)),
+                         "p99_ms": float(np.percentile(ms[mask], 99))}
+    return out
+
+
+def _under_change(fc_port: int, uri: str, versions: list[str], body: bytes, headers: dict, args: argparse.Namespace,
+                  seconds: float) -> tuple[dict, dict]:
+    """One-lead load while the champion changes and the snapshot refreshes: the row and what changed."""
     base = f"http://127.0.0.1:{fc_port}"
     done: dict = {"reload": [], "refresh": []}
     stop = threading.Event()
     changer = threading.Thread(target=_changes, args=(base, uri, versions, args.change_every, args.during, stop, done))
     changer.start()
     try:
-        row = _load(f"{base}/v1/leads/score", body, headers, args.seconds, args.threads)
+        row = _load(f"{base}/v1/leads/score", body, headers, seconds, args.threads)
     finally:
         stop.set()
         changer.join()
-    reloads = done["reload"]
-    refresh = done["refresh"]
-    note = (f"{len(reloads)} alias changes + reloads ({sum(c == 200 for c in reloads)} answered 200)"
-            + ("" if "refresh" not in args.during else
-               "; refresh: POST /v1/admin/refresh answered 404 (not available), reload only"
-               if refresh == "not available" else
-               f"; {len(refresh)} refreshes ({sum(c == 200 for c in refresh)} answered 200)"))
-    return {"case": "funnelcast, 1 lead, champion changing", **row}, note
+    return row, done
 
 
-def main() -> None:
+def _change_note(row: dict, done: dict, during: list[str]) -> str:
+    reloads, refresh = done["reload"], done["refresh"]
+    parts = [f"{len(reloads)} alias changes + reloads ({sum(c[2] == 200 for c in reloads)} answered 200)"]
+    if "refresh" in during:
+        if refresh == "not available":
+            parts.append("POST /v1/admin/refresh answered 404 (not available)")
+        else:
+            took = [t1 - t0 for t0, t1, _ in refresh]
+            parts.append(f"{len(refresh)} refreshes ({sum(c[2] == 200 for c in refresh)} answered 200, "
+                         f"{np.median(took) if took else 0:.1f} s each)")
+            for name, s in _split(row["_calls"], refresh).items():
+                parts.append(f"{name}: {s['requests']} requests, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms")
+    parts.append(f"{row['errors']} failed requests" + (f" {row['_failed']}" if row["_failed"] else ""))
+    return "; ".join(parts)
+
+
+def _soak(fc_url: str, pid: int, body: bytes, headers: dict, args: argparse.Namespace, change) -> str:
+    """One-lead load for ``args.soak`` seconds in windows of a minute (the champion changing and the
+    snapshot refreshing throughout unless ``--soak-quiet``), the server's memory after each window."""
+    before = _rss_mb(pid)
+    rss, total, errors, failed, refreshes, reloads = [], 0, 0, {}, 0, 0
+    window = min(60.0, args.soak)
+    t_end = time.perf_counter() + args.soak
+    while (left := t_end - time.perf_counter()) > 1:
+        if change is None:
+            r = _load(fc_url, body, headers, min(window, left), args.threads)
+        else:
+            r, done = change(min(window, left))
+            refreshes += 0 if done["refresh"] == "not available" else len(done["refresh"])
+            reloads += len(done["reload"])
+        total += r["requests"]
+        errors += r["errors"]
+        for k, v in r["_failed"].items():
+            failed[k] = failed.get(k, 0) + v
+        rss.append(_rss_mb(pid))
+    changes = "" if change is None else f", {reloads} reloads and {refreshes} refreshes meanwhile"
+    return (f"soak {args.soak:.0f} s, {total:,} one-lead requests{changes}, {errors} failed {failed or ''}: "
+            f"funnelcast RSS (all workers) {before:.0f} MB at start, then per minute "
+            + ", ".join(f"{m:.0f}" for m in rss) + " MB")
+
+
+def _trained(sample: Path, cache: str | None):
+    """The sample's export and a lead model trained on it (read from ``cache`` when it exists, written there)."""
+    if not (sample / "export" / "leads.csv").exists():
+        generate_sample(sample, progress=True)
+    export, _ = load_export(sample / "export")
+    if cache and Path(cache).exists():
+        with open(cache, "rb") as fh:
+            return export, pickle.load(fh)
+    result = build_lead_model(export, TrainConfig(), export.exported_at)
+    if cache:
+        with open(cache, "wb") as fh:
+            pickle.dump(result, fh)
+    return export, result
+
+
+def _servers(uri: str, tmp: str, sample: Path, workers: int) -> tuple[dict, int, int]:
+    """funnelcast (reading the sample's export for its refreshes) and `mlflow models serve`, same workers."""
+    env = {**os.environ, "FUNNELCAST_TRACKING_URI": uri, "MLFLOW_TRACKING_URI": uri, "FUNNELCAST_HOME": tmp,
+           "FUNNELCAST_DATA": str((sample / "export").resolve()), "FUNNELCAST_ADMIN_API_KEYS": json.dumps([ADMIN]),
+           "FUNNELCAST_RELOAD_POLL_SECONDS": "1",
+           "FUNNELCAST_API_KEYS": json.dumps([KEY]), "FUNNELCAST_RATE_LIMIT_PER_MINUTE": "0",
+           # mlflow serve execs `uvicorn` by name: it must be on PATH
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    fc_port, ml_port = _port(), _port()
+    servers = {
+        "funnelcast": subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(fc_port), "--workers", str(workers), "--log-level", "warning"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        "mlflow": subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/lead_quality@champion",
+             "--env-manager", "local", "--host", "127.0.0.1", "-p", str(ml_port), "-w", str(workers)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    }
+    return servers, fc_port, ml_port
+
+
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", default=".funnelcast/sample")
+    ap.add_argument("--model-cache", help="pickle of the trained model: read when it exists, else written "
+                    "(delete it after changing training code)")
     ap.add_argument("--seconds", type=float, default=20, help="duration of each load case")
     ap.add_argument("--soak", type=float, default=600, help="soak duration (one-lead requests), 0 to skip")
+    ap.add_argument("--soak-quiet", action="store_true", help="no reloads and refreshes during the soak")
     ap.add_argument("--threads", type=int, default=4, help="client threads")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     ap.add_argument("--during", nargs="*", default=["reload", "refresh"], choices=("reload", "refresh"),
                     help="what changes during the last case (default both; none: skip the case)")
     ap.add_argument("--change-every", type=float, default=2.0, help="seconds between changes in the last case")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _cases(fc_url: str, ml_url: str, bodies: dict, fc_headers: dict, seconds: float, threads: int) -> list[dict]:
+    ml_headers = {"Content-Type": "application/json"}
+    return [{"case": name, **_load(url, body, headers, seconds, threads)} for name, url, body, headers in [
+        ("funnelcast, 1 lead + reasons", fc_url, bodies["one"], fc_headers),
+        ("mlflow serve, 1 lead, no reasons", ml_url, bodies["ml"], ml_headers),
+        ("funnelcast, 100 leads + reasons", fc_url, bodies["hundred"], fc_headers),
+    ]]
+
+
+def main() -> None:
+    args = _args()
     sample = Path(args.sample)
-    if not (sample / "export" / "leads.csv").exists():
-        generate_sample(sample, progress=True)
-    export, _ = load_export(sample / "export")
+    export, result = _trained(sample, args.model_cache)
     as_of = export.exported_at
-    cfg = TrainConfig()
-    result = build_lead_model(export, cfg, as_of)
     leads = open_leads(export.leads, as_of)
     one, hundred = leads.iloc[[0]], leads.iloc[:100]
     X_one = result.scorer.features(one, export.accounts, export.activities, as_of)
-
+    bodies = {name: json.dumps({"as_of": as_of.isoformat(),
+                                "leads": export_items(frame, export.accounts, export.activities, as_of)}).encode()
+              for name, frame in (("one", one), ("hundred", hundred))}
+    bodies["ml"] = json.dumps({"dataframe_split": json.loads(X_one.to_json(orient="split", index=False))}).encode()
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         versions = [log_and_register(result, configure(uri), experiment="load", artifact_location=Path(tmp, "a").as_uri(),
-                                     cfg=cfg, data_source=str(sample)).version for _ in range(2)]  # two to flip between
-        env = {**os.environ, "FUNNELCAST_TRACKING_URI": uri, "MLFLOW_TRACKING_URI": uri,
-               "FUNNELCAST_HOME": tmp, "FUNNELCAST_ADMIN_API_KEYS": json.dumps([ADMIN]),
-               "FUNNELCAST_RELOAD_POLL_SECONDS": "1",
-               "FUNNELCAST_API_KEYS": json.dumps([KEY]), "FUNNELCAST_RATE_LIMIT_PER_MINUTE": "0",
-               # mlflow serve execs `uvicorn` by name: it must be on PATH
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        fc_port, ml_port = _port(), _port()
-        servers = {
-            "funnelcast": subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1",
-                 "--port", str(fc_port), "--workers", str(args.workers), "--log-level", "warning"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-            "mlflow": subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/lead_quality@champion",
-                 "--env-manager", "local", "--host", "127.0.0.1", "-p", str(ml_port), "-w", str(args.workers)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        }
+                                     cfg=TrainConfig(), data_source=str(sample)).version for _ in range(2)]  # to flip between
+        servers, fc_port, ml_port = _servers(uri, tmp, sample, args.workers)
         try:
             _wait(f"http://127.0.0.1:{fc_port}/readyz")
             _wait(f"http://127.0.0.1:{ml_port}/ping")
             fc_url = f"http://127.0.0.1:{fc_port}/v1/leads/score"
             ml_url = f"http://127.0.0.1:{ml_port}/invocations"
             fc_headers = {"X-API-Key": KEY, "Content-Type": "application/json"}
-            body_one = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(one, export.accounts, export.activities, as_of)}).encode()
-            body_100 = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(hundred, export.accounts, export.activities, as_of)}).encode()
-            ml_body = json.dumps({"dataframe_split": json.loads(X_one.to_json(orient="split", index=False))}).encode()
             # sanity: both answer, and agree on the probability
-            p_fc = httpx.post(fc_url, content=body_one, headers=fc_headers, timeout=30).json()["scores"][0]["probability"]
-            p_ml = httpx.post(ml_url, content=ml_body, headers={"Content-Type": "application/json"}, timeout=30).json()
+            p_fc = httpx.post(fc_url, content=bodies["one"], headers=fc_headers, timeout=30).json()["scores"][0]["probability"]
+            p_ml = httpx.post(ml_url, content=bodies["ml"], headers={"Content-Type": "application/json"}, timeout=30).json()
             p_ml = p_ml["predictions"][0]["probability"]
-            rows = []
-            for name, url, body, headers in [
-                ("funnelcast, 1 lead + reasons", fc_url, body_one, fc_headers),
-                ("mlflow serve, 1 lead, no reasons", ml_url, ml_body, {"Content-Type": "application/json"}),
-                ("funnelcast, 100 leads + reasons", fc_url, body_100, fc_headers),
-            ]:
-                rows.append({"case": name, **_load(url, body, headers, args.seconds, args.threads)})
+            rows = _cases(fc_url, ml_url, bodies, fc_headers, args.seconds, args.threads)
             note = None
+
+            def change(seconds: float):
+                return _under_change(fc_port, uri, versions, bodies["one"], fc_headers, args, seconds)
+
             if args.during:
-                row, note = _under_change(fc_port, uri, versions, body_one, fc_headers, args)
-                rows.append(row)
+                row, done = change(args.seconds)
+                rows.append({"case": "funnelcast, 1 lead, champion changing + refreshes", **row})
+                note = _change_note(row, done, args.during)
             print(f"\nloopback, {args.workers} uvicorn workers per server ({_uvicorn_extras()}), {args.threads} "
                   f"client threads, {args.seconds:.0f} s per case (probability funnelcast {p_fc:.6f} vs mlflow "
                   f"{p_ml:.6f})")
-            print(pd.DataFrame(rows).round(1).to_string(index=False))
+            print(pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+                  .round(1).to_string(index=False))
             fc, ml = rows[0], rows[1]
             print(f"funnelcast / mlflow, one lead: {fc['rps'] / ml['rps']:.2f}x the requests per second, p99 "
                   f"{fc['p99_ms']:.1f} vs {ml['p99_ms']:.1f} ms")
             if note:
-                print(f"champion changing: {note}; {rows[-1]['errors']} failed requests")
+                print(f"champion changing: {note}")
             if args.soak > 0:
-                pid = servers["funnelcast"].pid
-                before = _rss_mb(pid)
-                samples = []
-                window = min(60.0, args.soak)
-                t_end = time.perf_counter() + args.soak
-                total = 0
-                while time.perf_counter() < t_end:
-                    r = _load(fc_url, body_one, fc_headers, min(window, t_end - time.perf_counter()), args.threads)
-                    total += r["requests"]
-                    samples.append((r["requests"], r["errors"], _rss_mb(pid)))
-                after = _rss_mb(pid)
-                errors = sum(s[1] for s in samples)
-                rss = [s[2] for s in samples]
-                print(f"\nsoak {args.soak:.0f} s, {total:,} one-lead requests, {errors} errors: funnelcast RSS "
-                      f"{before:.0f} MB at start, {min(rss):.0f}..{max(rss):.0f} MB during, {after:.0f} MB at end")
+                print(_soak(fc_url, servers["funnelcast"].pid, bodies["one"], fc_headers, args,
+                            None if args.soak_quiet or not args.during else change))
         finally:
             for p in servers.values():
                 p.terminate()
