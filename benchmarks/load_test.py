@@ -182,13 +182,17 @@ def _under_change(fc_port: int, uri: str, versions: list[str], body: bytes, head
     base = f"http://127.0.0.1:{fc_port}"
     done: dict = {"reload": [], "refresh": []}
     stop = threading.Event()
-    changer = threading.Thread(target=_changes, args=(base, uri, versions, args.change_every, args.during, stop, done))
-    changer.start()
+    # reloads and refreshes in two threads: a refresh takes many seconds, reloads keep coming meanwhile
+    changers = [threading.Thread(target=_changes, args=(base, uri, versions, args.change_every, [what], stop, done))
+                for what in args.during]
+    for t in changers:
+        t.start()
     try:
         row = _load(f"{base}/v1/leads/score", body, headers, seconds, args.threads)
     finally:
         stop.set()
-        changer.join()
+        for t in changers:
+            t.join()
     return row, done
 
 

@@ -21,6 +21,8 @@ later stage, went back, was lost from s, or is still in s. Per stage:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +76,24 @@ def stage_sojourns(export: Export, end: pd.Timestamp) -> pd.DataFrame:
     return out[out["stage"].isin(export.open_stages)]
 
 
+_WIN_RATES: dict[tuple[int, pd.Timestamp], tuple[weakref.ref, dict[str, float]]] = {}
+_WIN_RATES_LOCK = threading.Lock()
+
+
+def _stage_win_rate(export: Export, start: pd.Timestamp) -> dict[str, float]:
+    """``deal_context(export, start).stage_win_rate``, once per export and start: a refresh asks for
+    the same ones for every grouping and quarter (the latest 32 kept)."""
+    key = (id(export), start)
+    hit = _WIN_RATES.get(key)
+    if hit is None or hit[0]() is not export:  # an id can be reused once its export is gone
+        hit = (weakref.ref(export), deal_context(export, start).stage_win_rate)
+        with _WIN_RATES_LOCK:
+            _WIN_RATES[key] = hit
+            while len(_WIN_RATES) > 32:
+                _WIN_RATES.pop(next(iter(_WIN_RATES)))
+    return hit[1]
+
+
 def funnel_table(
     export: Export, start: pd.Timestamp, end: pd.Timestamp, by: str = "none",
     window_days: float = 91.0, known_at: pd.Timestamp | None = None,
@@ -97,7 +117,7 @@ def funnel_table(
     soj["moved_on"] = (nxt > here) & (nxt != lost_code)
     soj["lost"] = nxt == lost_code
     soj["still_open"] = soj["next_stage"].isna()
-    rate = deal_context(export, start).stage_win_rate
+    rate = _stage_win_rate(export, start)
     soj["value_lost"] = np.where(soj["lost"], soj["amount"].fillna(0.0).to_numpy(float) * soj["stage"].map(rate).astype(float).fillna(0.0).to_numpy(), 0.0)
     g = soj.groupby(["group", "stage"])
     out = pd.DataFrame(
