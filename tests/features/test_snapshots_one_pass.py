@@ -80,3 +80,83 @@ def test_leads_and_events_exactly_at_a_snapshot_time(sample_export):
     fast = lead_snapshots(export, times, spec)
     _assert_same(fast, _lead_snapshots_naive(export, times, spec))
     assert not fast.loc[fast["as_of"] == t, "lead_id"].isin(leads.loc[pick[0], "lead_id"]).any()
+
+
+# ----------------------------------------------------------------------------- deals
+from features.deals import (  # noqa: E402
+    DealFeatureSpec,
+    DealHistory,
+    _deal_snapshots_naive,
+    deal_context,
+    deal_snapshots,
+    decided_deals,
+    open_opportunities,
+)
+
+
+def _deal_times(export: Export, every_days: int = 28) -> list[pd.Timestamp]:
+    start = export.opportunities["created_at"].min() + pd.Timedelta(days=20)
+    return snapshot_times(start, export.exported_at, every_days)
+
+
+def _assert_same_context(got, want) -> None:
+    for name, value in vars(want).items():
+        mine = getattr(got, name)
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(mine, value, check_exact=False, rtol=1e-9)
+        elif isinstance(value, dict):
+            assert mine.keys() == value.keys(), name
+            for k, v in value.items():
+                assert mine[k] == pytest.approx(v, rel=1e-12, nan_ok=True), (name, k)
+        else:
+            assert mine == value or (mine != mine and value != value), name
+
+
+def test_deal_snapshots_equal_the_naive_loop(sample_export):
+    times = _deal_times(sample_export)
+    spec = DealFeatureSpec.from_export(sample_export, as_of=times[-1])
+    _assert_same(deal_snapshots(sample_export, times, spec), _deal_snapshots_naive(sample_export, times, spec))
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.5, 1.0])
+def test_deal_context_and_decisions_equal_the_per_as_of_ones(sample_export, frac):
+    times = _deal_times(sample_export, 7)
+    as_of = times[int(frac * (len(times) - 1))]
+    history = DealHistory(sample_export)
+    is_open = history.open_at(as_of)
+    naive_open = open_opportunities(sample_export.opportunities, sample_export.stage_history, as_of)
+    assert (sample_export.opportunities.index[is_open] == naive_open.index).all()
+    pd.testing.assert_frame_equal(history._context.decided(as_of), decided_deals(sample_export, as_of))
+    _assert_same_context(history.context(as_of, is_open), deal_context(sample_export, as_of))
+
+
+def test_deal_snapshots_without_any_activity(sample_export):
+    export = _replace(sample_export, activities=sample_export.activities.iloc[:0])
+    times = _deal_times(export)
+    spec = DealFeatureSpec.from_export(sample_export, as_of=times[-1])
+    fast = deal_snapshots(export, times, spec)
+    _assert_same(fast, _deal_snapshots_naive(export, times, spec))
+    assert (fast["activities_total"] == 0).all()
+
+
+def test_deals_and_entries_exactly_at_a_snapshot_time(sample_export):
+    """Deals created and closed, stage entries (terminal ones too) and activities exactly at
+    ``as_of``, entries without a time, deals without stage history: the same frames."""
+    times = _deal_times(sample_export)
+    t = times[len(times) // 2]
+    rng = np.random.default_rng(5)
+    opps = sample_export.opportunities.copy()
+    for col in ("created_at", "closed_at"):
+        opps.iloc[rng.choice(len(opps), 25, replace=False), opps.columns.get_loc(col)] = t
+    sh = sample_export.stage_history.copy()
+    sh.iloc[rng.choice(len(sh), 80, replace=False), sh.columns.get_loc("entered_at")] = t
+    sh.iloc[rng.choice(len(sh), 20, replace=False), sh.columns.get_loc("entered_at")] = pd.NaT
+    sh = sh[~sh["opportunity_id"].isin(opps["opportunity_id"].sample(30, random_state=1))]
+    acts = sample_export.activities.copy()
+    acts.iloc[rng.choice(len(acts), 200, replace=False), acts.columns.get_loc("occurred_at")] = t
+    export = _replace(sample_export, opportunities=opps, stage_history=sh, activities=acts)
+    spec = DealFeatureSpec.from_export(sample_export, as_of=times[-1])
+    fast = deal_snapshots(export, times, spec)
+    _assert_same(fast, _deal_snapshots_naive(export, times, spec))
+    created_then = opps.loc[opps["created_at"] == t, "opportunity_id"]
+    assert not fast.loc[fast["as_of"] == t, "opportunity_id"].isin(created_then).any()
