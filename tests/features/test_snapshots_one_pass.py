@@ -160,3 +160,50 @@ def test_deals_and_entries_exactly_at_a_snapshot_time(sample_export):
     _assert_same(fast, _deal_snapshots_naive(export, times, spec))
     created_then = opps.loc[opps["created_at"] == t, "opportunity_id"]
     assert not fast.loc[fast["as_of"] == t, "opportunity_id"].isin(created_then).any()
+
+
+# ----------------------------------------------------------------------------- accounts
+from features.customers import AccountFeatureSpec, _account_snapshots_naive, account_snapshots  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def account_export():
+    """A sample with enough customers whose value is complete (the small one has a few dozen)."""
+    from features.io import load_export
+    from features.sample import generate_sample
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_sample(Path(tmp), seed=11, scale=0.15)
+        export, _ = load_export(Path(tmp) / "export")
+    return export
+
+
+def test_account_snapshots_equal_the_naive_loop(account_export):
+    spec = AccountFeatureSpec.from_export(account_export)
+    fast, threshold = account_snapshots(account_export, account_export.exported_at, spec)
+    naive, naive_threshold = _account_snapshots_naive(account_export, account_export.exported_at, spec)
+    assert threshold == naive_threshold
+    assert len(fast) > 50
+    _assert_same(fast, naive)
+
+
+def test_account_snapshots_with_events_at_their_snapshot_time(account_export):
+    """Activities and deals exactly at an account's snapshot time, deals without stage history."""
+    spec = AccountFeatureSpec.from_export(account_export)
+    naive, _ = _account_snapshots_naive(account_export, account_export.exported_at, spec)
+    rng = np.random.default_rng(2)
+    at = naive.set_index("account_id")["as_of"]
+    acts = account_export.activities.copy()
+    rows = rng.choice(np.flatnonzero(acts["account_id"].isin(at.index)), 100, replace=False)
+    acts.iloc[rows, acts.columns.get_loc("occurred_at")] = at.reindex(acts["account_id"].iloc[rows]).to_numpy()
+    opps = account_export.opportunities.copy()
+    rows = rng.choice(np.flatnonzero(opps["account_id"].isin(at.index)), 40, replace=False)
+    opps.iloc[rows, opps.columns.get_loc("created_at")] = at.reindex(opps["account_id"].iloc[rows]).to_numpy()
+    sh = account_export.stage_history
+    sh = sh[~sh["opportunity_id"].isin(opps["opportunity_id"].sample(40, random_state=3))]
+    export = _replace(account_export, activities=acts, opportunities=opps, stage_history=sh)
+    _assert_same(account_snapshots(export, export.exported_at, spec)[0],
+                 _account_snapshots_naive(export, export.exported_at, spec)[0])
