@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -98,8 +99,11 @@ def _sample(work: Path, scale: float, seed: int) -> Path:
 
 
 def _run(step: str, sample: Path) -> dict:
+    # LightGBM's OpenMP threads sleep instead of spinning while they wait: on a shared machine a
+    # spinning thread burns the CPU the others need (the figures are ratios, not records)
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     out = subprocess.run([sys.executable, __file__, "--child", step, "--sample", str(sample)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{step} on {sample} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
