@@ -651,16 +651,13 @@ class DealHistory:
         self._closed = epoch_ns(opps["closed_at"])
         self._sh_t = epoch_ns(sh["entered_at"])
         self._sh_known = sh["entered_at"].notna().to_numpy()
-        terminal = sh["stage"].isin(TERMINAL_STAGES).to_numpy() & self._sh_known
-        ended = np.full(len(self._ids) + 1, NEVER)  # each deal's first terminal entry (slot -1: no deal)
-        np.minimum.at(ended, self._sh_code[terminal], self._sh_t[terminal])
-        self._ended = ended[self._opp]
         self._acts = acts
         self._act_time = TimeOrder.of(acts["occurred_at"])
         self._act_code = codes[self._n + len(sh):][self._act_time.order]
         self._lead_rows, self._lead_keys = _rows_of(export.leads, "lead_id", opps["lead_id"])
         self._account_rows, self._account_keys = _rows_of(export.accounts, "account_id", opps["account_id"])
         self._context = _ContextHistory(export, self._ids, codes[: self._n], self._sh_code)
+        self._ended = self._context.ended[self._opp]  # each deal's first terminal entry
 
     def open_at(self, as_of: pd.Timestamp) -> np.ndarray:
         """Which deals are open at ``as_of`` (see :func:`open_opportunities`), as a mask."""
@@ -730,8 +727,8 @@ class _ContextHistory:
         self._term = term.rename(columns={"stage": "outcome", "entered_at": "closed_at"}).reset_index(drop=True)
         self._term_at = TimeOrder(order=np.arange(len(term)), ns=epoch_ns(term["entered_at"]))
         self._term_code = ids.get_indexer(term["opportunity_id"])
-        self._ended = np.full(len(ids) + 1, NEVER)
-        self._ended[self._term_code] = epoch_ns(term["entered_at"])
+        self.ended = np.full(len(ids) + 1, NEVER)  # per deal code (slot -1: no deal)
+        self.ended[self._term_code] = epoch_ns(term["entered_at"])
         self._closed = epoch_ns(opps["closed_at"])
         self._closed_rows = opps[["opportunity_id", "outcome", "closed_at"]]
         self._info = opps.set_index("opportunity_id")[["owner_id", "account_id", "created_at"]].reindex(ids)
@@ -781,7 +778,7 @@ class _ContextHistory:
         """:func:`decided_deals` at ``as_of``."""
         t = epoch_ns(as_of)[0]
         k = self._term_at.count_before(as_of)
-        closed = (self._closed < t) & ~(self._ended[self._opp_codes] < t)
+        closed = (self._closed < t) & ~(self.ended[self._opp_codes] < t)
         codes = np.r_[self._term_code[:k], self._opp_codes[closed]]
         out = pd.concat([self._term.iloc[:k], self._closed_rows[closed]], ignore_index=True)
         last = (self._amount_t < t) & (self._amount_next >= t)

@@ -259,9 +259,9 @@ def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> l
     return [pd.Timestamp(t) for t in times]
 
 
-def _snapshot_frame(export: Export, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp,
+def _snapshot_frame(leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp,
                     ctx: LeadContext, spec: LeadFeatureSpec) -> pd.DataFrame:
-    X = lead_features(leads, export.accounts, activities, as_of, ctx, spec)
+    X = lead_features(leads, accounts, activities, as_of, ctx, spec)
     X.insert(0, "as_of", as_of)
     X["label"] = converted_within_horizon(leads, as_of, spec.horizon_days)
     return X.reset_index()
@@ -287,7 +287,7 @@ def lead_snapshots(
 
     The tables are sorted by time once (:class:`LeadHistory`): each snapshot takes the rows
     before its ``as_of`` by a binary search, its context from running totals, and hands
-    :func:`lead_features` only the activities of the leads open then. The frame equals
+    :func:`lead_features` only the activities and accounts of the leads open then. The frame equals
     :func:`_lead_snapshots_naive` (one full scan per ``as_of``), the tests' oracle.
     """
     history = LeadHistory(export, spec.horizon_days)
@@ -297,8 +297,8 @@ def lead_snapshots(
         if not is_open.any():
             continue
         leads = export.leads[is_open]
-        parts.append(_snapshot_frame(export, leads, history.activities_of(is_open, as_of), as_of,
-                                     history.context(as_of, is_open), spec))
+        parts.append(_snapshot_frame(leads, history.accounts_of(is_open), history.activities_of(is_open, as_of), as_of,
+                                     history.context(as_of, is_open, open_accounts_only=True), spec))
     return _concat_snapshots(parts)
 
 
@@ -313,7 +313,7 @@ def _lead_snapshots_naive(
         if leads.empty:
             continue
         ctx = lead_context(export, as_of, spec.horizon_days)
-        parts.append(_snapshot_frame(export, leads, export.activities, as_of, ctx, spec))
+        parts.append(_snapshot_frame(leads, export.accounts, export.activities, as_of, ctx, spec))
     return _concat_snapshots(parts)
 
 
@@ -355,6 +355,9 @@ class LeadHistory:
         self._ids, self._n_ids = codes[: len(leads)], len(ids)
         self._act_lead = codes[len(leads):][self._act_time.order]
         self._opps = _OpportunityTotals(export.opportunities)
+        self._lead_history_row = self._opps.rows_of(leads["account_id"])
+        codes, keys = pd.factorize(pd.concat([export.accounts["account_id"], leads["account_id"]], ignore_index=True))
+        self._accounts, self._account_code, self._n_accounts = export.accounts, codes, len(keys)
 
     def _sorted_codes(self, values: pd.Series) -> tuple[np.ndarray, pd.Index]:
         codes, keys = _codes(values)
@@ -373,8 +376,17 @@ class LeadHistory:
         rows = self._act_time.order[:k][wanted[self._act_lead[:k]]]
         return self._acts.take(np.sort(rows))
 
-    def context(self, as_of: pd.Timestamp, is_open: np.ndarray) -> LeadContext:
-        """:func:`lead_context` at ``as_of`` (``is_open``: :meth:`open_at` of it)."""
+    def accounts_of(self, is_open: np.ndarray) -> pd.DataFrame:
+        """The rows of ``accounts`` of the leads in ``is_open`` (every row of those ids), in file order."""
+        wanted = np.zeros(self._n_accounts + 1, dtype=bool)  # the extra last slot: code -1, no account
+        wanted[self._account_code[len(self._accounts):][is_open]] = True
+        wanted[-1] = False
+        return self._accounts[wanted[self._account_code[: len(self._accounts)]]]
+
+    def context(self, as_of: pd.Timestamp, is_open: np.ndarray, *, open_accounts_only: bool = False) -> LeadContext:
+        """:func:`lead_context` at ``as_of`` (``is_open``: :meth:`open_at` of it); with
+        ``open_accounts_only``, its account history holds only the accounts of those leads (all
+        that their features look up)."""
         lo = self._by_created.count_before(as_of - self._horizon - RATE_LOOKBACK)
         hi = self._by_created.count_before(as_of - self._horizon)
         hit = self._hit[lo:hi]
@@ -387,7 +399,7 @@ class LeadHistory:
             source_rate=_running_rates(self._source[lo:hi], hit, self._sources, global_rate),
             owner_rate=_running_rates(self._owner[lo:hi], hit, self._owners, global_rate),
             owner_open_leads={str(self._owners[i]): int(c) for i, c in enumerate(owners_open) if c},
-            account_history=self._opps.history(as_of),
+            account_history=self._opps.history(as_of, self._lead_history_row[is_open] if open_accounts_only else None),
         )
 
 
@@ -419,7 +431,12 @@ class _OpportunityTotals:
         amount = opportunities["amount"].to_numpy(dtype=float)
         self._amount = np.where(np.isnan(amount), 0.0, amount)[o]
 
-    def history(self, as_of: pd.Timestamp) -> pd.DataFrame:
+    def rows_of(self, account_ids: pd.Series) -> np.ndarray:
+        """Each account's row in :meth:`history` (-1: none, or a missing id)."""
+        return self._keys.get_indexer(account_ids)
+
+    def history(self, as_of: pd.Timestamp, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The account history of :func:`lead_context` at ``as_of`` (only the accounts at ``rows`` when given)."""
         k = self._by_created.count_before(as_of)
         acc = self._account[:k]
         keep = acc >= 0
@@ -431,7 +448,11 @@ class _OpportunityTotals:
         def total(weights: np.ndarray) -> np.ndarray:
             return np.bincount(acc, weights=weights, minlength=n)
 
-        present = np.flatnonzero(np.bincount(acc, minlength=n))
+        present = np.bincount(acc, minlength=n) > 0
+        if rows is not None:
+            asked = np.zeros(n, dtype=bool)
+            asked[rows[rows >= 0]] = True
+            present &= asked
         frame = pd.DataFrame(
             {
                 "won_deals": total(won.astype(float)),
@@ -441,7 +462,7 @@ class _OpportunityTotals:
             },
             index=self._keys.rename("account_id"),
         )
-        return frame.iloc[present]
+        return frame.iloc[np.flatnonzero(present)]
 
 
 def converted_lead_value(

@@ -61,7 +61,7 @@ def test_lead_snapshots_without_any_activity(sample_export):
 
 def test_leads_and_events_exactly_at_a_snapshot_time(sample_export):
     """Leads created, converted, disqualified and activities exactly at ``as_of``, opportunities
-    created and closed at it: at-``as_of`` rows are invisible in both."""
+    created and closed at it, accounts created at it or given twice: the same frames."""
     times = _lead_times(sample_export)
     t = times[len(times) // 2]
     rng = np.random.default_rng(3)
@@ -75,7 +75,11 @@ def test_leads_and_events_exactly_at_a_snapshot_time(sample_export):
     opps = sample_export.opportunities.copy()
     for col in ("created_at", "closed_at"):
         opps.iloc[rng.choice(len(opps), 20, replace=False), opps.columns.get_loc(col)] = t
-    export = _replace(sample_export, leads=leads, activities=acts, opportunities=opps)
+    accounts = sample_export.accounts.copy()
+    accounts.iloc[rng.choice(len(accounts), 20, replace=False), accounts.columns.get_loc("created_at")] = t
+    later_copy = accounts.sample(10, random_state=4).assign(industry="a later copy")  # the first row wins
+    accounts = pd.concat([accounts, later_copy], ignore_index=True)
+    export = _replace(sample_export, leads=leads, activities=acts, opportunities=opps, accounts=accounts)
     spec = LeadFeatureSpec.from_export(sample_export, as_of=times[-1])
     fast = lead_snapshots(export, times, spec)
     _assert_same(fast, _lead_snapshots_naive(export, times, spec))
