@@ -4,7 +4,7 @@ For each ``--scale`` (a sample generated with that scale and ``--seed``, reused 
 exists), times in one run, each step in a fresh child process (its peak resident memory is
 the child's own ``resource.getrusage`` maximum):
 
-* the lead and the deal snapshots, the per-``as_of`` loop (``naive``: the per-snapshot
+* the lead, the deal and the account (high_value) snapshots, the per-``as_of`` loop (``naive``: the per-snapshot
   feature functions over the full tables) and the one-pass build (``one-pass``, what training
   uses) side by side, on the snapshot times the tasks use;
 * ``funnelcast train``'s pandas path without MLflow (``training.pipeline.train``) of
@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 STEPS = ("lead snapshots naive", "lead snapshots one-pass", "deal snapshots naive", "deal snapshots one-pass",
-         "train lead_quality", "train stage_conversion")
+         "account snapshots naive", "account snapshots one-pass", "train lead_quality", "train stage_conversion")
 #: The lead task's horizon on the generated sample (what `funnelcast train` chooses from its data).
 LEAD_HORIZON_DAYS = 70
 SNAPSHOT_EVERY_DAYS = 14  # the settings' default
@@ -60,6 +60,13 @@ def _deal_snapshot_step(export, naive: bool) -> int:
     return len((_deal_snapshots_naive if naive else deal_snapshots)(export, times, spec))
 
 
+def _account_snapshot_step(export, naive: bool) -> int:
+    from features.customers import AccountFeatureSpec, _account_snapshots_naive, account_snapshots
+
+    spec = AccountFeatureSpec.from_export(export)
+    return len((_account_snapshots_naive if naive else account_snapshots)(export, export.exported_at, spec)[0])
+
+
 def _train_step(export, task: str) -> int:
     from models.tasks import Task
     from training.pipeline import train
@@ -80,6 +87,8 @@ def _child(step: str, sample: Path) -> None:
         rows = _lead_snapshot_step(export, naive=step.endswith("naive"))
     elif step.startswith("deal snapshots"):
         rows = _deal_snapshot_step(export, naive=step.endswith("naive"))
+    elif step.startswith("account snapshots"):
+        rows = _account_snapshot_step(export, naive=step.endswith("naive"))
     else:
         rows = _train_step(export, step.removeprefix("train "))
     seconds = time.perf_counter() - t0
@@ -136,7 +145,7 @@ def main() -> None:
 
 def _ratios(table: pd.DataFrame) -> None:
     secs = table.pivot_table(index="step", columns="scale", values="cpu_seconds")
-    for kind in ("lead", "deal"):
+    for kind in ("lead", "deal", "account"):
         naive, fast = f"{kind} snapshots naive", f"{kind} snapshots one-pass"
         if naive in secs.index and fast in secs.index:
             for scale in secs.columns:
