@@ -17,7 +17,8 @@ no early signals yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -233,7 +234,34 @@ def account_snapshots(
     Returns the frame (``account_id``, ``as_of``, features, ``value``, ``label``) sorted by
     ``as_of``, and the high-value threshold used (``threshold``, else the ``quantile`` of
     the complete values at ``cutoff``).
+
+    The export's rows are grouped by account once (:class:`AccountRows`): each weekly snapshot
+    hands :func:`account_features` only the rows of its own accounts. The frame equals
+    :func:`_account_snapshots_naive` (the full tables each week), the tests' oracle.
     """
+    rows = AccountRows(export)
+
+    def features(ids: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
+        own, activities = rows.of(ids)
+        return account_features(own, ids, as_of, spec, activities=activities)
+
+    return _account_snapshots(export, cutoff, spec, quantile, threshold, progress, features)
+
+
+def _account_snapshots_naive(
+    export: Export, cutoff: pd.Timestamp, spec: AccountFeatureSpec, *, quantile: float = 0.8,
+    threshold: float | None = None, progress: bool = False,
+) -> tuple[pd.DataFrame, float]:
+    """:func:`account_snapshots` with the full tables for every snapshot time (the reference)."""
+    acts = _account_activity(export)
+    return _account_snapshots(export, cutoff, spec, quantile, threshold, progress,
+                              lambda ids, t: account_features(export, ids, t, spec, activities=acts))
+
+
+def _account_snapshots(
+    export: Export, cutoff: pd.Timestamp, spec: AccountFeatureSpec, quantile: float, threshold: float | None,
+    progress: bool, features: Callable[[list[str], pd.Timestamp], pd.DataFrame],
+) -> tuple[pd.DataFrame, float]:
     from tqdm.auto import tqdm
 
     values = customer_value(export.opportunities, cutoff, spec.window_days)
@@ -246,13 +274,41 @@ def account_snapshots(
         threshold = high_value_threshold(done["value"], quantile)
     # weekly snapshot times (the early-signal window itself is exact: early_days after the win)
     as_of = (done["first_won_at"] + pd.Timedelta(days=spec.early_days)).dt.ceil("7D")
-    acts = _account_activity(export)
     parts = []
     for t, group in tqdm(done.groupby(as_of), desc="account snapshots", disable=not progress, unit="week"):
-        X = account_features(export, list(group.index), t, spec, activities=acts)
+        X = features(list(group.index), t)
         X.insert(0, "as_of", t)
         X["value"] = group["value"].to_numpy()
         parts.append(X)
     frame = pd.concat(parts).reset_index().sort_values(["as_of", "account_id"], ignore_index=True)
     frame["label"] = (frame["value"] >= threshold).astype(int)
     return frame, threshold
+
+
+class AccountRows:
+    """An export's rows coded once by the account they belong to (activities through their lead
+    or deal, stage entries through their deal), to hand :func:`account_features` the rows of a
+    few accounts instead of the full tables."""
+
+    def __init__(self, export: Export) -> None:
+        self._export = export
+        self._acts = _account_activity(export)
+        opps = export.opportunities
+        sh_account = export.stage_history["opportunity_id"].map(opps.drop_duplicates("opportunity_id")
+                                                                .set_index("opportunity_id")["account_id"])
+        columns = [export.accounts["account_id"], export.leads["account_id"], opps["account_id"], sh_account,
+                   self._acts["_account"]]
+        codes, self._keys = pd.factorize(pd.concat(columns, ignore_index=True))
+        bounds = np.cumsum([0, *(len(c) for c in columns)])
+        self._codes = [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def of(self, account_ids: Sequence[str]) -> tuple[Export, pd.DataFrame]:
+        """The export restricted to the rows of ``account_ids``, and their activities (with ``_account``)."""
+        wanted = np.zeros(len(self._keys) + 1, dtype=bool)  # the extra last slot: code -1, no account
+        code = self._keys.get_indexer([str(a) for a in account_ids])
+        wanted[code[code >= 0]] = True
+        acc, leads, opps, sh, acts = (wanted[c] for c in self._codes)
+        e = self._export
+        sub = dataclasses.replace(e, accounts=e.accounts[acc], leads=e.leads[leads], opportunities=e.opportunities[opps],
+                                  stage_history=e.stage_history[sh])
+        return sub, self._acts[acts]

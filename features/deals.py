@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from features.columns import activity_rows, first_rows_before, joined_columns, kind_counts, latest, take
 from features.contract import DEFAULT_OPEN_STAGES, TERMINAL_STAGES, Export
 from features.leads import snapshot_times  # the deals' snapshot times are the leads'
-from features.pit import known_as_of, rows_before
+from features.pit import NEVER, TimeOrder, epoch_ns, known_as_of, rows_before
 from features.specs import FeatureSpec
 
 DAY = pd.Timedelta(days=1)
@@ -276,15 +276,36 @@ def deal_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) ->
     same = hist["opportunity_id"].eq(hist["opportunity_id"].shift(-1))
     dur = ((hist["entered_at"].shift(-1) - hist["entered_at"]) / DAY).where(same)
     done = pd.DataFrame({"stage": hist["stage"], "days": dur}).dropna()
+    entered = hist.loc[hist["stage"].isin(stages), ["opportunity_id", "stage"]].drop_duplicates()
+    opps = rows_before(export.opportunities, "created_at", as_of)
+    leads = rows_before(export.leads, "created_at", as_of)
+    first_seen = pd.concat([opps[["owner_id", "created_at"]], leads[["owner_id", "created_at"]]]).groupby("owner_id")[
+        "created_at"
+    ].min()
+    open_now = open_opportunities(opps, export.stage_history, as_of)["owner_id"].value_counts()
+    # typical amounts by product and type (first known amount of deals created before as_of)
+    first_amount = hist.dropna(subset=["amount"]).groupby("opportunity_id")["amount"].first()
+    info = opps.set_index("opportunity_id")
+    a = pd.DataFrame({"amount": first_amount})
+    a["key"] = _amount_key(info["product"].reindex(a.index), info["type"].reindex(a.index))
+    a["type_key"] = _amount_key(pd.Series(np.nan, index=a.index, dtype=object), info["type"].reindex(a.index))
+    return _context_from(as_of, horizon_days, stages, done=done, decided=decided_deals(export, as_of),
+                         entered=entered, first_seen=first_seen, open_now=open_now, amounts=a)
+
+
+def _context_from(
+    as_of: pd.Timestamp, horizon_days: int, stages: tuple[str, ...], *, done: pd.DataFrame, decided: pd.DataFrame,
+    entered: pd.DataFrame, first_seen: pd.Series, open_now: pd.Series, amounts: pd.DataFrame,
+) -> DealContext:
+    """The :class:`DealContext` from what the history held at ``as_of``: ``done`` (stage, days) the
+    completed stage sojourns, ``decided`` :func:`decided_deals`, ``entered`` the (deal, open stage)
+    pairs entered, ``first_seen`` each owner's first lead or deal, ``open_now`` the open deals per
+    owner and ``amounts`` (amount, key, type_key) each deal's first known amount."""
     median = done.groupby("stage")["days"].median()
     p90 = done.groupby("stage")["days"].quantile(0.9)
-
-    decided = decided_deals(export, as_of)
     recent = decided[decided["closed_at"] >= as_of - RATE_LOOKBACK]
     won = (recent["outcome"] == "won").astype(float)
     global_rate = float(won.mean()) if len(won) else 0.0
-    entered = hist[hist["opportunity_id"].isin(recent["opportunity_id"]) & hist["stage"].isin(stages)]
-    entered = entered[["opportunity_id", "stage"]].drop_duplicates()
     entered = entered.merge(recent[["opportunity_id", "outcome"]], on="opportunity_id")
     stage_rate = _smoothed((entered["outcome"] == "won").astype(float), entered["stage"], global_rate)
 
@@ -296,12 +317,6 @@ def deal_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) ->
             "win_rate": _smoothed(won, recent["owner_id"], global_rate),
         }
     )
-    opps = rows_before(export.opportunities, "created_at", as_of)
-    leads = rows_before(export.leads, "created_at", as_of)
-    first_seen = pd.concat([opps[["owner_id", "created_at"]], leads[["owner_id", "created_at"]]]).groupby("owner_id")[
-        "created_at"
-    ].min()
-    open_now = open_opportunities(opps, export.stage_history, as_of)["owner_id"].value_counts()
     owner = owner.reindex(owner.index.union(first_seen.index))
     owner["first_seen_day"] = _days(first_seen.reindex(owner.index))
     owner["open_deals"] = open_now.reindex(owner.index).fillna(0.0).astype(float)
@@ -319,12 +334,7 @@ def deal_context(export: Export, as_of: pd.Timestamp, horizon_days: int = 91) ->
     account["first_won_day"] = _days(first_won.reindex(account.index))
     account.index.name = "account_id"
 
-    # typical amounts by product and type (first known amount of deals created before as_of)
-    first_amount = hist.dropna(subset=["amount"]).groupby("opportunity_id")["amount"].first()
-    info = opps.set_index("opportunity_id")
-    a = pd.DataFrame({"amount": first_amount})
-    a["key"] = _amount_key(info["product"].reindex(a.index), info["type"].reindex(a.index))
-    a["type_key"] = _amount_key(pd.Series(np.nan, index=a.index, dtype=object), info["type"].reindex(a.index))
+    a = amounts
     med = {**a.groupby("type_key")["amount"].median().to_dict(), **a.groupby("key")["amount"].median().to_dict()}
     return DealContext(
         as_of=as_of,
@@ -547,6 +557,29 @@ def next_stage_entered_at(
     return pd.to_datetime(hit.reindex(ids), utc=True).array
 
 
+def _snapshot_frame(
+    export: Export, opps: pd.DataFrame, tables: dict[str, pd.DataFrame], later_stages: pd.DataFrame,
+    as_of: pd.Timestamp, ctx: DealContext, spec: DealFeatureSpec, outcomes: pd.DataFrame,
+) -> pd.DataFrame:
+    """One snapshot of :func:`deal_snapshots`: ``tables`` the stage history, activities, leads and
+    accounts :func:`deal_features` reads, ``later_stages`` the stage entries its label reads."""
+    state = deal_state(opps, tables["stage_history"], as_of, spec.open_stages)
+    X = deal_features(opps, tables["stage_history"], tables["activities"], tables["leads"], tables["accounts"], as_of,
+                      ctx, spec, state=state)
+    X.insert(0, "as_of", as_of)
+    X["amount_filled"] = np.where(np.isnan(state["amount"]), predicted_amount(opps, ctx), state["amount"])
+    X["expected_close_date"] = state["expected_close_date"].to_numpy()
+    X["crm_stage_win_rate"] = X["stage_win_rate"].to_numpy()
+    X["next_stage_at"] = next_stage_entered_at(later_stages, X.index, state["stage"], as_of, spec.open_stages)
+    return X.join(outcomes).reset_index()
+
+
+def _concat_snapshots(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        raise ValueError("no deal was open at any snapshot time: the export is too short or empty")
+    return pd.concat(parts, ignore_index=True)
+
+
 def deal_snapshots(
     export: Export, as_ofs: Sequence[pd.Timestamp], spec: DealFeatureSpec, *, progress: bool = False
 ) -> pd.DataFrame:
@@ -555,24 +588,221 @@ def deal_snapshots(
 
     The future columns are labels: the trainer censors them at its own cutoff, so one
     snapshot frame serves every cutoff of a backtest.
+
+    The tables are sorted by time once (:class:`DealHistory`): each snapshot finds the deals
+    open then, its context and the rows :func:`deal_features` reads by binary searches and
+    masks instead of full scans. The frame equals :func:`_deal_snapshots_naive`, the tests' oracle.
     """
     outcomes = deal_outcomes(export)
+    history = DealHistory(export)
     parts = []
     for as_of in tqdm(as_ofs, desc="deal snapshots", disable=not progress, unit="snapshot"):
+        is_open = history.open_at(as_of)
+        if not is_open.any():
+            continue
+        opps = export.opportunities[is_open]
+        parts.append(_snapshot_frame(export, opps, history.tables(is_open, as_of), history.later_stages(is_open, as_of),
+                                     as_of, history.context(as_of, is_open, spec.horizon_days), spec, outcomes))
+    return _concat_snapshots(parts)
+
+
+def _deal_snapshots_naive(
+    export: Export, as_ofs: Sequence[pd.Timestamp], spec: DealFeatureSpec, *, progress: bool = False
+) -> pd.DataFrame:
+    """:func:`deal_snapshots` the plain way: the per-``as_of`` functions over the full tables, once
+    per snapshot time. The reference the one-pass version is tested and benchmarked against."""
+    outcomes = deal_outcomes(export)
+    parts = []
+    tables = {"stage_history": export.stage_history, "activities": export.activities, "leads": export.leads,
+              "accounts": export.accounts}
+    for as_of in tqdm(as_ofs, desc="deal snapshots (naive)", disable=not progress, unit="snapshot"):
         opps = open_opportunities(export.opportunities, export.stage_history, as_of)
         if opps.empty:
             continue
         ctx = deal_context(export, as_of, spec.horizon_days)
-        state = deal_state(opps, export.stage_history, as_of, spec.open_stages)
-        X = deal_features(opps, export.stage_history, export.activities, export.leads, export.accounts, as_of, ctx,
-                          spec, state=state)
-        X.insert(0, "as_of", as_of)
-        X["amount_filled"] = np.where(np.isnan(state["amount"]), predicted_amount(opps, ctx), state["amount"])
-        X["expected_close_date"] = state["expected_close_date"].to_numpy()
-        X["crm_stage_win_rate"] = X["stage_win_rate"].to_numpy()
-        X["next_stage_at"] = next_stage_entered_at(export.stage_history, X.index, state["stage"], as_of, spec.open_stages)
-        X = X.join(outcomes)
-        parts.append(X.reset_index())
-    if not parts:
-        raise ValueError("no deal was open at any snapshot time: the export is too short or empty")
-    return pd.concat(parts, ignore_index=True)
+        parts.append(_snapshot_frame(export, opps, tables, export.stage_history, as_of, ctx, spec, outcomes))
+    return _concat_snapshots(parts)
+
+
+def _rows_of(table: pd.DataFrame, column: str, keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of ``table[column]`` and of ``keys``, shared by both (-1: missing)."""
+    codes, _ = pd.factorize(pd.concat([table[column], keys], ignore_index=True))
+    return codes[: len(table)], codes[len(table):]
+
+
+class DealHistory:
+    """An export's deals, stage entries and activities sorted and coded once, to build the deal
+    snapshots of many ``as_of`` times without scanning the full tables for each.
+
+    :meth:`open_at` equals :func:`open_opportunities`, :meth:`context` equals
+    :func:`deal_context`; :meth:`tables` keeps, of each table :func:`deal_features` reads, the rows
+    of the given deals (or of their leads and accounts) that it can read at ``as_of``, in file order."""
+
+    def __init__(self, export: Export) -> None:
+        self._export = export
+        opps, sh, acts = export.opportunities, export.stage_history, export.activities
+        self._n = len(opps)
+        # one code per deal id, shared by the deals, their stage entries and their activities
+        acts = acts[acts["opportunity_id"].notna()]
+        ids = pd.concat([opps["opportunity_id"], sh["opportunity_id"], acts["opportunity_id"]], ignore_index=True)
+        codes, self._ids = pd.factorize(ids)
+        self._opp, self._sh_code = codes[: self._n], codes[self._n : self._n + len(sh)]
+        self._created = epoch_ns(opps["created_at"])
+        self._closed = epoch_ns(opps["closed_at"])
+        self._sh_t = epoch_ns(sh["entered_at"])
+        self._sh_known = sh["entered_at"].notna().to_numpy()
+        self._acts = acts
+        self._act_time = TimeOrder.of(acts["occurred_at"])
+        self._act_code = codes[self._n + len(sh):][self._act_time.order]
+        self._lead_rows, self._lead_keys = _rows_of(export.leads, "lead_id", opps["lead_id"])
+        self._account_rows, self._account_keys = _rows_of(export.accounts, "account_id", opps["account_id"])
+        self._context = _ContextHistory(export, self._ids, codes[: self._n], self._sh_code)
+        self._ended = self._context.ended[self._opp]  # each deal's first terminal entry
+
+    def open_at(self, as_of: pd.Timestamp) -> np.ndarray:
+        """Which deals are open at ``as_of`` (see :func:`open_opportunities`), as a mask."""
+        t = epoch_ns(as_of)[0]
+        return (self._created < t) & (self._closed >= t) & (self._ended >= t)
+
+    def _wanted(self, is_open: np.ndarray) -> np.ndarray:
+        wanted = np.zeros(len(self._ids) + 1, dtype=bool)  # the extra last slot: code -1, no deal
+        wanted[self._opp[is_open]] = True
+        return wanted
+
+    def tables(self, is_open: np.ndarray, as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
+        """The stage entries and activities of the open deals before ``as_of``, and the leads and
+        accounts they name (every row of those ids: :func:`deal_features` picks the one visible)."""
+        export, wanted, t = self._export, self._wanted(is_open), epoch_ns(as_of)[0]
+        k = self._act_time.count_before(as_of)
+        act_rows = np.sort(self._act_time.order[:k][wanted[self._act_code[:k]]])
+
+        def named(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+            hit = np.zeros(max(rows.max(initial=-1), keys.max(initial=-1)) + 2, dtype=bool)
+            hit[keys[is_open]] = True
+            hit[-1] = False
+            return hit[rows]
+
+        return {
+            "stage_history": export.stage_history[wanted[self._sh_code] & (self._sh_t < t)],
+            "activities": self._acts.take(act_rows),
+            "leads": export.leads[named(self._lead_rows, self._lead_keys)],
+            "accounts": export.accounts[named(self._account_rows, self._account_keys)],
+        }
+
+    def later_stages(self, is_open: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+        """The stage entries of the open deals at or after ``as_of`` (what their labels read)."""
+        later = self._sh_known & (self._sh_t >= epoch_ns(as_of)[0])
+        return self._export.stage_history[self._wanted(is_open)[self._sh_code] & later]
+
+    def context(self, as_of: pd.Timestamp, is_open: np.ndarray, horizon_days: int = 91) -> DealContext:
+        """:func:`deal_context` at ``as_of`` (``is_open``: :meth:`open_at` of it)."""
+        open_now = self._export.opportunities.loc[is_open, "owner_id"].value_counts()
+        return self._context.at(as_of, horizon_days, open_now)
+
+
+class _ContextHistory:
+    """The inputs of :func:`_context_from` at any ``as_of``, from stage entries and deals sorted once.
+
+    Each is a prefix of a table sorted by the time it becomes known: a completed sojourn when the
+    next stage is entered, a decision at the first terminal entry (else the deal's close), a
+    (deal, stage) pair at its first entry, a first amount when entered. The last known amount of a
+    decided deal is the entry whose time is before ``as_of`` and whose successor's is not."""
+
+    def __init__(self, export: Export, ids: pd.Index, opp_codes: np.ndarray, sh_codes: np.ndarray) -> None:
+        opps, sh = export.opportunities, export.stage_history
+        self._stages = tuple(export.open_stages)
+        self._ids, self._opp_codes = ids, opp_codes
+        known = sh[sh["entered_at"].notna()]
+        code = sh_codes[sh["entered_at"].notna().to_numpy()]
+        t = epoch_ns(known["entered_at"])
+        # completed sojourns, as deal_context finds them, known from the next entry on
+        by_deal = known.iloc[np.lexsort((t, code))]
+        same = by_deal["opportunity_id"].eq(by_deal["opportunity_id"].shift(-1))
+        dur = ((by_deal["entered_at"].shift(-1) - by_deal["entered_at"]) / DAY).where(same)
+        done = pd.DataFrame({"stage": by_deal["stage"], "days": dur, "_at": by_deal["entered_at"].shift(-1)}).dropna()
+        self._done, self._done_at = self._by_time(done.drop(columns="_at"), done["_at"])
+        # decisions by a terminal entry (the first of each deal)
+        term = known[known["stage"].isin(TERMINAL_STAGES)].sort_values("entered_at", kind="stable")
+        term = term.drop_duplicates("opportunity_id")[["opportunity_id", "stage", "entered_at"]]
+        self._term = term.rename(columns={"stage": "outcome", "entered_at": "closed_at"}).reset_index(drop=True)
+        self._term_at = TimeOrder(order=np.arange(len(term)), ns=epoch_ns(term["entered_at"]))
+        self._term_code = ids.get_indexer(term["opportunity_id"])
+        self.ended = np.full(len(ids) + 1, NEVER)  # per deal code (slot -1: no deal)
+        self.ended[self._term_code] = epoch_ns(term["entered_at"])
+        self._closed = epoch_ns(opps["closed_at"])
+        self._closed_rows = opps[["opportunity_id", "outcome", "closed_at"]]
+        self._info = opps.set_index("opportunity_id")[["owner_id", "account_id", "created_at"]].reindex(ids)
+        self._amounts_known(known, code, t)
+        # (deal, open stage) pairs at their first entry
+        pairs = known.loc[known["stage"].isin(self._stages), ["opportunity_id", "stage", "entered_at"]]
+        pairs = pairs.sort_values("entered_at", kind="stable").drop_duplicates(["opportunity_id", "stage"])
+        self._pairs, self._pairs_at = self._by_time(pairs[["opportunity_id", "stage"]], pairs["entered_at"])
+        leads = export.leads
+        both = pd.concat([opps[["owner_id", "created_at"]], leads[["owner_id", "created_at"]]])
+        self._first_seen = both.groupby("owner_id")["created_at"].min()
+        self._first_seen_ns = epoch_ns(self._first_seen)
+        self._first_amounts(known, opps)
+
+    @staticmethod
+    def _by_time(frame: pd.DataFrame, at: pd.Series) -> tuple[pd.DataFrame, TimeOrder]:
+        order = TimeOrder.of(at)
+        return frame.iloc[order.order].reset_index(drop=True), TimeOrder(order=np.arange(len(frame)), ns=order.ns)
+
+    def _amounts_known(self, known: pd.DataFrame, code: np.ndarray, t: np.ndarray) -> None:
+        """Entries with an amount in time order, each with the time of its deal's next such entry."""
+        has = known["amount"].notna().to_numpy()
+        order = np.argsort(t[has], kind="stable")
+        c, self._amount_t = code[has][order], t[has][order]
+        self._amount = known["amount"].to_numpy(dtype=float)[has][order]
+        nxt = np.full(len(c), NEVER)
+        by_deal = np.lexsort((np.arange(len(c)), c))  # time order within each deal
+        same = c[by_deal][1:] == c[by_deal][:-1]
+        nxt[by_deal[:-1][same]] = self._amount_t[by_deal[1:][same]]
+        self._amount_code, self._amount_next = c, nxt
+
+    def _first_amounts(self, known: pd.DataFrame, opps: pd.DataFrame) -> None:
+        """Each deal's first known amount, its time, and its amount keys while its deal is visible."""
+        first = known.dropna(subset=["amount"]).sort_values("entered_at", kind="stable")
+        first = first.drop_duplicates("opportunity_id").sort_values("opportunity_id", kind="stable")
+        self._first = pd.DataFrame({"amount": first["amount"].to_numpy()},
+                                   index=pd.Index(first["opportunity_id"], name="opportunity_id"))
+        self._first_ns = epoch_ns(first["entered_at"])
+        info = opps.set_index("opportunity_id").reindex(self._first.index)
+        self._first_created = epoch_ns(info["created_at"])
+        hidden = pd.Series(np.nan, index=self._first.index, dtype=object)
+        self._first_key = _amount_key(info["product"], info["type"]).to_numpy(dtype=object)
+        self._first_type_key = _amount_key(hidden, info["type"]).to_numpy(dtype=object)
+        self._hidden_key = _amount_key(hidden, hidden).to_numpy(dtype=object)
+
+    def decided(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """:func:`decided_deals` at ``as_of``."""
+        t = epoch_ns(as_of)[0]
+        k = self._term_at.count_before(as_of)
+        closed = (self._closed < t) & ~(self.ended[self._opp_codes] < t)
+        codes = np.r_[self._term_code[:k], self._opp_codes[closed]]
+        out = pd.concat([self._term.iloc[:k], self._closed_rows[closed]], ignore_index=True)
+        last = (self._amount_t < t) & (self._amount_next >= t)
+        amount = np.full(len(self._ids) + 1, np.nan)
+        amount[self._amount_code[last]] = self._amount[last]
+        out["amount"] = amount[codes]
+        info = self._info.take(codes)  # every code is a deal's, of the stage history or the deals
+        for c in ("owner_id", "account_id", "created_at"):
+            out[c] = info[c].array
+        return out
+
+    def at(self, as_of: pd.Timestamp, horizon_days: int, open_now: pd.Series) -> DealContext:
+        t = epoch_ns(as_of)[0]
+        visible = self._first_ns < t
+        shown = self._first_created[visible] < t
+        a = self._first.loc[visible].copy()
+        a["key"] = np.where(shown, self._first_key[visible], self._hidden_key[visible])
+        a["type_key"] = np.where(shown, self._first_type_key[visible], self._hidden_key[visible])
+        return _context_from(
+            as_of, horizon_days, self._stages,
+            done=self._done.iloc[: self._done_at.count_before(as_of)],
+            decided=self.decided(as_of),
+            entered=self._pairs.iloc[: self._pairs_at.count_before(as_of)],
+            first_seen=self._first_seen[self._first_seen_ns < t],
+            open_now=open_now,
+            amounts=a,
+        )

@@ -36,7 +36,7 @@ from features.columns import (
     take,
 )
 from features.contract import Export
-from features.pit import known_as_of, open_leads, rows_before
+from features.pit import TimeOrder, epoch_ns, known_as_of, open_leads, rows_before
 from features.specs import FeatureSpec
 
 #: Lead fields of the contract used as categorical features (the owner stands for the rep's skill).
@@ -259,6 +259,20 @@ def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> l
     return [pd.Timestamp(t) for t in times]
 
 
+def _snapshot_frame(leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp,
+                    ctx: LeadContext, spec: LeadFeatureSpec) -> pd.DataFrame:
+    X = lead_features(leads, accounts, activities, as_of, ctx, spec)
+    X.insert(0, "as_of", as_of)
+    X["label"] = converted_within_horizon(leads, as_of, spec.horizon_days)
+    return X.reset_index()
+
+
+def _concat_snapshots(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
+    return pd.concat(parts, ignore_index=True)
+
+
 def lead_snapshots(
     export: Export,
     as_ofs: Sequence[pd.Timestamp],
@@ -270,20 +284,185 @@ def lead_snapshots(
 
     Returns a frame with ``lead_id``, ``as_of``, the spec's features and ``label``. The
     caller makes sure ``as_of + horizon`` is not after the data's cutoff.
+
+    The tables are sorted by time once (:class:`LeadHistory`): each snapshot takes the rows
+    before its ``as_of`` by a binary search, its context from running totals, and hands
+    :func:`lead_features` only the activities and accounts of the leads open then. The frame equals
+    :func:`_lead_snapshots_naive` (one full scan per ``as_of``), the tests' oracle.
     """
+    history = LeadHistory(export, spec.horizon_days)
     parts = []
     for as_of in tqdm(as_ofs, desc="lead snapshots", disable=not progress, unit="snapshot"):
+        is_open = history.open_at(as_of)
+        if not is_open.any():
+            continue
+        leads = export.leads[is_open]
+        parts.append(_snapshot_frame(leads, history.accounts_of(is_open), history.activities_of(is_open, as_of), as_of,
+                                     history.context(as_of, is_open, open_accounts_only=True), spec))
+    return _concat_snapshots(parts)
+
+
+def _lead_snapshots_naive(
+    export: Export, as_ofs: Sequence[pd.Timestamp], spec: LeadFeatureSpec, *, progress: bool = False
+) -> pd.DataFrame:
+    """:func:`lead_snapshots` the plain way: the per-``as_of`` functions over the full tables, once
+    per snapshot time. The reference the one-pass version is tested and benchmarked against."""
+    parts = []
+    for as_of in tqdm(as_ofs, desc="lead snapshots (naive)", disable=not progress, unit="snapshot"):
         leads = open_leads(export.leads, as_of)
         if leads.empty:
             continue
         ctx = lead_context(export, as_of, spec.horizon_days)
-        X = lead_features(leads, export.accounts, export.activities, as_of, ctx, spec)
-        X.insert(0, "as_of", as_of)
-        X["label"] = converted_within_horizon(leads, as_of, spec.horizon_days)
-        parts.append(X.reset_index())
-    if not parts:
-        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
-    return pd.concat(parts, ignore_index=True)
+        parts.append(_snapshot_frame(leads, export.accounts, export.activities, as_of, ctx, spec))
+    return _concat_snapshots(parts)
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes of a key column (-1: missing) and the keys."""
+    codes, keys = pd.factorize(values, use_na_sentinel=True)
+    return codes, pd.Index(keys)
+
+
+class LeadHistory:
+    """An export's leads, activities and opportunities sorted by time once, to build the lead
+    snapshots of many ``as_of`` times without scanning the full tables for each.
+
+    :meth:`open_at` equals :func:`~features.pit.open_leads`, :meth:`context` equals
+    :func:`lead_context`, and :meth:`activities_of` keeps, of the activities, those of the
+    given leads before ``as_of`` (all that :func:`lead_features` reads), in file order."""
+
+    def __init__(self, export: Export, horizon_days: int) -> None:
+        leads = export.leads
+        self.horizon_days = horizon_days
+        self._horizon = pd.Timedelta(days=horizon_days)
+        self._created = epoch_ns(leads["created_at"])
+        self._converted = epoch_ns(leads["converted_at"])
+        self._disqualified = epoch_ns(leads["disqualified_at"])
+        # conversion rates: leads by creation time; "converted within the horizon" is known for
+        # every lead of a window that ends a horizon before as_of, so it is one fixed flag
+        self._by_created = TimeOrder.of(leads["created_at"])
+        gap = leads["converted_at"] - leads["created_at"]
+        hit = (gap < self._horizon).to_numpy(dtype=bool, na_value=False)
+        self._hit = hit[self._by_created.order].astype(float)
+        self._source, self._sources = self._sorted_codes(leads["source"])
+        self._owner, self._owners = self._sorted_codes(leads["owner_id"])
+        self._owner_all = _codes(leads["owner_id"])[0]
+        acts = export.activities
+        self._acts = acts[acts["lead_id"].notna()]
+        self._act_time = TimeOrder.of(self._acts["occurred_at"])
+        # one code per lead id, for the leads and their activities alike
+        codes, ids = pd.factorize(pd.concat([leads["lead_id"], self._acts["lead_id"]], ignore_index=True))
+        self._ids, self._n_ids = codes[: len(leads)], len(ids)
+        self._act_lead = codes[len(leads):][self._act_time.order]
+        self._opps = _OpportunityTotals(export.opportunities)
+        self._lead_history_row = self._opps.rows_of(leads["account_id"])
+        codes, keys = pd.factorize(pd.concat([export.accounts["account_id"], leads["account_id"]], ignore_index=True))
+        self._accounts, self._account_code, self._n_accounts = export.accounts, codes, len(keys)
+
+    def _sorted_codes(self, values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+        codes, keys = _codes(values)
+        return codes[self._by_created.order], keys
+
+    def open_at(self, as_of: pd.Timestamp) -> np.ndarray:
+        """Which leads are open at ``as_of`` (see :func:`~features.pit.open_leads`), as a mask."""
+        t = epoch_ns(as_of)[0]
+        return (self._created < t) & (self._converted >= t) & (self._disqualified >= t)
+
+    def activities_of(self, is_open: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+        """The activities before ``as_of`` of the leads in ``is_open``, in file order."""
+        wanted = np.zeros(self._n_ids + 1, dtype=bool)  # the extra last slot: code -1, no lead
+        wanted[self._ids[is_open]] = True
+        k = self._act_time.count_before(as_of)
+        rows = self._act_time.order[:k][wanted[self._act_lead[:k]]]
+        return self._acts.take(np.sort(rows))
+
+    def accounts_of(self, is_open: np.ndarray) -> pd.DataFrame:
+        """The rows of ``accounts`` of the leads in ``is_open`` (every row of those ids), in file order."""
+        wanted = np.zeros(self._n_accounts + 1, dtype=bool)  # the extra last slot: code -1, no account
+        wanted[self._account_code[len(self._accounts):][is_open]] = True
+        wanted[-1] = False
+        return self._accounts[wanted[self._account_code[: len(self._accounts)]]]
+
+    def context(self, as_of: pd.Timestamp, is_open: np.ndarray, *, open_accounts_only: bool = False) -> LeadContext:
+        """:func:`lead_context` at ``as_of`` (``is_open``: :meth:`open_at` of it); with
+        ``open_accounts_only``, its account history holds only the accounts of those leads (all
+        that their features look up)."""
+        lo = self._by_created.count_before(as_of - self._horizon - RATE_LOOKBACK)
+        hi = self._by_created.count_before(as_of - self._horizon)
+        hit = self._hit[lo:hi]
+        global_rate = float(hit.sum() / len(hit)) if len(hit) else 0.0
+        owners_open = np.bincount(self._owner_all[is_open & (self._owner_all >= 0)], minlength=len(self._owners))
+        return LeadContext(
+            as_of=as_of,
+            horizon_days=self.horizon_days,
+            global_rate=global_rate,
+            source_rate=_running_rates(self._source[lo:hi], hit, self._sources, global_rate),
+            owner_rate=_running_rates(self._owner[lo:hi], hit, self._owners, global_rate),
+            owner_open_leads={str(self._owners[i]): int(c) for i, c in enumerate(owners_open) if c},
+            account_history=self._opps.history(as_of, self._lead_history_row[is_open] if open_accounts_only else None),
+        )
+
+
+def _running_rates(codes: np.ndarray, hit: np.ndarray, keys: pd.Index, prior: float) -> dict[str, float]:
+    """:func:`_smoothed_rates` of the leads in a window, from their key codes (-1: missing)."""
+    known = codes >= 0
+    count = np.bincount(codes[known], minlength=len(keys))
+    hits = np.bincount(codes[known], weights=hit[known], minlength=len(keys))
+    rate = (hits + RATE_PRIOR_WEIGHT * prior) / (count + RATE_PRIOR_WEIGHT)
+    return {str(keys[i]): float(rate[i]) for i in np.flatnonzero(count)}
+
+
+class _OpportunityTotals:
+    """The account history of :func:`lead_context` at any ``as_of``, from opportunities sorted by creation."""
+
+    def __init__(self, opportunities: pd.DataFrame) -> None:
+        self._by_created = TimeOrder.of(opportunities["created_at"])
+        o = self._by_created.order
+        codes, keys = _codes(opportunities["account_id"])
+        order = np.argsort(keys.to_numpy(dtype=object), kind="stable")  # groupby's sorted keys
+        rank = np.empty(len(keys), dtype=np.int64)
+        rank[order] = np.arange(len(keys))
+        self._keys = keys[order]
+        self._account = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)[o]
+        self._closed = epoch_ns(opportunities["closed_at"])[o]
+        outcome = opportunities["outcome"]
+        self._won = (outcome == "won").to_numpy(dtype=bool, na_value=False)[o]
+        self._lost = (outcome == "lost").to_numpy(dtype=bool, na_value=False)[o]
+        amount = opportunities["amount"].to_numpy(dtype=float)
+        self._amount = np.where(np.isnan(amount), 0.0, amount)[o]
+
+    def rows_of(self, account_ids: pd.Series) -> np.ndarray:
+        """Each account's row in :meth:`history` (-1: none, or a missing id)."""
+        return self._keys.get_indexer(account_ids)
+
+    def history(self, as_of: pd.Timestamp, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The account history of :func:`lead_context` at ``as_of`` (only the accounts at ``rows`` when given)."""
+        k = self._by_created.count_before(as_of)
+        acc = self._account[:k]
+        keep = acc >= 0
+        acc = acc[keep]
+        closed = (self._closed[:k] < epoch_ns(as_of)[0])[keep]
+        won, lost = closed & self._won[:k][keep], closed & self._lost[:k][keep]
+        n = len(self._keys)
+
+        def total(weights: np.ndarray) -> np.ndarray:
+            return np.bincount(acc, weights=weights, minlength=n)
+
+        present = np.bincount(acc, minlength=n) > 0
+        if rows is not None:
+            asked = np.zeros(n, dtype=bool)
+            asked[rows[rows >= 0]] = True
+            present &= asked
+        frame = pd.DataFrame(
+            {
+                "won_deals": total(won.astype(float)),
+                "won_amount": total(np.where(won, self._amount[:k][keep], 0.0)),
+                "lost_deals": total(lost.astype(float)),
+                "open_opportunities": total((~closed).astype(float)),
+            },
+            index=self._keys.rename("account_id"),
+        )
+        return frame.iloc[np.flatnonzero(present)]
 
 
 def converted_lead_value(
