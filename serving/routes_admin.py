@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from models.registry import configure, describe_versions
 from models.tasks import Task
-from serving.deps import LOAD_FAILED, SERVED_TASKS, SettingsDep
+from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep
 from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
 from serving.schemas.live import SnapshotState
@@ -48,6 +48,9 @@ def _task_states(state: Any) -> dict[str, TaskReadiness]:
 
 
 def _data_state(state: Any) -> DataReadiness:
+    problem = getattr(state, "export_error", None)
+    if problem is not None and SHRANK in problem:  # refused: the answers come from the last good export
+        return DataReadiness(state="shrunken", reason=problem)
     export = getattr(state, "configured_export", None)
     if export is not None:
         rows = {t: len(export.table(t)) for t in EXPORT_TABLES if export.table(t) is not None}
