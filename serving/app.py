@@ -62,7 +62,7 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     models, problems = {}, {}
     try:
         settings.require_tracking_store()
-        client = configure(settings.resolved_tracking_uri())
+        client = configure(settings.resolved_tracking_uri(), home=settings.home)
     except StoreNotFound as exc:
         log.error("%s", exc)
         reason = (f"no MLflow store in the project home: train first (`funnelcast train`) or point FUNNELCAST_HOME "
