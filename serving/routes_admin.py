@@ -12,6 +12,7 @@ from models.tasks import Task
 from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep
 from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
+from serving.schemas.common import error_responses
 from serving.schemas.live import SnapshotState
 from serving.schemas.ops import (
     DataReadiness,
@@ -118,7 +119,8 @@ def floor_outcome(metrics: dict[str, float]) -> FloorOutcome | None:
                         baseline=metrics["floor_baseline"], allowance=metrics["floor_allowance"])
 
 
-@router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"])
+@router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"],
+            responses=error_responses(401))
 def list_models(request: Request, settings: SettingsDep) -> ModelsResponse:
     """Registered versions of every task with their aliases, training window and evaluation metrics,
     each baseline's figures on the same window beside them, and the baseline floor's outcome."""
