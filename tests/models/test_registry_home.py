@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 
@@ -20,7 +22,8 @@ def moved(tmp_path, trained, train_config):
     old = _home(tmp_path / "a" / ".funnelcast")
     old.home.mkdir(parents=True)
     client = configure(old.resolved_tracking_uri(), home=old.home)
-    log_and_register(trained, client, experiment="funnelcast", artifact_location=old.artifact_location(),
+    own = dataclasses.replace(trained, scorer=copy.deepcopy(trained.scorer))  # logging records the source on it
+    log_and_register(own, client, experiment="funnelcast", artifact_location=old.artifact_location(),
                      cfg=train_config, data_source="sample")
     assert json.loads((old.home / HOME_RECORD).read_text())["path"] == str(old.home.resolve())
     (tmp_path / "b").mkdir()

@@ -1,8 +1,11 @@
-"""A CRM export that shrank since training is refused loudly (the last good snapshot stays served),
-and request timestamps of outcomes follow the strict schema rule."""
+"""A CRM export that shrank since training on the same source is refused loudly: the refresh fails and
+the last good snapshot stays served, answers computed on it are 503s, /readyz says shrunken with the
+figures and the log has an error line; an export of another source is not compared."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import shutil
 
@@ -25,7 +28,8 @@ def crm(tmp_path, sample_dir, trained, train_config):
     folder = tmp_path / "crm"
     shutil.copytree(sample_dir / "export", folder)
     client = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    log_and_register(trained, client, experiment="shrunk", artifact_location=(tmp_path / "a").as_uri(),
+    own = dataclasses.replace(trained, scorer=copy.deepcopy(trained.scorer))  # logging records the source on it
+    log_and_register(own, client, experiment="shrunk", artifact_location=(tmp_path / "a").as_uri(),
                      cfg=train_config, data_source=str(folder))
     return folder, load_scorer(client, "lead_quality")
 
