@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     analytics_concurrency: int = Field(2, gt=0, description="Concurrent funnel/forecast/worklist runs per process")
     failed_keys_per_minute: int = Field(30, ge=0, description="Bad API keys per client address per minute (0: off)")
     max_allocation_cells: int = Field(4_000_000, gt=0, description="Largest reps x items of one allocation")
+    min_export_share: float = Field(
+        0.8, ge=0, le=1, description="Refuse an export (refresh, funnel, forecast) holding fewer than this share of any "
+        "table's rows at training from the same source, or older events; 0: off")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
     refresh_every: float = Field(
         0, ge=0, description="`serve` refreshes the scored snapshot every N seconds (or '15m', '2h'); 0: off "

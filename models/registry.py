@@ -9,8 +9,13 @@ scorer and calls it directly for scores with reasons. The registry is addressed 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -35,11 +40,73 @@ class ScorerModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": self.scorer.predict_proba(X)}, index=model_input.index)
 
 
-def configure(tracking_uri: str) -> MlflowClient:
-    """Point MLflow's tracking and registry at ``tracking_uri`` and return a client."""
+def configure(tracking_uri: str, home: Path | None = None) -> MlflowClient:
+    """Point MLflow's tracking and registry at ``tracking_uri`` and return a client. With the project
+    ``home``, a SQLite store inside it first follows the home if it was moved (:func:`follow_home`)."""
+    if home is not None:
+        follow_home(home, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+#: The file in the project home recording where the home was when its store was last opened.
+HOME_RECORD = "home.json"
+
+
+def follow_home(home: Path, tracking_uri: str) -> int:
+    """Make a SQLite MLflow store inside ``home`` follow the home when the folder was moved.
+
+    MLflow stores absolute artifact locations (experiments, runs, logged models, model versions):
+    after ``mv`` of the project folder every model would point at the old place. The home keeps a
+    record of where it was (:data:`HOME_RECORD`); when it is opened elsewhere, every stored text that
+    starts with the old home (as a path or a ``file://`` URI) is rewritten to the new one, in one
+    transaction, and the record is updated. Returns the number of values rewritten (0: not moved, no
+    record yet, or a store outside the home, which is left alone)."""
+    home = Path(home).resolve()
+    db = _sqlite_path(tracking_uri)
+    if db is None or db.resolve().parent != home or not home.is_dir():
+        return 0
+    record = home / HOME_RECORD
+    try:
+        was = Path(json.loads(record.read_text())["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        was = None  # a new store, one older than the record, or an unreadable record: it is where it is
+    rewritten = 0 if was is None or was == home or not db.exists() else _rewrite_prefix(db, was, home)
+    if was != home:
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"path": str(home)}))
+        os.replace(tmp, record)
+        if rewritten:
+            logger.warning("the project home moved from %s to %s: %d stored artifact locations follow it",
+                           was, home, rewritten)
+    return rewritten
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _rewrite_prefix(db: Path, old: Path, new: Path) -> int:
+    """Rewrite, in every text column of every table, values starting with ``old`` (path or file URI)."""
+    pairs = [(old.as_uri() + "/", new.as_uri() + "/"), (f"{old}{os.sep}", f"{new}{os.sep}")]
+    pairs += [(f"file://{old}/", f"file://{new}/")] if f"file://{old}/" != pairs[0][0] else []
+    done = 0
+    with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        conn.execute("BEGIN IMMEDIATE")  # one mover at a time; a second one finds nothing left to rewrite
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')
+                       if any(t in (r[2] or "").upper() for t in ("CHAR", "TEXT", "CLOB"))]
+            for col in columns:
+                for before, after in pairs:
+                    cur = conn.execute(f'UPDATE "{table}" SET "{col}" = ? || substr("{col}", ?) '
+                                       f'WHERE substr("{col}", 1, ?) = ?', (after, len(before) + 1, len(before), before))
+                    done += cur.rowcount
+    return done
 
 
 @dataclass(frozen=True)

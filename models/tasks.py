@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
+from features.profile import export_profile
 from models.folds import Split, TimeFold
 from models.windows import Horizon, choose_horizon
 
@@ -213,6 +214,7 @@ def build_task(definition: TaskDefinition, export: Export, cutoff: pd.Timestamp,
     split = definition.fold(config, snaps).split(snaps.times, snaps.cutoff, enough)
     evaluation = definition.evaluate(definition.fit(export, snaps, split, config), snaps, split, config)
     result = definition.final(export, snaps, split, evaluation, config)
+    result.scorer.metadata["export_profile"] = export_profile(export)  # serving refuses an export that shrank since
     result.outcome_labels = snaps.outcome_labels
     result.config = config
     result.chosen = {**(horizon.params() if horizon else {}), **result.chosen}

@@ -62,7 +62,7 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     models, problems = {}, {}
     try:
         settings.require_tracking_store()
-        client = configure(settings.resolved_tracking_uri())
+        client = configure(settings.resolved_tracking_uri(), home=settings.home)
     except StoreNotFound as exc:
         log.error("%s", exc)
         reason = (f"no MLflow store in the project home: train first (`funnelcast train`) or point FUNNELCAST_HOME "
@@ -100,6 +100,33 @@ def _local_docs(app: FastAPI) -> None:
                                    swagger_js_url="/docs-static/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-static/swagger-ui.css",
                                    swagger_favicon_url="/docs-static/favicon-32x32.png")
+
+
+#: OpenAPI links: what one answer gives the next request (clients and the stateful fuzzing follow them).
+#: (source path, method, link name, target path, method, target parameter -> runtime expression)
+LINKS = (
+    ("/v1/scores", "get", "history", "/v1/scores/{kind}/{entity_id}/history", "get",
+     {"kind": "$response.body#/scores/0/kind", "entity_id": "$response.body#/scores/0/id"}),
+    ("/v1/scores", "get", "next_page", "/v1/scores", "get", {"page_token": "$response.body#/next_page_token"}),
+    ("/v1/models", "get", "performance", "/v1/models/{task}/performance", "get",
+     {"task": "$response.body#/models/0/name"}),
+)
+
+
+def _with_links(app: FastAPI) -> None:
+    """Add :data:`LINKS` to the 200 responses of the generated OpenAPI document."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = build()
+            for path, method, name, target, target_method, params in LINKS:
+                pointer = "#/paths/" + target.replace("~", "~0").replace("/", "~1") + f"/{target_method}"
+                response = doc["paths"][path][method]["responses"]["200"]
+                response.setdefault("links", {})[name] = {"operationRef": pointer, "parameters": params}
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _json_access_log() -> None:
@@ -146,6 +173,7 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
         redoc_url=None,  # ReDoc loads from a CDN only
     )
     _local_docs(app)
+    _with_links(app)
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
     app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads

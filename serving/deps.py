@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -22,6 +22,7 @@ from fastapi import Depends, Request
 from features.contract import Export
 from features.errors import FunnelcastError, ModelNotAvailable
 from features.io import load_export
+from features.profile import ExportShrunk, export_profile, shrinkage, source_key
 from features.settings import Settings
 from models.registry import LoadedModel
 from models.tasks import Task
@@ -107,11 +108,39 @@ def _scrub(message: str, source: str) -> str:
     return message
 
 
+#: What the reason of a refused (shrunken) export says; ``/readyz`` reports its data as ``shrunken``.
+SHRANK = "it shrank since"
+
+
+def refuse_shrunken(settings: Settings, models: Mapping[str, LoadedModel], export: Export, source: str) -> None:
+    """Raise :class:`~features.profile.ExportShrunk` (and log an error) when ``export``, read from
+    ``source``, lost more than ``FUNNELCAST_MIN_EXPORT_SHARE`` of a table's rows, or its newest
+    events, since a served model was trained on the same source. The reason names the model, the
+    tables and both counts, never the source's path."""
+    key = source_key(source)
+    now = export_profile(export)
+    for name, model in sorted(models.items()):
+        then = model.scorer.metadata.get("export_profile") if isinstance(model.scorer.metadata, dict) else None
+        if not isinstance(then, dict) or then.get("source") != key:
+            continue  # trained on another source (or before profiles were recorded): nothing to compare
+        short = shrinkage(now, then, settings.min_export_share)
+        if short:
+            reason = (f"{SHRANK} {name} version {model.version} was trained on it ({'; '.join(short)}; "
+                      f"FUNNELCAST_MIN_EXPORT_SHARE={settings.min_export_share:g}): check the CRM sync, or retrain "
+                      "on this export")
+            log.error("refusing the CRM export %s: %s", source, reason)
+            raise ExportShrunk(reason)
+
+
 def _load_configured(state: Any) -> Export:
     settings: Settings = state.settings
     source = settings.data or str(settings.sample_export)
     try:
         export = load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)[0]
+        refuse_shrunken(settings, state.models, export, source)
+    except ExportShrunk as exc:
+        state.export_error = str(exc)
+        raise ExportUnavailable(state.export_error) from exc
     except (FunnelcastError, OSError, ValueError) as exc:
         log.exception("the configured export %s cannot be read", source)
         state.export_error = client_safe(_scrub(str(exc) or type(exc).__name__, source))

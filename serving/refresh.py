@@ -37,7 +37,7 @@ from models.worklist import WORK_COLUMNS, account_items, deal_items, lead_items,
 from serving.errors import RequestProblem, client_safe
 from serving.forecasting import forecast_answer, funnel_answer
 from serving.snapshots import SnapshotRow, SnapshotStore, payload_key
-from serving.deps import state_cached
+from serving.deps import refuse_shrunken, state_cached
 from serving.store import OperationsStore
 
 __all__ = ["RefreshResult", "Refresher", "configured_source", "refresh", "refresher", "snapshot_answer",
@@ -165,6 +165,7 @@ def refresh(settings: Settings, models: Mapping[str, LoadedModel], store: Snapsh
     try:
         try:
             export, report = load_export(source, open_stages=settings.open_stages, skip_bad_rows=True)
+            refuse_shrunken(settings, models, export, source)  # the last good snapshot stays served
         except FunnelcastError as exc:
             raise ExportUnreadable(f"the CRM export cannot be read: {exc}") from exc
         result.bad_rows = len(report.bad_rows)

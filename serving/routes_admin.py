@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 
 from models.registry import configure, describe_versions
 from models.tasks import Task
-from serving.deps import LOAD_FAILED, SERVED_TASKS, SettingsDep
+from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep
 from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
+from serving.schemas.common import error_responses
 from serving.schemas.live import SnapshotState
 from serving.schemas.ops import (
     DataReadiness,
@@ -48,6 +49,9 @@ def _task_states(state: Any) -> dict[str, TaskReadiness]:
 
 
 def _data_state(state: Any) -> DataReadiness:
+    problem = getattr(state, "export_error", None)
+    if problem is not None and SHRANK in problem:  # refused: the answers come from the last good export
+        return DataReadiness(state="shrunken", reason=problem)
     export = getattr(state, "configured_export", None)
     if export is not None:
         rows = {t: len(export.table(t)) for t in EXPORT_TABLES if export.table(t) is not None}
@@ -115,7 +119,8 @@ def floor_outcome(metrics: dict[str, float]) -> FloorOutcome | None:
                         baseline=metrics["floor_baseline"], allowance=metrics["floor_allowance"])
 
 
-@router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"])
+@router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"],
+            responses=error_responses(401))
 def list_models(request: Request, settings: SettingsDep) -> ModelsResponse:
     """Registered versions of every task with their aliases, training window and evaluation metrics,
     each baseline's figures on the same window beside them, and the baseline floor's outcome."""

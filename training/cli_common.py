@@ -105,7 +105,7 @@ def mlflow_client(settings: Settings, create: bool = False) -> Any:
         settings.home.mkdir(parents=True, exist_ok=True)
     else:
         settings.require_tracking_store()
-    return configure(settings.resolved_tracking_uri())
+    return configure(settings.resolved_tracking_uri(), home=settings.home)
 
 
 def tuned_params(settings: Settings, task: str, default_params: bool = False) -> dict | None:

@@ -27,6 +27,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from features.contract import Export
+from features.profile import source_key
 from models.registry import ScorerModel
 from models.tasks import Task, TrainResult, build_task
 from training.promote import Floor, floor
@@ -154,6 +155,8 @@ def log_and_register(result: TrainResult, client: MlflowClient, *, experiment: s
     """Log ``result`` (any task) to MLflow and register it as ``challenger_alias`` (first version:
     ``alias`` too, unless it is below the baseline floor and not ``force``)."""
     scorer = result.scorer
+    if isinstance(scorer.metadata.get("export_profile"), dict):  # the source it was read from: serving compares like with like
+        scorer.metadata["export_profile"] = {**scorer.metadata["export_profile"], "source": source_key(data_source)}
     definition = task_definition(scorer.task)
     fl = result_floor(result)
     outcome = floor_outcome(fl, force)

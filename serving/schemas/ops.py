@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from models.tasks import Task
+from serving.schemas.common import Timestamp
 from serving.schemas.live import SnapshotState
 
 
@@ -50,8 +50,9 @@ class TaskReadiness(BaseModel):
 
 
 class DataReadiness(BaseModel):
-    state: Literal["readable", "unreadable", "not_read_yet"] = Field(
-        description="The configured export (read on the first funnel, forecast or worklist request)")
+    state: Literal["readable", "unreadable", "shrunken", "not_read_yet"] = Field(
+        description="The configured export (read on the first funnel, forecast or worklist request); shrunken: "
+        "refused, it lost rows or recent events since the served models were trained on it (reason: the figures)")
     rows: dict[str, int] = Field(default_factory=dict, description="Rows per table of the export served")
     reason: str | None = None
 
@@ -83,7 +84,7 @@ class OutcomeRecord(BaseModel):
     outcome: Literal["converted", "disqualified", "won", "lost"] = Field(
         description="lead: converted / disqualified; deal: won / lost"
     )
-    occurred_at: datetime = Field(description="When it happened (ISO 8601; no offset = UTC)")
+    occurred_at: Timestamp = Field(description="When it happened (ISO 8601; no offset = UTC; years 1900-2199, never a number)")
 
 
 class OutcomesRequest(BaseModel):

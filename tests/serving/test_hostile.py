@@ -342,3 +342,10 @@ def test_an_interrupted_training_ends_its_run_killed_and_its_version_is_not_list
     assert broken.tags.get("incomplete") == "true" and not broken.aliases
     assert client.get_run(broken.run_id).info.status == "KILLED"
     assert [v["version"] for v in describe_versions(client, "lead_quality")] == [first.version]
+
+
+@pytest.mark.parametrize("occurred_at", [1767225600, "1767225600", True, "9999-01-01T00:00:00Z", "1800-01-01"])
+def test_an_outcome_time_is_a_strict_request_timestamp(client, occurred_at):
+    r = client.post("/v1/outcomes", json={"outcomes": [{"record_id": "L-1", "outcome": "converted",
+                                                        "occurred_at": occurred_at}]})
+    assert r.status_code == 422 and _paths(r) == ["outcomes[0].occurred_at"], r.text

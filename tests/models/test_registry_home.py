@@ -1,0 +1,76 @@
+"""A project home that can be moved: train into home A, ``mv`` it to B, load and serve from B."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+
+from features.settings import Settings
+from models.registry import HOME_RECORD, configure, follow_home, load_scorer
+from training.pipeline import log_and_register
+
+
+@pytest.fixture()
+def moved(tmp_path, trained, train_config):
+    """A home trained into at ``a/.funnelcast`` and then moved to ``b/.funnelcast``: (old, new)."""
+    old = _home(tmp_path / "a" / ".funnelcast")
+    old.home.mkdir(parents=True)
+    client = configure(old.resolved_tracking_uri(), home=old.home)
+    own = dataclasses.replace(trained, scorer=copy.deepcopy(trained.scorer))  # logging records the source on it
+    log_and_register(own, client, experiment="funnelcast", artifact_location=old.artifact_location(),
+                     cfg=train_config, data_source="sample")
+    assert json.loads((old.home / HOME_RECORD).read_text())["path"] == str(old.home.resolve())
+    (tmp_path / "b").mkdir()
+    shutil.move(tmp_path / "a" / ".funnelcast", tmp_path / "b" / ".funnelcast")
+    return old, _home(tmp_path / "b" / ".funnelcast")
+
+
+def _home(home):
+    # the default store under the home, named: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI,
+    # which a Settings without tracking_uri would read
+    return Settings(home=home, tracking_uri=f"sqlite:///{home.resolve() / 'mlflow.db'}")
+
+
+def test_a_moved_store_without_following_points_at_the_old_place(moved):
+    _, new = moved
+    with pytest.raises((MlflowException, OSError)):
+        load_scorer(configure(new.resolved_tracking_uri()), "lead_quality")  # the stored locations are absolute
+
+
+def test_a_moved_home_is_followed_and_its_models_load_from_the_new_place(moved, trained, sample_export):
+    old, new = moved
+    client = configure(new.resolved_tracking_uri(), home=new.home)
+    loaded = load_scorer(client, "lead_quality")
+    frame = trained.snapshots[trained.scorer.feature_names].head(50)
+    np.testing.assert_allclose(loaded.scorer.predict_proba(frame), trained.scorer.predict_proba(frame))
+    assert json.loads((new.home / HOME_RECORD).read_text())["path"] == str(new.home.resolve())
+    run = client.get_run(loaded.run_id)
+    assert run.info.artifact_uri.startswith(new.home.resolve().as_uri())
+    assert str(old.home.resolve()) not in run.info.artifact_uri
+    assert follow_home(new.home, new.resolved_tracking_uri()) == 0  # followed once: nothing left to rewrite
+
+
+def test_the_api_serves_from_the_moved_home(moved):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    _, new = moved
+    settings = new.model_copy(update={"api_keys": ["k"]})
+    with TestClient(create_app(settings)) as c:
+        ready = c.get("/readyz").json()
+    assert ready["tasks"]["lead_quality"]["state"] == "loaded", ready
+
+
+def test_a_store_outside_the_home_is_left_alone(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    assert follow_home(home, f"sqlite:///{tmp_path / 'elsewhere.db'}") == 0
+    assert follow_home(home, "http://mlflow.internal:5000") == 0
+    assert not (home / HOME_RECORD).exists()
