@@ -43,6 +43,8 @@ from features.pit import decision_times, open_leads
 from models.candidates import (
     Choice,
     base_rate_shift,
+    TABLE_METRICS,
+    candidate_table,
     choose_on_validation,
     fit_candidate,
     fit_every,
@@ -58,7 +60,7 @@ from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_outcomes
-from training.promote import Check, Window, config_from, window_label
+from training.promote import Check, Window, config_from, reliability, window_label
 from training.provenance import export_fingerprint
 from training.score import score_open_leads
 from training.tune import ProtocolTuning
@@ -293,27 +295,6 @@ def window_predictions(scorer: Any, export: Export, times: list[pd.Timestamp]) -
     return pd.concat(parts, ignore_index=True)
 
 
-SUMMARY_METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "calibration_error", "top_decile_capture")
-
-
-def candidate_table(fold_models: LeadModels, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per candidate: role, validation figures, chosen, then the evaluation-window metrics."""
-    names = list(metrics)
-    choice = fold_models.choice
-    val = choice.table if choice is not None else pd.DataFrame(index=pd.Index([], name="candidate"))
-    table = pd.DataFrame({
-        "role": [fold_models.roles.get(n, "model") for n in names],
-        "validation_log_loss": [float(val["validation_log_loss"].get(n, np.nan)) if len(val) else np.nan
-                                for n in names],
-        "validation_roc_auc": [float(val["validation_roc_auc"].get(n, np.nan)) if len(val) else np.nan
-                               for n in names],
-        "chosen": [n == fold_models.name for n in names],
-    }, index=pd.Index(names, name="candidate"))
-    for k in SUMMARY_METRICS:
-        table[k] = [metrics[n][k] for n in names]
-    return table
-
-
 class LeadQuality:
     """The lead_quality :class:`~models.tasks.TaskDefinition`: P(a lead converts within the horizon)."""
 
@@ -403,7 +384,8 @@ class LeadQuality:
         result = LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
                                  plan=split, windows={**split.describe(), "validate": fold_models.validation},
                                  evaluation=evaluation.frame, snapshots=snaps,
-                                 candidates=candidate_table(fold_models, metrics))
+                                 candidates=candidate_table(fold_models.choice, fold_models.roles,
+                                                           fold_models.name, metrics))
         choice = fold_models.choice
         result.chosen = {**(choice.params() if choice else {"candidate": fold_models.name}), "baseline_name": best_baseline,
                          "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
@@ -415,6 +397,9 @@ class LeadQuality:
                                    f"{split.calibrate_days}d (asked {config.eval_days}d and {config.calib_days}d); "
                                    f"{metrics[result.chosen['candidate']]['n']:.0f} evaluation rows, so the figures "
                                    "are less reliable")
+        note = reliability(evaluation.metrics, "leads", n=ev["lead_id"].nunique())
+        if note.small:
+            result.warnings.append(note.warning())
         return result
 
     def run_params(self, result: TrainResult, config: TrainConfig) -> dict[str, object]:
@@ -451,13 +436,14 @@ class LeadQuality:
         table = result.candidates
         if table is None:
             m, b = result.metrics, result.baseline_metrics
-            table = pd.DataFrame({"funnelcast": m, "baseline": b}).T[list(SUMMARY_METRICS)]
+            table = pd.DataFrame({"funnelcast": m, "baseline": b}).T[list(TABLE_METRICS)]
         cols = ["role", "chosen", "validation_log_loss", "roc_auc", "brier", "log_loss", "calibration_error"]
         shown = table[[c for c in cols if c in table]]
         with pd.option_context("display.width", 160):
             text = shown.round(4).to_string()
+        note = reliability(result.metrics, "distinct leads", n=result.evaluation["lead_id"].nunique())
         return (f"validation window {result.windows.get('validate') or 'none'}, evaluation window "
-                f"{result.windows['evaluate']}\n{text}")
+                f"{result.windows['evaluate']}\n{text}\n{note.describe()}")
 
     def score(self, scorer: LeadScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(score_open_leads(export, scorer, as_of), "leads")
