@@ -109,9 +109,8 @@ class LeadModels:
     choice: Choice | None
     roles: dict[str, str]
     validation: str = ""
-    #: The candidate used when nothing was chosen: the regularised logistic regression when the history
-    #: had no room for a validation window (a small, young export: the plain model is the safe one;
-    #: LightGBM fitted on a few snapshot times scored a constant on Maven CRM), LightGBM when choice is off.
+    #: The candidate used when nothing was chosen: the better baseline on the calibration window when the
+    #: history had no room for a validation window (:func:`_fallback`), LightGBM when choice is off.
     fallback: str = "lgbm"
 
     @property
@@ -136,6 +135,11 @@ def _enough(snaps: pd.DataFrame) -> Any:
     by_time = snaps.groupby("as_of")["label"].agg(["sum", "count"])
 
     def missing(split: Split) -> str | None:
+        if split.evaluate and len(split.fit) < len(split.calibrate):
+            # a model fitted on fewer snapshot times than it is calibrated on is starved (Maven CRM: one fit time
+            # and LightGBM a constant); the windows shrink until the fit window is at least as long
+            return (f"the fit window {split.describe()['fit']} holds fewer snapshot times than the calibration "
+                    f"window {split.describe()['calibrate']}")
         for window, key, least in (("fit", "fit", MIN_POSITIVES), ("calibration", "calibrate", MIN_POSITIVES),
                                    ("evaluation", "evaluate", MIN_POSITIVES // 2)):
             times = getattr(split, key)
@@ -173,6 +177,18 @@ def _fit_models(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: T
     return fit_every(rungs, choice, fit, cal, spec.feature_names, split.cutoff, only_chosen=only_chosen)
 
 
+def _fallback(models: dict[str, Any], cal: pd.DataFrame, cols: list[str], roles: dict[str, str]) -> str:
+    """With no room for a validation window, the baseline (naive Bayes or the logistic regression) with the
+    lower log loss on the calibration window. Neither learned from it but for its Platt scaling (and the
+    logistic regression's strength); LightGBM stopped early on it, so it is not chosen there. The plain
+    models are the safe choice on a small, young export (LightGBM on a few snapshot times scored a
+    constant on Maven CRM)."""
+    y = cal["label"].to_numpy()
+    losses = {n: classification_metrics(y, m.predict_proba(cal[cols]))["log_loss"]
+              for n, m in models.items() if roles.get(n) == "baseline"}
+    return min(losses, key=losses.get)
+
+
 def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig) -> tuple[Choice | None, str]:
     """The candidate, history and weighting chosen on the validation split before ``split``'s evaluation
     window (None, and why, when the history has no room for one)."""
@@ -181,7 +197,7 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
     try:
         val = cfg.fold.validation(sorted(set(snaps["as_of"])), split, _enough(snaps))
     except NotEnoughHistory as exc:
-        return None, f"no validation window ({exc.missing}): the regularised logistic regression, unchosen"
+        return None, f"no validation window ({exc.missing})"
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
     choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff)
     return choice, val.describe()["evaluate"]
@@ -347,9 +363,12 @@ class LeadQuality:
         """The candidates chosen on the validation window, every one fitted on the split's fit window."""
         _check_positives(snapshots.frame, split)
         choice, validation = _choose(snapshots.frame, split, snapshots.spec, config)
-        fallback = "logistic" if config.choose and choice is None else "lgbm"
-        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice, fallback=fallback)
+        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice)
         roles = {r.name: r.role for r in _rungs(snapshots.spec, config)} | {"blend": "model"}
+        fallback = "lgbm"
+        if config.choose and choice is None:
+            fallback = _fallback(models, _rows(snapshots.frame, split.calibrate), snapshots.spec.feature_names, roles)
+            validation = f"{validation}: the better baseline on the calibration window, {fallback}"
         return LeadModels(models, choice, roles, validation, fallback)
 
     def evaluate(self, model: LeadModels, snapshots: Snapshots, split: Split, config: TrainConfig) -> Evaluation:
