@@ -163,13 +163,16 @@ class Reliability:
                 f"{2 * self.se:.2f} cannot be told apart on it")
 
 
-def reliability(metrics: dict[str, float], entity: str, n: int | None = None) -> Reliability:
-    """The :class:`Reliability` of ``metrics`` (``roc_auc``, ``positive_rate``, ``n``); ``n``: the independent
-    entities when the rows repeat them (snapshot rows of one lead), else the rows."""
+def reliability(metrics: dict[str, float], entity: str, n: int | None = None,
+                positives: int | None = None) -> Reliability:
+    """The :class:`Reliability` of ``metrics`` (``roc_auc``, ``positive_rate``, ``n``); ``n`` and ``positives``:
+    the independent entities (and the positive ones) when the rows repeat them (snapshot rows of one lead)."""
     count = int(metrics.get("n", 0) if n is None else n)
-    rate = float(metrics.get("positive_rate", np.nan))
+    if positives is None:
+        positives = int(round(count * np.nan_to_num(float(metrics.get("positive_rate", np.nan)))))
     auc = float(metrics.get("roc_auc", np.nan))
-    return Reliability(auc, auc_standard_error(auc, count, rate), count, int(round(count * np.nan_to_num(rate))), entity)
+    rate = positives / count if count else float("nan")
+    return Reliability(auc, auc_standard_error(auc, count, rate), count, int(positives), entity)
 
 
 @dataclass(frozen=True)

@@ -416,7 +416,8 @@ class LeadQuality:
                                    f"{split.calibrate_days}d (asked {config.eval_days}d and {config.calib_days}d); "
                                    f"{metrics[result.chosen['candidate']]['n']:.0f} evaluation rows, so the figures "
                                    "are less reliable")
-        note = reliability(evaluation.metrics, "leads", n=ev["lead_id"].nunique())
+        note = reliability(evaluation.metrics, "distinct leads", n=ev["lead_id"].nunique(),
+                           positives=ev.loc[ev["label"] == 1, "lead_id"].nunique())
         if note.small:
             result.warnings.append(note.warning())
         return result
@@ -460,7 +461,9 @@ class LeadQuality:
         shown = table[[c for c in cols if c in table]]
         with pd.option_context("display.width", 160):
             text = shown.round(4).to_string()
-        note = reliability(result.metrics, "distinct leads", n=result.evaluation["lead_id"].nunique())
+        ev = result.evaluation
+        note = reliability(result.metrics, "distinct leads", n=ev["lead_id"].nunique(),
+                           positives=ev.loc[ev["label"] == 1, "lead_id"].nunique())
         return (f"validation window {result.windows.get('validate') or 'none'}, evaluation window "
                 f"{result.windows['evaluate']}\n{text}\n{note.describe()}")
 

@@ -219,3 +219,15 @@ def test_with_no_validation_window_the_better_baseline_on_the_calibration_window
     assert _fallback(models, cal, ["x"], roles) == "logistic"
     models["naive_bayes"], models["logistic"] = models["logistic"], models["naive_bayes"]
     assert _fallback(models, cal, ["x"], roles) == "naive_bayes"
+
+
+def test_the_reliability_of_an_evaluation_counts_entities_and_warns_on_small_data():
+    from training.promote import SMALL_SE, auc_standard_error, reliability
+
+    big = reliability({"roc_auc": 0.8, "n": 50_000.0, "positive_rate": 0.1}, "lead snapshots", n=5000, positives=500)
+    assert big.se == auc_standard_error(0.8, 5000, 0.1) and not big.small
+    assert "+/- " in big.describe() and "5,000 lead snapshots, 500 positive" in big.describe()
+    # the same rows as 89 customers, 17 positive: the error is several times larger and says so
+    small = reliability({"roc_auc": 0.8, "n": 89.0, "positive_rate": 17 / 89}, "customers")
+    assert small.positives == 17 and small.se > SMALL_SE and small.small
+    assert "small data" in small.warning() and f"{2 * small.se:.2f}" in small.warning()

@@ -90,3 +90,13 @@ def test_high_value_is_chosen_on_a_validation_quarter_before_the_evaluation_cust
     p = 1 / (1 + np.exp(-(contrib.base + contrib.values.sum(axis=1))))
     np.testing.assert_allclose(p, result.scorer.predict_proba(X), atol=1e-9)
     assert (result.scorer.expected_value(X) >= 0).all() and result.scorer.expected_value(X).std() > 0
+
+
+def test_too_few_customers_before_the_evaluation_window_leave_the_logistic_regression_unchosen(account_sample):
+    from training.accounts import AccountModels, _choose
+
+    _, _, cfg, result = account_sample
+    early = result.snapshots.sort_values("as_of").head(60)  # fewer than the 80 a customer fold needs
+    choice, why = _choose(early, result.scorer.spec, cfg)
+    assert choice is None and "no validation window" in why and "60 customers" in why
+    assert AccountModels({}, None, {}, None, why).name == "logistic"  # type: ignore[arg-type]
