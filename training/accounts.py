@@ -395,7 +395,8 @@ class HighValue:
                                evaluation=evaluation.frame, windows=windows, candidates=evaluation.candidates,
                                extra={"contributions": contrib})
         choice = models.choice
-        result.chosen = choice.params() if choice else {"candidate": models.name}
+        result.chosen = choice.params() if choice else {"candidate": models.name,
+                                                        "chosen_on": "no window (too few customers before the evaluation ones)"}
         note = reliability(evaluation.metrics, "customers")
         if note.small:
             result.warnings.append(note.warning())

@@ -406,7 +406,9 @@ class LeadQuality:
                                  candidates=candidate_table(fold_models.choice, fold_models.roles,
                                                            fold_models.name, metrics))
         choice = fold_models.choice
-        result.chosen = {**(choice.params() if choice else {"candidate": fold_models.name}), "baseline_name": best_baseline,
+        unchosen = {"candidate": fold_models.name, "chosen_on": "the calibration window (no room for a validation window)"
+                    if config.choose else "no window (choice off)"}
+        result.chosen = {**(choice.params() if choice else unchosen), "baseline_name": best_baseline,
                          "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
         if shift:
             result.warnings.append(f"base-rate shift: {shift}; the registered model's intercept was moved by "
