@@ -35,7 +35,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from tqdm.auto import tqdm
 
 from features.adapters import import_export
-from models.metrics import classification_metrics
+from models.metrics import classification_metrics, expected_calibration_error
 from training.train import TrainConfig, build_lead_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +92,14 @@ def logistic_regression(fit: pd.DataFrame, y: np.ndarray, later: pd.DataFrame, c
     return model.predict_proba(pd.concat([text(later), later[numeric]], axis=1))[:, 1]
 
 
+def calibration_noise(p: np.ndarray, seed: int = 0, draws: int = 200) -> tuple[float, float]:
+    """Mean and 95th percentile of the calibration error a *perfectly* calibrated model with these
+    probabilities shows on this many rows (outcomes drawn from ``p``): the metric's noise floor."""
+    rng = np.random.default_rng(seed)
+    errors = [expected_calibration_error((rng.random(len(p)) < p).astype(int), p) for _ in range(draws)]
+    return float(np.mean(errors)), float(np.percentile(errors, 95))
+
+
 def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
     imported = import_export(ds.mapping, data / ds.folder, skip_bad_rows=True)
@@ -142,6 +150,7 @@ def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
             "chosen": res.chosen,
             "cutoff": str(cutoff.date()),
             "excluded": ", ".join(ds.leaks),
+            "calibration_noise": calibration_noise(ev["p_model"].to_numpy(), seed),
         }
     info["seconds"] = round(time.perf_counter() - t0, 1)
     return rows, info
@@ -174,6 +183,9 @@ def main() -> None:
                   f"{info['skipped_source_rows']} source rows skipped as invalid; {info['seconds']} s")
             print(f"  excluded as leaking: {info['excluded']}")
             print(f"  chosen: {info['chosen']}")
+            mean, high = info["calibration_noise"]
+            print(f"  calibration error of a perfectly calibrated model with funnelcast's probabilities on these rows: "
+                  f"{mean:.4f} on average, {high:.4f} at the 95th percentile")
 
 
 if __name__ == "__main__":

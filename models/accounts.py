@@ -1,7 +1,8 @@
 """The high-value account scorer: the one object MLflow logs as ``high_value`` and serving loads.
 
-It scores prospects and customers alike (look-alikes): P(high value) from a calibrated
-LightGBM classifier, expected customer value from a LightGBM regressor on the same account
+It scores prospects and customers alike (look-alikes): P(high value) from the calibrated
+classifier the candidate ladder chose (naive Bayes, logistic regression or LightGBM, see
+``models.candidates``), expected customer value from a LightGBM regressor on the same account
 features, and the top reasons (SHAP, in probability points) as sentences. It carries the
 mined traits and the global SHAP importance of its training data, so ``GET /v1/traits``
 answers from the registered model.
@@ -9,7 +10,9 @@ answers from the registered model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -18,7 +21,6 @@ import pandas as pd
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_features
 from models.base import ClassifierScorer
-from models.estimators import CalibratedBoostedClassifier
 from models.explain import to_probability, top_reasons
 from models.tasks import Task
 
@@ -32,25 +34,49 @@ REGRESSOR_PARAMS = {
 
 
 class ValueRegressor:
-    """LightGBM regression of customer value (on the classifier's float matrix, so categories match)."""
+    """LightGBM regression of customer value on an account feature frame.
 
-    def __init__(self, n_rounds: int = 200, random_state: int = 0):
+    It encodes the frame itself (categories seen in training as their codes, unseen or missing as
+    missing), so it does not depend on which candidate of the ladder scores P(high value). A
+    regressor pickled before that (no ``feature_names_``) reads the LightGBM classifier's matrix:
+    :meth:`predict` also takes that float matrix."""
+
+    def __init__(self, categorical_features: Sequence[str] = (), n_rounds: int = 200, random_state: int = 0):
+        self.categorical_features = categorical_features
         self.n_rounds = n_rounds
         self.random_state = random_state
 
-    def fit(self, matrix: np.ndarray, value: np.ndarray) -> ValueRegressor:
-        data = lgb.Dataset(matrix, label=np.asarray(value, dtype=float), free_raw_data=False)
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        out = np.empty((len(X), len(self.feature_names_)), dtype=float)
+        for j, c in enumerate(self.feature_names_):
+            if c in self.codes_:
+                codes = self.codes_[c]
+                out[:, j] = [codes.get(v, np.nan) if isinstance(v, str) else np.nan for v in X[c].to_numpy(object)]
+            else:
+                out[:, j] = X[c].to_numpy(dtype=float, na_value=np.nan)
+        return out
+
+    def fit(self, X: pd.DataFrame, value: np.ndarray) -> ValueRegressor:
+        self.feature_names_ = list(X.columns)
+        self.codes_ = {c: {v: i for i, v in enumerate(sorted(X[c].dropna().astype("str").unique()))}
+                       for c in self.categorical_features if c in X}
+        cats = [j for j, c in enumerate(self.feature_names_) if c in self.codes_]
+        data = lgb.Dataset(self._matrix(X), label=np.asarray(value, dtype=float), categorical_feature=cats or "auto",
+                           free_raw_data=False)
         self.booster_ = lgb.train({**REGRESSOR_PARAMS, "seed": self.random_state}, data, num_boost_round=self.n_rounds)
         return self
 
-    def predict(self, matrix: np.ndarray) -> np.ndarray:
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Expected value of each row of a feature frame (or of an older regressor's float matrix)."""
+        matrix = self._matrix(X) if isinstance(X, pd.DataFrame) else X
         return np.maximum(self.booster_.predict(matrix), 0.0)
 
 
 @dataclass
 class AccountScorer(ClassifierScorer):
     spec: AccountFeatureSpec
-    classifier: CalibratedBoostedClassifier
+    #: The candidate of the ladder validation chose (``models.candidates``; LightGBM before the ladder).
+    classifier: Any
     regressor: ValueRegressor
     threshold: float
     trained_until: pd.Timestamp
@@ -65,7 +91,9 @@ class AccountScorer(ClassifierScorer):
         return account_features(export, account_ids, as_of, self.spec)
 
     def expected_value(self, X: pd.DataFrame) -> np.ndarray:
-        return self.regressor.predict(self.classifier._matrix(X))
+        if getattr(self.regressor, "feature_names_", None) is None:  # pickled before the regressor encoded frames
+            return self.regressor.predict(self.classifier._matrix(X))
+        return self.regressor.predict(X)
 
     def score_frame(self, X: pd.DataFrame, n_reasons: int = 5) -> pd.DataFrame:
         """P(high value), expected customer value and the top reasons for a feature frame."""

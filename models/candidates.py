@@ -52,8 +52,8 @@ from models.estimators import CalibratedBoostedClassifier
 from models.explain import design_rows
 from models.metrics import classification_metrics
 
-__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "choose",
-           "choose_on_validation", "fit_candidate", "fit_every", "ladder", "platt", "training_rows"]
+__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "candidate_table",
+           "choose", "choose_on_validation", "fit_candidate", "fit_every", "ladder", "platt", "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
 #: faster learning rate (fewer rounds: the cheap rung of the ladder).
@@ -424,6 +424,28 @@ def _blend_pair(table: pd.DataFrame) -> tuple[str, ...]:
     single = table.drop(index="blend", errors="ignore")
     order = single.sort_values(["validation_log_loss", "validation_roc_auc"], ascending=[True, False]).index
     return tuple(order[:2])
+
+
+#: The evaluation-window metrics a candidate table shows (beside role, validation figures and chosen).
+TABLE_METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "calibration_error", "top_decile_capture")
+
+
+def candidate_table(choice: Choice | None, roles: dict[str, str], chosen: str,
+                    metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per candidate of ``metrics`` (evaluation-window figures by name): role, the validation
+    figures (NaN for a candidate validation did not see), whether it is ``chosen``, then :data:`TABLE_METRICS`
+    (what ``TrainResult.candidates`` and ``report/candidates.csv`` hold, for every task)."""
+    names = list(metrics)
+    val = choice.table if choice is not None else pd.DataFrame(columns=["validation_log_loss", "validation_roc_auc"])
+    table = pd.DataFrame({
+        "role": [roles.get(n, "model") for n in names],
+        "validation_log_loss": [float(val["validation_log_loss"].get(n, np.nan)) for n in names],
+        "validation_roc_auc": [float(val["validation_roc_auc"].get(n, np.nan)) for n in names],
+        "chosen": [n == chosen for n in names],
+    }, index=pd.Index(names, name="candidate"))
+    for k in TABLE_METRICS:
+        table[k] = [metrics[n].get(k, np.nan) for n in names]
+    return table
 
 
 # ---------------------------------------------------------------- base-rate shift

@@ -24,6 +24,7 @@ from features.contract import Export
 from features.customers import AccountFeatureSpec, account_snapshots, customer_value
 from features.errors import FunnelcastError
 from models.accounts import AccountScorer, ValueRegressor
+from models.candidates import Choice, candidate_table, choose_on_validation, fit_candidate, fit_every, ladder
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import Contributions, log_odds_contributions, shap_summary_plot
@@ -31,13 +32,15 @@ from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from models.traits import TraitMiner, global_importance
-from training.promote import Check, Window, config_from, window_label
+from training.promote import Check, Window, config_from, reliability, window_label
 from training.provenance import export_fingerprint
 from training.tune import ProtocolTuning
 
 #: LightGBM settings of P(high value) over the shared defaults (hundreds of customers, not
 #: tens of thousands of rows); ``AccountConfig.params`` (e.g. from ``funnelcast tune``) overrides them.
 ACCOUNT_PARAMS: dict[str, Any] = {"min_child_samples": 20}
+#: The conservative LightGBM rung's rows a leaf for accounts (the ladder's 100 leaves no split on a few hundred).
+CONSERVATIVE_ACCOUNT: dict[str, Any] = {"min_child_samples": 40}
 
 
 @dataclass
@@ -78,6 +81,10 @@ def customer_fold(times: pd.Series) -> TimeFold:
     last, q75, q50 = ts.iloc[-1], ts.iloc[int(len(ts) * 0.75)], ts.iloc[int(len(ts) * 0.5)]
     evaluate = (last.normalize() - q75.normalize()).days + 1
     return TimeFold(horizon="1d", evaluate=f"{evaluate}d", calibrate=f"{max((q75 - q50).days, 1)}d")
+
+
+#: The task's own baseline in the candidate table: the first deal's amount alone (``baseline_first_deal``).
+FIRST_DEAL = "first_deal"
 
 
 class TooFewCustomers(FunnelcastError, ValueError):
@@ -123,20 +130,71 @@ def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg
                                                                   cal["label"].to_numpy())
 
 
+def _rungs(spec: AccountFeatureSpec, cfg: AccountConfig) -> list:
+    """The ladder of ``models.candidates`` with high_value's LightGBM settings."""
+    return ladder(spec.categorical_features, {**ACCOUNT_PARAMS, **cfg.params}, cfg.seed, conservative=CONSERVATIVE_ACCOUNT)
+
+
+@dataclass
+class AccountModels:
+    """A fold's models: every candidate fitted on the fit customers, what validation chose, the value regressor."""
+
+    models: dict[str, Any]
+    choice: Choice | None
+    roles: dict[str, str]
+    regressor: ValueRegressor
+    validation: str = ""
+
+    @property
+    def name(self) -> str:
+        # too few customers before the evaluation window to validate on: the regularised logistic regression
+        return self.choice.name if self.choice else "logistic"
+
+    @property
+    def chosen(self) -> Any:
+        return self.models[self.name]
+
+
+def _choose(rows: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig) -> tuple[Choice | None, str]:
+    """The candidate, history and weighting chosen on the latest quarter of ``rows`` (the customers before
+    the evaluation window: :func:`customer_fold` of them), or None and why when they are too few for it."""
+    days = _days(rows)
+    try:
+        fit, cal, val = _parts(rows, customer_fold(days).split(days))
+    except FunnelcastError as exc:
+        return None, f"no validation window ({exc}): the regularised logistic regression, unchosen"
+    cutoff = val["as_of"].min().normalize()
+    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, val, spec.feature_names, cutoff)
+    return choice, f"{val['as_of'].min().date()}..{val['as_of'].max().date()} ({len(val)})"
+
+
+def _fit_chosen(train: pd.DataFrame, cal: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
+                models: AccountModels, cutoff: pd.Timestamp) -> Any:
+    """The chosen candidate (a blend: with its members) fitted on ``train``, calibrated on ``cal``."""
+    rungs, cols = _rungs(spec, cfg), spec.feature_names
+    if models.choice is None:
+        rung = next(r for r in rungs if r.name == models.name)
+        return fit_candidate(rung, train[cols], train["label"].to_numpy(), cal[cols], cal["label"].to_numpy())
+    return fit_every(rungs, models.choice, train, cal, cols, cutoff, only_chosen=True)[models.name]
+
+
 def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timestamp, progress: bool = False) -> AccountResult:
     """Snapshots, traits, the time-split evaluation and the final scorer (no MLflow)."""
     return build_task(HIGH_VALUE, export, cutoff, cfg, progress=progress)  # type: ignore[return-value]
 
 
 def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cfg: AccountConfig,
-                          ) -> tuple[AccountScorer, pd.DataFrame, pd.DataFrame, Contributions]:
-    """The registered scorer (refitted on the fit and calibration customers, calibrated on the evaluation
-    ones; value on every customer), its global importance, the traits table and the SHAP contributions."""
+                          models: AccountModels) -> tuple[AccountScorer, pd.DataFrame, pd.DataFrame, Contributions]:
+    """The registered scorer (the chosen candidate refitted on the fit and calibration customers with the
+    chosen history and weighting, calibrated on the evaluation ones; value on every customer), its global
+    importance, the traits table and the SHAP contributions."""
     snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
     cols = spec.feature_names
     fit, cal, ev = _parts(snaps, split)
-    final = fit_high_value_classifier(pd.concat([fit, cal]), spec, cfg, cal=ev)
-    final_reg = ValueRegressor(random_state=cfg.seed).fit(final._matrix(snaps[cols]), snaps["value"].to_numpy())
+    # what the final fit may know: the customers up to the last calibrating one
+    final = _fit_chosen(pd.concat([fit, cal]), ev, spec, cfg, models, ev["as_of"].max() + pd.Timedelta(days=1))
+    final_reg = ValueRegressor(spec.categorical_features, random_state=cfg.seed).fit(snaps[cols],
+                                                                                     snaps["value"].to_numpy())
     contrib = log_odds_contributions(final.contributions(snaps[cols]), cols, final.calib_slope_, final.calib_intercept_)
     importance = global_importance(contrib.values, snaps[cols], cols)
     miner = mine_traits(snaps, spec, cfg)
@@ -147,6 +205,7 @@ def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cf
         metadata={"train_from": str(snaps["as_of"].min()), "trained_until": str(cutoff), "customers": len(snaps),
                   "threshold": threshold, "quantile": cfg.quantile, "window_days": cfg.window_days,
                   "train_config": asdict(cfg), "data_fingerprint": export_fingerprint(export),
+                  "candidate": models.name,
                   # drift reference (`funnelcast drift --task high_value`): the final model's calibration customers
                   "reference": reference_profile(ev[cols], final.predict_proba(ev[cols]),
                                                  spec.categorical_features)},
@@ -288,40 +347,60 @@ class HighValue:
         _require_customers(len(snapshots.frame))
         return customer_fold(_days(snapshots.frame))
 
-    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: AccountConfig,
-            ) -> tuple[CalibratedBoostedClassifier, ValueRegressor]:
-        """P(high value) on the fit customers, calibrated on the next; the value regressor on both."""
+    def fit(self, export: Export, snapshots: Snapshots, split: Split, config: AccountConfig) -> AccountModels:
+        """The ladder chosen on the latest customers before the evaluation window, every candidate fitted on
+        the fit customers and calibrated on the next; the value regressor on both."""
+        spec, cols = snapshots.spec, snapshots.spec.feature_names
         fit, cal, _ = _parts(snapshots.frame, split)
-        clf = fit_high_value_classifier(fit, snapshots.spec, config, cal=cal)
         rows = pd.concat([fit, cal])
-        reg = ValueRegressor(random_state=config.seed).fit(clf._matrix(rows[snapshots.spec.feature_names]),
-                                                           rows["value"].to_numpy())
-        return clf, reg
+        choice, validation = _choose(rows, spec, config)
+        rungs = _rungs(spec, config)
+        if choice is None:
+            models = {r.name: fit_candidate(r, fit[cols], fit["label"].to_numpy(), cal[cols], cal["label"].to_numpy())
+                      for r in rungs}
+        else:
+            models = fit_every(rungs, choice, fit, cal, cols, split.cutoff)
+        reg = ValueRegressor(spec.categorical_features, random_state=config.seed).fit(rows[cols],
+                                                                                      rows["value"].to_numpy())
+        roles = {r.name: r.role for r in rungs} | {"blend": "model", FIRST_DEAL: "baseline"}
+        return AccountModels(models, choice, roles, reg, validation)
 
-    def evaluate(self, model: tuple[CalibratedBoostedClassifier, ValueRegressor], snapshots: Snapshots,
-                 split: Split, config: AccountConfig) -> Evaluation:
-        """P(high value) against the first deal's amount alone (what a CRM report would sort by), and the value."""
-        clf, reg = model
+    def evaluate(self, model: AccountModels, snapshots: Snapshots, split: Split, config: AccountConfig) -> Evaluation:
+        """Every candidate on the evaluation customers; the chosen one against the first deal's amount alone
+        (what a CRM report would sort by; the task's own baseline), and the value."""
         ev = _parts(snapshots.frame, split)[2]
         X, y = ev[snapshots.spec.feature_names], ev["label"].to_numpy()
-        p = clf.predict_proba(X)
-        metrics = classification_metrics(y, p)
+        preds = {name: m.predict_proba(X) for name, m in model.models.items()}
+        metrics = {name: classification_metrics(y, p) for name, p in preds.items()}
         amount = ev["first_deal_amount"].fillna(ev["first_deal_amount"].median()).to_numpy(dtype=float)
         baseline = classification_metrics(y, (amount.argsort().argsort() + 0.5) / len(amount))
-        pred = reg.predict(clf._matrix(X))
-        metrics["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))
-        metrics["value_spearman"] = float(pd.Series(pred).corr(pd.Series(ev["value"].to_numpy()), method="spearman"))
-        frame = ev[["account_id", "as_of", "value", "label"]].assign(probability=p, expected_value=pred)
-        return Evaluation(metrics, baseline, frame)
+        chosen = dict(metrics[model.name])
+        pred = model.regressor.predict(X)
+        chosen["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))
+        chosen["value_spearman"] = float(pd.Series(pred).corr(pd.Series(ev["value"].to_numpy()), method="spearman"))
+        frame = ev[["account_id", "as_of", "value", "label"]].assign(
+            probability=preds[model.name], expected_value=pred, **{f"p_{n}": p for n, p in preds.items()})
+        table = candidate_table(model.choice, model.roles, model.name, {**metrics, FIRST_DEAL: baseline})
+        return Evaluation(chosen, baseline, frame, candidates=table, extra={"models": model})
 
     def final(self, export: Export, snapshots: Snapshots, split: Split, evaluation: Evaluation,
               config: AccountConfig) -> AccountResult:
-        scorer, importance, traits, contrib = _final_account_scorer(export, snapshots, split, config)
+        models = evaluation.extra["models"]
+        scorer, importance, traits, contrib = _final_account_scorer(export, snapshots, split, config, models)
         windows = {name: f"{part['as_of'].min().date()}..{part['as_of'].max().date()} ({len(part)})"
                    for name, part in zip(("fit", "calibrate", "evaluate"), _parts(snapshots.frame, split))}
-        return AccountResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
-                             snapshots=snapshots.frame, traits=traits, importance=importance,
-                             evaluation=evaluation.frame, windows=windows, extra={"contributions": contrib})
+        windows["validate"] = models.validation
+        result = AccountResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                               snapshots=snapshots.frame, traits=traits, importance=importance,
+                               evaluation=evaluation.frame, windows=windows, candidates=evaluation.candidates,
+                               extra={"contributions": contrib})
+        choice = models.choice
+        result.chosen = choice.params() if choice else {"candidate": models.name,
+                                                        "chosen_on": "no window (too few customers before the evaluation ones)"}
+        note = reliability(evaluation.metrics, "customers")
+        if note.small:
+            result.warnings.append(note.warning())
+        return result
 
     def run_params(self, result: TrainResult, config: AccountConfig) -> dict[str, object]:
         meta = result.scorer.metadata
@@ -330,14 +409,21 @@ class HighValue:
                 **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **config.params}.items()}}
 
     def write_report(self, result: TrainResult, config: AccountConfig, folder: Path) -> None:
+        if result.candidates is not None:
+            result.candidates.to_csv(folder / "report" / "candidates.csv")
         write_traits_report(result, folder / "traits")  # type: ignore[arg-type]
 
     def summary(self, result: TrainResult) -> str:
-        m, b = result.metrics, result.baseline_metrics
-        return (f"on {len(result.snapshots):,} customers; evaluation on the latest, who became customers "
-                f"{result.windows['evaluate']}: ROC AUC {m['roc_auc']:.3f} (first deal amount alone "
-                f"{b['roc_auc']:.3f}), Brier {m['brier']:.3f} ({b['brier']:.3f}), value Spearman "
-                f"{m['value_spearman']:.3f}")
+        """The candidates (chosen on the validation customers) on the evaluation customers, and how reliable."""
+        m = result.metrics
+        text = f"on {len(result.snapshots):,} customers; validation customers {result.windows.get('validate') or 'none'}"
+        text += f", evaluation on the latest, who became customers {result.windows['evaluate']}"
+        if result.candidates is not None:
+            cols = ["role", "chosen", "validation_log_loss", "roc_auc", "brier", "log_loss", "calibration_error"]
+            with pd.option_context("display.width", 160):
+                text += "\n" + result.candidates[cols].round(4).to_string()
+        return (f"{text}\nvalue Spearman {m['value_spearman']:.3f}; "
+                f"{reliability(m, 'customers').describe()}")
 
     def score(self, scorer: AccountScorer, export: Export, as_of: pd.Timestamp, n_reasons: int = 5) -> Scored:
         ids = self.population(export, as_of)["account_id"].astype("str").tolist()

@@ -78,7 +78,7 @@ def _chosen_text(chosen: dict[str, object]) -> str:
     if "evaluate_days" in chosen:
         parts.append(f"evaluation window {chosen['evaluate_days']}d, calibration window {chosen['calibrate_days']}d")
     if "candidate" in chosen:
-        parts.append(f"model {chosen['candidate']} chosen on the validation window (history "
+        parts.append(f"model {chosen['candidate']} chosen on {chosen.get('chosen_on', 'the validation window')} (history "
                      f"{chosen.get('history_days', 'all')}, half-life {chosen.get('half_life_days', 'none')}); "
                      f"baseline {chosen.get('baseline_name', '-')}")
     return "; ".join(parts)

@@ -134,6 +134,47 @@ def auc_standard_error(auc: float, n: float, positive_rate: float) -> float:
     return float(np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)))
 
 
+#: An evaluation is "small data" when its ROC AUC's standard error exceeds this, or a class has fewer
+#: entities than SMALL_CLASS: candidates closer than about twice the error cannot be told apart.
+SMALL_SE, SMALL_CLASS = 0.025, 30
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """How reliable an evaluation window's ROC AUC is: its standard error from ``n`` independent entities."""
+
+    auc: float
+    se: float
+    n: int
+    positives: int
+    entity: str
+
+    @property
+    def small(self) -> bool:
+        return not np.isfinite(self.se) or self.se > SMALL_SE or min(self.positives, self.n - self.positives) < SMALL_CLASS
+
+    def describe(self) -> str:
+        return (f"ROC AUC {self.auc:.3f} +/- {self.se:.3f} (one standard error, Hanley-McNeil) from {self.n:,} "
+                f"{self.entity}, {self.positives:,} positive" + (" (small data)" if self.small else ""))
+
+    def warning(self) -> str:
+        return (f"small data: the evaluation window holds {self.n:,} {self.entity} ({self.positives:,} positive); its "
+                f"ROC AUC {self.auc:.3f} has a standard error of {self.se:.3f}, so models closer than about "
+                f"{2 * self.se:.2f} cannot be told apart on it")
+
+
+def reliability(metrics: dict[str, float], entity: str, n: int | None = None,
+                positives: int | None = None) -> Reliability:
+    """The :class:`Reliability` of ``metrics`` (``roc_auc``, ``positive_rate``, ``n``); ``n`` and ``positives``:
+    the independent entities (and the positive ones) when the rows repeat them (snapshot rows of one lead)."""
+    count = int(metrics.get("n", 0) if n is None else n)
+    if positives is None:
+        positives = int(round(count * np.nan_to_num(float(metrics.get("positive_rate", np.nan)))))
+    auc = float(metrics.get("roc_auc", np.nan))
+    rate = positives / count if count else float("nan")
+    return Reliability(auc, auc_standard_error(auc, count, rate), count, int(positives), entity)
+
+
 @dataclass(frozen=True)
 class Floor:
     """The baseline floor of one model on its evaluation window (see :func:`floor`)."""

@@ -43,6 +43,8 @@ from features.pit import decision_times, open_leads
 from models.candidates import (
     Choice,
     base_rate_shift,
+    TABLE_METRICS,
+    candidate_table,
     choose_on_validation,
     fit_candidate,
     fit_every,
@@ -58,7 +60,7 @@ from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_outcomes
-from training.promote import Check, Window, config_from, window_label
+from training.promote import Check, Window, config_from, reliability, window_label
 from training.provenance import export_fingerprint
 from training.score import score_open_leads
 from training.tune import ProtocolTuning
@@ -107,9 +109,8 @@ class LeadModels:
     choice: Choice | None
     roles: dict[str, str]
     validation: str = ""
-    #: The candidate used when nothing was chosen: the regularised logistic regression when the history
-    #: had no room for a validation window (a small, young export: the plain model is the safe one;
-    #: LightGBM fitted on a few snapshot times scored a constant on Maven CRM), LightGBM when choice is off.
+    #: The candidate used when nothing was chosen: the better baseline on the calibration window when the
+    #: history had no room for a validation window (:func:`_fallback`), LightGBM when choice is off.
     fallback: str = "lgbm"
 
     @property
@@ -134,6 +135,11 @@ def _enough(snaps: pd.DataFrame) -> Any:
     by_time = snaps.groupby("as_of")["label"].agg(["sum", "count"])
 
     def missing(split: Split) -> str | None:
+        if split.evaluate and len(split.fit) < len(split.calibrate):
+            # a model fitted on fewer snapshot times than it is calibrated on is starved (Maven CRM: one fit time
+            # and LightGBM a constant); the windows shrink until the fit window is at least as long
+            return (f"the fit window {split.describe()['fit']} holds fewer snapshot times than the calibration "
+                    f"window {split.describe()['calibrate']}")
         for window, key, least in (("fit", "fit", MIN_POSITIVES), ("calibration", "calibrate", MIN_POSITIVES),
                                    ("evaluation", "evaluate", MIN_POSITIVES // 2)):
             times = getattr(split, key)
@@ -171,6 +177,18 @@ def _fit_models(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: T
     return fit_every(rungs, choice, fit, cal, spec.feature_names, split.cutoff, only_chosen=only_chosen)
 
 
+def _fallback(models: dict[str, Any], cal: pd.DataFrame, cols: list[str], roles: dict[str, str]) -> str:
+    """With no room for a validation window, the baseline (naive Bayes or the logistic regression) with the
+    lower log loss on the calibration window. Neither learned from it but for its Platt scaling (and the
+    logistic regression's strength); LightGBM stopped early on it, so it is not chosen there. The plain
+    models are the safe choice on a small, young export (LightGBM on a few snapshot times scored a
+    constant on Maven CRM)."""
+    y = cal["label"].to_numpy()
+    losses = {n: classification_metrics(y, m.predict_proba(cal[cols]))["log_loss"]
+              for n, m in models.items() if roles.get(n) == "baseline"}
+    return min(losses, key=losses.get)
+
+
 def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig) -> tuple[Choice | None, str]:
     """The candidate, history and weighting chosen on the validation split before ``split``'s evaluation
     window (None, and why, when the history has no room for one)."""
@@ -179,7 +197,7 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
     try:
         val = cfg.fold.validation(sorted(set(snaps["as_of"])), split, _enough(snaps))
     except NotEnoughHistory as exc:
-        return None, f"no validation window ({exc.missing}): the regularised logistic regression, unchosen"
+        return None, f"no validation window ({exc.missing})"
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
     choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff)
     return choice, val.describe()["evaluate"]
@@ -293,27 +311,6 @@ def window_predictions(scorer: Any, export: Export, times: list[pd.Timestamp]) -
     return pd.concat(parts, ignore_index=True)
 
 
-SUMMARY_METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "calibration_error", "top_decile_capture")
-
-
-def candidate_table(fold_models: LeadModels, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per candidate: role, validation figures, chosen, then the evaluation-window metrics."""
-    names = list(metrics)
-    choice = fold_models.choice
-    val = choice.table if choice is not None else pd.DataFrame(index=pd.Index([], name="candidate"))
-    table = pd.DataFrame({
-        "role": [fold_models.roles.get(n, "model") for n in names],
-        "validation_log_loss": [float(val["validation_log_loss"].get(n, np.nan)) if len(val) else np.nan
-                                for n in names],
-        "validation_roc_auc": [float(val["validation_roc_auc"].get(n, np.nan)) if len(val) else np.nan
-                               for n in names],
-        "chosen": [n == fold_models.name for n in names],
-    }, index=pd.Index(names, name="candidate"))
-    for k in SUMMARY_METRICS:
-        table[k] = [metrics[n][k] for n in names]
-    return table
-
-
 class LeadQuality:
     """The lead_quality :class:`~models.tasks.TaskDefinition`: P(a lead converts within the horizon)."""
 
@@ -366,9 +363,12 @@ class LeadQuality:
         """The candidates chosen on the validation window, every one fitted on the split's fit window."""
         _check_positives(snapshots.frame, split)
         choice, validation = _choose(snapshots.frame, split, snapshots.spec, config)
-        fallback = "logistic" if config.choose and choice is None else "lgbm"
-        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice, fallback=fallback)
+        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice)
         roles = {r.name: r.role for r in _rungs(snapshots.spec, config)} | {"blend": "model"}
+        fallback = "lgbm"
+        if config.choose and choice is None:
+            fallback = _fallback(models, _rows(snapshots.frame, split.calibrate), snapshots.spec.feature_names, roles)
+            validation = f"{validation}: the better baseline on the calibration window, {fallback}"
         return LeadModels(models, choice, roles, validation, fallback)
 
     def evaluate(self, model: LeadModels, snapshots: Snapshots, split: Split, config: TrainConfig) -> Evaluation:
@@ -403,9 +403,12 @@ class LeadQuality:
         result = LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
                                  plan=split, windows={**split.describe(), "validate": fold_models.validation},
                                  evaluation=evaluation.frame, snapshots=snaps,
-                                 candidates=candidate_table(fold_models, metrics))
+                                 candidates=candidate_table(fold_models.choice, fold_models.roles,
+                                                           fold_models.name, metrics))
         choice = fold_models.choice
-        result.chosen = {**(choice.params() if choice else {"candidate": fold_models.name}), "baseline_name": best_baseline,
+        unchosen = {"candidate": fold_models.name, "chosen_on": "the calibration window (no room for a validation window)"
+                    if config.choose else "no window (choice off)"}
+        result.chosen = {**(choice.params() if choice else unchosen), "baseline_name": best_baseline,
                          "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
         if shift:
             result.warnings.append(f"base-rate shift: {shift}; the registered model's intercept was moved by "
@@ -415,6 +418,10 @@ class LeadQuality:
                                    f"{split.calibrate_days}d (asked {config.eval_days}d and {config.calib_days}d); "
                                    f"{metrics[result.chosen['candidate']]['n']:.0f} evaluation rows, so the figures "
                                    "are less reliable")
+        note = reliability(evaluation.metrics, "distinct leads", n=ev["lead_id"].nunique(),
+                           positives=ev.loc[ev["label"] == 1, "lead_id"].nunique())
+        if note.small:
+            result.warnings.append(note.warning())
         return result
 
     def run_params(self, result: TrainResult, config: TrainConfig) -> dict[str, object]:
@@ -451,13 +458,16 @@ class LeadQuality:
         table = result.candidates
         if table is None:
             m, b = result.metrics, result.baseline_metrics
-            table = pd.DataFrame({"funnelcast": m, "baseline": b}).T[list(SUMMARY_METRICS)]
+            table = pd.DataFrame({"funnelcast": m, "baseline": b}).T[list(TABLE_METRICS)]
         cols = ["role", "chosen", "validation_log_loss", "roc_auc", "brier", "log_loss", "calibration_error"]
         shown = table[[c for c in cols if c in table]]
         with pd.option_context("display.width", 160):
             text = shown.round(4).to_string()
+        ev = result.evaluation
+        note = reliability(result.metrics, "distinct leads", n=ev["lead_id"].nunique(),
+                           positives=ev.loc[ev["label"] == 1, "lead_id"].nunique())
         return (f"validation window {result.windows.get('validate') or 'none'}, evaluation window "
-                f"{result.windows['evaluate']}\n{text}")
+                f"{result.windows['evaluate']}\n{text}\n{note.describe()}")
 
     def score(self, scorer: LeadScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(score_open_leads(export, scorer, as_of), "leads")

@@ -171,3 +171,63 @@ def test_training_refuses_a_fit_window_without_conversions(sample_export, train_
     # what was found (months of history), what was tried (the windows, shrunk) and what is missing (per class)
     assert "months of labelled snapshots" in text and "91d/91d" in text and "56d/56d" in text
     assert "converted and" in text and "at least 10 of each" in text
+
+
+def test_a_fit_window_shorter_than_the_calibration_window_is_refused_so_the_windows_shrink():
+    """Maven CRM's fold fitted on one snapshot time (LightGBM a constant): the fit window must hold at
+    least as many snapshot times as the calibration window, else the split is refused and the fold shrinks."""
+    from models.folds import Split, TimeFold
+    from training.train import _enough
+
+    times = list(pd.date_range("2024-01-06", periods=20, freq="14D", tz="UTC"))
+    rng = np.random.default_rng(0)
+    snaps = pd.DataFrame({"as_of": np.repeat(times, 40), "label": rng.integers(0, 2, 40 * len(times))})
+    t = times
+
+    def split(n_fit: int, n_cal: int) -> Split:
+        return Split(fit=t[:n_fit], calibrate=t[n_fit:n_fit + n_cal], evaluate=t[-3:], cutoff=t[-3],
+                     calibrate_start=t[n_fit - 1])
+
+    assert "fewer snapshot times" in _enough(snaps)(split(1, 6))
+    assert _enough(snaps)(split(6, 6)) is None
+    # through the fold: the 91-day windows leave one fit time, so they shrink until the fit window is long enough
+    fold = TimeFold(horizon="91d", evaluate="91d", calibrate="91d", min_evaluate="28d", min_calibrate="28d")
+    loose = fold.split(times)  # without the rule: a fit window shorter than the calibration window
+    assert len(loose.fit) < len(loose.calibrate)
+    s = fold.split(times, None, _enough(snaps))
+    assert len(s.fit) >= len(s.calibrate) and s.evaluate_days < loose.evaluate_days
+
+
+def test_with_no_validation_window_the_better_baseline_on_the_calibration_window_is_used():
+    from training.train import _fallback
+
+    rng = np.random.default_rng(1)
+    cal = pd.DataFrame({"x": rng.normal(size=400)})
+    cal["label"] = (rng.random(400) < 1 / (1 + np.exp(-2 * cal["x"]))).astype(int)
+
+    class Fixed:
+        def __init__(self, f):
+            self.f = f
+
+        def predict_proba(self, X):
+            return self.f(X["x"].to_numpy())
+
+    models = {"naive_bayes": Fixed(lambda x: np.full(len(x), 0.5)),
+              "logistic": Fixed(lambda x: 1 / (1 + np.exp(-2 * x))),
+              "lgbm": Fixed(lambda x: 1 / (1 + np.exp(-2.2 * x)))}  # best, but stopped early on this window
+    roles = {"naive_bayes": "baseline", "logistic": "baseline", "lgbm": "model"}
+    assert _fallback(models, cal, ["x"], roles) == "logistic"
+    models["naive_bayes"], models["logistic"] = models["logistic"], models["naive_bayes"]
+    assert _fallback(models, cal, ["x"], roles) == "naive_bayes"
+
+
+def test_the_reliability_of_an_evaluation_counts_entities_and_warns_on_small_data():
+    from training.promote import SMALL_SE, auc_standard_error, reliability
+
+    big = reliability({"roc_auc": 0.8, "n": 50_000.0, "positive_rate": 0.1}, "lead snapshots", n=5000, positives=500)
+    assert big.se == auc_standard_error(0.8, 5000, 0.1) and not big.small
+    assert "+/- " in big.describe() and "5,000 lead snapshots, 500 positive" in big.describe()
+    # the same rows as 89 customers, 17 positive: the error is several times larger and says so
+    small = reliability({"roc_auc": 0.8, "n": 89.0, "positive_rate": 17 / 89}, "customers")
+    assert small.positives == 17 and small.se > SMALL_SE and small.small
+    assert "small data" in small.warning() and f"{2 * small.se:.2f}" in small.warning()

@@ -57,3 +57,46 @@ def test_high_value_round_trips_through_mlflow_in_a_fresh_process(account_sample
     assert [json.loads(r) for r in there["reasons"]] == [[x["text"] for x in r] for r in here["reasons"]]
     # the scores are not constant (a round trip of a degenerate model would prove little)
     assert here["probability"].std() > 0.01
+
+
+def test_high_value_is_chosen_on_a_validation_quarter_before_the_evaluation_customers(account_sample):
+    """The ladder (item 2 of issue 15) for high_value: every candidate on the evaluation customers, one chosen
+    on validation customers who all came before them, the baselines where the floor reads them."""
+    from training.pipeline import result_baselines, result_floor
+    from training.tasks import task_definition
+
+    _, _, _, result = account_sample
+    table = result.candidates
+    assert {"naive_bayes", "logistic", "lgbm_conservative", "lgbm", "first_deal"} <= set(table.index)
+    assert table["chosen"].sum() == 1
+    chosen = table.index[table["chosen"]][0]
+    assert chosen == result.chosen["candidate"] == result.scorer.metadata["candidate"]
+    assert table.loc[chosen, "roc_auc"] == result.metrics["roc_auc"]
+    assert set(table.loc[["naive_bayes", "logistic", "first_deal"], "role"]) == {"baseline"}
+    # validated before the evaluation customers: the validation window ends before the evaluation one starts
+    val_end = result.windows["validate"].split("..")[1][:10]
+    assert val_end < result.windows["evaluate"][:10]
+    assert table.loc[["naive_bayes", "logistic", "lgbm"], "validation_log_loss"].notna().all()
+    # the floor reads every baseline: the first deal's amount and the ladder's two
+    assert set(result_baselines(result)) == {"baseline_first_deal", "baseline_naive_bayes", "baseline_logistic"}
+    assert result_floor(result).best in result_baselines(result)
+    # the summary says how reliable the figures are
+    text = task_definition("high_value").summary(result)
+    assert "standard error" in text and chosen in text
+    # whichever candidate won, the scorer's reasons stay additive and the value regressor reads the frame
+    cols = result.scorer.spec.feature_names
+    X = result.snapshots[cols].head(50)
+    contrib = result.scorer.explain(X)
+    p = 1 / (1 + np.exp(-(contrib.base + contrib.values.sum(axis=1))))
+    np.testing.assert_allclose(p, result.scorer.predict_proba(X), atol=1e-9)
+    assert (result.scorer.expected_value(X) >= 0).all() and result.scorer.expected_value(X).std() > 0
+
+
+def test_too_few_customers_before_the_evaluation_window_leave_the_logistic_regression_unchosen(account_sample):
+    from training.accounts import AccountModels, _choose
+
+    _, _, cfg, result = account_sample
+    early = result.snapshots.sort_values("as_of").head(60)  # fewer than the 80 a customer fold needs
+    choice, why = _choose(early, result.scorer.spec, cfg)
+    assert choice is None and "no validation window" in why and "60 customers" in why
+    assert AccountModels({}, None, {}, None, why).name == "logistic"  # type: ignore[arg-type]
