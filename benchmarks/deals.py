@@ -77,7 +77,9 @@ def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True, 
             tqdm.write(f"{as_of.date()}: timing candidate {choice.get('chosen', cfg.timing_layout)} (validation "
                        f"{choice.get('window', 'n/a')}): " + ", ".join(
                            f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
-                           for k, v in choice.get("candidates", {}).items()))
+                           for k, v in choice.get("candidates", {}).items())
+                       + f"; history {choice.get('history_days') or 'all'} d, half-life "
+                         f"{choice.get('half_life_days') or 'none'}")
         opps = export.opportunities.set_index("opportunity_id")
         t = truth[truth["as_of"] == as_of]
         scored = scorer.score(opps.loc[t["opportunity_id"]].reset_index(), export.stage_history, export.activities,
