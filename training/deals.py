@@ -134,6 +134,11 @@ class DealTrainConfig:
     #: chosen timing candidate (:func:`choose_history`), from ``models.candidates.HISTORIES`` and
     #: ``HALF_LIVES``, as lead_quality does; off: the two fields as set.
     choose_history: bool = True
+    #: At every fit, when the latest decided window's rate of won within the horizon differs sharply
+    #: from the earlier snapshots' (:func:`win_rate_shift`), move the win model to it
+    #: (:func:`correct_base_rate`); the registered model is also moved when the evaluation window's
+    #: rate differs sharply from training's, and ``train`` warns.
+    correct_base_rate: bool = True
 
     @property
     def fold(self) -> TimeFold:
@@ -545,6 +550,8 @@ def fit_deal_scorer(
                   "timing_lgbm": cfg.timing_lgbm or "current", "timing_choice": choice,
                   "history_days": cfg.history_days, "half_life_days": cfg.half_life_days},
     )
+    if cfg.correct_base_rate:
+        correct_base_rate(scorer, snaps, cutoff, cfg)
     if surrogate:
         # reasons: a regression tree on logit P(won) over the training snapshots
         recent = snaps[snaps["as_of"] < cutoff]
@@ -701,18 +708,19 @@ def build_deal_model(
     return build_task(STAGE_CONVERSION, export, cutoff, cfg, progress=progress, snapshots=given)  # type: ignore[return-value]
 
 
-def win_rate_shift(snaps: pd.DataFrame, split: Split, ev: pd.DataFrame, horizon_days: int) -> str | None:
+def win_rate_shift(snaps: pd.DataFrame, start: pd.Timestamp, recent: pd.DataFrame, horizon_days: int) -> str | None:
     """:func:`models.candidates.base_rate_shift` of "won within the horizon", from the snapshots
-    whose horizon ended by the evaluation window's start (as known then) to the evaluation window
-    (``ev``: its evaluation frame), with the distinct deals as the sample sizes (a deal's snapshots
-    are not independent)."""
+    whose horizon ended by ``start`` (as known then) to ``recent`` (rows with ``opportunity_id`` and
+    ``won_within_horizon``: the evaluation window, or the latest decided window), with the distinct
+    deals as the sample sizes (a deal's snapshots are not independent)."""
     h = pd.Timedelta(days=horizon_days)
-    train = snaps[(snaps["as_of"] < split.cutoff) & (snaps["as_of"] + h <= split.cutoff)]
-    if not len(train) or not len(ev):
+    train = snaps[(snaps["as_of"] < start) & (snaps["as_of"] + h <= start)]
+    if not len(train) or not len(recent):
         return None
-    rate = win_outcomes(train, split.cutoff, horizon_days)["won_within_horizon"].mean()
-    n_train, n_ev = train["opportunity_id"].nunique(), ev["opportunity_id"].nunique()
-    return base_rate_shift(round(rate * n_train), n_train, round(ev["won_within_horizon"].mean() * n_ev), n_ev)
+    rate = win_outcomes(train, start, horizon_days)["won_within_horizon"].mean()
+    n_train, n_recent = train["opportunity_id"].nunique(), recent["opportunity_id"].nunique()
+    return base_rate_shift(round(rate * n_train), n_train, round(recent["won_within_horizon"].mean() * n_recent),
+                           n_recent)
 
 
 def latest_decided(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig) -> pd.DataFrame:
@@ -726,7 +734,7 @@ def latest_decided(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConf
     return known[known["as_of"] > known["as_of"].max() - recent]
 
 
-def shift_win_rate(scorer: DealScorer, X: pd.DataFrame, rate: float, limit: float = 3.0) -> float:
+def shift_win_rate(scorer: DealScorer, X: pd.DataFrame, rate: float, limit: float = 4.0) -> float:
     """Move the log-odds of ``scorer``'s win model (the win hazard, or a close-share layout's win
     share) so that its mean P(won within the horizon) on ``X`` is ``rate``; returns the shift
     (clipped to +-``limit``). P(won) moves with it."""
@@ -745,6 +753,24 @@ def shift_win_rate(scorer: DealScorer, X: pd.DataFrame, rate: float, limit: floa
     return b
 
 
+def correct_base_rate(scorer: DealScorer, snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig,
+                      force: bool = False) -> None:
+    """Move ``scorer``'s win model to the rate of won within the horizon of the latest decided
+    window at ``cutoff`` (:func:`latest_decided`, :func:`shift_win_rate`) when that rate differs
+    sharply from the earlier snapshots' (:func:`win_rate_shift`), or always with ``force``; the
+    shift (log-odds, added up over calls) and the finding go to ``metadata``
+    (``base_rate_shift``, ``base_rate_note``)."""
+    latest = latest_decided(snaps, cutoff, cfg)
+    if not len(latest):
+        return
+    won_h = win_outcomes(latest, cutoff, cfg.horizon_days)["won_within_horizon"]
+    note = win_rate_shift(snaps, latest["as_of"].min(), latest.assign(won_within_horizon=won_h), cfg.horizon_days)
+    if note or force:
+        b = shift_win_rate(scorer, latest[scorer.spec.feature_names], float(won_h.mean()))
+        scorer.metadata["base_rate_shift"] = round(float(scorer.metadata.get("base_rate_shift", 0.0)) + b, 4)
+        scorer.metadata["base_rate_note"] = note or "the evaluation window's rate differed sharply from training's"
+
+
 def _days_or_none(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
@@ -757,10 +783,8 @@ def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfi
     to the latest decided window's rate of won within the horizon (:func:`shift_win_rate`)."""
     snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
     scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
-    latest = latest_decided(snaps, cutoff, cfg) if shift else snaps.iloc[:0]
-    if len(latest):
-        rate = win_outcomes(latest, cutoff, cfg.horizon_days)["won_within_horizon"].mean()
-        scorer.metadata["base_rate_shift"] = round(shift_win_rate(scorer, latest[spec.feature_names], rate), 4)
+    if shift:
+        correct_base_rate(scorer, snaps, cutoff, cfg, force=True)
     # drift reference (`funnelcast drift --task stage_conversion`): the deals open in the snapshots of
     # the final model's calibration window, and their P(won)
     known = snaps[snaps["as_of"] < cutoff]
@@ -974,7 +998,7 @@ class StageConversion:
             fixed = replace(config, timing_layout=row["layout"], timing_lgbm=row["lgbm"], choose_history=False,
                             history_days=_days_or_none(row.get("history_days")),
                             half_life_days=_days_or_none(row.get("half_life_days")))
-        shift = win_rate_shift(snapshots.frame, split, evaluation.frame, config.horizon_days)
+        shift = win_rate_shift(snapshots.frame, split.cutoff, evaluation.frame, config.horizon_days)
         scorer = _final_deal_scorer(export, snapshots, fixed, recipe=config, shift=shift is not None)
         windows = {"evaluate": split.describe()["evaluate"], "fit_until": str(split.cutoff.date()),
                    "calibration_days": str(scorer.metadata["calibration_days"])}
@@ -988,9 +1012,10 @@ class StageConversion:
         result.chosen = {"candidate": candidate_name(meta["timing_layout"] or DEFAULT_CANDIDATE[0], meta["timing_lgbm"]),
                          "history_days": meta.get("history_days") or "all",
                          "half_life_days": meta.get("half_life_days") or "none"}
-        if shift:
+        if "base_rate_shift" in meta:  # the evaluation window's shift, or the latest decided window's at the fit
             result.chosen["base_rate_shift"] = meta["base_rate_shift"]
-            result.warnings.append(f"base-rate shift of won within {config.horizon_days} d: {shift}; the registered "
+            result.warnings.append(f"base-rate shift of won within {config.horizon_days} d: "
+                                   f"{shift or meta['base_rate_note']}; the registered "
                                    f"model's win log-odds were moved by {meta['base_rate_shift']:+.3f} to the latest "
                                    "decided window's rate")
         return result

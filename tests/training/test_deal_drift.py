@@ -88,9 +88,9 @@ def test_base_rate_shift_is_detected_only_when_sharp(deal_snapshot_frame, cfg, s
     rows = snaps[snaps["as_of"].isin(split.evaluate)]
     ev = rows[["opportunity_id", "as_of"]].assign(
         won_within_horizon=win_outcomes(rows, sample_export.exported_at, cfg.horizon_days)["won_within_horizon"])
-    assert win_rate_shift(snaps, split, ev, cfg.horizon_days) is None
+    assert win_rate_shift(snaps, split.cutoff, ev, cfg.horizon_days) is None
     rare = (np.arange(len(ev)) % 20 == 0).astype(int)  # a 5% rate of won within the horizon
-    message = win_rate_shift(snaps, split, ev.assign(won_within_horizon=rare), cfg.horizon_days)
+    message = win_rate_shift(snaps, split.cutoff, ev.assign(won_within_horizon=rare), cfg.horizon_days)
     assert message is not None
     assert float(re.search(r"to ([0-9.]+)%", message).group(1)) == pytest.approx(5.0, abs=1.0)  # rounded to whole deals
 
@@ -110,3 +110,25 @@ def test_shift_moves_the_mean_p_won_within_the_horizon_to_the_rate(deal_snapshot
     assert b < 0
     assert after["p_win_within_horizon"].mean() == pytest.approx(target, abs=2e-3)
     assert (after["p_win"] <= before["p_win"] + 1e-12).all()
+
+
+def test_a_sharp_shift_in_the_latest_decided_window_moves_the_fit(deal_snapshot_frame, cfg, sample_export):
+    """correct_base_rate at a fit: nothing on the sample as it is; when the latest decided window's
+    deals are said to be lost but one in four, the win model moves to that rate, and says so."""
+    from training.deals import correct_base_rate
+
+    spec, snaps = deal_snapshot_frame
+    cutoff = sample_export.exported_at
+    c = replace(cfg, choose_history=False, correct_base_rate=False)
+    scorer = fit_deal_scorer(sample_export, snaps, spec, cutoff, c, surrogate=False)
+    correct_base_rate(scorer, snaps, cutoff, c)
+    assert "base_rate_shift" not in scorer.metadata
+    latest = latest_decided(snaps, cutoff, c)
+    lost = snaps.copy()
+    m = lost.index.isin(latest.index) & (np.arange(len(lost)) % 4 != 0)
+    lost.loc[m, "won"] = 0.0  # decided as lost in the latest window
+    correct_base_rate(scorer, lost, cutoff, c)
+    assert scorer.metadata["base_rate_shift"] < 0 and "positive rate moved" in scorer.metadata["base_rate_note"]
+    rate = win_outcomes(latest_decided(lost, cutoff, c), cutoff, c.horizon_days)["won_within_horizon"].mean()
+    p = scorer.predict(latest[spec.feature_names])["p_win_within_horizon"].mean()
+    assert p == pytest.approx(rate, abs=3e-3)
