@@ -119,7 +119,7 @@ def test_a_sharp_shift_in_the_latest_decided_window_moves_the_fit(deal_snapshot_
 
     spec, snaps = deal_snapshot_frame
     cutoff = sample_export.exported_at
-    c = replace(cfg, choose_history=False, correct_base_rate=False)
+    c = replace(cfg, choose_history=False)
     scorer = fit_deal_scorer(sample_export, snaps, spec, cutoff, c, surrogate=False)
     correct_base_rate(scorer, snaps, cutoff, c)
     assert "base_rate_shift" not in scorer.metadata
