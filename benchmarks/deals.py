@@ -8,6 +8,10 @@ files follow every deal to its end). Pooled over the origins, with a paired boot
 of the AUC gap to the truth.
 
     python benchmarks/deals.py --sample .funnelcast/sample [--per-stage] [--config JSON]
+    python benchmarks/deals.py --seeds 1 2 3 4      # generated samples (default scale), one table each
+
+``--seeds`` generates each seed's sample into ``--samples`` (``funnelcast generate --seed N``,
+kept for the next run) and ends with the win AUC gap to the truth per seed.
 
 ``--per-stage`` also fits one next-stage model and one pair of timing models per open stage
 (on that stage's rows only) and prints them beside the default, which has stage as a feature.
@@ -77,7 +81,11 @@ def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True, 
             tqdm.write(f"{as_of.date()}: timing candidate {choice.get('chosen', cfg.timing_layout)} (validation "
                        f"{choice.get('window', 'n/a')}): " + ", ".join(
                            f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
-                           for k, v in choice.get("candidates", {}).items()))
+                           for k, v in choice.get("candidates", {}).items())
+                       + f"; history {choice.get('history_days') or 'all'} d, half-life "
+                         f"{choice.get('half_life_days') or 'none'}"
+                       + (f"; base-rate shift {scorer.metadata['base_rate_shift']:+.3f} ({scorer.metadata['base_rate_note']})"
+                          if "base_rate_shift" in scorer.metadata else ""))
         opps = export.opportunities.set_index("opportunity_id")
         t = truth[truth["as_of"] == as_of]
         scored = scorer.score(opps.loc[t["opportunity_id"]].reset_index(), export.stage_history, export.activities,
@@ -111,9 +119,22 @@ def auc_gap_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 500, seed: 
     return float(np.quantile(gaps, 0.025)), float(np.quantile(gaps, 0.975))
 
 
+def seed_sample(folder: Path, seed: int) -> Path:
+    """The generated sample of ``seed`` at the default scale under ``folder`` (generated if missing)."""
+    from features.sample import generate_sample
+
+    out = folder / f"seed-{seed}"
+    if not (out / "truth" / "opportunities.csv").is_file():
+        generate_sample(out, seed=seed)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sample", default=".funnelcast/sample", help="a generated sample (export/ and truth/)")
+    p.add_argument("--seeds", type=int, nargs="*", default=None,
+                   help="generator seeds to run on instead of --sample (each generated at the default scale)")
+    p.add_argument("--samples", default=".funnelcast/samples", help="with --seeds: where the samples are kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the per-deal comparison to this CSV")
     p.add_argument("--per-stage", action="store_true", help="also fit and compare models per open stage")
@@ -121,9 +142,22 @@ def main() -> None:
                    help='DealTrainConfig fields as JSON, e.g. \'{"timing_layout": "close_share"}\' or '
                         '\'{"timing_params": {"linear_tree": true, "linear_lambda": 100}}\'')
     args = p.parse_args()
-    start = time.perf_counter()
     cfg = DealTrainConfig(**{"seed": args.seed, **json.loads(args.config)})
-    cmp = truth_comparison(Path(args.sample), cfg, per_stage=args.per_stage)
+    if args.seeds is None:
+        report(Path(args.sample), cfg, args.per_stage, args.out)
+        return
+    gaps = {}
+    for s in args.seeds:
+        print(f"\n=== generator seed {s} ===")
+        out = f"{args.out.removesuffix('.csv')}-seed-{s}.csv" if args.out else None
+        gaps[s] = report(seed_sample(Path(args.samples), s), cfg, args.per_stage, out)
+    print("\nwin AUC gap to the truth per seed: " + ", ".join(f"seed {s} {g:.4f}" for s, g in gaps.items()))
+
+
+def report(sample: Path, cfg: DealTrainConfig, per_stage: bool, out: str | None) -> float:
+    """The tables of one sample; returns the win AUC gap to the truth."""
+    start = time.perf_counter()
+    cmp = truth_comparison(sample, cfg, per_stage=per_stage)
     print(f"{len(cmp)} open-deal snapshots over {cmp['as_of'].nunique()} origins ({time.perf_counter() - start:.0f} s)\n")
     table = []
     for target, y, cols in (
@@ -141,7 +175,7 @@ def main() -> None:
                           "log_loss": m["log_loss"], "calibration_error": m["calibration_error"]})
     print(pd.DataFrame(table).round(4).to_string(index=False))
     y = cmp["won"].to_numpy()
-    lo, hi = auc_gap_ci(y, cmp["truth_p_win"].to_numpy(), cmp["model_p_win"].to_numpy(), seed=args.seed)
+    lo, hi = auc_gap_ci(y, cmp["truth_p_win"].to_numpy(), cmp["model_p_win"].to_numpy(), seed=cfg.seed)
     truth_auc = roc_auc_score(y, cmp["truth_p_win"])
     model_auc = roc_auc_score(y, cmp["model_p_win"])
     stage_auc = roc_auc_score(y, cmp["stage_p_win"])
@@ -158,8 +192,9 @@ def main() -> None:
     mean = cmp.groupby("as_of")[["truth_p_win", "model_p_win", "won", "truth_p_win_h", "model_p_win_h",
                                  "won_within_horizon"]].mean()
     print("\nper origin (mean probability against the mean outcome):\n" + mean.round(4).to_string())
-    if args.out:
-        cmp.to_csv(args.out, index=False)
+    if out:
+        cmp.to_csv(out, index=False)
+    return truth_auc - model_auc
 
 
 if __name__ == "__main__":

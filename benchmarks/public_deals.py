@@ -81,7 +81,9 @@ def deal_win(export: Export, origins: list[pd.Timestamp], cfg: DealTrainConfig,
             tqdm.write(f"{origin.date()}: timing candidate {choice.get('chosen', cfg.timing_layout)} (validation "
                        f"{choice.get('window', 'n/a')}{'; ' + choice['note'] if choice.get('note') else ''}): "
                        + ", ".join(f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
-                                   for k, v in choice.get("candidates", {}).items()))
+                                   for k, v in choice.get("candidates", {}).items())
+                       + (f"; base-rate shift {scorer.metadata['base_rate_shift']:+.3f} "
+                          f"({scorer.metadata['base_rate_note']})" if "base_rate_shift" in scorer.metadata else ""))
         now = snaps[snaps["as_of"] == origin]
         pred = scorer.predict(now[cols])
         # the logistic regression learns P(won) from earlier snapshots whose outcome was known at the origin

@@ -431,6 +431,7 @@ class DealFeatureSpec(FeatureSpec):
             "close_date_push_days",
             "lead_age_at_conversion",
             *acts,
+            *activity_rate_names(self.activity_types),
             "activities_total",
             "activities_30d",
             "days_since_activity",
@@ -460,6 +461,25 @@ def _activity_features(
     cols["activities_30d"] = np.bincount(pos[age < 30], minlength=n).astype(float)
     cols["days_since_activity"] = latest(pos, age, n)
     return cols
+
+
+# -- activity rates (stage_conversion's helper, issue 15): kept apart from the counts above
+#: The fewest days of age a rate is taken over: a deal a day old with one meeting is not a rate of 30 a month.
+RATE_MIN_AGE_DAYS = 14.0
+
+
+def activity_rate_names(activity_types: Sequence[str]) -> list[str]:
+    return [f"{t}_per_30d" for t in activity_types]
+
+
+def activity_rates(cols: dict[str, np.ndarray], activity_types: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{kind}_per_30d``: the deal's activities of each kind since it was created, per 30 days of
+    its age (``age_days``, at least ``RATE_MIN_AGE_DAYS``), from the ``{kind}_total`` counts. The
+    pace of meetings and calls says how engaged a buyer is; a total alone mixes it up with the
+    deal's age (on generated CRMs, the model's P(won) was furthest below the truth's for deals with
+    frequent meetings and calls)."""
+    age = np.maximum(np.nan_to_num(cols["age_days"], nan=0.0), RATE_MIN_AGE_DAYS)
+    return {name: cols[f"{t}_total"] * 30.0 / age for t, name in zip(activity_types, activity_rate_names(activity_types))}
 
 
 def _history_lookup(history: pd.DataFrame, keys: np.ndarray, column: str, default: float = 0.0) -> np.ndarray:
@@ -508,6 +528,7 @@ def deal_features(
         cols["stage_pace"] = np.where(typical > 0, cols["days_in_stage"] / typical, np.nan)
     cols["lead_age_at_conversion"] = _days(opportunities["created_at"]) - take(_days(leads["created_at"]), lead_rows)
     cols.update(_activity_features(activities, ids, as_of, spec))
+    cols.update(activity_rates(cols, spec.activity_types))
     cols["stage_win_rate"] = state["stage"].map(context.stage_win_rate).fillna(context.global_win_rate).to_numpy(float)
     owners = opportunities["owner_id"].to_numpy(dtype=object)
     oh = context.owner_history

@@ -41,6 +41,7 @@ from models.deals import (
     score_open_deals,
     timing_distribution,
 )
+from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, training_rows
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import shap_summary_plot
@@ -124,6 +125,22 @@ class DealTrainConfig:
     #: the sample it helped (win AUC 0.7578 -> 0.7668), on Maven CRM it turned P(won within 30 d)
     #: from AUC 0.60 to 0.42 (the rounds and Platt scaling found on the earlier rows did not carry).
     refit_timing: bool = False
+    #: The timing models' training history, in days of fit snapshots counted back from the latest
+    #: (``None``: all of it), and their recency half-life in days (``None``: every row weighs the
+    #: same); see :func:`models.candidates.training_rows`.
+    history_days: int | None = None
+    half_life_days: int | None = None
+    #: Choose ``history_days`` and ``half_life_days`` per fit on the validation window, for the
+    #: chosen timing candidate (:func:`choose_history`), from ``models.candidates.HISTORIES`` and
+    #: ``HALF_LIVES``, as lead_quality does; off: the two fields as set.
+    choose_history: bool = True
+    #: At every fit (backtest origins too), when the latest decided window's rate of won within the
+    #: horizon differs sharply from the earlier snapshots' (:func:`win_rate_shift`), move the win
+    #: model to it (:func:`correct_base_rate`). Off by default: on generated seed 4 it fired at an
+    #: origin where two snapshot steps ran 9 points above the history, noise the truth did not share.
+    #: The registered model is moved either way when the evaluation window's rate differs sharply
+    #: from training's, and ``train`` warns.
+    correct_base_rate: bool = False
 
     @property
     def fold(self) -> TimeFold:
@@ -154,8 +171,9 @@ class DealTrainConfig:
 
     @property
     def chosen_per_fit(self) -> bool:
-        """Whether the timing layout or its LightGBM rung is chosen per fit (:func:`choose_timing`)."""
-        return self.timing_layout is None or (self.timing_lgbm is None and self.timing_params is None)
+        """Whether the timing layout, its LightGBM rung or its history is chosen per fit (:func:`choose_timing`)."""
+        return (self.timing_layout is None or (self.timing_lgbm is None and self.timing_params is None)
+                or self.choose_history)
 
 
 @dataclass(kw_only=True)
@@ -234,6 +252,11 @@ def _timing_constraints(cols: list[str]) -> list[list[int]]:
 
 def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
                 label: str, what: str) -> CalibratedBoostedClassifier:
+    timing = "period" in cols
+    weight = None
+    if timing and len(fit) and (cfg.history_days or cfg.half_life_days):
+        # the timing models' history and recency weighting (chosen on the validation window: choose_history)
+        fit, weight = training_rows(fit, fit["as_of"].max(), cfg.history_days, cfg.half_life_days)
     for name, part in (("fit", fit), ("calibration", cal)):
         pos = int(part[label].sum())
         if not _enough(part, label):
@@ -241,7 +264,6 @@ def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, 
                 f"{what}: {pos} positive(s) among {len(part)} rows in the {name} window: too few to learn from "
                 f"(at least {MIN_POSITIVES} of each class); train with --as-of later or on a longer export"
             )
-    timing = "period" in cols
     extra, calibration = cfg.timing_settings() if timing else ({}, "platt")
     params = {**DEAL_PARAMS, **extra, **cfg.params}
     if timing:
@@ -251,7 +273,7 @@ def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, 
     # latter (win AUC gap 0.0154 -> 0.0148 on the sample with the intercept alone)
     return CalibratedBoostedClassifier(spec.categorical_features, params=params, random_state=cfg.seed,
                                        calibration=calibration).fit(
-        fit[cols], fit[label].to_numpy(), cal[cols], cal[label].to_numpy()
+        fit[cols], fit[label].to_numpy(), cal[cols], cal[label].to_numpy(), sample_weight=weight
     )
 
 
@@ -381,9 +403,49 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     chosen = min(scored, key=scored.get) if scored else (default if default in cands else next(iter(cands)))
     if len(cands) > 1 and not scored and note is None:
         note = "no candidate could be fitted before the validation window"
-    return cands[chosen], {"window": window_label(window) if window else "none", "chosen": chosen, "note": note,
-                           "criterion": "mean log loss of P(won within the horizon) and P(won)",
-                           "candidates": table}
+    fixed, history = cands[chosen], []
+    if cfg.choose_history and chosen in scored:
+        fixed, history = choose_history(spec, fixed, hazard, rows, outcomes, scored[chosen])
+    elif cfg.choose_history and len(cands) == 1 and window and _enough(outcomes.dropna(), "won") and \
+            _enough(outcomes, "won_within_horizon"):  # one candidate (layout and rung set): its history only
+        hazard = fit_and_calibration_rows(snaps, window[0], cfg)["hazard"]
+        try:
+            base = _criterion(_timing_scores(spec, fixed, hazard, rows, outcomes))
+            fixed, history = choose_history(spec, fixed, hazard, rows, outcomes, base)
+        except (ValueError, FunnelcastError):
+            pass
+    fixed = replace(fixed, choose_history=False)
+    return fixed, {"window": window_label(window) if window else "none", "chosen": chosen, "note": note,
+                   "criterion": "mean log loss of P(won within the horizon) and P(won)",
+                   "candidates": table, "history": history,
+                   "history_days": fixed.history_days, "half_life_days": fixed.half_life_days}
+
+
+def choose_history(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
+                   rows: pd.DataFrame, outcomes: pd.DataFrame, base: float) -> tuple[DealTrainConfig, list[dict]]:
+    """The timing models' training history and recency weighting, chosen on the validation window
+    as lead_quality chooses them (``models.candidates.HISTORIES`` x ``HALF_LIVES``, one change at a
+    time from all of it unweighted, each kept only if it lowers :func:`_criterion` by more than
+    ``TIE``): a drifting CRM whose older deals mislead shows it there. ``hazard``: the fit and
+    calibration rows before the window; ``base``: the criterion of ``cfg`` as it is."""
+    fit = hazard[0]
+    latest = fit["as_of"].max()
+    best, grid = (base, cfg), [{"history_days": "all", "half_life_days": "none", "validation_log_loss": base}]
+    for history in HISTORIES:
+        for half_life in HALF_LIVES:
+            if (history is None) == (half_life is None) or (history and fit["as_of"].min() >= latest - pd.Timedelta(
+                    days=history)):  # the base point, no combined point, no history cut that keeps every row
+                continue
+            c = replace(cfg, history_days=history, half_life_days=half_life)
+            try:
+                loss = _criterion(_timing_scores(spec, c, hazard, rows, outcomes))
+            except (ValueError, FunnelcastError):  # too few events left in the shorter history
+                continue
+            grid.append({"history_days": history or "all", "half_life_days": half_life or "none",
+                         "validation_log_loss": loss})
+            if loss < best[0] - TIE:
+                best = (loss, c)
+    return best[1], grid
 
 
 def _enough(part: pd.DataFrame, label: str) -> bool:
@@ -487,8 +549,11 @@ def fit_deal_scorer(
         period_days=cfg.period_days,
         n_periods=cfg.n_periods,
         metadata={"calibration_days": int(rows["calib_days"]), "timing_layout": cfg.timing_layout,
-                  "timing_lgbm": cfg.timing_lgbm or "current", "timing_choice": choice},
+                  "timing_lgbm": cfg.timing_lgbm or "current", "timing_choice": choice,
+                  "history_days": cfg.history_days, "half_life_days": cfg.half_life_days},
     )
+    if cfg.correct_base_rate:
+        correct_base_rate(scorer, snaps, cutoff, cfg)
     if surrogate:
         # reasons: a regression tree on logit P(won) over the training snapshots
         recent = snaps[snaps["as_of"] < cutoff]
@@ -599,7 +664,11 @@ def deal_candidates(model: DealScorer, snapshots: Snapshots, split: Split, cfg: 
     choice = model.metadata.get("timing_choice") or {"chosen": candidate_name(model.metadata["timing_layout"],
                                                                             model.metadata["timing_lgbm"]),
                                                      "candidates": {}}
-    cands = timing_candidates(cfg) if cfg.chosen_per_fit else {choice["chosen"]: cfg}
+    # every candidate with the chosen model's history and weighting (a like-for-like comparison)
+    drift = {"history_days": model.metadata.get("history_days"), "half_life_days": model.metadata.get("half_life_days"),
+             "choose_history": False}
+    cands = {n: replace(c, **drift) for n, c in (timing_candidates(cfg) if cfg.chosen_per_fit
+                                                  else {choice["chosen"]: cfg}).items()}
     hazard = fit_and_calibration_rows(snaps, E, cfg)["hazard"] if len(cands) > 1 else None
     table = {}
     for name, c in cands.items():
@@ -609,6 +678,7 @@ def deal_candidates(model: DealScorer, snapshots: Snapshots, split: Split, cfg: 
         except (ValueError, FunnelcastError):
             m = {}
         table[name] = {"role": "model", "layout": c.timing_layout, "lgbm": c.timing_lgbm,
+                       "history_days": c.history_days, "half_life_days": c.half_life_days,
                        **choice["candidates"].get(name, {}), "chosen": name == choice["chosen"], **m}
     table["stage"] = {"role": "baseline", "chosen": False,
                                **win_scores(outcomes, frame["stage_win_rate"].to_numpy(),
@@ -640,12 +710,83 @@ def build_deal_model(
     return build_task(STAGE_CONVERSION, export, cutoff, cfg, progress=progress, snapshots=given)  # type: ignore[return-value]
 
 
+def win_rate_shift(snaps: pd.DataFrame, start: pd.Timestamp, recent: pd.DataFrame, horizon_days: int) -> str | None:
+    """:func:`models.candidates.base_rate_shift` of "won within the horizon", from the snapshots
+    whose horizon ended by ``start`` (as known then) to ``recent`` (rows with ``opportunity_id`` and
+    ``won_within_horizon``: the evaluation window, or the latest decided window), with the distinct
+    deals as the sample sizes (a deal's snapshots are not independent)."""
+    h = pd.Timedelta(days=horizon_days)
+    train = snaps[(snaps["as_of"] < start) & (snaps["as_of"] + h <= start)]
+    if not len(train) or not len(recent):
+        return None
+    rate = win_outcomes(train, start, horizon_days)["won_within_horizon"].mean()
+    n_train, n_recent = train["opportunity_id"].nunique(), recent["opportunity_id"].nunique()
+    return base_rate_shift(round(rate * n_train), n_train, round(recent["won_within_horizon"].mean() * n_recent),
+                           n_recent)
+
+
+def latest_decided(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig) -> pd.DataFrame:
+    """The latest decided window at ``cutoff``: the snapshots of the last two snapshot steps (at
+    least 14 days) of those whose horizon ended by ``cutoff``."""
+    h = pd.Timedelta(days=cfg.horizon_days)
+    known = snaps[snaps["as_of"] + h <= cutoff]
+    if not len(known):
+        return known
+    recent = pd.Timedelta(days=max(14, 2 * cfg.snapshot_every_days))
+    return known[known["as_of"] > known["as_of"].max() - recent]
+
+
+def shift_win_rate(scorer: DealScorer, X: pd.DataFrame, rate: float, limit: float = 4.0) -> float:
+    """Move the log-odds of ``scorer``'s win model (the win hazard, or a close-share layout's win
+    share) so that its mean P(won within the horizon) on ``X`` is ``rate``; returns the shift
+    (clipped to +-``limit``). P(won) moves with it."""
+    from scipy.optimize import brentq
+
+    win = scorer.win_hazard.win_share if isinstance(scorer.win_hazard, SplitHazard) else scorer.win_hazard
+    start = win.calib_intercept_
+
+    def gap(b: float) -> float:
+        win.calib_intercept_ = start + b
+        return float(scorer.within(scorer.win_distribution(X), scorer.spec.horizon_days).mean()) - rate
+
+    lo, hi = gap(-limit), gap(limit)
+    b = -limit if lo >= 0 else limit if hi <= 0 else float(brentq(gap, -limit, limit, xtol=1e-3))
+    win.calib_intercept_ = start + b
+    return b
+
+
+def correct_base_rate(scorer: DealScorer, snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig,
+                      force: bool = False) -> None:
+    """Move ``scorer``'s win model to the rate of won within the horizon of the latest decided
+    window at ``cutoff`` (:func:`latest_decided`, :func:`shift_win_rate`) when that rate differs
+    sharply from the earlier snapshots' (:func:`win_rate_shift`), or always with ``force``; the
+    shift (log-odds, added up over calls) and the finding go to ``metadata``
+    (``base_rate_shift``, ``base_rate_note``)."""
+    latest = latest_decided(snaps, cutoff, cfg)
+    if not len(latest):
+        return
+    won_h = win_outcomes(latest, cutoff, cfg.horizon_days)["won_within_horizon"]
+    note = win_rate_shift(snaps, latest["as_of"].min(), latest.assign(won_within_horizon=won_h), cfg.horizon_days)
+    if note or force:
+        b = shift_win_rate(scorer, latest[scorer.spec.feature_names], float(won_h.mean()))
+        scorer.metadata["base_rate_shift"] = round(float(scorer.metadata.get("base_rate_shift", 0.0)) + b, 4)
+        scorer.metadata["base_rate_note"] = note or "the evaluation window's rate differed sharply from training's"
+
+
+def _days_or_none(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
 def _final_deal_scorer(export: Export, snapshots: Snapshots, cfg: DealTrainConfig,
-                       recipe: DealTrainConfig | None = None) -> DealScorer:
+                       recipe: DealTrainConfig | None = None, shift: bool = False) -> DealScorer:
     """The registered deal scorer: every model fitted at the cutoff, with its drift reference;
-    ``recipe``: the config logged as its training config (what a refit repeats; default ``cfg``)."""
+    ``recipe``: the config logged as its training config (what a refit repeats; default ``cfg``);
+    ``shift``: the base rate moved (:func:`win_rate_shift`), so the win model's log-odds are moved
+    to the latest decided window's rate of won within the horizon (:func:`shift_win_rate`)."""
     snaps, spec, cutoff = snapshots.frame, snapshots.spec, snapshots.cutoff
     scorer = fit_deal_scorer(export, snaps, spec, cutoff, cfg)
+    if shift:
+        correct_base_rate(scorer, snaps, cutoff, cfg, force=True)
     # drift reference (`funnelcast drift --task stage_conversion`): the deals open in the snapshots of
     # the final model's calibration window, and their P(won)
     known = snaps[snaps["as_of"] < cutoff]
@@ -694,7 +835,7 @@ class DealTuning:
         # one timing candidate per trial (the default one unless set): a ladder per trial would cost
         # four fits for one figure; the parameters found apply to every candidate's `params`
         config = replace(config, timing_layout=config.timing_layout or DEFAULT_CANDIDATE[0],
-                         timing_lgbm=config.timing_lgbm or DEFAULT_CANDIDATE[1])
+                         timing_lgbm=config.timing_lgbm or DEFAULT_CANDIDATE[1], choose_history=False)
         start = export.opportunities["created_at"].min() + pd.Timedelta(days=config.warmup_days)
         splits = fold.splits(snapshot_times(start, cutoff, config.snapshot_every_days), cutoff, n_folds)
         # the feature spec (categories, custom fields) as known at the earliest fold's cutoff, so no fold
@@ -856,16 +997,30 @@ class StageConversion:
             # the candidate chosen on the validation window before the evaluation window, refitted at
             # the cutoff: what is registered is what the evaluation window measured
             row = evaluation.candidates[evaluation.candidates["chosen"].astype(bool)].iloc[0]
-            fixed = replace(config, timing_layout=row["layout"], timing_lgbm=row["lgbm"])
-        scorer = _final_deal_scorer(export, snapshots, fixed, recipe=config)
+            fixed = replace(config, timing_layout=row["layout"], timing_lgbm=row["lgbm"], choose_history=False,
+                            history_days=_days_or_none(row.get("history_days")),
+                            half_life_days=_days_or_none(row.get("half_life_days")))
+        shift = win_rate_shift(snapshots.frame, split.cutoff, evaluation.frame, config.horizon_days)
+        scorer = _final_deal_scorer(export, snapshots, fixed, recipe=config, shift=shift is not None)
         windows = {"evaluate": split.describe()["evaluate"], "fit_until": str(split.cutoff.date()),
                    "calibration_days": str(scorer.metadata["calibration_days"])}
         choice = evaluation.candidates is not None and evaluation.candidates.attrs.get("validation")
         if choice:
             windows["validate"] = choice
-        return DealTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
-                               evaluation=evaluation.frame, snapshots=snapshots.frame, windows=windows,
-                               candidates=evaluation.candidates)
+        meta = scorer.metadata
+        result = DealTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
+                                 evaluation=evaluation.frame, snapshots=snapshots.frame, windows=windows,
+                                 candidates=evaluation.candidates)
+        result.chosen = {"candidate": candidate_name(meta["timing_layout"] or DEFAULT_CANDIDATE[0], meta["timing_lgbm"]),
+                         "history_days": meta.get("history_days") or "all",
+                         "half_life_days": meta.get("half_life_days") or "none"}
+        if "base_rate_shift" in meta:  # the evaluation window's shift, or the latest decided window's at the fit
+            result.chosen["base_rate_shift"] = meta["base_rate_shift"]
+            result.warnings.append(f"base-rate shift of won within {config.horizon_days} d: "
+                                   f"{shift or meta['base_rate_note']}; the registered "
+                                   f"model's win log-odds were moved by {meta['base_rate_shift']:+.3f} to the latest "
+                                   "decided window's rate")
+        return result
 
     def run_params(self, result: TrainResult, config: DealTrainConfig) -> dict[str, object]:
         meta = result.scorer.metadata

@@ -252,3 +252,21 @@ def test_state_when_no_deal_has_an_amount_or_a_close_date(sample_export, column)
     counted = {"amount": "amount_changes", "expected_close_date": "close_date_pushes"}[column]
     assert (state[counted] == 0).all()
     pd.testing.assert_series_equal(state["stage"], full["stage"])
+
+
+def test_activity_rates_are_counts_per_30_days_of_age(sample_export):
+    """``{kind}_per_30d``: the kind's count since creation per 30 days of the deal's age, the age
+    floored at RATE_MIN_AGE_DAYS (computed here per deal from the activities, not the frame's totals)."""
+    from features.deals import RATE_MIN_AGE_DAYS
+
+    as_of = _as_of(sample_export, 0.7)
+    spec = DealFeatureSpec.from_export(sample_export, as_of=as_of)
+    X = _features(sample_export, as_of, spec)
+    acts = sample_export.activities
+    acts = acts[acts["occurred_at"] < as_of].assign(kind=lambda a: activity_kind(a))
+    opps = sample_export.opportunities.set_index("opportunity_id")
+    assert "meeting_per_30d" in spec.feature_names
+    for oid in X.index[:40]:
+        age = max((as_of - opps.loc[oid, "created_at"]) / DAY, RATE_MIN_AGE_DAYS)
+        meetings = ((acts["opportunity_id"] == oid) & (acts["kind"] == "meeting")).sum()
+        assert X.loc[oid, "meeting_per_30d"] == pytest.approx(meetings * 30.0 / age)

@@ -1,0 +1,134 @@
+"""Drift for the deal models: the timing models' history and recency weighting chosen on the
+validation window, and the base-rate shift of "won within the horizon" detected and corrected."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.deals import (
+    DealTrainConfig,
+    choose_timing,
+    fit_and_calibration_rows,
+    fit_deal_scorer,
+    latest_decided,
+    shift_win_rate,
+    timing_models,
+    win_outcomes,
+    win_rate_shift,
+)
+
+DAY = pd.Timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> DealTrainConfig:
+    return DealTrainConfig(snapshot_every_days=28, seed=3, timing_layout="competing_risks", timing_lgbm="current")
+
+
+@pytest.fixture(scope="module")
+def hazard(deal_snapshot_frame, cfg, sample_export):
+    _, snaps = deal_snapshot_frame
+    return fit_and_calibration_rows(snaps, sample_export.exported_at, cfg)["hazard"]
+
+
+def test_history_keeps_only_the_latest_fit_rows(deal_snapshot_frame, cfg, hazard):
+    """history_days cuts the timing models' fit rows to the last days before their latest snapshot:
+    the same model as one fitted on those rows alone; a half-life weights rows and changes the model."""
+    spec, _ = deal_snapshot_frame
+    fit, cal = hazard
+    cols = [*spec.feature_names, "period"]
+    days = 365
+    latest = fit["as_of"].max()
+    assert fit["as_of"].min() < latest - days * DAY  # the cut removes rows
+    cut = timing_models(spec, replace(cfg, history_days=days), fit, cal, cols)
+    alone = timing_models(spec, cfg, fit[fit["as_of"] >= latest - days * DAY], cal, cols)
+    X = cal[cols].head(200)
+    np.testing.assert_allclose(cut[0].predict_proba(X), alone[0].predict_proba(X))
+    weighted = timing_models(spec, replace(cfg, half_life_days=60), fit, cal, cols)
+    plain = timing_models(spec, cfg, fit, cal, cols)
+    assert not np.allclose(weighted[0].predict_proba(X), plain[0].predict_proba(X))
+
+
+def test_history_is_chosen_on_the_validation_window_and_kept_in_the_scorer(deal_snapshot_frame, cfg,
+                                                                          sample_export):
+    """choose_timing tries every history and weighting point beside the base one on the validation
+    window and keeps one only if it lowers the criterion; the fitted scorer records what it used."""
+    spec, snaps = deal_snapshot_frame
+    cutoff = sample_export.exported_at
+    fixed, choice = choose_timing(snaps, spec, cutoff, cfg)
+    grid = pd.DataFrame(choice["history"])
+    assert grid.iloc[0][["history_days", "half_life_days"]].tolist() == ["all", "none"]
+    assert len(grid) >= 2 and grid["validation_log_loss"].notna().all()
+    best = grid["validation_log_loss"].idxmin()
+    if fixed.history_days is None and fixed.half_life_days is None:
+        assert grid["validation_log_loss"].iloc[0] <= grid["validation_log_loss"].min() + 1e-4
+    else:
+        assert best != 0
+    assert not fixed.choose_history
+    scorer = fit_deal_scorer(sample_export, snaps, spec, cutoff, cfg, surrogate=False)
+    assert (scorer.metadata["history_days"], scorer.metadata["half_life_days"]) == (fixed.history_days,
+                                                                                   fixed.half_life_days)
+    off = fit_deal_scorer(sample_export, snaps, spec, cutoff, replace(cfg, choose_history=False), surrogate=False)
+    assert off.metadata["history_days"] is None and off.metadata["timing_choice"] is None
+
+
+def test_base_rate_shift_is_detected_only_when_sharp(deal_snapshot_frame, cfg, sample_export):
+    """The rate of won within the horizon in training against the evaluation window: no warning on
+    the sample as it is; a sharp one when only one snapshot in twenty of the window is said to be won."""
+    from models.folds import Split
+
+    _, snaps = deal_snapshot_frame
+    fold = cfg.fold
+    split: Split = fold.split(snaps["as_of"], sample_export.exported_at)
+    rows = snaps[snaps["as_of"].isin(split.evaluate)]
+    ev = rows[["opportunity_id", "as_of"]].assign(
+        won_within_horizon=win_outcomes(rows, sample_export.exported_at, cfg.horizon_days)["won_within_horizon"])
+    assert win_rate_shift(snaps, split.cutoff, ev, cfg.horizon_days) is None
+    rare = (np.arange(len(ev)) % 20 == 0).astype(int)  # a 5% rate of won within the horizon
+    message = win_rate_shift(snaps, split.cutoff, ev.assign(won_within_horizon=rare), cfg.horizon_days)
+    assert message is not None
+    assert float(re.search(r"to ([0-9.]+)%", message).group(1)) == pytest.approx(5.0, abs=1.0)  # rounded to whole deals
+
+
+def test_shift_moves_the_mean_p_won_within_the_horizon_to_the_rate(deal_snapshot_frame, cfg, sample_export):
+    spec, snaps = deal_snapshot_frame
+    cutoff = sample_export.exported_at
+    scorer = fit_deal_scorer(sample_export, snaps, spec, cutoff, replace(cfg, choose_history=False),
+                             surrogate=False)
+    latest = latest_decided(snaps, cutoff, cfg)
+    assert len(latest) and (latest["as_of"] + cfg.horizon_days * DAY <= cutoff).all()
+    X = latest[spec.feature_names]
+    before = scorer.predict(X)
+    target = float(np.clip(before["p_win_within_horizon"].mean() * 0.7, 0.01, 0.99))
+    b = shift_win_rate(scorer, X, target)
+    after = scorer.predict(X)
+    assert b < 0
+    assert after["p_win_within_horizon"].mean() == pytest.approx(target, abs=2e-3)
+    assert (after["p_win"] <= before["p_win"] + 1e-12).all()
+
+
+def test_a_sharp_shift_in_the_latest_decided_window_moves_the_fit(deal_snapshot_frame, cfg, sample_export):
+    """correct_base_rate at a fit: nothing on the sample as it is; when the latest decided window's
+    deals are said to be lost but one in four, the win model moves to that rate, and says so."""
+    from training.deals import correct_base_rate
+
+    spec, snaps = deal_snapshot_frame
+    cutoff = sample_export.exported_at
+    c = replace(cfg, choose_history=False)
+    scorer = fit_deal_scorer(sample_export, snaps, spec, cutoff, c, surrogate=False)
+    correct_base_rate(scorer, snaps, cutoff, c)
+    assert "base_rate_shift" not in scorer.metadata
+    latest = latest_decided(snaps, cutoff, c)
+    lost = snaps.copy()
+    m = lost.index.isin(latest.index) & (np.arange(len(lost)) % 4 != 0)
+    lost.loc[m, "won"] = 0.0  # decided as lost in the latest window
+    correct_base_rate(scorer, lost, cutoff, c)
+    assert scorer.metadata["base_rate_shift"] < 0 and "positive rate moved" in scorer.metadata["base_rate_note"]
+    rate = win_outcomes(latest_decided(lost, cutoff, c), cutoff, c.horizon_days)["won_within_horizon"].mean()
+    p = scorer.predict(latest[spec.feature_names])["p_win_within_horizon"].mean()
+    assert p == pytest.approx(rate, abs=3e-3)
