@@ -36,9 +36,9 @@ from features.leads import (
     converted_lead_value,
     converted_within_horizon,
     lead_context,
-    lead_snapshots,
     snapshot_times,
 )
+from features.engine import lead_snapshots  # the pandas one, or per entity partition in a Dask session
 from features.pit import decision_times, open_leads
 from models.candidates import (
     Choice,
