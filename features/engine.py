@@ -40,6 +40,7 @@ from features.leads import LeadFeatureSpec, converted_within_horizon, lead_conte
 from features.pit import open_leads
 
 __all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedDeals", "PartitionedLeads", "UnknownEngine",
+           "add_engine_args", "engine_from",
            "active_client", "engine_session", "entity_buckets", "lead_snapshots", "map_leads", "partition_deals",
            "partition_leads"]
 
@@ -268,7 +269,7 @@ def map_leads(export: Export, leads: pd.DataFrame,
     engine: with a Dask session, per entity partition (each partition's leads with their activities and
     every account), the rows put back in the order of ``leads``; else in this process."""
     client = active_client()
-    if client is None:
+    if client is None or leads.empty:
         return fn(leads, export.accounts, export.activities)
     import dask
 
@@ -276,9 +277,35 @@ def map_leads(export: Export, leads: pd.DataFrame,
                     stage_history=export.stage_history, activities=export.activities, exported_at=export.exported_at)
     parts = partition_leads(client, subset)
     [accounts] = [dask.delayed(f) for f in client.scatter([export.accounts], broadcast=True)]
-    meta = fn(leads.iloc[:0], export.accounts, export.activities.iloc[:0]).reset_index(drop=True)
+    # the partitions are gathered as they are (_collected): dask needs no more of the output's schema than a frame
     frames = parts.leads.map_partitions(_partition_apply, parts.activities, accounts, fn,
-                                        meta=meta.assign(**{ROW: np.arange(0)}), align_dataframes=False,
+                                        meta=pd.DataFrame({ROW: np.arange(0)}), align_dataframes=False,
                                         enforce_metadata=False)
-    out = _collected(client, frames, [ROW])
-    return out if len(out) else meta
+    return _collected(client, frames, [ROW])
+
+
+def add_engine_args(parser: Any) -> None:
+    """``--engine``, ``--scheduler`` and the local cluster's size: the flags of `train`, `score` and `refresh`."""
+    parser.add_argument("--engine", choices=ENGINES, help="pandas (this process) or dask (default FUNNELCAST_ENGINE, "
+                        "else pandas)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --engine dask, e.g. "
+                        "tcp://10.0.0.5:8786 (default FUNNELCAST_DASK_SCHEDULER, else a local cluster for the command)")
+    parser.add_argument("--dask-workers", type=int, help="workers of the local cluster (default 2)")
+    parser.add_argument("--dask-threads", type=int, help="threads per worker of the local cluster (default 1)")
+    parser.add_argument("--dask-memory-limit", help="memory limit per worker of the local cluster, e.g. 4GB "
+                        "(default auto: the machine's memory shared by the workers)")
+
+
+def engine_from(args: Any, settings: Any, *, announce: bool = False) -> Engine:
+    """The :class:`Engine` of a command: its flags (:func:`add_engine_args`), else the settings
+    (``FUNNELCAST_ENGINE``, ``FUNNELCAST_DASK_*``). ``announce``: print which engine, when it is Dask."""
+    def pick(flag: str, setting: str) -> Any:
+        value = getattr(args, flag, None)
+        return value if value is not None else getattr(settings, setting)
+
+    engine = Engine(name=pick("engine", "engine"), scheduler=pick("scheduler", "dask_scheduler"),
+                    workers=pick("dask_workers", "dask_workers"), threads=pick("dask_threads", "dask_threads"),
+                    memory_limit=pick("dask_memory_limit", "dask_memory_limit"))
+    if announce and engine.distributed:
+        print(f"engine: {engine.describe()}")
+    return engine
