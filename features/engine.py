@@ -42,7 +42,7 @@ from features.pit import open_leads
 __all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedDeals", "PartitionedLeads", "UnknownEngine",
            "add_engine_args", "engine_from",
            "active_client", "engine_session", "entity_buckets", "lead_snapshots", "map_leads", "partition_deals",
-           "partition_leads"]
+           "partition_leads", "using_client"]
 
 #: The engines ``--engine`` accepts.
 ENGINES = ("pandas", "dask")
@@ -125,14 +125,23 @@ def engine_session(engine: Engine) -> Iterator[Any]:
         yield None
         return
     client, cluster = _client(engine)
+    try:
+        with using_client(client):
+            yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextmanager
+def using_client(client: Any) -> Iterator[Any]:
+    """Run the Dask engine on an existing ``distributed.Client`` (a notebook's, a test's) inside the block."""
     token = _CLIENT.set(client)
     try:
         yield client
     finally:
         _CLIENT.reset(token)
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _partitions(client: Any, engine_partitions: int | None = None) -> int:
