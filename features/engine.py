@@ -9,8 +9,7 @@ started for the command (workers, threads and memory limit settable). While the 
   (Parquet folders, CSV folders and SQL sources alike: the contract's checks need whole tables),
   is split **by entity** into dask dataframes (:func:`partition_leads`): leads by the hash of
   ``lead_id``, and each activity routed to the partition of its lead, so each partition holds
-  complete leads; the same for deals (:func:`partition_deals`: opportunities by
-  ``opportunity_id``, with their stage history and activities);
+  complete leads;
 * per-entity features are the same feature functions applied per partition
   (``map_partitions``): :func:`lead_snapshots` and :func:`map_leads`. What is a global aggregate
   (the point-in-time context: smoothed conversion rates by source and owner, owners' open leads,
@@ -39,9 +38,9 @@ from features.errors import FunnelcastError
 from features.leads import LeadFeatureSpec, converted_within_horizon, lead_context, lead_features
 from features.pit import open_leads
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedDeals", "PartitionedLeads", "UnknownEngine",
+__all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedLeads", "UnknownEngine",
            "add_engine_args", "engine_from",
-           "active_client", "engine_session", "entity_buckets", "lead_snapshots", "map_leads", "partition_deals",
+           "active_client", "engine_session", "entity_buckets", "lead_snapshots", "map_leads",
            "partition_leads", "using_client"]
 
 #: The engines ``--engine`` accepts.
@@ -180,16 +179,6 @@ class PartitionedLeads:
     npartitions: int
 
 
-@dataclass
-class PartitionedDeals:
-    """An export's deals split by entity: partition ``i`` of each frame holds the same opportunities."""
-
-    opportunities: Any
-    stage_history: Any
-    activities: Any
-    npartitions: int
-
-
 def partition_leads(client: Any, export: Export, npartitions: int | None = None) -> PartitionedLeads:
     """``export``'s leads by the hash of ``lead_id`` and their activities routed to their lead's partition
     (activities of no lead belong to no lead partition)."""
@@ -198,16 +187,6 @@ def partition_leads(client: Any, export: Export, npartitions: int | None = None)
     acts = export.activities
     return PartitionedLeads(_scattered(client, leads, entity_buckets(leads["lead_id"], n), n),
                             _scattered(client, acts, entity_buckets(acts["lead_id"], n), n), n)
-
-
-def partition_deals(client: Any, export: Export, npartitions: int | None = None) -> PartitionedDeals:
-    """``export``'s opportunities by the hash of ``opportunity_id``, their stage history and activities
-    routed to their opportunity's partition."""
-    n = _partitions(client, npartitions)
-    opps, hist, acts = export.opportunities, export.stage_history, export.activities
-    return PartitionedDeals(_scattered(client, opps, entity_buckets(opps["opportunity_id"], n), n),
-                            _scattered(client, hist, entity_buckets(hist["opportunity_id"], n), n),
-                            _scattered(client, acts, entity_buckets(acts["opportunity_id"], n), n), n)
 
 
 def _partition_snapshots(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
