@@ -64,8 +64,7 @@ class Engine:
     ``scheduler``: a running scheduler's address (``tcp://host:8786``); None starts a
     ``LocalCluster`` of ``workers`` workers with ``threads`` threads and ``memory_limit``
     (``"4GB"``, ``"auto"``) each, as processes unless ``processes`` is False (threads of this
-    process). ``partitions``: how many entity partitions the export is split into (None: two
-    per worker)."""
+    process). The export is split into two entity partitions per worker."""
 
     name: str = "pandas"
     scheduler: str | None = None
@@ -73,13 +72,12 @@ class Engine:
     threads: int = 1
     memory_limit: str = "auto"
     processes: bool = True
-    partitions: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in ENGINES:
             raise UnknownEngine(f"engine {self.name!r} is not one of {', '.join(ENGINES)}")
-        for label, value in (("workers", self.workers), ("threads", self.threads), ("partitions", self.partitions)):
-            if value is not None and value < 1:
+        for label, value in (("workers", self.workers), ("threads", self.threads)):
+            if value < 1:
                 raise UnknownEngine(f"engine {label} must be at least 1, not {value}")
 
     @property
@@ -143,10 +141,9 @@ def using_client(client: Any) -> Iterator[Any]:
         _CLIENT.reset(token)
 
 
-def _partitions(client: Any, engine_partitions: int | None = None) -> int:
-    if engine_partitions:
-        return engine_partitions
-    return max(1, 2 * len(client.scheduler_info().get("workers", {})))
+def _partitions(client: Any, npartitions: int | None = None) -> int:
+    """``npartitions``, else two per worker of ``client``'s cluster."""
+    return npartitions or max(1, 2 * len(client.scheduler_info().get("workers", {})))
 
 
 def entity_buckets(ids: pd.Series, n: int) -> np.ndarray:

@@ -124,3 +124,18 @@ def test_refresh_on_dask_against_postgresql_stores_the_pandas_scores(dask_home, 
                                   for _, g in both.groupby("snapshot_id"))
     assert len(dask_scores) > 50
     pd.testing.assert_frame_equal(dask_scores, pandas_scores)
+
+
+def test_an_unknown_engine_setting_is_an_error_naming_it(tmp_path, monkeypatch, capsys, sample_dir):
+    from features.settings import get_settings
+    from training.cli import main
+
+    monkeypatch.setenv("FUNNELCAST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FUNNELCAST_ENGINE", "spark")
+    get_settings.cache_clear()
+    try:
+        assert main(["train", "--task", "lead_quality", "--data", str(sample_dir / "export")]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "error: engine 'spark' is not one of pandas, dask" in err and "Traceback" not in err
