@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
+from features.engine import lead_snapshots  # the pandas one, or per entity partition in a Dask session
 from features.leads import (
     LeadFeatureSpec,
     converted_lead_value,
@@ -38,7 +39,6 @@ from features.leads import (
     lead_context,
     snapshot_times,
 )
-from features.engine import lead_snapshots  # the pandas one, or per entity partition in a Dask session
 from features.pit import decision_times, open_leads
 from models.candidates import (
     Choice,
