@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     trend_threshold_points: float = Field(
         5.0, gt=0, description="Probability change, in points, beyond which a trend is improving or declining"
     )
+    engine: str = Field("pandas", description="Engine of `train`, `score` and `refresh`: pandas (this process) or "
+                        "dask (features per entity partition and LightGBM on a Dask cluster; the `dask` extra)")
+    dask_scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786) of --engine dask; "
+                                       "default: a local cluster started for the command")
+    dask_workers: int = Field(2, gt=0, description="Workers of the local Dask cluster")
+    dask_threads: int = Field(1, gt=0, description="Threads per worker of the local Dask cluster")
+    dask_memory_limit: str = Field("auto", description="Memory limit per worker of the local Dask cluster ('4GB', 'auto')")
     host: str = "127.0.0.1"
     port: int = 8000
 

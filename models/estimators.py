@@ -12,6 +12,8 @@ from scipy.optimize import brentq
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
+from features.engine import active_client
+
 #: Small, well-regularised trees: snapshot rows repeat the same leads, so leaves need many
 #: rows (measured on the sample against the truth; `funnelcast tune` searches further).
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -104,10 +106,14 @@ class CalibratedBoostedClassifier:
             valid = lgb.Dataset(self._frame(X_cal), label=np.asarray(y_cal), reference=train)
             valid_sets = [valid]
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
-        self.booster_ = lgb.train(
-            params, train, num_boost_round=self.max_rounds, valid_sets=valid_sets, callbacks=callbacks
-        )
-        self.n_rounds_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
+        if (client := active_client()) is not None:  # a Dask session: the trees grow on its workers
+            self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, sample_weight, self.max_rounds,
+                                                                  X_cal if valid_sets else None, y_cal)
+        else:
+            self.booster_ = lgb.train(
+                params, train, num_boost_round=self.max_rounds, valid_sets=valid_sets, callbacks=callbacks
+            )
+            self.n_rounds_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         self.calib_slope_, self.calib_intercept_ = 1.0, 0.0
         if valid_sets and self.calibration == "intercept":
             self.calib_intercept_ = _intercept_shift(self.raw_score(X_cal), np.asarray(y_cal, dtype=float))
@@ -124,10 +130,25 @@ class CalibratedBoostedClassifier:
 
         For when the calibration window is recent data the final model should not do without."""
         params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
+        if (client := active_client()) is not None:
+            self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, None, max(self.n_rounds_, 1))
+            return self
         train = lgb.Dataset(self._frame(X), label=np.asarray(y), categorical_feature=list(self.categories_) or "auto")
         self.booster_ = lgb.train(params, train, num_boost_round=max(self.n_rounds_, 1))
         self.n_rounds_ = int(self.booster_.current_iteration())
         return self
+
+    def _grow_on_cluster(self, client: Any, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray,
+                         weight: np.ndarray | None, rounds: int, X_cal: pd.DataFrame | None = None,
+                         y_cal: np.ndarray | None = None) -> tuple[lgb.Booster, int]:
+        """The trees grown by ``DaskLGBMClassifier`` (:mod:`models.dask_fit`) on the matrix :meth:`_matrix` makes
+        (categories as the codes a local fit gives them), early stopping replayed on ``X_cal``."""
+        from models.dask_fit import grow_on_cluster
+
+        self._codes = None  # the category codes of this fit's categories
+        categorical = [self.feature_names_.index(c) for c in self.categories_]
+        return grow_on_cluster(client, params, self._matrix(X), np.asarray(y), weight, categorical, rounds,
+                               self._matrix(X_cal) if X_cal is not None else None, y_cal, self.early_stopping_rounds)
 
     def _category_codes(self) -> dict[str, dict[str, int]]:
         # LightGBM codes a pandas categorical by its position in the categories given at fit;

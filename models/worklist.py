@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
+from features.engine import map_leads  # per entity partition in a Dask session (features.engine)
 from features.pit import open_leads
 from models.deals import score_open_deals
 
@@ -111,7 +112,7 @@ def lead_items(export: Export, scorer: Any, as_of: pd.Timestamp) -> pd.DataFrame
     of a converted lead."""
     t = max(as_of, scorer.trained_until)
     leads = open_leads(export.leads, t)
-    s = scorer.score(leads, export.accounts, export.activities, t, n_reasons=6)
+    s = map_leads(export, leads, lambda part, accounts, acts: scorer.score(part, accounts, acts, t, n_reasons=6))
     owners = leads.set_index("lead_id")["owner_id"]
     return _frame("lead", s["lead_id"], entity_names(export.leads, "lead", "lead_id"), owners, s["probability"],
                   s["grade"], s["expected_value"].to_numpy(dtype=float), [actionable_reasons(r) for r in s["reasons"]])

@@ -12,6 +12,7 @@ import csv
 import sys
 from pathlib import Path
 
+from features.engine import add_engine_args, engine_from, engine_session
 from features.errors import FunnelcastError
 from features.settings import Settings
 
@@ -66,7 +67,8 @@ def _cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
     source = args.data or configured_source(settings)
     print(f"store: {settings.resolved_store_url()}  source: {source}  models: {settings.resolved_tracking_uri()}")
     models, problems = load_models(settings)
-    result = refresh(settings, models, store, problems, source=source)
+    with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: leads scored on the cluster
+        result = refresh(settings, models, store, problems, source=source)
     if result.bad_rows:
         print(f"{result.bad_rows} bad row(s) of the source skipped:\n{result.bad_rows_summary}", file=sys.stderr)
     for line in result.missing:
@@ -127,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "store one scored snapshot in the operations database (FUNNELCAST_STORE_URL). Cron-able: exits "
                        "non-zero when the refresh fails (the last good snapshot stays served).")
     r.add_argument("--data", help="source to read instead of FUNNELCAST_DATA")
+    add_engine_args(r)
     r.set_defaults(func=_cmd_refresh)
     e = sub.add_parser("export-scores", help="write the latest scores as a CSV a CRM's import takes",
                        description="Write the latest scored snapshot's scores of one kind with the field names of "

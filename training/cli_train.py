@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from features.contract import Export
+from features.engine import add_engine_args, engine_from, engine_session
 from features.settings import Settings
 from models.tasks import Task
 from training.cli_common import (as_of_arg, data_args, horizon, load_data, load_export_from, mlflow_client,
@@ -130,11 +131,12 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {"timing_layout": args.timing_layout} if args.timing_layout else {}
-    train_tasks([Task(t) for t in (args.task or TASK_NAMES)], settings, source=args.data,
-                skip_bad_rows=args.skip_bad_rows, as_of=args.as_of, horizon_days=args.horizon,
-                snapshot_every_days=args.snapshot_every, seed=args.seed, exclude=args.exclude or (),
-                overrides=overrides, default_params=args.default_params, use_outcomes=not args.no_outcomes,
-                force=args.force)
+    with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: a cluster for the command
+        train_tasks([Task(t) for t in (args.task or TASK_NAMES)], settings, source=args.data,
+                    skip_bad_rows=args.skip_bad_rows, as_of=args.as_of, horizon_days=args.horizon,
+                    snapshot_every_days=args.snapshot_every, seed=args.seed, exclude=args.exclude or (),
+                    overrides=overrides, default_params=args.default_params, use_outcomes=not args.no_outcomes,
+                    force=args.force)
     return 0
 
 
@@ -156,7 +158,8 @@ def score_task(task: Task, export: Export, settings: Settings, as_of: pd.Timesta
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     _, export = load_data(args, settings)
-    score_task(Task(args.task), export, settings, args.as_of, Path(args.out))
+    with engine_session(engine_from(args, settings, announce=True)):
+        score_task(Task(args.task), export, settings, args.as_of, Path(args.out))
     return 0
 
 
@@ -221,6 +224,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-outcomes", action="store_true",
                    help="ignore the outcomes reported through POST /v1/outcomes (default: they decide the labels "
                    "of the snapshots whose label window they fall in)")
+    add_engine_args(t)
     t.set_defaults(func=cmd_train)
 
 
@@ -244,6 +248,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_args(s)
     as_of_arg(s, "scoring time")
     s.add_argument("--out", required=True, help="output CSV file")
+    add_engine_args(s)
     s.set_defaults(func=cmd_score)
 
     r = sub.add_parser("run", help="the main job: sample data if absent, train every task, register, serve",

@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
+from features.engine import lead_snapshots  # the pandas one, or per entity partition in a Dask session
 from features.leads import (
     LeadFeatureSpec,
     converted_lead_value,
     converted_within_horizon,
     lead_context,
-    lead_snapshots,
     snapshot_times,
 )
 from features.pit import decision_times, open_leads

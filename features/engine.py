@@ -1,0 +1,296 @@
+"""The compute engine: pandas in this process, or Dask on a cluster, for the same feature code.
+
+``--engine pandas`` (the default) runs everything in the command's process. ``--engine dask``
+opens a :class:`distributed.Client` for the command (:func:`engine_session`): to the scheduler at
+``--scheduler ADDRESS`` (``FUNNELCAST_DASK_SCHEDULER``), else to a :class:`distributed.LocalCluster`
+started for the command (workers, threads and memory limit settable). While the session is open:
+
+* the export, read and validated by :func:`features.io.load_export` in the command's process
+  (Parquet folders, CSV folders and SQL sources alike: the contract's checks need whole tables),
+  is split **by entity** into dask dataframes (:func:`partition_leads`): leads by the hash of
+  ``lead_id``, and each activity routed to the partition of its lead, so each partition holds
+  complete leads;
+* per-entity features are the same feature functions applied per partition
+  (``map_partitions``): :func:`lead_snapshots` and :func:`map_leads`. What is a global aggregate
+  (the point-in-time context: smoothed conversion rates by source and owner, owners' open leads,
+  accounts' deal history, see :func:`features.leads.lead_context`) is computed once, from rows
+  before each ``as_of`` only, and broadcast to every worker with the accounts table;
+* LightGBM's fits run on the cluster (:mod:`models.dask_fit`, which reads :func:`active_client`).
+
+Nothing outside a session changes: with no session :func:`lead_snapshots` is
+:func:`features.leads.lead_snapshots`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import leads as lead_module
+from features.contract import Export
+from features.errors import FunnelcastError
+from features.leads import LeadFeatureSpec, converted_within_horizon, lead_context, lead_features
+from features.pit import open_leads
+
+__all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedLeads", "UnknownEngine",
+           "add_engine_args", "engine_from",
+           "active_client", "engine_session", "entity_buckets", "lead_snapshots", "map_leads",
+           "partition_leads", "using_client"]
+
+#: The engines ``--engine`` accepts.
+ENGINES = ("pandas", "dask")
+#: The column of a lead partition holding the lead's position in ``export.leads`` (to restore its order).
+ROW = "_row"
+
+
+class UnknownEngine(FunnelcastError):
+    """An engine name that is not one of :data:`ENGINES`, or engine settings out of range."""
+
+
+class EngineUnavailable(FunnelcastError):
+    """The Dask engine cannot start: dask is not installed, or its scheduler cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Which engine a command runs on, and the Dask cluster it uses.
+
+    ``scheduler``: a running scheduler's address (``tcp://host:8786``); None starts a
+    ``LocalCluster`` of ``workers`` workers with ``threads`` threads and ``memory_limit``
+    (``"4GB"``, ``"auto"``) each, as processes unless ``processes`` is False (threads of this
+    process). The export is split into two entity partitions per worker."""
+
+    name: str = "pandas"
+    scheduler: str | None = None
+    workers: int = 2
+    threads: int = 1
+    memory_limit: str = "auto"
+    processes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise UnknownEngine(f"engine {self.name!r} is not one of {', '.join(ENGINES)}")
+        for label, value in (("workers", self.workers), ("threads", self.threads)):
+            if value < 1:
+                raise UnknownEngine(f"engine {label} must be at least 1, not {value}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.name == "dask"
+
+    def describe(self) -> str:
+        if not self.distributed:
+            return "pandas (this process)"
+        where = self.scheduler or (f"a local cluster of {self.workers} {'process' if self.processes else 'thread'} "
+                                   f"workers x {self.threads} thread(s), memory limit {self.memory_limit} each")
+        return f"dask on {where}"
+
+
+_CLIENT: ContextVar[Any] = ContextVar("funnelcast_dask_client", default=None)
+
+
+def active_client() -> Any:
+    """The Dask client of the open :func:`engine_session` (None: the pandas engine)."""
+    return _CLIENT.get()
+
+
+def _client(engine: Engine) -> tuple[Any, Any]:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - the `dask` extra is part of the test install
+        raise EngineUnavailable("--engine dask needs the `dask` extra: pip install 'funnelcast[dask]'") from exc
+    if engine.scheduler:
+        try:
+            return Client(engine.scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            raise EngineUnavailable(f"the Dask scheduler at {engine.scheduler} cannot be reached ({exc})") from exc
+    cluster = LocalCluster(n_workers=engine.workers, threads_per_worker=engine.threads, processes=engine.processes,
+                           memory_limit=engine.memory_limit, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+@contextmanager
+def engine_session(engine: Engine) -> Iterator[Any]:
+    """Open ``engine`` for a command: the Dask client (also :func:`active_client`), or None for pandas."""
+    if not engine.distributed:
+        yield None
+        return
+    client, cluster = _client(engine)
+    try:
+        with using_client(client):
+            yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextmanager
+def using_client(client: Any) -> Iterator[Any]:
+    """Run the Dask engine on an existing ``distributed.Client`` (a notebook's, a test's) inside the block."""
+    token = _CLIENT.set(client)
+    try:
+        yield client
+    finally:
+        _CLIENT.reset(token)
+
+
+def _partitions(client: Any, npartitions: int | None = None) -> int:
+    """``npartitions``, else two per worker of ``client``'s cluster."""
+    return npartitions or max(1, 2 * len(client.scheduler_info().get("workers", {})))
+
+
+def entity_buckets(ids: pd.Series, n: int) -> np.ndarray:
+    """The partition (0..n-1) of each entity id: a stable hash of the id, so every row of an entity
+    (its lead row, its activities) lands in the same one; missing ids get -1 (no partition)."""
+    present = ids.notna().to_numpy()
+    out = np.full(len(ids), -1, dtype=np.int64)
+    hashed = pd.util.hash_array(ids[present].astype("str").to_numpy(dtype=object), categorize=False)
+    out[present] = (hashed % np.uint64(n)).astype(np.int64)
+    return out
+
+
+def _scattered(client: Any, frame: pd.DataFrame, buckets: np.ndarray, n: int) -> Any:
+    """``frame`` as a dask dataframe whose partition ``i`` holds the rows of bucket ``i`` (held by the workers)."""
+    import dask.dataframe as dd
+
+    order = np.argsort(buckets, kind="stable")
+    bounds = np.searchsorted(buckets[order], np.arange(n + 1))
+    pieces = [frame.iloc[order[bounds[i]:bounds[i + 1]]] for i in range(n)]
+    futures = client.scatter(pieces)
+    return dd.from_delayed(futures, meta=frame.iloc[:0], verify_meta=False)
+
+
+@dataclass
+class PartitionedLeads:
+    """An export's leads split by entity: partition ``i`` of ``leads`` and of ``activities`` hold the same leads."""
+
+    leads: Any  # dask DataFrame, with the ROW column
+    activities: Any  # dask DataFrame
+    npartitions: int
+
+
+def partition_leads(client: Any, export: Export, npartitions: int | None = None) -> PartitionedLeads:
+    """``export``'s leads by the hash of ``lead_id`` and their activities routed to their lead's partition
+    (activities of no lead belong to no lead partition)."""
+    n = _partitions(client, npartitions)
+    leads = export.leads.assign(**{ROW: np.arange(len(export.leads))})
+    acts = export.activities
+    return PartitionedLeads(_scattered(client, leads, entity_buckets(leads["lead_id"], n), n),
+                            _scattered(client, acts, entity_buckets(acts["lead_id"], n), n), n)
+
+
+def _partition_snapshots(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
+                         contexts: dict[pd.Timestamp, Any], as_ofs: Sequence[pd.Timestamp],
+                         spec: LeadFeatureSpec) -> pd.DataFrame:
+    """The snapshots of one partition's leads: for each ``as_of``, :func:`features.leads.lead_features` of the
+    partition's leads open then (the broadcast context of ``as_of``) and their label, with their ROW."""
+    parts = []
+    for as_of in as_ofs:
+        open_now = open_leads(leads, as_of)
+        if open_now.empty:
+            continue
+        X = lead_features(open_now, accounts, activities, as_of, contexts[as_of], spec)
+        X.insert(0, "as_of", as_of)
+        X["label"] = converted_within_horizon(open_now, as_of, spec.horizon_days)
+        X[ROW] = open_now[ROW].to_numpy()
+        parts.append(X.reset_index())
+    if not parts:
+        return pd.DataFrame(columns=["lead_id", "as_of", *spec.feature_names, "label", ROW])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _collected(client: Any, frame: Any, order: list[str]) -> pd.DataFrame:
+    """The partitions of the dask dataframe ``frame`` gathered and put in ``order`` (then ROW dropped);
+    empty partitions are left out of the concatenation (their placeholder dtypes would widen columns)."""
+    parts = [p for p in client.gather(client.compute(frame.to_delayed())) if len(p)]
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True).sort_values(order, kind="stable")
+    return out.drop(columns=ROW).reset_index(drop=True)
+
+
+def lead_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: LeadFeatureSpec, *,
+                   progress: bool = False) -> pd.DataFrame:
+    """:func:`features.leads.lead_snapshots` on the active engine: with a Dask session, per entity
+    partition on the cluster, the global context computed once per ``as_of`` and broadcast; the same
+    frame (rows in the same order) either way."""
+    client = active_client()
+    if client is None:
+        return lead_module.lead_snapshots(export, as_ofs, spec, progress=progress)
+    import dask
+
+    parts = partition_leads(client, export)
+    # global aggregates, point-in-time: from rows before each as_of only (lead_context's own rule)
+    contexts = {t: lead_context(export, t, spec.horizon_days) for t in as_ofs}
+    shared = [dask.delayed(f) for f in client.scatter([export.accounts, contexts], broadcast=True)]
+    meta = _partition_snapshots(export.leads.iloc[:0].assign(**{ROW: np.arange(0)}), export.activities.iloc[:0],
+                                export.accounts, contexts, [], spec)
+    frames = parts.leads.map_partitions(_partition_snapshots, parts.activities, *shared, list(as_ofs), spec,
+                                        meta=meta, align_dataframes=False, enforce_metadata=False)
+    out = _collected(client, frames, ["as_of", ROW])
+    if out.empty:
+        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
+    return out
+
+
+def _partition_apply(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
+                     fn: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    if leads.empty:
+        return pd.DataFrame()
+    out = fn(leads.drop(columns=ROW), accounts, activities).reset_index(drop=True)
+    return out.assign(**{ROW: leads[ROW].to_numpy()})
+
+
+def map_leads(export: Export, leads: pd.DataFrame,
+              fn: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """``fn(leads, accounts, activities)`` (one output row per lead, in the leads' order) on the active
+    engine: with a Dask session, per entity partition (each partition's leads with their activities and
+    every account), the rows put back in the order of ``leads``; else in this process."""
+    client = active_client()
+    if client is None or leads.empty:
+        return fn(leads, export.accounts, export.activities)
+    import dask
+
+    subset = Export(accounts=export.accounts, leads=leads, opportunities=export.opportunities,
+                    stage_history=export.stage_history, activities=export.activities, exported_at=export.exported_at)
+    parts = partition_leads(client, subset)
+    [accounts] = [dask.delayed(f) for f in client.scatter([export.accounts], broadcast=True)]
+    # the partitions are gathered as they are (_collected): dask needs no more of the output's schema than a frame
+    frames = parts.leads.map_partitions(_partition_apply, parts.activities, accounts, fn,
+                                        meta=pd.DataFrame({ROW: np.arange(0)}), align_dataframes=False,
+                                        enforce_metadata=False)
+    return _collected(client, frames, [ROW])
+
+
+def add_engine_args(parser: Any) -> None:
+    """``--engine``, ``--scheduler`` and the local cluster's size: the flags of `train`, `score` and `refresh`."""
+    parser.add_argument("--engine", choices=ENGINES, help="pandas (this process) or dask (default FUNNELCAST_ENGINE, "
+                        "else pandas)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --engine dask, e.g. "
+                        "tcp://10.0.0.5:8786 (default FUNNELCAST_DASK_SCHEDULER, else a local cluster for the command)")
+    parser.add_argument("--dask-workers", type=int, help="workers of the local cluster (default 2)")
+    parser.add_argument("--dask-threads", type=int, help="threads per worker of the local cluster (default 1)")
+    parser.add_argument("--dask-memory-limit", help="memory limit per worker of the local cluster, e.g. 4GB "
+                        "(default auto: the machine's memory shared by the workers)")
+
+
+def engine_from(args: Any, settings: Any, *, announce: bool = False) -> Engine:
+    """The :class:`Engine` of a command: its flags (:func:`add_engine_args`), else the settings
+    (``FUNNELCAST_ENGINE``, ``FUNNELCAST_DASK_*``). ``announce``: print which engine, when it is Dask."""
+    def pick(flag: str, setting: str) -> Any:
+        value = getattr(args, flag, None)
+        return value if value is not None else getattr(settings, setting)
+
+    engine = Engine(name=pick("engine", "engine"), scheduler=pick("scheduler", "dask_scheduler"),
+                    workers=pick("dask_workers", "dask_workers"), threads=pick("dask_threads", "dask_threads"),
+                    memory_limit=pick("dask_memory_limit", "dask_memory_limit"))
+    if announce and engine.distributed:
+        print(f"engine: {engine.describe()}")
+    return engine

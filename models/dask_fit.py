@@ -1,0 +1,112 @@
+"""LightGBM's trees grown on a Dask cluster, brought back as the local booster every other path uses.
+
+:func:`grow_on_cluster` is what :class:`models.estimators.CalibratedBoostedClassifier` calls instead of
+``lgb.train`` while a Dask session is open (:func:`features.engine.engine_session`): the feature
+matrix (categories as the codes the local fit gives them) is split into one row block per worker
+and persisted there, :class:`lightgbm.DaskLGBMClassifier` grows the trees data-parallel on the
+workers, and ``to_local()`` returns a plain :class:`lightgbm.LGBMClassifier` whose booster the
+estimator keeps. Everything after the growing (Platt scaling, SHAP contributions, logging to MLflow,
+serving) is the pandas path's, on the same booster type.
+
+LightGBM's Dask interface has no early stopping (microsoft/LightGBM#3712), so the trees are grown
+for the estimator's ``max_rounds`` and early stopping is replayed here on the calibration window:
+the validation log loss after every round (from the leaves each row falls in, in row blocks) and
+the rule of ``lgb.early_stopping`` (the best round, unless ``stopping_rounds`` later rounds do not
+improve on it). The booster is cut to the best round, as the pandas path's ``best_iteration``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+__all__ = ["early_stopping_round", "grow_on_cluster", "round_losses"]
+
+#: Rows per block when the log loss of every round is computed (a block holds rows x rounds floats).
+BLOCK_ROWS = 4096
+#: LightGBM parameters that are the scikit-learn interface's arguments under another name, and those the
+#: cluster decides (each worker's threads: the Dask interface ignores ``n_jobs``).
+_RENAMED = {"seed": "random_state"}
+_CLUSTER_DECIDES = ("num_threads", "n_jobs", "num_iterations", "n_estimators")
+
+
+def _leaf_values(booster: lgb.Booster) -> np.ndarray:
+    """``values[t, leaf]``: the output of leaf ``leaf`` of tree ``t`` (NaN where the tree has fewer leaves)."""
+    trees = booster.dump_model()["tree_info"]
+    values = np.full((len(trees), max(t["num_leaves"] for t in trees)), np.nan)
+
+    def walk(node: dict, t: int) -> None:
+        if "leaf_index" in node:
+            values[t, node["leaf_index"]] = node["leaf_value"]
+        elif "leaf_value" in node:  # a tree of one leaf
+            values[t, 0] = node["leaf_value"]
+        else:
+            walk(node["left_child"], t)
+            walk(node["right_child"], t)
+
+    for t, tree in enumerate(trees):
+        walk(tree["tree_structure"], t)
+    return values
+
+
+def round_losses(booster: lgb.Booster, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The log loss on ``X, y`` of the booster's raw score after each round (``out[i]``: rounds 0..i)."""
+    values = _leaf_values(booster)
+    y = np.asarray(y, dtype=float)
+    total = np.zeros(values.shape[0])
+    for start in range(0, len(X), BLOCK_ROWS):
+        leaves = booster.predict(X[start:start + BLOCK_ROWS], pred_leaf=True).reshape(-1, values.shape[0])
+        raw = np.cumsum(values[np.arange(values.shape[0]), leaves], axis=1)
+        yb = y[start:start + BLOCK_ROWS, None]
+        # log loss of the logistic of raw, written stably: log(1 + e^-z) for positives, log(1 + e^z) for negatives
+        total += np.logaddexp(0.0, np.where(yb > 0, -raw, raw)).sum(axis=0)
+    return total / max(len(X), 1)
+
+
+def early_stopping_round(losses: np.ndarray, stopping_rounds: int) -> int:
+    """The number of rounds ``lgb.early_stopping(stopping_rounds)`` keeps for this validation curve."""
+    best, best_i = math.inf, 0
+    for i, loss in enumerate(losses):
+        if loss < best:
+            best, best_i = float(loss), i
+        elif i - best_i >= stopping_rounds:
+            break
+    return best_i + 1
+
+
+def _blocks(client: Any, arrays: list[np.ndarray]) -> list[Any]:
+    """``arrays`` (same length) as dask arrays of one row block per worker, persisted on the workers."""
+    import dask.array as da
+    from distributed import wait
+
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    rows = max(1, math.ceil(len(arrays[0]) / workers))
+    out = [da.from_array(a, chunks=(rows, *a.shape[1:])) for a in arrays]
+    out = client.persist(out)
+    wait(out)
+    return out
+
+
+def grow_on_cluster(client: Any, params: dict[str, Any], X: np.ndarray, y: np.ndarray,
+                    weight: np.ndarray | None, categorical: list[int], rounds: int,
+                    X_cal: np.ndarray | None = None, y_cal: np.ndarray | None = None,
+                    stopping_rounds: int | None = None) -> tuple[lgb.Booster, int]:
+    """A booster of ``rounds`` rounds grown by ``DaskLGBMClassifier`` on ``client``'s workers with LightGBM
+    ``params``, and the rounds to use: the early-stopping round on ``X_cal`` when given, else ``rounds``."""
+    from lightgbm import DaskLGBMClassifier
+
+    kwargs = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _CLUSTER_DECIDES}
+    arrays = [np.asarray(X, dtype=float), np.asarray(y, dtype=int)] + ([np.asarray(weight, dtype=float)]
+                                                                        if weight is not None else [])
+    dX, dy, *dw = _blocks(client, arrays)
+    model = DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
+    model.fit(dX, dy, sample_weight=dw[0] if dw else None, categorical_feature=categorical or "auto")
+    booster = model.to_local().booster_
+    used = booster.current_iteration()
+    if X_cal is not None and y_cal is not None and len(X_cal) and stopping_rounds:
+        used = early_stopping_round(round_losses(booster, np.asarray(X_cal, dtype=float), y_cal), stopping_rounds)
+        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=used))
+    return booster, used
