@@ -10,8 +10,7 @@ from fastapi.responses import JSONResponse
 from models.registry import configure, describe_versions
 from models.tasks import Task
 from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep
-from features.settings import StoreNotFound
-from serving.errors import RequestProblem, client_safe
+from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
 from serving.schemas.common import error_responses
 from serving.schemas.live import SnapshotState
@@ -121,18 +120,11 @@ def floor_outcome(metrics: dict[str, float]) -> FloorOutcome | None:
 
 
 @router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"],
-            responses=error_responses(401, 503))
+            responses=error_responses(401))
 def list_models(request: Request, settings: SettingsDep) -> ModelsResponse:
     """Registered versions of every task with their aliases, training window and evaluation metrics,
-    each baseline's figures on the same window beside them, and the baseline floor's outcome.
-
-    A missing SQLite store is a 503 naming what to do; it is never created empty here."""
-    try:
-        settings.require_tracking_store()
-    except StoreNotFound:
-        raise RequestProblem("no MLflow store in the project home: train first (`funnelcast train`) or point "
-                             "FUNNELCAST_HOME at the project", status_code=503, headers={"Retry-After": "60"}) from None
-    client = configure(settings.resolved_tracking_uri(), home=settings.home)
+    each baseline's figures on the same window beside them, and the baseline floor's outcome."""
+    client = configure(settings.resolved_tracking_uri())
     loaded = {(m.name, m.version) for m in request.app.state.models.values()}
     out = []
     for task in Task:
