@@ -21,6 +21,16 @@ SEED = 7
 SCALE = 0.05
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_uri():
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI, and Settings honours that variable: one
+    test's (or fixture's) store would become the next one's default (a Dask train registered into
+    another test's store). Each test starts without it and leaves none behind."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from features.sample import generate_sample
