@@ -25,9 +25,9 @@ from starlette.responses import HTMLResponse, Response
 
 from features.errors import FunnelcastError, ModelNotAvailable
 from features.settings import Settings, StoreNotFound, get_settings
-from models.registry import LoadedModel, configure, load_scorer
+from models.registry import LoadedModel, load_scorer
 from serving import errors, page, routes_accounts, routes_admin, routes_deals, routes_leads, routes_live, routes_ops
-from serving.deps import LOAD_FAILED, SERVED_TASKS, load_failure
+from serving.deps import LOAD_FAILED, SERVED_TASKS, load_failure, registry_client, store_missing_reason
 from serving.middleware import (
     ConcurrencyGuard,
     FailedKeyThrottle,
@@ -61,12 +61,10 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     and how the home was found; clients read the reason without server paths)."""
     models, problems = {}, {}
     try:
-        settings.require_tracking_store()
-        client = configure(settings.resolved_tracking_uri(), home=settings.home)
+        client = registry_client(settings)
     except StoreNotFound as exc:
         log.error("%s", exc)
-        reason = (f"no MLflow store in the project home: train first (`funnelcast train`) or point FUNNELCAST_HOME "
-                  f"at the project ({public_reason(exc.path)} not found)")
+        reason = store_missing_reason(settings)
         return {}, {t.value: reason for t in SERVED_TASKS}
     except Exception as exc:  # a broken store must not keep the API down
         log.exception("cannot open the MLflow store")

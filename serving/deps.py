@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
@@ -23,11 +23,14 @@ from features.contract import Export
 from features.errors import FunnelcastError, ModelNotAvailable
 from features.io import load_export
 from features.profile import ExportShrunk, export_profile, shrinkage, source_key
-from features.settings import Settings
-from models.registry import LoadedModel
+from features.settings import Settings, StoreNotFound
+from models.registry import LoadedModel, configure
 from models.tasks import Task
 from serving.errors import RequestProblem, client_safe
 from serving.middleware import Busy
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("funnelcast.serving")
 
@@ -67,6 +70,60 @@ def model_dependency(task: Task) -> Callable[[Request], Awaitable[LoadedModel]]:
 
     loaded_model.__name__ = f"{task.value}_model"
     return loaded_model
+
+
+# --- the MLflow store: opened, never created ---------------------------------------------------
+
+
+def _home_found(settings: Settings) -> str:
+    """How the project home was found, in words without the server's paths."""
+    origin = settings.home_origin
+    if origin.startswith("found from"):
+        return "found walking up from the server's working folder"
+    if origin.startswith("marked by"):
+        return "marked by a funnelcast.toml above the server's working folder"
+    if origin.startswith("the per-user default"):
+        return "the per-user default folder: no .funnelcast/ or funnelcast.toml above the server's working folder"
+    return "set by FUNNELCAST_HOME"
+
+
+def store_missing_reason(settings: Settings) -> str:
+    """What a client reads when the SQLite MLflow store is missing: which store (its file name and
+    how it was chosen, no server path) and what to run. The server log has the full path."""
+    db = settings.local_tracking_db()
+    name = db.name if db is not None else "mlflow.db"
+    if db is not None and db.parent == settings.home:
+        where = f"{name} in the project home ({_home_found(settings)})"
+    else:
+        where = f"{name}, the SQLite file FUNNELCAST_TRACKING_URI (or MLFLOW_TRACKING_URI) names"
+    return (f"no MLflow store: {where} does not exist, and the server never creates one; train first "
+            "(`funnelcast train`, or `funnelcast run`), or point FUNNELCAST_HOME at the project that holds the models")
+
+
+class StoreMissing(RequestProblem):
+    """The MLflow store the server is configured with does not exist: the server's fault (503)."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(store_missing_reason(settings), status_code=503, headers={"Retry-After": "60"})
+
+
+def registry_client(settings: Settings) -> MlflowClient:
+    """A client of the configured MLflow store, for every use on the serving side (loading at start,
+    reload, alias polling, ``/v1/models``). It never creates a store: MLflow makes an empty SQLite file
+    as soon as a client is built on a missing one, so a missing file is refused first
+    (:class:`~features.settings.StoreNotFound`, naming the path for the log). A home moved since the
+    store was last opened is followed (:func:`models.registry.follow_home`)."""
+    settings.require_tracking_store()
+    return configure(settings.resolved_tracking_uri(), home=settings.home)
+
+
+def store_present(settings: Settings) -> bool:
+    """Whether the configured MLflow store can be opened without creating it (a server URI: yes)."""
+    try:
+        settings.require_tracking_store()
+    except StoreNotFound:
+        return False
+    return True
 
 
 LeadModelDep = Annotated[LoadedModel, Depends(model_dependency(Task.LEAD_QUALITY))]

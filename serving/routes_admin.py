@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from models.registry import configure, describe_versions
+from features.settings import Settings, StoreNotFound
+from models.registry import describe_versions
 from models.tasks import Task
-from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep
+from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep, StoreMissing, registry_client, store_missing_reason, store_present
 from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
 from serving.schemas.common import error_responses
@@ -21,10 +23,12 @@ from serving.schemas.ops import (
     ModelsResponse,
     ModelVersion,
     Readiness,
+    StoreReadiness,
     TaskReadiness,
 )
 from serving.security import ApiKeyDep
 
+log = logging.getLogger("funnelcast.serving")
 router = APIRouter(tags=["operations"])
 
 
@@ -62,24 +66,36 @@ def _data_state(state: Any) -> DataReadiness:
     return DataReadiness(state="not_read_yet")
 
 
+def _store_state(settings: Settings) -> StoreReadiness:
+    db = settings.local_tracking_db()
+    kind, name = ("sqlite", db.name) if db is not None else (settings.resolved_tracking_uri().split(":", 1)[0], None)
+    if store_present(settings):
+        return StoreReadiness(state="present", kind=kind, name=name)
+    return StoreReadiness(state="missing", kind=kind, name=name, reason=store_missing_reason(settings))
+
+
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(request: Request):
     """Ready when the lead-quality model is loaded and no registered model failed to load (no key
     needed). Every served task says loaded (its version), failed (why) or not registered; the
-    configured export says readable (rows per table), unreadable (why) or not read yet;
-    ``snapshot`` says which scored snapshot is served, its age, and why the latest refresh failed
-    if it did."""
+    configured export says readable (rows per table), unreadable (why) or not read yet; ``store``
+    says whether the MLflow store is there (missing: which one and what to run; it is checked on
+    every call and never created); ``snapshot`` says which scored snapshot is served, its age, and
+    why the latest refresh failed if it did."""
     state = request.app.state
     loaded = {name: m.version for name, m in state.models.items()}
     tasks = _task_states(state)
-    snapshot = snapshot_state(state)
+    store = _store_state(state.settings)
+    parts = dict(models=loaded, tasks=tasks, data=_data_state(state), store=store, snapshot=snapshot_state(state))
     failed = [f"{name}: {t.reason}" for name, t in tasks.items() if t.state == "failed"]
     lead = tasks[Task.LEAD_QUALITY.value]
     if lead.state == "loaded" and not failed:
-        return Readiness(ready=True, models=loaded, tasks=tasks, data=_data_state(state), snapshot=snapshot)
-    reason = "; ".join(([] if lead.state == "loaded" else [f"lead_quality: {lead.reason}"]) + failed)
-    body = Readiness(ready=False, models=loaded, reason=reason, tasks=tasks, data=_data_state(state),
-                     snapshot=snapshot)
+        return Readiness(ready=True, **parts)
+    if lead.state != "loaded" and store.state == "missing":
+        reason = "; ".join([store.reason or "", *failed])  # one reason, not the same one per task
+    else:
+        reason = "; ".join(([] if lead.state == "loaded" else [f"lead_quality: {lead.reason}"]) + failed)
+    body = Readiness(ready=False, reason=reason, **parts)
     return JSONResponse(body.model_dump(mode="json"), status_code=503)
 
 
@@ -120,11 +136,18 @@ def floor_outcome(metrics: dict[str, float]) -> FloorOutcome | None:
 
 
 @router.get("/v1/models", response_model=ModelsResponse, dependencies=[ApiKeyDep], tags=["models"],
-            responses=error_responses(401))
+            responses=error_responses(401, 503))
 def list_models(request: Request, settings: SettingsDep) -> ModelsResponse:
     """Registered versions of every task with their aliases, training window and evaluation metrics,
-    each baseline's figures on the same window beside them, and the baseline floor's outcome."""
-    client = configure(settings.resolved_tracking_uri())
+    each baseline's figures on the same window beside them, and the baseline floor's outcome.
+
+    A missing MLflow store is a 503 naming the store and what to run (``/readyz`` says the same);
+    it is never created empty."""
+    try:
+        client = registry_client(settings)
+    except StoreNotFound as exc:
+        log.error("GET /v1/models: %s", exc)
+        raise StoreMissing(settings) from None
     loaded = {(m.name, m.version) for m in request.app.state.models.values()}
     out = []
     for task in Task:

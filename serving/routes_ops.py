@@ -26,9 +26,10 @@ from fastapi import APIRouter, Request
 
 from models.drift import drift_report
 from models.metrics import classification_metrics
-from models.registry import LoadedModel, alias_versions, configure
+from features.settings import StoreNotFound
+from models.registry import LoadedModel, alias_versions
 from models.tasks import Task
-from serving.deps import state_cached
+from serving.deps import registry_client, state_cached
 from serving.errors import RequestProblem
 from serving.schemas.common import error_responses
 from serving.schemas.ops import (
@@ -122,7 +123,12 @@ def poll_alias_once(state: Any) -> bool:
     """Swap in the registered models when the alias now points at versions not being served."""
     settings = state.settings
     names = sorted(set(state.models) | set(state.load_errors))
-    wanted = alias_versions(configure(settings.resolved_tracking_uri()), names, settings.model_alias)
+    try:
+        client = registry_client(settings)  # never creates a missing store
+    except StoreNotFound as exc:
+        log.error("alias poll: %s", exc)
+        return False
+    wanted = alias_versions(client, names, settings.model_alias)
     served = {name: m.version for name, m in state.models.items()}
     if all(served.get(name) == version for name, version in wanted.items()):
         return False

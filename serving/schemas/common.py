@@ -161,7 +161,8 @@ _MEANINGS = {
     422: "Invalid records or parameters: each error names the field path and the reason",
     429: "Rate limit for this API key (or of failed keys from this address) exceeded (see Retry-After)",
     500: "A fault of the server: quote the request id to the operator",
-    503: "The task's model is not loaded, the server's export cannot be read, or the server is busy (see Retry-After)",
+    503: "The task's model is not loaded, the server's MLflow store or export cannot be read, or the server is busy "
+         "(see Retry-After)",
 }
 
 

@@ -57,12 +57,22 @@ class DataReadiness(BaseModel):
     reason: str | None = None
 
 
+class StoreReadiness(BaseModel):
+    state: Literal["present", "missing"] = Field(
+        description="The MLflow store the models are loaded from; missing: refused, never created empty (reason: "
+        "which store and what to run)")
+    kind: str = Field(description="sqlite (a file under the project home by default), or the scheme of a server URI")
+    name: str | None = Field(None, description="The SQLite file's name (no server path)")
+    reason: str | None = None
+
+
 class Readiness(BaseModel):
     ready: bool = Field(description="lead_quality loaded and no registered model failed to load")
     models: dict[str, str] = Field(description="Loaded model versions by name")
     reason: str | None = None
     tasks: dict[str, TaskReadiness] = Field(default_factory=dict, description="Every served task's state")
     data: DataReadiness | None = None
+    store: StoreReadiness | None = Field(None, description="The MLflow store (null: not checked)")
     snapshot: SnapshotState | None = Field(None, description="The scored snapshot served (null: none yet)")
 
 

@@ -344,7 +344,7 @@ def test_app_loads_the_champion_from_the_registry(mlflow_store, sample_export, o
         assert floor["baseline"] == max(b["roc_auc"] for b in baselines.values()) and floor["allowance"] > 0
 
 
-def test_models_lists_baselines_beside_a_deal_models_figures(tmp_path, monkeypatch):
+def test_models_lists_baselines_beside_a_deal_models_figures(tmp_path, monkeypatch, empty_store):
     """Baseline names with underscores and metrics that end alike (win_roc_auc, win_h_roc_auc) parse apart."""
     metrics = {"eval_win_roc_auc": 0.70, "eval_win_h_roc_auc": 0.74, "baseline_stage_win_roc_auc": 0.66,
                "baseline_stage_win_h_roc_auc": 0.64, "baseline_logistic_regression_win_roc_auc": 0.79,
@@ -355,7 +355,7 @@ def test_models_lists_baselines_beside_a_deal_models_figures(tmp_path, monkeypat
                  "trained_from": None, "trained_until": None, "metrics": metrics, "run_error": None}]
 
     monkeypatch.setattr("serving.routes_admin.describe_versions", versions)
-    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'x.db'}")
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=empty_store)
     with TestClient(create_app(settings, preloaded={}), headers={"X-API-Key": KEY}) as c:
         deal = c.get("/v1/models").json()["models"][1]
     assert deal["baselines"] == {"stage": {"win_roc_auc": 0.66, "win_h_roc_auc": 0.64},
@@ -363,17 +363,59 @@ def test_models_lists_baselines_beside_a_deal_models_figures(tmp_path, monkeypat
     assert deal["floor"] == {"passed": False, "model": 0.70, "baseline": 0.79, "allowance": 0.04}
 
 
-def test_models_lists_every_task_and_says_why_metrics_are_missing(tmp_path, lead_scorer, monkeypatch):
+def test_models_lists_every_task_and_says_why_metrics_are_missing(tmp_path, lead_scorer, monkeypatch, empty_store):
     def versions(client, name):
         return [{"name": name, "version": "1", "aliases": ["champion"], "run_id": "r", "created_at": "2026-01-01",
                  "trained_from": None, "trained_until": None, "metrics": {},
                  "run_error": "run r could not be read: gone" if name == "high_value" else None}]
 
     monkeypatch.setattr("serving.routes_admin.describe_versions", versions)
-    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=f"sqlite:///{tmp_path / 'x.db'}")
+    settings = Settings(home=tmp_path, api_keys=[KEY], tracking_uri=empty_store)
     models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer)}
     with TestClient(create_app(settings, preloaded=models), headers={"X-API-Key": KEY}) as c:
         listed = c.get("/v1/models").json()["models"]
     assert [m["name"] for m in listed] == [t.value for t in Task]
     assert [m["loaded"] for m in listed] == [True, False, False]
     assert listed[2]["run_error"] == "run r could not be read: gone" and listed[0]["run_error"] is None
+
+
+@pytest.mark.parametrize("where", ["home", "tracking_uri"])
+def test_no_request_creates_a_missing_store_and_each_says_which_and_what_to_run(tmp_path, where):
+    """Start, readiness, the models list, reload and the alias poll on a missing SQLite store (the home's
+    default ``mlflow.db``, or a file FUNNELCAST_TRACKING_URI names): each refuses it (503 naming the store
+    and what to run, without a server path) and no file is created."""
+    from serving.routes_ops import poll_alias_once
+
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "mlflow.db" if where == "home" else tmp_path / "models.db"
+    uri = {} if where == "home" else {"tracking_uri": f"sqlite:///{db}"}
+    settings = Settings(home=home, api_keys=[KEY], admin_api_keys=["admin-" + KEY], reload_poll_seconds=0, **uri)
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
+        ready = c.get("/readyz")
+        listed = c.get("/v1/models")
+        reloaded = c.post("/v1/admin/reload", headers={"X-API-Key": "admin-" + KEY})
+        assert poll_alias_once(c.app.state) is False
+        scored = c.post("/v1/leads/score", json={"leads": [{"lead": {"lead_id": "a", "created_at": "2026-01-01"}}]})
+    store = ready.json()["store"]
+    assert ready.status_code == 503 and store["state"] == "missing" and store["name"] == db.name
+    reason = store["reason"]
+    assert ready.json()["reason"] == reason  # said once, not once per task
+    assert f"{db.name}" in reason and "`funnelcast train`" in reason and "never creates one" in reason
+    assert ("project home (set by FUNNELCAST_HOME)" in reason) == (where == "home")
+    assert listed.status_code == 503 and listed.json()["detail"] == reason and listed.json()["request_id"]
+    assert listed.headers["Retry-After"] == "60"
+    assert reloaded.status_code == 200 and reloaded.json()["problems"]["lead_quality"] == reason
+    assert scored.status_code == 503 and reason in scored.json()["detail"]
+    for r in (ready, listed, reloaded, scored):
+        assert str(tmp_path) not in r.text
+    assert not db.exists() and not db.with_name(db.name + "-journal").exists()
+    assert "mlflow.db" not in {p.name for p in home.iterdir()}
+
+
+def test_readiness_says_the_store_is_present(mlflow_store):
+    settings = Settings(home=mlflow_store["home"], api_keys=[KEY], tracking_uri=mlflow_store["uri"],
+                        reload_poll_seconds=0)
+    with TestClient(create_app(settings)) as c:
+        store = c.get("/readyz").json()["store"]
+    assert store == {"state": "present", "kind": "sqlite", "name": "mlflow.db", "reason": None}

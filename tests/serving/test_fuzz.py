@@ -21,9 +21,10 @@ KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
-def api_schema(lead_scorer, account_sample, sample_export, sample_dir, tmp_path_factory):
-    """Every served model loaded and the sample as the configured export, so every operation
-    runs its real code (accounts, deals, funnel, forecast, worklist), not its 503."""
+def api_schema(lead_scorer, account_sample, sample_export, sample_dir, tmp_path_factory, empty_store):
+    """Every served model loaded, an existing MLflow store and the sample as the configured export,
+    so every operation runs its real code (accounts, deals, funnel, forecast, worklist, the models
+    list), not its 503."""
     from training.deals import DealTrainConfig, build_deal_model
 
     deal = build_deal_model(sample_export, DealTrainConfig(snapshot_every_days=28, seed=7), sample_export.exported_at)
@@ -31,7 +32,7 @@ def api_schema(lead_scorer, account_sample, sample_export, sample_dir, tmp_path_
     models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
               "high_value": LoadedModel("high_value", "1", "champion", None, account_sample[3].scorer),
               "stage_conversion": LoadedModel("stage_conversion", "1", "champion", None, deal.scorer)}
-    settings = Settings(home=home, api_keys=[KEY], tracking_uri=f"sqlite:///{home / 'e.db'}", rate_limit_per_minute=0,
+    settings = Settings(home=home, api_keys=[KEY], tracking_uri=empty_store, rate_limit_per_minute=0,
                         data=str(sample_dir / "export"))
     app = create_app(settings, preloaded=models)
     app.state.models = dict(models)

@@ -22,17 +22,21 @@ def _write(path, entries, bump: int = 0) -> None:
 
 
 @pytest.fixture
-def keyed(tmp_path):
+def keyed(tmp_path, empty_store):
+    """An app reading its keys from a file, on an existing (empty) MLflow store: ``GET /v1/models``
+    answers 200 to an accepted key (on a missing store it would be a 503, also past the key check)."""
     keys = tmp_path / "keys.json"
     _write(keys, [{"sha256": hash_api_key("old-key"), "scope": "score", "name": "crm"},
                   {"sha256": hash_api_key("admin-key"), "scope": "admin"}])
-    app = create_app(Settings(home=tmp_path, api_keys_file=keys, tracking_uri=f"sqlite:///{tmp_path / 'x.db'}"))
+    app = create_app(Settings(home=tmp_path, api_keys_file=keys, tracking_uri=empty_store, reload_poll_seconds=0))
     with TestClient(app) as c:
         yield c, keys
 
 
 def _status(c, key: str) -> int:
-    return c.get("/v1/models", headers={"X-API-Key": key}).status_code
+    r = c.get("/v1/models", headers={"X-API-Key": key})
+    assert r.status_code != 200 or r.json() == {"models": []}, r.text
+    return r.status_code
 
 
 def test_rotation_grace_then_revocation_without_restart(keyed):
