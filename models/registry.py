@@ -13,10 +13,13 @@ import json
 import logging
 import os
 import sqlite3
+from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import joblib
 import mlflow
@@ -61,8 +64,10 @@ def follow_home(home: Path, tracking_uri: str) -> int:
     after ``mv`` of the project folder every model would point at the old place. The home keeps a
     record of where it was (:data:`HOME_RECORD`); when it is opened elsewhere, every stored text that
     starts with the old home (as a path or a ``file://`` URI) is rewritten to the new one, in one
-    transaction, and the record is updated. Returns the number of values rewritten (0: not moved, no
-    record yet, or a store outside the home, which is left alone)."""
+    transaction, and the record is updated. A store without a record (written before records were
+    kept, or through the Python API without a home, then moved or copied before anything opened it)
+    is followed when its locations say where it was (:func:`_previous_home`). Returns the number of
+    values rewritten (0: not moved, a new store, or a store outside the home, which is left alone)."""
     home = Path(home).resolve()
     db = _sqlite_path(tracking_uri)
     if db is None or db.resolve().parent != home or not home.is_dir():
@@ -71,7 +76,7 @@ def follow_home(home: Path, tracking_uri: str) -> int:
     try:
         was = Path(json.loads(record.read_text())["path"])
     except (OSError, ValueError, KeyError, TypeError):
-        was = None  # a new store, one older than the record, or an unreadable record: it is where it is
+        was = _previous_home(db, home) if db.exists() else None  # no record: the stored locations say
     rewritten = 0 if was is None or was == home or not db.exists() else _rewrite_prefix(db, was, home)
     if was != home:
         tmp = record.with_suffix(".tmp")
@@ -81,6 +86,53 @@ def follow_home(home: Path, tracking_uri: str) -> int:
             logger.warning("the project home moved from %s to %s: %d stored artifact locations follow it",
                            was, home, rewritten)
     return rewritten
+
+
+#: The columns of MLflow's SQLite store holding artifact locations.
+_LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+              ("model_versions", "storage_location"))
+
+
+def _stored_locations(db: Path) -> list[Path]:
+    """The local artifact locations the store records (``file://`` URIs and absolute paths), read only."""
+    out = []
+    with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in _LOCATIONS:
+            if table in tables:
+                out += [r[0] for r in conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}"') if isinstance(r[0], str)]
+    paths = [Path(url2pathname(urlsplit(v).path)) if v.startswith("file:") else Path(v) for v in out]
+    return [p for p in paths if p.is_absolute()]
+
+
+def _previous_home(db: Path, home: Path) -> Path | None:
+    """Where a store without a home record was written, read from its own artifact locations.
+
+    A location ``OLD/rest`` outside ``home`` whose ``home/rest`` exists (``rest`` of at least two
+    parts: the artifacts came along with the store) names ``OLD``; the longest such ``rest`` is taken
+    (the most specific match), and the most frequent ``OLD``. None when no location says (a new store,
+    one never moved, or one whose artifacts live elsewhere: left alone). ``OLD`` is never the root, an
+    ancestor of the home or inside it: a wrong guess must not rewrite every path."""
+    found: Counter[Path] = Counter()
+    try:
+        locations = _stored_locations(db)
+    except sqlite3.Error:
+        return None  # not a store this can read: MLflow says what is wrong with it when it opens it
+    for location in locations:
+        if location.is_relative_to(home):
+            continue
+        parts = location.parts
+        for cut in range(1, len(parts) - 1):  # OLD = parts[:cut], rest = parts[cut:]: the longest rest first
+            if home.joinpath(*parts[cut:]).exists():
+                old = Path(*parts[:cut])
+                if len(old.parts) >= 2 and not home.is_relative_to(old):
+                    found[old] += 1
+                break
+    if not found:
+        return None
+    old, _ = found.most_common(1)[0]
+    logger.info("the store %s has no home record; its artifact locations say it was written in %s", db, old)
+    return old
 
 
 def _sqlite_path(uri: str) -> Path | None:
