@@ -16,8 +16,16 @@ customers with a value), all logged to a fresh project home, served by ``uvicorn
 2. **Chunked body**: ``--chunked-mb`` MB sent as ``Transfer-Encoding: chunked`` (no
    ``Content-Length``) to ``POST /v1/leads/score``; reported: the status and the server's
    resident memory before and at its peak while the body was sent.
+3. **The requests issue 17 found answering 500** (prospect-only accounts, deals without any
+   amount or close date, ``as_of`` outside 1900-2200, funnel before the data, non-finite
+   allocation values, a tiny worklist effort, booleans as numbers, integers as timestamps), each
+   once; and **4 clients posting the same outcomes at once** (50 overlapping batches each over
+   50 records): their statuses and the outcomes stored afterwards (one per record).
+4. **A missing store**: a second server on a home without ``mlflow.db``: ``/readyz`` and
+   ``GET /v1/models`` (503 naming the store and what to run), and whether the file was created.
 
-Exit status 1 when any server error, schema violation or a non-413 chunked answer was seen.
+Exit status 1 when any server error, schema violation, a non-413 chunked answer, a race that did
+not store one outcome per record, or a missing store not refused (or created) was seen.
 """
 
 from __future__ import annotations
@@ -158,6 +166,99 @@ def chunked(base: str, pid: int, megabytes: int) -> dict:
             "growth_mb": max(peak) - before}
 
 
+def _deal(i: int, **fields) -> dict:
+    opp = {"opportunity_id": f"d{i}", "account_id": f"a{i}", "created_at": "2027-01-05", "stage": "proposal", **fields}
+    return {"opportunity": opp, "stage_history": [{"stage": "qualification", "entered_at": "2027-01-05"},
+                                                  {"stage": "proposal", "entered_at": "2027-02-01"}]}
+
+
+def _listed() -> list[tuple[str, str, str, dict]]:
+    """The requests issue 17 found answering 500: (what, method, path, httpx keyword arguments)."""
+    prospects = {"as_of": "2027-06-01T00:00:00Z", "accounts": [
+        {"account": {"account_id": "p1", "created_at": "2027-01-01", "industry": "software", "employees": 40}},
+        {"account": {"account_id": "p2", "created_at": "2027-02-01"}, "opportunities": [
+            {"opportunity_id": "o1", "created_at": "2027-03-01", "stage": "proposal", "amount": 900}]}]}
+    out = [("accounts, prospects only", "POST", "/v1/accounts/score", {"json": prospects})]
+    for missing in ("amount", "expected_close_date"):
+        given = {k: v for k, v in {"amount": 5000.0, "expected_close_date": "2027-05-01"}.items() if k != missing}
+        out.append((f"deals, none with {missing}", "POST", "/v1/opportunities/score",
+                    {"json": {"as_of": "2027-03-01T00:00:00Z", "opportunities": [_deal(1, **given), _deal(2, **given)]}}))
+    for as_of in ("1500-01-01T00:00:00Z", "2300-01-01T00:00:00Z", "2360-06-01T00:00:00Z"):
+        out += [(f"deals as_of {as_of[:4]}", "POST", "/v1/opportunities/score",
+                 {"json": {"as_of": as_of, "opportunities": [_deal(1, amount=5.0)]}}),
+                (f"accounts as_of {as_of[:4]}", "POST", "/v1/accounts/score",
+                 {"json": {"as_of": as_of, "accounts": [{"account": {"account_id": "p1", "created_at": "2026-01-01"}}]}}),
+                (f"funnel as_of {as_of[:4]}", "GET", "/v1/funnel", {"params": {"as_of": as_of}}),
+                (f"forecast as_of {as_of[:4]}", "GET", "/v1/forecast", {"params": {"as_of": as_of}})]
+    out.append(("funnel as_of before the data", "GET", "/v1/funnel", {"params": {"as_of": "1950-01-01T00:00:00Z"}}))
+    for value in ("Infinity", "1e309"):
+        raw = '{"reps": [{"owner_id": "a", "capacity": 2}], "items": [{"item_id": "x", "expected_value": ' + value + "}]}"
+        out.append((f"allocation expected_value {value}", "POST", "/v1/allocation",
+                    {"content": raw, "headers": {"Content-Type": "application/json"}}))
+    out.append(("worklist effort_account 5e-324", "GET", "/v1/worklist", {"params": {"effort_account": "5e-324"}}))
+    for field_name, value in (("employees", True), ("created_at", 1700000000)):
+        account = {"account_id": "p1", "created_at": "2026-01-01", field_name: value}
+        out.append((f"accounts {field_name}={json.dumps(value)}", "POST", "/v1/accounts/score",
+                    {"json": {"accounts": [{"account": account}]}}))
+    return out
+
+
+def listed_requests(base: str) -> list[tuple[str, int]]:
+    """Each request of :func:`_listed` once: (what, status)."""
+    out = []
+    with httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=300) as client:
+        for what, method, path, kwargs in _listed():
+            headers = {**client.headers, **kwargs.pop("headers", {})}
+            out.append((what, client.request(method, path, headers=headers, **kwargs).status_code))
+    return out
+
+
+def outcome_race(base: str, clients: int = 4, requests: int = 50, records: int = 50) -> dict:
+    """``clients`` threads posting the same outcomes at once, ``requests`` batches each (10 records a
+    batch, overlapping); the statuses, and the outcomes stored for those records afterwards."""
+    ids = [f"race-{i}" for i in range(records)]
+
+    def stored() -> int:
+        r = httpx.get(f"{base}/v1/models/lead_quality/performance", headers={"X-API-Key": KEY}, timeout=60)
+        return r.json()["outcomes_stored"]
+
+    before, statuses, lock = stored(), [], threading.Lock()
+
+    def client(c: int) -> None:
+        with httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=120) as http:
+            for j in range(requests):
+                batch = [{"record_id": ids[(j + k) % records], "outcome": "converted",
+                          "occurred_at": "2027-01-01T00:00:00Z"} for k in range(10)]
+                code = http.post("/v1/outcomes", json={"outcomes": batch}).status_code
+                with lock:
+                    statuses.append(code)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"requests": len(statuses), "server_errors": sum(s >= 500 for s in statuses),
+            "statuses": sorted(set(statuses)), "records": records, "stored": stored() - before}
+
+
+def missing_store(port: int) -> dict:
+    """A server on a home without ``mlflow.db``: /readyz and /v1/models, and whether the file appeared."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / ".funnelcast"
+        home.mkdir()
+        server = _serve(home, f"sqlite:///{home / 'mlflow.db'}", port, data=None)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            ready = _wait_answering(base, server)
+            listed = httpx.get(f"{base}/v1/models", headers={"X-API-Key": KEY}, timeout=30)
+        finally:
+            server.terminate()
+            server.wait(30)
+        return {"readyz": ready.status_code, "store": ready.json().get("store"), "models": listed.status_code,
+                "models_detail": listed.json().get("detail"), "created": (home / "mlflow.db").exists()}
+
+
 def _train(home: Path, scale: float, account_scale: float) -> str:
     """The sample export (the server's data) and the three models logged into ``home``'s store."""
     generate_sample(home / "sample", seed=SEED, scale=scale)
@@ -177,9 +278,9 @@ def _train(home: Path, scale: float, account_scale: float) -> str:
     return s.resolved_tracking_uri()
 
 
-def _serve(home: Path, uri: str, port: int) -> subprocess.Popen:
+def _serve(home: Path, uri: str, port: int, data: str | None = "sample/export") -> subprocess.Popen:
     env = {**os.environ, "FUNNELCAST_HOME": str(home), "FUNNELCAST_TRACKING_URI": uri,
-           "FUNNELCAST_DATA": str(home / "sample" / "export"), "FUNNELCAST_API_KEYS": json.dumps([KEY]),
+           **({"FUNNELCAST_DATA": str(home / data)} if data else {}), "FUNNELCAST_API_KEYS": json.dumps([KEY]),
            "FUNNELCAST_ADMIN_API_KEYS": json.dumps([ADMIN]), "FUNNELCAST_RATE_LIMIT_PER_MINUTE": "0",
            "FUNNELCAST_FAILED_KEYS_PER_MINUTE": "0", "FUNNELCAST_RELOAD_POLL_SECONDS": "3600"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -189,17 +290,28 @@ def _serve(home: Path, uri: str, port: int) -> subprocess.Popen:
 
 
 def _wait_ready(base: str, server: subprocess.Popen, timeout: float = 300) -> None:
-    end = time.time() + timeout
+    if _wait_answering(base, server, timeout, until_ready=True).status_code != 200:
+        raise SystemExit(f"the server was not ready within {timeout:.0f} s")
+
+
+def _wait_answering(base: str, server: subprocess.Popen, timeout: float = 300,
+                    until_ready: bool = False) -> httpx.Response:
+    """The first ``/readyz`` answer (uvicorn answers once the app's start-up, loading the models, is
+    done), ready or not; polled until a 200 when ``until_ready``."""
+    end, last = time.time() + timeout, None
     while time.time() < end:
         if server.poll() is not None:
             raise SystemExit(f"the server exited with {server.returncode}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
+            last = httpx.get(f"{base}/readyz", timeout=5)
+            if last.status_code == 200 or not until_ready:
+                return last
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"the server was not ready within {timeout:.0f} s")
+    if last is None:
+        raise SystemExit(f"the server did not answer within {timeout:.0f} s")
+    return last
 
 
 def main() -> None:
@@ -223,6 +335,7 @@ def main() -> None:
             refreshed = httpx.post(f"{base}/v1/admin/refresh", headers={"X-API-Key": ADMIN}, timeout=300)
             assert refreshed.status_code == 200, refreshed.text  # the feed and history need one snapshot
             memory = chunked(base, server.pid, args.chunked_mb)  # first: before fuzzing grows the caches
+            listed, race = listed_requests(base), outcome_race(base)  # before fuzzing posts other outcomes
             schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
             stateless, stateful = Tally(), Tally()
             operations = fuzz_operations(schema, args.examples, stateless)
@@ -230,7 +343,11 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
+    store = missing_store(_free_port())
     _report(args, operations, links, stateless, stateful, memory)
+    bad = _report_hostile(listed, race, store)
+    bad += stateless.server_errors + stateless.violations + stateful.server_errors + stateful.violations
+    sys.exit(1 if bad or memory["status"] != 413 else 0)
 
 
 def _free_port() -> int:
@@ -252,8 +369,19 @@ def _report(args, operations: int, links: int, stateless: Tally, stateful: Tally
           f"(+{memory['growth_mb']:.0f} MB)")
     for line in stateless.examples + stateful.examples:
         print("  " + line)
-    bad = stateless.server_errors + stateless.violations + stateful.server_errors + stateful.violations
-    sys.exit(1 if bad or memory["status"] != 413 else 0)
+
+
+def _report_hostile(listed: list[tuple[str, int]], race: dict, store: dict) -> int:
+    """Print the listed requests, the race and the missing store; the number of failures."""
+    print("\n| request that once answered 500 | status |\n|---|---|")
+    for what, status in listed:
+        print(f"| {what} | {status} |")
+    print(f"\n{race['requests']} outcome batches from 4 clients at once over {race['records']} records: "
+          f"{race['server_errors']} 5xx (statuses {race['statuses']}), {race['stored']} outcomes stored")
+    print(f"\nmissing store: /readyz {store['readyz']} (store {json.dumps(store['store'])}), "
+          f"GET /v1/models {store['models']} ({store['models_detail']}); mlflow.db created: {store['created']}")
+    bad = sum(status >= 500 for _, status in listed) + race["server_errors"] + (race["stored"] != race["records"])
+    return bad + (store["readyz"] != 503) + (store["models"] != 503) + store["created"]
 
 
 if __name__ == "__main__":
