@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 from collections import Counter
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,9 +79,14 @@ def follow_home(home: Path, tracking_uri: str) -> int:
         was = _previous_home(db, home) if db.exists() else None  # no record: the stored locations say
     rewritten = 0 if was is None or was == home or not db.exists() else _rewrite_prefix(db, was, home)
     if was != home:
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"path": str(home)}))
-        os.replace(tmp, record)
+        try:
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"path": str(home)}))
+            os.replace(tmp, record)
+        except OSError as exc:  # a read-only home still serves; it is only not recorded
+            logger.warning("cannot record where the project home is (%s): %s", record, exc)
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if rewritten:
             logger.warning("the project home moved from %s to %s: %d stored artifact locations follow it",
                            was, home, rewritten)

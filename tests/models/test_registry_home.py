@@ -140,3 +140,21 @@ def test_a_store_whose_artifacts_live_elsewhere_is_not_rewritten(tmp_path, train
     run = configure(s.resolved_tracking_uri()).search_runs([configure(s.resolved_tracking_uri())
                                                              .get_experiment_by_name("e").experiment_id])[0]
     assert run.info.artifact_uri.startswith((tmp_path / "shared" / "artifacts").as_uri())
+
+
+def test_a_home_whose_record_cannot_be_written_still_opens(tmp_path, monkeypatch, caplog):
+    """A read-only home (a mounted model store): the store opens, the log says the place is not recorded."""
+    import logging
+
+    home = tmp_path / "ro"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+
+    def refuse(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr("models.registry.os.replace", refuse)
+    with caplog.at_level(logging.WARNING, logger="models.registry"):
+        assert follow_home(home, uri) == 0
+    assert "cannot record where the project home is" in caplog.text and not (home / HOME_RECORD).exists()
+    assert list(home.iterdir()) == []  # no temporary file left either
