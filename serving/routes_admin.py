@@ -11,7 +11,16 @@ from fastapi.responses import JSONResponse
 from features.settings import Settings, StoreNotFound
 from models.registry import describe_versions
 from models.tasks import Task
-from serving.deps import LOAD_FAILED, SERVED_TASKS, SHRANK, SettingsDep, StoreMissing, registry_client, store_missing_reason, store_present
+from serving.deps import (
+    LOAD_FAILED,
+    SERVED_TASKS,
+    SHRANK,
+    SettingsDep,
+    StoreMissing,
+    registry_client,
+    store_missing_reason,
+    store_present,
+)
 from serving.errors import client_safe
 from serving.records import EXPORT_TABLES
 from serving.schemas.common import error_responses

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Request
 
+from features.settings import StoreNotFound
 from models.drift import drift_report
 from models.metrics import classification_metrics
-from features.settings import StoreNotFound
 from models.registry import LoadedModel, alias_versions
 from models.tasks import Task
 from serving.deps import registry_client, state_cached
