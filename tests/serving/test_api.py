@@ -419,3 +419,28 @@ def test_readiness_says_the_store_is_present(mlflow_store):
     with TestClient(create_app(settings)) as c:
         store = c.get("/readyz").json()["store"]
     assert store == {"state": "present", "kind": "sqlite", "name": "mlflow.db", "reason": None}
+
+
+def test_a_store_trained_after_start_is_picked_up_by_the_alias_poll(tmp_path, trained, train_config):
+    """Started on a missing store (refused, not created); once training makes it, the next poll loads it."""
+    import copy
+    import dataclasses
+
+    from models.registry import configure
+    from serving.routes_ops import poll_alias_once
+    from training.pipeline import log_and_register
+
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = Settings(home=home, api_keys=[KEY], reload_poll_seconds=0)
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as c:
+        assert c.get("/readyz").json()["store"]["state"] == "missing"
+        own = dataclasses.replace(trained, scorer=copy.deepcopy(trained.scorer))
+        log_and_register(own, configure(settings.resolved_tracking_uri(), home=home), experiment="funnelcast",
+                         artifact_location=settings.artifact_location(), cfg=train_config, data_source="sample")
+        assert poll_alias_once(c.app.state) is True
+        ready = c.get("/readyz")
+        listed = c.get("/v1/models")
+    assert ready.status_code == 200 and ready.json()["store"]["state"] == "present"
+    assert ready.json()["tasks"]["lead_quality"] == {"state": "loaded", "version": "1", "reason": None}
+    assert listed.status_code == 200 and [m["loaded"] for m in listed.json()["models"]] == [True]
