@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ import pandas as pd
 from features import leads as lead_module
 from features.contract import Export
 from features.errors import FunnelcastError
-from features.leads import LeadFeatureSpec, converted_within_horizon, lead_context, lead_features
+from features.leads import LeadFeatureSpec, LeadHistory
 from features.pit import open_leads
 
 __all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedLeads", "UnknownEngine",
@@ -45,6 +45,8 @@ __all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedLeads", "Unknow
 
 #: The engines ``--engine`` accepts.
 ENGINES = ("pandas", "dask")
+#: The tables of an export that are split into partitions (or broadcast).
+_TABLES = ("accounts", "leads", "opportunities", "stage_history", "activities")
 #: The column of a lead partition holding the lead's position in ``export.leads`` (to restore its order).
 ROW = "_row"
 
@@ -156,15 +158,41 @@ def entity_buckets(ids: pd.Series, n: int) -> np.ndarray:
     return out
 
 
-def _scattered(client: Any, frame: pd.DataFrame, buckets: np.ndarray, n: int) -> Any:
-    """``frame`` as a dask dataframe whose partition ``i`` holds the rows of bucket ``i`` (held by the workers)."""
-    import dask.dataframe as dd
-
+def _bucket_rows(buckets: np.ndarray, n: int) -> list[np.ndarray]:
+    """The row positions of each bucket 0..n-1, in file order (bucket -1: in none)."""
     order = np.argsort(buckets, kind="stable")
     bounds = np.searchsorted(buckets[order], np.arange(n + 1))
-    pieces = [frame.iloc[order[bounds[i]:bounds[i + 1]]] for i in range(n)]
-    futures = client.scatter(pieces)
+    return [order[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
+def _scattered(client: Any, frame: pd.DataFrame, rows: list[np.ndarray]) -> Any:
+    """``frame`` as a dask dataframe whose partition ``i`` holds the rows at ``rows[i]`` (held by the workers)."""
+    import dask.dataframe as dd
+
+    futures = client.scatter([frame.iloc[r] for r in rows])
     return dd.from_delayed(futures, meta=frame.iloc[:0], verify_meta=False)
+
+
+def _broadcast(client: Any, *objects: Any) -> list[Any]:
+    """``objects`` copied to every worker once, as arguments of per-partition tasks."""
+    import dask
+
+    return [dask.delayed(f) for f in client.scatter(list(objects), broadcast=True)]
+
+
+def _on_partitions(client: Any, tables: Sequence[Any], fn: Callable[..., pd.DataFrame], *args: Any,
+                   order: list[str]) -> pd.DataFrame:
+    """``fn(partition i of every table, *args)`` for each partition on the cluster, the outputs gathered and
+    put in ``order`` (then ROW dropped). Dask needs no more of the output's schema than a frame."""
+    first, *rest = tables
+    frames = first.map_partitions(fn, *rest, *args, meta=pd.DataFrame({ROW: np.arange(0)}),
+                                  align_dataframes=False, enforce_metadata=False)
+    return _collected(client, frames, order)
+
+
+def _with_rows(frame: pd.DataFrame, entities: pd.DataFrame, key: str) -> pd.DataFrame:
+    """``frame`` (rows of entities named in its ``key`` column) with each entity's ROW (ids are unique)."""
+    return frame.assign(**{ROW: frame[key].map(pd.Series(entities[ROW].to_numpy(), index=entities[key]))})
 
 
 @dataclass
@@ -182,28 +210,51 @@ def partition_leads(client: Any, export: Export, npartitions: int | None = None)
     n = _partitions(client, npartitions)
     leads = export.leads.assign(**{ROW: np.arange(len(export.leads))})
     acts = export.activities
-    return PartitionedLeads(_scattered(client, leads, entity_buckets(leads["lead_id"], n), n),
-                            _scattered(client, acts, entity_buckets(acts["lead_id"], n), n), n)
+    return PartitionedLeads(_scattered(client, leads, _bucket_rows(entity_buckets(leads["lead_id"], n), n)),
+                            _scattered(client, acts, _bucket_rows(entity_buckets(acts["lead_id"], n), n)), n)
 
 
-def _partition_snapshots(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
+def _partition_snapshots(leads: pd.DataFrame, activities: pd.DataFrame, base: Export,
                          contexts: dict[pd.Timestamp, Any], as_ofs: Sequence[pd.Timestamp],
                          spec: LeadFeatureSpec) -> pd.DataFrame:
-    """The snapshots of one partition's leads: for each ``as_of``, :func:`features.leads.lead_features` of the
-    partition's leads open then (the broadcast context of ``as_of``) and their label, with their ROW."""
-    parts = []
-    for as_of in as_ofs:
-        open_now = open_leads(leads, as_of)
-        if open_now.empty:
-            continue
-        X = lead_features(open_now, accounts, activities, as_of, contexts[as_of], spec)
-        X.insert(0, "as_of", as_of)
-        X["label"] = converted_within_horizon(open_now, as_of, spec.horizon_days)
-        X[ROW] = open_now[ROW].to_numpy()
-        parts.append(X.reset_index())
-    if not parts:
-        return pd.DataFrame(columns=["lead_id", "as_of", *spec.feature_names, "label", ROW])
-    return pd.concat(parts, ignore_index=True)
+    """The snapshots of one partition's leads: :func:`features.leads.lead_snapshots` (its one-pass
+    :class:`~features.leads.LeadHistory`) of the partition with the broadcast global context of each
+    ``as_of``, with each row's ROW."""
+    times = [t for t in as_ofs if t in contexts]
+    if not any(len(open_leads(leads, t)) for t in times):
+        return pd.DataFrame()
+    part = replace(base, leads=leads, activities=activities)
+    return _with_rows(lead_module.lead_snapshots(part, times, spec, contexts=contexts), leads, "lead_id")
+
+
+def _skeleton(export: Export) -> Export:
+    """``export`` with every table empty: its stages, time and custom fields, for rebuilding partitions."""
+    return replace(export, **{t: export.table(t).iloc[:0] for t in _TABLES})
+
+
+def lead_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: LeadFeatureSpec, *,
+                   progress: bool = False) -> pd.DataFrame:
+    """:func:`features.leads.lead_snapshots` on the active engine: with a Dask session, per entity
+    partition on the cluster (the same function on each partition's leads and activities), the global
+    context computed once per ``as_of`` and broadcast; the same frame (rows in the same order) either way."""
+    client = active_client()
+    if client is None:
+        return lead_module.lead_snapshots(export, as_ofs, spec, progress=progress)
+    parts = partition_leads(client, export)
+    # global aggregates, point-in-time: the pandas path's own contexts (LeadHistory.context of every lead)
+    history = LeadHistory(export, spec.horizon_days)
+    contexts = {}
+    for t in as_ofs:
+        is_open = history.open_at(t)
+        if is_open.any():
+            contexts[t] = history.context(t, is_open, open_accounts_only=True)
+    del history
+    base = replace(_skeleton(export), accounts=export.accounts)
+    out = _on_partitions(client, [parts.leads, parts.activities], _partition_snapshots,
+                         *_broadcast(client, base, contexts), list(as_ofs), spec, order=["as_of", ROW])
+    if out.empty:
+        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
+    return out
 
 
 def _collected(client: Any, frame: Any, order: list[str]) -> pd.DataFrame:
@@ -214,30 +265,6 @@ def _collected(client: Any, frame: Any, order: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True).sort_values(order, kind="stable")
     return out.drop(columns=ROW).reset_index(drop=True)
-
-
-def lead_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: LeadFeatureSpec, *,
-                   progress: bool = False) -> pd.DataFrame:
-    """:func:`features.leads.lead_snapshots` on the active engine: with a Dask session, per entity
-    partition on the cluster, the global context computed once per ``as_of`` and broadcast; the same
-    frame (rows in the same order) either way."""
-    client = active_client()
-    if client is None:
-        return lead_module.lead_snapshots(export, as_ofs, spec, progress=progress)
-    import dask
-
-    parts = partition_leads(client, export)
-    # global aggregates, point-in-time: from rows before each as_of only (lead_context's own rule)
-    contexts = {t: lead_context(export, t, spec.horizon_days) for t in as_ofs}
-    shared = [dask.delayed(f) for f in client.scatter([export.accounts, contexts], broadcast=True)]
-    meta = _partition_snapshots(export.leads.iloc[:0].assign(**{ROW: np.arange(0)}), export.activities.iloc[:0],
-                                export.accounts, contexts, [], spec)
-    frames = parts.leads.map_partitions(_partition_snapshots, parts.activities, *shared, list(as_ofs), spec,
-                                        meta=meta, align_dataframes=False, enforce_metadata=False)
-    out = _collected(client, frames, ["as_of", ROW])
-    if out.empty:
-        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
-    return out
 
 
 def _partition_apply(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
@@ -256,17 +283,9 @@ def map_leads(export: Export, leads: pd.DataFrame,
     client = active_client()
     if client is None or leads.empty:
         return fn(leads, export.accounts, export.activities)
-    import dask
-
-    subset = Export(accounts=export.accounts, leads=leads, opportunities=export.opportunities,
-                    stage_history=export.stage_history, activities=export.activities, exported_at=export.exported_at)
-    parts = partition_leads(client, subset)
-    [accounts] = [dask.delayed(f) for f in client.scatter([export.accounts], broadcast=True)]
-    # the partitions are gathered as they are (_collected): dask needs no more of the output's schema than a frame
-    frames = parts.leads.map_partitions(_partition_apply, parts.activities, accounts, fn,
-                                        meta=pd.DataFrame({ROW: np.arange(0)}), align_dataframes=False,
-                                        enforce_metadata=False)
-    return _collected(client, frames, [ROW])
+    parts = partition_leads(client, replace(export, leads=leads))
+    return _on_partitions(client, [parts.leads, parts.activities], _partition_apply,
+                          *_broadcast(client, export.accounts), fn, order=[ROW])
 
 
 def add_engine_args(parser: Any) -> None:
