@@ -31,6 +31,9 @@ BLOCK_ROWS = 4096
 #: cluster decides (each worker's threads: the Dask interface ignores ``n_jobs``).
 _RENAMED = {"seed": "random_state"}
 _CLUSTER_DECIDES = ("num_threads", "n_jobs", "num_iterations", "n_estimators")
+#: LightGBM's settings for the same trees from the same data and seed (its docs: ``deterministic`` wants the
+#: histogram layout fixed too), with the blocks on fixed workers (:func:`_blocks`).
+REPRODUCIBLE = {"deterministic": True, "force_row_wise": True}
 
 
 def _leaf_values(booster: lgb.Booster) -> np.ndarray:
@@ -78,16 +81,42 @@ def early_stopping_round(losses: np.ndarray, stopping_rounds: int) -> int:
 
 
 def _blocks(client: Any, arrays: list[np.ndarray]) -> list[Any]:
-    """``arrays`` (same length) as dask arrays of one row block per worker, persisted on the workers."""
+    """``arrays`` (same length) as dask arrays of one contiguous row block per worker, block ``i`` held by the
+    ``i``-th worker in address order: the same rows on the same worker every time (the scheduler does not
+    choose), which LightGBM's data-parallel fit needs to grow the same trees twice."""
     import dask.array as da
-    from distributed import wait
 
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    rows = max(1, math.ceil(len(arrays[0]) / workers))
-    out = [da.from_array(a, chunks=(rows, *a.shape[1:])) for a in arrays]
-    out = client.persist(out)
-    wait(out)
+    workers = sorted(client.scheduler_info().get("workers", {})) or [None]
+    bounds = np.linspace(0, len(arrays[0]), len(workers) + 1).round().astype(int)
+    out = []
+    for a in arrays:
+        blocks = []
+        for w, lo, hi in zip(workers, bounds[:-1], bounds[1:], strict=True):
+            if hi > lo:  # a random key (hash=False): two equal blocks stay two blocks, each on its worker
+                future = client.scatter(a[lo:hi], workers=[w] if w else None, hash=False)
+                blocks.append(da.from_delayed(future, shape=(hi - lo, *a.shape[1:]), dtype=a.dtype))
+        out.append(da.concatenate(blocks, axis=0))
     return out
+
+
+class _RankedClient:
+    """``client``, except that :meth:`who_has` lists the data's holders in worker-address order.
+
+    LightGBM's Dask fit ranks its machines in the order ``client.who_has`` returns the training parts
+    (``worker_map`` in ``lightgbm.dask._train``), and that order changes from one fit to the next; the
+    rank decides which rows each machine bins and bags, so two fits of the same data grew different
+    trees. With one part per worker (:func:`_blocks`) in address order, rank ``i`` is the ``i``-th
+    worker holding block ``i``, every time."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def who_has(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        held = self._client.who_has(*args, **kwargs)
+        return dict(sorted(held.items(), key=lambda kv: (sorted(kv[1]), str(kv[0]))))
 
 
 def grow_on_cluster(client: Any, params: dict[str, Any], X: np.ndarray, y: np.ndarray,
@@ -99,10 +128,11 @@ def grow_on_cluster(client: Any, params: dict[str, Any], X: np.ndarray, y: np.nd
     from lightgbm import DaskLGBMClassifier
 
     kwargs = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _CLUSTER_DECIDES}
+    kwargs.update(REPRODUCIBLE)
     arrays = [np.asarray(X, dtype=float), np.asarray(y, dtype=int)] + ([np.asarray(weight, dtype=float)]
                                                                         if weight is not None else [])
     dX, dy, *dw = _blocks(client, arrays)
-    model = DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
+    model = DaskLGBMClassifier(client=_RankedClient(client), n_estimators=rounds, **kwargs)
     model.fit(dX, dy, sample_weight=dw[0] if dw else None, categorical_feature=categorical or "auto")
     booster = model.to_local().booster_
     used = booster.current_iteration()
