@@ -3,8 +3,9 @@
 :func:`grow_on_cluster` is what :class:`models.estimators.CalibratedBoostedClassifier` calls instead of
 ``lgb.train`` while a Dask session is open (:func:`features.engine.engine_session`): the feature
 matrix (categories as the codes the local fit gives them) is split into one row block per worker
-and persisted there, :class:`lightgbm.DaskLGBMClassifier` grows the trees data-parallel on the
-workers, and ``to_local()`` returns a plain :class:`lightgbm.LGBMClassifier` whose booster the
+and scattered there (block ``i`` to the ``i``-th worker by address), :class:`lightgbm.DaskLGBMClassifier`
+grows the trees data-parallel on the workers (ranked in the same address order, with LightGBM's
+``deterministic`` setting: the same data, seed and workers grow the same trees every time), and ``to_local()`` returns a plain :class:`lightgbm.LGBMClassifier` whose booster the
 estimator keeps. Everything after the growing (Platt scaling, SHAP contributions, logging to MLflow,
 serving) is the pandas path's, on the same booster type.
 
