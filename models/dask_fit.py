@@ -24,7 +24,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-__all__ = ["early_stopping_round", "grow_on_cluster", "round_losses"]
+__all__ = ["early_stopping_round", "grow_on_cluster", "grows_on_cluster", "round_losses"]
 
 #: Rows per block when the log loss of every round is computed (a block holds rows x rounds floats).
 BLOCK_ROWS = 4096
@@ -32,6 +32,9 @@ BLOCK_ROWS = 4096
 #: cluster decides (each worker's threads: the Dask interface ignores ``n_jobs``).
 _RENAMED = {"seed": "random_state"}
 _CLUSTER_DECIDES = ("num_threads", "n_jobs", "num_iterations", "n_estimators")
+#: LightGBM settings its data-parallel learner fails on (``interaction_constraints``: ``std::bad_alloc`` on the
+#: workers, LightGBM 4.7): a fit with one of them grows in the command's process (:func:`grows_on_cluster`).
+LOCAL_ONLY = ("interaction_constraints", "interaction_constraint")
 #: LightGBM's settings for the same trees from the same data and seed (its docs: ``deterministic`` wants the
 #: histogram layout fixed too), with the blocks on fixed workers (:func:`_blocks`).
 REPRODUCIBLE = {"deterministic": True, "force_row_wise": True}
@@ -98,6 +101,11 @@ def _blocks(client: Any, arrays: list[np.ndarray]) -> list[Any]:
                 blocks.append(da.from_delayed(future, shape=(hi - lo, *a.shape[1:]), dtype=a.dtype))
         out.append(da.concatenate(blocks, axis=0))
     return out
+
+
+def grows_on_cluster(params: dict[str, Any]) -> bool:
+    """Whether a fit with LightGBM ``params`` can grow on the cluster (none of :data:`LOCAL_ONLY` is set)."""
+    return not any(params.get(k) for k in LOCAL_ONLY)
 
 
 class _RankedClient:

@@ -73,6 +73,25 @@ def test_trees_grown_on_the_cluster_are_the_same_every_fit(two_threads, seed):
     assert trees(other) != trees(fits[0])
 
 
+def test_a_fit_the_data_parallel_learner_cannot_grow_grows_in_this_process(two_threads):
+    """LightGBM's data-parallel learner fails on interaction constraints (std::bad_alloc on the workers:
+    the deal timing models use them): under a Dask session such a fit is the local fit, tree for tree."""
+    import pandas as pd
+
+    X, y = _data(5)
+    frame = pd.DataFrame(X, columns=list("abcde")).assign(e=lambda f: f["e"].astype(int).astype("str"))
+    params = {"interaction_constraints": [[0, 1], [1, 2, 3, 4]], "num_threads": 1}
+
+    def fit() -> CalibratedBoostedClassifier:
+        return CalibratedBoostedClassifier(["e"], params=params, random_state=2).fit(
+            frame[:2000], y[:2000], frame[2000:], y[2000:])
+
+    local = fit()
+    with using_client(two_threads):
+        on_session = fit()
+    assert on_session.booster_.dump_model()["tree_info"] == local.booster_.dump_model()["tree_info"]
+
+
 def test_trees_grown_on_the_cluster_are_a_local_booster_with_additive_shap(trained, two_threads):
     snaps, spec = trained.snapshots, trained.scorer.spec
     cols = spec.feature_names
