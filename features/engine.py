@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,16 +35,22 @@ import pandas as pd
 from features import leads as lead_module
 from features.contract import Export
 from features.errors import FunnelcastError
-from features.leads import LeadFeatureSpec, converted_within_horizon, lead_context, lead_features
+from features import customers as customer_module
+from features import deals as deal_module
+from features.customers import AccountFeatureSpec, AccountRows, customer_value, high_value_threshold
+from features.deals import DealFeatureSpec
+from features.leads import LeadFeatureSpec, LeadHistory
 from features.pit import open_leads
 
 __all__ = ["ENGINES", "Engine", "EngineUnavailable", "PartitionedLeads", "UnknownEngine",
-           "add_engine_args", "engine_from",
+           "add_engine_args", "engine_from", "account_snapshots", "deal_snapshots",
            "active_client", "engine_session", "entity_buckets", "lead_snapshots", "map_leads",
-           "partition_leads", "using_client"]
+           "partition_accounts", "partition_deals", "partition_leads", "using_client"]
 
 #: The engines ``--engine`` accepts.
 ENGINES = ("pandas", "dask")
+#: The tables of an export that are split into partitions (or broadcast).
+_TABLES = ("accounts", "leads", "opportunities", "stage_history", "activities")
 #: The column of a lead partition holding the lead's position in ``export.leads`` (to restore its order).
 ROW = "_row"
 
@@ -156,15 +162,45 @@ def entity_buckets(ids: pd.Series, n: int) -> np.ndarray:
     return out
 
 
-def _scattered(client: Any, frame: pd.DataFrame, buckets: np.ndarray, n: int) -> Any:
-    """``frame`` as a dask dataframe whose partition ``i`` holds the rows of bucket ``i`` (held by the workers)."""
-    import dask.dataframe as dd
-
+def _bucket_rows(buckets: np.ndarray, n: int) -> list[np.ndarray]:
+    """The row positions of each bucket 0..n-1, in file order (bucket -1: in none)."""
     order = np.argsort(buckets, kind="stable")
     bounds = np.searchsorted(buckets[order], np.arange(n + 1))
-    pieces = [frame.iloc[order[bounds[i]:bounds[i + 1]]] for i in range(n)]
-    futures = client.scatter(pieces)
-    return dd.from_delayed(futures, meta=frame.iloc[:0], verify_meta=False)
+    return [order[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
+def _from_pieces(client: Any, pieces: list[pd.DataFrame], meta: pd.DataFrame) -> Any:
+    """A dask dataframe of ``pieces`` (partition ``i``: ``pieces[i]``), scattered to the workers."""
+    import dask.dataframe as dd
+
+    return dd.from_delayed(client.scatter(pieces), meta=meta, verify_meta=False)
+
+
+def _scattered(client: Any, frame: pd.DataFrame, rows: list[np.ndarray]) -> Any:
+    """``frame`` as a dask dataframe whose partition ``i`` holds the rows at ``rows[i]`` (held by the workers)."""
+    return _from_pieces(client, [frame.iloc[r] for r in rows], frame.iloc[:0])
+
+
+def _broadcast(client: Any, *objects: Any) -> list[Any]:
+    """``objects`` copied to every worker once, as arguments of per-partition tasks."""
+    import dask
+
+    return [dask.delayed(f) for f in client.scatter(list(objects), broadcast=True)]
+
+
+def _on_partitions(client: Any, tables: Sequence[Any], fn: Callable[..., pd.DataFrame], *args: Any,
+                   order: list[str]) -> pd.DataFrame:
+    """``fn(partition i of every table, *args)`` for each partition on the cluster, the outputs gathered and
+    put in ``order`` (then ROW dropped). Dask needs no more of the output's schema than a frame."""
+    first, *rest = tables
+    frames = first.map_partitions(fn, *rest, *args, meta=pd.DataFrame({ROW: np.arange(0)}),
+                                  align_dataframes=False, enforce_metadata=False)
+    return _collected(client, frames, order)
+
+
+def _with_rows(frame: pd.DataFrame, entities: pd.DataFrame, key: str) -> pd.DataFrame:
+    """``frame`` (rows of entities named in its ``key`` column) with each entity's ROW (ids are unique)."""
+    return frame.assign(**{ROW: frame[key].map(pd.Series(entities[ROW].to_numpy(), index=entities[key]))})
 
 
 @dataclass
@@ -182,28 +218,181 @@ def partition_leads(client: Any, export: Export, npartitions: int | None = None)
     n = _partitions(client, npartitions)
     leads = export.leads.assign(**{ROW: np.arange(len(export.leads))})
     acts = export.activities
-    return PartitionedLeads(_scattered(client, leads, entity_buckets(leads["lead_id"], n), n),
-                            _scattered(client, acts, entity_buckets(acts["lead_id"], n), n), n)
+    return PartitionedLeads(_scattered(client, leads, _bucket_rows(entity_buckets(leads["lead_id"], n), n)),
+                            _scattered(client, acts, _bucket_rows(entity_buckets(acts["lead_id"], n), n)), n)
 
 
-def _partition_snapshots(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
+def _partition_snapshots(leads: pd.DataFrame, activities: pd.DataFrame, base: Export,
                          contexts: dict[pd.Timestamp, Any], as_ofs: Sequence[pd.Timestamp],
                          spec: LeadFeatureSpec) -> pd.DataFrame:
-    """The snapshots of one partition's leads: for each ``as_of``, :func:`features.leads.lead_features` of the
-    partition's leads open then (the broadcast context of ``as_of``) and their label, with their ROW."""
-    parts = []
+    """The snapshots of one partition's leads: :func:`features.leads.lead_snapshots` (its one-pass
+    :class:`~features.leads.LeadHistory`) of the partition with the broadcast global context of each
+    ``as_of``, with each row's ROW."""
+    times = [t for t in as_ofs if t in contexts]
+    if not any(len(open_leads(leads, t)) for t in times):
+        return pd.DataFrame()
+    part = replace(base, leads=leads, activities=activities)
+    return _with_rows(lead_module.lead_snapshots(part, times, spec, contexts=contexts), leads, "lead_id")
+
+
+def _skeleton(export: Export) -> Export:
+    """``export`` with every table empty: its stages, time and custom fields, for rebuilding partitions."""
+    return replace(export, **{t: export.table(t).iloc[:0] for t in _TABLES})
+
+
+def lead_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: LeadFeatureSpec, *,
+                   progress: bool = False) -> pd.DataFrame:
+    """:func:`features.leads.lead_snapshots` on the active engine: with a Dask session, per entity
+    partition on the cluster (the same function on each partition's leads and activities), the global
+    context computed once per ``as_of`` and broadcast; the same frame (rows in the same order) either way."""
+    client = active_client()
+    if client is None:
+        return lead_module.lead_snapshots(export, as_ofs, spec, progress=progress)
+    parts = partition_leads(client, export)
+    # global aggregates, point-in-time: the pandas path's own contexts (LeadHistory.context of every lead)
+    history = LeadHistory(export, spec.horizon_days)
+    contexts = {}
+    for t in as_ofs:
+        is_open = history.open_at(t)
+        if is_open.any():
+            contexts[t] = history.context(t, is_open, open_accounts_only=True)
+    del history
+    base = replace(_skeleton(export), accounts=export.accounts)
+    out = _on_partitions(client, [parts.leads, parts.activities], _partition_snapshots,
+                         *_broadcast(client, base, contexts), list(as_ofs), spec, order=["as_of", ROW])
+    if out.empty:
+        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
+    return out
+
+
+def _named_rows(keys: pd.Series, wanted: list[pd.Series]) -> list[np.ndarray]:
+    """For each partition, the rows (file order) whose ``keys`` value is one of ``wanted[i]`` (a row named
+    by deals of several partitions is copied to each)."""
+    codes, uniques = pd.factorize(keys)
+    out = []
+    for names in wanted:
+        hit = np.zeros(len(uniques) + 1, dtype=bool)  # the extra last slot: code -1, a missing key
+        code = uniques.get_indexer(names.dropna().unique())
+        hit[code[code >= 0]] = True
+        out.append(np.flatnonzero(hit[codes]))
+    return out
+
+
+def partition_deals(client: Any, export: Export, npartitions: int | None = None) -> list[Any]:
+    """``export``'s deals by the hash of ``opportunity_id``, with their stage entries and activities routed
+    to their deal's partition and the leads and accounts they name copied to it: dask dataframes of
+    opportunities (with ROW), stage history, activities, leads and accounts, partition ``i`` of each
+    holding what the deals of partition ``i`` read."""
+    n = _partitions(client, npartitions)
+    opps = export.opportunities.assign(**{ROW: np.arange(len(export.opportunities))})
+    rows = _bucket_rows(entity_buckets(opps["opportunity_id"], n), n)
+    named = [opps.iloc[r] for r in rows]
+    return [
+        _scattered(client, opps, rows),
+        _scattered(client, export.stage_history,
+                   _bucket_rows(entity_buckets(export.stage_history["opportunity_id"], n), n)),
+        _scattered(client, export.activities, _bucket_rows(entity_buckets(export.activities["opportunity_id"], n), n)),
+        _scattered(client, export.leads, _named_rows(export.leads["lead_id"], [o["lead_id"] for o in named])),
+        _scattered(client, export.accounts, _named_rows(export.accounts["account_id"], [o["account_id"] for o in named])),
+    ]
+
+
+def _partition_deal_snapshots(opps: pd.DataFrame, stage_history: pd.DataFrame, activities: pd.DataFrame,
+                              leads: pd.DataFrame, accounts: pd.DataFrame, base: Export,
+                              contexts: dict[pd.Timestamp, Any], as_ofs: Sequence[pd.Timestamp],
+                              spec: DealFeatureSpec) -> pd.DataFrame:
+    """The snapshots of one partition's deals: the loop of :func:`features.deals.deal_snapshots` (its
+    one-pass :class:`~features.deals.DealHistory` of the partition: open deals, the rows they read, their
+    later stage entries) with the broadcast global context of each ``as_of``, with each row's ROW."""
+    part = replace(base, opportunities=opps.drop(columns=ROW), stage_history=stage_history, activities=activities,
+                   leads=leads, accounts=accounts)
+    if opps.empty:
+        return pd.DataFrame()
+    outcomes = deal_module.deal_outcomes(part)
+    history = deal_module.DealHistory(part)
+    frames = []
     for as_of in as_ofs:
-        open_now = open_leads(leads, as_of)
-        if open_now.empty:
+        is_open = history.open_at(as_of)
+        if as_of not in contexts or not is_open.any():
             continue
-        X = lead_features(open_now, accounts, activities, as_of, contexts[as_of], spec)
-        X.insert(0, "as_of", as_of)
-        X["label"] = converted_within_horizon(open_now, as_of, spec.horizon_days)
-        X[ROW] = open_now[ROW].to_numpy()
-        parts.append(X.reset_index())
-    if not parts:
-        return pd.DataFrame(columns=["lead_id", "as_of", *spec.feature_names, "label", ROW])
-    return pd.concat(parts, ignore_index=True)
+        frames.append(deal_module._snapshot_frame(  # noqa: SLF001 - the per-snapshot step of deal_snapshots
+            part, part.opportunities[is_open], history.tables(is_open, as_of), history.later_stages(is_open, as_of),
+            as_of, contexts[as_of], spec, outcomes))
+    return _with_rows(pd.concat(frames, ignore_index=True), opps, "opportunity_id") if frames else pd.DataFrame()
+
+
+def deal_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: DealFeatureSpec, *,
+                   progress: bool = False) -> pd.DataFrame:
+    """:func:`features.deals.deal_snapshots` on the active engine: with a Dask session, per deal partition
+    on the cluster (:func:`partition_deals`), the global context (:meth:`~features.deals.DealHistory.context`
+    of every deal: stage durations and win rates, owners', accounts' history) computed once per ``as_of``
+    and broadcast; the same frame (rows in the same order) either way."""
+    client = active_client()
+    if client is None:
+        return deal_module.deal_snapshots(export, as_ofs, spec, progress=progress)
+    tables = partition_deals(client, export)
+    history = deal_module.DealHistory(export)
+    contexts = {}
+    for t in as_ofs:
+        is_open = history.open_at(t)
+        if is_open.any():
+            contexts[t] = history.context(t, is_open, spec.horizon_days)
+    del history
+    out = _on_partitions(client, tables, _partition_deal_snapshots, *_broadcast(client, _skeleton(export), contexts),
+                         list(as_ofs), spec, order=["as_of", ROW])
+    if out.empty:
+        raise ValueError("no deal was open at any snapshot time: the export is too short or empty")
+    return out
+
+
+def partition_accounts(client: Any, export: Export, npartitions: int | None = None) -> list[Any]:
+    """``export`` split by the hash of the account: partition ``i`` of the returned dask dataframes
+    (accounts, leads, opportunities, stage history, activities) holds every row of its accounts, as
+    :class:`features.customers.AccountRows` finds them (activities through their lead or deal, stage
+    entries through their deal); rows of no account are in none."""
+    n = _partitions(client, npartitions)
+    keys = pd.concat([export.accounts["account_id"], export.leads["account_id"], export.opportunities["account_id"],
+                      export.activities["account_id"]], ignore_index=True).dropna().unique()
+    ids = pd.Series(keys, dtype="str")
+    buckets = entity_buckets(ids, n)
+    rows = AccountRows(export)
+    parts = []
+    for i in range(n):
+        sub, acts = rows.of(ids[buckets == i].tolist())
+        parts.append(replace(sub, activities=acts.drop(columns="_account")))
+    return [_from_pieces(client, [p.table(t) for p in parts], export.table(t).iloc[:0]) for t in _TABLES]
+
+
+def _partition_account_snapshots(accounts: pd.DataFrame, leads: pd.DataFrame, opportunities: pd.DataFrame,
+                                 stage_history: pd.DataFrame, activities: pd.DataFrame, base: Export,
+                                 cutoff: pd.Timestamp, spec: AccountFeatureSpec, threshold: float) -> pd.DataFrame:
+    """:func:`features.customers.account_snapshots` of one partition's accounts (the global threshold)."""
+    part = replace(base, accounts=accounts, leads=leads, opportunities=opportunities, stage_history=stage_history,
+                   activities=activities)
+    if not customer_value(opportunities, cutoff, spec.window_days)["complete"].any():
+        return pd.DataFrame()
+    frame, _ = customer_module.account_snapshots(part, cutoff, spec, threshold=threshold)
+    return frame.assign(**{ROW: 0})
+
+
+def account_snapshots(export: Export, cutoff: pd.Timestamp, spec: AccountFeatureSpec, *, quantile: float = 0.8,
+                      threshold: float | None = None, progress: bool = False) -> tuple[pd.DataFrame, float]:
+    """:func:`features.customers.account_snapshots` on the active engine: with a Dask session, per account
+    partition on the cluster (:func:`partition_accounts`), the high-value threshold (the one global
+    number: a quantile of every complete customer value) computed first; the same frame either way."""
+    client = active_client()
+    if client is None:
+        return customer_module.account_snapshots(export, cutoff, spec, quantile=quantile, threshold=threshold,
+                                                 progress=progress)
+    values = customer_value(export.opportunities, cutoff, spec.window_days)
+    done = values.loc[values["complete"], "value"]
+    if done.empty:  # no customer to learn from: the pandas path raises its own error, naming the cutoff
+        return customer_module.account_snapshots(export, cutoff, spec, quantile=quantile, threshold=threshold)
+    threshold = high_value_threshold(done, quantile) if threshold is None else threshold
+    tables = partition_accounts(client, export)
+    frame = _on_partitions(client, tables, _partition_account_snapshots, *_broadcast(client, _skeleton(export)),
+                           cutoff, spec, threshold, order=["as_of", "account_id"])
+    return frame, threshold
 
 
 def _collected(client: Any, frame: Any, order: list[str]) -> pd.DataFrame:
@@ -213,31 +402,22 @@ def _collected(client: Any, frame: Any, order: list[str]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True).sort_values(order, kind="stable")
-    return out.drop(columns=ROW).reset_index(drop=True)
+    out = out.drop(columns=ROW).reset_index(drop=True)
+    return _text_as_one_process(out, "as_of") if "as_of" in order else out
 
 
-def lead_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: LeadFeatureSpec, *,
-                   progress: bool = False) -> pd.DataFrame:
-    """:func:`features.leads.lead_snapshots` on the active engine: with a Dask session, per entity
-    partition on the cluster, the global context computed once per ``as_of`` and broadcast; the same
-    frame (rows in the same order) either way."""
-    client = active_client()
-    if client is None:
-        return lead_module.lead_snapshots(export, as_ofs, spec, progress=progress)
-    import dask
-
-    parts = partition_leads(client, export)
-    # global aggregates, point-in-time: from rows before each as_of only (lead_context's own rule)
-    contexts = {t: lead_context(export, t, spec.horizon_days) for t in as_ofs}
-    shared = [dask.delayed(f) for f in client.scatter([export.accounts, contexts], broadcast=True)]
-    meta = _partition_snapshots(export.leads.iloc[:0].assign(**{ROW: np.arange(0)}), export.activities.iloc[:0],
-                                export.accounts, contexts, [], spec)
-    frames = parts.leads.map_partitions(_partition_snapshots, parts.activities, *shared, list(as_ofs), spec,
-                                        meta=meta, align_dataframes=False, enforce_metadata=False)
-    out = _collected(client, frames, ["as_of", ROW])
-    if out.empty:
-        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
-    return out
+def _text_as_one_process(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Text columns typed as in the pandas path. A feature column is built per snapshot time and pandas
+    types it ``str`` when it holds text, ``object`` when all missing; concatenated, one ``object`` piece
+    makes the column ``object``. Per partition a snapshot's piece is smaller and more often all missing,
+    so a column the pandas path has as ``str`` can arrive as ``object``: it is ``str`` again when every
+    snapshot time (``by``) has text in it and it holds nothing else."""
+    for c in frame.columns[frame.dtypes == object]:
+        values = frame[c]
+        known = values.notna()
+        if known.any() and values[known].map(type).eq(str).all() and known.groupby(frame[by]).any().all():
+            frame[c] = values.astype("str")
+    return frame
 
 
 def _partition_apply(leads: pd.DataFrame, activities: pd.DataFrame, accounts: pd.DataFrame,
@@ -256,17 +436,9 @@ def map_leads(export: Export, leads: pd.DataFrame,
     client = active_client()
     if client is None or leads.empty:
         return fn(leads, export.accounts, export.activities)
-    import dask
-
-    subset = Export(accounts=export.accounts, leads=leads, opportunities=export.opportunities,
-                    stage_history=export.stage_history, activities=export.activities, exported_at=export.exported_at)
-    parts = partition_leads(client, subset)
-    [accounts] = [dask.delayed(f) for f in client.scatter([export.accounts], broadcast=True)]
-    # the partitions are gathered as they are (_collected): dask needs no more of the output's schema than a frame
-    frames = parts.leads.map_partitions(_partition_apply, parts.activities, accounts, fn,
-                                        meta=pd.DataFrame({ROW: np.arange(0)}), align_dataframes=False,
-                                        enforce_metadata=False)
-    return _collected(client, frames, [ROW])
+    parts = partition_leads(client, replace(export, leads=leads))
+    return _on_partitions(client, [parts.leads, parts.activities], _partition_apply,
+                          *_broadcast(client, export.accounts), fn, order=[ROW])
 
 
 def add_engine_args(parser: Any) -> None:

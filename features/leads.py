@@ -17,7 +17,7 @@ Features fall in three groups:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -279,6 +279,7 @@ def lead_snapshots(
     spec: LeadFeatureSpec,
     *,
     progress: bool = False,
+    contexts: Mapping[pd.Timestamp, LeadContext] | None = None,
 ) -> pd.DataFrame:
     """Training examples: for each ``as_of``, every lead open then, its features and label.
 
@@ -288,7 +289,9 @@ def lead_snapshots(
     The tables are sorted by time once (:class:`LeadHistory`): each snapshot takes the rows
     before its ``as_of`` by a binary search, its context from running totals, and hands
     :func:`lead_features` only the activities and accounts of the leads open then. The frame equals
-    :func:`_lead_snapshots_naive` (one full scan per ``as_of``), the tests' oracle.
+    :func:`_lead_snapshots_naive` (one full scan per ``as_of``), the tests' oracle. ``contexts``: the
+    context of each ``as_of`` computed elsewhere (the Dask engine's, from the whole export, when
+    ``export`` holds one partition of the leads); else from ``export``.
     """
     history = LeadHistory(export, spec.horizon_days)
     parts = []
@@ -298,7 +301,8 @@ def lead_snapshots(
             continue
         leads = export.leads[is_open]
         parts.append(_snapshot_frame(leads, history.accounts_of(is_open), history.activities_of(is_open, as_of), as_of,
-                                     history.context(as_of, is_open, open_accounts_only=True), spec))
+                                     history.context(as_of, is_open, open_accounts_only=True)
+                                     if contexts is None else contexts[as_of], spec))
     return _concat_snapshots(parts)
 
 

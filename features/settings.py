@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         None, description="MLflow tracking/registry URI; default: MLFLOW_TRACKING_URI or SQLite under home"
     )
     experiment: str = "funnelcast"
+    artifact_root: str | None = Field(
+        None, description="Where a new MLflow experiment stores its models: a folder every host mounts at the same "
+        "path, or a bucket URI (s3://..., gs://...); default: mlartifacts under home, or the tracking server's own "
+        "artifact root when the tracking URI is a server (http://, https://)")
     open_stages: tuple[str, ...] = ("qualification", "proposal", "contract")
     horizon_days: int | None = Field(None, gt=0, description="Label horizon of lead_quality and stage_conversion; default: chosen from the data")
     snapshot_every_days: int = Field(14, gt=0)
@@ -206,7 +210,16 @@ class Settings(BaseSettings):
         return (f"home {self.home} ({self.home_origin}) | store {redact_uri(self.resolved_tracking_uri())} | "
                 f"data {redact_uri(source)}")
 
-    def artifact_location(self) -> str:
+    def artifact_location(self) -> str | None:
+        """The artifact location funnelcast creates its experiment with: ``artifact_root`` (a folder as a
+        ``file://`` URI), else None for a tracking server (the server's root: its ``--artifacts-destination``,
+        which every client reaches through it), else ``mlartifacts`` under home."""
+        if self.artifact_root:
+            root = self.artifact_root
+            return root if "://" in root or root.startswith("mlflow-artifacts:") else \
+                Path(root).expanduser().resolve().as_uri()
+        if self.resolved_tracking_uri().startswith(("http://", "https://")):
+            return None
         return (self.home / "mlartifacts").resolve().as_uri()
 
     def resolved_store_url(self) -> str:

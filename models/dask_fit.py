@@ -3,8 +3,9 @@
 :func:`grow_on_cluster` is what :class:`models.estimators.CalibratedBoostedClassifier` calls instead of
 ``lgb.train`` while a Dask session is open (:func:`features.engine.engine_session`): the feature
 matrix (categories as the codes the local fit gives them) is split into one row block per worker
-and persisted there, :class:`lightgbm.DaskLGBMClassifier` grows the trees data-parallel on the
-workers, and ``to_local()`` returns a plain :class:`lightgbm.LGBMClassifier` whose booster the
+and scattered there (block ``i`` to the ``i``-th worker by address), :class:`lightgbm.DaskLGBMClassifier`
+grows the trees data-parallel on the workers (ranked in the same address order, with LightGBM's
+``deterministic`` setting: the same data, seed and workers grow the same trees every time), and ``to_local()`` returns a plain :class:`lightgbm.LGBMClassifier` whose booster the
 estimator keeps. Everything after the growing (Platt scaling, SHAP contributions, logging to MLflow,
 serving) is the pandas path's, on the same booster type.
 
@@ -23,7 +24,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-__all__ = ["early_stopping_round", "grow_on_cluster", "round_losses"]
+__all__ = ["early_stopping_round", "grow_on_cluster", "grows_on_cluster", "round_losses"]
 
 #: Rows per block when the log loss of every round is computed (a block holds rows x rounds floats).
 BLOCK_ROWS = 4096
@@ -31,6 +32,12 @@ BLOCK_ROWS = 4096
 #: cluster decides (each worker's threads: the Dask interface ignores ``n_jobs``).
 _RENAMED = {"seed": "random_state"}
 _CLUSTER_DECIDES = ("num_threads", "n_jobs", "num_iterations", "n_estimators")
+#: LightGBM settings its data-parallel learner fails on (``interaction_constraints``: ``std::bad_alloc`` on the
+#: workers, LightGBM 4.7): a fit with one of them grows in the command's process (:func:`grows_on_cluster`).
+LOCAL_ONLY = ("interaction_constraints", "interaction_constraint")
+#: LightGBM's settings for the same trees from the same data and seed (its docs: ``deterministic`` wants the
+#: histogram layout fixed too), with the blocks on fixed workers (:func:`_blocks`).
+REPRODUCIBLE = {"deterministic": True, "force_row_wise": True}
 
 
 def _leaf_values(booster: lgb.Booster) -> np.ndarray:
@@ -78,16 +85,47 @@ def early_stopping_round(losses: np.ndarray, stopping_rounds: int) -> int:
 
 
 def _blocks(client: Any, arrays: list[np.ndarray]) -> list[Any]:
-    """``arrays`` (same length) as dask arrays of one row block per worker, persisted on the workers."""
+    """``arrays`` (same length) as dask arrays of one contiguous row block per worker, block ``i`` held by the
+    ``i``-th worker in address order: the same rows on the same worker every time (the scheduler does not
+    choose), which LightGBM's data-parallel fit needs to grow the same trees twice."""
     import dask.array as da
-    from distributed import wait
 
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    rows = max(1, math.ceil(len(arrays[0]) / workers))
-    out = [da.from_array(a, chunks=(rows, *a.shape[1:])) for a in arrays]
-    out = client.persist(out)
-    wait(out)
+    workers = sorted(client.scheduler_info().get("workers", {})) or [None]
+    bounds = np.linspace(0, len(arrays[0]), len(workers) + 1).round().astype(int)
+    out = []
+    for a in arrays:
+        blocks = []
+        for w, lo, hi in zip(workers, bounds[:-1], bounds[1:], strict=True):
+            if hi > lo:  # a random key (hash=False): two equal blocks stay two blocks, each on its worker
+                future = client.scatter(a[lo:hi], workers=[w] if w else None, hash=False)
+                blocks.append(da.from_delayed(future, shape=(hi - lo, *a.shape[1:]), dtype=a.dtype))
+        out.append(da.concatenate(blocks, axis=0))
     return out
+
+
+def grows_on_cluster(params: dict[str, Any]) -> bool:
+    """Whether a fit with LightGBM ``params`` can grow on the cluster (none of :data:`LOCAL_ONLY` is set)."""
+    return not any(params.get(k) for k in LOCAL_ONLY)
+
+
+class _RankedClient:
+    """``client``, except that :meth:`who_has` lists the data's holders in worker-address order.
+
+    LightGBM's Dask fit ranks its machines in the order ``client.who_has`` returns the training parts
+    (``worker_map`` in ``lightgbm.dask._train``), and that order changes from one fit to the next; the
+    rank decides which rows each machine bins and bags, so two fits of the same data grew different
+    trees. With one part per worker (:func:`_blocks`) in address order, rank ``i`` is the ``i``-th
+    worker holding block ``i``, every time."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def who_has(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        held = self._client.who_has(*args, **kwargs)
+        return dict(sorted(held.items(), key=lambda kv: (sorted(kv[1]), str(kv[0]))))
 
 
 def grow_on_cluster(client: Any, params: dict[str, Any], X: np.ndarray, y: np.ndarray,
@@ -99,10 +137,11 @@ def grow_on_cluster(client: Any, params: dict[str, Any], X: np.ndarray, y: np.nd
     from lightgbm import DaskLGBMClassifier
 
     kwargs = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _CLUSTER_DECIDES}
+    kwargs.update(REPRODUCIBLE)
     arrays = [np.asarray(X, dtype=float), np.asarray(y, dtype=int)] + ([np.asarray(weight, dtype=float)]
                                                                         if weight is not None else [])
     dX, dy, *dw = _blocks(client, arrays)
-    model = DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
+    model = DaskLGBMClassifier(client=_RankedClient(client), n_estimators=rounds, **kwargs)
     model.fit(dX, dy, sample_weight=dw[0] if dw else None, categorical_feature=categorical or "auto")
     booster = model.to_local().booster_
     used = booster.current_iteration()

@@ -13,6 +13,7 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from features.engine import active_client
+from models.dask_fit import grows_on_cluster
 
 #: Small, well-regularised trees: snapshot rows repeat the same leads, so leaves need many
 #: rows (measured on the sample against the truth; `funnelcast tune` searches further).
@@ -106,7 +107,7 @@ class CalibratedBoostedClassifier:
             valid = lgb.Dataset(self._frame(X_cal), label=np.asarray(y_cal), reference=train)
             valid_sets = [valid]
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
-        if (client := active_client()) is not None:  # a Dask session: the trees grow on its workers
+        if (client := active_client()) is not None and grows_on_cluster(params):  # a Dask session: on its workers
             self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, sample_weight, self.max_rounds,
                                                                   X_cal if valid_sets else None, y_cal)
         else:
@@ -130,7 +131,7 @@ class CalibratedBoostedClassifier:
 
         For when the calibration window is recent data the final model should not do without."""
         params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
-        if (client := active_client()) is not None:
+        if (client := active_client()) is not None and grows_on_cluster(params):
             self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, None, max(self.n_rounds_, 1))
             return self
         train = lgb.Dataset(self._frame(X), label=np.asarray(y), categorical_feature=list(self.categories_) or "auto")

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
-from features.customers import AccountFeatureSpec, account_snapshots, customer_value
+from features.customers import AccountFeatureSpec, customer_value
+from features.engine import account_snapshots  # the pandas one, or per account partition in a Dask session
 from features.errors import FunnelcastError
 from models.accounts import AccountScorer, ValueRegressor
 from models.candidates import Choice, candidate_table, choose_on_validation, fit_candidate, fit_every, ladder

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
-from features.deals import DealFeatureSpec, deal_context, deal_snapshots, open_opportunities, snapshot_times
+from features.deals import DealFeatureSpec, deal_context, open_opportunities, snapshot_times
+from features.engine import deal_snapshots  # the pandas one, or per deal partition in a Dask session
 from features.errors import FunnelcastError
 from features.pit import decision_times
 from models.deals import (

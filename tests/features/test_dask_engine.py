@@ -22,9 +22,15 @@ from features.engine import (  # noqa: E402
     entity_buckets,
     lead_snapshots,
     map_leads,
+    partition_accounts,
+    partition_deals,
     partition_leads,
     using_client,
 )
+from features.engine import account_snapshots as dask_account_snapshots  # noqa: E402
+from features.engine import deal_snapshots as dask_deal_snapshots  # noqa: E402
+from features.customers import AccountFeatureSpec, account_snapshots  # noqa: E402
+from features.deals import DealFeatureSpec, deal_snapshots  # noqa: E402
 from features.leads import LeadFeatureSpec, snapshot_times  # noqa: E402
 from features.leads import lead_snapshots as pandas_lead_snapshots  # noqa: E402
 from features.pit import open_leads  # noqa: E402
@@ -126,3 +132,75 @@ def test_a_session_opens_a_local_cluster_of_the_asked_size_and_closes_it():
     assert active_client() is None and client.status == "closed"
     with engine_session(Engine()) as none:
         assert none is None and active_client() is None
+
+
+def _gathered(client, frames) -> list[list[pd.DataFrame]]:
+    return [client.gather(client.compute(f.to_delayed())) for f in frames]
+
+
+def test_every_row_a_deal_reads_is_in_its_deals_partition(sample_export, cluster):
+    opps, sh, acts, leads, accounts = _gathered(cluster, partition_deals(cluster, sample_export, npartitions=3))
+    home = {o: i for i, p in enumerate(opps) for o in p["opportunity_id"]}
+    assert sorted(home) == sorted(sample_export.opportunities["opportunity_id"])
+    assert sum(map(len, sh)) == len(sample_export.stage_history)
+    assert sum(map(len, acts)) == sample_export.activities["opportunity_id"].notna().sum()
+    for i in range(3):
+        assert {home[o] for o in sh[i]["opportunity_id"]} <= {i}
+        assert {home[o] for o in acts[i]["opportunity_id"]} <= {i}
+        # the leads and accounts the deals name, copied to each partition that names them
+        assert set(opps[i]["lead_id"].dropna()) == set(leads[i]["lead_id"])
+        assert set(opps[i]["account_id"].dropna()) <= set(accounts[i]["account_id"])
+
+
+def test_dask_deal_snapshots_equal_the_pandas_ones(sample_export, cluster):
+    t0 = sample_export.opportunities["created_at"].min() + pd.Timedelta(days=20)
+    times = snapshot_times(t0, sample_export.exported_at, 28)
+    spec = DealFeatureSpec.from_export(sample_export, as_of=times[-1])
+    expected = deal_snapshots(sample_export, times, spec)
+    assert len(expected) > 500 and expected["won"].sum() > 20
+    pd.testing.assert_frame_equal(dask_deal_snapshots(sample_export, times, spec), expected)
+
+
+@pytest.fixture(scope="module")
+def account_export(tmp_path_factory):
+    """A sample with a few hundred customers whose value is complete (the small one has a few dozen)."""
+    from features.io import load_export
+    from features.sample import generate_sample
+
+    out = tmp_path_factory.mktemp("accounts")
+    generate_sample(out, seed=11, scale=0.15)
+    return load_export(out / "export")[0]
+
+
+def test_every_row_of_an_account_is_in_its_accounts_partition(account_export, cluster):
+    accounts, leads, opps, sh, acts = _gathered(cluster, partition_accounts(cluster, account_export, npartitions=3))
+    home = {a: i for i, p in enumerate(accounts) for a in p["account_id"]}
+    assert sorted(home) == sorted(account_export.accounts["account_id"])
+    assert sum(map(len, opps)) == account_export.opportunities["account_id"].notna().sum()
+    deal_home = {}
+    for i in range(3):
+        assert {home[a] for a in leads[i]["account_id"]} <= {i}
+        assert {home[a] for a in opps[i]["account_id"]} <= {i}
+        deal_home.update({o: i for o in opps[i]["opportunity_id"]})
+    for i in range(3):
+        assert {deal_home[o] for o in sh[i]["opportunity_id"]} <= {i}
+        # an activity goes with its deal's account (else its own account, else its lead's)
+        assert {deal_home.get(o, i) for o in acts[i]["opportunity_id"].dropna()} <= {i}
+
+
+@pytest.mark.parametrize("threshold", [None, 50_000.0])
+def test_dask_account_snapshots_equal_the_pandas_ones(account_export, cluster, threshold):
+    spec = AccountFeatureSpec.from_export(account_export)
+    expected, expected_threshold = account_snapshots(account_export, account_export.exported_at, spec,
+                                                     threshold=threshold)
+    got, got_threshold = dask_account_snapshots(account_export, account_export.exported_at, spec, threshold=threshold)
+    assert got_threshold == expected_threshold
+    assert len(expected) > 50 and 0 < expected["label"].sum() < len(expected)
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_dask_account_snapshots_of_a_history_too_short_say_so(account_export, cluster):
+    spec = AccountFeatureSpec.from_export(account_export)
+    early = account_export.opportunities["created_at"].min() + pd.Timedelta(days=30)
+    with pytest.raises(ValueError, match="no customer's 365-day value is complete"):
+        dask_account_snapshots(account_export, early, spec)
