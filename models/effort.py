@@ -36,7 +36,8 @@ from features.contract import Export
 from features.deals import decided_deals
 from features.pit import known_as_of, rows_before
 
-__all__ = ["DEFAULT_EFFORTS", "Effort", "Efforts", "MIN_EXAMPLES", "UNIT", "count_in_windows", "derive_efforts",
+__all__ = ["DEFAULT_EFFORTS", "Effort", "Efforts", "MIN_EXAMPLES", "UNIT", "account_activities", "count_in_windows",
+           "derive_efforts",
            "lead_touches", "deal_touches", "repeat_touches", "rep_touches"]
 
 UNIT = "rep touches"
@@ -97,8 +98,9 @@ class Efforts:
         return out
 
     def rows(self) -> list[Effort]:
-        """Every effort, deal stages after the deal's own, in the order a person reads them."""
-        return [self.lead, *self.deal_stages.values(), self.deal, self.account]
+        """Every effort a ranking uses, in the order a person reads them: the lead's, the deal's per
+        stage (or the deal's, without stages), the account's."""
+        return [self.lead, *(self.deal_stages.values() or [self.deal]), self.account]
 
     def as_dict(self) -> dict[str, Any]:
         return {"as_of": self.as_of, "unit": self.unit, "lead": asdict(self.lead), "deal": asdict(self.deal),
@@ -117,18 +119,23 @@ class Efforts:
 
 
 # --------------------------------------------------------------------------------- counting touches
-def rep_touches(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
-    """The activities before ``as_of`` that took a rep's time (not recorded as inbound), each with the
-    account it belongs to (its own, else its deal's, else its lead's)."""
+def account_activities(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The activities before ``as_of``, each with ``touch_account`` (the account it belongs to: its
+    own, else its deal's, else its lead's) and ``rep`` (a rep touch: not recorded as inbound)."""
     a = rows_before(export.activities, "occurred_at", as_of)
-    if "direction" in a:
-        a = a[a["direction"].ne("inbound") | a["direction"].isna()]
+    rep = a["direction"].ne("inbound") | a["direction"].isna() if "direction" in a else pd.Series(True, index=a.index)
     account = a["account_id"]
     if "opportunity_id" in a:
         account = account.fillna(a["opportunity_id"].map(export.opportunities.set_index("opportunity_id")["account_id"]))
     if "lead_id" in a:
         account = account.fillna(a["lead_id"].map(export.leads.set_index("lead_id")["account_id"]))
-    return a.assign(touch_account=account.astype(object))
+    return a.assign(touch_account=account.astype(object), rep=rep.to_numpy(dtype=bool))
+
+
+def rep_touches(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The activities before ``as_of`` that took a rep's time (not recorded as inbound), with their account."""
+    a = account_activities(export, as_of)
+    return a[a["rep"]]
 
 
 def count_in_windows(keys: pd.Series, times: pd.Series, window_keys: pd.Series, starts: pd.Series,

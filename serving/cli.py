@@ -80,6 +80,9 @@ def _cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
     counts = ", ".join(f"{n} {k}s" for k, n in result.counts.items() if k != "changed")
     print(f"snapshot {result.snapshot_id}: {counts} scored ({result.counts['changed']} new or changed) "
           f"as of {result.as_of.isoformat()} in {result.duration_seconds:.1f} s")
+    if result.efforts is not None:  # what "per unit of effort" means on the worklist, and where it came from
+        print(f"worklist efforts ({result.efforts.unit}; FUNNELCAST_EFFORT_* overrides): "
+              + "; ".join(e.label() for e in result.efforts.rows()))
     return 0
 
 

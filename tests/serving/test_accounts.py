@@ -158,14 +158,20 @@ def test_worklist_deals_are_p_won_times_amount_of_the_open_deals(client, deal_sc
     ev = dict(zip(scored["opportunity_id"], scored["p_win"] * scored["amount"]))
     p_win = dict(zip(scored["opportunity_id"], scored["p_win"]))
     owners = dict(zip(opps["opportunity_id"], opps["owner_id"]))
+    stage_effort = {e["stage"]: e["effort"] for e in w["efforts"] if e["kind"] == "deal"}  # measured per stage
+    stages = dict(zip(scored["opportunity_id"], scored["stage"]))
+    assert w["effort_unit"] == "rep touches" and set(stage_effort) == set(sample_export.open_stages)
     for oid, item in deals.items():
         assert item["expected_value"] == pytest.approx(ev[oid]) and item["score"] == pytest.approx(p_win[oid])
-        assert item["effort"] == 2.0 and item["owner_id"] == owners[oid] and "P(won)" in item["reasons"][0]
+        assert item["effort"] == stage_effort[stages[oid]] and item["owner_id"] == owners[oid]
+        assert item["reasons"][1].startswith(f"In {stages[oid]}") and "P(won)" in item["reasons"][1]
     # with leads and accounts made expensive, the top of the list is deals
     assert w["items"][0]["kind"] == "deal"
     cheap = client.get("/v1/worklist", params={"limit": 1000, "effort_deal": 0.5}).json()["items"]
     d = next(i for i in cheap if i["kind"] == "deal")
     assert d["effort"] == 0.5 and d["value_per_effort"] == pytest.approx(2 * d["expected_value"])
+    assert client.get("/v1/worklist", params={"effort_deal": 0.5}).json()["efforts"][1] == {
+        "kind": "deal", "stage": None, "effort": 0.5, "source": "request", "examples": 0, "rule": "set by the request"}
     assert client.get("/v1/worklist", params={"effort_deal": 0}).status_code == 422
     team = next(t for t in w["teams"])
     mine = client.get("/v1/worklist", params={"team": team, "limit": 1000}).json()["items"]
