@@ -85,13 +85,13 @@ def actionable_reasons(reasons: Sequence[dict[str, Any]], n: int = 3, skip: Sequ
     """The texts of up to ``n`` reasons, ordered activity, stage, timing, fit (by size of contribution
     within a kind): booked value left out, reasons under one point left out (they read "less than a
     point" and move nothing), one reason per subject (the 30-day and the 90-day count of the same
-    touches are one reason), and none about a subject in ``skip`` (said already)."""
+    touches are one reason), and none whose subject starts with one of ``skip`` (said already)."""
     kept = [r for r in reasons if reason_kind(r["feature"]) != "booked" and abs(float(r["contribution"])) >= 0.01]
     kept.sort(key=lambda r: (_ORDER[reason_kind(r["feature"])], -abs(float(r["contribution"]))))
-    out, seen = [], set(skip)
+    out, seen = [], set()
     for r in kept:
         family = _family(r["feature"])
-        if family not in seen:
+        if family not in seen and not family.startswith(tuple(skip)):
             seen.add(family)
             out.append(r["text"])
     return out[:n]
@@ -227,7 +227,7 @@ def deal_items(export: Export, scorer: Any, as_of: pd.Timestamp) -> pd.DataFrame
              + (" (predicted)" if pred else "") + f", P(won) {p:.0%}"
              for st, d, amt, pred, p in zip(s["stage"], days, s["amount"], s["amount_predicted"], s["p_win"], strict=True)]
     contact = contact_sentences(export, as_of, "deal", s["opportunity_id"].astype(str).tolist())
-    reasons = [[c, h, *actionable_reasons(r, n=2, skip=("activity", "stage", "days_in_stage"))]
+    reasons = [[c, h, *actionable_reasons(r, n=2, skip=("activity", "stage", "days_in_"))]
                for c, h, r in zip(contact, stage, s["reasons"], strict=True)]
     frame = _frame("deal", s["opportunity_id"], entity_names(export.opportunities, "deal", "opportunity_id"), owners,
                    s["p_win"], [None] * len(s), s["expected_value"].astype(float).fillna(0.0).to_numpy(), reasons)

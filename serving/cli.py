@@ -100,7 +100,8 @@ def export_scores(settings: Settings, mapping: str, kind: str, out: Path) -> int
         w = csv.writer(fh)
         w.writerow(list(f.values()))
         for r in frame.itertuples(index=False):
-            w.writerow([r.entity_id, int(r.score), r.grade or "", f"{r.probability:.3f}", f"{r.expected_value:.2f}",
+            grade = r.grade if isinstance(r.grade, str) else ""  # a NULL grade (deals, accounts) reads back NaN
+            w.writerow([r.entity_id, int(r.score), grade, f"{r.probability:.3f}", f"{r.expected_value:.2f}",
                         r.trend, " | ".join(r.reasons), snap.refreshed_at.isoformat(timespec="seconds"),
                         snap.as_of.isoformat(timespec="seconds") if snap.as_of else "", r.owner_id or "",
                         f"{r.model}/{r.version}"])

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from features.contract import Export
 from models.allocation import AllocationError, allocate
+from models.traits import trait_label
 from models.worklist import efforts_of, ranked
 from serving.deps import HighValueModelDep, SettingsDep
 from serving.errors import RequestProblem
@@ -92,7 +93,7 @@ def traits(model: HighValueModelDep) -> TraitsResponse:
         out.append(TraitOut(**{k: t[k] for k in ("rank", "trait", "conditions", "accounts", "share", "lift", "lift_low",
                                                  "lift_high", "stability", "confirmed")},
                             heldout_lift=_finite(t["heldout_lift"]), heldout_low=_finite(t["heldout_low"]),
-                            heldout_high=_finite(t["heldout_high"])))
+                            heldout_high=_finite(t["heldout_high"]), label=trait_label(t)))
     imp = [ImportanceOut(feature=r["feature"], importance=r["importance"], direction=r["direction"]) for r in s.importance]
     return TraitsResponse(model=ModelRef(name=model.name, version=model.version), threshold=s.threshold,
                           traits=out, importance=imp)

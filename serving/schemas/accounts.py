@@ -101,6 +101,7 @@ class AllocationResponse(BaseModel):
 class TraitOut(BaseModel):
     rank: int
     trait: str
+    label: str = Field("", description="The trait in plain words (industry is software and company size at least 1,000)")
     conditions: list[dict[str, Any]]
     accounts: int
     share: float

@@ -204,6 +204,8 @@ class OpenDeals:
 
     def score(self, opps, stage_history, activities, leads, accounts, as_of, n_reasons=5, horizon_days=None):
         reasons = [{"feature": "days_in_stage", "contribution": -0.2, "text": "Days in the current stage: 40"},
+                   {"feature": "days_in_contract", "contribution": 0.15, "text": "Days spent in contract: 110"},
+                   {"feature": "stage_win_rate", "contribution": 0.12, "text": "Win rate of deals in this stage: 0.4"},
                    {"feature": "meeting_30d", "contribution": 0.1, "text": "Meetings in the last 30 days: 2"},
                    {"feature": "meeting_per_30d", "contribution": 0.08, "text": "Meetings per month so far: 1.5"},
                    {"feature": "product", "contribution": 0.05, "text": "Product is core"},
