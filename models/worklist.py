@@ -290,7 +290,8 @@ def _purchase_days(export: Export, as_of: pd.Timestamp) -> pd.Series:
 
 def buying_cycle_sentences(export: Export, as_of: pd.Timestamp, ids: Sequence[str]) -> list[str]:
     """Per customer, its usual buying cycle against its last purchase before ``as_of``: "Usually buys
-    every ~5 months (4 purchases); last purchase about 7 months ago, past its usual cycle". With one
+    every ~5 months (4 purchases); last purchase about 7 months ago, past its usual cycle" (over 1.2
+    cycles; "due about now" from 0.8 cycles). With one
     purchase so far, the cycle of the export's repeat customers (the median time between two
     purchases) stands in for its own."""
     purchases = _purchase_days(export, as_of)
@@ -308,7 +309,7 @@ def buying_cycle_sentences(export: Export, as_of: pd.Timestamp, ids: Sequence[st
             out.append(f"One purchase so far, {_ago(last)}{tail}")
             continue
         cycle = float(np.median(np.diff([d.value for d in days]))) / pd.Timedelta(days=1).value
-        late = ", past its usual cycle" if last > cycle else ""
+        late = ", past its usual cycle" if last > 1.2 * cycle else ", due about now" if last >= 0.8 * cycle else ""
         out.append(f"Usually buys every ~{_every(cycle)} ({len(days)} purchases); last purchase {_ago(last)}{late}")
     return out
 

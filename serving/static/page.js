@@ -134,7 +134,8 @@ async function downloadList() {
   if ($("team").value) q.set("team", $("team").value);
   const w = await api("/v1/worklist?" + q);
   const head = ["rank", "kind", "name", "id", "owner", "team", "score", "trend", "expected value",
-    `effort (${w.effort_unit})`, "value per effort", "reasons", "data as of", "scores refreshed"];
+    `effort (${w.effort_unit})`, w.effort_unit === "rep touches" ? "value per rep touch" : "value per unit of effort",
+    "reasons", "data as of", "scores refreshed"];
   const rows = w.items.map((it, i) => [i + 1, it.kind, it.name || "", it.id, it.owner_id || UNASSIGNED, it.team || "",
     it.kind === "account" ? "" : Math.round(it.score * 100), it.trend, Math.round(it.expected_value), it.effort,
     Math.round(it.value_per_effort), it.reasons.join(" | "), when(w.as_of), when(w.refreshed_at || w.as_of)]);

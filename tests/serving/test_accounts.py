@@ -289,7 +289,7 @@ def _check_download(page, client, tmp_path):
     assert path.name == f"worklist-{w['as_of'][:10]}.csv" and len(rows) == len(w["items"])
     for row, it in zip(rows[:100], w["items"], strict=False):
         assert (row["kind"], row["id"], row["reasons"]) == (it["kind"], it["id"], " | ".join(it["reasons"]))
-        assert row["expected value"] == str(round(it["expected_value"])) and "." not in row["value per effort"]
+        assert row["expected value"] == str(round(it["expected_value"])) and "." not in row["value per rep touch"]
         assert row["score"] == ("" if it["kind"] == "account" else str(round(it["score"] * 100)))
         assert row["owner"] == (it["owner_id"] or "unassigned")
 
