@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
-from features.deals import decided_deals
 from features.engine import map_leads  # per entity partition in a Dask session (features.engine)
 from features.pit import open_leads, rows_before
 from models.deals import score_open_deals

@@ -179,6 +179,24 @@ def test_worklist_deals_are_p_won_times_amount_of_the_open_deals(client, deal_sc
     assert mine and all(i["team"] == team for i in mine) and any(i["kind"] == "deal" for i in mine)
 
 
+def test_worklist_efforts_a_setting_then_a_request_overrides(client):
+    measured = client.get("/v1/worklist", params={"limit": 1000}).json()
+    assert {e["source"] for e in measured["efforts"]} == {"data"} and all(e["examples"] >= 20 for e in measured["efforts"])
+    state = client.app.state
+    settings = state.settings
+    state.settings = settings.model_copy(update={"effort_lead": 7.0, "effort_account": 9.0})
+    try:
+        w = client.get("/v1/worklist", params={"limit": 1000, "effort_account": 4.0}).json()
+    finally:
+        state.settings = settings
+    by_kind = {e["kind"]: e for e in w["efforts"] if e["kind"] != "deal"}
+    assert (by_kind["lead"]["effort"], by_kind["lead"]["source"]) == (7.0, "setting")
+    assert (by_kind["account"]["effort"], by_kind["account"]["source"]) == (4.0, "request")
+    assert [e for e in w["efforts"] if e["kind"] == "deal"] == [e for e in measured["efforts"] if e["kind"] == "deal"]
+    assert {i["effort"] for i in w["items"] if i["kind"] == "lead"} == {7.0}
+    assert {i["effort"] for i in w["items"] if i["kind"] == "account"} == {4.0}
+
+
 def test_worklist_without_a_deal_model_says_deals_are_unavailable(lead_scorer, account_result, sample_dir,
                                                                    tmp_path_factory):
     models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer),
