@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     trend_threshold_points: float = Field(
         5.0, gt=0, description="Probability change, in points, beyond which a trend is improving or declining"
     )
+    effort_lead: float | None = Field(None, gt=0, le=1000, description="Worklist effort of a lead in rep touches; "
+                                      "default: measured on the export (docs/guides/managers-page.md)")
+    effort_deal: float | None = Field(None, gt=0, le=1000, description="Worklist effort of a deal in rep touches, "
+                                      "every stage; default: measured on the export per stage")
+    effort_account: float | None = Field(None, gt=0, le=1000, description="Worklist effort of an account in rep "
+                                         "touches; default: measured on the export")
     engine: str = Field("pandas", description="Engine of `train`, `score` and `refresh`: pandas (this process) or "
                         "dask (features per entity partition and LightGBM on a Dask cluster; the `dask` extra)")
     dask_scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786) of --engine dask; "

@@ -257,6 +257,7 @@ _LABELS = {
 #: Activity types (``<type>_<direction>`` as the features name them) as people say them: (plural, singular).
 _ACTIVITIES = {
     "activities": ("Activities", "activity"),
+    "activity": ("Activities", "activity"),
     "inbound": ("Inbound touches", "inbound touch"),
     "call_outbound": ("Calls made", "call made"),
     "call_inbound": ("Calls received", "call received"),
@@ -290,6 +291,12 @@ def _activity(token: str, singular: bool = False) -> str:
     return one if singular else plural
 
 
+def activity_label(kind: str, direction: str | None = None, singular: bool = False) -> str:
+    """An activity as people say it: ``("call", "outbound")`` -> "call made", ``("meeting", None)`` -> "meeting"."""
+    token = f"{kind}_{direction}" if isinstance(direction, str) and f"{kind}_{direction}" in _ACTIVITIES else kind
+    return _activity(token, singular)
+
+
 def feature_label(name: str) -> str:
     """A plain label for a feature column: ``meeting_30d`` -> "Meetings in the last 30 days"."""
     if name in _LABELS:
@@ -298,6 +305,8 @@ def feature_label(name: str) -> str:
         return f"Days since the last {_activity(m[1], singular=True)}"
     if m := re.fullmatch(r"days_in_(.+)", name):
         return f"Days spent in {_humanize(m[1])}"
+    if m := re.fullmatch(r"(.+)_per_30d", name):
+        return f"{_activity(m[1])} per month so far"
     if m := re.fullmatch(r"(.+)_(\d+)d", name):
         return f"{_activity(m[1])} in the last {m[2]} days"
     if m := re.fullmatch(r"(.+)_per_week", name):
@@ -318,7 +327,8 @@ def format_value(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         if float(value).is_integer():
             return f"{int(value):,}"
-        return f"{value:.2f}" if abs(value) < 1 else f"{value:,.1f}"
+        # people read 808 days and 3,878 employees, 4.4 meetings and 0.54 calls (no false precision)
+        return f"{value:.2f}" if abs(value) < 1 else f"{value:,.1f}" if abs(value) < 10 else f"{value:,.0f}"
     return str(value)
 
 
@@ -329,6 +339,9 @@ def reason_sentence(feature: str, value: object, points: float) -> str:
     size = abs(points) * 100
     amount = ("1 point" if round(size) == 1 else f"{size:.0f} points") if size >= 1 else "less than a point"
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    missing = value is None or (isinstance(value, float) and np.isnan(value))
+    if missing and (m := re.fullmatch(r"days_since_(.+)", feature)):  # never happened, not "unknown"
+        return f"No {_activity(m[1], singular=True)} yet: {direction} the probability by {amount}"
     if numeric and not (isinstance(value, float) and np.isnan(value)):
         return f"{feature_label(feature)}: {format_value(value)}, {direction} the probability by {amount}"
     return f"{feature_label(feature)} is {format_value(value)}: {direction} the probability by {amount}"

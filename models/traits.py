@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["Condition", "Trait", "TraitMiner", "global_importance", "nice_number", "planted_match"]
+from models.explain import feature_label
+
+__all__ = ["Condition", "Trait", "TraitMiner", "global_importance", "nice_number", "planted_match", "shared_traits",
+           "trait_label"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ class Condition:
 
     def as_dict(self) -> dict[str, object]:
         return {"column": self.column, "op": self.op, "value": self.value}
+
+    def label(self) -> str:
+        """The condition in plain words: "industry is software", "company size (employees) at least 1,000"."""
+        what = feature_label(self.column)
+        what = what[0].lower() + what[1:] if what[:2] != what[:2].upper() else what
+        if self.op == "==":
+            return f"{what} is {self.value}"
+        v = f"{self.value:,.0f}" if abs(float(self.value)) >= 10 else f"{self.value:g}"
+        return f"{what} {'at least' if self.op == '>=' else 'under'} {v}"
 
 
 @dataclass
@@ -362,3 +374,22 @@ def planted_match(trait: Trait, planted_conditions: Sequence[dict], tolerance: f
     if not all(matched):
         return None
     return "exact" if len(trait.conditions) == len(planted_conditions) else "contains"
+
+
+def trait_label(trait: dict) -> str:
+    """A trait (as :meth:`Trait.as_dict` stores it) in plain words, its conditions joined by "and"."""
+    return " and ".join(Condition(**c).label() for c in trait["conditions"])
+
+
+def shared_traits(traits: Sequence[dict], frame: pd.DataFrame) -> list[list[dict]]:
+    """Per row of ``frame`` (the profile columns traits are mined over), the confirmed traits of
+    high-value customers it has (held-out lift's lower bound above 1), best ranked first. A trait
+    naming a column the frame lacks is left out."""
+    out: list[list[dict]] = [[] for _ in range(len(frame))]
+    for t in sorted((t for t in traits if t.get("confirmed")), key=lambda t: t.get("rank", 0)):
+        if not all(c["column"] in frame for c in t["conditions"]):
+            continue
+        mask = np.logical_and.reduce([Condition(**c).mask(frame) for c in t["conditions"]])
+        for i in np.flatnonzero(mask):
+            out[i].append(t)
+    return out

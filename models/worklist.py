@@ -12,14 +12,22 @@ Pure computation over an export and the loaded scorers (the refresh job stores t
   past customers) times that value. A prospect's value comes through its leads and deals only, so
   it is not an account item: nothing is counted twice.
 
-Reasons lead with what a rep can act on (activity, then stage, then timing, then fit) and
-never with value already booked. ``trend`` turns a score history into improving, steady,
-declining or not enough history.
+Items are ranked by that value per unit of effort, the rep touches it took to win such an item in
+the same export (:mod:`models.effort`; :func:`ranked` applies the efforts a refresh measured, or
+the user's).
+
+Reasons lead with what a rep can act on and never with value already booked: the last contact
+and the last sign of life of the lead, deal or account (:func:`contact_sentences`); a deal's stage
+and time in it; an account's buying cycle against its last purchase, its open deals and leads,
+and the confirmed traits of high-value customers it shares; then the model's own reasons ordered
+activity, stage, timing, fit, each shown once and only when worth a point. ``trend`` turns a
+score history into improving, steady, declining or not enough history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,11 +35,15 @@ import pandas as pd
 
 from features.contract import Export
 from features.engine import map_leads  # per entity partition in a Dask session (features.engine)
-from features.pit import open_leads
+from features.pit import open_leads, rows_before
 from models.deals import score_open_deals
+from models.effort import Efforts, account_activities, derive_efforts
+from models.explain import activity_label
+from models.traits import shared_traits, trait_label
 
-__all__ = ["TRENDS", "WORK_COLUMNS", "actionable_reasons", "account_items", "deal_items", "entity_names",
-           "lead_items", "next_year_value", "reason_kind", "repeat_rate", "trend"]
+__all__ = ["TRENDS", "WORK_COLUMNS", "actionable_reasons", "account_items", "buying_cycle_sentences",
+           "contact_sentences", "deal_items", "effort_payload", "efforts_of", "entity_names", "lead_items",
+           "next_year_value", "ranked", "reason_kind", "repeat_rate", "trend"]
 
 WORK_COLUMNS = ["kind", "id", "name", "owner_id", "probability", "score", "grade", "expected_value", "reasons"]
 TRENDS = ("improving", "steady", "declining", "not enough history")
@@ -62,12 +74,26 @@ def reason_kind(feature: str) -> str:
     return "fit"
 
 
-def actionable_reasons(reasons: Sequence[dict[str, Any]], n: int = 3) -> list[str]:
-    """The texts of up to ``n`` reasons, booked value left out, ordered activity, stage, timing, fit
-    (by size of contribution within a kind)."""
-    kept = [r for r in reasons if reason_kind(r["feature"]) != "booked"]
+def _family(feature: str) -> str:
+    """What a reason is about, whatever its window: ``email_outbound_30d``, ``email_outbound_total``
+    and ``days_since_email_outbound`` are all about emails sent."""
+    return re.sub(r"(_per_30d|_per_week|_\d+d|_total)$", "", feature.removeprefix("days_since_"))
+
+
+def actionable_reasons(reasons: Sequence[dict[str, Any]], n: int = 3, skip: Sequence[str] = ()) -> list[str]:
+    """The texts of up to ``n`` reasons, ordered activity, stage, timing, fit (by size of contribution
+    within a kind): booked value left out, reasons under one point left out (they read "less than a
+    point" and move nothing), one reason per subject (the 30-day and the 90-day count of the same
+    touches are one reason), and none whose subject starts with one of ``skip`` (said already)."""
+    kept = [r for r in reasons if reason_kind(r["feature"]) != "booked" and abs(float(r["contribution"])) >= 0.01]
     kept.sort(key=lambda r: (_ORDER[reason_kind(r["feature"])], -abs(float(r["contribution"]))))
-    return [r["text"] for r in kept[:n]]
+    out, seen = [], set()
+    for r in kept:
+        family = _family(r["feature"])
+        if family not in seen and not family.startswith(tuple(skip)):
+            seen.add(family)
+            out.append(r["text"])
+    return out[:n]
 
 
 def trend(probabilities: Sequence[float], points: int = 3, threshold_points: float = 5.0) -> str:
@@ -107,26 +133,104 @@ def _frame(kind: str, ids: pd.Series, names: pd.Series, owners: pd.Series, proba
     })
 
 
+# ------------------------------------------------------------------------ plain time and contact
+def _ago(days: float) -> str:
+    """How long ago, as a person says it: today, yesterday, 12 days ago, about 7 months ago."""
+    if days < 1:
+        return "today"
+    if days < 2:
+        return "yesterday"
+    if days < 45:
+        return f"{days:.0f} days ago"
+    months = round(days / 30.44)
+    return f"about {months} months ago" if months < 24 else f"about {days / 365.25:.0f} years ago"
+
+
+def _every(days: float) -> str:
+    """A period as a person says it: 10 days, 3 weeks, 5 months."""
+    if days < 14:
+        n, unit = round(days), "day"
+    elif days < 60:
+        n, unit = round(days / 7), "week"
+    else:
+        n, unit = round(days / 30.44), "month"
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+def _last_of(acts: pd.DataFrame, key: str, ids: pd.Index) -> pd.DataFrame:
+    """Per id, its latest activity of ``acts`` (occurred_at, type, direction)."""
+    a = acts.dropna(subset=[key]).sort_values("occurred_at", kind="stable").drop_duplicates(key, keep="last")
+    return a.set_index(key)[["occurred_at", "type", "direction"]].reindex(ids)
+
+
+def contact_sentences(export: Export, as_of: pd.Timestamp, kind: str, ids: Sequence[str]) -> list[str]:
+    """Per lead, deal or account (``kind``): when the team last contacted it and when it was last
+    active itself, before ``as_of`` ("Last contact 12 days ago (call made); they were last active
+    yesterday (web visit)"). An account's activities include its leads' and deals'."""
+    key = {"lead": "lead_id", "deal": "opportunity_id", "account": "touch_account"}[kind]
+    acts = account_activities(export, as_of)
+    index = pd.Index([str(i) for i in ids])
+    touch, theirs = _last_of(acts[acts["rep"]], key, index), _last_of(acts[~acts["rep"]], key, index)
+    out = []
+    for i in range(len(index)):
+        t, th = touch.iloc[i], theirs.iloc[i]
+        ours = None if pd.isna(t["occurred_at"]) else (
+            (as_of - t["occurred_at"]) / pd.Timedelta(days=1), activity_label(t["type"], t["direction"], singular=True))
+        them = None if pd.isna(th["occurred_at"]) else (
+            (as_of - th["occurred_at"]) / pd.Timedelta(days=1), activity_label(th["type"], th["direction"], singular=True))
+        if ours is None and them is None:
+            out.append("No activity logged yet")
+        elif ours is None:
+            out.append(f"No contact logged yet; they were last active {_ago(them[0])} ({them[1]})")
+        elif them is None:
+            out.append(f"Last contact {_ago(ours[0])} ({ours[1]}); nothing from them logged")
+        elif them[0] < ours[0] and _ago(them[0]) != _ago(ours[0]):  # they moved since: answer them
+            out.append(f"They were last active {_ago(them[0])} ({them[1]}), after the last contact {_ago(ours[0])} "
+                       f"({ours[1]})")
+        else:
+            out.append(f"Last contact {_ago(ours[0])} ({ours[1]}); they were last active {_ago(them[0])} ({them[1]})")
+    return out
+
+
+# ------------------------------------------------------------------------ leads and deals
 def lead_items(export: Export, scorer: Any, as_of: pd.Timestamp) -> pd.DataFrame:
     """Every lead open at ``as_of`` (not before the model's training cutoff): P(converts) x the value
-    of a converted lead."""
+    of a converted lead. Reasons: the last contact, then the model's."""
     t = max(as_of, scorer.trained_until)
     leads = open_leads(export.leads, t)
-    s = map_leads(export, leads, lambda part, accounts, acts: scorer.score(part, accounts, acts, t, n_reasons=6))
+    s = map_leads(export, leads, lambda part, accounts, acts: scorer.score(part, accounts, acts, t, n_reasons=8))
     owners = leads.set_index("lead_id")["owner_id"]
+    contact = contact_sentences(export, t, "lead", s["lead_id"].astype(str).tolist())
+    reasons = [[c, *actionable_reasons(r, skip=("activity",))] for c, r in zip(contact, s["reasons"], strict=True)]
     return _frame("lead", s["lead_id"], entity_names(export.leads, "lead", "lead_id"), owners, s["probability"],
-                  s["grade"], s["expected_value"].to_numpy(dtype=float), [actionable_reasons(r) for r in s["reasons"]])
+                  s["grade"], s["expected_value"].to_numpy(dtype=float), reasons)
+
+
+def _days_in_stage(export: Export, as_of: pd.Timestamp, ids: pd.Series, stages: pd.Series) -> np.ndarray:
+    """Days since each deal last entered its current stage before ``as_of`` (NaN without a history row)."""
+    h = rows_before(export.stage_history, "entered_at", as_of)
+    last = h.sort_values("entered_at", kind="stable").drop_duplicates(["opportunity_id", "stage"], keep="last")
+    entered = last.set_index(["opportunity_id", "stage"])["entered_at"]
+    at = entered.reindex(pd.MultiIndex.from_arrays([ids.astype(str), stages.astype(str)]))
+    return ((as_of - pd.DatetimeIndex(at.to_numpy())) / pd.Timedelta(days=1)).to_numpy(dtype=float)
 
 
 def deal_items(export: Export, scorer: Any, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Every deal open at ``as_of``: P(won) x amount (the deal's, else predicted from similar deals)."""
-    s, opps = score_open_deals(export, scorer, as_of, n_reasons=6)
+    """Every deal open at ``as_of``: P(won) x amount (the deal's, else predicted from similar deals).
+    Reasons: the last contact, the stage and time in it with the amount and P(won), the model's.
+    Carries ``stage`` (its effort is its stage's)."""
+    s, opps = score_open_deals(export, scorer, as_of, n_reasons=8)
     owners = opps.drop_duplicates("opportunity_id").set_index("opportunity_id")["owner_id"]
-    headline = [f"Stage {st}, amount {amt:,.0f}" + (" (predicted)" if pred else "") + f": P(won) {p:.0%}"
-                for st, amt, pred, p in zip(s["stage"], s["amount"], s["amount_predicted"], s["p_win"], strict=True)]
-    reasons = [[h, *actionable_reasons(r)] for h, r in zip(headline, s["reasons"], strict=True)]
-    return _frame("deal", s["opportunity_id"], entity_names(export.opportunities, "deal", "opportunity_id"), owners,
-                  s["p_win"], [None] * len(s), s["expected_value"].astype(float).fillna(0.0).to_numpy(), reasons)
+    days = _days_in_stage(export, as_of, s["opportunity_id"], s["stage"])
+    stage = [f"In {st}" + (f" for {_every(d)}" if np.isfinite(d) else "") + f"; amount {amt:,.0f}"
+             + (" (predicted)" if pred else "") + f", P(won) {p:.0%}"
+             for st, d, amt, pred, p in zip(s["stage"], days, s["amount"], s["amount_predicted"], s["p_win"], strict=True)]
+    contact = contact_sentences(export, as_of, "deal", s["opportunity_id"].astype(str).tolist())
+    reasons = [[c, h, *actionable_reasons(r, n=2, skip=("activity", "stage", "days_in_"))]
+               for c, h, r in zip(contact, stage, s["reasons"], strict=True)]
+    frame = _frame("deal", s["opportunity_id"], entity_names(export.opportunities, "deal", "opportunity_id"), owners,
+                   s["p_win"], [None] * len(s), s["expected_value"].astype(float).fillna(0.0).to_numpy(), reasons)
+    return frame.assign(stage=s["stage"].astype(object).to_numpy())
 
 
 def _customer_years(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -175,17 +279,92 @@ def _account_owners(export: Export, as_of: pd.Timestamp) -> pd.Series:
     return pd.concat([deals, leads[~leads.index.isin(deals.index)]])
 
 
+def _purchase_days(export: Export, as_of: pd.Timestamp) -> pd.Series:
+    """Per customer, the days it bought on before ``as_of`` (won deals, one purchase per day), sorted."""
+    o = export.opportunities
+    won = o[(o["outcome"] == "won") & (o["closed_at"] < as_of) & o["account_id"].notna()]
+    days = won.assign(day=won["closed_at"].dt.floor("D"))[["account_id", "day"]].drop_duplicates()
+    return days.sort_values("day", kind="stable").groupby("account_id")["day"].agg(list)
+
+
+def buying_cycle_sentences(export: Export, as_of: pd.Timestamp, ids: Sequence[str]) -> list[str]:
+    """Per customer, its usual buying cycle against its last purchase before ``as_of``: "Usually buys
+    every ~5 months (4 purchases); last purchase about 7 months ago, past its usual cycle" (over 1.2
+    cycles; "due about now" from 0.8 cycles). With one
+    purchase so far, the cycle of the export's repeat customers (the median time between two
+    purchases) stands in for its own."""
+    purchases = _purchase_days(export, as_of)
+    gaps = [(b - a) / pd.Timedelta(days=1) for days in purchases for a, b in zip(days, days[1:], strict=False)]
+    usual = float(np.median(gaps)) if gaps else None
+    out = []
+    for i in ids:
+        days = purchases.get(i, [])
+        if not days:
+            out.append("No purchase yet")
+            continue
+        last = (as_of - days[-1]) / pd.Timedelta(days=1)
+        if len(days) == 1:
+            tail = f"; repeat customers buy again after ~{_every(usual)}" if usual else ""
+            out.append(f"One purchase so far, {_ago(last)}{tail}")
+            continue
+        cycle = float(np.median(np.diff([d.value for d in days]))) / pd.Timedelta(days=1).value
+        late = ", past its usual cycle" if last > 1.2 * cycle else ", due about now" if last >= 0.8 * cycle else ""
+        out.append(f"Usually buys every ~{_every(cycle)} ({len(days)} purchases); last purchase {_ago(last)}{late}")
+    return out
+
+
+def _open_item_sentences(export: Export, open_items: pd.DataFrame, ids: Sequence[str]) -> list[str]:
+    """Per account, its open deals (with their stages) and open leads on the list."""
+    deals = open_items[open_items["kind"] == "deal"]
+    leads = open_items[open_items["kind"] == "lead"]
+    deal_acc = deals["id"].map(export.opportunities.set_index("opportunity_id")["account_id"])
+    lead_acc = leads["id"].map(export.leads.set_index("lead_id")["account_id"])
+    stages = (deals["stage"] if "stage" in deals else pd.Series(np.nan, index=deals.index)).groupby(
+        deal_acc.to_numpy()).agg(lambda v: sorted({x for x in v if isinstance(x, str)}))
+    n_deals, n_leads = deal_acc.value_counts(), lead_acc.value_counts()
+    out = []
+    for i in ids:
+        nd, nl = int(n_deals.get(i, 0)), int(n_leads.get(i, 0))
+        if nd == 0 and nl == 0:
+            out.append("No open deal or lead")
+            continue
+        parts = []
+        if nd:
+            where = ", ".join(stages.get(i, []))
+            parts.append(f"{nd} open deal{'s' if nd > 1 else ''}" + (f" ({where})" if where else ""))
+        if nl:
+            parts.append(f"{nl} open lead{'s' if nl > 1 else ''}")
+        out.append(" and ".join(parts) + " on the list")
+    return out
+
+
+def _trait_sentence(traits: list[dict]) -> str | None:
+    if not traits:
+        return None
+    t = traits[0]
+    lift = t.get("heldout_lift")
+    lift = lift if isinstance(lift, (int, float)) and np.isfinite(lift) else t["lift"]
+    return f"Like high-value customers: {trait_label(t)} (worth {lift:.1f}x the average customer)"
+
+
 def account_items(export: Export, scorer: Any, as_of: pd.Timestamp, open_items: pd.DataFrame) -> pd.DataFrame:
     """Every customer with an owner: the value expected in the next 12 months (:func:`next_year_value`
     of the high_value model's expected first-year value) beyond ``open_items`` (its open leads and
     deals, whose value is theirs). A prospect's value comes only through its leads and deals: those
-    items carry it, so it is not an account item (nothing counted twice)."""
+    items carry it, so it is not an account item (nothing counted twice).
+
+    Reasons, in this order: the last contact and sign of life, the buying cycle against the last
+    purchase, its open deals and leads, a confirmed trait of high-value customers it shares, and
+    (in its first year, which the model's probability is about) up to two of the model's reasons.
+    Never the value it booked."""
     years = _customer_years(export, as_of)
     owners = _account_owners(export, as_of)
     ids = sorted(set(owners.index.astype(str)) & set(years.index.astype(str)))
     if not ids:
         return pd.DataFrame(columns=WORK_COLUMNS)
-    s = scorer.score(export, ids, as_of, n_reasons=6)
+    X = scorer.features(export, ids, as_of)
+    s = scorer.score_frame(X, n_reasons=8)
+    ids = s["account_id"].astype(str).tolist()
     y = years.reindex(s["account_id"])
     expected = next_year_value(s["expected_value"].to_numpy(dtype=float), y["first_won_at"],
                                y["year1"].to_numpy(dtype=float), as_of, repeat_rate(export, as_of))
@@ -195,8 +374,39 @@ def account_items(export: Export, scorer: Any, as_of: pd.Timestamp, open_items: 
             export.opportunities.set_index("opportunity_id")["account_id"])])
     in_items = open_items.loc[item_account.index, "expected_value"].groupby(item_account.to_numpy()).sum()
     rest = np.maximum(expected - s["account_id"].map(in_items).fillna(0.0).to_numpy(), 0.0)
-    headline = [f"About {r:,.0f} more expected in the next 12 months beyond booked value and open deals and leads"
-                for r in rest]
-    reasons = [[h, *actionable_reasons(r)] for h, r in zip(headline, s["reasons"], strict=True)]
+    first_year = (as_of - pd.to_datetime(y["first_won_at"], utc=True)).to_numpy() < YEAR.to_timedelta64()
+    lines = zip(contact_sentences(export, as_of, "account", ids), buying_cycle_sentences(export, as_of, ids),
+                _open_item_sentences(export, open_items, ids), shared_traits(getattr(scorer, "traits", []), X),
+                s["reasons"], first_year, strict=True)
+    reasons = [[c, b, o, *filter(None, [_trait_sentence(t)]), *(actionable_reasons(r, n=2) if young else [])]
+               for c, b, o, t, r, young in lines]
     return _frame("account", s["account_id"], entity_names(export.accounts, "account", "account_id"), owners,
                   s["probability"], [None] * len(s), rest, reasons)
+
+
+# ------------------------------------------------------------------------ effort and ranking
+def effort_payload(export: Export, as_of: pd.Timestamp, items: pd.DataFrame) -> dict[str, Any]:
+    """What a refresh stores for ranking: the efforts measured on the export before ``as_of``
+    (:func:`models.effort.derive_efforts`) and each open deal's stage (its effort is its stage's)."""
+    deals = items[items["kind"] == "deal"] if len(items) else items
+    stage = deals["stage"] if "stage" in deals else pd.Series(dtype=object)
+    return {"efforts": derive_efforts(export, as_of).as_dict(),
+            "deal_stage": {str(i): st for i, st in zip(deals.get("id", []), stage, strict=True) if isinstance(st, str)}}
+
+
+def efforts_of(payload: Mapping[str, Any] | None) -> tuple[Efforts, dict[str, str]]:
+    """The efforts and deal stages of a stored :func:`effort_payload` (a snapshot stored before
+    efforts were measured has none: the hand-set defaults, saying so)."""
+    if not payload:
+        return Efforts.defaults("this snapshot was stored before efforts were measured (run `funnelcast refresh`)"), {}
+    return Efforts.from_dict(payload["efforts"]), dict(payload.get("deal_stage", {}))
+
+
+def ranked(frame: pd.DataFrame, efforts: Efforts, deal_stage: Mapping[str, str], id_column: str = "id") -> pd.DataFrame:
+    """``frame`` with each item's ``effort`` and ``value_per_effort`` (expected value / effort), best
+    first (ties by id)."""
+    ids = frame[id_column].astype(str)
+    stages = ids.map(dict(deal_stage)).where(frame["kind"] == "deal")
+    effort = efforts.item_efforts(frame["kind"], stages)
+    out = frame.assign(effort=effort, value_per_effort=frame["expected_value"].to_numpy(dtype=float) / effort)
+    return out.sort_values(["value_per_effort", id_column], ascending=[False, True], ignore_index=True)

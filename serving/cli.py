@@ -80,6 +80,9 @@ def _cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
     counts = ", ".join(f"{n} {k}s" for k, n in result.counts.items() if k != "changed")
     print(f"snapshot {result.snapshot_id}: {counts} scored ({result.counts['changed']} new or changed) "
           f"as of {result.as_of.isoformat()} in {result.duration_seconds:.1f} s")
+    if result.efforts is not None:  # what "per unit of effort" means on the worklist, and where it came from
+        print(f"worklist efforts ({result.efforts.unit}; FUNNELCAST_EFFORT_* overrides): "
+              + "; ".join(e.label() for e in result.efforts.rows()))
     return 0
 
 
@@ -97,7 +100,8 @@ def export_scores(settings: Settings, mapping: str, kind: str, out: Path) -> int
         w = csv.writer(fh)
         w.writerow(list(f.values()))
         for r in frame.itertuples(index=False):
-            w.writerow([r.entity_id, int(r.score), r.grade or "", f"{r.probability:.3f}", f"{r.expected_value:.2f}",
+            grade = r.grade if isinstance(r.grade, str) else ""  # a NULL grade (deals, accounts) reads back NaN
+            w.writerow([r.entity_id, int(r.score), grade, f"{r.probability:.3f}", f"{r.expected_value:.2f}",
                         r.trend, " | ".join(r.reasons), snap.refreshed_at.isoformat(timespec="seconds"),
                         snap.as_of.isoformat(timespec="seconds") if snap.as_of else "", r.owner_id or "",
                         f"{r.model}/{r.version}"])

@@ -33,7 +33,7 @@ from features.io import load_export
 from features.settings import Settings
 from models.registry import LoadedModel
 from models.tasks import Task
-from models.worklist import WORK_COLUMNS, account_items, deal_items, lead_items, trend
+from models.worklist import WORK_COLUMNS, account_items, deal_items, effort_payload, efforts_of, lead_items, trend
 from serving.errors import RequestProblem, client_safe
 from serving.forecasting import forecast_answer, funnel_answer
 from serving.snapshots import SnapshotRow, SnapshotStore, payload_key
@@ -85,6 +85,7 @@ class RefreshResult:
     duration_seconds: float = 0.0
     error: str | None = None
     data_problem: bool = False  # the error is the data's (a domain error), not the service's
+    efforts: Any = None  # models.effort.Efforts measured on the export (the worklist's default efforts)
     export: Export | None = field(default=None, repr=False)
 
 
@@ -171,8 +172,10 @@ def refresh(settings: Settings, models: Mapping[str, LoadedModel], store: Snapsh
         result.bad_rows = len(report.bad_rows)
         result.bad_rows_summary = report.summary(limit=20) if report else None
         items, result.missing = _scored(export, models, load_errors or {})
+        efforts = effort_payload(export, export.exported_at, items)  # the worklist's efforts, measured on this export
+        result.efforts = efforts_of(efforts)[0]
         items = _compared(items, store, settings)
-        payloads = _payloads(export, models)
+        payloads = {**_payloads(export, models), payload_key("efforts", {}): efforts}
         result.as_of, result.export = export.exported_at.to_pydatetime(), export
         result.counts = {kind: int((items["kind"] == kind).sum()) for kind in ("lead", "deal", "account")}
         result.counts["changed"] = int(items["changed"].sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Annotated
 
 import pandas as pd
@@ -12,10 +13,13 @@ from fastapi import APIRouter, Query, Request
 
 from features.contract import Export
 from models.allocation import AllocationError, allocate
+from models.traits import trait_label
+from models.worklist import efforts_of, ranked
 from serving.deps import HighValueModelDep, SettingsDep
 from serving.errors import RequestProblem
 from serving.records import RequestRecords, check_batch, unique_ids, utc_timestamp
 from serving.refresh import latest_snapshot, refresher
+from serving.snapshots import payload_key
 from serving.schemas.accounts import (
     AccountScore,
     AccountScoreItem,
@@ -24,6 +28,7 @@ from serving.schemas.accounts import (
     AllocationRequest,
     AllocationResponse,
     Assignment,
+    EffortOut,
     ImportanceOut,
     ItemIn,
     TraitOut,
@@ -36,8 +41,6 @@ from serving.schemas.common import ModelRef, error_responses, served_reasons
 from serving.security import ApiKeyDep
 
 router = APIRouter(prefix="/v1", tags=["accounts"], dependencies=[ApiKeyDep])
-#: Effort per item kind (a lead is one unit; a deal and an account need more of a rep's week).
-EFFORT = {"lead": 1.0, "deal": 2.0, "account": 3.0}
 
 
 def _finite(x: float) -> float | None:
@@ -90,7 +93,7 @@ def traits(model: HighValueModelDep) -> TraitsResponse:
         out.append(TraitOut(**{k: t[k] for k in ("rank", "trait", "conditions", "accounts", "share", "lift", "lift_low",
                                                  "lift_high", "stability", "confirmed")},
                             heldout_lift=_finite(t["heldout_lift"]), heldout_low=_finite(t["heldout_low"]),
-                            heldout_high=_finite(t["heldout_high"])))
+                            heldout_high=_finite(t["heldout_high"]), label=trait_label(t)))
     imp = [ImportanceOut(feature=r["feature"], importance=r["importance"], direction=r["direction"]) for r in s.importance]
     return TraitsResponse(model=ModelRef(name=model.name, version=model.version), threshold=s.threshold,
                           traits=out, importance=imp)
@@ -136,22 +139,25 @@ def worklist(request: Request,
              owner: Annotated[str | None, Query(description="Only this owner's items")] = None,
              team: Annotated[str | None, Query(description="Only this team's items")] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-             effort_lead: Annotated[float, Query(ge=0.01, le=1000, description="Effort of a lead")] = EFFORT["lead"],
-             effort_deal: Annotated[float, Query(ge=0.01, le=1000, description="Effort of a deal")] = EFFORT["deal"],
-             effort_account: Annotated[float, Query(ge=0.01, le=1000, description="Effort of an account")] = EFFORT["account"],
+             effort_lead: Annotated[float | None, Query(ge=0.01, le=1000, description="Effort of a lead")] = None,
+             effort_deal: Annotated[float | None, Query(ge=0.01, le=1000, description="Effort of a deal")] = None,
+             effort_account: Annotated[float | None, Query(ge=0.01, le=1000, description="Effort of an account")] = None,
              ) -> WorklistResponse:
     """One list in one unit, from the latest scored snapshot: open leads (P(converts) x first-deal
     value), open deals (P(won) x amount) and accounts (value expected in the next 12 months beyond
     what they booked and beyond their open deals and leads), ranked by value still to be won per
-    unit of effort (default lead 1, deal 2, account 3; set per request), with reasons a rep can
-    act on and the trend of each score. A part whose model is not loaded is named in ``missing``."""
+    unit of effort, with reasons a rep can act on and the trend of each score. The efforts are in
+    rep touches, measured on the export by the refresh (``efforts`` says each one and where it came
+    from); ``FUNNELCAST_EFFORT_*`` settings, then these parameters, override them. A part whose
+    model is not loaded is named in ``missing``."""
     state = request.app.state
     snap = latest_snapshot(state)
     frame = refresher(state).scores(snap)
-    effort = {"lead": effort_lead, "deal": effort_deal, "account": effort_account}
-    frame = frame.assign(effort=frame["kind"].map(effort).astype(float))
-    frame["value_per_effort"] = frame["expected_value"].astype(float) / frame["effort"]
-    frame = frame.sort_values(["value_per_effort", "entity_id"], ascending=[False, True], ignore_index=True)
+    efforts, deal_stage = efforts_of(refresher(state).store.payload(snap.id, payload_key("efforts", {})))
+    s = state.settings
+    efforts = efforts.overridden({"lead": s.effort_lead, "deal": s.effort_deal, "account": s.effort_account}, "setting")
+    efforts = efforts.overridden({"lead": effort_lead, "deal": effort_deal, "account": effort_account}, "request")
+    frame = ranked(frame, efforts, deal_stage, id_column="entity_id")
     owners = sorted({o for o in frame["owner_id"] if isinstance(o, str)})
     teams = sorted({t for t in frame["team"] if isinstance(t, str)})
     if owner is not None and owner not in owners:
@@ -168,4 +174,5 @@ def worklist(request: Request,
              for r in view.head(limit).itertuples(index=False)]
     as_of = snap.as_of.isoformat() if snap.as_of is not None else ""
     return WorklistResponse(as_of=as_of, refreshed_at=snap.refreshed_at.isoformat(), age_seconds=snap.age_seconds(),
-                            snapshot_id=snap.id, items=items, owners=owners, teams=teams, missing=list(snap.missing))
+                            snapshot_id=snap.id, items=items, owners=owners, teams=teams, missing=list(snap.missing),
+                            effort_unit=efforts.unit, efforts=[EffortOut(**asdict(e)) for e in efforts.rows()])

@@ -101,6 +101,7 @@ class AllocationResponse(BaseModel):
 class TraitOut(BaseModel):
     rank: int
     trait: str
+    label: str = Field("", description="The trait in plain words (industry is software and company size at least 1,000)")
     conditions: list[dict[str, Any]]
     accounts: int
     share: float
@@ -143,6 +144,15 @@ class WorkItem(BaseModel):
     reasons: list[str] = Field(description="What a rep can act on first (activity, stage, timing, fit)")
 
 
+class EffortOut(BaseModel):
+    kind: str = Field(description="lead, deal or account")
+    stage: str | None = Field(None, description="The deal stage this effort is of (a deal's effort is its stage's)")
+    effort: float = Field(description="Effort of one such item, in effort_unit")
+    source: str = Field(description="data (measured on the export), fallback, default, setting or request")
+    examples: int = Field(description="Items of the export it was measured on (0 when not measured)")
+    rule: str = Field(description="How it was found, in words")
+
+
 class WorklistResponse(BaseModel):
     as_of: str
     refreshed_at: str | None = Field(None, description="When the snapshot the list comes from was scored")
@@ -152,3 +162,6 @@ class WorklistResponse(BaseModel):
     owners: list[str]
     teams: list[str]
     missing: list[str] = Field(description="Parts not available (a model not registered, ...)")
+    effort_unit: str = Field("rep touches", description="The unit of every effort (rep touches when measured)")
+    efforts: list[EffortOut] = Field(default_factory=list, description="The efforts the ranking used and where "
+                                     "each came from")

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const fmt = (x, d = 0) => Number(x).toLocaleString("en-US", {maximumFractionDigits: d, minimumFractionDigits: d});
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+const cap = (s) => { const t = String(s ?? ""); return t.charAt(0).toUpperCase() + t.slice(1); };
 const UNASSIGNED = "unassigned";
 const TRENDS = {improving: ["▲", "improving"], declining: ["▼", "declining"], steady: ["▶", "steady"]};
 const state = {forecast: null};
@@ -35,6 +36,12 @@ function ageText(seconds) {
   return `${Math.round(s / 86400)} days`;
 }
 
+function when(iso) {
+  // "2026-10-01 06:00 UTC": what a person reads, not an ISO timestamp with microseconds
+  const t = new Date(iso);
+  return Number.isNaN(t.getTime()) ? String(iso) : t.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
+
 function freshness(w) {
   // from the refresh job's snapshot when the API has one (refreshed_at, age_seconds), else the data's as_of
   const at = w.refreshed_at || w.as_of;
@@ -43,8 +50,8 @@ function freshness(w) {
   el.className = age > 86400 ? "stale" : "note";
   el.dataset.age = String(Math.round(age));
   el.textContent = w.refreshed_at
-    ? `Scores refreshed ${w.refreshed_at} (${ageText(age)} ago) from data as of ${w.as_of}.`
-    : `Data as of ${w.as_of} (${ageText(age)} old); scores computed when first asked.`;
+    ? `Scores refreshed ${when(w.refreshed_at)} (${ageText(age)} ago) from data as of ${when(w.as_of)}.`
+    : `Data as of ${when(w.as_of)} (${ageText(age)} old); scores computed when first asked.`;
 }
 
 function trendCell(it) {
@@ -60,11 +67,38 @@ function ownerCell(owner) {
   return `<td><span class="rep-link" data-rep="${esc(owner)}">${esc(owner)}</span></td>`;
 }
 
+function scoreCell(it) {
+  // an account is ranked by the value it is expected to bring, not by a probability
+  return it.kind === "account" ? `<td class="num" title="accounts are ranked by value">–</td>`
+    : `<td class="num">${fmt(it.score * 100)}</td>`;
+}
+
+function whyCell(it) {
+  // the two reasons a rep acts on first (the last contact, then stage or buying cycle); all of them on hover
+  return `<td class="why" title="${esc(it.reasons.join("\n"))}">` +
+    it.reasons.slice(0, 2).map((r) => `<div>${esc(r)}</div>`).join("") + "</td>";
+}
+
 function itemRow(it, i) {
-  return `<tr data-owner="${esc(it.owner_id)}"><td>${i + 1}</td><td><span class="kind">${esc(it.kind)}</span></td>` +
-    `<td title="${esc(it.id)}">${esc(it.name || it.id)}</td>${ownerCell(it.owner_id)}<td class="num">${fmt(it.score * 100)}</td>` +
-    `${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td><td class="num">${fmt(it.value_per_effort)}</td>` +
-    `<td>${esc(it.reasons[0] || "")}</td></tr>`;
+  return `<tr data-owner="${esc(it.owner_id)}" data-kind="${esc(it.kind)}"><td>${i + 1}</td><td><span class="kind">${esc(it.kind)}</span></td>` +
+    `<td title="${esc(it.id)}">${esc(it.name || it.id)}</td>${ownerCell(it.owner_id)}${scoreCell(it)}` +
+    `${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td><td class="num" title="effort ${fmt(it.effort, 1)}">${fmt(it.value_per_effort)}</td>` +
+    `${whyCell(it)}</tr>`;
+}
+
+function effortsText(w) {
+  // the efforts the ranking used and where they came from (measured on the export, a setting, or defaults)
+  const e = w.efforts, unit = w.effort_unit;
+  if (!e.length) return "";
+  const deals = e.filter((x) => x.kind === "deal");
+  const one = (k) => e.filter((x) => x.kind === k).map((x) => fmt(x.effort, x.effort % 1 ? 1 : 0))[0];
+  const deal = deals.length === 1 && !deals[0].stage ? fmt(deals[0].effort, deals[0].effort % 1 ? 1 : 0)
+    : "from " + deals.map((x) => `${esc(x.stage)} ${fmt(x.effort)}`).join(", ");
+  const sources = new Set(e.map((x) => x.source));
+  const how = sources.size === 1 && sources.has("data")
+    ? `the median rep touches it took to win each, measured on your CRM data before ${when(w.as_of).slice(0, 10)}`
+    : e.map((x) => `${x.kind}${x.stage ? " in " + x.stage : ""}: ${x.rule}`).join("; ");
+  return `Effort per item, in ${esc(unit)}: lead ${one("lead")} · deal ${deal} · account ${one("account")} (${esc(how)}).`;
 }
 
 async function loadWorklist() {
@@ -77,9 +111,39 @@ async function loadWorklist() {
     fillSelect($("owner"), w.owners); fillSelect($("team"), w.teams);
     freshness(w);
     $("missing").textContent = w.missing.length ? "Not shown: " + w.missing.join("; ") : "";
+    $("efforts").textContent = effortsText(w);
+    $("efforts").title = w.efforts.map((x) => `${x.kind}${x.stage ? " in " + x.stage : ""}: ${x.effort} (${x.rule})`).join("\n");
+    $("per-effort").textContent = w.effort_unit === "rep touches" ? "value per rep touch" : "value per effort";
     $("worklist").querySelector("tbody").innerHTML = w.items.map(itemRow).join("");
-    setState("worklist-state", `${w.items.length} items, best value per unit of effort first. Click an owner for their list.`);
+    $("download").disabled = false;
+    setState("worklist-state", `${w.items.length} items, the most expected value per ${w.effort_unit === "rep touches" ? "rep touch" : "unit of effort"} first. Click an owner for their list.`);
   } catch (e) { setState("worklist-state", "Worklist not available: " + e.message, "error"); }
+}
+
+function csvField(v) {
+  // quoted; a cell a spreadsheet would run as a formula (=, +, -, @) is kept as text
+  let s = String(v ?? "");
+  if (/^[=+\-@]/.test(s)) s = "'" + s;
+  return `"${s.replace(/"/g, '""')}"`;
+}
+
+async function downloadList() {
+  // the list as filtered, up to 1,000 items, with rounded numbers and the reasons in one column
+  const q = new URLSearchParams({limit: "1000"});
+  if ($("owner").value) q.set("owner", $("owner").value);
+  if ($("team").value) q.set("team", $("team").value);
+  const w = await api("/v1/worklist?" + q);
+  const head = ["rank", "kind", "name", "id", "owner", "team", "score", "trend", "expected value",
+    `effort (${w.effort_unit})`, w.effort_unit === "rep touches" ? "value per rep touch" : "value per unit of effort",
+    "reasons", "data as of", "scores refreshed"];
+  const rows = w.items.map((it, i) => [i + 1, it.kind, it.name || "", it.id, it.owner_id || UNASSIGNED, it.team || "",
+    it.kind === "account" ? "" : Math.round(it.score * 100), it.trend, Math.round(it.expected_value), it.effort,
+    Math.round(it.value_per_effort), it.reasons.join(" | "), when(w.as_of), when(w.refreshed_at || w.as_of)]);
+  const csv = [head, ...rows].map((r) => r.map(csvField).join(",")).join("\r\n") + "\r\n";
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([csv], {type: "text/csv;charset=utf-8"}));
+  a.download = `worklist-${String(w.as_of).slice(0, 10)}${$("owner").value ? "-" + $("owner").value : ""}.csv`;
+  document.body.appendChild(a); a.click(); a.remove();
 }
 
 function repForecastLine(owner) {
@@ -100,8 +164,7 @@ async function openRep(owner) {
     const total = w.items.reduce((a, i) => a + i.expected_value, 0);
     $("drill-items").querySelector("tbody").innerHTML = w.items.map((it) =>
       `<tr data-kind="${esc(it.kind)}"><td><span class="kind">${esc(it.kind)}</span></td><td title="${esc(it.id)}">${esc(it.name || it.id)}</td>` +
-      `<td class="num">${fmt(it.score * 100)}</td>${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td>` +
-      `<td>${esc(it.reasons[0] || "")}</td></tr>`).join("");
+      `${scoreCell(it)}${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td>${whyCell(it)}</tr>`).join("");
     setState("drill-summary", `${count("deal")} deals, ${count("lead")} leads, ${count("account")} accounts; ` +
       `expected value ${fmt(total)}.` + repForecastLine(owner));
   } catch (e) { setState("drill-summary", "Not available: " + e.message, "error"); }
@@ -184,10 +247,10 @@ function funnelLabel(st) {
 }
 
 function funnelChart(stages, bottleneck) {
-  const w = 800, row = 30, left = 110, max = Math.max(1, ...stages.map((s) => s.entered));
+  const w = 920, row = 30, left = 110, max = Math.max(1, ...stages.map((s) => s.entered));
   let s = `<svg id="funnel-svg" width="${w}" height="${row * stages.length + 8}" role="img" aria-label="funnel">`;
   stages.forEach((st, i) => {
-    const y = i * row + 4, bw = (w - left - 360) * st.entered / max, hot = st.stage === bottleneck;
+    const y = i * row + 4, bw = (w - left - 480) * st.entered / max, hot = st.stage === bottleneck;  // room for the label
     s += `<text x="0" y="${y + 16}" font-size="12"${hot ? ' font-weight="bold"' : ""}>${esc(st.stage)}</text>`;
     s += `<rect class="stage-bar" data-stage="${esc(st.stage)}" x="${left}" y="${y + 3}" width="${bw}" height="20" fill="${hot ? "#d9534f" : "#3b7dd8"}">` +
       `<title>${esc(st.stage)}: ${fmt(st.entered)} entered</title></rect>`;
@@ -226,8 +289,10 @@ function served(models) {
 }
 
 function accuracyBlock(m, perf) {
-  const auc = metricOf(m.metrics, "eval_roc_auc", "eval_auc"), cal = metricOf(m.metrics, "eval_calibration_error", "eval_ece");
-  const brier = metricOf(m.metrics, "eval_brier");
+  // a deal model's figures are those of P(won), what the list ranks deals by
+  const auc = metricOf(m.metrics, "eval_roc_auc", "eval_win_roc_auc", "eval_auc");
+  const cal = metricOf(m.metrics, "eval_calibration_error", "eval_win_calibration_error", "eval_ece");
+  const brier = metricOf(m.metrics, "eval_brier", "eval_win_brier");
   const show = (label, v, d = 3) => `<span class="metric">${label} <b>${v == null ? "–" : fmt(v, d)}</b></span>`;
   let live = "<span class='note'>live: not available</span>";
   if (perf) {
@@ -236,8 +301,9 @@ function accuracyBlock(m, perf) {
       : show(`live AUC (${fmt(v.n)} outcomes)`, v.roc_auc) + show("live calibration error", v.calibration_error) +
         `<span class="metric">predicted ${fmt(v.mean_probability * 100, 1)}% · observed ${fmt(v.observed_rate * 100, 1)}%</span>`;
   }
+  const of = m.metrics.eval_roc_auc == null && m.metrics.eval_win_roc_auc != null ? " of P(won)" : "";
   return `<div class="model" data-task="${esc(m.name)}"><b>${esc(m.name)}</b> v${esc(m.version)}` +
-    `${m.loaded ? "" : " (not loaded)"}<br>${show("AUC", auc)}${show("calibration error", cal)}${show("Brier", brier)}<br>${live}</div>`;
+    `${m.loaded ? "" : " (not loaded)"}<br>${show("AUC" + of, auc)}${show("calibration error", cal)}${show("Brier", brier)}<br>${live}</div>`;
 }
 
 async function loadAccuracy() {
@@ -254,12 +320,12 @@ async function loadAccuracy() {
 
 function traitsChart(traits) {
   if (!traits.length) return "<p class='note'>No trait beats the base with confidence.</p>";
-  const w = 560, row = 26, left = 300, max = Math.max(...traits.map((t) => t.heldout_high || t.lift)) * 1.05;
+  const w = 760, row = 26, left = 420, max = Math.max(...traits.map((t) => t.heldout_high || t.lift)) * 1.05;
   const x = (v) => left + (w - left - 10) * v / max;
   let s = `<svg id="traits-svg" width="${w}" height="${row * traits.length + 24}" role="img" aria-label="trait lift">`;
   traits.forEach((t, i) => {
     const y = i * row + 4, lift = t.heldout_lift ?? t.lift;
-    s += `<text x="0" y="${y + 15}" font-size="11">${esc(t.trait)}</text>`;
+    s += `<text x="0" y="${y + 15}" font-size="11">${esc(cap(t.label || t.trait))}</text>`;
     s += `<rect x="${left}" y="${y + 3}" width="${x(lift) - left}" height="16" fill="#3b7dd8"><title>${fmt(lift, 2)}x</title></rect>`;
     if (t.heldout_low != null) s += `<line x1="${x(t.heldout_low)}" x2="${x(t.heldout_high)}" y1="${y + 11}" y2="${y + 11}" stroke="#000"/>`;
   });
@@ -275,7 +341,7 @@ async function loadTraits() {
     el.className = "";
     el.innerHTML = traitsChart(t.traits);
     $("traits").querySelector("tbody").innerHTML = t.traits.map((r) =>
-      `<tr><td>${esc(r.trait)}</td><td class="num">${fmt(r.accounts)}</td><td class="num">${fmt(r.lift, 2)}x</td>` +
+      `<tr><td title="${esc(r.trait)}">${esc(cap(r.label || r.trait))}</td><td class="num">${fmt(r.accounts)}</td><td class="num">${fmt(r.lift, 2)}x</td>` +
       `<td class="num">${r.heldout_lift == null ? "" : `${fmt(r.heldout_lift, 2)}x (${fmt(r.heldout_low, 2)}–${fmt(r.heldout_high, 2)})`}</td>` +
       `<td class="num">${fmt(r.stability * 100)}%</td></tr>`).join("");
   } catch (e) { setState("traits-chart", "Traits not available: " + e.message, "error"); }
@@ -296,6 +362,7 @@ $("key").value = localStorage.getItem("funnelcast-key") || "";
 $("connect").addEventListener("click", connect);
 $("drill-close").addEventListener("click", () => { $("drill").hidden = true; });
 $("owner").addEventListener("change", loadWorklist);
+$("download").addEventListener("click", () => downloadList().catch((e) => setState("worklist-state", "Download failed: " + e.message, "error")));
 $("team").addEventListener("change", loadWorklist);
 $("period").addEventListener("change", loadForecast);
 if ($("key").value) connect();

@@ -3,6 +3,7 @@ managers' page in a real headless browser (Debian's chromium; skipped when absen
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import socket
@@ -158,18 +159,42 @@ def test_worklist_deals_are_p_won_times_amount_of_the_open_deals(client, deal_sc
     ev = dict(zip(scored["opportunity_id"], scored["p_win"] * scored["amount"]))
     p_win = dict(zip(scored["opportunity_id"], scored["p_win"]))
     owners = dict(zip(opps["opportunity_id"], opps["owner_id"]))
+    stage_effort = {e["stage"]: e["effort"] for e in w["efforts"] if e["kind"] == "deal"}  # measured per stage
+    stages = dict(zip(scored["opportunity_id"], scored["stage"]))
+    assert w["effort_unit"] == "rep touches" and set(stage_effort) == set(sample_export.open_stages)
     for oid, item in deals.items():
         assert item["expected_value"] == pytest.approx(ev[oid]) and item["score"] == pytest.approx(p_win[oid])
-        assert item["effort"] == 2.0 and item["owner_id"] == owners[oid] and "P(won)" in item["reasons"][0]
+        assert item["effort"] == stage_effort[stages[oid]] and item["owner_id"] == owners[oid]
+        assert item["reasons"][1].startswith(f"In {stages[oid]}") and "P(won)" in item["reasons"][1]
     # with leads and accounts made expensive, the top of the list is deals
     assert w["items"][0]["kind"] == "deal"
     cheap = client.get("/v1/worklist", params={"limit": 1000, "effort_deal": 0.5}).json()["items"]
     d = next(i for i in cheap if i["kind"] == "deal")
     assert d["effort"] == 0.5 and d["value_per_effort"] == pytest.approx(2 * d["expected_value"])
+    assert client.get("/v1/worklist", params={"effort_deal": 0.5}).json()["efforts"][1] == {
+        "kind": "deal", "stage": None, "effort": 0.5, "source": "request", "examples": 0, "rule": "set by the request"}
     assert client.get("/v1/worklist", params={"effort_deal": 0}).status_code == 422
     team = next(t for t in w["teams"])
     mine = client.get("/v1/worklist", params={"team": team, "limit": 1000}).json()["items"]
     assert mine and all(i["team"] == team for i in mine) and any(i["kind"] == "deal" for i in mine)
+
+
+def test_worklist_efforts_a_setting_then_a_request_overrides(client):
+    measured = client.get("/v1/worklist", params={"limit": 1000}).json()
+    assert {e["source"] for e in measured["efforts"]} == {"data"} and all(e["examples"] >= 20 for e in measured["efforts"])
+    state = client.app.state
+    settings = state.settings
+    state.settings = settings.model_copy(update={"effort_lead": 7.0, "effort_account": 9.0})
+    try:
+        w = client.get("/v1/worklist", params={"limit": 1000, "effort_account": 4.0}).json()
+    finally:
+        state.settings = settings
+    by_kind = {e["kind"]: e for e in w["efforts"] if e["kind"] != "deal"}
+    assert (by_kind["lead"]["effort"], by_kind["lead"]["source"]) == (7.0, "setting")
+    assert (by_kind["account"]["effort"], by_kind["account"]["source"]) == (4.0, "request")
+    assert [e for e in w["efforts"] if e["kind"] == "deal"] == [e for e in measured["efforts"] if e["kind"] == "deal"]
+    assert {i["effort"] for i in w["items"] if i["kind"] == "lead"} == {7.0}
+    assert {i["effort"] for i in w["items"] if i["kind"] == "account"} == {4.0}
 
 
 def test_worklist_without_a_deal_model_says_deals_are_unavailable(lead_scorer, account_result, sample_dir,
@@ -241,7 +266,21 @@ def _check_worklist_and_drill_down(page, client):
     assert "deal" in kinds and kinds <= {"lead", "deal", "account"}
     w = client.get("/v1/worklist").json()
     fresh = page.inner_text("#freshness")  # freshness: the snapshot's refresh time when there is one, else as_of
-    assert (w.get("refreshed_at") or w["as_of"]) in fresh and ("ago" in fresh or "old" in fresh)
+    shown = (w.get("refreshed_at") or w["as_of"])[:16].replace("T", " ") + " UTC"  # to the minute, as people read it
+    assert shown in fresh and ("ago" in fresh or "old" in fresh) and "+00:00" not in fresh
+    # the efforts the ranking used, and where they came from
+    efforts = page.inner_text("#efforts")
+    assert efforts.startswith(f"Effort per item, in {w['effort_unit']}: lead ")
+    for e in w["efforts"]:
+        assert (f"{e['stage']} {e['effort']:,.0f}" if e["stage"] else f"{e['kind']} {e['effort']:,.0f}") in efforts
+    assert page.inner_text("#per-effort") == "value per rep touch"
+    # the two reasons a rep acts on first in the row, every reason on hover; an account shows no probability
+    first = page.locator("#worklist tbody tr").first
+    assert first.locator("td.why div").all_inner_texts() == w["items"][0]["reasons"][:2]
+    assert first.locator("td.why").get_attribute("title") == "\n".join(w["items"][0]["reasons"])
+    for row, it in zip(page.locator("#worklist tbody tr").all()[:50], w["items"], strict=False):
+        if it["kind"] == "account":
+            assert row.locator("td.num").first.inner_text() == "–"
     if any("trend" in i for i in w["items"]):  # w16-live's snapshots add trends: one arrow per item
         assert page.locator("#worklist tbody td.trend").count() == rows.count()
     # the drill-down: click a rep, see the deals and leads behind their number
@@ -254,6 +293,23 @@ def _check_worklist_and_drill_down(page, client):
     assert owner in page.inner_text("#drill-title")
     summary = page.inner_text("#drill-summary")
     assert f"{sum(i['kind'] == 'deal' for i in mine)} deals, {sum(i['kind'] == 'lead' for i in mine)} leads" in summary
+
+
+def _check_download(page, client, tmp_path):
+    """The list a manager downloads: every item of the filtered list, rounded, reasons in one column."""
+    with page.expect_download(timeout=60000) as got:
+        page.click("#download")
+    path = tmp_path / got.value.suggested_filename
+    got.value.save_as(path)
+    w = client.get("/v1/worklist", params={"limit": 1000}).json()
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert path.name == f"worklist-{w['as_of'][:10]}.csv" and len(rows) == len(w["items"])
+    for row, it in zip(rows[:100], w["items"], strict=False):
+        assert (row["kind"], row["id"], row["reasons"]) == (it["kind"], it["id"], " | ".join(it["reasons"]))
+        assert row["expected value"] == str(round(it["expected_value"])) and "." not in row["value per rep touch"]
+        assert row["score"] == ("" if it["kind"] == "account" else str(round(it["score"] * 100)))
+        assert row["owner"] == (it["owner_id"] or "unassigned")
 
 
 def _check_funnel(page, client):
@@ -313,13 +369,15 @@ def test_managers_page_in_a_headless_browser(page_app, tmp_path):
             # nothing blocks: every section says "loading" until its own answer arrives
             assert page.locator(".loading").count() >= 1 or page.locator("#worklist tbody tr").count() == 50
             _check_worklist_and_drill_down(page, client)
+            _check_download(page, client, tmp_path)
             _check_funnel(page, client)
             _check_forecast(page, client)
             _check_accuracy(page, client)
             traits = client.get("/v1/traits").json()["traits"]
             page.wait_for_function("() => document.querySelector('#traits-svg') !== null", timeout=30000)
             assert traits and page.locator("#traits tbody tr").count() == len(traits)
-            assert page.inner_text("#traits tbody tr >> nth=0").startswith(traits[0]["trait"])
+            assert page.inner_text("#traits tbody tr >> nth=0").lower().startswith(traits[0]["label"].lower())  # plain words
+            assert "_" not in traits[0]["label"] and traits[0]["label"]
             page.select_option("#period", "quarter")
             page.wait_for_function("() => document.querySelector('#forecast-note').textContent.includes('quarter')",
                                    timeout=60000)
