@@ -299,11 +299,13 @@ def _change_note(row: dict, done: dict, during: list[str]) -> str:
 
 def _soak(fc_url: str, pid: int, body: bytes, headers: dict, args: argparse.Namespace, change) -> str:
     """One-lead load for ``args.soak`` seconds in windows of a minute (the champion changing and the
-    snapshot refreshing throughout unless ``--soak-quiet``), the server's memory after each window."""
+    snapshot refreshing throughout unless ``--soak-quiet``), the server's memory after each window
+    (a window with changes ends when the refresh it started has finished, so it may last longer)."""
     before = _rss_mb(pid)
     rss, total, errors, failed, refreshes, reloads = [], 0, 0, {}, 0, 0
     window = min(60.0, args.soak)
-    t_end = time.perf_counter() + args.soak
+    t0 = time.perf_counter()
+    t_end = t0 + args.soak
     while (left := t_end - time.perf_counter()) > 1:
         if change is None:
             r = _load(fc_url, body, headers, min(window, left), args.threads)
@@ -315,11 +317,11 @@ def _soak(fc_url: str, pid: int, body: bytes, headers: dict, args: argparse.Name
         errors += r["errors"]
         for k, v in r["_failed"].items():
             failed[k] = failed.get(k, 0) + v
-        rss.append(_rss_mb(pid))
+        rss.append(((time.perf_counter() - t0) / 60, _rss_mb(pid)))
     changes = "" if change is None else f", {reloads} reloads and {refreshes} refreshes meanwhile"
-    return (f"soak {args.soak:.0f} s, {total:,} one-lead requests{changes}, {errors} failed {failed or ''}: "
-            f"funnelcast RSS (all workers) {before:.0f} MB at start, then per minute "
-            + ", ".join(f"{m:.0f}" for m in rss) + " MB")
+    return (f"soak {(time.perf_counter() - t0):.0f} s, {total:,} one-lead requests{changes}, {errors} failed "
+            f"{failed or ''}: funnelcast RSS (all workers, a refresh's child process excluded) {before:.0f} MB at "
+            "start, then (minute: MB) " + ", ".join(f"{m:.1f}: {mb:.0f}" for m, mb in rss))
 
 
 def _trained(sample: Path, cache: str | None):
