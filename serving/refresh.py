@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import threading
@@ -255,9 +256,13 @@ class Refresher:
         """:func:`refresh` in a spawned child process at ``refresh_nice``; a child that dies is a failed refresh."""
         models, load_errors = dict(self.state.models), dict(self.state.load_errors)
         started, now = time.perf_counter(), datetime.now(UTC)
+        context = multiprocessing.get_context("spawn")
+        records = context.Queue()  # the child's log records, handled here by this process's loggers
+        listener = logging.handlers.QueueListener(records, _Forward())
+        listener.start()
         try:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice,
-                                     initargs=(settings.refresh_nice,)) as pool:
+            with ProcessPoolExecutor(1, mp_context=context, initializer=_child_started,
+                                     initargs=(settings.refresh_nice, records)) as pool:
                 return pool.submit(_refresh_in_child, settings, models, load_errors).result()
         except Exception as exc:  # noqa: BLE001 - the child died or could not start: recorded, the last good stays
             log.exception("the refresh's child process failed")
@@ -270,6 +275,9 @@ class Refresher:
             return RefreshResult(status="failed", source=row["source"], store=self.store.ops.url, refreshed_at=now,
                                  models=versions, error=error, snapshot_id=snapshot_id,
                                  duration_seconds=row["duration_seconds"])
+        finally:
+            listener.stop()
+            records.close()
 
     def run_in_background(self) -> threading.Thread:
         """Refresh in a thread, after the refresh running now (if any). Calls while one such refresh
@@ -303,6 +311,21 @@ class Refresher:
 def _in_memory(url: str) -> bool:
     """An in-memory SQLite store: another process cannot see it, so the refresh stays in this one."""
     return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+
+
+class _Forward(logging.Handler):
+    """Hands a record from the refresh's child process to the logger of the same name here."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def _child_started(nice: int, records: Any) -> None:
+    """The refresh's child process: nicer than its worker, its log records sent to the worker."""
+    os.nice(nice)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(logging.INFO)
 
 
 def _refresh_in_child(settings: Settings, models: Mapping[str, LoadedModel],
