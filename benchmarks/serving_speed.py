@@ -10,7 +10,10 @@ Trains a model on the sample into a temporary MLflow store, then times
 ``--compare`` times the in-process cases of this tree and of another checkout (say the
 main branch) side by side: one process per tree trains the same model on the same sample,
 then the two take turns in short slices of calls (the order swapped every round, the other
-one idle meanwhile), so a machine whose load drifts weighs on both alike.
+one idle meanwhile), so a machine whose load drifts weighs on both alike. Its third case is
+one whole ``POST /v1/leads/score`` of one lead through the app (validation, middleware, typing
+the records, scoring, reasons, the served-score log), called as ASGI in the process, no HTTP
+client or socket: its CPU time per call is what a worker spends on it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ except ImportError:  # a checkout from before the one training path (`--compare`
 
 HERE = Path(__file__).resolve()
 CASES = ("1 lead + reasons", "1,000 leads + reasons")
+REQUEST = "1 lead, whole request (ASGI)"
 
 
 def _timeit(fn, repeats: int, warm_up: bool = True) -> np.ndarray:
@@ -65,13 +69,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def trained_on_sample(sample: Path):
-    """The sample's export (generated when missing), a lead model trained on it at its export time, and the config."""
+def trained_on_sample(sample: Path, cache: str | None = None):
+    """The sample's export (generated when missing), a lead model trained on it at its export time, and the
+    config; the model is read from ``cache`` (a pickle) when that exists, and written there when given."""
+    import pickle
+
     if not (sample / "export" / "leads.csv").exists():
         generate_sample(sample, progress=True)
     export, _ = load_export(sample / "export")
     cfg = TrainConfig()
-    return export, build_lead_model(export, cfg, export.exported_at), cfg
+    if cache and Path(cache).exists():
+        return export, pickle.loads(Path(cache).read_bytes()), cfg
+    result = build_lead_model(export, cfg, export.exported_at)
+    if cache:
+        Path(cache).write_bytes(pickle.dumps(result))
+    return export, result, cfg
 
 
 def _cases(export) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -147,17 +159,61 @@ def _table(timings: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     return pd.DataFrame(rows).round(2)
 
 
-def _worker(sample: Path) -> None:
+def _asgi_call(export, scorer, home: Path) -> tuple[Callable[[], object], Callable[[], None]]:
+    """One ``POST /v1/leads/score`` of one lead through the whole app as an ASGI call (``call``), and
+    ``close`` (the app's shutdown: its served-score log flushed)."""
+    import asyncio
+
+    from features.settings import Settings
+    from models.registry import LoadedModel
+    from serving.app import create_app
+
+    as_of = export.exported_at
+    one = _cases(export)[0]
+    body = json.dumps({"as_of": as_of.isoformat(), "leads": export_items(one, export.accounts, export.activities, as_of)}).encode()
+    settings = Settings(home=home, api_keys=["bench-key"], tracking_uri=f"sqlite:///{home / 'none.db'}",
+                        rate_limit_per_minute=0)
+    app = create_app(settings, preloaded={"lead_quality": LoadedModel("lead_quality", "1", "champion", None, scorer)})
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/leads/score", "raw_path": b"/v1/leads/score", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"bench"), (b"content-type", b"application/json"), (b"x-api-key", b"bench-key"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    loop = asyncio.new_event_loop()
+    lifespan = app.router.lifespan_context(app)
+    loop.run_until_complete(lifespan.__aenter__())
+
+    async def request() -> None:
+        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"the app answered {sent[0]['status']}: {sent[1:]}")
+
+    return (lambda: loop.run_until_complete(request()),
+            lambda: loop.run_until_complete(lifespan.__aexit__(None, None, None)))
+
+
+def _worker(sample: Path, cache: str | None) -> None:
     """``--compare``'s child: train, say ``ready``, then for each ``case<TAB>calls`` line on stdin print the milliseconds."""
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answers only
-        export, result, _ = trained_on_sample(sample)
+        export, result, _ = trained_on_sample(sample, cache)
     calls = _score_calls(export, result.scorer)
-    for fn in calls.values():
-        fn()  # warm-up
-    print("ready", flush=True)
-    for line in sys.stdin:
-        case, n = line.rstrip("\n").split("\t")
-        print(json.dumps(_timeit(calls[case], int(n), warm_up=False).tolist()), flush=True)
+    with tempfile.TemporaryDirectory() as home:
+        calls[REQUEST], close = _asgi_call(export, result.scorer, Path(home))
+        for fn in calls.values():
+            fn()  # warm-up
+        print("ready", flush=True)
+        for line in sys.stdin:
+            case, n = line.rstrip("\n").split("\t")
+            print(json.dumps(_timeit(calls[case], int(n), warm_up=False).tolist()), flush=True)
+        close()
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -167,19 +223,21 @@ def _compare(args: argparse.Namespace) -> None:
         generate_sample(sample, progress=True)
     trees = {"this tree": HERE.parents[1], "compared": Path(args.compare).resolve()}
     workers = {
-        name: subprocess.Popen([sys.executable, str(HERE), "--sample", str(sample), "--worker"],
+        name: subprocess.Popen([sys.executable, str(HERE), "--sample", str(sample), "--worker",
+                                *(["--model-cache", str(Path(args.model_cache).resolve())] if args.model_cache else [])],
                                env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for name, tree in trees.items()
     }
-    calls: dict[str, dict[str, list[list[float]]]] = {name: {case: [[], []] for case in CASES} for name in trees}
+    calls: dict[str, dict[str, list[list[float]]]] = {name: {case: [[], []] for case in (*CASES, REQUEST)}
+                                                      for name in trees}
     try:
         for name, w in workers.items():
             if w.stdout.readline().strip() != "ready":
                 raise SystemExit(f"the benchmark of {trees[name]} did not start")
         order = list(workers)
         for r in range(args.rounds):
-            for case, n in zip(CASES, (20, 2), strict=True):
+            for case, n in zip((*CASES, REQUEST), (20, 2, 20), strict=True):
                 for name in order if r % 2 == 0 else order[::-1]:
                     workers[name].stdin.write(f"{case}\t{n}\n")
                     workers[name].stdin.flush()
@@ -201,17 +259,19 @@ def main() -> None:
     ap.add_argument("--no-http", action="store_true", help="only the in-process cases")
     ap.add_argument("--compare", metavar="TREE", help="another checkout to time in turns with this one (in-process)")
     ap.add_argument("--rounds", type=int, default=15,
-                    help="with --compare: turns per tree (each 20 one-lead calls and 2 batch calls)")
+                    help="with --compare: turns per tree (each 20 one-lead calls, 2 batch calls, 20 requests)")
+    ap.add_argument("--model-cache", help="pickle of the trained model: read when it exists, else written "
+                    "(delete it after changing training code)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --compare's child
     args = ap.parse_args()
     if args.worker:
-        _worker(Path(args.sample))
+        _worker(Path(args.sample), args.model_cache)
         return
     if args.compare:
         _compare(args)
         return
     sample = Path(args.sample)
-    export, result, cfg = trained_on_sample(sample)
+    export, result, cfg = trained_on_sample(sample, args.model_cache)
     timings = {"in-process": in_process(export, result.scorer, args.repeats)}
     if not args.no_http:
         timings["HTTP"] = _over_http(export, result, cfg, sample, args.repeats)

@@ -92,7 +92,10 @@ NO_LINK_COLUMN = "lead_id/opportunity_id/account_id"
 _ACTIVITY_LINKS = ("lead_id", "opportunity_id", "account_id")
 _TABLE_ORDER = {name: i for i, name in enumerate(TABLES)}
 _TS_MIN, _TS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
-_UTC_NS = "datetime64[ns, UTC]"
+# dtype objects, not their names: resolving "str" or "datetime64[ns, UTC]" costs pandas 30-60 us a call,
+# and typing one API request's records resolves them dozens of times
+_UTC_NS = pd.DatetimeTZDtype(unit="ns", tz="UTC")
+_STR = pd.api.types.pandas_dtype("str")
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,13 +371,13 @@ def _typed_column(col: Column, values: list) -> np.ndarray | pd.api.extensions.E
         raise _NotSimple
     if col.unique and len(set(text)) < len(text):
         raise _NotSimple  # duplicates (missing values are caught above: unique columns are required)
-    return pd.array(text, dtype="str")
+    return pd.array(text, dtype=_STR)
 
 
 def _typed_custom(values: list, kind: Kind | None) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """A custom field: forced to its training kind, or (no kind) numbers when all are numbers."""
     if kind is Kind.CATEGORY:
-        return pd.array([_category(v) for v in values], dtype="str")
+        return pd.array([_category(v) for v in values], dtype=_STR)
     if kind is Kind.NUMBER or all(v is None or isinstance(v, (int, float)) for v in values):
         return np.array([_number(v) for v in values], dtype="float64")
     raise _NotSimple  # text of no known kind: coerce_table decides whether it is all numbers

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         0, ge=0, description="`serve` refreshes the scored snapshot every N seconds (or '15m', '2h'); 0: off "
         "(run `funnelcast refresh` from cron instead)"
     )
+    refresh_process: bool = Field(
+        True, description="`serve` runs each refresh in a child process at a lower priority (see refresh_nice), so "
+        "scoring keeps the worker's CPU and the export never stays in its memory; false: in a worker thread"
+    )
+    refresh_nice: int = Field(10, ge=0, le=19, description="How much nicer (os.nice) the refresh's child process runs")
     trend_points: int = Field(3, ge=2, description="Snapshots a score trend looks back over (the latest included)")
     trend_threshold_points: float = Field(
         5.0, gt=0, description="Probability change, in points, beyond which a trend is improving or declining"

@@ -18,7 +18,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -90,14 +90,26 @@ class _Design:
     scaled_at: np.ndarray  # output positions of every numeric value and indicator, and their scaler
     mean: np.ndarray
     scale: np.ndarray
+    positions: dict = field(default_factory=dict)  # the last frame layout seen: its columns -> positions
 
     def rows(self, X: pd.DataFrame) -> np.ndarray:
         out = np.empty((len(X), self.width), dtype=float)
-        for column, at, table, unseen in self.categorical:
-            keys = ("(missing)" if v is None or v is pd.NA or v != v else str(v) for v in X[column].to_numpy(dtype=object))
+        key = tuple(X.columns)
+        positions = self.positions.get(key)
+        if positions is None:  # the same columns in the same order on every call of a served model
+            positions = _positions(X, [c for c, *_ in self.categorical] + self.numeric)
+            self.positions = {key: positions}
+        values = X.to_numpy(dtype=object)[:, positions]  # see _positions
+        for k, (_, at, table, unseen) in enumerate(self.categorical):
+            keys = ("(missing)" if v is None or v is pd.NA or v != v else str(v) for v in values[:, k])
             out[:, at] = np.array([table.get(k, unseen) for k in keys], dtype=float).reshape(len(X), -1)
         if self.numeric:
-            x = X[self.numeric].to_numpy(dtype=float, na_value=np.nan, copy=True)  # written below
+            numeric = values[:, len(self.categorical):]
+            dtypes = X.dtypes.to_numpy()[positions[len(self.categorical):]]
+            if all(isinstance(t, np.dtype) and t.kind in "fiub" for t in dtypes):  # numpy numbers: no pd.NA to map
+                x = numeric.astype(float)
+            else:
+                x = X[self.numeric].to_numpy(dtype=float, na_value=np.nan, copy=True)  # written below
             if self.func is not None:
                 x[:, self.func_mask] = self.func(x[:, self.func_mask])
             missing = np.isnan(x)
@@ -105,6 +117,16 @@ class _Design:
             out[:, self.indicator_at] = missing[:, self.indicator_of]
             out[:, self.scaled_at] = (out[:, self.scaled_at] - self.mean) / self.scale
         return out
+
+
+def _positions(X: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Where ``columns`` are in ``X``. For a wide frame of few rows, one ``to_numpy`` of the whole
+    frame and a take of these positions cost a third of selecting the columns first (which copies
+    them into a new frame); the values are the same objects either way."""
+    positions = X.columns.get_indexer(columns)
+    if (positions < 0).any():
+        raise KeyError(f"columns not in the frame: {[c for c, i in zip(columns, positions) if i < 0]}")
+    return positions
 
 
 def _numeric_steps(pipeline) -> tuple[Callable | None, Any, Any] | None:
@@ -353,7 +375,13 @@ def top_reasons(
     """Per row, the ``n`` features with the largest absolute contribution, as reason dicts."""
     order = np.argsort(-np.abs(points), axis=1, kind="stable")[:, :n]
     cols = list(X.columns)
-    values = X.to_numpy(dtype=object)
+    shown = np.unique(order)
+    if len(shown) * 4 < len(cols):  # a few rows: only the columns shown (each to objects, as the frame's would be)
+        values = np.empty((len(X), len(cols)), dtype=object)
+        for j in shown:
+            values[:, j] = X.iloc[:, j].to_numpy(dtype=object)
+    else:
+        values = X.to_numpy(dtype=object)
     out = []
     for i in range(len(X)):
         row = []

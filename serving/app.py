@@ -157,6 +157,8 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
         for task in (poller, schedule):
             if task is not None:
                 task.cancel()
+        if (ops := getattr(app.state, "ops_store", None)) is not None and not ops.flush_scores():
+            log.error("shutting down with served scores not yet written to the operations database")
 
     app = FastAPI(
         title="funnelcast",

@@ -11,16 +11,28 @@ snapshot with its error; the API keeps serving the last good one.
 Entry points: ``funnelcast refresh`` (serving/cli.py), ``POST /v1/admin/refresh``, the schedule
 in ``serve`` (``FUNNELCAST_REFRESH_EVERY``), a model reload, and the first request of
 ``/v1/worklist``, ``/v1/funnel`` or ``/v1/forecast`` when no snapshot exists yet.
+
+In the API a refresh runs in a child process (``FUNNELCAST_REFRESH_PROCESS``, on by default),
+started with ``multiprocessing``'s spawn method (a fork of a threaded server is unsafe) at a lower
+priority (``os.nice(FUNNELCAST_REFRESH_NICE)``): it gets the worker's loaded models and writes the
+snapshot to the operations database as ``funnelcast refresh`` does; the worker only reads the new
+snapshot. So a refresh takes CPU only when scoring leaves some, and the export it reads (hundreds
+of MB) leaves with the child instead of staying in the worker. A child that dies is recorded as a
+failed refresh, like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import logging.handlers
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +72,7 @@ PAYLOADS: dict[str, list[dict[str, Any]]] = {
 }
 #: Without any good snapshot, a request runs a refresh again only this long after a failed one.
 RETRY_FAILED_SECONDS = 60.0
+_ROW_TABLES = ("accounts", "leads", "opportunities", "stage_history", "activities")
 _PARTS = ((Task.LEAD_QUALITY, "lead", "leads"), (Task.STAGE_CONVERSION, "deal", "deals"),
           (Task.HIGH_VALUE, "account", "accounts"))
 
@@ -86,6 +99,9 @@ class RefreshResult:
     error: str | None = None
     data_problem: bool = False  # the error is the data's (a domain error), not the service's
     efforts: Any = None  # models.effort.Efforts measured on the export (the worklist's default efforts)
+    rows: dict[str, int] = field(default_factory=dict)  # rows per table of the export read
+    pid: int = field(default_factory=os.getpid)  # the process that ran it, and its niceness
+    nice: int = field(default_factory=lambda: os.nice(0))
     export: Export | None = field(default=None, repr=False)
 
 
@@ -177,6 +193,7 @@ def refresh(settings: Settings, models: Mapping[str, LoadedModel], store: Snapsh
         items = _compared(items, store, settings)
         payloads = {**_payloads(export, models), payload_key("efforts", {}): efforts}
         result.as_of, result.export = export.exported_at.to_pydatetime(), export
+        result.rows = {t: len(export.table(t)) for t in _ROW_TABLES if export.table(t) is not None}
         result.counts = {kind: int((items["kind"] == kind).sum()) for kind in ("lead", "deal", "account")}
         result.counts["changed"] = int(items["changed"].sum())
         result.status = "ok"
@@ -220,15 +237,50 @@ class Refresher:
             self.lock.release()
 
     def _run_locked(self) -> RefreshResult:
-        result = refresh(self.state.settings, self.state.models, self.store, self.state.load_errors)
-        if result.export is not None:
-            self.state.configured_export = result.export  # the answers computed live read the same data
+        settings = self.state.settings
+        if settings.refresh_process and not _in_memory(self.store.ops.url):
+            result = self._in_child(settings)
+            if result.status == "ok":  # the export stayed in the child: live answers read it again when asked
+                self.state.configured_export = None
+        else:
+            result = refresh(settings, self.state.models, self.store, self.state.load_errors)
+            if result.export is not None:
+                self.state.configured_export = result.export  # the answers computed live read the same data
+        if result.status == "ok":
             self.state.export_error = None
+            self.state.export_rows = result.rows  # /readyz: the data source is readable, these rows
         elif result.error and result.error.startswith("the CRM export cannot be read"):
             self.state.export_error = client_safe(result.error)  # /readyz: the data source is unreadable
-        log.info("refresh %s: snapshot %s, %s in %.1f s", result.status, result.snapshot_id, result.counts,
-                 result.duration_seconds)
+        log.info("refresh %s: snapshot %s, %s in %.1f s (process %s, nice %s)", result.status, result.snapshot_id,
+                 result.counts, result.duration_seconds, result.pid, result.nice)
         return result
+
+    def _in_child(self, settings: Settings) -> RefreshResult:
+        """:func:`refresh` in a spawned child process at ``refresh_nice``; a child that dies is a failed refresh."""
+        models, load_errors = dict(self.state.models), dict(self.state.load_errors)
+        started, now = time.perf_counter(), datetime.now(UTC)
+        context = multiprocessing.get_context("spawn")
+        records = context.Queue()  # the child's log records, handled here by this process's loggers
+        listener = logging.handlers.QueueListener(records, _Forward())
+        listener.start()
+        try:
+            with ProcessPoolExecutor(1, mp_context=context, initializer=_child_started,
+                                     initargs=(settings.refresh_nice, records)) as pool:
+                return pool.submit(_refresh_in_child, settings, models, load_errors).result()
+        except Exception as exc:  # noqa: BLE001 - the child died or could not start: recorded, the last good stays
+            log.exception("the refresh's child process failed")
+            versions = {name: str(m.version) for name, m in models.items()}
+            error = f"the refresh's child process failed: {type(exc).__name__}: {exc}"
+            row = {"as_of": None, "refreshed_at": now, "source": configured_source(settings), "status": "failed",
+                   "error": error, "models": versions, "counts": {}, "missing": [], "bad_rows": 0,
+                   "bad_rows_summary": None, "duration_seconds": time.perf_counter() - started}
+            snapshot_id = self.store.write(row, None, None)
+            return RefreshResult(status="failed", source=row["source"], store=self.store.ops.url, refreshed_at=now,
+                                 models=versions, error=error, snapshot_id=snapshot_id,
+                                 duration_seconds=row["duration_seconds"])
+        finally:
+            listener.stop()
+            records.close()
 
     def run_in_background(self) -> threading.Thread:
         """Refresh in a thread, after the refresh running now (if any). Calls while one such refresh
@@ -257,6 +309,36 @@ class Refresher:
             frame = self.store.scores(snapshot.id)
             self.frames = {snapshot.id: frame}  # keep only the latest
         return frame
+
+
+def _in_memory(url: str) -> bool:
+    """An in-memory SQLite store: another process cannot see it, so the refresh stays in this one."""
+    return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+
+
+class _Forward(logging.Handler):
+    """Hands a record from the refresh's child process to the logger of the same name here."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def _child_started(nice: int, records: Any) -> None:
+    """The refresh's child process: nicer than its worker, its log records sent to the worker."""
+    os.nice(nice)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(logging.INFO)
+
+
+def _refresh_in_child(settings: Settings, models: Mapping[str, LoadedModel],
+                      load_errors: Mapping[str, str]) -> RefreshResult:
+    """The child process's refresh: its own connection to the operations database; the export stays here."""
+    store = SnapshotStore(OperationsStore(settings.resolved_store_url()))
+    try:
+        return replace(refresh(settings, models, store, load_errors), export=None)
+    finally:
+        store.ops.engine.dispose()
 
 
 def refresher(state: Any) -> Refresher:

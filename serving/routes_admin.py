@@ -69,6 +69,8 @@ def _data_state(state: Any) -> DataReadiness:
     if export is not None:
         rows = {t: len(export.table(t)) for t in EXPORT_TABLES if export.table(t) is not None}
         return DataReadiness(state="readable", rows=rows)
+    if (rows := getattr(state, "export_rows", None)) and problem is None:  # read by the last refresh's child process
+        return DataReadiness(state="readable", rows=rows)
     problem = getattr(state, "export_error", None)
     if problem is not None:
         return DataReadiness(state="unreadable", reason=problem)

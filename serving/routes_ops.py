@@ -73,7 +73,7 @@ def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, fea
 
     A failure here is logged, never turned into a failed scoring request."""
     try:
-        operations_store(request).record_scores(
+        operations_store(request).log_scores(
             model.name, model.version, as_of, [str(x) for x in scored["lead_id"]], scored["probability"].tolist()
         )
         recent_traffic(request).add(model.name, model.version, as_of, features, len(scored))

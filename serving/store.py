@@ -11,13 +11,25 @@ collision never rolls back the rest of the batch. Served scores are appended wit
 that produced them; live performance joins each version's first score of a record with the
 record's outcome decided after it ("scored, then decided").
 
+The API logs served scores off the request path (:meth:`OperationsStore.log_scores`): a request
+appends its rows to a queue and a writer thread inserts whatever has queued in one transaction,
+so a busy worker pays one commit per batch instead of one per request, and the request does not
+wait for the database. Reads of the served scores in the same process
+(:meth:`OperationsStore.scored_then_decided`) and the app's shutdown wait for the queue to be
+written first. A failed insert is retried; the queue is bounded (a request finding it full writes
+its own rows). The rows of a process killed with SIGKILL that were still queued (at most one
+batch interval's worth) are lost: a scoring answer does not acknowledge its log, an outcome's
+answer does, and outcomes are written before they are answered.
+
 Also here, in memory: a bounded sample of the most recent scoring requests, from which
 ``GET /v1/monitoring`` computes feature drift against the model's training reference.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +53,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+log = logging.getLogger("funnelcast.serving")
 
 #: Outcomes that count as the positive class of their task.
 POSITIVE = {"converted", "won"}
@@ -116,6 +130,7 @@ class OperationsStore:
         self.url = url
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self._writer: _ScoreWriter | None = None
 
     @property
     def engine(self) -> Engine:
@@ -130,12 +145,24 @@ class OperationsStore:
             return self._engine
 
     def record_scores(self, task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> None:
-        now = datetime.now(UTC)
-        at = _utc(as_of)
-        rows = [
-            {"task": task, "model_version": version, "record_id": r, "as_of": at, "probability": float(p), "served_at": now}
-            for r, p in zip(record_ids, probabilities, strict=True)
-        ]
+        """Insert served scores now, in one transaction."""
+        self._insert_scores(_score_rows(task, version, as_of, record_ids, probabilities))
+
+    def log_scores(self, task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> None:
+        """Queue served scores for the writer thread (see the module docstring); returns at once."""
+        rows = _score_rows(task, version, as_of, record_ids, probabilities)
+        with self._lock:
+            if self._writer is None:
+                self._writer = _ScoreWriter(self._insert_scores)
+            writer = self._writer
+        writer.put(rows)
+
+    def flush_scores(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued served score is written (or ``timeout``); whether it was."""
+        writer = self._writer
+        return True if writer is None else writer.flush(timeout)
+
+    def _insert_scores(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(served_scores.insert(), rows)
@@ -158,7 +185,9 @@ class OperationsStore:
             return int(conn.execute(select(func.count()).select_from(outcomes).where(outcomes.c.task == task)).scalar_one())
 
     def scored_then_decided(self, task: str) -> pd.DataFrame:
-        """Per model version, each record's first served score before its outcome, with the label."""
+        """Per model version, each record's first served score before its outcome, with the label
+        (the scores this process has queued are written first)."""
+        self.flush_scores()
         first = (
             select(
                 served_scores.c.model_version,
@@ -190,6 +219,72 @@ class OperationsStore:
         frame = frame[occurred.to_numpy() > as_of.to_numpy()].copy()  # decided after it was scored
         frame["label"] = frame["outcome"].isin(POSITIVE).astype(int)
         return frame
+
+
+def _score_rows(task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> list[dict]:
+    now = datetime.now(UTC)
+    at = _utc(as_of)
+    return [{"task": task, "model_version": version, "record_id": r, "as_of": at, "probability": float(p),
+             "served_at": now} for r, p in zip(record_ids, probabilities, strict=True)]
+
+
+class _ScoreWriter:
+    """A daemon thread inserting queued rows in batches: whatever queued while the last insert ran.
+
+    ``put`` never waits for the database unless ``max_queued`` rows are already waiting (then the
+    caller inserts its own rows: back-pressure instead of unbounded memory). A failed insert is
+    retried ``retries`` times with a growing pause, then logged with the number of rows lost."""
+
+    def __init__(self, insert, max_queued: int = 50_000, retries: int = 5):
+        self._insert = insert
+        self.max_queued = max_queued
+        self.retries = retries
+        self._rows: list[dict] = []
+        self._busy = False  # a batch taken from the queue is being inserted
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="funnelcast-score-log", daemon=True).start()
+
+    def put(self, rows: list[dict]) -> None:
+        with self._cond:
+            if len(self._rows) < self.max_queued:
+                self._rows.extend(rows)
+                self._cond.notify_all()
+                return
+        self._insert(rows)  # full: this request writes its own rows
+
+    def flush(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._rows or self._busy:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._rows:
+                    self._cond.wait()
+                batch, self._rows, self._busy = self._rows, [], True
+            try:
+                self._write(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[dict]) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                self._insert(batch)
+                return
+            except Exception:  # noqa: BLE001 - the log must not take the worker down
+                if attempt == self.retries:
+                    log.exception("logging %d served scores failed %d times: they are lost", len(batch), attempt + 1)
+                    return
+                time.sleep(0.05 * 2**attempt)
 
 
 #: The result of each reported outcome (see the module docstring).

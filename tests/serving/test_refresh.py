@@ -233,3 +233,48 @@ def test_a_burst_of_reloads_while_a_refresh_runs_queues_one_more_refresh_not_a_t
         again = r.run_in_background()  # a change after that refresh started: a refresh of its own
         again.join(timeout=120)
         assert r.store.count() == 2
+
+
+class _Unpicklable:
+    """A scorer that cannot be sent to the refresh's child process (as a model holding a lock would be)."""
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle this scorer")
+
+
+def test_the_api_refreshes_in_a_nicer_child_process_and_the_export_stays_there(sample_dir, models, tmp_path):
+    import os
+
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        result = app.state.refresher.run()
+        assert result.status == "ok" and result.pid != os.getpid()
+        assert result.nice == min(19, os.nice(0) + app.state.settings.refresh_nice)
+        assert result.export is None and getattr(app.state, "configured_export", None) is None
+        data = c.get("/readyz").json()["data"]  # what the child read, without the export in this process
+        assert data["state"] == "readable" and data["rows"]["leads"] > 0
+        assert c.get("/v1/worklist").json()["snapshot_id"] == result.snapshot_id
+
+
+def test_the_same_refresh_in_a_worker_thread_when_the_child_process_is_off(sample_dir, models, tmp_path):
+    import os
+
+    settings = _settings(tmp_path, str(sample_dir / "export")).model_copy(update={"refresh_process": False})
+    app = create_app(settings, preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}):
+        result = app.state.refresher.run()
+    assert result.status == "ok" and result.pid == os.getpid() and app.state.configured_export is result.export
+
+
+def test_a_refresh_whose_child_process_fails_is_recorded_and_the_last_good_snapshot_stays(sample_dir, models,
+                                                                                           tmp_path):
+    app = create_app(_settings(tmp_path, str(sample_dir / "export")), preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        good = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN}).json()
+        app.state.models = {**models, "lead_quality": LoadedModel("lead_quality", "9", "champion", None, _Unpicklable())}
+        r = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN})
+        ready = c.get("/readyz").json()["snapshot"]
+        w = c.get("/v1/worklist")
+    assert r.status_code == 503 and "child process failed" in r.json()["detail"] and "cannot pickle" in r.json()["detail"]
+    assert ready["status"] == "failed" and "child process failed" in ready["error"]
+    assert ready["snapshot_id"] == good["snapshot_id"] and w.json()["snapshot_id"] == good["snapshot_id"]
