@@ -12,6 +12,10 @@ every side (the truth has no probability for them; `funnelcast backtest` covers 
     python benchmarks/forecast.py --seeds 1 2 3 4      # generated samples (default scale)
 
 ``--seeds`` generates each seed's sample into ``--samples`` if missing (as ``benchmarks/deals.py``).
+``--detail`` decomposes each origin's gap: per owner, funnelcast's and the truth's mean P(won within
+the horizon) beside the owner's actual rate, and how much of the WAPE is the model's distance from the
+truth (``model_error``: sum over owners of |funnelcast - truth| / actual) against the noise the
+truth cannot remove (``noise``: |truth - actual| / actual, the truth's own WAPE).
 """
 
 from __future__ import annotations
@@ -39,18 +43,33 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="*", default=None,
                    help="generator seeds to run on instead of --sample (each generated at the default scale)")
     p.add_argument("--samples", default=".funnelcast/samples", help="with --seeds: where the samples are kept")
+    p.add_argument("--detail", action="store_true", help="per owner and origin: mean probabilities against the truth's")
     args = p.parse_args()
     if args.seeds is None:
-        report(Path(args.sample))
+        report(Path(args.sample), args.detail)
         return
     ratios = {}
     for s in args.seeds:
         print(f"\n=== generator seed {s} ===")
-        ratios[s] = report(seed_sample(Path(args.samples), s))
+        ratios[s] = report(seed_sample(Path(args.samples), s), args.detail)
     print("\nfunnelcast / truth WAPE by owner per seed: " + ", ".join(f"seed {s} {r:.3f}" for s, r in ratios.items()))
 
 
-def report(sample: Path) -> float:
+def _detail(origin, scored: pd.DataFrame, p_truth: np.ndarray, won: np.ndarray, owner: np.ndarray,
+            frame: pd.DataFrame) -> None:
+    """Per owner: deals, mean P(won within the horizon) of funnelcast and of the truth, the actual rate,
+    and the money forecasts; then the split of the WAPE into model error and noise."""
+    per = pd.DataFrame({"owner": owner, "p_funnelcast": scored["p_win_within_horizon"].to_numpy(),
+                        "p_truth": p_truth, "won_rate": won.astype(float)}).groupby("owner")
+    table = per.mean().assign(deals=per.size()).join(frame[["funnelcast", "truth", "actual"]])
+    table["funnelcast/truth"] = table["funnelcast"] / table["truth"]
+    total = frame["actual"].sum()
+    print(f"\n{origin}: per owner\n" + table.round(3).to_string())
+    print(f"{origin}: model_error {np.abs(frame['funnelcast'] - frame['truth']).sum() / total:.4f}, "
+          f"noise {np.abs(frame['truth'] - frame['actual']).sum() / total:.4f}")
+
+
+def report(sample: Path, detail: bool = False) -> float:
     """The tables of one sample; returns funnelcast's WAPE by owner over the truth's."""
     export, _ = load_export(sample / "export")
     truth = pd.read_csv(sample / "truth" / "opportunities.csv")
@@ -87,6 +106,8 @@ def report(sample: Path) -> float:
             "weighted_pipeline": weighted,
             "reps_close_dates": commit,
         }).groupby("owner").sum()
+        if detail:
+            _detail(as_of.date(), scored, t["p_win_within_horizon"].to_numpy(), won, owner, frame)
         for m in ("funnelcast", "truth", "weighted_pipeline", "reps_close_dates"):
             rows.append({"origin": as_of.date(), "method": m, **accuracy(frame[m].to_numpy(), frame["actual"].to_numpy())})
     res = pd.DataFrame(rows)
