@@ -104,24 +104,36 @@ class _Windows:
     open_now: int
 
 
-def _windows(export: Export, as_of: pd.Timestamp, horizon_days: float, by: str, lookback_days: int, step_days: int
-             ) -> _Windows:
-    h = pd.Timedelta(days=horizon_days)
+def _won_deals(export: Export, as_of: pd.Timestamp, by: str) -> pd.DataFrame:
+    """The deals won before ``as_of`` with their group (the wins before an earlier time are those closed before it)."""
     decided = decided_deals(export, as_of)
     won = decided[decided["outcome"] == "won"]
     opps = export.opportunities.set_index("opportunity_id")
-    won = won.assign(group=group_keys(opps.loc[won["opportunity_id"]], export, by).to_numpy())
+    return won.assign(group=group_keys(opps.loc[won["opportunity_id"]], export, by).to_numpy())
+
+
+def _windows(export: Export, as_of: pd.Timestamp, horizon_days: float, won: pd.DataFrame, lookback_days: int,
+             step_days: int, open_cache: dict[pd.Timestamp, int] | None = None) -> _Windows:
+    """``won``: :func:`_won_deals` at ``as_of`` or later (only wins closed inside a window, before
+    ``as_of``, are read); ``open_cache``: open-lead counts already taken, by time."""
+    h = pd.Timedelta(days=horizon_days)
+    cache = open_cache if open_cache is not None else {}
+
+    def n_open(t: pd.Timestamp) -> int:
+        if t not in cache:
+            cache[t] = len(open_leads(export.leads, t))
+        return cache[t]
+
     starts = [as_of - h - pd.Timedelta(days=k * step_days) for k in range(lookback_days // step_days + 1)]
-    counts, amounts, open_counts = [], [], []
+    counts, amounts = [], []
     for s in starts:
         inside = won[(won["created_at"] >= s) & (won["closed_at"] < s + h)]
         counts.append(inside["group"].value_counts())
         amounts.append(inside[["opportunity_id", "group", "amount"]])
-        open_counts.append(len(open_leads(export.leads, s)))
     table = pd.concat(counts, axis=1).fillna(0.0) if counts else pd.DataFrame()
     table.columns = range(table.shape[1])
     pool = pd.concat(amounts, ignore_index=True).dropna(subset=["amount"])
-    return _Windows(table, pool, np.asarray(open_counts, dtype=float), len(open_leads(export.leads, as_of)))
+    return _Windows(table, pool, np.asarray([n_open(t) for t in starts], dtype=float), n_open(as_of))
 
 
 def _rates(w: _Windows, half_life_windows: float) -> tuple[pd.Series, float]:
@@ -153,25 +165,22 @@ def amount_weights(pool: pd.DataFrame) -> dict[str, float]:
 
 
 def choose_half_life(export: Export, as_of: pd.Timestamp, horizon_days: float, by: str, lookback_days: int,
-                     step_days: int) -> tuple[float, dict[str, float]]:
+                     step_days: int, won: pd.DataFrame | None = None, open_cache: dict[pd.Timestamp, int] | None = None
+                     ) -> tuple[float, dict[str, float]]:
     """The recency half-life (in windows, from :data:`HALF_LIVES`) whose run rate came closest to
     the bookings of new deals in total at the :data:`VALIDATION_ORIGINS` origins a horizon and more
     before ``as_of`` (their outcomes known at ``as_of``). The total, not the per-group error: per
     group the error is mostly the noise of a few wins, the same for every half-life, while the
     total shows what the half-life trades, lag behind a growing or shrinking flow against noise."""
-    from features.deals import deal_outcomes
-
     h = pd.Timedelta(days=horizon_days)
-    outcomes = deal_outcomes(export)
-    opps = export.opportunities.set_index("opportunity_id")
+    won = won if won is not None else _won_deals(export, as_of, by)
     errors = dict.fromkeys(HALF_LIVES, 0.0)
     for j in range(VALIDATION_ORIGINS):
         v = as_of - h - pd.Timedelta(days=j * step_days)
-        created = opps[(opps["created_at"] >= v) & (opps["created_at"] < v + h)]
-        out = outcomes.reindex(created.index)
-        # closed before v + h <= as_of: known at as_of
-        actual = float(out.loc[(out["won"] == 1) & (out["closed_at"] < v + h), "won_amount"].fillna(0.0).sum())
-        w = _windows(export, v, horizon_days, by, lookback_days, step_days)
+        # created at or after v and won before v + h <= as_of: known at as_of
+        booked = won[(won["created_at"] >= v) & (won["closed_at"] < v + h)]
+        actual = float(booked["amount"].fillna(0.0).sum())
+        w = _windows(export, v, horizon_days, won, lookback_days, step_days, open_cache)
         weights = amount_weights(w.pool)
         flow = NewDealFlow(rate={}, amounts={str(k): x["amount"].to_numpy(float) for k, x in w.pool.groupby("group")},
                            all_amounts=w.pool["amount"].to_numpy(float), lead_flow_factor=1.0, windows=0,
@@ -191,9 +200,11 @@ def new_deal_flow(
     ``lookback_days``; in each, the deals created and won inside the window. Recent windows weigh
     more, with the half-life ``half_life_windows`` (``None``: :func:`choose_half_life`)."""
     details: dict[str, float] = {}
+    won, cache = _won_deals(export, as_of, by), {}
     if half_life_windows is None:
-        half_life_windows, details = choose_half_life(export, as_of, horizon_days, by, lookback_days, step_days)
-    w = _windows(export, as_of, horizon_days, by, lookback_days, step_days)
+        half_life_windows, details = choose_half_life(export, as_of, horizon_days, by, lookback_days, step_days, won,
+                                                      cache)
+    w = _windows(export, as_of, horizon_days, won, lookback_days, step_days, cache)
     rate, factor = _rates(w, half_life_windows)
     table = w.counts
     # over-dispersion beyond Poisson, from the windows' spread: var = m + d m^2
