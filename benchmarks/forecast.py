@@ -12,6 +12,18 @@ every side (the truth has no probability for them; `funnelcast backtest` covers 
     python benchmarks/forecast.py --seeds 1 2 3 4      # generated samples (default scale)
 
 ``--seeds`` generates each seed's sample into ``--samples`` if missing (as ``benchmarks/deals.py``).
+``--detail`` decomposes each origin's gap: per owner, funnelcast's and the truth's mean P(won within
+the horizon) beside the owner's actual rate, and how much of the WAPE is the model's distance from the
+truth (``model_error``: sum over owners of |funnelcast - truth| / actual) against the noise the
+truth cannot remove (``noise``: |truth - actual| / actual, the truth's own WAPE).
+
+``--new-deals`` measures instead the other part of the forecast, deals not yet created (no truth
+has a probability for them, and no deal model is needed): at 14 origins 4 weeks apart over the
+last year, each rep's expected bookings from deals created and won within the horizon against
+what they booked, for the forecast's run rate and for its plain form (a fixed half-life of two
+windows, each rep's own amounts):
+
+    python benchmarks/forecast.py --seeds 1 2 3 4 --new-deals
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import pandas as pd
 
 from features.deals import deal_outcomes
 from features.io import load_export
-from models.forecast import weighted_pipeline
+from models.forecast import UNASSIGNED, group_keys, new_deal_flow, weighted_pipeline
 from training.backtest import accuracy
 from training.deals import DealTrainConfig, build_snapshots, fit_deal_scorer
 
@@ -39,18 +51,76 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="*", default=None,
                    help="generator seeds to run on instead of --sample (each generated at the default scale)")
     p.add_argument("--samples", default=".funnelcast/samples", help="with --seeds: where the samples are kept")
+    p.add_argument("--detail", action="store_true", help="per owner and origin: mean probabilities against the truth's")
+    p.add_argument("--new-deals", action="store_true", help="measure the deals-not-yet-created part instead (fast)")
     args = p.parse_args()
+    if args.new_deals:
+        samples = [Path(args.sample)] if args.seeds is None else [seed_sample(Path(args.samples), s) for s in args.seeds]
+        table = pd.concat({sample.name: new_deal_report(sample) for sample in samples}, names=["sample"])
+        print("deals not yet created, by rep, 14 origins: WAPE and bias of the summed expected bookings\n"
+              + table.round(4).to_string())
+        return
     if args.seeds is None:
-        report(Path(args.sample))
+        report(Path(args.sample), args.detail)
         return
     ratios = {}
     for s in args.seeds:
         print(f"\n=== generator seed {s} ===")
-        ratios[s] = report(seed_sample(Path(args.samples), s))
+        ratios[s] = report(seed_sample(Path(args.samples), s), args.detail)
     print("\nfunnelcast / truth WAPE by owner per seed: " + ", ".join(f"seed {s} {r:.3f}" for s, r in ratios.items()))
 
 
-def report(sample: Path) -> float:
+def _plain_flow(export, as_of: pd.Timestamp, h: int, by: str):
+    """The run rate in its plain form: a fixed half-life of two windows, each rep's own amounts."""
+    flow = new_deal_flow(export, as_of, h, by, half_life_windows=2.0)
+    flow.amount_weight = {}
+    return flow
+
+
+def new_deal_report(sample: Path, horizon_days: int = 91, origins: int = 14) -> pd.DataFrame:
+    """Per method: WAPE and bias over reps and origins of the bookings from deals created and won
+    within the horizon after each origin, and the mean half-life chosen."""
+    export, _ = load_export(sample / "export")
+    outcomes = deal_outcomes(export)
+    opps = export.opportunities.set_index("opportunity_id")
+    h = pd.Timedelta(days=horizon_days)
+    last = (export.exported_at - h).floor("D")
+    sums: dict[str, list[float]] = {"funnelcast": [0.0, 0.0, 0.0, 0.0], "plain run rate": [0.0, 0.0, 0.0, 0.0]}
+    for k in range(origins - 1, -1, -1):
+        o = last - pd.Timedelta(days=28 * k)
+        created = opps[(opps["created_at"] >= o) & (opps["created_at"] < o + h)]
+        out = outcomes.reindex(created.index)
+        won = ((out["won"] == 1) & (out["closed_at"] < o + h)).to_numpy()
+        actual = out.loc[won, "won_amount"].fillna(0.0).groupby(group_keys(created[won], export, "owner_id").to_numpy()).sum()
+        for name, flow in (("funnelcast", new_deal_flow(export, o, horizon_days, "owner_id")),
+                           ("plain run rate", _plain_flow(export, o, horizon_days, "owner_id"))):
+            exp = pd.Series({g: r * flow.expected_amount(g) for g, r in flow.rate.items()}, dtype=float)
+            reps = sorted((set(exp.index) | set(actual.index)) - {UNASSIGNED})
+            f, a = exp.reindex(reps).fillna(0.0).to_numpy(), actual.reindex(reps).fillna(0.0).to_numpy()
+            acc = sums[name]
+            acc[0] += float(np.abs(f - a).sum())
+            acc[1] += float((f - a).sum())
+            acc[2] += float(a.sum())
+            acc[3] += flow.half_life_windows / origins
+    return pd.DataFrame({m: {"wape": v[0] / v[2], "bias": v[1] / v[2], "mean_half_life_windows": v[3]}
+                         for m, v in sums.items()}).T
+
+
+def _detail(origin, scored: pd.DataFrame, p_truth: np.ndarray, won: np.ndarray, owner: np.ndarray,
+            frame: pd.DataFrame) -> None:
+    """Per owner: deals, mean P(won within the horizon) of funnelcast and of the truth, the actual rate,
+    and the money forecasts; then the split of the WAPE into model error and noise."""
+    per = pd.DataFrame({"owner": owner, "p_funnelcast": scored["p_win_within_horizon"].to_numpy(),
+                        "p_truth": p_truth, "won_rate": won.astype(float)}).groupby("owner")
+    table = per.mean().assign(deals=per.size()).join(frame[["funnelcast", "truth", "actual"]])
+    table["funnelcast/truth"] = table["funnelcast"] / table["truth"]
+    total = frame["actual"].sum()
+    print(f"\n{origin}: per owner\n" + table.round(3).to_string())
+    print(f"{origin}: model_error {np.abs(frame['funnelcast'] - frame['truth']).sum() / total:.4f}, "
+          f"noise {np.abs(frame['truth'] - frame['actual']).sum() / total:.4f}")
+
+
+def report(sample: Path, detail: bool = False) -> float:
     """The tables of one sample; returns funnelcast's WAPE by owner over the truth's."""
     export, _ = load_export(sample / "export")
     truth = pd.read_csv(sample / "truth" / "opportunities.csv")
@@ -87,6 +157,8 @@ def report(sample: Path) -> float:
             "weighted_pipeline": weighted,
             "reps_close_dates": commit,
         }).groupby("owner").sum()
+        if detail:
+            _detail(as_of.date(), scored, t["p_win_within_horizon"].to_numpy(), won, owner, frame)
         for m in ("funnelcast", "truth", "weighted_pipeline", "reps_close_dates"):
             rows.append({"origin": as_of.date(), "method": m, **accuracy(frame[m].to_numpy(), frame["actual"].to_numpy())})
     res = pd.DataFrame(rows)

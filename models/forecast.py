@@ -7,9 +7,10 @@
 * **Deals not yet created**: bookings from deals created *and* won within the horizon,
   learned from the history: per group, the number of such wins in past windows of the same
   length (every 4 weeks over the last year, each complete before ``as_of``, recent ones
-  weighing more) gives a rate, scaled by the lead flow (leads open now vs at those windows'
-  starts), drawn as a gamma-Poisson with the windows' over-dispersion; their
-  amounts are drawn from the same windows' won amounts (the group's, else everyone's).
+  weighing more, with the half-life chosen on earlier origins) gives a rate, scaled by the lead
+  flow (leads open now vs at those windows' starts), drawn as a gamma-Poisson with the windows'
+  over-dispersion; their amounts are drawn from the same windows' won amounts, the group's and
+  everyone's mixed by an empirical-Bayes weight (a rep's few wins say little about the next size).
 * Beside them, the **CRM weighted pipeline**: stage win rate x amount of the deals whose
   expected close date falls in the horizon, and the **reps' close dates**: the full amount
   of those deals.
@@ -55,9 +56,23 @@ def group_keys(opportunities: pd.DataFrame, export: Export, by: str) -> pd.Serie
     return keys
 
 
+#: Recency half-lives of the new-deal run rate, in windows (``step_days`` apart), chosen per
+#: forecast on validation origins (:func:`choose_half_life`). The grid was chosen on generated seeds
+#: 0, 5 and 6 (14 origins each): with 4 windows the run rate lagged the samples' growth (bookings from
+#: new deals 19-20% short in total; a flat year 35%), with 2 (the former fixed value) 9-11%, with 1 0-3%.
+HALF_LIVES = (1.0, 2.0)
+#: Validation origins of that choice: this many, ``step_days`` apart, the latest a horizon before ``as_of``.
+VALIDATION_ORIGINS = 3
+
+
 @dataclass
 class NewDealFlow:
-    """Wins from deals created within a horizon, per group, as the history shows them."""
+    """Wins from deals created within a horizon, per group, as the history shows them.
+
+    ``amount_weight``: per group, the share of its simulated amounts drawn from its own past wins
+    (the rest from everyone's): the empirical-Bayes weight ``n / (n + k)`` of its ``n`` distinct
+    wins, ``k`` the ratio of the within-group to the between-group variance of the amounts
+    (:func:`amount_weights`); a group missing from it draws from its own wins only."""
 
     rate: dict[str, float]
     amounts: dict[str, np.ndarray]
@@ -66,51 +81,164 @@ class NewDealFlow:
     windows: int
     dispersion: dict[str, float] = field(default_factory=dict)
     details: dict[str, float] = field(default_factory=dict)
+    amount_weight: dict[str, float] = field(default_factory=dict)
+    half_life_windows: float = 2.0
+
+    def expected_amount(self, group: str) -> float:
+        """The mean amount of one of ``group``'s new wins (its own and everyone's, weighted)."""
+        own = self.amounts.get(group)
+        every = float(np.mean(self.all_amounts)) if len(self.all_amounts) else 0.0
+        if own is None or not len(own):
+            return every
+        w = self.amount_weight.get(group, 1.0)
+        return w * float(np.mean(own)) + (1 - w) * every
 
 
-def new_deal_flow(
-    export: Export, as_of: pd.Timestamp, horizon_days: int, by: str, lookback_days: int = 365, step_days: int = 28
-) -> NewDealFlow:
-    """Point-in-time: windows ``[s, s + h)`` ending before ``as_of``, every ``step_days`` over
-    ``lookback_days``; in each, the deals created and won inside the window."""
-    h = pd.Timedelta(days=horizon_days)
+@dataclass
+class _Windows:
+    """Past windows ``[s, s + h)`` before an as_of: wins created and won inside each, per group."""
+
+    counts: pd.DataFrame  # group x window (0: the latest)
+    pool: pd.DataFrame  # opportunity_id, group, amount of those wins (a deal once per window it is in)
+    open_leads: np.ndarray  # leads open at each window's start
+    open_now: int
+
+
+def _won_deals(export: Export, as_of: pd.Timestamp, by: str) -> pd.DataFrame:
+    """The deals won before ``as_of`` with their group (the wins before an earlier time are those closed before it)."""
     decided = decided_deals(export, as_of)
     won = decided[decided["outcome"] == "won"]
     opps = export.opportunities.set_index("opportunity_id")
-    won = won.assign(group=group_keys(opps.loc[won["opportunity_id"]], export, by).to_numpy())
+    return won.assign(group=group_keys(opps.loc[won["opportunity_id"]], export, by).to_numpy())
+
+
+def _windows(export: Export, as_of: pd.Timestamp, horizon_days: float, won: pd.DataFrame, lookback_days: int,
+             step_days: int, open_cache: dict[pd.Timestamp, int] | None = None) -> _Windows:
+    """``won``: :func:`_won_deals` at ``as_of`` or later (only wins closed inside a window, before
+    ``as_of``, are read); ``open_cache``: open-lead counts already taken, by time."""
+    h = pd.Timedelta(days=horizon_days)
+    cache = open_cache if open_cache is not None else {}
+
+    def n_open(t: pd.Timestamp) -> int:
+        if t not in cache:
+            cache[t] = len(open_leads(export.leads, t))
+        return cache[t]
+
     starts = [as_of - h - pd.Timedelta(days=k * step_days) for k in range(lookback_days // step_days + 1)]
-    counts, amounts, open_counts = [], [], []
+    counts, amounts = [], []
     for s in starts:
         inside = won[(won["created_at"] >= s) & (won["closed_at"] < s + h)]
         counts.append(inside["group"].value_counts())
-        amounts.append(inside[["group", "amount"]])
-        open_counts.append(len(open_leads(export.leads, s)))
-    # recent windows weigh more (half-life two windows): the flow grows with the customer base
-    weights = 0.5 ** (np.arange(len(starts)) / 2.0)
+        amounts.append(inside[["opportunity_id", "group", "amount"]])
     table = pd.concat(counts, axis=1).fillna(0.0) if counts else pd.DataFrame()
-    mean_count = (table * weights[: table.shape[1]]).sum(axis=1) / weights[: table.shape[1]].sum()
+    table.columns = range(table.shape[1])
+    pool = pd.concat(amounts, ignore_index=True).dropna(subset=["amount"])
+    return _Windows(table, pool, np.asarray([n_open(t) for t in starts], dtype=float), n_open(as_of))
+
+
+def _rates(w: _Windows, half_life_windows: float) -> tuple[pd.Series, float]:
+    """Per group, the recency-weighted mean count over the windows times the lead-flow factor (leads
+    open now over their mean at the windows' starts, within 0.5-2), and that factor."""
+    weights = 0.5 ** (np.arange(w.counts.shape[1]) / half_life_windows)
+    mean_count = (w.counts * weights).sum(axis=1) / weights.sum() if w.counts.shape[1] else pd.Series(dtype=float)
+    past = float(np.mean(w.open_leads)) if len(w.open_leads) else 0.0
+    factor = float(np.clip(w.open_now / past, 0.5, 2.0)) if past > 0 else 1.0
+    return mean_count * factor, factor
+
+
+def amount_weights(pool: pd.DataFrame) -> dict[str, float]:
+    """Per group, the weight of its own mean amount against everyone's: ``n / (n + k)`` over its
+    ``n`` distinct wins, with ``k`` = within-group variance / variance of the true group means
+    (the spread of the group means less their sampling noise); 0 when the groups differ by no more
+    than noise. A rep's few wins, heavy-tailed, say little about the next one's size."""
+    deals = pool.drop_duplicates("opportunity_id")
+    if deals.empty or deals["group"].nunique() < 2:
+        return {str(g): 1.0 for g in deals["group"].unique()}
+    g = deals.groupby("group")["amount"]
+    n, means = g.size(), g.mean()
+    within = float(deals["amount"].var(ddof=1))
+    between = float(means.var(ddof=1)) - float((within / n).mean())
+    if not np.isfinite(within) or between <= 0:
+        return {str(k): 0.0 for k in n.index}
+    k = within / between
+    return {str(key): float(v / (v + k)) for key, v in n.items()}
+
+
+def choose_half_life(export: Export, as_of: pd.Timestamp, horizon_days: float, by: str, lookback_days: int,
+                     step_days: int, won: pd.DataFrame | None = None, open_cache: dict[pd.Timestamp, int] | None = None
+                     ) -> tuple[float, dict[str, float]]:
+    """The recency half-life (in windows, from :data:`HALF_LIVES`) whose run rate came closest to
+    the bookings of new deals in total at the :data:`VALIDATION_ORIGINS` origins a horizon and more
+    before ``as_of`` (their outcomes known at ``as_of``). The total, not the per-group error: per
+    group the error is mostly the noise of a few wins, the same for every half-life, while the
+    total shows what the half-life trades, lag behind a growing or shrinking flow against noise."""
+    h = pd.Timedelta(days=horizon_days)
+    won = won if won is not None else _won_deals(export, as_of, by)
+    errors = dict.fromkeys(HALF_LIVES, 0.0)
+    for j in range(VALIDATION_ORIGINS):
+        v = as_of - h - pd.Timedelta(days=j * step_days)
+        # created at or after v and won before v + h <= as_of: known at as_of
+        booked = won[(won["created_at"] >= v) & (won["closed_at"] < v + h)]
+        actual = float(booked["amount"].fillna(0.0).sum())
+        w = _windows(export, v, horizon_days, won, lookback_days, step_days, open_cache)
+        weights = amount_weights(w.pool)
+        flow = NewDealFlow(rate={}, amounts={str(k): x["amount"].to_numpy(float) for k, x in w.pool.groupby("group")},
+                           all_amounts=w.pool["amount"].to_numpy(float), lead_flow_factor=1.0, windows=0,
+                           amount_weight=weights)
+        for hl in HALF_LIVES:
+            rate, _ = _rates(w, hl)
+            errors[hl] += abs(sum(float(r) * flow.expected_amount(str(g)) for g, r in rate.items()) - actual)
+    best = min(HALF_LIVES, key=lambda hl: errors[hl])
+    return best, {f"validation_error_half_life_{hl:g}": e for hl, e in errors.items()}
+
+
+def new_deal_flow(
+    export: Export, as_of: pd.Timestamp, horizon_days: int, by: str, lookback_days: int = 365, step_days: int = 28,
+    half_life_windows: float | None = None,
+) -> NewDealFlow:
+    """Point-in-time: windows ``[s, s + h)`` ending before ``as_of``, every ``step_days`` over
+    ``lookback_days``; in each, the deals created and won inside the window. Recent windows weigh
+    more, with the half-life ``half_life_windows`` (``None``: :func:`choose_half_life`)."""
+    details: dict[str, float] = {}
+    won, cache = _won_deals(export, as_of, by), {}
+    if half_life_windows is None:
+        half_life_windows, details = choose_half_life(export, as_of, horizon_days, by, lookback_days, step_days, won,
+                                                      cache)
+    w = _windows(export, as_of, horizon_days, won, lookback_days, step_days, cache)
+    rate, factor = _rates(w, half_life_windows)
+    table = w.counts
     # over-dispersion beyond Poisson, from the windows' spread: var = m + d m^2
     spread = table.var(axis=1, ddof=1) if table.shape[1] > 1 else pd.Series(0.0, index=table.index)
     dispersion = ((spread - table.mean(axis=1)) / table.mean(axis=1).clip(lower=1e-9) ** 2).clip(lower=0.0)
-    pool = pd.concat(amounts, ignore_index=True) if amounts else pd.DataFrame(columns=["group", "amount"])
-    pool = pool.dropna(subset=["amount"])
-    now = len(open_leads(export.leads, as_of))
-    past = float(np.mean(open_counts)) if open_counts else 0.0
-    factor = float(np.clip(now / past, 0.5, 2.0)) if past > 0 else 1.0
+    past = float(np.mean(w.open_leads)) if len(w.open_leads) else 0.0
     return NewDealFlow(
-        rate={str(k): float(v) * factor for k, v in mean_count.items()},
+        rate={str(k): float(v) for k, v in rate.items()},
         dispersion={str(k): float(v) for k, v in dispersion.items()},
-        amounts={str(k): g["amount"].to_numpy(dtype=float) for k, g in pool.groupby("group")},
-        all_amounts=pool["amount"].to_numpy(dtype=float),
+        amounts={str(k): g["amount"].to_numpy(dtype=float) for k, g in w.pool.groupby("group")},
+        all_amounts=w.pool["amount"].to_numpy(dtype=float),
         lead_flow_factor=factor,
-        windows=len(starts),
-        details={"open_leads_now": float(now), "open_leads_past_mean": past},
+        windows=table.shape[1],
+        details={"open_leads_now": float(w.open_now), "open_leads_past_mean": past, **details},
+        amount_weight=amount_weights(w.pool),
+        half_life_windows=float(half_life_windows),
     )
 
 
 def _quantiles(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = np.quantile(draws, [0.1, 0.5, 0.9], axis=0)
     return q[0], q[1], q[2]
+
+
+def _draw_amounts(rng: np.random.Generator, flow: NewDealFlow, own: np.ndarray | None, size: int, group: str
+                  ) -> np.ndarray:
+    """``size`` amounts of a group's new wins: from its own past wins with its weight, else from everyone's."""
+    if own is None:
+        return rng.choice(flow.all_amounts, size=size)
+    w = flow.amount_weight.get(group, 1.0)
+    if w >= 1.0 or not len(flow.all_amounts):
+        return rng.choice(own, size=size)
+    mine = rng.random(size) < w
+    return np.where(mine, rng.choice(own, size=size), rng.choice(flow.all_amounts, size=size))
 
 
 def simulate_bookings(
@@ -142,15 +270,15 @@ def simulate_bookings(
     if flow is not None:
         for j, g in enumerate(names):
             lam = flow.rate.get(g, 0.0)
-            pool = flow.amounts.get(g)
-            pool = pool if pool is not None and len(pool) else flow.all_amounts
-            if lam <= 0 or not len(pool):
+            own = flow.amounts.get(g)
+            own = own if own is not None and len(own) else None
+            if lam <= 0 or (own is None and not len(flow.all_amounts)):
                 continue
             d = flow.dispersion.get(g, 0.0)
             lam_sims = lam * rng.gamma(1.0 / d, d, n_sims) if d > 1e-9 else np.full(n_sims, lam)
             n = rng.poisson(lam_sims)
-            expected_new[j] = lam * float(np.mean(pool))
-            picks = rng.choice(pool, size=int(n.sum()))
+            expected_new[j] = lam * flow.expected_amount(g)
+            picks = _draw_amounts(rng, flow, own, int(n.sum()), g)
             sim = np.repeat(np.arange(n_sims), n)
             new_draws[:, j] = np.bincount(sim, weights=picks, minlength=n_sims)
     total = open_draws + new_draws
@@ -384,7 +512,8 @@ def period_forecast(
     total = rollup(groups, draws, pd.Series("all", index=groups.index), "group")
     how = ("none (open deals only)" if flow is None else
            f"run rate: deals created and won within {max(int(np.ceil((end - as_of) / DAY)), 1)} days, in "
-           f"{flow.windows} past windows before as_of (recent ones weigh more), scaled by the lead flow "
+           f"{flow.windows} past windows before as_of (half-life {flow.half_life_windows:g} windows, chosen on earlier "
+           f"origins), scaled by the lead flow "
            f"x{flow.lead_flow_factor:.2f}; amounts drawn from those wins")
     return PeriodForecast(period=period, start=start, end=end, as_of=as_of, by=by, groups=groups, total=total,
                           teams=teams, has_crm_categories=cats is not None, new_deals=how)
