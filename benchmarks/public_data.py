@@ -11,6 +11,11 @@ the fit and calibration windows without a later calibration, it extrapolates the
 (lead age above all) into the later window; its Brier score on Olist was 0.558. A last row keeps the
 leaking columns, to show what they do.
 
+``calibration_error`` is the expected calibration error of :func:`models.metrics.expected_calibration_error`:
+the evaluation rows in 10 equal-frequency bins of the predicted probability, the mean |observed rate -
+mean probability| weighted by bin size (about 0.03 of it is noise on a thousand rows: the benchmark prints
+what a perfectly calibrated model would score on the same rows).
+
     python benchmarks/public_data.py [--data ../shared/data] [--only xeducation maven_crm olist]
 
 Maven CRM has no leads: its mapping writes each engaged deal as a lead that converts when the
@@ -183,8 +188,10 @@ def main() -> None:
                   f"{info['skipped_source_rows']} source rows skipped as invalid; {info['seconds']} s")
             print(f"  excluded as leaking: {info['excluded']}")
             print(f"  chosen: {info['chosen']}")
+            print(f"  moved to the recent rate: {info['chosen'].get('recent_rate', 'n/a')}")
             mean, high = info["calibration_noise"]
-            print(f"  calibration error of a perfectly calibrated model with funnelcast's probabilities on these rows: "
+            print(f"  calibration error (10 equal-frequency bins) of a perfectly calibrated model with funnelcast's "
+                  "probabilities on these rows: "
                   f"{mean:.4f} on average, {high:.4f} at the 95th percentile")
 
 

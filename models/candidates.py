@@ -35,7 +35,7 @@ candidate within one paired standard error of the best; ties within 1e-4 broken 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,9 @@ from models.estimators import CalibratedBoostedClassifier
 from models.explain import design_rows
 from models.metrics import classification_metrics
 
-__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "candidate_table",
-           "choose", "choose_on_validation", "fit_candidate", "fit_every", "ladder", "platt", "training_rows"]
+__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "RecentOutcomes",
+           "candidate_table", "choose", "choose_on_validation", "decided_share", "fit_candidate", "fit_every", "ladder",
+           "platt", "recent_outcomes", "recent_rate_shift", "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
 #: faster learning rate (fewer rounds: the cheap rung of the ladder).
@@ -346,6 +347,9 @@ class Choice:
     #: Validation metrics, one row per candidate (and per history/weighting tried for the winner).
     table: pd.DataFrame
     grid: pd.DataFrame
+    #: The chosen candidate as fitted on the validation split (for choices made after it, e.g. the drift
+    #: correction); not part of what was chosen.
+    model: Any = field(default=None, compare=False, repr=False)
 
     def params(self) -> dict[str, object]:
         return {"candidate": self.name, "history_days": self.history_days or "all",
@@ -401,7 +405,7 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
                          "validation_log_loss": loss})
             if loss < best[0] - TIE:
                 best = (loss, history, half_life)
-    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid))
+    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), models[name])
 
 
 def fit_every(rungs: list[Candidate], choice: Choice, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
@@ -482,3 +486,79 @@ def shift_to_rate(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
     shift = _intercept_shift(z, np.asarray(y, dtype=float))
     model.calib_intercept_ += shift
     return shift
+
+
+# ---------------------------------------------------------------- the recent rate: a prior shift from partly decided outcomes
+#: Rows whose follow-up would have seen less than this share of a decided window's positives carry too
+#: little about the rate and are left out of the estimate.
+MIN_DECIDED_SHARE = 0.2
+#: Fewest positives already decided among the recent rows for the rate to be estimated from them.
+MIN_RECENT_POSITIVES = 10
+
+
+@dataclass(frozen=True)
+class RecentOutcomes:
+    """The rows of the last horizon before a cutoff (after the calibration window), whose labels are
+    only partly decided at the cutoff: what they say about the current positive rate.
+
+    A row followed up for ``f`` days of its horizon would have seen ``share`` of its positives decided
+    if it were like the calibration window's (the empirical distribution of the time from a snapshot to
+    its positive outcome, there): ``decided`` of them are. Under a stable timing this is an unbiased
+    view of the rate now, a horizon later than any fully decided window."""
+
+    X: pd.DataFrame
+    #: Per row: the share of a fully decided row's positives decided within its follow-up (0..1].
+    share: np.ndarray
+    #: Per row: a positive outcome already decided by the cutoff.
+    decided: np.ndarray
+    #: Distinct entities among the rows (rows of one entity are not independent).
+    entities: int
+
+    @property
+    def rate(self) -> float:
+        """The positive rate the decided outcomes imply (decided positives over expected exposure)."""
+        return float(self.decided.sum() / self.share.sum())
+
+    @property
+    def effective_n(self) -> int:
+        """Entities, discounted by how much of their horizon was seen (for a test of the shift)."""
+        return int(round(self.entities * float(self.share.mean())))
+
+
+def decided_share(delays: np.ndarray, follow_up: np.ndarray) -> np.ndarray:
+    """Per ``follow_up`` (days), the share of ``delays`` (days from snapshot to positive outcome, of a
+    fully decided window's positives) at most that long: the empirical distribution function."""
+    delays = np.sort(np.asarray(delays, dtype=float))
+    return np.searchsorted(delays, np.asarray(follow_up, dtype=float), side="right") / max(len(delays), 1)
+
+
+def recent_outcomes(X: pd.DataFrame, follow_up: np.ndarray, decided: np.ndarray, delays: np.ndarray,
+                    entities: pd.Series) -> RecentOutcomes | None:
+    """The recent rows that saw at least :data:`MIN_DECIDED_SHARE` of their horizon's positives, or None when
+    they hold fewer than :data:`MIN_RECENT_POSITIVES` decided positives (or no delays to compare with)."""
+    if len(delays) < MIN_RECENT_POSITIVES or not len(X):
+        return None
+    share = decided_share(delays, follow_up)
+    keep = share >= MIN_DECIDED_SHARE
+    decided = np.asarray(decided, dtype=bool)[keep]
+    if decided.sum() < MIN_RECENT_POSITIVES:
+        return None
+    return RecentOutcomes(X[keep], share[keep], decided, int(pd.Series(entities)[keep].nunique()))
+
+
+def recent_rate_shift(model: Any, recent: RecentOutcomes) -> float:
+    """The log-odds shift ``b`` of ``model``'s calibrated score with which the outcomes it expects already
+    decided among the recent rows equal those decided: ``sum share * sigmoid(z + b) = sum decided`` (the
+    score equation of an intercept on an offset, each row exposed for its ``share``). A prior-shift
+    correction that keeps the model's ranking, estimated from outcomes, not from the features alone
+    (an EM prior adjustment assumes the features' distribution given the outcome stays put, which a
+    drifting CRM breaks)."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    z = model.calib_slope_ * model.raw_score(recent.X) + model.calib_intercept_
+    target = float(recent.decided.sum())
+    cap = float(recent.share.sum()) - 1e-9
+    target = min(max(target, 1e-9), cap)
+    lo, hi = -20.0 - float(z.max()), 20.0 - float(z.min())
+    return float(brentq(lambda b: float((recent.share * expit(z + b)).sum()) - target, lo, hi))

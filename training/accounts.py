@@ -53,6 +53,8 @@ class AccountConfig:
     n_bootstrap: int = 50
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    #: Choose P(high value) on the validation customers (False: LightGBM with ``params``, as before the ladder).
+    choose: bool = True
 
 
 @dataclass(kw_only=True)
@@ -143,13 +145,15 @@ class AccountModels:
     models: dict[str, Any]
     choice: Choice | None
     roles: dict[str, str]
-    regressor: ValueRegressor
+    regressor: ValueRegressor | None
     validation: str = ""
+    #: The candidate used when nothing was chosen: with too few customers before the evaluation window to
+    #: validate on, the regularised logistic regression; LightGBM when choice is off.
+    fallback: str = "logistic"
 
     @property
     def name(self) -> str:
-        # too few customers before the evaluation window to validate on: the regularised logistic regression
-        return self.choice.name if self.choice else "logistic"
+        return self.choice.name if self.choice else self.fallback
 
     @property
     def chosen(self) -> Any:
@@ -158,7 +162,10 @@ class AccountModels:
 
 def _choose(rows: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig) -> tuple[Choice | None, str]:
     """The candidate, history and weighting chosen on the latest quarter of ``rows`` (the customers before
-    the evaluation window: :func:`customer_fold` of them), or None and why when they are too few for it."""
+    the evaluation window: :func:`customer_fold` of them), or None and why when they are too few for it
+    (or choice is off)."""
+    if not cfg.choose:
+        return None, "off: LightGBM, unchosen"
     days = _days(rows)
     try:
         fit, cal, val = _parts(rows, customer_fold(days).split(days))
@@ -170,13 +177,33 @@ def _choose(rows: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig) ->
 
 
 def _fit_chosen(train: pd.DataFrame, cal: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
-                models: AccountModels, cutoff: pd.Timestamp) -> Any:
-    """The chosen candidate (a blend: with its members) fitted on ``train``, calibrated on ``cal``."""
+                choice: Choice | None, name: str, cutoff: pd.Timestamp) -> Any:
+    """The candidate ``name`` (chosen in ``choice``; a blend: with its members) fitted on ``train``, calibrated
+    on ``cal``."""
     rungs, cols = _rungs(spec, cfg), spec.feature_names
-    if models.choice is None:
-        rung = next(r for r in rungs if r.name == models.name)
+    if choice is None:
+        rung = next(r for r in rungs if r.name == name)
         return fit_candidate(rung, train[cols], train["label"].to_numpy(), cal[cols], cal["label"].to_numpy())
-    return fit_every(rungs, models.choice, train, cal, cols, cutoff, only_chosen=True)[models.name]
+    return fit_every(rungs, choice, train, cal, cols, cutoff, only_chosen=True)[name]
+
+
+def _unchosen(cfg: AccountConfig) -> str:
+    """The candidate used without a choice: LightGBM when choice is off, else the logistic regression."""
+    return "logistic" if cfg.choose else "lgbm"
+
+
+def fit_high_value_ladder(train: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig,
+                          cutoff: pd.Timestamp) -> Any:
+    """P(high value) as training makes it, from the customers of ``train`` alone (those before ``cutoff``):
+    the candidate, history and weighting chosen on the latest of them (:func:`_choose`, the ladder of
+    :mod:`models.candidates`), then fitted on their earlier two thirds and calibrated on the later third.
+    What promotion refits, so a recipe whose winner was naive Bayes or the logistic regression is refitted
+    as that, not as LightGBM."""
+    train = train.sort_values("as_of", kind="stable")
+    choice, _ = _choose(train, spec, cfg)
+    cut = int(len(train) * 2 / 3)
+    name = choice.name if choice else _unchosen(cfg)
+    return _fit_chosen(train.iloc[:cut], train.iloc[cut:], spec, cfg, choice, name, cutoff)
 
 
 def build_high_value_model(export: Export, cfg: AccountConfig, cutoff: pd.Timestamp, progress: bool = False) -> AccountResult:
@@ -193,7 +220,8 @@ def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cf
     cols = spec.feature_names
     fit, cal, ev = _parts(snaps, split)
     # what the final fit may know: the customers up to the last calibrating one
-    final = _fit_chosen(pd.concat([fit, cal]), ev, spec, cfg, models, ev["as_of"].max() + pd.Timedelta(days=1))
+    final = _fit_chosen(pd.concat([fit, cal]), ev, spec, cfg, models.choice, models.name,
+                        ev["as_of"].max() + pd.Timedelta(days=1))
     final_reg = ValueRegressor(spec.categorical_features, random_state=cfg.seed).fit(snaps[cols],
                                                                                      snaps["value"].to_numpy())
     contrib = log_odds_contributions(final.contributions(snaps[cols]), cols, final.calib_slope_, final.calib_intercept_)
@@ -254,8 +282,8 @@ def _tuning_params() -> dict[str, Any]:
 class AccountComparison:
     """high_value's promotion: the customers whose snapshot is in the window, among those whose value
     is complete at the export time; high value by the challenger recipe's quantile, the same for both models.
-    A refit fits P(high value) on the customers before the window (the earlier two thirds fit, the
-    later third calibrates)."""
+    A refit makes P(high value) the way training does, on the customers before the window
+    (:func:`fit_high_value_ladder`: the ladder's candidate chosen on the latest of them, whichever wins)."""
 
     task = Task.HIGH_VALUE
     checks: tuple[Check, ...] = ()
@@ -287,7 +315,7 @@ class AccountComparison:
 
     def refit(self, export: Export, recipe: Any, window: Window) -> Any:
         spec, snaps, _, _ = window.data
-        return fit_high_value_classifier(snaps[snaps["as_of"] < window.start], spec, recipe)
+        return fit_high_value_ladder(snaps[snaps["as_of"] < window.start], spec, recipe, window.start)
 
     def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
         spec, snaps, threshold, _ = window.data
@@ -364,7 +392,7 @@ class HighValue:
         reg = ValueRegressor(spec.categorical_features, random_state=config.seed).fit(rows[cols],
                                                                                       rows["value"].to_numpy())
         roles = {r.name: r.role for r in rungs} | {"blend": "model", FIRST_DEAL: "baseline"}
-        return AccountModels(models, choice, roles, reg, validation)
+        return AccountModels(models, choice, roles, reg, validation, _unchosen(config))
 
     def evaluate(self, model: AccountModels, snapshots: Snapshots, split: Split, config: AccountConfig) -> Evaluation:
         """Every candidate on the evaluation customers; the chosen one against the first deal's amount alone
@@ -396,8 +424,8 @@ class HighValue:
                                evaluation=evaluation.frame, windows=windows, candidates=evaluation.candidates,
                                extra={"contributions": contrib})
         choice = models.choice
-        result.chosen = choice.params() if choice else {"candidate": models.name,
-                                                        "chosen_on": "no window (too few customers before the evaluation ones)"}
+        unchosen = "no window (too few customers before the evaluation ones)" if config.choose else "no window (choice off)"
+        result.chosen = choice.params() if choice else {"candidate": models.name, "chosen_on": unchosen}
         note = reliability(evaluation.metrics, "customers")
         if note.small:
             result.warnings.append(note.warning())

@@ -15,9 +15,18 @@ LightGBM, a blend), then the history length and recency weighting of the winner.
 is then fitted on the evaluation split and scored on the evaluation window (``result.candidates``);
 ``metrics`` are the chosen one's, ``baseline_metrics`` the better baseline's (naive Bayes or the
 logistic regression, by evaluation log loss). The registered model is the winner refitted on the
-fold's final split with the context of ``cutoff``; when the evaluation window's conversion rate
-differed sharply from training's (:func:`models.candidates.base_rate_shift`), its intercept is
-moved to the rate of the latest decided window and the user is warned.
+fold's final split with the context of ``cutoff``.
+
+**Drift of the base rate.** Every window is calibrated a horizon before its cutoff (its labels must be
+known), so a conversion rate that moves is a horizon stale by the time the model scores. The leads open
+in that last horizon are only partly decided at the cutoff, but what is decided says where the rate is
+now (:func:`recent_leads`): the models' calibrated intercepts are moved until the conversions they
+expect already decided there match those decided (:func:`models.candidates.recent_rate_shift`). Whether
+to move them is chosen on the validation window (kept when it lowers the validation log loss there);
+without one, when the recent rate differs sharply from the calibration window's
+(:func:`models.candidates.base_rate_shift`). The evaluation split's models (every candidate) and the
+registered one are moved the same way, each at its own cutoff; a sharp shift between training and
+the evaluation window is warned about either way.
 :data:`LEAD_QUALITY` is the task's :class:`~models.tasks.TaskDefinition`.
 """
 
@@ -41,15 +50,18 @@ from features.leads import (
 )
 from features.pit import decision_times, open_leads
 from models.candidates import (
-    Choice,
-    base_rate_shift,
     TABLE_METRICS,
+    TIE,
+    Choice,
+    RecentOutcomes,
+    base_rate_shift,
     candidate_table,
     choose_on_validation,
     fit_candidate,
     fit_every,
     ladder,
-    shift_to_rate,
+    recent_outcomes,
+    recent_rate_shift,
 )
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS
@@ -112,6 +124,10 @@ class LeadModels:
     #: The candidate used when nothing was chosen: the better baseline on the calibration window when the
     #: history had no room for a validation window (:func:`_fallback`), LightGBM when choice is off.
     fallback: str = "lgbm"
+    #: Whether the models are moved to the recent rate (:func:`_decide_recent`), why, and by how much (log-odds).
+    recent: bool = False
+    recent_why: str = ""
+    shifts: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -189,18 +205,94 @@ def _fallback(models: dict[str, Any], cal: pd.DataFrame, cols: list[str], roles:
     return min(losses, key=losses.get)
 
 
-def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig) -> tuple[Choice | None, str]:
+def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig,
+            ) -> tuple[Choice | None, str, Split | None]:
     """The candidate, history and weighting chosen on the validation split before ``split``'s evaluation
-    window (None, and why, when the history has no room for one)."""
+    window, and that split (None, and why, when the history has no room for one)."""
     if not cfg.choose:
-        return None, "off"
+        return None, "off", None
     try:
         val = cfg.fold.validation(sorted(set(snaps["as_of"])), split, _enough(snaps))
     except NotEnoughHistory as exc:
-        return None, f"no validation window ({exc.missing})"
+        return None, f"no validation window ({exc.missing})", None
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
     choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff)
-    return choice, val.describe()["evaluate"]
+    return choice, val.describe()["evaluate"], val
+
+
+# ---------------------------------------------------------------- calibration under a drifting base rate
+def recent_leads(export: Export, recent: pd.DataFrame, calibrated: pd.DataFrame, cutoff: pd.Timestamp,
+                 horizon_days: int, cols: list[str]) -> RecentOutcomes | None:
+    """What the lead snapshots ``recent`` (times in the last horizon before ``cutoff``, after the calibration
+    window; their labels are not known yet) say about the conversion rate at ``cutoff``: the conversions
+    of them decided by ``cutoff``, against the share of a decided window's conversions (those of the
+    snapshots ``calibrated``) that come this soon after the snapshot (:class:`models.candidates.RecentOutcomes`).
+    Only conversions before ``cutoff`` are read."""
+    h = pd.Timedelta(days=horizon_days)
+    conv = export.leads.drop_duplicates("lead_id", keep="last").set_index("lead_id")["converted_at"]
+    conv = conv.where(conv < cutoff)
+    pos = calibrated[calibrated["label"] == 1]
+    delays = (conv.reindex(pos["lead_id"]).to_numpy() - pos["as_of"].to_numpy()) / pd.Timedelta(days=1)
+    delays = np.asarray(delays, dtype=float)
+    at = recent["as_of"]
+    follow_up = ((cutoff - at).clip(upper=h) / pd.Timedelta(days=1)).to_numpy(dtype=float)
+    converted = conv.reindex(recent["lead_id"]).set_axis(recent.index)
+    decided = ((converted >= at) & (converted < (at + h).clip(upper=cutoff))).to_numpy(dtype=bool)
+    return recent_outcomes(recent[cols], follow_up, decided, delays[np.isfinite(delays)], recent["lead_id"])
+
+
+def _recent_rows(snaps: pd.DataFrame, split: Split) -> pd.DataFrame:
+    """The snapshots after ``split``'s calibration window up to its cutoff (labels not yet known there)."""
+    return snaps[(snaps["as_of"] > split.calibrate[-1]) & (snaps["as_of"] <= split.cutoff)]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _decide_recent(export: Export, snaps: pd.DataFrame, spec: LeadFeatureSpec, cfg: TrainConfig, split: Split,
+                   val: Split | None, choice: Choice | None) -> tuple[bool, str]:
+    """Whether models are moved to the recent rate (:func:`recent_leads`) and why. With a validation window:
+    when that lowers the validation log loss of the candidate chosen there (moved to the rate of the leads
+    in the horizon before the validation window). Without one: when the recent rate differs sharply from
+    the calibration window's (:func:`models.candidates.base_rate_shift`, over distinct leads)."""
+    cols, h = spec.feature_names, cfg.horizon_days
+    if not cfg.choose:
+        return False, "off (choice off)"
+    if val is not None and choice is not None and choice.model is not None:
+        recent = recent_leads(export, _recent_rows(snaps, val), _rows(snaps, val.calibrate), val.cutoff, h, cols)
+        if recent is None:
+            return False, "off: too few conversions decided in the horizon before the validation window"
+        ev = _rows(snaps, val.evaluate)
+        y, p = ev["label"].to_numpy(), choice.model.predict_proba(ev[cols])
+        b = recent_rate_shift(choice.model, recent)
+        before = classification_metrics(y, p)["log_loss"]
+        after = classification_metrics(y, 1 / (1 + np.exp(-(_logit(p) + b))))["log_loss"]
+        on = after < before - TIE
+        return on, (f"{'on' if on else 'off'}: validation log loss {before:.4f} as calibrated, {after:.4f} moved "
+                    f"{b:+.3f} log-odds to the recent rate")
+    recent = recent_leads(export, _recent_rows(snaps, split), _rows(snaps, split.calibrate), split.cutoff, h, cols)
+    if recent is None:
+        return False, "off: no validation window, and too few conversions decided in the last horizon"
+    cal = _rows(snaps, split.calibrate)
+    n, n_recent = cal["lead_id"].nunique(), recent.effective_n
+    sharp = base_rate_shift(cal.loc[cal["label"] == 1, "lead_id"].nunique(), n,
+                            min(n_recent, round(recent.rate * n_recent)), n_recent)
+    if sharp is None:
+        return False, f"off: no validation window, and the recent rate {recent.rate:.1%} is close to calibration's"
+    return True, f"on: no validation window, and {sharp.replace('in training', 'in calibration')} recently"
+
+
+def _move_to_recent(models: dict[str, Any], recent: RecentOutcomes | None) -> dict[str, float]:
+    """Each model's calibrated intercept moved to the recent rate (the blend last: it reads its members)."""
+    if recent is None:
+        return {}
+    shifts = {}
+    for name in sorted(models, key=lambda n: n == "blend"):
+        shifts[name] = recent_rate_shift(models[name], recent)
+        models[name].calib_intercept_ += shifts[name]
+    return shifts
 
 
 def build_lead_model(
@@ -219,22 +311,38 @@ def build_lead_model(
     return build_task(LEAD_QUALITY, export, cutoff, cfg, progress=progress, outcomes=outcomes)  # type: ignore[return-value]
 
 
+def _final_recent(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp], spec: LeadFeatureSpec,
+                  cfg: TrainConfig, cutoff: pd.Timestamp, final_plan: Split) -> RecentOutcomes | None:
+    """:func:`recent_leads` for the final model: the leads open at the snapshot times of the last horizon
+    before ``cutoff`` (after the labelled ones, same step), against its calibration window."""
+    step = pd.Timedelta(days=cfg.snapshot_every_days)
+    later = [times[-1] + k * step for k in range(1, cfg.horizon_days // cfg.snapshot_every_days + 2)]
+    later = [t for t in later if t <= cutoff]
+    if not later:
+        return None
+    try:
+        recent = lead_snapshots(export, later, spec)
+    except ValueError:  # no lead open at those times
+        return None
+    return recent_leads(export, recent, _rows(snaps, final_plan.calibrate), cutoff, cfg.horizon_days,
+                        spec.feature_names)
+
+
 def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp], spec: LeadFeatureSpec,
                   cfg: TrainConfig, cutoff: pd.Timestamp, split: Split, fold_models: LeadModels,
-                  shift: str | None) -> tuple[LeadScorer, dict[str, object]]:
+                  ) -> tuple[LeadScorer, dict[str, object]]:
     """The registered model: the chosen candidate refitted on the fold's final split (its calibration window
-    as long as the evaluation split's), with the context of ``cutoff``; its intercept moved to the latest
-    decided window's rate when ``shift`` says the base rate moved."""
+    as long as the evaluation split's), with the context of ``cutoff``; its intercept moved to the recent
+    rate (:func:`recent_leads` of the last horizon before ``cutoff``) when the fold's models were."""
     cols = spec.feature_names
     final_plan = cfg.fold.final(times, calibrate=split.calibrate_days or None)
     choice = fold_models.choice
     models = _fit_models(snaps, final_plan, spec, cfg, choice, only_chosen=True, fallback=fold_models.fallback)
     final = models[fold_models.name]
-    chosen: dict[str, object] = {}
-    if shift:  # the latest decided window: the last two snapshot steps (or 14 days) of the calibration window
-        recent = pd.Timedelta(days=max(MIN_WINDOW_DAYS, 2 * cfg.snapshot_every_days))
-        latest = _rows(snaps, [t for t in final_plan.calibrate if t > final_plan.calibrate[-1] - recent])
-        chosen["base_rate_shift"] = round(shift_to_rate(final, latest[cols], latest["label"].to_numpy()), 4)
+    chosen: dict[str, object] = {"recent_rate": fold_models.recent_why}
+    recent = _final_recent(export, snaps, times, spec, cfg, cutoff, final_plan) if fold_models.recent else None
+    if recent is not None:
+        chosen["recent_rate_shift"] = round(_move_to_recent({"final": final}, recent)["final"], 4)
     every = _rows(snaps, final_plan.fit + final_plan.calibrate)
     # drift reference: the final model's latest training rows (its calibration window) and their scores
     recent = _rows(snaps, final_plan.calibrate)[cols]
@@ -361,15 +469,20 @@ class LeadQuality:
 
     def fit(self, export: Export, snapshots: Snapshots, split: Split, config: TrainConfig) -> LeadModels:
         """The candidates chosen on the validation window, every one fitted on the split's fit window."""
-        _check_positives(snapshots.frame, split)
-        choice, validation = _choose(snapshots.frame, split, snapshots.spec, config)
-        models = _fit_models(snapshots.frame, split, snapshots.spec, config, choice)
-        roles = {r.name: r.role for r in _rungs(snapshots.spec, config)} | {"blend": "model"}
+        snaps, spec = snapshots.frame, snapshots.spec
+        _check_positives(snaps, split)
+        choice, validation, val = _choose(snaps, split, spec, config)
+        models = _fit_models(snaps, split, spec, config, choice)
+        roles = {r.name: r.role for r in _rungs(spec, config)} | {"blend": "model"}
         fallback = "lgbm"
         if config.choose and choice is None:
-            fallback = _fallback(models, _rows(snapshots.frame, split.calibrate), snapshots.spec.feature_names, roles)
+            fallback = _fallback(models, _rows(snaps, split.calibrate), spec.feature_names, roles)
             validation = f"{validation}: the better baseline on the calibration window, {fallback}"
-        return LeadModels(models, choice, roles, validation, fallback)
+        on, why = _decide_recent(export, snaps, spec, config, split, val, choice)
+        shifts = _move_to_recent(models, recent_leads(export, _recent_rows(snaps, split), _rows(snaps, split.calibrate),
+                                                      split.cutoff, config.horizon_days, spec.feature_names)
+                                 if on else None)
+        return LeadModels(models, choice, roles, validation, fallback, on, why, shifts)
 
     def evaluate(self, model: LeadModels, snapshots: Snapshots, split: Split, config: TrainConfig) -> Evaluation:
         """Every candidate on the evaluation window; the chosen one against the better baseline."""
@@ -397,7 +510,7 @@ class LeadQuality:
         shift = base_rate_shift(round(train_rows["label"].mean() * n_train), n_train, round(ev["label"].mean() * n_ev),
                                 n_ev)
         scorer, chosen = _final_scorer(export, snaps, snapshots.times, snapshots.spec, config, snapshots.cutoff, split,
-                                       fold_models, shift)
+                                       fold_models)
         labels = snapshots.outcome_labels
         scorer.metadata["outcome_labels"] = labels.__dict__ if labels else None
         result = LeadTrainResult(scorer=scorer, metrics=evaluation.metrics, baseline_metrics=evaluation.baseline,
@@ -410,9 +523,12 @@ class LeadQuality:
                     if config.choose else "no window (choice off)"}
         result.chosen = {**(choice.params() if choice else unchosen), "baseline_name": best_baseline,
                          "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
-        if shift:
-            result.warnings.append(f"base-rate shift: {shift}; the registered model's intercept was moved by "
-                                   f"{chosen['base_rate_shift']:+.3f} log-odds to the latest decided window's rate")
+        if shift or "recent_rate_shift" in chosen:
+            moved = (f"the models' intercepts were moved to the recent rate (the registered one's by "
+                     f"{chosen['recent_rate_shift']:+.3f} log-odds), estimated from the conversions decided so far "
+                     "of the leads open in the last horizon" if "recent_rate_shift" in chosen else
+                     f"not corrected for ({fold_models.recent_why})")
+            result.warnings.append(f"base-rate shift: {shift or 'the recent rate differs from calibration'}; {moved}")
         if split.evaluate_days < config.eval_days:
             result.warnings.append(f"short history: evaluation window {split.evaluate_days}d and calibration window "
                                    f"{split.calibrate_days}d (asked {config.eval_days}d and {config.calib_days}d); "

@@ -113,3 +113,53 @@ def test_a_sharp_base_rate_shift_is_named_and_a_small_one_is_not(fitted):
     recent = _frame(1000, 9, shift=1.0)
     shift_to_rate(model, recent[COLS], recent["label"].to_numpy())
     assert model.predict_proba(recent[COLS]).mean() == pytest.approx(recent["label"].mean(), abs=1e-6)
+
+
+class _Logit:
+    """A model whose calibrated log-odds are ``x`` (the contract's calibration fields over a raw score)."""
+
+    calib_slope_, calib_intercept_ = 1.0, 0.0
+
+    def raw_score(self, X: pd.DataFrame) -> np.ndarray:
+        return X["x"].to_numpy(dtype=float)
+
+
+def _recent(seed: int, truth: float, n: int = 4000, mean_delay: float = 20.0, horizon: float = 60.0):
+    """Rows whose outcome has log-odds ``x + truth``, each followed up for 0..horizon days, a positive
+    decided once its (exponential) delay has passed; the delays of a fully decided window beside them."""
+    from models.candidates import recent_outcomes
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(-0.5, 1.0, n)
+    y = rng.random(n) < 1 / (1 + np.exp(-(x + truth)))
+    delay = np.minimum(rng.exponential(mean_delay, n), horizon - 1e-6)
+    follow_up = rng.uniform(0, horizon, n)
+    decided_delays = np.minimum(rng.exponential(mean_delay, 3000), horizon - 1e-6)
+    return recent_outcomes(pd.DataFrame({"x": x}), follow_up, y & (delay <= follow_up), decided_delays,
+                           pd.Series(np.arange(n)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("truth", [-1.0, 0.0, 0.8])
+def test_the_recent_rate_shift_recovers_a_prior_shift_from_partly_decided_outcomes(seed, truth):
+    """A model calibrated before the rate moved by ``truth`` log-odds is moved by about that much, from
+    outcomes of which only part are decided yet (each row followed up for part of its horizon)."""
+    from models.candidates import recent_rate_shift
+
+    recent = _recent(seed, truth)
+    assert recent is not None and recent.share.min() >= 0.2
+    # naive: decided over all rows understates the rate; the exposure-weighted rate does not
+    assert recent.decided.mean() < recent.rate
+    assert recent_rate_shift(_Logit(), recent) == pytest.approx(truth, abs=0.15)
+
+
+def test_the_decided_share_is_the_delays_distribution_and_too_little_is_refused():
+    from models.candidates import decided_share, recent_outcomes
+
+    np.testing.assert_allclose(decided_share([1, 2, 3, 4], [0, 1, 2.5, 10]), [0, 0.25, 0.5, 1])
+    X = pd.DataFrame({"x": np.zeros(50)})
+    # 9 decided positives: too few to say what the rate is
+    assert recent_outcomes(X, np.full(50, 30.0), np.arange(50) < 9, np.ones(20), pd.Series(range(50))) is None
+    assert recent_outcomes(X, np.full(50, 30.0), np.arange(50) < 10, np.ones(5), pd.Series(range(50))) is None
+    kept = recent_outcomes(X, np.full(50, 30.0), np.arange(50) < 10, np.ones(20), pd.Series(range(50)))
+    assert kept is not None and kept.rate == pytest.approx(0.2) and kept.effective_n == 50

@@ -192,8 +192,9 @@ def test_high_value_registers_challengers_and_promotes_on_the_latest_customers(a
     first = register_accounts(result, client, cfg=cfg, **kw)
     assert sorted(first.aliases) == ["challenger", "champion"]
     champ_version = first.version
-    weak_cfg = AccountConfig(**{**cfg.__dict__, "params": {"num_leaves": 2, "min_child_samples": 100,
-                                                           "learning_rate": 0.3}})
+    # choice off: the degenerate LightGBM itself (with the ladder on, a refit would choose another candidate)
+    weak_cfg = AccountConfig(**{**cfg.__dict__, "choose": False,
+                                "params": {"num_leaves": 2, "min_child_samples": 100, "learning_rate": 0.3}})
     # the same customers and split as the champion's final fit, another recipe (cheaper than a full rebuild)
     fit, cal, ev = _split(result.snapshots)
     weak_clf = fit_high_value_classifier(pd.concat([fit, cal]), result.scorer.spec, weak_cfg, cal=ev)

@@ -231,3 +231,36 @@ def test_the_reliability_of_an_evaluation_counts_entities_and_warns_on_small_dat
     small = reliability({"roc_auc": 0.8, "n": 89.0, "positive_rate": 17 / 89}, "customers")
     assert small.positives == 17 and small.se > SMALL_SE and small.small
     assert "small data" in small.warning() and f"{2 * small.se:.2f}" in small.warning()
+
+
+def test_the_recent_rate_counts_conversions_decided_by_the_cutoff_like_a_naive_loop(trained, sample_export):
+    """The leads of the last horizon before a fold's cutoff: a snapshot counts as decided when its lead
+    converted within its horizon and before the cutoff (a per-row loop says the same), and nothing after
+    the cutoff changes the estimate (issue 15: calibration under a drifting base rate)."""
+    from training.train import recent_leads
+
+    snaps, plan, spec = trained.snapshots, trained.plan, trained.scorer.spec
+    cutoff, h = plan.cutoff, pd.Timedelta(days=spec.horizon_days)
+    recent = snaps[(snaps["as_of"] > plan.calibrate[-1]) & (snaps["as_of"] <= cutoff)]
+    cal = snaps[snaps["as_of"].isin(plan.calibrate)]
+    assert len(recent) and recent["as_of"].max() + h > cutoff  # their labels are not all known at the cutoff
+    got = recent_leads(sample_export, recent, cal, cutoff, spec.horizon_days, spec.feature_names)
+    assert got is not None
+    conv = sample_export.leads.set_index("lead_id")["converted_at"]
+    naive, share = [], []
+    delays = sorted((conv[lead] - t) / pd.Timedelta(days=1) for lead, t in zip(cal.loc[cal["label"] == 1, "lead_id"],
+                                                                               cal.loc[cal["label"] == 1, "as_of"]))
+    for lead, t in zip(recent["lead_id"], recent["as_of"]):
+        c, follow = conv[lead], min(h, cutoff - t) / pd.Timedelta(days=1)
+        s = sum(d <= follow for d in delays) / len(delays)
+        if s >= 0.2:
+            share.append(s)
+            naive.append(bool(pd.notna(c) and t <= c < min(t + h, cutoff)))
+    np.testing.assert_allclose(got.share, share)
+    assert got.decided.tolist() == naive and 0 < got.rate < 1
+    later = recent_leads(_scramble_after(sample_export, cutoff), recent, cal, cutoff, spec.horizon_days,
+                         spec.feature_names)
+    np.testing.assert_array_equal(later.decided, got.decided)
+    np.testing.assert_allclose(later.share, got.share)
+    # what training decided about it is logged with the model
+    assert trained.chosen["recent_rate"].split(":")[0] in ("on", "off")

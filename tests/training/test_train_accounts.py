@@ -100,3 +100,53 @@ def test_too_few_customers_before_the_evaluation_window_leave_the_logistic_regre
     choice, why = _choose(early, result.scorer.spec, cfg)
     assert choice is None and "no validation window" in why and "60 customers" in why
     assert AccountModels({}, None, {}, None, why).name == "logistic"  # type: ignore[arg-type]
+
+
+def test_promotion_refits_the_candidate_the_ladder_chooses_before_the_window(account_sample):
+    """A refit for promotion (issue 15) makes P(high value) the way training does: the ladder's winner on the
+    customers before the window, whichever it is (it refitted LightGBM only); with choice off, LightGBM."""
+    from dataclasses import replace
+
+    from models.candidates import BlendClassifier, LogisticClassifier, NaiveBayesClassifier
+    from models.estimators import CalibratedBoostedClassifier
+    from training.accounts import AccountComparison, _choose
+
+    _, export, _, result = account_sample
+    comparison = AccountComparison()
+    recipe = comparison.recipe(result.scorer)
+    assert recipe.choose
+    window = comparison.window(export, recipe, "91d")
+    spec, snaps, _, _ = window.data
+    before = snaps[snaps["as_of"] < window.start].sort_values("as_of", kind="stable")
+    choice, _ = _choose(before, spec, recipe)
+    kinds = {"naive_bayes": NaiveBayesClassifier, "logistic": LogisticClassifier, "blend": BlendClassifier,
+             "lgbm": CalibratedBoostedClassifier, "lgbm_conservative": CalibratedBoostedClassifier}
+    model = comparison.refit(export, recipe, window)
+    assert type(model) is kinds[choice.name if choice else "logistic"]
+    if choice is not None and choice.name == "lgbm_conservative":  # the conservative rung's own settings
+        assert model.params["num_leaves"] == 3
+    m = comparison.evaluate(export, model, window)
+    assert m["n"] >= 20 and 0.5 < m["roc_auc"] <= 1
+    off = comparison.refit(export, replace(recipe, choose=False), window)
+    assert type(off) is CalibratedBoostedClassifier and off.params.get("num_leaves") != 3
+
+
+def test_a_refit_takes_whichever_rung_validation_chose(account_sample, monkeypatch):
+    """Whatever the validation customers choose (forced here to each baseline in turn) is what is refitted."""
+    from dataclasses import replace
+
+    import training.accounts as accounts
+    from models.candidates import LogisticClassifier, NaiveBayesClassifier
+
+    _, export, _, result = account_sample
+    comparison = accounts.AccountComparison()
+    recipe = comparison.recipe(result.scorer)
+    window = comparison.window(export, recipe, "91d")
+    real = accounts.choose_on_validation
+    for name, kind in (("naive_bayes", NaiveBayesClassifier), ("logistic", LogisticClassifier)):
+        def forced(*args, _name=name, **kw):
+            choice = real(*args, **kw)
+            return replace(choice, name=_name, members=(_name,))
+
+        monkeypatch.setattr(accounts, "choose_on_validation", forced)
+        assert type(comparison.refit(export, recipe, window)) is kind
