@@ -51,7 +51,7 @@ from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_deal_outcomes
-from training.promote import Check, Window, config_from, window_label
+from training.promote import Check, Reliability, Window, config_from, reliability, window_label
 from training.provenance import export_fingerprint
 from training.tune import CrossValidation, FoldScore, with_params
 
@@ -1014,6 +1014,9 @@ class StageConversion:
         result.chosen = {"candidate": candidate_name(meta["timing_layout"] or DEFAULT_CANDIDATE[0], meta["timing_lgbm"]),
                          "history_days": meta.get("history_days") or "all",
                          "half_life_days": meta.get("half_life_days") or "none"}
+        note = win_reliability(evaluation.frame)
+        if note.small:
+            result.warnings.append(note.warning())
         if "base_rate_shift" in meta:  # the evaluation window's shift, or the latest decided window's at the fit
             result.chosen["base_rate_shift"] = meta["base_rate_shift"]
             result.warnings.append(f"base-rate shift of won within {config.horizon_days} d: "
@@ -1071,7 +1074,7 @@ class StageConversion:
             out += (f"\ncandidates (chosen on the validation window {result.windows.get('validate', 'none')} by the mean "
                     "log loss of P(won within the horizon) and P(won); then all on the evaluation window)\n"
                     + result.candidates[shown].round(4).to_string())
-        return out
+        return f"{out}\nwon (decided deals): {win_reliability(result.evaluation).describe()}"
 
     def score(self, scorer: DealScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(scored_deals_table(export, scorer, as_of), "deals")
@@ -1081,6 +1084,16 @@ class StageConversion:
         X, _ = scorer.features(population, export.stage_history, export.activities, export.leads, export.accounts,
                                as_of)
         return X, scorer.predict(X)["p_win"].to_numpy()
+
+
+def win_reliability(ev: pd.DataFrame) -> Reliability:
+    """How reliable the evaluation window's P(won) AUC (decided deals: the floor's metric) is, with the
+    distinct deals as the sample (a deal is in many snapshots) and the deals won as the positives."""
+    decided = ev[ev["won"].notna()]
+    y = decided["won"].to_numpy(dtype=int)
+    auc = classification_metrics(y, decided["p_win"].to_numpy())["roc_auc"] if len(decided) else float("nan")
+    return reliability({"roc_auc": auc}, "distinct decided deals", n=decided["opportunity_id"].nunique(),
+                       positives=decided.loc[y == 1, "opportunity_id"].nunique())
 
 
 def scored_deals_table(export: Export, scorer: DealScorer, as_of: pd.Timestamp, n_reasons: int = 5) -> pd.DataFrame:
