@@ -141,6 +141,12 @@ class DealTrainConfig:
     #: The registered model is moved either way when the evaluation window's rate differs sharply
     #: from training's, and ``train`` warns.
     correct_base_rate: bool = False
+    #: The per-fit choices (timing candidates, history and weighting, the baselines' settings) are made
+    #: on at most this many deals, a seeded random subset of the snapshots' deals with all their rows
+    #: (``None``: every deal); the chosen models are then fitted on every row. Above the default sample's
+    #: 12.5k deals, so the choices made there are unchanged; on larger CRMs a choice costs what it costs
+    #: there instead of growing with the data (LightGBM's early stopping runs more rounds on more rows).
+    choice_max_deals: int | None = 15_000
 
     @property
     def fold(self) -> TimeFold:
@@ -370,6 +376,17 @@ def _criterion(m: dict[str, float]) -> float:
     return float(np.mean([m.get("win_h_log_loss", np.nan), m.get("win_log_loss", np.nan)]))
 
 
+def choice_sample(snaps: pd.DataFrame, cfg: DealTrainConfig) -> pd.DataFrame:
+    """The snapshots of at most ``cfg.choice_max_deals`` deals (a random subset seeded by ``cfg.seed``,
+    every row of each kept deal, in their order) that the per-fit choices are made on; all of them when
+    there are no more."""
+    ids = snaps["opportunity_id"].unique()
+    if cfg.choice_max_deals is None or len(ids) <= cfg.choice_max_deals:
+        return snaps
+    keep = np.random.default_rng(cfg.seed).choice(np.sort(ids), cfg.choice_max_deals, replace=False)
+    return snaps[snaps["opportunity_id"].isin(keep)]
+
+
 def validation_lengths(cfg: DealTrainConfig) -> list[int]:
     """The validation window lengths tried, in days: ``validation_days`` (default ``eval_days``), then a
     snapshot step shorter each, down to two snapshot steps (at least 14 days)."""
@@ -422,6 +439,7 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     window holds enough outcomes, or no candidate can be fitted before it, ``DEFAULT_CANDIDATE`` (said in
     ``note``). Returns the chosen config and the choice (window, candidates' figures, chosen)."""
     cands = timing_candidates(cfg)
+    snaps = choice_sample(snaps, cfg)
     val = _validation_rows(snaps, cutoff, cfg) if len(cands) > 1 or cfg.choose_history else None
     window, hazard = (val["window"], val["hazard"]) if val else ([], None)
     table: dict[str, dict[str, float]] = {name: {} for name in cands}
@@ -657,12 +675,13 @@ def win_baselines(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     decided before ``cutoff``. Returns the fitted baseline and its validation figures; a baseline
     that cannot be fitted (one outcome class) is left out."""
     cols, cats = spec.feature_names, spec.categorical_features
+    known = _decided_before(snaps, cutoff)
+    snaps = choice_sample(snaps, cfg)  # the setting is chosen on at most cfg.choice_max_deals deals
     window = validation_window(snaps, cutoff, cfg)
     rows = snaps[snaps["as_of"].isin(window)]
     outcomes = win_outcomes(rows, cutoff, cfg.horizon_days)
     decided = outcomes["won"].notna().to_numpy()
     before = _decided_before(snaps, window[0]) if window else snaps.iloc[:0]
-    known = _decided_before(snaps, cutoff)
     out = {}
     for name, (kind, setting, grid) in WIN_BASELINES.items():
         if known["won"].nunique() < 2:

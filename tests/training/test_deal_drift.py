@@ -171,3 +171,19 @@ def test_candidates_within_a_tie_are_told_apart_by_their_validation_auc():
     table["b"]["validation_log_loss"] = 0.6200
     assert _best(table) == "b"
     assert _best({"d": {"error": "too few"}}) is None
+
+
+def test_choices_are_made_on_a_seeded_subset_of_whole_deals(deal_snapshot_frame, cfg):
+    from training.deals import choice_sample
+
+    _, snaps = deal_snapshot_frame
+    n = snaps["opportunity_id"].nunique()
+    assert choice_sample(snaps, cfg) is snaps  # the default cap is above the sample's deals: every row
+    small = replace(cfg, choice_max_deals=n // 3)
+    sub = choice_sample(snaps, small)
+    assert sub["opportunity_id"].nunique() == n // 3
+    kept = snaps[snaps["opportunity_id"].isin(sub["opportunity_id"].unique())]
+    pd.testing.assert_frame_equal(sub, kept)  # every row of each kept deal, in order
+    assert sub.equals(choice_sample(snaps, small))  # seeded
+    assert not sub["opportunity_id"].unique().tolist() == choice_sample(snaps, replace(small, seed=4))[
+        "opportunity_id"].unique().tolist()
