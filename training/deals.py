@@ -52,7 +52,7 @@ from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
 from training.outcomes import apply_deal_outcomes
-from training.promote import Check, Window, config_from, window_label
+from training.promote import Check, Reliability, Window, config_from, reliability, window_label
 from training.provenance import export_fingerprint
 from training.tune import CrossValidation, FoldScore, with_params
 
@@ -142,6 +142,12 @@ class DealTrainConfig:
     #: The registered model is moved either way when the evaluation window's rate differs sharply
     #: from training's, and ``train`` warns.
     correct_base_rate: bool = False
+    #: The per-fit choices (timing candidates, history and weighting, the baselines' settings) are made
+    #: on at most this many deals, a seeded random subset of the snapshots' deals with all their rows
+    #: (``None``: every deal); the chosen models are then fitted on every row. Above the default sample's
+    #: 12.5k deals, so the choices made there are unchanged; on larger CRMs a choice costs what it costs
+    #: there instead of growing with the data (LightGBM's early stopping runs more rounds on more rows).
+    choice_max_deals: int | None = 15_000
 
     @property
     def fold(self) -> TimeFold:
@@ -371,52 +377,95 @@ def _criterion(m: dict[str, float]) -> float:
     return float(np.mean([m.get("win_h_log_loss", np.nan), m.get("win_log_loss", np.nan)]))
 
 
+def choice_sample(snaps: pd.DataFrame, cfg: DealTrainConfig) -> pd.DataFrame:
+    """The snapshots of at most ``cfg.choice_max_deals`` deals (a random subset seeded by ``cfg.seed``,
+    every row of each kept deal, in their order) that the per-fit choices are made on; all of them when
+    there are no more."""
+    ids = snaps["opportunity_id"].unique()
+    if cfg.choice_max_deals is None or len(ids) <= cfg.choice_max_deals:
+        return snaps
+    keep = np.random.default_rng(cfg.seed).choice(np.sort(ids), cfg.choice_max_deals, replace=False)
+    return snaps[snaps["opportunity_id"].isin(keep)]
+
+
+def validation_lengths(cfg: DealTrainConfig) -> list[int]:
+    """The validation window lengths tried, in days: ``validation_days`` (default ``eval_days``), then a
+    snapshot step shorter each, down to two snapshot steps (at least 14 days)."""
+    first = cfg.validation_days or cfg.eval_days
+    step = max(cfg.snapshot_every_days, 1)
+    last = min(first, max(2 * step, 14))
+    return list(range(first, last - 1, -step)) or [first]
+
+
+def _validation_rows(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: DealTrainConfig) -> dict[str, Any]:
+    """The validation window the timing candidates are chosen on at ``cutoff``, its rows and outcomes, and the
+    hazard rows (fit, calibration) censored where it starts (``None`` when it holds too few outcomes).
+
+    The longest of :func:`validation_lengths` whose window holds ``MIN_POSITIVES`` of each outcome and
+    leaves, before it, fit and calibration rows with ``MIN_POSITIVES`` wins and losses each (a young export
+    whose first closes are recent: on Maven CRM at 2017-07-01, the first deals closed on 2017-03-01 and a
+    42-day window left no close to fit on before it). ``note`` says why no window could be used."""
+    note = None
+    for days in validation_lengths(cfg):
+        window = validation_window(snaps, cutoff, replace(cfg, validation_days=days))
+        rows = snaps[snaps["as_of"].isin(window)]
+        outcomes = win_outcomes(rows, cutoff, cfg.horizon_days)
+        if not (window and _enough(outcomes.dropna(), "won") and _enough(outcomes, "won_within_horizon")):
+            note = note or f"validation window {window_label(window) if window else 'empty'}: too few outcomes to choose on"
+            continue
+        hazard = fit_and_calibration_rows(snaps, window[0], cfg)["hazard"]
+        if all(_enough(part, y) for part in hazard for y in ("won_label", "lost_label")):
+            return {"window": window, "rows": rows, "outcomes": outcomes, "hazard": hazard, "note": None}
+        note = note or "no candidate could be fitted before the validation window"
+    return {"window": window, "rows": rows, "outcomes": outcomes, "hazard": None, "note": note}
+
+
+def _best(table: dict[str, dict[str, float]]) -> str | None:
+    """The candidate of lowest :func:`_criterion`; candidates within ``TIE`` of it are a tie, broken by the
+    validation ROC AUC of P(won within the horizon) (as ``models.candidates`` breaks its ties)."""
+    scored = {n: t for n, t in table.items() if np.isfinite(t.get("validation_log_loss", np.nan))}
+    if not scored:
+        return None
+    low = min(t["validation_log_loss"] for t in scored.values())
+    tied = [n for n, t in scored.items() if t["validation_log_loss"] <= low + TIE]
+    return max(tied, key=lambda n: np.nan_to_num(scored[n].get("validation_roc_auc", np.nan)))
+
+
 def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timestamp, cfg: DealTrainConfig,
                   ) -> tuple[DealTrainConfig, dict[str, Any]]:
     """The timing candidate (layout x LightGBM rung) to fit at ``cutoff``, chosen on the validation
-    window (:func:`validation_window`): each candidate fitted once, its labels censored where the
+    window (:func:`_validation_rows`): each candidate fitted once, its labels censored where the
     window starts (the rows built once for all), and judged by :func:`_criterion` on what the
-    window's deals did by ``cutoff``. Nothing at or after ``cutoff`` is read. When the window holds
-    too few outcomes, or no candidate can be fitted before it, ``DEFAULT_CANDIDATE`` (said in
+    window's deals did by ``cutoff`` (:func:`_best`). Nothing at or after ``cutoff`` is read. When no
+    window holds enough outcomes, or no candidate can be fitted before it, ``DEFAULT_CANDIDATE`` (said in
     ``note``). Returns the chosen config and the choice (window, candidates' figures, chosen)."""
     cands = timing_candidates(cfg)
-    window = validation_window(snaps, cutoff, cfg)
-    rows = snaps[snaps["as_of"].isin(window)]
-    outcomes = win_outcomes(rows, cutoff, cfg.horizon_days)
+    snaps = choice_sample(snaps, cfg)
+    val = _validation_rows(snaps, cutoff, cfg) if len(cands) > 1 or cfg.choose_history else None
+    window, hazard = (val["window"], val["hazard"]) if val else ([], None)
     table: dict[str, dict[str, float]] = {name: {} for name in cands}
-    note = None
-    if len(cands) > 1 and window and _enough(outcomes.dropna(), "won") and \
-            _enough(outcomes, "won_within_horizon"):
-        hazard = fit_and_calibration_rows(snaps, window[0], cfg)["hazard"]
+    scored: dict[str, float] = {}
+    if hazard is not None:
         for name, c in cands.items():
             try:
-                m = _timing_scores(spec, c, hazard, rows, outcomes)
+                m = _timing_scores(spec, c, hazard, val["rows"], val["outcomes"])
             except (ValueError, FunnelcastError) as exc:  # a candidate that cannot be fitted before the window
                 table[name] = {"error": str(exc)[:200]}
                 continue
             table[name] = {"validation_log_loss": _criterion(m), "validation_roc_auc": m["win_h_roc_auc"],
                            "validation_win_h_log_loss": m["win_h_log_loss"],
                            "validation_win_log_loss": m["win_log_loss"], "validation_win_roc_auc": m["win_roc_auc"]}
-    elif len(cands) > 1:
-        note = f"validation window {window_label(window) if window else 'empty'}: too few outcomes to choose on"
-    scored = {n: t["validation_log_loss"] for n, t in table.items() if np.isfinite(t.get("validation_log_loss", np.nan))}
+            scored[name] = table[name]["validation_log_loss"]
+    note = (val["note"] if val and hazard is None else
+            "no candidate could be fitted before the validation window" if hazard is not None and not scored else None)
     default = candidate_name(*DEFAULT_CANDIDATE)
-    chosen = min(scored, key=scored.get) if scored else (default if default in cands else next(iter(cands)))
-    if len(cands) > 1 and not scored and note is None:
-        note = "no candidate could be fitted before the validation window"
+    chosen = _best(table) or (default if default in cands else next(iter(cands)))
     fixed, history = cands[chosen], []
     if cfg.choose_history and chosen in scored:
-        fixed, history = choose_history(spec, fixed, hazard, rows, outcomes, scored[chosen])
-    elif cfg.choose_history and len(cands) == 1 and window and _enough(outcomes.dropna(), "won") and \
-            _enough(outcomes, "won_within_horizon"):  # one candidate (layout and rung set): its history only
-        hazard = fit_and_calibration_rows(snaps, window[0], cfg)["hazard"]
-        try:
-            base = _criterion(_timing_scores(spec, fixed, hazard, rows, outcomes))
-            fixed, history = choose_history(spec, fixed, hazard, rows, outcomes, base)
-        except (ValueError, FunnelcastError):
-            pass
+        fixed, history = choose_history(spec, fixed, hazard, val["rows"], val["outcomes"], scored[chosen])
     fixed = replace(fixed, choose_history=False)
-    return fixed, {"window": window_label(window) if window else "none", "chosen": chosen, "note": note,
+    return fixed, {"window": window_label(window) if window else "none", "chosen": chosen,
+                   "note": note if len(cands) > 1 else None,
                    "criterion": "mean log loss of P(won within the horizon) and P(won)",
                    "candidates": table, "history": history,
                    "history_days": fixed.history_days, "half_life_days": fixed.half_life_days}
@@ -627,12 +676,13 @@ def win_baselines(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     decided before ``cutoff``. Returns the fitted baseline and its validation figures; a baseline
     that cannot be fitted (one outcome class) is left out."""
     cols, cats = spec.feature_names, spec.categorical_features
+    known = _decided_before(snaps, cutoff)
+    snaps = choice_sample(snaps, cfg)  # the setting is chosen on at most cfg.choice_max_deals deals
     window = validation_window(snaps, cutoff, cfg)
     rows = snaps[snaps["as_of"].isin(window)]
     outcomes = win_outcomes(rows, cutoff, cfg.horizon_days)
     decided = outcomes["won"].notna().to_numpy()
     before = _decided_before(snaps, window[0]) if window else snaps.iloc[:0]
-    known = _decided_before(snaps, cutoff)
     out = {}
     for name, (kind, setting, grid) in WIN_BASELINES.items():
         if known["won"].nunique() < 2:
@@ -1015,6 +1065,9 @@ class StageConversion:
         result.chosen = {"candidate": candidate_name(meta["timing_layout"] or DEFAULT_CANDIDATE[0], meta["timing_lgbm"]),
                          "history_days": meta.get("history_days") or "all",
                          "half_life_days": meta.get("half_life_days") or "none"}
+        note = win_reliability(evaluation.frame)
+        if note.small:
+            result.warnings.append(note.warning())
         if "base_rate_shift" in meta:  # the evaluation window's shift, or the latest decided window's at the fit
             result.chosen["base_rate_shift"] = meta["base_rate_shift"]
             result.warnings.append(f"base-rate shift of won within {config.horizon_days} d: "
@@ -1072,7 +1125,7 @@ class StageConversion:
             out += (f"\ncandidates (chosen on the validation window {result.windows.get('validate', 'none')} by the mean "
                     "log loss of P(won within the horizon) and P(won); then all on the evaluation window)\n"
                     + result.candidates[shown].round(4).to_string())
-        return out
+        return f"{out}\nwon (decided deals): {win_reliability(result.evaluation).describe()}"
 
     def score(self, scorer: DealScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(scored_deals_table(export, scorer, as_of), "deals")
@@ -1082,6 +1135,16 @@ class StageConversion:
         X, _ = scorer.features(population, export.stage_history, export.activities, export.leads, export.accounts,
                                as_of)
         return X, scorer.predict(X)["p_win"].to_numpy()
+
+
+def win_reliability(ev: pd.DataFrame) -> Reliability:
+    """How reliable the evaluation window's P(won) AUC (decided deals: the floor's metric) is, with the
+    distinct deals as the sample (a deal is in many snapshots) and the deals won as the positives."""
+    decided = ev[ev["won"].notna()]
+    y = decided["won"].to_numpy(dtype=int)
+    auc = classification_metrics(y, decided["p_win"].to_numpy())["roc_auc"] if len(decided) else float("nan")
+    return reliability({"roc_auc": auc}, "distinct decided deals", n=decided["opportunity_id"].nunique(),
+                       positives=decided.loc[y == 1, "opportunity_id"].nunique())
 
 
 def scored_deals_table(export: Export, scorer: DealScorer, as_of: pd.Timestamp, n_reasons: int = 5) -> pd.DataFrame:

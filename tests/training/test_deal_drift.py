@@ -132,3 +132,58 @@ def test_a_sharp_shift_in_the_latest_decided_window_moves_the_fit(deal_snapshot_
     rate = win_outcomes(latest_decided(lost, cutoff, c), cutoff, c.horizon_days)["won_within_horizon"].mean()
     p = scorer.predict(latest[spec.feature_names])["p_win_within_horizon"].mean()
     assert p == pytest.approx(rate, abs=3e-3)
+
+
+def test_the_validation_window_shortens_until_the_candidates_can_be_fitted_before_it(deal_snapshot_frame, cfg):
+    """A young export whose first deals closed recently: the longest validation window leaves no close
+    to fit on before it, so it shortens a snapshot step at a time (never below two steps)."""
+    from training.deals import _validation_rows, validation_lengths
+
+    weekly = replace(cfg, snapshot_every_days=7, eval_days=42)
+    assert validation_lengths(weekly) == [42, 35, 28, 21, 14]
+    assert validation_lengths(replace(cfg, snapshot_every_days=28, eval_days=91)) == [91, 63]
+    _, snaps = deal_snapshot_frame
+    cutoff = pd.Timestamp(snaps["as_of"].max())
+    full = _validation_rows(snaps, cutoff, cfg)
+    assert full["hazard"] is not None and len(full["window"]) >= 2
+    # hide every close more than 120 days before the full window: it leaves too few before it, a shorter one enough
+    closes = pd.to_datetime(snaps["closed_at"])
+    young = snaps.copy()
+    young.loc[closes < full["window"][0] - 120 * DAY, ["closed_at", "won", "won_amount"]] = [pd.NaT, np.nan, np.nan]
+    val = _validation_rows(young, cutoff, cfg)
+    assert val["hazard"] is not None and val["note"] is None
+    assert len(val["window"]) < len(full["window"]) and val["window"][-1] == full["window"][-1]
+    for part in val["hazard"]:  # what the candidates are fitted on holds enough wins and losses, before the window
+        assert part["won_label"].sum() >= 10 and part["lost_label"].sum() >= 10
+        assert (part["as_of"] < val["window"][0]).all()
+    # with no close left before the shortest window either, the choice says so and keeps the default
+    young.loc[closes < full["window"][-1], ["closed_at", "won", "won_amount"]] = [pd.NaT, np.nan, np.nan]
+    assert _validation_rows(young, cutoff, cfg)["hazard"] is None
+
+
+def test_candidates_within_a_tie_are_told_apart_by_their_validation_auc():
+    from training.deals import _best
+
+    table = {"a": {"validation_log_loss": 0.62130, "validation_roc_auc": 0.70},
+             "b": {"validation_log_loss": 0.62125, "validation_roc_auc": 0.69},
+             "c": {"validation_log_loss": 0.70, "validation_roc_auc": 0.90}, "d": {"error": "too few"}}
+    assert _best(table) == "a"  # b is lower by less than TIE: a tie, and a ranks better
+    table["b"]["validation_log_loss"] = 0.6200
+    assert _best(table) == "b"
+    assert _best({"d": {"error": "too few"}}) is None
+
+
+def test_choices_are_made_on_a_seeded_subset_of_whole_deals(deal_snapshot_frame, cfg):
+    from training.deals import choice_sample
+
+    _, snaps = deal_snapshot_frame
+    n = snaps["opportunity_id"].nunique()
+    assert choice_sample(snaps, cfg) is snaps  # the default cap is above the sample's deals: every row
+    small = replace(cfg, choice_max_deals=n // 3)
+    sub = choice_sample(snaps, small)
+    assert sub["opportunity_id"].nunique() == n // 3
+    kept = snaps[snaps["opportunity_id"].isin(sub["opportunity_id"].unique())]
+    pd.testing.assert_frame_equal(sub, kept)  # every row of each kept deal, in order
+    assert sub.equals(choice_sample(snaps, small))  # seeded
+    assert not sub["opportunity_id"].unique().tolist() == choice_sample(snaps, replace(small, seed=4))[
+        "opportunity_id"].unique().tolist()

@@ -296,3 +296,18 @@ def test_fitting_on_precomputed_rows_gives_the_same_model(deal_result, deal_cfg,
     b = fit_deal_scorer(sample_export, snaps, spec, cutoff, deal_cfg, surrogate=False)
     X = snaps[spec.feature_names].head(50)
     pd.testing.assert_frame_equal(a.predict(X), b.predict(X))
+
+
+def test_the_summary_says_how_reliable_the_win_auc_is(deal_result):
+    from training.deals import STAGE_CONVERSION, win_reliability
+
+    note = win_reliability(deal_result.evaluation)
+    decided = deal_result.evaluation[deal_result.evaluation["won"].notna()]
+    # distinct deals, not snapshot rows: a deal open at several snapshot times counts once
+    assert note.n == decided["opportunity_id"].nunique() < len(decided)
+    assert note.positives == decided.loc[decided["won"] == 1, "opportunity_id"].nunique()
+    assert 0 < note.se < 0.5
+    text = STAGE_CONVERSION.summary(deal_result)
+    assert f"won (decided deals): ROC AUC {note.auc:.3f} +/- {note.se:.3f}" in text
+    assert ("small data" in text) == note.small
+    assert any("small data" in w for w in deal_result.warnings) == note.small
