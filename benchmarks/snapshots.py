@@ -8,7 +8,8 @@ the child's own ``resource.getrusage`` maximum):
   feature functions over the full tables) and the one-pass build (``one-pass``, what training
   uses) side by side, on the snapshot times the tasks use;
 * ``funnelcast train``'s pandas path without MLflow (``training.pipeline.train``) of
-  ``lead_quality`` and of ``stage_conversion`` (the deal models), snapshots included.
+  ``lead_quality`` and of ``stage_conversion`` (the deal models), snapshots included, with the
+  evaluation window's AUC of the task's floor metric (``eval_auc``: what a speed-up must not lose).
 
 Then prints one row per step and scale (wall and CPU seconds, peak memory, rows built) and
 the ratios, in CPU time (steady on a shared machine, where wall time is not): one-pass
@@ -67,13 +68,17 @@ def _account_snapshot_step(export, naive: bool) -> int:
     return len((_account_snapshots_naive if naive else account_snapshots)(export, export.exported_at, spec)[0])
 
 
-def _train_step(export, task: str) -> int:
+def _train_step(export, task: str) -> tuple[int, float]:
+    """Rows of the training snapshots, and the evaluation window's AUC of the task's floor metric (what
+    a speed-up must not lose)."""
     from models.tasks import Task
     from training.pipeline import train
     from training.tasks import task_definition
 
-    cfg = task_definition(Task(task)).config(horizon_days=None, snapshot_every_days=SNAPSHOT_EVERY_DAYS, seed=0)
-    return len(train(Task(task), export, export.exported_at, cfg).snapshots)
+    definition = task_definition(Task(task))
+    cfg = definition.config(horizon_days=None, snapshot_every_days=SNAPSHOT_EVERY_DAYS, seed=0)
+    result = train(Task(task), export, export.exported_at, cfg)
+    return len(result.snapshots), float(result.metrics[getattr(definition, "floor_metric", "roc_auc")])
 
 
 def _child(step: str, sample: Path) -> None:
@@ -90,12 +95,15 @@ def _child(step: str, sample: Path) -> None:
     elif step.startswith("account snapshots"):
         rows = _account_snapshot_step(export, naive=step.endswith("naive"))
     else:
-        rows = _train_step(export, step.removeprefix("train "))
+        rows, auc = _train_step(export, step.removeprefix("train "))
     seconds = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime - cpu0
     peak_gb = usage.ru_maxrss / 1024**2  # kB on Linux
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak_gb, "rows": rows}))
+    figures = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak_gb, "rows": rows}
+    if step.startswith("train"):
+        figures["eval_auc"] = auc
+    print(json.dumps(figures))
 
 
 def _sample(work: Path, scale: float, seed: int) -> Path:
@@ -139,7 +147,8 @@ def main() -> None:
             print(f"scale {scale:g}: {step}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU), "
                   f"peak {r['peak_gb']:.2f} GB", file=sys.stderr)
     table = pd.DataFrame(rows)
-    print(table.round(2).to_string(index=False))
+    print(table.round(2).assign(**({"eval_auc": table["eval_auc"].round(4)} if "eval_auc" in table else {}))
+          .to_string(index=False))
     _ratios(table)
 
 
