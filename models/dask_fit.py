@@ -104,8 +104,10 @@ def _blocks(client: Any, arrays: list[np.ndarray]) -> list[Any]:
 
 
 def grows_on_cluster(params: dict[str, Any]) -> bool:
-    """Whether a fit with LightGBM ``params`` can grow on the cluster (none of :data:`LOCAL_ONLY` is set)."""
-    return not any(params.get(k) for k in LOCAL_ONLY)
+    """Whether a fit with LightGBM ``params`` can grow on the cluster: a binary objective (the cluster grows a
+    ``DaskLGBMClassifier``; the deal model's regression surrogate for reasons grows locally) and none of
+    :data:`LOCAL_ONLY` set."""
+    return params.get("objective", "binary") == "binary" and not any(params.get(k) for k in LOCAL_ONLY)
 
 
 class _RankedClient:

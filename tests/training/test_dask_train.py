@@ -73,7 +73,7 @@ def test_trees_grown_on_the_cluster_are_the_same_every_fit(two_threads, seed):
     assert trees(other) != trees(fits[0])
 
 
-def test_a_fit_the_data_parallel_learner_cannot_grow_grows_in_this_process(two_threads):
+def test_fits_the_data_parallel_learner_cannot_grow_grow_in_this_process(two_threads):
     """LightGBM's data-parallel learner fails on interaction constraints (std::bad_alloc on the workers:
     the deal timing models use them): under a Dask session such a fit is the local fit, tree for tree."""
     import pandas as pd
@@ -89,6 +89,13 @@ def test_a_fit_the_data_parallel_learner_cannot_grow_grows_in_this_process(two_t
     local = fit()
     with using_client(two_threads):
         on_session = fit()
+    assert on_session.booster_.dump_model()["tree_info"] == local.booster_.dump_model()["tree_info"]
+    # a regression (the deal model's surrogate for reasons): DaskLGBMClassifier would take it for classes
+    params = {"objective": "regression", "num_threads": 1}
+    target = X[:, 0] - X[:, 1]
+    local = CalibratedBoostedClassifier(["e"], params=params, random_state=2, max_rounds=50).fit(frame, target)
+    with using_client(two_threads):
+        on_session = CalibratedBoostedClassifier(["e"], params=params, random_state=2, max_rounds=50).fit(frame, target)
     assert on_session.booster_.dump_model()["tree_info"] == local.booster_.dump_model()["tree_info"]
 
 
