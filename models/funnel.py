@@ -159,12 +159,13 @@ class FunnelReport:
     def summary(self) -> str:
         cur = self.overall.set_index("stage")
         prev = self.previous.set_index("stage")
-        change = (cur["value_lost"] / cur["entered"]) - (prev["value_lost"] / prev["entered"])
+        now = (cur["value_lost"] / cur["entered"]).get(self.most_changed, np.nan)
+        before = (prev["value_lost"] / prev["entered"]).get(self.most_changed, np.nan)
         return (
             f"bottleneck: {self.bottleneck} (expected value lost {cur.loc[self.bottleneck, 'value_lost']:,.0f}, "
             f"conversion {cur.loc[self.bottleneck, 'conversion']:.1%}); "
             f"changed most against the previous period: {self.most_changed} "
-            f"(expected value lost per entry {change.get(self.most_changed, np.nan):+,.0f})"
+            f"(expected value lost per entry {before:,.0f} in the previous period, {now:,.0f} in this one)"
         )
 
 

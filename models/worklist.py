@@ -50,6 +50,9 @@ TRENDS = ("improving", "steady", "declining", "not enough history")
 YEAR = pd.Timedelta(days=365)
 #: Features that state value already booked: never a reason on the list.
 BOOKED = frozenset({"first_deal_amount", "is_customer", "account_won_amount", "account_won_deals"})
+#: Features about who owns the item (``owner_id``, ``owner_win_rate``...): on a rep's own list they say
+#: nothing the rep can act on ("Owner is rep_012"), so the list leaves them out; the API's reasons keep them.
+OWNER_PREFIX = "owner"
 _ACTIVITY_WORDS = ("activit", "email", "call", "meeting", "web_visit", "event", "inbound", "support", "survey",
                    "demo", "webinar", "days_since_")
 _STAGE_WORDS = ("stage", "advances", "regressions", "days_in_")
@@ -62,9 +65,11 @@ NAME_COLUMNS = {"lead": ("name", "lead_name", "full_name", "company"),
 
 
 def reason_kind(feature: str) -> str:
-    """What a reason is about: ``activity``, ``stage``, ``timing``, ``booked`` or ``fit``."""
+    """What a reason is about: ``activity``, ``stage``, ``timing``, ``booked``, ``owner`` or ``fit``."""
     if feature in BOOKED:
         return "booked"
+    if feature.startswith(OWNER_PREFIX):
+        return "owner"
     if any(w in feature for w in _TIMING_WORDS):
         return "timing"
     if any(w in feature for w in _STAGE_WORDS):
@@ -82,10 +87,11 @@ def _family(feature: str) -> str:
 
 def actionable_reasons(reasons: Sequence[dict[str, Any]], n: int = 3, skip: Sequence[str] = ()) -> list[str]:
     """The texts of up to ``n`` reasons, ordered activity, stage, timing, fit (by size of contribution
-    within a kind): booked value left out, reasons under one point left out (they read "less than a
+    within a kind): booked value and who owns the item left out, reasons under one point left out (they read "less than a
     point" and move nothing), one reason per subject (the 30-day and the 90-day count of the same
     touches are one reason), and none whose subject starts with one of ``skip`` (said already)."""
-    kept = [r for r in reasons if reason_kind(r["feature"]) != "booked" and abs(float(r["contribution"])) >= 0.01]
+    kept = [r for r in reasons
+            if reason_kind(r["feature"]) not in ("booked", "owner") and abs(float(r["contribution"])) >= 0.01]
     kept.sort(key=lambda r: (_ORDER[reason_kind(r["feature"])], -abs(float(r["contribution"]))))
     out, seen = [], set()
     for r in kept:

@@ -118,9 +118,10 @@ def test_reasons_order_and_kinds():
     assert reason_kind("days_in_stage") == reason_kind("stage") == "stage"
     assert reason_kind("days_to_close_date") == reason_kind("lead_age_days") == "timing"
     assert reason_kind("source") == reason_kind("account_industry") == "fit"
+    assert reason_kind("owner_id") == reason_kind("owner_win_rate") == "owner"
     reasons = [{"feature": f, "contribution": c, "text": f} for f, c in
                [("source", 0.3), ("account_won_amount", 0.5), ("days_to_close_date", -0.1), ("email_7d", 0.01),
-                ("stage", 0.05), ("call_total", -0.2)]]
+                ("stage", 0.05), ("call_total", -0.2), ("owner_id", 0.9)]]
     assert actionable_reasons(reasons, n=5) == ["call_total", "email_7d", "stage", "days_to_close_date", "source"]
 
 
