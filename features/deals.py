@@ -25,7 +25,7 @@ As for leads, one function (:func:`deal_features`) serves the batch job and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -602,7 +602,12 @@ def _concat_snapshots(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def deal_snapshots(
-    export: Export, as_ofs: Sequence[pd.Timestamp], spec: DealFeatureSpec, *, progress: bool = False
+    export: Export,
+    as_ofs: Sequence[pd.Timestamp],
+    spec: DealFeatureSpec,
+    *,
+    progress: bool = False,
+    contexts: Mapping[pd.Timestamp, DealContext] | None = None,
 ) -> pd.DataFrame:
     """For each ``as_of``, every deal open then: its features (point-in-time) and what happened
     later as the export knows it (``closed_at``, ``won``, ``won_amount``, ``next_stage_at``).
@@ -613,6 +618,8 @@ def deal_snapshots(
     The tables are sorted by time once (:class:`DealHistory`): each snapshot finds the deals
     open then, its context and the rows :func:`deal_features` reads by binary searches and
     masks instead of full scans. The frame equals :func:`_deal_snapshots_naive`, the tests' oracle.
+    ``contexts``: the context of each ``as_of`` computed elsewhere (the Dask engine's, from the whole
+    export, when ``export`` holds one partition of the deals); else from ``export``.
     """
     outcomes = deal_outcomes(export)
     history = DealHistory(export)
@@ -623,7 +630,8 @@ def deal_snapshots(
             continue
         opps = export.opportunities[is_open]
         parts.append(_snapshot_frame(export, opps, history.tables(is_open, as_of), history.later_stages(is_open, as_of),
-                                     as_of, history.context(as_of, is_open, spec.horizon_days), spec, outcomes))
+                                     as_of, history.context(as_of, is_open, spec.horizon_days)
+                                     if contexts is None else contexts[as_of], spec, outcomes))
     return _concat_snapshots(parts)
 
 

@@ -301,24 +301,15 @@ def _partition_deal_snapshots(opps: pd.DataFrame, stage_history: pd.DataFrame, a
                               leads: pd.DataFrame, accounts: pd.DataFrame, base: Export,
                               contexts: dict[pd.Timestamp, Any], as_ofs: Sequence[pd.Timestamp],
                               spec: DealFeatureSpec) -> pd.DataFrame:
-    """The snapshots of one partition's deals: the loop of :func:`features.deals.deal_snapshots` (its
-    one-pass :class:`~features.deals.DealHistory` of the partition: open deals, the rows they read, their
-    later stage entries) with the broadcast global context of each ``as_of``, with each row's ROW."""
+    """The snapshots of one partition's deals: :func:`features.deals.deal_snapshots` (its one-pass
+    :class:`~features.deals.DealHistory` of the partition) with the broadcast global context of each
+    ``as_of``, with each row's ROW."""
+    times = [t for t in as_ofs if t in contexts]
+    if not any(len(deal_module.open_opportunities(opps, stage_history, t)) for t in times):
+        return pd.DataFrame()
     part = replace(base, opportunities=opps.drop(columns=ROW), stage_history=stage_history, activities=activities,
                    leads=leads, accounts=accounts)
-    if opps.empty:
-        return pd.DataFrame()
-    outcomes = deal_module.deal_outcomes(part)
-    history = deal_module.DealHistory(part)
-    frames = []
-    for as_of in as_ofs:
-        is_open = history.open_at(as_of)
-        if as_of not in contexts or not is_open.any():
-            continue
-        frames.append(deal_module._snapshot_frame(  # noqa: SLF001 - the per-snapshot step of deal_snapshots
-            part, part.opportunities[is_open], history.tables(is_open, as_of), history.later_stages(is_open, as_of),
-            as_of, contexts[as_of], spec, outcomes))
-    return _with_rows(pd.concat(frames, ignore_index=True), opps, "opportunity_id") if frames else pd.DataFrame()
+    return _with_rows(deal_module.deal_snapshots(part, times, spec, contexts=contexts), opps, "opportunity_id")
 
 
 def deal_snapshots(export: Export, as_ofs: Sequence[pd.Timestamp], spec: DealFeatureSpec, *,

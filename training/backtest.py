@@ -191,7 +191,8 @@ def _overall(per_origin: pd.DataFrame, groups_all: pd.DataFrame) -> pd.DataFrame
 
 def _snapshots(export: Export, origins: list[pd.Timestamp], dc: DealTrainConfig, progress: bool):
     """One snapshot frame whose times include every origin (spec point-in-time at the first origin)."""
-    from features.deals import DealFeatureSpec, deal_snapshots, snapshot_times
+    from features.deals import DealFeatureSpec, snapshot_times
+    from features.engine import deal_snapshots  # the pandas one, or per deal partition in a Dask session
 
     spec = DealFeatureSpec.from_export(export, horizon_days=dc.horizon_days, exclude=dc.exclude, as_of=origins[0])
     start = export.opportunities["created_at"].min() + pd.Timedelta(days=dc.warmup_days)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.engine import add_engine_args, engine_from, engine_session
 from features.errors import FunnelcastError
 from features.settings import Settings
 from models.folds import InvalidFold, parse_duration
@@ -163,7 +164,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
     cfg = BacktestConfig(every=args.every, span=args.span, n_sims=args.sims, by=grouping(args.by),
                          deal=replace(deal, timing_layout=args.timing_layout))
-    result = run_backtest(export, cfg, progress=True)
+    with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: snapshots and fits on a cluster
+        result = run_backtest(export, cfg, progress=True)
     out = Path(args.out)
     write_report(result, out)
     print(result.overall.round(4).to_string(index=False))
@@ -187,7 +189,8 @@ def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
     deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
     cfg = PeriodBacktestConfig(period=args.period, periods=args.periods, at_day=args.at_day, n_sims=args.sims,
                                by=grouping(args.by), deal=replace(deal, timing_layout=args.timing_layout))
-    result = run_period_backtest(export, cfg, progress=True)
+    with engine_session(engine_from(args, settings, announce=True)):
+        result = run_period_backtest(export, cfg, progress=True)
     out = Path(args.out)
     paths = write_period_report(result, out, cfg)
     print(result.overall.round(4).to_string(index=False))
@@ -206,7 +209,7 @@ def _flag(text: str, kind: type | None = None, default: Any = None, **kw: Any) -
 
 
 def _command(sub: argparse._SubParsersAction, name: str, func: Any, summary: str, flags: dict[str, dict[str, Any]],
-             task: str | None = None, as_of: str | None = None) -> None:
+             task: str | None = None, as_of: str | None = None) -> argparse.ArgumentParser:
     """One command, described by ``func``'s docstring: ``--data``, ``--task`` (every task) and ``--as-of``
     where they apply, then ``flags``."""
     sp = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__ or summary))
@@ -219,6 +222,7 @@ def _command(sub: argparse._SubParsersAction, name: str, func: Any, summary: str
     for flag, kw in flags.items():
         sp.add_argument(flag, **kw)
     sp.set_defaults(func=func)
+    return sp
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -249,7 +253,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--plot": _flag("write a PSI bar chart to this PNG file"),
         "--out": _flag("write the full report to this JSON file"),
     }, task="the task whose model is checked", as_of="what the model scores at this time")
-    _command(sub, "backtest", cmd_backtest, "forecast accuracy review over rolling origins (stage_conversion)", {
+    backtest = _command(sub, "backtest", cmd_backtest, "forecast accuracy review over rolling origins (stage_conversion)", {
         "--out": _flag("output folder (report.md, plots, CSV tables)", required=True),
         "--horizon": _flag("forecast horizon, e.g. 91d (default FUNNELCAST_HORIZON_DAYS)", horizon),
         "--by": _flag("grouping", default="owner_id", choices=GROUPINGS),
@@ -265,3 +269,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--periods": _flag("with --period: how many past complete periods", int, 4),
         "--at-day": _flag("with --period: the forecast is made this many days into each period", int, 0),
     })
+    add_engine_args(backtest)

@@ -204,3 +204,23 @@ def test_dask_account_snapshots_of_a_history_too_short_say_so(account_export, cl
     early = account_export.opportunities["created_at"].min() + pd.Timedelta(days=30)
     with pytest.raises(ValueError, match="no customer's 365-day value is complete"):
         dask_account_snapshots(account_export, early, spec)
+
+
+def test_backtest_snapshots_are_built_per_deal_partition_in_a_session(sample_export, cluster, monkeypatch):
+    """``backtest --engine dask``: the deal snapshots of every origin come from the deal partitions on the
+    cluster (features.engine), and equal the pandas path's."""
+    import features.engine as engine
+    from training.backtest import _snapshots
+    from training.deals import DealTrainConfig
+
+    calls = []
+    monkeypatch.setattr(engine, "partition_deals", lambda *a, **k: calls.append(1) or partition_deals(*a, **k))
+    t0 = sample_export.exported_at - pd.Timedelta(days=91 + 112)
+    origins = [(t0 + pd.Timedelta(days=56 * i)).floor("D") for i in range(3)]
+    dc = DealTrainConfig(snapshot_every_days=28, seed=7)
+    spec, got = _snapshots(sample_export, origins, dc, progress=False)
+    assert calls == [1]
+    with using_client(None):  # the same call outside a session: the pandas path
+        _, expected = _snapshots(sample_export, origins, dc, progress=False)
+    assert set(origins) <= set(got["as_of"]) and len(got) > 500
+    pd.testing.assert_frame_equal(got, expected)
