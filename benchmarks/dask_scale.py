@@ -5,15 +5,18 @@ without MLflow: load the export, snapshots, the candidate ladder, the final scor
 0.2 s with psutil: the pandas process's peak resident memory; for Dask, the command's process (the
 client, which reads the export and runs the ladder on the collected snapshots) and each worker
 process of the local cluster (the entity partitions, their features and LightGBM's data-parallel
-fits) separately. The target: each worker's peak below half of the pandas process's peak.
+fits) separately. The target: each worker's peak below half of the pandas process's peak. The
+command's process also reports its peak once the export is read (``after reading``): how much of
+its final peak the export accounts for.
 
-    python benchmarks/dask_scale.py [--scale 10] [--workers 2] [--sample DIR]
+    python benchmarks/dask_scale.py [--scale 10] [--workers 2] [--sample DIR] [--paths pandas dask]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -33,13 +36,14 @@ def _child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     export, _ = load_export(Path(args.sample) / "export")
     loaded = time.perf_counter()
+    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux: the peak of reading the export
     engine = Engine(args.engine, workers=args.workers, threads=args.threads, memory_limit="auto")
     cfg = TrainConfig(horizon_days=args.horizon, snapshot_every_days=args.snapshot_every, seed=args.seed)
     with engine_session(engine):
         result = build_lead_model(export, cfg, export.exported_at)
     done = time.perf_counter()
     lgbm = result.candidates.loc["lgbm", "roc_auc"] if result.candidates is not None else float("nan")
-    print(json.dumps({"engine": args.engine, "load_s": loaded - started, "train_s": done - loaded,
+    print(json.dumps({"engine": args.engine, "load_s": loaded - started, "train_s": done - loaded, "load_peak_gb": load_peak,
                       "rows": len(result.snapshots), "leads": len(export.leads), "activities": len(export.activities),
                       "chosen": str(result.chosen.get("candidate")), "eval_roc_auc": result.metrics["roc_auc"],
                       "lgbm_roc_auc": float(lgbm), "as_of": str(pd.Timestamp(export.exported_at))}))
@@ -82,6 +86,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
     ap.add_argument("--horizon", type=int, default=91)
     ap.add_argument("--snapshot-every", type=int, default=14)
+    ap.add_argument("--paths", nargs="+", choices=("pandas", "dask"), default=["pandas", "dask"],
+                    help="which paths to run (default both, pandas first)")
     ap.add_argument("--child", choices=("pandas", "dask"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.sample = args.sample or f".funnelcast/bench-dask-{args.scale:g}"
@@ -96,23 +102,23 @@ def main() -> None:
     base = [sys.executable, __file__, "--scale", str(args.scale), "--seed", str(args.seed), "--sample", args.sample,
             "--workers", str(args.workers), "--threads", str(args.threads), "--horizon", str(args.horizon),
             "--snapshot-every", str(args.snapshot_every)]
-    rows = []
-    for engine in ("pandas", "dask"):
-        figures, peaks = _measure([*base, "--child", engine])
-        rows.append((figures, peaks))
-    (pf, pp), (df, dp) = rows
-    print(f"\nscale {args.scale:g}: {pf['leads']:,} leads, {pf['activities']:,} activities, {pf['rows']:,} snapshot rows; "
-          f"Dask: a local cluster of {args.workers} worker processes x {args.threads} thread(s)\n")
-    print("| path | train (s) | evaluation AUC | lgbm candidate AUC | peak memory (GB) |")
-    print("|---|---|---|---|---|")
-    print(f"| pandas | {pf['train_s']:.0f} | {pf['eval_roc_auc']:.4f} ({pf['chosen']}) | {pf['lgbm_roc_auc']:.4f} | "
-          f"{pp['main']:.2f} |")
-    workers = ", ".join(f"{v:.2f}" for k, v in dp.items() if k.startswith("worker"))
-    print(f"| dask | {df['train_s']:.0f} | {df['eval_roc_auc']:.4f} ({df['chosen']}) | {df['lgbm_roc_auc']:.4f} | "
-          f"client {dp['main']:.2f}; workers {workers} |")
-    worst = max((v for k, v in dp.items() if k.startswith("worker")), default=float("nan"))
-    print(f"\nlargest worker peak / pandas peak: {worst / pp['main']:.2f} (target: below 0.5); "
-          f"evaluation AUC difference {abs(df['eval_roc_auc'] - pf['eval_roc_auc']):.4f}")
+    rows = {engine: _measure([*base, "--child", engine]) for engine in args.paths}
+    first = next(iter(rows.values()))[0]
+    print(f"\nscale {args.scale:g}: {first['leads']:,} leads, {first['activities']:,} activities, "
+          f"{first['rows']:,} snapshot rows; Dask: a local cluster of {args.workers} worker processes x "
+          f"{args.threads} thread(s)\n")
+    print("| path | train (s) | evaluation AUC | lgbm candidate AUC | peak memory (GB) | command's peak after reading (GB) |")
+    print("|---|---|---|---|---|---|")
+    for engine, (f, p) in rows.items():
+        workers = ", ".join(f"{v:.2f}" for k, v in p.items() if k.startswith("worker"))
+        peak = f"{p['main']:.2f}" if engine == "pandas" else f"client {p['main']:.2f}; workers {workers}"
+        print(f"| {engine} | {f['train_s']:.0f} | {f['eval_roc_auc']:.4f} ({f['chosen']}) | {f['lgbm_roc_auc']:.4f} | "
+              f"{peak} | {f['load_peak_gb']:.2f} |")
+    if len(rows) == 2:
+        (pf, pp), (df, dp) = rows["pandas"], rows["dask"]
+        worst = max((v for k, v in dp.items() if k.startswith("worker")), default=float("nan"))
+        print(f"\nlargest worker peak / pandas peak: {worst / pp['main']:.2f} (target: below 0.5); "
+              f"evaluation AUC difference {abs(df['eval_roc_auc'] - pf['eval_roc_auc']):.4f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ started for the command (workers, threads and memory limit settable). While the 
   ``lead_id``, and each activity routed to the partition of its lead, so each partition holds
   complete leads;
 * per-entity features are the same feature functions applied per partition
-  (``map_partitions``): :func:`lead_snapshots` and :func:`map_leads`. What is a global aggregate
+  (``map_partitions``): :func:`lead_snapshots`, :func:`deal_snapshots` (``features.deals.deal_snapshots``
+  given the broadcast ``contexts``), :func:`account_snapshots` and :func:`map_leads`. What is a global aggregate
   (the point-in-time context: smoothed conversion rates by source and owner, owners' open leads,
   accounts' deal history, see :func:`features.leads.lead_context`) is computed once, from rows
   before each ``as_of`` only, and broadcast to every worker with the accounts table;
