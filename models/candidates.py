@@ -36,9 +36,9 @@ candidate within one paired standard error of the best; ties within 1e-4 broken 
 
 **The calibration** is chosen on the validation window too (:func:`choose_calibration`), for the chosen
 candidate as fitted there: the map (Platt, or the monotone spline of :mod:`models.estimators`) and the
-calibration window's length (all of it, or its most recent half: :data:`CALIBRATION_SHARES`), by the same
-one-standard-error rule as the candidates (Platt on the whole window is the simplest; a flexible map or a
-shorter window has to beat the best by more than the noise); every candidate of the evaluation split and
+calibration window's length (all of it, or its most recent half: :data:`CALIBRATION_SHARES`): Platt on the
+whole window unless another lowers the validation log loss by more than one paired standard error and
+:data:`CALIBRATION_MIN_GAIN`; every candidate of the evaluation split and
 the registered model are then calibrated the same way (:func:`fit_every`). Without a validation window,
 Platt scaling on the whole calibration window is used.
 """
@@ -348,16 +348,20 @@ def calibration_rows(cal: pd.DataFrame, share: float, time: str = "as_of") -> pd
     return cal[cal[time].isin(times[len(times) - max(1, round(len(times) * share)):])]
 
 
-def _simplest_within_se(losses: dict[object, np.ndarray]) -> object:
-    """The first key (the simplest) whose mean row loss is within one paired standard error (or :data:`TIE`)
-    of the lowest one's."""
+#: Least validation log loss a calibration other than Platt on the whole window has to gain to replace it
+#: (besides one paired standard error): maps that differ by less calibrate alike, and near-identical
+#: maps have tiny paired errors, so the standard error alone lets noise through.
+CALIBRATION_MIN_GAIN = 1e-3
+
+
+def _default_unless_beaten(losses: dict[object, np.ndarray]) -> object:
+    """The first key (the default) unless the key with the lowest mean row loss beats it by more than one
+    paired standard error and :data:`CALIBRATION_MIN_GAIN`."""
+    default = next(iter(losses))
     best = min(losses, key=lambda k: losses[k].mean())
-    for key, loss in losses.items():
-        diff = loss - losses[best]
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        if key == best or diff.mean() <= max(se, TIE):
-            return key
-    return best  # pragma: no cover - the best is always within of itself
+    diff = losses[default] - losses[best]
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return best if diff.mean() > max(se, CALIBRATION_MIN_GAIN) else default
 
 
 def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: list[str], label: str = "label",
@@ -365,9 +369,9 @@ def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: l
                        shares: Sequence[float] = CALIBRATION_SHARES) -> Calibration:
     """The calibration map and window of ``model`` (fitted before ``cal``) chosen on ``val``: every map fitted on
     every window (the most recent ``share`` of ``cal``; one with fewer than :data:`MIN_CLASS_ROWS` of a class, or
-    a spline with too few rows for a knot, is not tried) and scored on ``val``; the simplest (Platt on all of
-    ``cal`` first, in the order of ``shares`` then ``methods``) within one paired standard error of the lowest
-    validation log loss. Only ``cal`` and ``val`` are read: nothing after ``val``."""
+    a spline with too few rows for a knot, is not tried) and scored on ``val``; Platt on all of ``cal`` unless
+    the one with the lowest validation log loss beats it by more than one paired standard error and
+    :data:`CALIBRATION_MIN_GAIN`. Only ``cal`` and ``val`` are read: nothing after ``val``."""
     raw_val, y_val = model.raw_score(val[cols]), val[label].to_numpy(dtype=int)
     losses: dict[tuple[str, float], np.ndarray] = {}
     grid = []
@@ -389,7 +393,7 @@ def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: l
                          "validation_calibration_error": m["calibration_error"]})
     if not losses:
         return Calibration()
-    method, share = _simplest_within_se(losses)  # type: ignore[misc]
+    method, share = _default_unless_beaten(losses)  # type: ignore[misc]
     table = pd.DataFrame(grid)
     table["chosen"] = [(r["method"], r["window"]) == (method, "all" if share >= 1 else f"most recent {share:.0%}")
                        for _, r in table.iterrows()]
