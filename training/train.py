@@ -115,6 +115,9 @@ class TrainConfig:
 class LeadTrainResult(TrainResult):
     #: The evaluation split of the snapshot times.
     plan: Split
+    #: The calibration maps and windows tried on the validation window (empty: none was; see
+    #: :func:`models.candidates.choose_calibration`), logged as ``report/calibration_choice.csv``.
+    calibration_grid: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -523,6 +526,8 @@ class LeadQuality:
                                  candidates=candidate_table(fold_models.choice, fold_models.roles,
                                                            fold_models.name, metrics))
         choice = fold_models.choice
+        if choice is not None:
+            result.calibration_grid = choice.calibration.grid
         unchosen = {"candidate": fold_models.name, "chosen_on": "the calibration window (no room for a validation window)"
                     if config.choose else "no window (choice off)"}
         calibration = choice.calibration if choice else Calibration()
@@ -566,6 +571,9 @@ class LeadQuality:
         baseline = str(result.chosen.get("baseline_name", "naive_bayes"))
         if result.candidates is not None:
             result.candidates.to_csv(d / "candidates.csv")
+        grid = getattr(result, "calibration_grid", None)
+        if grid is not None and not grid.empty:
+            grid.to_csv(d / "calibration_choice.csv", index=False)
         calibration_plot(
             ev["label"].to_numpy(),
             {f"funnelcast ({result.chosen.get('candidate', 'lgbm')})": ev["p_model"].to_numpy(),
