@@ -38,9 +38,9 @@ candidate within one paired standard error of the best; ties within 1e-4 broken 
 candidate as fitted there: the map (Platt, or the monotone spline of :mod:`models.estimators`) and the
 calibration window's length (all of it, or its most recent half: :data:`CALIBRATION_SHARES`): Platt on the
 whole window unless another lowers the validation log loss by more than one paired standard error and
-:data:`CALIBRATION_MIN_GAIN`; every candidate of the evaluation split and
-the registered model are then calibrated the same way (:func:`fit_every`). Without a validation window,
-Platt scaling on the whole calibration window is used.
+:data:`CALIBRATION_MIN_GAIN`; every candidate of the evaluation split and the registered model are then
+calibrated the same way (:func:`fit_every`). Without a validation window, Platt scaling on the whole
+calibration window is used.
 """
 
 from __future__ import annotations
@@ -59,13 +59,22 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from models.baselines import NaiveBayesLeadScore
-from models.estimators import CALIBRATION_METHODS, CalibratedBoostedClassifier, LogOddsCalibration, \
-    calibrated_contributions, calibrated_log_odds, fit_log_odds_map, platt, ramps
+from models.estimators import (
+    CALIBRATION_METHODS,
+    CalibratedBoostedClassifier,
+    LogOddsCalibration,
+    calibrated_contributions,
+    calibrated_log_odds,
+    fit_log_odds_map,
+    platt,
+    ramps,
+)
 from models.explain import design_rows
 from models.metrics import classification_metrics
 
-__all__ = ["BlendClassifier", "CALIBRATION_SHARES", "Calibration", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "RecentOutcomes",
-           "calibrate", "calibration_rows", "candidate_table", "choose", "choose_calibration", "choose_on_validation", "decided_share", "fit_candidate", "fit_every", "ladder",
+__all__ = ["CALIBRATION_SHARES", "BlendClassifier", "Calibration", "Candidate", "Choice", "LogisticClassifier",
+           "NaiveBayesClassifier", "RecentOutcomes", "calibrate", "calibration_rows", "candidate_table", "choose",
+           "choose_calibration", "choose_on_validation", "decided_share", "fit_candidate", "fit_every", "ladder",
            "platt", "recent_outcomes", "recent_rate_shift", "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
