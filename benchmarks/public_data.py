@@ -16,6 +16,13 @@ the evaluation rows in 10 equal-frequency bins of the predicted probability, the
 mean probability| weighted by bin size (about 0.03 of it is noise on a thousand rows: the benchmark prints
 what a perfectly calibrated model would score on the same rows).
 
+The calibration (the map, Platt or the monotone spline, and the calibration window's length) is chosen on
+the validation window (``models.candidates.choose_calibration``); the benchmark prints what was tried
+there. To tell what no calibration fitted before the evaluation window could fix from what it could, it
+also prints the chosen model's calibration error after maps fitted **on the evaluation rows themselves**
+(in-sample, so lower bounds, not models): its intercept alone (the level), Platt, the spline, and the
+reliability table (10 equal-frequency bins) of the chosen model as trained.
+
     python benchmarks/public_data.py [--data ../shared/data] [--only xeducation maven_crm olist]
 
 Maven CRM has no leads: its mapping writes each engaged deal as a lead that converts when the
@@ -40,7 +47,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from tqdm.auto import tqdm
 
 from features.adapters import import_export
-from models.metrics import classification_metrics, expected_calibration_error
+from models.estimators import _intercept_shift, fit_log_odds_map, ramps
+from models.metrics import calibration_table, classification_metrics, expected_calibration_error
 from training.train import TrainConfig, build_lead_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +113,19 @@ def calibration_noise(p: np.ndarray, seed: int = 0, draws: int = 200) -> tuple[f
     return float(np.mean(errors)), float(np.percentile(errors, 95))
 
 
+def in_sample_bounds(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The calibration error of the probabilities ``p`` on ``y`` after maps of their log-odds fitted on these
+    very rows (lower bounds: what the level alone, Platt's line and the spline could do if the evaluation
+    window were known)."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    z, y = np.log(p / (1 - p)), np.asarray(y, dtype=int)
+    out = {"level": expected_calibration_error(y, 1 / (1 + np.exp(-(z + _intercept_shift(z, y.astype(float))))))}
+    for method in ("platt", "spline"):
+        a, knots, slopes = fit_log_odds_map(z, y, method)
+        out[method] = expected_calibration_error(y, 1 / (1 + np.exp(-(a + ramps(z, knots) @ slopes))))
+    return out
+
+
 def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
     imported = import_export(ds.mapping, data / ds.folder, skip_bad_rows=True)
@@ -156,6 +177,10 @@ def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
             "cutoff": str(cutoff.date()),
             "excluded": ", ".join(ds.leaks),
             "calibration_noise": calibration_noise(ev["p_model"].to_numpy(), seed),
+            "calibration_grid": res.calibration_grid,
+            "in_sample": in_sample_bounds(ev["p_model"].to_numpy(), y),
+            "reliability": calibration_table(y, ev["p_model"].to_numpy()).assign(
+                gap=lambda t: t["observed"] - t["predicted"]),
         }
     info["seconds"] = round(time.perf_counter() - t0, 1)
     return rows, info
@@ -193,6 +218,13 @@ def main() -> None:
             print(f"  calibration error (10 equal-frequency bins) of a perfectly calibrated model with funnelcast's "
                   "probabilities on these rows: "
                   f"{mean:.4f} on average, {high:.4f} at the 95th percentile")
+            bounds = ", ".join(f"{k} {v:.4f}" for k, v in info["in_sample"].items())
+            print(f"  calibration error after a map fitted on the evaluation rows themselves (lower bounds): {bounds}")
+            grid = info["calibration_grid"]
+            print("  calibration tried on the validation window:" + ("\n" + grid.round(4).to_string(index=False)
+                                                                  if not grid.empty else " none (no validation window)"))
+            print("  reliability of funnelcast on the evaluation window (10 equal-frequency bins):")
+            print(info["reliability"].round(4).T.to_string())
 
 
 if __name__ == "__main__":

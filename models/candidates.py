@@ -5,11 +5,14 @@ Every candidate keeps one small contract (the one of
 registry work with whichever wins:
 
 * ``fit(X, y, X_cal, y_cal, sample_weight=None)``: learn on ``X``, calibrate (Platt scaling of the
-  log-odds) on the later window ``X_cal``;
-* ``raw_score(X)``: uncalibrated log-odds; ``predict_proba(X)``: calibrated probability;
+  log-odds) on the later window ``X_cal``; ``set_calibration(raw, y, method)`` re-calibrates it with
+  another map (:class:`~models.estimators.LogOddsCalibration`: Platt or the monotone spline);
+* ``raw_score(X)``: uncalibrated log-odds; ``calibrated_log_odds(raw)``; ``predict_proba(X)``: calibrated
+  probability;
 * ``contributions(X)``: per-feature log-odds contributions plus the base value last, additive
-  (``base + sum == raw_score``), so ``calib_slope_ * contributions`` explains the calibrated score;
-* ``unseen_categories(X)``, ``feature_names_``, ``calib_slope_``, ``calib_intercept_``; picklable.
+  (``base + sum == raw_score``); :func:`~models.estimators.calibrated_contributions` turns them into the
+  calibrated score's (``calib_slope_ * contributions`` under Platt, the secant slope under a spline);
+* ``unseen_categories(X)``, ``feature_names_``, ``calib_intercept_`` (the level a rate shift moves); picklable.
 
 The ladder (:func:`ladder`), simplest first:
 
@@ -30,6 +33,14 @@ The ladder (:func:`ladder`), simplest first:
 naive Bayes and the logistic regression are the *baselines* (``role == "baseline"``). A model is
 chosen by the validation log loss with the one-standard-error rule (:func:`choose`: the simplest
 candidate within one paired standard error of the best; ties within 1e-4 broken by ROC AUC).
+
+**The calibration** is chosen on the validation window too (:func:`choose_calibration`), for the chosen
+candidate as fitted there: the map (Platt, or the monotone spline of :mod:`models.estimators`) and the
+calibration window's length (all of it, or its most recent half: :data:`CALIBRATION_SHARES`): Platt on the
+whole window unless another lowers the validation log loss by more than one paired standard error and
+:data:`CALIBRATION_MIN_GAIN`; every candidate of the evaluation split and the registered model are then
+calibrated the same way (:func:`fit_every`). Without a validation window, Platt scaling on the whole
+calibration window is used.
 """
 
 from __future__ import annotations
@@ -48,12 +59,22 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from models.baselines import NaiveBayesLeadScore
-from models.estimators import CalibratedBoostedClassifier
+from models.estimators import (
+    CALIBRATION_METHODS,
+    CalibratedBoostedClassifier,
+    LogOddsCalibration,
+    calibrated_contributions,
+    calibrated_log_odds,
+    fit_log_odds_map,
+    platt,
+    ramps,
+)
 from models.explain import design_rows
 from models.metrics import classification_metrics
 
-__all__ = ["BlendClassifier", "Candidate", "Choice", "LogisticClassifier", "NaiveBayesClassifier", "RecentOutcomes",
-           "candidate_table", "choose", "choose_on_validation", "decided_share", "fit_candidate", "fit_every", "ladder",
+__all__ = ["CALIBRATION_SHARES", "BlendClassifier", "Calibration", "Candidate", "Choice", "LogisticClassifier",
+           "NaiveBayesClassifier", "RecentOutcomes", "calibrate", "calibration_rows", "candidate_table", "choose",
+           "choose_calibration", "choose_on_validation", "decided_share", "fit_candidate", "fit_every", "ladder",
            "platt", "recent_outcomes", "recent_rate_shift", "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
@@ -74,30 +95,19 @@ FAST_DESIGN_ROWS = 200
 TIE = 1e-4
 
 
-def platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of a logistic regression of ``y`` on the log-odds ``raw`` (Platt scaling)."""
-    y = np.asarray(y, dtype=int)
-    if len(np.unique(y)) < 2:
-        return 1.0, 0.0
-    fit = LogisticRegression(C=1e4).fit(np.asarray(raw, dtype=float).reshape(-1, 1), y)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
-
-
-class _Calibrated:
+class _Calibrated(LogOddsCalibration):
     """Calibrated probability and unseen categories over ``raw_score`` (shared by the non-LightGBM rungs)."""
 
     categorical_features: Sequence[str]
-    calib_slope_: float = 1.0
-    calib_intercept_: float = 0.0
 
     def _categories(self, X: pd.DataFrame) -> None:
         self.feature_names_ = list(X.columns)
         self.categories_ = {c: set(X[c].dropna().astype("str")) for c in self.categorical_features if c in X}
 
-    def _calibrate(self, X_cal: pd.DataFrame | None, y_cal: np.ndarray | None) -> None:
-        self.calib_slope_, self.calib_intercept_ = 1.0, 0.0
+    def _calibrate(self, X_cal: pd.DataFrame | None, y_cal: np.ndarray | None, method: str = "platt") -> None:
+        self.calib_slope_, self.calib_intercept_, self.calib_knots_, self.calib_slopes_ = 1.0, 0.0, np.empty(0), None
         if X_cal is not None and y_cal is not None and len(X_cal):
-            self.calib_slope_, self.calib_intercept_ = platt(self.raw_score(X_cal), y_cal)
+            self.set_calibration(self.raw_score(X_cal), np.asarray(y_cal, dtype=int), method)
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         return self.contributions(X).sum(axis=1)
@@ -106,8 +116,7 @@ class _Calibrated:
         raise NotImplementedError
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        z = self.calib_slope_ * self.raw_score(X) + self.calib_intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+        return 1.0 / (1.0 + np.exp(-self.calibrated_log_odds(self.raw_score(X))))
 
     def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         out = {}
@@ -234,12 +243,7 @@ class BlendClassifier(_Calibrated):
         return self
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
-        parts = []
-        for m in self.members:
-            c = m.contributions(X) * m.calib_slope_
-            c[:, -1] += m.calib_intercept_
-            parts.append(c)
-        return np.mean(parts, axis=0)
+        return np.mean([calibrated_contributions(m, m.contributions(X)) for m in self.members], axis=0)
 
     def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         return self.members[0].unseen_categories(X)
@@ -325,6 +329,95 @@ def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal
     return best, table, models
 
 
+# ---------------------------------------------------------------- choosing the calibration
+#: The calibration windows tried, as shares of a split's calibration window (its most recent snapshot times).
+CALIBRATION_SHARES: tuple[float, ...] = (1.0, 0.5)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A chosen calibration: the map (``models.estimators.CALIBRATION_METHODS``) and the share of the calibration
+    window it is fitted on (its most recent snapshot times; 1: all of it)."""
+
+    method: str = "platt"
+    share: float = 1.0
+    #: One row per map and window tried on the validation window (empty: nothing was tried).
+    grid: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False, repr=False)
+
+    def params(self) -> dict[str, object]:
+        return {"calibration_method": self.method,
+                "calibration_window": "all" if self.share >= 1 else f"most recent {self.share:.0%}"}
+
+
+def calibration_rows(cal: pd.DataFrame, share: float, time: str = "as_of") -> pd.DataFrame:
+    """The rows of the most recent ``share`` of ``cal``'s snapshot times (all of them when ``share >= 1``)."""
+    if share >= 1:
+        return cal
+    times = sorted(set(cal[time]))
+    return cal[cal[time].isin(times[len(times) - max(1, round(len(times) * share)):])]
+
+
+#: Least validation log loss a calibration other than Platt on the whole window has to gain to replace it
+#: (besides one paired standard error): maps that differ by less calibrate alike, and near-identical
+#: maps have tiny paired errors, so the standard error alone lets noise through.
+CALIBRATION_MIN_GAIN = 1e-3
+
+
+def _default_unless_beaten(losses: dict[object, np.ndarray]) -> object:
+    """The first key (the default) unless the key with the lowest mean row loss beats it by more than one
+    paired standard error and :data:`CALIBRATION_MIN_GAIN`."""
+    default = next(iter(losses))
+    best = min(losses, key=lambda k: losses[k].mean())
+    diff = losses[default] - losses[best]
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return best if diff.mean() > max(se, CALIBRATION_MIN_GAIN) else default
+
+
+def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: list[str], label: str = "label",
+                       methods: Sequence[str] = CALIBRATION_METHODS,
+                       shares: Sequence[float] = CALIBRATION_SHARES) -> Calibration:
+    """The calibration map and window of ``model`` (fitted before ``cal``) chosen on ``val``: every map fitted on
+    every window (the most recent ``share`` of ``cal``; one with fewer than :data:`MIN_CLASS_ROWS` of a class, or
+    a spline with too few rows for a knot, is not tried) and scored on ``val``; Platt on all of ``cal`` unless
+    the one with the lowest validation log loss beats it by more than one paired standard error and
+    :data:`CALIBRATION_MIN_GAIN`. Only ``cal`` and ``val`` are read: nothing after ``val``."""
+    raw_val, y_val = model.raw_score(val[cols]), val[label].to_numpy(dtype=int)
+    losses: dict[tuple[str, float], np.ndarray] = {}
+    grid = []
+    for share in shares:
+        rows = calibration_rows(cal, share)
+        y = rows[label].to_numpy(dtype=int)
+        if share < 1 and (len(rows) == len(cal) or np.bincount(y, minlength=2).min() < MIN_CLASS_ROWS):
+            continue
+        raw = model.raw_score(rows[cols])
+        for method in methods:
+            intercept, knots, slopes = fit_log_odds_map(raw, y, method)
+            if method != "platt" and not len(knots):
+                continue
+            p = 1.0 / (1.0 + np.exp(-(intercept + ramps(raw_val, knots) @ slopes)))
+            losses[(method, share)] = _row_losses(y_val, p)
+            m = classification_metrics(y_val, p)
+            grid.append({"method": method, "window": "all" if share >= 1 else f"most recent {share:.0%}",
+                         "rows": len(rows), "knots": len(knots), "validation_log_loss": m["log_loss"],
+                         "validation_calibration_error": m["calibration_error"]})
+    if not losses:
+        return Calibration()
+    method, share = _default_unless_beaten(losses)  # type: ignore[misc]
+    table = pd.DataFrame(grid)
+    table["chosen"] = [(r["method"], r["window"]) == (method, "all" if share >= 1 else f"most recent {share:.0%}")
+                       for _, r in table.iterrows()]
+    return Calibration(method, share, table)
+
+
+def calibrate(model: Any, cal: pd.DataFrame, cols: list[str], calibration: Calibration, label: str = "label") -> Any:
+    """``model`` re-calibrated in place with ``calibration`` on ``cal`` (Platt on all of it: as fitted)."""
+    if calibration.method == "platt" and calibration.share >= 1:
+        return model
+    rows = calibration_rows(cal, calibration.share)
+    model.set_calibration(model.raw_score(rows[cols]), rows[label].to_numpy(dtype=int), calibration.method)
+    return model
+
+
 # ---------------------------------------------------------------- choosing on the validation window
 #: The history lengths tried (days before the split's cutoff; None: all of it) and the recency
 #: half-lives (days; None: every row weighs the same). Kept tiny: each point is one more fit.
@@ -347,13 +440,15 @@ class Choice:
     #: Validation metrics, one row per candidate (and per history/weighting tried for the winner).
     table: pd.DataFrame
     grid: pd.DataFrame
-    #: The chosen candidate as fitted on the validation split (for choices made after it, e.g. the drift
-    #: correction); not part of what was chosen.
+    #: The chosen candidate as fitted on the validation split, calibrated as chosen (for choices made after
+    #: it, e.g. the drift correction); not part of what was chosen.
     model: Any = field(default=None, compare=False, repr=False)
+    #: The calibration map and window chosen for the candidate (:func:`choose_calibration`).
+    calibration: Calibration = field(default_factory=Calibration)
 
     def params(self) -> dict[str, object]:
         return {"candidate": self.name, "history_days": self.history_days or "all",
-                "half_life_days": self.half_life_days or "none"}
+                "half_life_days": self.half_life_days or "none", **self.calibration.params()}
 
 
 def training_rows(rows: pd.DataFrame, cutoff: pd.Timestamp, history_days: int | None, half_life_days: int | None,
@@ -405,21 +500,26 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
                          "validation_log_loss": loss})
             if loss < best[0] - TIE:
                 best = (loss, history, half_life)
-    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), models[name])
+    calibration = choose_calibration(models[name], cal, val, cols, label)
+    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), calibrate(models[name], cal, cols,
+                                                                                         calibration, label),
+                  calibration)
 
 
 def fit_every(rungs: list[Candidate], choice: Choice, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
               cutoff: pd.Timestamp, label: str = "label", only_chosen: bool = False) -> dict[str, Any]:
     """The rungs (``only_chosen``: just the chosen one, or a blend's members) fitted on ``fit`` with the chosen
-    history and weighting, calibrated on ``cal``; with the blend when it was chosen or tried."""
+    history and weighting, calibrated on ``cal`` with the chosen map and window (the blend after its members);
+    with the blend when it was chosen or tried."""
     names = set(choice.members) if only_chosen else {c.name for c in rungs}
-    models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, choice.history_days, choice.half_life_days, label)
+    models = {c.name: calibrate(_fit_rows(c, fit, cal, cols, cutoff, choice.history_days, choice.half_life_days,
+                                          label), cal, cols, choice.calibration, label)
               for c in rungs if c.name in names}
     if ("blend" in choice.table.index and not only_chosen) or choice.name == "blend":
         pair = choice.members if choice.name == "blend" else _blend_pair(choice.table)
         if all(p in models for p in pair):
-            models["blend"] = BlendClassifier([models[p] for p in pair], pair).fit(X_cal=cal[cols],
-                                                                                  y_cal=cal[label].to_numpy())
+            blend = BlendClassifier([models[p] for p in pair], pair).fit(X_cal=cal[cols], y_cal=cal[label].to_numpy())
+            models["blend"] = calibrate(blend, cal, cols, choice.calibration, label)
     return models
 
 
@@ -482,7 +582,7 @@ def shift_to_rate(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
     returns the shift (log-odds)."""
     from models.estimators import _intercept_shift
 
-    z = model.calib_slope_ * model.raw_score(X) + model.calib_intercept_
+    z = calibrated_log_odds(model, model.raw_score(X))
     shift = _intercept_shift(z, np.asarray(y, dtype=float))
     model.calib_intercept_ += shift
     return shift
@@ -556,7 +656,7 @@ def recent_rate_shift(model: Any, recent: RecentOutcomes) -> float:
     from scipy.optimize import brentq
     from scipy.special import expit
 
-    z = model.calib_slope_ * model.raw_score(recent.X) + model.calib_intercept_
+    z = calibrated_log_odds(model, model.raw_score(recent.X))
     target = float(recent.decided.sum())
     cap = float(recent.share.sum()) - 1e-9
     target = min(max(target, 1e-9), cap)

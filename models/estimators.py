@@ -1,4 +1,27 @@
-"""The boosted classifier every task uses: LightGBM with Platt calibration on a later window."""
+"""The boosted classifier every task uses: LightGBM calibrated on a later window, and the calibration maps
+every candidate shares (:class:`LogOddsCalibration`).
+
+**Calibration maps** (``CALIBRATION_METHODS``), from a model's raw log-odds ``r`` to calibrated log-odds:
+
+``platt``
+    Platt scaling, ``a + b r``: a logistic regression on the log-odds. Bends nothing: when the
+    model's log-odds are off by a curve (too confident in the middle, say), a line cannot follow.
+``spline``
+    Platt scaling on a monotone piecewise-linear function of the log-odds: ``a + g(r)``, ``g`` linear
+    between knots at quantiles of the calibration window's log-odds (``SPLINE_KNOTS``, fewer on a small
+    window: each segment holds at least ``SPLINE_CLASS_ROWS`` rows of the rarer class), with a slope
+    of at least zero in each segment (monotone: the ranking and the AUC are kept, unlike isotonic
+    regression, whose flat steps tie rows) and a ridge on the changes of slope (``SPLINE_PENALTY``,
+    pulling it towards Platt's line). Fitted by maximum likelihood with L-BFGS-B (scipy): scikit-learn's
+    logistic regression cannot hold the slopes non-negative.
+
+**Reasons stay additive.** Contributions are in raw log-odds (``base + sum == r``). Under Platt every
+one is multiplied by ``b``. Under a spline, a row's contributions are multiplied by the *secant slope*
+of ``g`` between the base value and the row's raw score, ``s = (g(r) - g(base)) / (r - base)`` (the
+segment's slope when ``r == base``), and its base becomes ``a + g(base)``: they sum exactly to the
+calibrated log-odds ``a + g(r)``, keep their signs and their order within the row
+(:func:`calibrated_contributions`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +31,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq
+from scipy.optimize import brentq, minimize
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
@@ -36,6 +59,79 @@ DEFAULT_PARAMS: dict[str, Any] = {
 _PARALLEL_ROWS = 200
 
 
+#: The maps from raw to calibrated log-odds a model may be calibrated with (see the module docstring).
+CALIBRATION_METHODS = ("platt", "spline")
+#: Most interior knots of the spline map (at equal-frequency quantiles of the calibration log-odds).
+SPLINE_KNOTS = 4
+#: Fewest rows of the rarer class per segment of the spline map (fewer knots on a small window; none: Platt).
+SPLINE_CLASS_ROWS = 25
+#: Ridge on the changes of slope between the spline's segments, in rows' log loss (towards Platt's line).
+SPLINE_PENALTY = 2.0
+
+
+def platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of a logistic regression of ``y`` on the log-odds ``raw`` (Platt scaling)."""
+    y = np.asarray(y, dtype=int)
+    if len(np.unique(y)) < 2:
+        return 1.0, 0.0
+    fit = LogisticRegression(C=1e4).fit(np.asarray(raw, dtype=float).reshape(-1, 1), y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def ramps(raw: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """The basis of a piecewise-linear map with ``knots``: column ``j`` is the part of ``raw`` in segment
+    ``j``, measured from the first knot (without knots, ``raw`` itself); the map is ``ramps @ slopes``."""
+    raw = np.asarray(raw, dtype=float)
+    if not len(knots):
+        return raw[:, None]
+    cols = [np.minimum(raw, knots[0]) - knots[0]]
+    cols += [np.clip(raw, lo, hi) - lo for lo, hi in zip(knots[:-1], knots[1:])]
+    cols.append(np.maximum(raw - knots[-1], 0.0))
+    return np.column_stack(cols)
+
+
+def spline_knots(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Interior knots at equal-frequency quantiles of ``raw``: as many as let every segment hold
+    :data:`SPLINE_CLASS_ROWS` rows of the rarer class, at most :data:`SPLINE_KNOTS` (empty: too few)."""
+    y = np.asarray(y, dtype=float)
+    rarer = int(min(y.sum(), len(y) - y.sum()))
+    m = min(SPLINE_KNOTS, rarer // SPLINE_CLASS_ROWS - 1)
+    if m < 1:
+        return np.empty(0)
+    knots = np.unique(np.quantile(np.asarray(raw, dtype=float), np.linspace(0, 1, m + 2)[1:-1]))
+    return knots
+
+
+def fit_log_odds_map(raw: np.ndarray, y: np.ndarray, method: str = "platt",
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
+    """The calibration map ``method`` of the log-odds ``raw`` to the outcomes ``y``: ``(intercept, knots,
+    slopes)``, the calibrated log-odds being ``intercept + ramps(raw, knots) @ slopes``. A spline with
+    too few rows for a knot is Platt scaling."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, not {method!r}")
+    raw, y = np.asarray(raw, dtype=float), np.asarray(y, dtype=float)
+    slope, intercept = platt(raw, y)
+    knots = spline_knots(raw, y) if method == "spline" and len(np.unique(y)) == 2 else np.empty(0)
+    if not len(knots):
+        return intercept, np.empty(0), np.array([slope])
+    B = ramps(raw, knots)
+    k = B.shape[1]
+    D = np.diff(np.eye(k), axis=0)  # the changes of slope between neighbouring segments
+    P = SPLINE_PENALTY * D.T @ D
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = theta[0] + B @ theta[1:]
+        r = expit(z) - y
+        s = theta[1:]
+        value = float(np.logaddexp(0.0, z).sum() - y @ z + s @ P @ s)
+        return value, np.concatenate([[r.sum()], B.T @ r + 2 * P @ s])
+
+    # Platt's line through the first knot is the start (and the spline's special case)
+    start = np.concatenate([[intercept + slope * knots[0]], np.full(k, max(slope, 1e-3))])
+    res = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(None, None)] + [(0.0, None)] * k)
+    return float(res.x[0]), knots, np.asarray(res.x[1:], dtype=float)
+
+
 def _intercept_shift(raw: np.ndarray, y: np.ndarray) -> float:
     """The shift ``b`` of the log-odds with which the mean predicted probability equals the
     observed rate (the score equation of a logistic regression on an offset, intercept only)."""
@@ -46,13 +142,77 @@ def _intercept_shift(raw: np.ndarray, y: np.ndarray) -> float:
     return float(brentq(lambda b: float(expit(raw + b).mean()) - rate, lo, hi))
 
 
-class CalibratedBoostedClassifier:
-    """LightGBM on a feature frame, calibrated by Platt scaling of its log-odds.
+class LogOddsCalibration:
+    """The calibration every candidate shares: ``calibrated_log_odds(raw) = calib_intercept_ +
+    ramps(raw, calib_knots_) @ calib_slopes_`` (Platt scaling: no knots, ``calib_slope_ * raw +
+    calib_intercept_``). ``calib_intercept_`` is the level a rate shift moves. The class attributes are
+    the defaults of models pickled before the spline map (they load as Platt)."""
+
+    calib_slope_: float = 1.0
+    calib_intercept_: float = 0.0
+    calib_knots_: np.ndarray = np.empty(0)
+    calib_slopes_: np.ndarray | None = None
+    #: The map used (``CALIBRATION_METHODS``; ``intercept``: a shift of the log-odds only).
+    calibration_method_: str = "platt"
+
+    def set_calibration(self, raw: np.ndarray, y: np.ndarray, method: str = "platt") -> None:
+        """Fit the calibration map ``method`` of the raw log-odds ``raw`` to the outcomes ``y``."""
+        intercept, knots, slopes = fit_log_odds_map(raw, y, method)
+        self.calib_intercept_, self.calib_knots_, self.calib_slopes_ = intercept, knots, slopes
+        # Platt: its slope; a spline: the slope at the median raw score (the exact map is calibrated_log_odds)
+        at = np.searchsorted(knots, float(np.median(raw))) if len(knots) else 0
+        self.calib_slope_ = float(slopes[at])
+        self.calibration_method_ = method if len(knots) or method != "spline" else "platt"
+
+    def _map(self, raw: np.ndarray) -> np.ndarray:
+        """The calibration map without its intercept."""
+        if not len(self.calib_knots_) or self.calib_slopes_ is None:
+            return self.calib_slope_ * np.asarray(raw, dtype=float)
+        return ramps(raw, self.calib_knots_) @ self.calib_slopes_
+
+    def calibrated_log_odds(self, raw: np.ndarray) -> np.ndarray:
+        """The calibrated log-odds of the raw log-odds ``raw``."""
+        return self.calib_intercept_ + self._map(raw)
+
+
+def calibrated_log_odds(model: Any, raw: np.ndarray) -> np.ndarray:
+    """``model``'s calibrated log-odds of the raw log-odds ``raw`` (a model with only ``calib_slope_`` and
+    ``calib_intercept_``: Platt's line)."""
+    if hasattr(model, "calibrated_log_odds"):
+        return model.calibrated_log_odds(raw)
+    return model.calib_slope_ * np.asarray(raw, dtype=float) + model.calib_intercept_
+
+
+def calibrated_contributions(model: Any, contrib: np.ndarray) -> np.ndarray:
+    """Raw log-odds contributions (features..., base last; ``base + sum == raw``) in the calibrated
+    log-odds of ``model``: each row's contributions times the secant slope of its map between the base
+    and the row's raw score, the base mapped (see the module docstring); they sum to
+    ``model.calibrated_log_odds(raw)``. Under Platt, ``calib_slope_ * contributions``."""
+    contrib = np.asarray(contrib, dtype=float)
+    out = np.empty_like(contrib)
+    if not len(getattr(model, "calib_knots_", ())) or getattr(model, "calib_slopes_", None) is None:
+        out[:, :-1] = contrib[:, :-1] * model.calib_slope_
+        out[:, -1] = contrib[:, -1] * model.calib_slope_ + model.calib_intercept_
+        return out
+    base, raw = contrib[:, -1], contrib.sum(axis=1)
+    g_base, g_raw = model._map(base), model._map(raw)
+    step = raw - base
+    local = model.calib_slopes_[np.searchsorted(model.calib_knots_, base)]  # the segment's slope at the base
+    with np.errstate(divide="ignore", invalid="ignore"):
+        secant = np.where(np.abs(step) > 1e-9, (g_raw - g_base) / step, local)
+    out[:, :-1] = contrib[:, :-1] * secant[:, None]
+    out[:, -1] = model.calib_intercept_ + g_base
+    return out
+
+
+class CalibratedBoostedClassifier(LogOddsCalibration):
+    """LightGBM on a feature frame, calibrated on a later window by a map of its log-odds.
 
     ``fit(X, y, X_cal, y_cal)``: the trees are grown on ``X`` with early stopping on the
-    calibration window ``X_cal`` (a later period, as in a time split), then a logistic
-    regression on the raw log-odds of ``X_cal`` maps them to calibrated probabilities.
-    Platt scaling is linear in log-odds, so TreeSHAP contributions stay additive after it.
+    calibration window ``X_cal`` (a later period, as in a time split), then the calibration map
+    ``calibration`` (Platt scaling by default, or the monotone spline; see the module docstring) of
+    the raw log-odds of ``X_cal`` gives calibrated probabilities; TreeSHAP contributions stay
+    additive after either (:func:`calibrated_contributions`).
     ``calibration="intercept"`` shifts the log-odds only (no slope): for models whose
     calibration window holds a different mix of rows than the ones they score (the deal
     hazards, see :mod:`training.deals`), where a fitted slope does not carry.
@@ -68,8 +228,8 @@ class CalibratedBoostedClassifier:
         random_state: int = 0,
         calibration: str = "platt",
     ):
-        if calibration not in ("platt", "intercept"):
-            raise ValueError(f"calibration must be 'platt' or 'intercept', not {calibration!r}")
+        if calibration not in (*CALIBRATION_METHODS, "intercept"):
+            raise ValueError(f"calibration must be one of {(*CALIBRATION_METHODS, 'intercept')}, not {calibration!r}")
         self.categorical_features = categorical_features
         self.params = params
         self.max_rounds = max_rounds
@@ -115,14 +275,12 @@ class CalibratedBoostedClassifier:
                 params, train, num_boost_round=self.max_rounds, valid_sets=valid_sets, callbacks=callbacks
             )
             self.n_rounds_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
-        self.calib_slope_, self.calib_intercept_ = 1.0, 0.0
+        self.calib_slope_, self.calib_intercept_, self.calib_knots_, self.calib_slopes_ = 1.0, 0.0, np.empty(0), None
+        self.calibration_method_ = self.calibration
         if valid_sets and self.calibration == "intercept":
             self.calib_intercept_ = _intercept_shift(self.raw_score(X_cal), np.asarray(y_cal, dtype=float))
         elif valid_sets:
-            raw = self.raw_score(X_cal).reshape(-1, 1)
-            platt = LogisticRegression(C=1e4).fit(raw, np.asarray(y_cal, dtype=int))
-            self.calib_slope_ = float(platt.coef_[0, 0])
-            self.calib_intercept_ = float(platt.intercept_[0])
+            self.set_calibration(self.raw_score(X_cal), np.asarray(y_cal, dtype=int), self.calibration)
         return self
 
     def refit(self, X: pd.DataFrame, y: np.ndarray) -> CalibratedBoostedClassifier:
@@ -216,8 +374,7 @@ class CalibratedBoostedClassifier:
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the positive class, one per row."""
-        z = self.calib_slope_ * self.raw_score(X) + self.calib_intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(self.calibrated_log_odds(self.raw_score(X)))
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """TreeSHAP values in raw log-odds, one column per feature plus the base value last."""

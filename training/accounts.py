@@ -27,7 +27,7 @@ from features.errors import FunnelcastError
 from models.accounts import AccountScorer, ValueRegressor
 from models.candidates import Choice, candidate_table, choose_on_validation, fit_candidate, fit_every, ladder
 from models.drift import reference_profile
-from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
+from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier, calibrated_contributions
 from models.explain import Contributions, log_odds_contributions, shap_summary_plot
 from models.folds import Split, TimeFold
 from models.metrics import classification_metrics
@@ -224,7 +224,7 @@ def _final_account_scorer(export: Export, snapshots: Snapshots, split: Split, cf
                         ev["as_of"].max() + pd.Timedelta(days=1))
     final_reg = ValueRegressor(spec.categorical_features, random_state=cfg.seed).fit(snaps[cols],
                                                                                      snaps["value"].to_numpy())
-    contrib = log_odds_contributions(final.contributions(snaps[cols]), cols, final.calib_slope_, final.calib_intercept_)
+    contrib = log_odds_contributions(calibrated_contributions(final, final.contributions(snaps[cols])), cols)
     importance = global_importance(contrib.values, snaps[cols], cols)
     miner = mine_traits(snaps, spec, cfg)
     threshold = snapshots.extra["threshold"]
@@ -434,7 +434,8 @@ class HighValue:
     def run_params(self, result: TrainResult, config: AccountConfig) -> dict[str, object]:
         meta = result.scorer.metadata
         return {**{k: str(v) for k, v in meta.items() if k not in ("train_config", "outcome_labels", "reference")},
-                "early_days": config.early_days, "calibration": "platt",
+                "early_days": config.early_days,
+                "calibration": getattr(result.scorer.classifier, "calibration_method_", "platt"),
                 **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **ACCOUNT_PARAMS, **config.params}.items()}}
 
     def write_report(self, result: TrainResult, config: AccountConfig, folder: Path) -> None:

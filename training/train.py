@@ -4,14 +4,17 @@ The horizon is the user's (``horizon_days``) or chosen from the leads' decision 
 converted or disqualified, see :mod:`models.windows`). The split is the task's
 :class:`~models.folds.TimeFold` over the labelled snapshot times (``as_of <= cutoff - h``): the
 latest ``eval_days`` evaluate, the ``calib_days`` ending a horizon before them calibrate (early
-stopping, Platt scaling), everything earlier fits; on a short history both windows shrink (to two
+stopping, the calibration map), everything earlier fits; on a short history both windows shrink (to two
 snapshot steps or 14 days, whichever is longer) until every window holds at least
 :data:`MIN_POSITIVES` leads of each class.
 
 The model is chosen on the **validation** split (the same fold as known at the evaluation
 window's start, :meth:`~models.folds.TimeFold.validation`), never on the evaluation window: the
 ladder of :mod:`models.candidates` (naive Bayes, logistic regression, conservative and current
-LightGBM, a blend), then the history length and recency weighting of the winner. Every candidate
+LightGBM, a blend), then the history length and recency weighting of the winner, then its calibration
+(Platt scaling or a monotone spline of the log-odds, on the whole calibration window or its most recent
+half: :func:`models.candidates.choose_calibration`; Platt on the whole window without a validation
+window), logged as ``calibration_method`` and ``calibration_window``. Every candidate
 is then fitted on the evaluation split and scored on the evaluation window (``result.candidates``);
 ``metrics`` are the chosen one's, ``baseline_metrics`` the better baseline's (naive Bayes or the
 logistic regression, by evaluation log loss). The registered model is the winner refitted on the
@@ -52,6 +55,7 @@ from features.pit import decision_times, open_leads
 from models.candidates import (
     TABLE_METRICS,
     TIE,
+    Calibration,
     Choice,
     RecentOutcomes,
     base_rate_shift,
@@ -111,6 +115,9 @@ class TrainConfig:
 class LeadTrainResult(TrainResult):
     #: The evaluation split of the snapshot times.
     plan: Split
+    #: The calibration maps and windows tried on the validation window (empty: none was; see
+    #: :func:`models.candidates.choose_calibration`), logged as ``report/calibration_choice.csv``.
+    calibration_grid: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -519,10 +526,16 @@ class LeadQuality:
                                  candidates=candidate_table(fold_models.choice, fold_models.roles,
                                                            fold_models.name, metrics))
         choice = fold_models.choice
+        if choice is not None:
+            result.calibration_grid = choice.calibration.grid
         unchosen = {"candidate": fold_models.name, "chosen_on": "the calibration window (no room for a validation window)"
                     if config.choose else "no window (choice off)"}
-        result.chosen = {**(choice.params() if choice else unchosen), "baseline_name": best_baseline,
-                         "evaluate_days": split.evaluate_days, "calibrate_days": split.calibrate_days, **chosen}
+        calibration = choice.calibration if choice else Calibration()
+        result.chosen = {**(choice.params() if choice else {**unchosen, **calibration.params()}),
+                         "baseline_name": best_baseline, "evaluate_days": split.evaluate_days,
+                         "calibrate_days": split.calibrate_days,
+                         "calibration_window_days": round(min(calibration.share, 1.0) * split.calibrate_days),
+                         **chosen}
         if shift or "recent_rate_shift" in chosen:
             moved = (f"the models' intercepts were moved to the recent rate (the registered one's by "
                      f"{chosen['recent_rate_shift']:+.3f} log-odds), estimated from the conversions decided so far "
@@ -548,7 +561,7 @@ class LeadQuality:
             "snapshots": meta["snapshots"],
             "rows": meta["rows"],
             "n_rounds": getattr(result.scorer.classifier, "n_rounds_", 0),
-            "calibration": "platt",
+            "calibration": getattr(result.scorer.classifier, "calibration_method_", "platt"),
             **{f"lgbm_{k}": v for k, v in {**DEFAULT_PARAMS, **config.params}.items()},
         }
 
@@ -558,6 +571,9 @@ class LeadQuality:
         baseline = str(result.chosen.get("baseline_name", "naive_bayes"))
         if result.candidates is not None:
             result.candidates.to_csv(d / "candidates.csv")
+        grid = getattr(result, "calibration_grid", None)
+        if grid is not None and not grid.empty:
+            grid.to_csv(d / "calibration_choice.csv", index=False)
         calibration_plot(
             ev["label"].to_numpy(),
             {f"funnelcast ({result.chosen.get('candidate', 'lgbm')})": ev["p_model"].to_numpy(),
@@ -582,8 +598,13 @@ class LeadQuality:
         ev = result.evaluation
         note = reliability(result.metrics, "distinct leads", n=ev["lead_id"].nunique(),
                            positives=ev.loc[ev["label"] == 1, "lead_id"].nunique())
+        chosen = result.chosen
+        calibration = (f"; calibration {chosen['calibration_method']} on the "
+                       f"{'whole' if chosen['calibration_window'] == 'all' else chosen['calibration_window']} "
+                       f"calibration window ({chosen['calibration_window_days']}d of {chosen['calibrate_days']}d)"
+                       if "calibration_method" in chosen else "")
         return (f"validation window {result.windows.get('validate') or 'none'}, evaluation window "
-                f"{result.windows['evaluate']}\n{text}\n{note.describe()}")
+                f"{result.windows['evaluate']}{calibration}\n{text}\n{note.describe()}")
 
     def score(self, scorer: LeadScorer, export: Export, as_of: pd.Timestamp) -> Scored:
         return Scored(score_open_leads(export, scorer, as_of), "leads")
