@@ -37,6 +37,7 @@ from serving.middleware import (
     RequestContextMiddleware,
 )
 from serving.refresh import Refresher, refresh_every
+from serving.store import FilePresence
 from serving.security import allow_origins
 
 log = logging.getLogger("funnelcast.serving")
@@ -149,6 +150,8 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
             app.state.models, app.state.load_errors = load_models(settings)
         else:
             app.state.models, app.state.load_errors = dict(preloaded), {}
+        app.state.mlflow_presence.status()  # seen at start: deleted later is "gone" in /readyz
+        app.state.refresher.store.ops.status()
         for name, m in app.state.models.items():
             log.info("serving %s version %s (@%s)", name, m.version, m.alias)
         poller = routes_ops.start_alias_polling(app.state, settings.reload_poll_seconds) if preloaded is None else None
@@ -177,6 +180,7 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
     app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads
+    app.state.mlflow_presence = FilePresence(settings.local_tracking_db())  # /readyz: a stat of mlflow.db per call
     app.state.refresher = Refresher(app.state)  # scored snapshots: the worklist, funnel and forecast answer from them
     app.state.after_models_swapped = app.state.refresher.run_in_background  # a reload refreshes the snapshot
     app.state.metrics = Metrics()
