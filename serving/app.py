@@ -9,6 +9,7 @@ also refreshes the scored snapshot at start and then on that schedule.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from serving.middleware import (
     RequestContextMiddleware,
 )
 from serving.refresh import Refresher, refresh_every
+from serving.store import FilePresence
 from serving.security import allow_origins
 
 log = logging.getLogger("funnelcast.serving")
@@ -138,6 +140,15 @@ def _json_access_log() -> None:
         access.propagate = False
 
 
+def freeze_heap() -> None:
+    """Move every object alive now (the loaded models, the imported libraries: a few million) out of
+    the garbage collector's reach (:func:`gc.freeze`): a full collection then scans only what requests
+    allocate, instead of pausing every request in flight for tens of milliseconds (the p99 of the load
+    test). Called once the models are loaded, and again after a reload swapped new ones in."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedModel] | None = None) -> FastAPI:
     """The app. ``preloaded`` models (e.g. in tests or when embedding) replace loading from the registry."""
     settings = settings or get_settings()
@@ -149,6 +160,9 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
             app.state.models, app.state.load_errors = load_models(settings)
         else:
             app.state.models, app.state.load_errors = dict(preloaded), {}
+        app.state.mlflow_presence.status()  # seen at start: deleted later is "gone" in /readyz
+        app.state.refresher.store.ops.status()
+        freeze_heap()
         for name, m in app.state.models.items():
             log.info("serving %s version %s (@%s)", name, m.version, m.alias)
         poller = routes_ops.start_alias_polling(app.state, settings.reload_poll_seconds) if preloaded is None else None
@@ -177,6 +191,7 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
     app.state.settings = settings
     app.state.models, app.state.load_errors = {}, {t.value: "starting" for t in SERVED_TASKS}
     app.state.model_loader = lambda: load_models(settings)  # POST /v1/admin/reload swaps in what this loads
+    app.state.mlflow_presence = FilePresence(settings.local_tracking_db())  # /readyz: a stat of mlflow.db per call
     app.state.refresher = Refresher(app.state)  # scored snapshots: the worklist, funnel and forecast answer from them
     app.state.after_models_swapped = app.state.refresher.run_in_background  # a reload refreshes the snapshot
     app.state.metrics = Metrics()

@@ -30,12 +30,14 @@ from serving.schemas.ops import (
     FloorOutcome,
     Health,
     ModelsResponse,
+    OperationsReadiness,
     ModelVersion,
     Readiness,
     StoreReadiness,
     TaskReadiness,
 )
 from serving.security import ApiKeyDep
+from serving.store import GONE, NOT_YET, PRESENT
 
 log = logging.getLogger("funnelcast.serving")
 router = APIRouter(tags=["operations"])
@@ -77,12 +79,41 @@ def _data_state(state: Any) -> DataReadiness:
     return DataReadiness(state="not_read_yet")
 
 
-def _store_state(settings: Settings) -> StoreReadiness:
+def _store_state(state: Any) -> StoreReadiness:
+    """The MLflow store, by one ``stat`` of its file per call: present, missing (never there: refused,
+    never created) or gone (there when this process looked before, deleted since)."""
+    settings: Settings = state.settings
     db = settings.local_tracking_db()
     kind, name = ("sqlite", db.name) if db is not None else (settings.resolved_tracking_uri().split(":", 1)[0], None)
-    if store_present(settings):
+    presence = getattr(state, "mlflow_presence", None)
+    status = presence.status() if presence is not None else (PRESENT if store_present(settings) else NOT_YET)
+    if status == PRESENT:
         return StoreReadiness(state="present", kind=kind, name=name)
+    if status == GONE:
+        log.error("the MLflow store %s was deleted while the server ran", db)
+        served = ", ".join(f"{n} version {m.version}" for n, m in sorted(state.models.items())) or "none"
+        reason = (f"the MLflow store {name} was deleted while the server ran: the models already loaded ({served}) "
+                  "keep scoring, but no reload, alias poll or model listing can read the registry; restore the file "
+                  "(or retrain) and reload")
+        return StoreReadiness(state="gone", kind=kind, name=name, reason=reason)
     return StoreReadiness(state="missing", kind=kind, name=name, reason=store_missing_reason(settings))
+
+
+def _operations_state(state: Any) -> OperationsReadiness:
+    """The operations database, by one ``stat`` of its file per call; never created here."""
+    ops = state.refresher.store.ops
+    kind = "sqlite" if ops.presence.path is not None else ops.name
+    name = ops.presence.path.name if ops.presence.path is not None else None
+    status = ops.status()
+    if status == PRESENT:
+        return OperationsReadiness(state="present", kind=kind, name=name)
+    if status == NOT_YET:
+        return OperationsReadiness(state="none", kind=kind, name=name, reason=(
+            f"no operations store yet: {name} is created by the first write (an outcome, a refresh, a served score)"))
+    return OperationsReadiness(state="gone", kind=kind, name=name, reason=(
+        f"the operations database {name} was deleted while the server ran: scoring with the loaded models "
+        "continues, but outcomes, served scores and snapshots cannot be stored or read; restore the file, or "
+        "restart the server to start an empty one"))
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
@@ -91,21 +122,26 @@ def readyz(request: Request):
     needed). Every served task says loaded (its version), failed (why) or not registered; the
     configured export says readable (rows per table), unreadable (why) or not read yet; ``store``
     says whether the MLflow store is there (missing: which one and what to run; it is checked on
-    every call and never created); ``snapshot`` says which scored snapshot is served, its age, and
+    every call and never created; gone: deleted while the server ran, not ready though the loaded
+    models keep scoring); ``operations`` the same of the operations database (none: no operations
+    store yet, a read never creates one; gone: not ready); ``snapshot`` says which scored snapshot is served, its age, and
     why the latest refresh failed if it did."""
     state = request.app.state
     loaded = {name: m.version for name, m in state.models.items()}
     tasks = _task_states(state)
-    store = _store_state(state.settings)
-    parts = dict(models=loaded, tasks=tasks, data=_data_state(state), store=store, snapshot=snapshot_state(state))
+    store, operations = _store_state(state), _operations_state(state)
+    snapshot = snapshot_state(state) if operations.state != "gone" else None
+    parts = dict(models=loaded, tasks=tasks, data=_data_state(state), store=store, operations=operations,
+                 snapshot=snapshot)
     failed = [f"{name}: {t.reason}" for name, t in tasks.items() if t.state == "failed"]
+    gone = [s.reason or "" for s in (store, operations) if s.state == "gone"]
     lead = tasks[Task.LEAD_QUALITY.value]
-    if lead.state == "loaded" and not failed:
+    if lead.state == "loaded" and not failed and not gone:
         return Readiness(ready=True, **parts)
     if lead.state != "loaded" and store.state == "missing":
-        reason = "; ".join([store.reason or "", *failed])  # one reason, not the same one per task
+        reason = "; ".join([store.reason or "", *failed, *gone])  # one reason, not the same one per task
     else:
-        reason = "; ".join(([] if lead.state == "loaded" else [f"lead_quality: {lead.reason}"]) + failed)
+        reason = "; ".join(([] if lead.state == "loaded" else [f"lead_quality: {lead.reason}"]) + failed + gone)
     body = Readiness(ready=False, reason=reason, **parts)
     return JSONResponse(body.model_dump(mode="json"), status_code=503)
 
@@ -118,6 +154,9 @@ def snapshot_state(state) -> SnapshotState | None:
     except Exception as exc:  # noqa: BLE001 - readiness must answer even when the database does not
         return SnapshotState(status="failed", error=f"cannot read the operations database: {client_safe(str(exc))}")
     if latest is None:
+        if store.ops.status() == NOT_YET:
+            return SnapshotState(status="none", error="no operations store yet: no refresh has run; run "
+                                 "`funnelcast refresh` or POST /v1/admin/refresh")
         return SnapshotState(status="none", error="no refresh yet: run `funnelcast refresh`")
     out = SnapshotState(status=latest.status, error=latest.error)
     if good is not None:

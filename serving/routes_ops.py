@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import threading
@@ -68,15 +69,16 @@ def recent_traffic(request: Request) -> RecentTraffic:
     return state_cached(request.app.state, "recent_traffic", RecentTraffic)
 
 
-def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, features: pd.DataFrame, scored: pd.DataFrame) -> None:
-    """Log served scores with their model version, and keep the request for drift monitoring.
+def record_served(request: Request, model: LoadedModel, as_of: pd.Timestamp, rows: list[tuple],
+                  record_ids: list, probabilities: list[float]) -> None:
+    """Log served scores with their model version, and keep the request's feature rows (tuples in
+    the order of the model's features) for drift monitoring.
 
     A failure here is logged, never turned into a failed scoring request."""
     try:
-        operations_store(request).log_scores(
-            model.name, model.version, as_of, [str(x) for x in scored["lead_id"]], scored["probability"].tolist()
-        )
-        recent_traffic(request).add(model.name, model.version, as_of, features, len(scored))
+        operations_store(request).log_scores(model.name, model.version, as_of, [str(x) for x in record_ids],
+                                             [float(p) for p in probabilities])
+        recent_traffic(request).add(model.name, model.version, as_of, rows, len(record_ids))
     except Exception:  # noqa: BLE001 - monitoring must not break scoring
         log.exception("logging served scores failed")
 
@@ -114,6 +116,8 @@ def swap_in_registered(state: Any) -> tuple[dict[str, LoadedModel], dict[str, Lo
         errors.update({k: v for k, v in problems.items() if k not in swapped})
         state.models = swapped  # one assignment: a request sees the old dict or the new one
         state.load_errors = errors
+    if any(old.get(k) is not v for k, v in swapped.items()):
+        gc.freeze()  # the new models join the objects the collector no longer scans (serving.app.freeze_heap)
     if any(old.get(k) is not v for k, v in swapped.items()) and getattr(state, "after_models_swapped", None):
         state.after_models_swapped()  # new champions: refresh the scored snapshot (serving/refresh.py)
     return old, swapped, problems

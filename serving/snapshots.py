@@ -21,6 +21,7 @@ import json
 import math
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -167,12 +168,17 @@ class SnapshotStore:
 
     @property
     def engine(self):
+        """The engine for writing (creates the operations database when there is none yet)."""
         engine = self.ops.engine
         with self._lock:
             if not self._ready:
                 create_tables(engine)  # only the tables not there yet
                 self._ready = True
         return engine
+
+    def _reader(self):
+        """The engine for reading, ``None`` while there is no operations database (a read never creates it)."""
+        return None if self.ops.read_engine() is None else self.engine
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, snapshot: dict[str, Any], scores: pd.DataFrame | None = None,
@@ -197,29 +203,36 @@ class SnapshotStore:
         q = select(snapshots).order_by(snapshots.c.id.desc()).limit(1)
         if ok_only:
             q = q.where(snapshots.c.status == "ok")
-        with self.engine.connect() as conn:
+        if (engine := self._reader()) is None:
+            return None
+        with engine.connect() as conn:
             row = conn.execute(q).first()
         return SnapshotRow.of(row) if row is not None else None
 
     def scores(self, snapshot_id: int) -> pd.DataFrame:
         """Every score of a snapshot, in the order it was stored."""
         q = select(snapshot_scores).where(snapshot_scores.c.snapshot_id == snapshot_id).order_by(snapshot_scores.c.id)
-        with self.engine.connect() as conn:
+        if (engine := self._reader()) is None:
+            return pd.DataFrame(columns=[c.name for c in snapshot_scores.columns])
+        with engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return pd.DataFrame(rows, columns=[c.name for c in snapshot_scores.columns])
 
     def payload(self, snapshot_id: int, key: str) -> Any | None:
         q = select(snapshot_payloads.c.payload).where(
             and_(snapshot_payloads.c.snapshot_id == snapshot_id, snapshot_payloads.c.key == key))
-        with self.engine.connect() as conn:
+        if (engine := self._reader()) is None:
+            return None
+        with engine.connect() as conn:
             return conn.execute(q).scalar_one_or_none()
 
     def previous(self, kinds: Sequence[str], points: int) -> pd.DataFrame:
         """Per entity, its probabilities in the latest ``points`` ok snapshots (oldest first), its last
         score, grade, probability and reasons: what a new snapshot compares itself with."""
-        with self.engine.connect() as conn:
-            ids = conn.execute(select(snapshots.c.id).where(snapshots.c.status == "ok")
-                               .order_by(snapshots.c.id.desc()).limit(points)).scalars().all()
+        engine = self._reader()
+        with engine.connect() if engine is not None else nullcontext() as conn:
+            ids = [] if conn is None else conn.execute(select(snapshots.c.id).where(snapshots.c.status == "ok")
+                                                       .order_by(snapshots.c.id.desc()).limit(points)).scalars().all()
             if not ids:
                 return pd.DataFrame(columns=["kind", "entity_id", "snapshot_id", "probability", "score", "grade",
                                              "reasons"])
@@ -239,7 +252,9 @@ class SnapshotStore:
              .join(snapshots, snapshots.c.id == snapshot_scores.c.snapshot_id)
              .where(snapshot_scores.c.kind == kind, snapshot_scores.c.entity_id == entity_id, snapshots.c.status == "ok")
              .order_by(snapshot_scores.c.snapshot_id.desc()).limit(limit))
-        with self.engine.connect() as conn:
+        if (engine := self._reader()) is None:
+            return []
+        with engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(q).mappings().all()]
         for r in rows:
             r["as_of"], r["refreshed_at"] = _utc(r["as_of"]), _utc(r["refreshed_at"])
@@ -258,7 +273,9 @@ class SnapshotStore:
             q = q.where(snapshots.c.refreshed_at > _utc(since))
         if kind is not None:
             q = q.where(snapshot_scores.c.kind == kind)
-        with self.engine.connect() as conn:
+        if (engine := self._reader()) is None:
+            return [], None
+        with engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(q).mappings().all()]
         more = len(rows) > limit
         rows = rows[:limit]
@@ -267,7 +284,9 @@ class SnapshotStore:
         return rows, (_encode(rows[-1]["id"]) if more else None)
 
     def count(self) -> int:
-        with self.engine.connect() as conn:
+        if (engine := self._reader()) is None:
+            return 0
+        with engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(snapshots)).scalar_one())
 
 

@@ -28,6 +28,7 @@ Also here, in memory: a bounded sample of the most recent scoring requests, from
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -51,8 +52,10 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+
+from serving.errors import RequestProblem
 
 log = logging.getLogger("funnelcast.serving")
 
@@ -123,26 +126,121 @@ def create_tables(engine: Engine) -> None:
                     raise
 
 
+#: What :meth:`FilePresence.status` says of a store's file.
+PRESENT, NOT_YET, GONE = "present", "none", "gone"
+
+
+class FilePresence:
+    """Whether a store's file is there, by one ``stat`` per call: ``present``, ``none`` (never seen
+    by this process: nothing created it yet) or ``gone`` (seen, then deleted while the process ran).
+    ``path`` None (a server database, an in-memory one) is always present. ``replaced`` says the
+    file now there is another one than the one seen before (restored from a backup, recreated by
+    another process): connections opened on the old one must be dropped."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._missed = False
+        self.replaced = False
+
+    def status(self) -> str:
+        if self.path is None:
+            return PRESENT
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._seen is None:
+                return NOT_YET
+            self._missed = True
+            return GONE
+        ident = (st.st_dev, st.st_ino)  # a file system may give a new file the inode of a deleted one:
+        if self._seen is not None and (ident != self._seen or self._missed):  # seen missing between counts too
+            self.replaced = True
+        self._seen, self._missed = ident, False
+        return PRESENT
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for an in-memory database, a SQLite URI or another database)."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.query.get("uri"):
+        return None
+    return Path(u.database)
+
+
+class OperationsStoreGone(RequestProblem):
+    """The operations database this process had open was deleted while it ran: refused (503), never
+    silently recreated empty (the outcomes and the score history would vanish without a word)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"the operations database {name} was deleted while the server ran: outcomes, served "
+                         "scores and snapshots cannot be stored or read; restore the file, or restart the server "
+                         "to start an empty one (the server log has the path)", status_code=503,
+                         headers={"Retry-After": "60"})
+
+
 class OperationsStore:
-    """Served scores and outcomes in one database; the engine is created on first use."""
+    """Served scores and outcomes in one database; the engine is created on first use.
+
+    Reads never create the database: while its SQLite file does not exist (a fresh project home),
+    they answer as an empty store (no outcome, no snapshot); the first write (an outcome, a refresh,
+    a served score) creates it. A file deleted while the process runs is :data:`GONE`: reads and
+    writes raise :class:`OperationsStoreGone` (``/readyz`` answers 503 naming it) instead of writing
+    into the deleted file or a new empty one. A file replaced under the process (restored) is
+    followed: the engine is opened again on it."""
 
     def __init__(self, url: str):
         self.url = url
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self._writer: _ScoreWriter | None = None
+        self.presence = FilePresence(sqlite_file(url))
+
+    @property
+    def name(self) -> str:
+        """The database's name for clients: its file name, or its kind (no server path, no password)."""
+        path = self.presence.path
+        return path.name if path is not None else self.url.split(":", 1)[0]
+
+    def status(self) -> str:
+        """:data:`PRESENT`, :data:`NOT_YET` or :data:`GONE` (one ``stat`` of the SQLite file)."""
+        status = self.presence.status()
+        if self.presence.replaced:
+            with self._lock:
+                self.presence.replaced = False
+                if self._engine is not None:
+                    log.warning("the operations database %s was replaced: opening the new file", self.presence.path)
+                    self._engine.dispose()
+                    self._engine = None
+        return status
 
     @property
     def engine(self) -> Engine:
+        """The engine for writing: creates the database when it does not exist yet."""
+        if self.status() == GONE:
+            log.error("the operations database %s was deleted while the server ran", self.presence.path)
+            raise OperationsStoreGone(self.name)
         with self._lock:
             if self._engine is None:
-                if self.url.startswith("sqlite:///"):
-                    Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                if self.presence.path is not None:
+                    self.presence.path.parent.mkdir(parents=True, exist_ok=True)
                 self._engine = create_engine(self.url, future=True)
                 if self._engine.dialect.name == "sqlite":
                     event.listen(self._engine, "connect", _sqlite_wal)
                 create_tables(self._engine)
-            return self._engine
+        self.presence.status()  # created now: seen
+        return self._engine
+
+    def read_engine(self) -> Engine | None:
+        """The engine for reading, ``None`` while the database does not exist yet (never created by a read)."""
+        status = self.status()
+        if status == NOT_YET:
+            return None
+        return self.engine  # raises OperationsStoreGone when gone
 
     def record_scores(self, task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> None:
         """Insert served scores now, in one transaction."""
@@ -181,7 +279,10 @@ class OperationsStore:
         return StoredOutcomes(statuses)
 
     def outcome_count(self, task: str) -> int:
-        with self.engine.connect() as conn:
+        engine = self.read_engine()
+        if engine is None:
+            return 0
+        with engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(outcomes).where(outcomes.c.task == task)).scalar_one())
 
     def scored_then_decided(self, task: str) -> pd.DataFrame:
@@ -210,8 +311,12 @@ class OperationsStore:
             .join(first, served_scores.c.id == first.c.first_id)
             .join(outcomes, (outcomes.c.task == task) & (outcomes.c.record_id == served_scores.c.record_id))
         )
-        with self.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(q).mappings().all())
+        engine = self.read_engine()
+        rows = [] if engine is None else None
+        if engine is not None:
+            with engine.connect() as conn:
+                rows = conn.execute(q).mappings().all()
+        frame = pd.DataFrame(rows)
         if frame.empty:
             return pd.DataFrame(columns=["model_version", "record_id", "probability", "as_of", "outcome", "label"])
         as_of = frame["as_of"].map(_utc)
@@ -279,6 +384,9 @@ class _ScoreWriter:
         for attempt in range(self.retries + 1):
             try:
                 self._insert(batch)
+                return
+            except OperationsStoreGone:  # no retry brings a deleted file back
+                log.error("logging %d served scores: the operations database is gone; they are lost", len(batch))
                 return
             except Exception:  # noqa: BLE001 - the log must not take the worker down
                 if attempt == self.retries:
@@ -353,8 +461,8 @@ class RecentTraffic:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, task: str, version: str, as_of: pd.Timestamp, features: pd.DataFrame, n: int) -> None:
-        rows = list(map(tuple, features.to_numpy(dtype=object)))  # ~10x cheaper than itertuples for one row
+    def add(self, task: str, version: str, as_of: pd.Timestamp, rows: list[tuple], n: int) -> None:
+        """Keep a request's feature rows (tuples in the order of the model's features)."""
         with self._lock:
             q = self._items.setdefault(task, deque())
             q.append(_Request(version, as_of, rows, n))

@@ -58,10 +58,20 @@ class DataReadiness(BaseModel):
 
 
 class StoreReadiness(BaseModel):
-    state: Literal["present", "missing"] = Field(
+    state: Literal["present", "missing", "gone"] = Field(
         description="The MLflow store the models are loaded from; missing: refused, never created empty (reason: "
-        "which store and what to run)")
+        "which store and what to run); gone: deleted while the server ran (not ready; the models already loaded "
+        "still score)")
     kind: str = Field(description="sqlite (a file under the project home by default), or the scheme of a server URI")
+    name: str | None = Field(None, description="The SQLite file's name (no server path)")
+    reason: str | None = None
+
+
+class OperationsReadiness(BaseModel):
+    state: Literal["present", "none", "gone"] = Field(
+        description="The operations database (outcomes, served scores, snapshots); none: no operations store yet "
+        "(the first write creates it, a read never does); gone: deleted while the server ran (not ready)")
+    kind: str = Field(description="sqlite (operations.db under the project home by default), or the database's scheme")
     name: str | None = Field(None, description="The SQLite file's name (no server path)")
     reason: str | None = None
 
@@ -73,6 +83,7 @@ class Readiness(BaseModel):
     tasks: dict[str, TaskReadiness] = Field(default_factory=dict, description="Every served task's state")
     data: DataReadiness | None = None
     store: StoreReadiness | None = Field(None, description="The MLflow store (null: not checked)")
+    operations: OperationsReadiness | None = Field(None, description="The operations database (null: not checked)")
     snapshot: SnapshotState | None = Field(None, description="The scored snapshot served (null: none yet)")
 
 
