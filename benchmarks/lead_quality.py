@@ -98,6 +98,8 @@ def run(sample: Path, seed: int, scale: float, n_origins: int) -> dict[str, floa
                 "converted": int(frame["y"].sum()),
                 "train_s": round(fit_s, 1),
                 "chosen": result.chosen["candidate"],
+                "history": result.chosen.get("history_days", "all"),
+                "half_life": result.chosen.get("half_life_days", "none"),
                 "eval_days": result.chosen["evaluate_days"],
                 **{f"auc_{k}": m[k]["roc_auc"] for k in m},
                 **{f"brier_{k}": m[k]["brier"] for k in m},

@@ -475,8 +475,9 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
     """Every rung fitted on ``fit`` (calibrated on ``cal``) and compared on ``val`` (:func:`choose`); then, for
     the winner (a blend: its better member; LightGBM: its conservative rung, :data:`PROXY`, to keep training
     time), the history lengths and recency weightings, each kept only if it lowers the validation log loss
-    by more than :data:`TIE` (one point at a time: every point is one more fit). ``cutoff``: what the fit
-    may know."""
+    of all the history, unweighted, by more than one paired standard error (the rule :func:`choose` applies
+    to the candidates: a noise-level win does not throw history away) and more than the best point so far
+    (one point at a time: every point is one more fit). ``cutoff``: what the fit may know."""
     by_name = {c.name: c for c in rungs}
     models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, None, None, label) for c in rungs}
     y_val = val[label].to_numpy()
@@ -485,6 +486,7 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
     members = tuple(models["blend"].member_names) if name == "blend" else (name,)
     base = PROXY.get(members[0], members[0])
     best = (float(table.loc[base, "validation_log_loss"]), None, None)
+    all_rows = _row_losses(y_val, models[base].predict_proba(val[cols]))
     grid = [{"candidate": base, "history_days": "all", "half_life_days": "none", "validation_log_loss": best[0]}]
     for history in histories:
         for half_life in half_lives:
@@ -495,10 +497,13 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
             if (history is not None and len(rows) == len(fit)) or counts.min() < MIN_CLASS_ROWS:
                 continue
             model = _fit_rows(by_name[base], fit, cal, cols, cutoff, history, half_life, label)
-            loss = classification_metrics(y_val, model.predict_proba(val[cols]))["log_loss"]
+            p = model.predict_proba(val[cols])
+            loss = classification_metrics(y_val, p)["log_loss"]
+            gain = all_rows - _row_losses(y_val, p)
+            se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
             grid.append({"candidate": base, "history_days": history or "all", "half_life_days": half_life or "none",
                          "validation_log_loss": loss})
-            if loss < best[0] - TIE:
+            if loss < best[0] - TIE and gain.mean() > max(se, TIE):
                 best = (loss, history, half_life)
     calibration = choose_calibration(models[name], cal, val, cols, label)
     return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), calibrate(models[name], cal, cols,
