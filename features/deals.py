@@ -506,6 +506,29 @@ def calendar_features(as_of: pd.Timestamp, n: int) -> dict[str, np.ndarray]:
             "days_to_quarter_end": np.full(n, _days_to_period_end(as_of, "Q"))}
 
 
+#: The calendar of each timing period (see :func:`period_calendar`).
+PERIOD_CALENDAR_FEATURES = ("period_days_to_month_end", "period_days_to_quarter_end")
+_MEAN_DAYS = {"days_to_month_end": 365.2425 / 12, "days_to_quarter_end": 365.2425 / 4}
+
+
+def period_calendar(X: pd.DataFrame, start_days: np.ndarray) -> dict[str, np.ndarray]:
+    """``period_days_to_month_end`` and ``period_days_to_quarter_end`` of timing periods starting
+    ``start_days`` after their snapshot (rows of ``X``, aligned): the snapshot's
+    :func:`calendar_features` less the offset, wrapped by the mean month (30.4 days) and quarter
+    (91.3 days), so within a day or two of the calendar's. A period holding a quarter's end starts
+    fewer days before it than the period is long: what a hazard needs to see a close push coming
+    within the horizon, without learning calendar time. Empty when ``X`` has no calendar features."""
+    start = np.asarray(start_days, dtype=float)
+    out = {}
+    for name in CALENDAR_FEATURES:
+        if name in X:
+            length = _MEAN_DAYS[name]
+            left = X[name].to_numpy(dtype=float) - start  # the snapshot's own end while the period starts before it
+            left = left + np.maximum(np.ceil(-left / length), 0.0) * length
+            out[f"period_{name}"] = np.where(left <= 0, left + length, left)
+    return out
+
+
 def _history_lookup(history: pd.DataFrame, keys: np.ndarray, column: str, default: float = 0.0) -> np.ndarray:
     if column not in history or history.empty:
         return np.full(len(keys), default)

@@ -40,6 +40,7 @@ from models.deals import (
     mass_within,
     period_frame,
     score_open_deals,
+    timing_columns,
     timing_distribution,
 )
 from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, training_rows
@@ -238,7 +239,7 @@ def hazard_rows(snaps: pd.DataFrame, cutoff: pd.Timestamp, period_days: float, n
     rows = s.iloc[rep[keep]].reset_index(drop=True)
     closed = (closed_at[keep] < t1[keep])
     won = closed & (rows["won"].to_numpy() == 1)
-    return period_frame(rows, j[keep]).assign(
+    return period_frame(rows, j[keep], period_days).assign(
         closed=closed.astype(int), won_label=won.astype(int), lost_label=(closed & ~won).astype(int)
     )
 
@@ -366,8 +367,8 @@ def win_scores(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray | 
 def _timing_scores(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
                    rows: pd.DataFrame, outcomes: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> dict[str, float]:
     """A timing candidate fitted on ``hazard`` (fit, calibration) rows (or ``fitted``), scored on ``rows``."""
-    win, loss = fitted or timing_models(spec, cfg, *hazard, [*spec.feature_names, "period"])
-    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods)
+    win, loss = fitted or timing_models(spec, cfg, *hazard, timing_columns(spec))
+    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods, cfg.period_days)
     return win_scores(outcomes, mass.sum(axis=1), mass_within(mass, cfg.horizon_days, cfg.period_days, cfg.n_periods))
 
 
@@ -575,7 +576,7 @@ def fit_deal_scorer(
         cfg, choice = choose_timing(snaps, spec, cutoff, cfg)
     rows = rows if rows is not None else fit_and_calibration_rows(snaps, cutoff, cfg)
     next_stage = _classifier(spec, cfg, *rows["next_stage"], cols, "label", "next stage")
-    tcols = [*cols, "period"]
+    tcols = timing_columns(spec)
     win, loss = timing_models(spec, cfg, *rows["hazard"], tcols)
     if cfg.refit_timing:
         # the fit rows stop where the calibration window starts (see fit_and_calibration_rows): with

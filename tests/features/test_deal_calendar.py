@@ -13,12 +13,14 @@ import pytest
 from features.contract import Export
 from features.deals import (
     CALENDAR_FEATURES,
+    PERIOD_CALENDAR_FEATURES,
     DealFeatureSpec,
     calendar_features,
     deal_context,
     deal_features,
     deal_snapshots,
     open_opportunities,
+    period_calendar,
 )
 
 
@@ -105,3 +107,28 @@ def test_calendar_features_can_be_excluded(sample_export):
     spec = DealFeatureSpec.from_export(sample_export, exclude=list(CALENDAR_FEATURES),
                                        as_of=sample_export.exported_at)
     assert not set(CALENDAR_FEATURES) & set(spec.feature_names)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_period_calendar_is_the_calendar_of_each_period_s_start(seed):
+    """Each timing period's days to the end of its month and quarter: within three days of the exact
+    calendar of its start, for periods as far out as the timing model looks (12 periods of a 30-day
+    horizon: 120 days; the snapshot's figures wrapped by the mean month and quarter, whose error
+    grows with the months of uneven length in between: February's 28 days)."""
+    rng = np.random.default_rng(seed)
+    base = pd.Timestamp("2016-01-01", tz="UTC")
+    as_of = [(base + pd.Timedelta(days=float(d))).floor("s") for d in rng.uniform(0, 3 * 365, 300)]
+    X = pd.DataFrame([{k: v[0] for k, v in calendar_features(t, 1).items()} for t in as_of])
+    start = np.floor(rng.uniform(0, 120, len(X)))
+    got = period_calendar(X, start)
+    assert set(got) == set(PERIOD_CALENDAR_FEATURES)
+    for i, t in enumerate(as_of):
+        month, quarter = _naive((t + pd.Timedelta(days=start[i])).to_pydatetime())
+        # the exact figure and the wrapped one may sit on the two sides of a period's end
+        assert min(abs(got["period_days_to_month_end"][i] - month), 31 - abs(got["period_days_to_month_end"][i] - month)) < 3
+        assert min(abs(got["period_days_to_quarter_end"][i] - quarter), 92 - abs(got["period_days_to_quarter_end"][i] - quarter)) < 3
+    assert (got["period_days_to_quarter_end"] > 0).all() and (got["period_days_to_quarter_end"] <= 92).all()
+    # with no offset a period's calendar is its snapshot's
+    same = period_calendar(X, np.zeros(len(X)))
+    assert np.allclose(same["period_days_to_quarter_end"], X["days_to_quarter_end"])
+    assert period_calendar(X.drop(columns=list(CALENDAR_FEATURES)), start) == {}

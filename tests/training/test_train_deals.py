@@ -246,7 +246,7 @@ def test_a_scorer_saved_before_competing_risks_still_scores_the_same(deal_result
     loaded.__setstate__(old)
     X = deal_result.snapshots[scorer.spec.feature_names].head(40)
     n, J = len(X), scorer.n_periods
-    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
+    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n), scorer.period_days)
     h, s = close.predict_proba(big).reshape(n, J), share.predict_proba(big).reshape(n, J)
     survive = np.cumprod(np.c_[np.ones(n), 1 - h], axis=1)
     expected = (survive[:, :J] * h * s).sum(1) + survive[:, J] * s[:, -1]
