@@ -132,3 +132,25 @@ def test_period_calendar_is_the_calendar_of_each_period_s_start(seed):
     same = period_calendar(X, np.zeros(len(X)))
     assert np.allclose(same["period_days_to_quarter_end"], X["days_to_quarter_end"])
     assert period_calendar(X.drop(columns=list(CALENDAR_FEATURES)), start) == {}
+
+
+def test_timing_rows_carry_each_period_s_calendar(deal_snapshot_frame, deal_config, sample_export):
+    """The timing models' rows (a snapshot x a period after it): the period's calendar is that of the
+    period's start, ``as_of + period x period_days`` (within three days), and the timing models read it."""
+    from models.deals import timing_columns
+    from training.deals import hazard_rows
+
+    spec, snaps = deal_snapshot_frame
+    cutoff = snaps["as_of"].max()
+    rows = hazard_rows(snaps, cutoff, deal_config.period_days, deal_config.n_periods)
+    assert rows["period"].nunique() > 3
+    sample = rows.sample(400, random_state=0)
+    for _, r in sample.iterrows():
+        month, quarter = _naive((r["as_of"] + pd.Timedelta(days=r["period"] * deal_config.period_days)).to_pydatetime())
+        gap = abs(r["period_days_to_quarter_end"] - quarter)
+        assert min(gap, 92 - gap) < 3, (r["as_of"], r["period"])
+        gap = abs(r["period_days_to_month_end"] - month)
+        assert min(gap, 31 - gap) < 3, (r["as_of"], r["period"])
+    assert set(PERIOD_CALENDAR_FEATURES) <= set(timing_columns(spec))
+    without = DealFeatureSpec.from_export(sample_export, exclude=list(CALENDAR_FEATURES), as_of=cutoff)
+    assert not set(PERIOD_CALENDAR_FEATURES) & set(timing_columns(without))
