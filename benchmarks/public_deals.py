@@ -84,6 +84,8 @@ def deal_win(export: Export, origins: list[pd.Timestamp], cfg: DealTrainConfig,
                        f"{choice.get('window', 'n/a')}{'; ' + choice['note'] if choice.get('note') else ''}): "
                        + ", ".join(f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
                                    for k, v in choice.get("candidates", {}).items())
+                       + (f"; calendar {'kept' if (choice.get('calendar') or {})['chosen'] else 'left out'}"
+                          if (choice.get("calendar") or {}).get("chosen") is not None else "")
                        + (f"; base-rate shift {scorer.metadata['base_rate_shift']:+.3f} "
                           f"({scorer.metadata['base_rate_note']})" if "base_rate_shift" in scorer.metadata else ""))
         now = snaps[snaps["as_of"] == origin]
