@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from features.adapters import import_export
 from features.contract import Export
-from features.deals import DealFeatureSpec, deal_snapshots, snapshot_times
+from features.deals import CALENDAR_FEATURES, DealFeatureSpec, deal_snapshots, snapshot_times
 from models.metrics import classification_metrics
 from training.backtest import BacktestConfig, run_backtest
 from training.deals import DealTrainConfig, censored, fit_deal_scorer
@@ -51,11 +51,13 @@ LEAKS = ("close_value", "lead_close_value")  # 0 for lost deals: set after the o
 ORIGINS = ("2017-07-01", "2017-08-01", "2017-09-01", "2017-10-01", "2017-11-01")
 
 
-def deal_config(seed: int = 0, timing_layout: str | None = None, **more: Any) -> DealTrainConfig:
+def deal_config(seed: int = 0, timing_layout: str | None = None, calendar: bool = True, **more: Any) -> DealTrainConfig:
     """30-day horizon, weekly snapshots; 14 months of history leave 42-day calibration windows;
-    the timing layout and LightGBM rung chosen per fit on the validation window (``None``)."""
+    the timing layout and LightGBM rung chosen per fit on the validation window (``None``);
+    ``calendar=False`` leaves out the sales-calendar features (the model before them)."""
+    exclude = LEAKS if calendar else (*LEAKS, *CALENDAR_FEATURES)
     return DealTrainConfig(horizon_days=30, snapshot_every_days=7, eval_days=42, calib_days=42, warmup_days=30,
-                           exclude=LEAKS, seed=seed, timing_layout=timing_layout, **more)
+                           exclude=exclude, seed=seed, timing_layout=timing_layout, **more)
 
 
 def load_maven(folder: Path) -> tuple[Export, dict]:
@@ -82,6 +84,8 @@ def deal_win(export: Export, origins: list[pd.Timestamp], cfg: DealTrainConfig,
                        f"{choice.get('window', 'n/a')}{'; ' + choice['note'] if choice.get('note') else ''}): "
                        + ", ".join(f"{k} {v.get('validation_log_loss', float('nan')):.4f}"
                                    for k, v in choice.get("candidates", {}).items())
+                       + (f"; calendar {'kept' if (choice.get('calendar') or {})['chosen'] else 'left out'}"
+                          if (choice.get("calendar") or {}).get("chosen") is not None else "")
                        + (f"; base-rate shift {scorer.metadata['base_rate_shift']:+.3f} "
                           f"({scorer.metadata['base_rate_note']})" if "base_rate_shift" in scorer.metadata else ""))
         now = snaps[snaps["as_of"] == origin]
@@ -132,6 +136,8 @@ def main() -> None:
     ap.add_argument("--skip-deal-win", action="store_true", help="only the forecast backtest")
     ap.add_argument("--timing-layout", choices=("competing_risks", "close_share"), default=None,
                     help="the deal timing model (as `funnelcast train --task stage_conversion --timing-layout`; default: chosen per fit)")
+    ap.add_argument("--without-calendar", action="store_true",
+                    help="leave out the sales-calendar features (days to the end of the month and quarter)")
     ap.add_argument("--config", default="{}", help="more DealTrainConfig fields as JSON, e.g. "
                     '\'{"timing_calibration": "platt"}\'')
     args = ap.parse_args()
@@ -140,7 +146,7 @@ def main() -> None:
         raise SystemExit(f"{folder} not found: the public datasets are read from there, never copied into the repo")
     t0 = time.perf_counter()
     export, info = load_maven(folder)
-    cfg = deal_config(args.seed, args.timing_layout, **json.loads(args.config))
+    cfg = deal_config(args.seed, args.timing_layout, not args.without_calendar, **json.loads(args.config))
     origins = [pd.Timestamp(o, tz="UTC") for o in args.origins]
     with pd.option_context("display.width", 200):
         cmp = None if args.skip_deal_win else deal_win(export, origins, cfg)

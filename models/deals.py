@@ -32,9 +32,11 @@ import pandas as pd
 
 from features.contract import Export
 from features.deals import (
+    CALENDAR_FEATURES,
     DealContext,
     DealFeatureSpec,
     deal_features,
+    period_calendar,
     deal_state,
     open_opportunities,
     predicted_amount,
@@ -50,9 +52,19 @@ PERIODS_PER_HORIZON = 3
 #: How many periods the timing model looks ahead (12 of ~30 days: a year).
 N_PERIODS = 12
 
-def period_frame(X: pd.DataFrame, periods: np.ndarray) -> pd.DataFrame:
-    """Rows of ``X`` repeated with a ``period`` column: the input of the timing models."""
-    return X.assign(period=np.asarray(periods, dtype=float))
+def period_frame(X: pd.DataFrame, periods: np.ndarray, period_days: float | None = None) -> pd.DataFrame:
+    """Rows of ``X`` repeated with a ``period`` column: the input of the timing models; with
+    ``period_days``, each period's calendar too (:func:`features.deals.period_calendar`)."""
+    periods = np.asarray(periods, dtype=float)
+    cal = period_calendar(X, periods * period_days) if period_days is not None else {}
+    return X.assign(period=periods, **cal)
+
+
+def timing_columns(spec: DealFeatureSpec) -> list[str]:
+    """The timing models' columns: the deal features, ``period``, and each period's calendar
+    when the features hold the snapshot's (see :func:`period_frame`)."""
+    names = spec.feature_names
+    return [*names, "period", *(f"period_{c}" for c in CALENDAR_FEATURES if c in names)]
 
 
 def win_mass(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -81,11 +93,12 @@ def capped_hazards(win: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.nd
     return win * scale, loss * scale
 
 
-def timing_distribution(win_hazard: Any, loss_hazard: Any, X: pd.DataFrame, n_periods: int) -> np.ndarray:
+def timing_distribution(win_hazard: Any, loss_hazard: Any, X: pd.DataFrame, n_periods: int,
+                        period_days: float | None = None) -> np.ndarray:
     """``(n, n_periods + 1)``: P(won in each period after as_of) from a pair of hazards (see
     :func:`win_mass`); what :meth:`DealScorer.win_distribution` and the timing candidates use."""
     n, J = len(X), n_periods
-    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
+    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n), period_days)
     win = win_hazard.predict_proba(big).reshape(n, J)
     loss = loss_hazard.predict_proba(big).reshape(n, J)
     return win_mass(win, loss)
@@ -175,7 +188,7 @@ class DealScorer(Scorer):
     # ------------------------------------------------------------------ predictions
     def win_distribution(self, X: pd.DataFrame) -> np.ndarray:
         """``(n, n_periods + 1)``: P(won in each period after as_of), the last column beyond them."""
-        return timing_distribution(self.win_hazard, self.loss_hazard, X, self.n_periods)
+        return timing_distribution(self.win_hazard, self.loss_hazard, X, self.n_periods, self.period_days)
 
     def within(self, mass: np.ndarray, days: float) -> np.ndarray:
         """P(won within ``days``) from :meth:`win_distribution` (a partial period pro rata)."""

@@ -252,6 +252,8 @@ _LABELS = {
     "close_date_push_days": "Days the close date was pushed",
     "days_to_close_date": "Days to the close date",
     "overdue": "Close date passed",
+    "days_to_month_end": "Days to the end of the month",
+    "days_to_quarter_end": "Days to the end of the quarter",
     "type": "Deal type",
     "product": "Product",
     "owner_open_deals": "Open deals of this owner",

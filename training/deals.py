@@ -26,7 +26,14 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
-from features.deals import DealFeatureSpec, deal_context, open_opportunities, snapshot_times
+from features.deals import (
+    CALENDAR_FEATURES,
+    PERIOD_CALENDAR_FEATURES,
+    DealFeatureSpec,
+    deal_context,
+    open_opportunities,
+    snapshot_times,
+)
 from features.engine import deal_snapshots  # the pandas one, or per deal partition in a Dask session
 from features.errors import FunnelcastError
 from features.pit import decision_times
@@ -40,6 +47,7 @@ from models.deals import (
     mass_within,
     period_frame,
     score_open_deals,
+    timing_columns,
     timing_distribution,
 )
 from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, training_rows
@@ -135,6 +143,10 @@ class DealTrainConfig:
     #: chosen timing candidate (:func:`choose_history`), from ``models.candidates.HISTORIES`` and
     #: ``HALF_LIVES``, as lead_quality does; off: the two fields as set.
     choose_history: bool = True
+    #: Whether the deal models read the sales calendar (``features.deals.CALENDAR_FEATURES`` and, in the
+    #: timing models, each period's: ``PERIOD_CALENDAR_FEATURES``); ``None`` (the default): chosen per fit
+    #: on the validation window with the timing candidate (:func:`choose_calendar`).
+    timing_calendar: bool | None = None
     #: At every fit (backtest origins too), when the latest decided window's rate of won within the
     #: horizon differs sharply from the earlier snapshots' (:func:`win_rate_shift`), move the win
     #: model to it (:func:`correct_base_rate`). Off by default: on generated seed 4 it fired at an
@@ -180,7 +192,7 @@ class DealTrainConfig:
     def chosen_per_fit(self) -> bool:
         """Whether the timing layout, its LightGBM rung or its history is chosen per fit (:func:`choose_timing`)."""
         return (self.timing_layout is None or (self.timing_lgbm is None and self.timing_params is None)
-                or self.choose_history)
+                or self.choose_history or self.timing_calendar is None)
 
 
 @dataclass(kw_only=True)
@@ -238,7 +250,7 @@ def hazard_rows(snaps: pd.DataFrame, cutoff: pd.Timestamp, period_days: float, n
     rows = s.iloc[rep[keep]].reset_index(drop=True)
     closed = (closed_at[keep] < t1[keep])
     won = closed & (rows["won"].to_numpy() == 1)
-    return period_frame(rows, j[keep]).assign(
+    return period_frame(rows, j[keep], period_days).assign(
         closed=closed.astype(int), won_label=won.astype(int), lost_label=(closed & ~won).astype(int)
     )
 
@@ -366,8 +378,8 @@ def win_scores(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray | 
 def _timing_scores(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
                    rows: pd.DataFrame, outcomes: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> dict[str, float]:
     """A timing candidate fitted on ``hazard`` (fit, calibration) rows (or ``fitted``), scored on ``rows``."""
-    win, loss = fitted or timing_models(spec, cfg, *hazard, [*spec.feature_names, "period"])
-    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods)
+    win, loss = fitted or timing_models(spec, cfg, *hazard, model_columns(spec, cfg, timing=True))
+    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods, cfg.period_days)
     return win_scores(outcomes, mass.sum(axis=1), mass_within(mass, cfg.horizon_days, cfg.period_days, cfg.n_periods))
 
 
@@ -441,7 +453,8 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     ``note``). Returns the chosen config and the choice (window, candidates' figures, chosen)."""
     cands = timing_candidates(cfg)
     snaps = choice_sample(snaps, cfg)
-    val = _validation_rows(snaps, cutoff, cfg) if len(cands) > 1 or cfg.choose_history else None
+    val = (_validation_rows(snaps, cutoff, cfg) if len(cands) > 1 or cfg.choose_history or cfg.timing_calendar is None
+           else None)
     window, hazard = (val["window"], val["hazard"]) if val else ([], None)
     table: dict[str, dict[str, float]] = {name: {} for name in cands}
     scored: dict[str, float] = {}
@@ -463,12 +476,48 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     fixed, history = cands[chosen], []
     if cfg.choose_history and chosen in scored:
         fixed, history = choose_history(spec, fixed, hazard, val["rows"], val["outcomes"], scored[chosen])
-    fixed = replace(fixed, choose_history=False)
+    base = next((g["validation_log_loss"] for g in history if g["history_days"] == (fixed.history_days or "all")
+                 and g["half_life_days"] == (fixed.half_life_days or "none")), scored.get(chosen))
+    calendar = choose_calendar(spec, fixed, val, base) if cfg.timing_calendar is None else {}
+    fixed = replace(fixed, choose_history=False, timing_calendar=calendar.get("chosen", cfg.timing_calendar is not False))
     return fixed, {"window": window_label(window) if window else "none", "chosen": chosen,
                    "note": note if len(cands) > 1 else None,
                    "criterion": "mean log loss of P(won within the horizon) and P(won)",
                    "candidates": table, "history": history,
-                   "history_days": fixed.history_days, "half_life_days": fixed.half_life_days}
+                   "history_days": fixed.history_days, "half_life_days": fixed.half_life_days,
+                   "calendar": calendar}
+
+
+def model_columns(spec: DealFeatureSpec, cfg: DealTrainConfig, timing: bool = False) -> list[str]:
+    """The columns the next-stage model (``timing=False``) or the timing models read: the deal
+    features (and ``period`` and the periods' calendar for timing: ``models.deals.timing_columns``),
+    without the sales calendar when ``cfg.timing_calendar`` is ``False``."""
+    cols = timing_columns(spec) if timing else spec.feature_names
+    if cfg.timing_calendar is False:
+        drop = {*CALENDAR_FEATURES, *PERIOD_CALENDAR_FEATURES}
+        cols = [c for c in cols if c not in drop]
+    return cols
+
+
+def choose_calendar(spec: DealFeatureSpec, cfg: DealTrainConfig, val: dict[str, Any] | None,
+                    with_calendar: float | None) -> dict[str, Any]:
+    """Whether the deal models read the sales calendar at this fit: the chosen timing candidate
+    (``cfg``, its criterion ``with_calendar`` on the validation window) fitted again without it, and
+    the calendar kept only when it lowers :func:`_criterion` by more than ``TIE``. Sales teams that
+    close against quarterly targets show it there (Maven CRM: 0.6892 -> 0.5997 at 1 July); on a CRM
+    with no calendar in its closes the two extra columns are only more ways to fit noise. Without a
+    validation window the calendar is kept (``chosen`` ``True``)."""
+    if CALENDAR_FEATURES[0] not in spec.feature_names:
+        return {"chosen": False, "note": "the calendar features are excluded"}
+    if val is None or val.get("hazard") is None or with_calendar is None:
+        return {"chosen": True, "note": "no validation window to choose on"}
+    try:
+        without = _criterion(_timing_scores(spec, replace(cfg, timing_calendar=False), val["hazard"], val["rows"],
+                                            val["outcomes"]))
+    except (ValueError, FunnelcastError):
+        return {"chosen": True, "note": "no model could be fitted without the calendar"}
+    return {"chosen": bool(with_calendar < without - TIE), "validation_log_loss_with": with_calendar,
+            "validation_log_loss_without": without}
 
 
 def choose_history(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
@@ -569,13 +618,13 @@ def fit_deal_scorer(
     """Fit every deal model on what was known at ``cutoff`` (labels censored there). ``rows``:
     :func:`fit_and_calibration_rows` of the same snapshots, cutoff and windows, when the caller
     fits there more than once (tuning's trials); built here otherwise."""
-    cols = spec.feature_names
     choice = None
     if cfg.chosen_per_fit:
         cfg, choice = choose_timing(snaps, spec, cutoff, cfg)
     rows = rows if rows is not None else fit_and_calibration_rows(snaps, cutoff, cfg)
-    next_stage = _classifier(spec, cfg, *rows["next_stage"], cols, "label", "next stage")
-    tcols = [*cols, "period"]
+    next_stage = _classifier(spec, cfg, *rows["next_stage"], model_columns(spec, cfg), "label", "next stage")
+    tcols = model_columns(spec, cfg, timing=True)
+    cols = spec.feature_names
     win, loss = timing_models(spec, cfg, *rows["hazard"], tcols)
     if cfg.refit_timing:
         # the fit rows stop where the calibration window starts (see fit_and_calibration_rows): with
@@ -600,7 +649,8 @@ def fit_deal_scorer(
         n_periods=cfg.n_periods,
         metadata={"calibration_days": int(rows["calib_days"]), "timing_layout": cfg.timing_layout,
                   "timing_lgbm": cfg.timing_lgbm or "current", "timing_choice": choice,
-                  "history_days": cfg.history_days, "half_life_days": cfg.half_life_days},
+                  "history_days": cfg.history_days, "half_life_days": cfg.half_life_days,
+                  "timing_calendar": cfg.timing_calendar},
     )
     if cfg.correct_base_rate:
         correct_base_rate(scorer, snaps, cutoff, cfg)

@@ -73,7 +73,8 @@ def test_history_is_chosen_on_the_validation_window_and_kept_in_the_scorer(deal_
     scorer = fit_deal_scorer(sample_export, snaps, spec, cutoff, cfg, surrogate=False)
     assert (scorer.metadata["history_days"], scorer.metadata["half_life_days"]) == (fixed.history_days,
                                                                                    fixed.half_life_days)
-    off = fit_deal_scorer(sample_export, snaps, spec, cutoff, replace(cfg, choose_history=False), surrogate=False)
+    off = fit_deal_scorer(sample_export, snaps, spec, cutoff, replace(cfg, choose_history=False, timing_calendar=True),
+                          surrogate=False)  # nothing left to choose
     assert off.metadata["history_days"] is None and off.metadata["timing_choice"] is None
 
 

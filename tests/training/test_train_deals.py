@@ -246,7 +246,7 @@ def test_a_scorer_saved_before_competing_risks_still_scores_the_same(deal_result
     loaded.__setstate__(old)
     X = deal_result.snapshots[scorer.spec.feature_names].head(40)
     n, J = len(X), scorer.n_periods
-    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n))
+    big = period_frame(X.loc[X.index.repeat(J)], np.tile(np.arange(J), n), scorer.period_days)
     h, s = close.predict_proba(big).reshape(n, J), share.predict_proba(big).reshape(n, J)
     survive = np.cumprod(np.c_[np.ones(n), 1 - h], axis=1)
     expected = (survive[:, :J] * h * s).sum(1) + survive[:, J] * s[:, -1]
@@ -260,14 +260,14 @@ def test_timing_layouts_and_their_settings(deal_result, deal_cfg, sample_export)
     hazards are a close hazard times the win share or its complement; a typo is refused."""
     from dataclasses import replace
 
-    from models.deals import SplitHazard
+    from models.deals import SplitHazard, period_frame
     from training.deals import TIMING_PARAMS, fit_deal_scorer
 
     assert deal_cfg.timing_settings() == (TIMING_PARAMS, "intercept")
     assert deal_result.scorer.win_hazard.calibration == "intercept"
     assert deal_result.scorer.win_hazard.calib_slope_ == 1.0
     assert deal_result.scorer.win_hazard.params["linear_tree"] is True
-    cs = replace(deal_cfg, timing_layout="close_share")
+    cs = replace(deal_cfg, timing_layout="close_share", timing_lgbm="current")  # the layout's own settings
     assert cs.timing_settings() == ({}, "platt")
     assert replace(cs, timing_params={"num_leaves": 3}, timing_calibration="intercept").timing_settings() == (
         {"num_leaves": 3}, "intercept")
@@ -276,7 +276,7 @@ def test_timing_layouts_and_their_settings(deal_result, deal_cfg, sample_export)
     assert isinstance(scorer.win_hazard, SplitHazard) and scorer.metadata["timing_layout"] == "close_share"
     close, share = scorer.win_hazard.close_hazard, scorer.win_hazard.win_share
     assert scorer.loss_hazard.close_hazard is close and "linear_tree" not in close.params
-    X = deal_result.snapshots[scorer.spec.feature_names].head(30).assign(period=1.0)
+    X = period_frame(deal_result.snapshots[scorer.spec.feature_names].head(30), np.ones(30), scorer.period_days)
     np.testing.assert_allclose(scorer.win_hazard.predict_proba(X) + scorer.loss_hazard.predict_proba(X),
                                close.predict_proba(X), rtol=1e-12)
     pred = scorer.predict(deal_result.snapshots[scorer.spec.feature_names].head(30))
