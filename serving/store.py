@@ -142,10 +142,17 @@ class FilePresence:
         self._seen: tuple[int, int] | None = None
         self._missed = False
         self.replaced = False
+        # the stat and the bookkeeping as one step: a thread whose stat ran before another thread's
+        # first write created the file must not then read that write's "seen" and call the file gone
+        self._lock = threading.Lock()
 
     def status(self) -> str:
         if self.path is None:
             return PRESENT
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> str:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

@@ -4,6 +4,7 @@ store deleted while the server runs makes ``/readyz`` answer 503 naming it (issu
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -136,3 +137,32 @@ def test_a_restored_operations_database_is_followed(tmp_path):
     assert store.status() == GONE
     shutil.copy(tmp_path / "other.db", tmp_path / "operations.db")  # restored from another copy
     assert store.outcome_count("lead_quality") == 2  # read from the file now there, not the deleted one
+
+
+def test_a_check_that_races_the_first_write_is_not_taken_for_a_deletion(tmp_path, monkeypatch):
+    """A thread whose stat found no file yet while another thread's first write created it answers
+    "none yet", never "gone" (the race that failed concurrent first outcomes on a fresh home)."""
+    import threading
+
+    import serving.store as store
+
+    db = tmp_path / "operations.db"
+    presence = FilePresence(db)
+    real_stat, other = store.os.stat, {}
+
+    def stat_then_file_appears(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs) if threading.current_thread() is not main else None
+        if st is not None:
+            return st
+        db.write_bytes(b"")  # the other thread's first write creates the file now...
+        t = threading.Thread(target=lambda: other.setdefault("status", presence.status()))
+        t.start()
+        t.join(0.2)  # ...and checks while this thread's stat is still answering "no file"
+        raise FileNotFoundError(path)
+
+    main = threading.current_thread()
+    monkeypatch.setattr(store.os, "stat", stat_then_file_appears)
+    assert presence.status() == NOT_YET
+    monkeypatch.setattr(store.os, "stat", real_stat)
+    time.sleep(0.05)
+    assert other["status"] == PRESENT and presence.status() == PRESENT and not presence.replaced
