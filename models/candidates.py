@@ -285,10 +285,29 @@ def _better(a: dict[str, float], b: dict[str, float]) -> bool:
     return np.nan_to_num(a["roc_auc"]) > np.nan_to_num(b["roc_auc"])
 
 
-def _row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+def row_log_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each row's log loss (``p`` clipped to [1e-7, 1 - 1e-7]); their mean is the log loss."""
     p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
     y = np.asarray(y, dtype=float)
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def paired_gain(before: np.ndarray, after: np.ndarray, groups: np.ndarray | None = None) -> tuple[float, float]:
+    """The mean of ``before - after`` (per-row losses of two models on the same rows) and its standard error.
+
+    With ``groups`` (one key per row, e.g. the deal of each weekly snapshot) the error is clustered by group:
+    a deal's snapshots share its outcome, so treating them as independent would understate the error and let a
+    noise-level win through. Without, the rows are taken as independent."""
+    d = np.asarray(before, dtype=float) - np.asarray(after, dtype=float)
+    n = len(d)
+    if n < 2:
+        return (float(d.mean()) if n else 0.0), 0.0
+    mean = float(d.mean())
+    if groups is None:
+        return mean, float(d.std(ddof=1) / np.sqrt(n))
+    sums = pd.Series(d - mean).groupby(np.asarray(groups)).sum().to_numpy()
+    g = len(sums)
+    return mean, (float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / n) if g > 1 else 0.0)
 
 
 def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal: pd.DataFrame,
@@ -313,7 +332,7 @@ def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal
         models["blend"], scores["blend"] = blend, s
         roles = {**roles, "blend": "model"}
     best = ranked[0]
-    losses = {n: _row_losses(y_val, p) for n, p in preds.items()}
+    losses = {n: row_log_losses(y_val, p) for n, p in preds.items()}
     for name in models:  # ladder order: the simplest first (the blend was added last)
         if name == "blend" and best != "blend":
             continue
@@ -395,7 +414,7 @@ def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: l
             if method != "platt" and not len(knots):
                 continue
             p = 1.0 / (1.0 + np.exp(-(intercept + ramps(raw_val, knots) @ slopes)))
-            losses[(method, share)] = _row_losses(y_val, p)
+            losses[(method, share)] = row_log_losses(y_val, p)
             m = classification_metrics(y_val, p)
             grid.append({"method": method, "window": "all" if share >= 1 else f"most recent {share:.0%}",
                          "rows": len(rows), "knots": len(knots), "validation_log_loss": m["log_loss"],
@@ -486,7 +505,7 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
     members = tuple(models["blend"].member_names) if name == "blend" else (name,)
     base = PROXY.get(members[0], members[0])
     best = (float(table.loc[base, "validation_log_loss"]), None, None)
-    all_rows = _row_losses(y_val, models[base].predict_proba(val[cols]))
+    all_rows = row_log_losses(y_val, models[base].predict_proba(val[cols]))
     grid = [{"candidate": base, "history_days": "all", "half_life_days": "none", "validation_log_loss": best[0]}]
     for history in histories:
         for half_life in half_lives:
@@ -499,7 +518,7 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
             model = _fit_rows(by_name[base], fit, cal, cols, cutoff, history, half_life, label)
             p = model.predict_proba(val[cols])
             loss = classification_metrics(y_val, p)["log_loss"]
-            gain = all_rows - _row_losses(y_val, p)
+            gain = all_rows - row_log_losses(y_val, p)
             se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
             grid.append({"candidate": base, "history_days": history or "all", "half_life_days": half_life or "none",
                          "validation_log_loss": loss})

@@ -50,7 +50,7 @@ from models.deals import (
     timing_columns,
     timing_distribution,
 )
-from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, training_rows
+from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, paired_gain, row_log_losses, training_rows
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import shap_summary_plot
@@ -375,12 +375,40 @@ def win_scores(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray | 
     return out
 
 
+def _timing_predictions(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
+                        rows: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """P(won) and P(won within the horizon) of ``rows`` from a timing candidate fitted on ``hazard`` (fit,
+    calibration) rows (or ``fitted``)."""
+    win, loss = fitted or timing_models(spec, cfg, *hazard, model_columns(spec, cfg, timing=True))
+    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods, cfg.period_days)
+    return mass.sum(axis=1), mass_within(mass, cfg.horizon_days, cfg.period_days, cfg.n_periods)
+
+
 def _timing_scores(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
                    rows: pd.DataFrame, outcomes: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> dict[str, float]:
     """A timing candidate fitted on ``hazard`` (fit, calibration) rows (or ``fitted``), scored on ``rows``."""
-    win, loss = fitted or timing_models(spec, cfg, *hazard, model_columns(spec, cfg, timing=True))
-    mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods, cfg.period_days)
-    return win_scores(outcomes, mass.sum(axis=1), mass_within(mass, cfg.horizon_days, cfg.period_days, cfg.n_periods))
+    return win_scores(outcomes, *_timing_predictions(spec, cfg, hazard, rows, fitted))
+
+
+def criterion_rows(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray) -> np.ndarray:
+    """Each validation row's share of :func:`_criterion` (their mean is it, up to the clipping of the
+    probabilities): half its log loss of P(won within the horizon), plus, on the rows decided by the cutoff,
+    half its log loss of P(won) scaled by the share of decided rows. The paired standard errors of
+    :func:`choose_history` and :func:`choose_calendar` are taken over these."""
+    decided = outcomes["won"].notna().to_numpy()
+    out = 0.5 * row_log_losses(outcomes["won_within_horizon"].to_numpy(), p_win_h)
+    if decided.any():
+        won = row_log_losses(outcomes["won"].to_numpy()[decided], np.asarray(p_win)[decided])
+        out[decided] += 0.5 * won * len(out) / decided.sum()
+    return out
+
+
+def _kept(before: np.ndarray, after: np.ndarray, rows: pd.DataFrame) -> tuple[bool, float, float]:
+    """Is ``after`` (per-row :func:`criterion_rows`) better than ``before`` by more than one paired
+    standard error, clustered by deal, and more than ``TIE``: the rule the lead task's history, calibration
+    and candidates follow, so a noise-level win does not change the model. Returns it, the gain and its error."""
+    gain, se = paired_gain(before, after, rows["opportunity_id"].to_numpy())
+    return bool(gain > max(se, TIE)), gain, se
 
 
 def _criterion(m: dict[str, float]) -> float:
@@ -448,36 +476,36 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     """The timing candidate (layout x LightGBM rung) to fit at ``cutoff``, chosen on the validation
     window (:func:`_validation_rows`): each candidate fitted once, its labels censored where the
     window starts (the rows built once for all), and judged by :func:`_criterion` on what the
-    window's deals did by ``cutoff`` (:func:`_best`). Nothing at or after ``cutoff`` is read. When no
-    window holds enough outcomes, or no candidate can be fitted before it, ``DEFAULT_CANDIDATE`` (said in
-    ``note``). Returns the chosen config and the choice (window, candidates' figures, chosen)."""
+    window's deals did by ``cutoff`` (:func:`_best`); then its history (:func:`choose_history`) and the
+    calendar (:func:`choose_calendar`). Nothing at or after ``cutoff`` is read. When no window holds
+    enough outcomes, or no candidate can be fitted before it, ``DEFAULT_CANDIDATE`` (said in ``note``).
+    Returns the chosen config and the choice (window, candidates' figures, chosen)."""
     cands = timing_candidates(cfg)
     snaps = choice_sample(snaps, cfg)
     val = (_validation_rows(snaps, cutoff, cfg) if len(cands) > 1 or cfg.choose_history or cfg.timing_calendar is None
            else None)
     window, hazard = (val["window"], val["hazard"]) if val else ([], None)
     table: dict[str, dict[str, float]] = {name: {} for name in cands}
-    scored: dict[str, float] = {}
+    per_row: dict[str, np.ndarray] = {}
     if hazard is not None:
         for name, c in cands.items():
             try:
-                m = _timing_scores(spec, c, hazard, val["rows"], val["outcomes"])
+                p = _timing_predictions(spec, c, hazard, val["rows"])
             except (ValueError, FunnelcastError) as exc:  # a candidate that cannot be fitted before the window
                 table[name] = {"error": str(exc)[:200]}
                 continue
+            m = win_scores(val["outcomes"], *p)
             table[name] = {"validation_log_loss": _criterion(m), "validation_roc_auc": m["win_h_roc_auc"],
                            "validation_win_h_log_loss": m["win_h_log_loss"],
                            "validation_win_log_loss": m["win_log_loss"], "validation_win_roc_auc": m["win_roc_auc"]}
-            scored[name] = table[name]["validation_log_loss"]
+            per_row[name] = criterion_rows(val["outcomes"], *p)
     note = (val["note"] if val and hazard is None else
-            "no candidate could be fitted before the validation window" if hazard is not None and not scored else None)
+            "no candidate could be fitted before the validation window" if hazard is not None and not per_row else None)
     default = candidate_name(*DEFAULT_CANDIDATE)
     chosen = _best(table) or (default if default in cands else next(iter(cands)))
-    fixed, history = cands[chosen], []
-    if cfg.choose_history and chosen in scored:
-        fixed, history = choose_history(spec, fixed, hazard, val["rows"], val["outcomes"], scored[chosen])
-    base = next((g["validation_log_loss"] for g in history if g["history_days"] == (fixed.history_days or "all")
-                 and g["half_life_days"] == (fixed.half_life_days or "none")), scored.get(chosen))
+    fixed, history, base = cands[chosen], [], per_row.get(chosen)
+    if cfg.choose_history and chosen in per_row:
+        fixed, history, base = choose_history(spec, fixed, hazard, val["rows"], val["outcomes"], base)
     calendar = choose_calendar(spec, fixed, val, base) if cfg.timing_calendar is None else {}
     fixed = replace(fixed, choose_history=False, timing_calendar=calendar.get("chosen", cfg.timing_calendar is not False))
     return fixed, {"window": window_label(window) if window else "none", "chosen": chosen,
@@ -500,36 +528,42 @@ def model_columns(spec: DealFeatureSpec, cfg: DealTrainConfig, timing: bool = Fa
 
 
 def choose_calendar(spec: DealFeatureSpec, cfg: DealTrainConfig, val: dict[str, Any] | None,
-                    with_calendar: float | None) -> dict[str, Any]:
+                    with_calendar: np.ndarray | None) -> dict[str, Any]:
     """Whether the deal models read the sales calendar at this fit: the chosen timing candidate
-    (``cfg``, its criterion ``with_calendar`` on the validation window) fitted again without it, and
-    the calendar kept only when it lowers :func:`_criterion` by more than ``TIE``. Sales teams that
-    close against quarterly targets show it there (Maven CRM: 0.6892 -> 0.5997 at 1 July); on a CRM
-    with no calendar in its closes the two extra columns are only more ways to fit noise. Without a
-    validation window the calendar is kept (``chosen`` ``True``)."""
+    (``cfg``; ``with_calendar``, its :func:`criterion_rows` on the validation window) fitted again without
+    it, and the calendar kept only when it lowers the criterion by more than one paired standard error
+    (clustered by deal) and ``TIE`` (:func:`_kept`). Sales teams that close against quarterly targets
+    show it there (Maven CRM: 0.6892 -> 0.5997 at 1 July); on a CRM with no calendar in its closes the
+    two extra columns are only more ways to fit noise. Without a validation window the calendar is kept
+    (``chosen`` ``True``)."""
     if CALENDAR_FEATURES[0] not in spec.feature_names:
         return {"chosen": False, "note": "the calendar features are excluded"}
     if val is None or val.get("hazard") is None or with_calendar is None:
         return {"chosen": True, "note": "no validation window to choose on"}
     try:
-        without = _criterion(_timing_scores(spec, replace(cfg, timing_calendar=False), val["hazard"], val["rows"],
-                                            val["outcomes"]))
+        without = criterion_rows(val["outcomes"], *_timing_predictions(spec, replace(cfg, timing_calendar=False),
+                                                                       val["hazard"], val["rows"]))
     except (ValueError, FunnelcastError):
         return {"chosen": True, "note": "no model could be fitted without the calendar"}
-    return {"chosen": bool(with_calendar < without - TIE), "validation_log_loss_with": with_calendar,
-            "validation_log_loss_without": without}
+    kept, gain, se = _kept(without, with_calendar, val["rows"])
+    return {"chosen": kept, "validation_log_loss_with": float(np.mean(with_calendar)),
+            "validation_log_loss_without": float(np.mean(without)), "gain": gain, "standard_error": se}
 
 
 def choose_history(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
-                   rows: pd.DataFrame, outcomes: pd.DataFrame, base: float) -> tuple[DealTrainConfig, list[dict]]:
+                   rows: pd.DataFrame, outcomes: pd.DataFrame, base: np.ndarray,
+                   ) -> tuple[DealTrainConfig, list[dict], np.ndarray]:
     """The timing models' training history and recency weighting, chosen on the validation window
     as lead_quality chooses them (``models.candidates.HISTORIES`` x ``HALF_LIVES``, one change at a
-    time from all of it unweighted, each kept only if it lowers :func:`_criterion` by more than
-    ``TIE``): a drifting CRM whose older deals mislead shows it there. ``hazard``: the fit and
-    calibration rows before the window; ``base``: the criterion of ``cfg`` as it is."""
+    time from all of it unweighted, each kept only if it lowers :func:`_criterion` below the best point
+    so far and by more than one paired standard error against all of it, clustered by deal: :func:`_kept`):
+    a drifting CRM whose older deals mislead shows it there; a noise-level win does not throw history away.
+    ``hazard``: the fit and calibration rows before the window; ``base``: the :func:`criterion_rows` of
+    ``cfg`` as it is. Returns the chosen config, the grid tried and the chosen point's criterion rows."""
     fit = hazard[0]
     latest = fit["as_of"].max()
-    best, grid = (base, cfg), [{"history_days": "all", "half_life_days": "none", "validation_log_loss": base}]
+    best = (float(np.mean(base)), cfg, base)
+    grid = [{"history_days": "all", "half_life_days": "none", "validation_log_loss": best[0]}]
     for history in HISTORIES:
         for half_life in HALF_LIVES:
             if (history is None) == (half_life is None) or (history and fit["as_of"].min() >= latest - pd.Timedelta(
@@ -537,14 +571,15 @@ def choose_history(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd
                 continue
             c = replace(cfg, history_days=history, half_life_days=half_life)
             try:
-                loss = _criterion(_timing_scores(spec, c, hazard, rows, outcomes))
+                point = criterion_rows(outcomes, *_timing_predictions(spec, c, hazard, rows))
             except (ValueError, FunnelcastError):  # too few events left in the shorter history
                 continue
+            loss = float(np.mean(point))
             grid.append({"history_days": history or "all", "half_life_days": half_life or "none",
                          "validation_log_loss": loss})
-            if loss < best[0] - TIE:
-                best = (loss, c)
-    return best[1], grid
+            if loss < best[0] - TIE and _kept(base, point, rows)[0]:
+                best = (loss, c, point)
+    return best[1], grid, best[2]
 
 
 def _enough(part: pd.DataFrame, label: str) -> bool:

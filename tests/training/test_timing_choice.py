@@ -6,11 +6,22 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.deals import CALENDAR_FEATURES, PERIOD_CALENDAR_FEATURES
 from models.candidates import TIE
-from training.deals import _criterion, _timing_scores, _validation_rows, choose_calendar, choose_timing, model_columns
+from training.deals import (
+    _criterion,
+    _kept,
+    _timing_predictions,
+    _validation_rows,
+    choose_calendar,
+    choose_timing,
+    criterion_rows,
+    model_columns,
+    win_scores,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +53,45 @@ def test_the_calendar_is_kept_only_when_it_lowers_the_validation_criterion(deal_
     spec, snaps = deal_snapshot_frame
     val = _validation_rows(snaps, cutoff, fixed_cfg)
     assert val["hazard"] is not None, val["note"]
-    with_calendar = _criterion(_timing_scores(spec, fixed_cfg, val["hazard"], val["rows"], val["outcomes"]))
+    p = _timing_predictions(spec, fixed_cfg, val["hazard"], val["rows"])
+    with_calendar = criterion_rows(val["outcomes"], *p)
+    # the rows' mean is the criterion the candidates are chosen by
+    assert np.mean(with_calendar) == pytest.approx(_criterion(win_scores(val["outcomes"], *p)), abs=1e-6)
     got = choose_calendar(spec, fixed_cfg, val, with_calendar)
     without = got["validation_log_loss_without"]
-    assert np.isfinite(without) and without != with_calendar  # two different models were fitted
-    assert got["chosen"] == (with_calendar < without - TIE)
-    # the rule itself: a criterion clearly below the one without keeps the calendar, one within TIE does not
-    assert choose_calendar(spec, fixed_cfg, val, without - 10 * TIE)["chosen"] is True
-    assert choose_calendar(spec, fixed_cfg, val, without - TIE / 2)["chosen"] is False
+    assert np.isfinite(without) and without != got["validation_log_loss_with"]  # two different models were fitted
+    assert got["chosen"] == (got["gain"] > max(got["standard_error"], TIE))
+    assert got["gain"] == pytest.approx(without - got["validation_log_loss_with"])
+    # the rule itself, on the rows of the model without the calendar: a clear, even gain keeps it,
+    # a gain within TIE does not, and a gain of the same mean but as noisy as the rows themselves does not
+    base = criterion_rows(val["outcomes"], *_timing_predictions(spec, replace(fixed_cfg, timing_calendar=False),
+                                                                 val["hazard"], val["rows"]))
+    assert np.mean(base) == pytest.approx(without)
+    assert choose_calendar(spec, fixed_cfg, val, base - 10 * TIE)["chosen"] is True
+    assert choose_calendar(spec, fixed_cfg, val, base - TIE / 2)["chosen"] is False
+    noise = np.random.default_rng(0).normal(0.0, 1.0, len(base))
+    noisy = choose_calendar(spec, fixed_cfg, val, base - 10 * TIE + noise)
+    assert noisy["standard_error"] > 10 * TIE and noisy["chosen"] is False
     # no window to choose on: the calendar stays; excluded from the features: nothing to choose
     assert choose_calendar(spec, fixed_cfg, None, with_calendar)["chosen"] is True
     no_calendar = replace(spec, excluded=(*spec.excluded, *CALENDAR_FEATURES))
     assert choose_calendar(no_calendar, fixed_cfg, val, with_calendar)["chosen"] is False
+
+
+def test_a_win_must_clear_its_error_clustered_by_deal():
+    """``_kept``: the same per-row gains pass when the rows are separate deals and fail when they are the
+    weekly snapshots of a few deals (a deal's snapshots share its outcome, so they are one observation)."""
+    rng = np.random.default_rng(3)
+    n = 400
+    deal_effect = np.repeat(rng.normal(0.0, 0.05, 8), n // 8)  # 8 deals, 50 snapshots each
+    gain = 0.004 + deal_effect - deal_effect.mean() + rng.normal(0.0, 0.01, n)
+    before = np.full(n, 0.5)
+    many = pd.DataFrame({"opportunity_id": np.arange(n)})
+    few = pd.DataFrame({"opportunity_id": np.repeat(np.arange(8), n // 8)})
+    assert _kept(before, before - gain, many)[0] is True
+    kept, mean, se = _kept(before, before - gain, few)
+    assert kept is False and mean == pytest.approx(0.004, abs=0.002) and se > 0.004
+    assert _kept(before, before + gain, many)[0] is False  # a loss is never kept
 
 
 def test_the_choice_is_recorded_and_reads_nothing_after_the_cutoff(deal_snapshot_frame, fixed_cfg):
