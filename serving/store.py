@@ -228,7 +228,17 @@ class OperationsStore:
     @property
     def engine(self) -> Engine:
         """The engine for writing: creates the database when it does not exist yet."""
-        if self.status() == GONE:
+        return self._open(self.status())
+
+    def read_engine(self) -> Engine | None:
+        """The engine for reading, ``None`` while the database does not exist yet (never created by a read)."""
+        status = self.status()
+        return None if status == NOT_YET else self._open(status)  # raises OperationsStoreGone when gone
+
+    def _open(self, status: str) -> Engine:
+        """The engine, given this access's one :meth:`status`; a file not there yet is created (and then
+        stat'ed once more, so that it counts as seen and a later deletion as gone)."""
+        if status == GONE:
             log.error("the operations database %s was deleted while the server ran", self.presence.path)
             raise OperationsStoreGone(self.name)
         with self._lock:
@@ -239,15 +249,10 @@ class OperationsStore:
                 if self._engine.dialect.name == "sqlite":
                     event.listen(self._engine, "connect", _sqlite_wal)
                 create_tables(self._engine)
-        self.presence.status()  # created now: seen
-        return self._engine
-
-    def read_engine(self) -> Engine | None:
-        """The engine for reading, ``None`` while the database does not exist yet (never created by a read)."""
-        status = self.status()
+            engine = self._engine
         if status == NOT_YET:
-            return None
-        return self.engine  # raises OperationsStoreGone when gone
+            self.presence.status()  # created now (by this access or another thread's): seen
+        return engine
 
     def record_scores(self, task: str, version: str, as_of: Any, record_ids: list[str], probabilities: list[float]) -> None:
         """Insert served scores now, in one transaction."""

@@ -166,3 +166,27 @@ def test_a_check_that_races_the_first_write_is_not_taken_for_a_deletion(tmp_path
     monkeypatch.setattr(store.os, "stat", real_stat)
     time.sleep(0.05)
     assert other["status"] == PRESENT and presence.status() == PRESENT and not presence.replaced
+
+
+def test_one_stat_per_access_once_the_database_exists(tmp_path, monkeypatch):
+    """Each read or write of an existing operations database checks the file once (every score-log write and
+    every read goes through it); the access that creates the file checks once more, so it counts as seen."""
+    import serving.store as store_module
+
+    calls = []
+    db = tmp_path / "operations.db"
+    real_stat = store_module.os.stat
+    monkeypatch.setattr(store_module.os, "stat",
+                        lambda p, *a, **k: (calls.append(p) if str(p) == str(db) else None) or real_stat(p, *a, **k))
+    store = OperationsStore(f"sqlite:///{db}")
+    assert store.read_engine() is None and len(calls) == 1  # not there yet: nothing created
+    calls.clear()
+    assert store.engine is not None and len(calls) == 2  # the first write creates it, then sees it
+    for access in (lambda: store.read_engine(), lambda: store.engine):
+        calls.clear()
+        assert access() is not None and len(calls) == 1
+    db.unlink()
+    calls.clear()
+    with pytest.raises(store_module.OperationsStoreGone):
+        store.read_engine()
+    assert len(calls) == 1
