@@ -79,11 +79,12 @@ def activity_kind(activities: pd.DataFrame) -> pd.Series:
     different things about a lead, so they are counted apart: ``email_inbound``, ``email_outbound``.
     A type or direction that is not text counts as missing.
     """
-    kinds = map(_kind, activities["type"].tolist(), activities["direction"].tolist())
+    kinds = map(kind_of, activities["type"].tolist(), activities["direction"].tolist())
     return pd.Series(list(kinds), index=activities.index, dtype="str")
 
 
-def _kind(type_: object, direction: object) -> str | None:
+def kind_of(type_: object, direction: object) -> str | None:
+    """One activity's kind (:func:`activity_kind`), from its type and direction values."""
     if not isinstance(type_, str):
         return None
     return f"{type_}_{direction}" if isinstance(direction, str) else type_
@@ -136,7 +137,7 @@ def kind_counts(
     operation costs more than the whole pass for the activities of one API request."""
     where = {t: j for j, t in enumerate(kinds)}
     directions = activities["direction"].array.take(rows).tolist()
-    types = map(_kind, activities["type"].array.take(rows).tolist(), directions)
+    types = map(kind_of, activities["type"].array.take(rows).tolist(), directions)
     kind = np.fromiter((where.get(t, -1) for t in types), np.int64, len(rows))
     inbound = np.fromiter((d == "inbound" for d in directions), bool, len(rows))
     k = len(kinds)

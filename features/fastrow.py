@@ -4,7 +4,7 @@
 frames, and for one lead its cost is pandas' fixed cost per column (typing the request's
 records into an export, then reading each column back), not the arithmetic. For a request of
 a few leads, :func:`typed_rows` types the records value by value with the export loader's own
-rules (:mod:`features.io`'s per-value helpers) and :func:`lead_feature_rows` computes the same
+rules (:mod:`features.values`) and :func:`lead_feature_rows` computes the same
 features from them, row by row.
 
 Nothing here decides anything the frame path would decide differently: whatever is not plainly
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.columns import _kind
+from features.columns import kind_of
 from features.contract import TABLES, Kind
-from features.io import _ACTIVITY_LINKS, _category, _NotSimple, _number, _text, _timestamp_ns
+from features.io import ACTIVITY_LINKS
 from features.leads import HISTORY_COLUMNS, LeadContext, LeadFeatureSpec
+from features.values import NotSimple, category_value, number_value, text_value, timestamp_ns
 
 __all__ = ["typed_rows", "lead_feature_rows", "LeadRows"]
 
@@ -39,14 +40,14 @@ _NAN = float("nan")
 
 def _typed_value(kind: Kind, value: object) -> object:
     if kind is Kind.TIMESTAMP:
-        return _timestamp_ns(value)
+        return timestamp_ns(value)
     if kind is Kind.NUMBER:
-        return _number(value)
+        return number_value(value)
     if kind is Kind.ID:
-        return _text(value)
+        return text_value(value)
     if kind is Kind.CATEGORY:
-        return _category(value)
-    raise _NotSimple  # dates and outcomes are not in the record tables
+        return category_value(value)
+    raise NotSimple  # dates and outcomes are not in the record tables
 
 
 def _custom_kind(values: list, kind: Kind | None) -> Kind:
@@ -54,7 +55,7 @@ def _custom_kind(values: list, kind: Kind | None) -> Kind:
         return kind
     if all(v is None or isinstance(v, (int, float)) for v in values):
         return Kind.NUMBER
-    raise _NotSimple  # text of no known kind: the loader decides whether it is all numbers
+    raise NotSimple  # text of no known kind: the loader decides whether it is all numbers
 
 
 def _missing(kind: Kind, value: object) -> bool:
@@ -80,7 +81,7 @@ def typed_rows(table: str, records: Sequence[Mapping[str, object]],
             if name not in known:
                 kinds[name] = _custom_kind([r.get(name) for r in records], (custom_kinds or {}).get(name))
         rows = [{name: _typed_value(kind, r.get(name)) for name, kind in kinds.items()} for r in records]
-    except _NotSimple:
+    except NotSimple:
         return None
     for col in spec.columns:
         values = [row[col.name] for row in rows]
@@ -94,7 +95,7 @@ def typed_rows(table: str, records: Sequence[Mapping[str, object]],
         if table == "leads" and any(row[c] is not None and row[c] < row["created_at"]
                                     for c in ("converted_at", "disqualified_at")):
             return None
-        if table == "activities" and all(row[c] is None for c in _ACTIVITY_LINKS):
+        if table == "activities" and all(row[c] is None for c in ACTIVITY_LINKS):
             return None
     return rows
 
@@ -147,7 +148,7 @@ def _activity_columns(acts: list[dict], lead_age: float, as_of_ns: int, spec: Le
             for w, days in enumerate(windows):
                 if age < days:
                     inbound[w] += 1
-        j = where.get(_kind(a.get("type"), direction), -1)
+        j = where.get(kind_of(a.get("type"), direction), -1)
         if j < 0:
             continue
         totals[j] += 1

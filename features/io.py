@@ -51,6 +51,7 @@ from features.errors import (
     MissingTable,
     ValidationReport,
 )
+from features.values import TS_MAX, TS_MIN, NotSimple, category_value, number_value, text_value, timestamp_ns
 
 __all__ = [
     "REASON_BAD_DATE",
@@ -89,9 +90,8 @@ REASON_FK_SKIPPED = "foreign key points to a skipped row"
 #: The column named in a BadRow about an activity with no link at all.
 NO_LINK_COLUMN = "lead_id/opportunity_id/account_id"
 
-_ACTIVITY_LINKS = ("lead_id", "opportunity_id", "account_id")
+ACTIVITY_LINKS = ("lead_id", "opportunity_id", "account_id")  # an activity links to one of them at least
 _TABLE_ORDER = {name: i for i, name in enumerate(TABLES)}
-_TS_MIN, _TS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
 # dtype objects, not their names: resolving "str" or "datetime64[ns, UTC]" costs pandas 30-60 us a call,
 # and typing one API request's records resolves them dozens of times
 _UTC_NS = pd.DatetimeTZDtype(unit="ns", tz="UTC")
@@ -255,14 +255,7 @@ def coerce_records(
 
 #: Tables whose rules :func:`_typed_records` checks in full (no stages, dates or outcomes).
 _RECORD_TABLES = ("accounts", "leads", "activities", "reps")
-_INT_EXACT = 2**53
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
 _NAT = np.iinfo(np.int64).min  # NaT as datetime64[ns]
-
-
-class _NotSimple(Exception):
-    """A value or row :func:`_typed_records` leaves to :func:`coerce_table`."""
 
 
 def _iso_or_value(value: object) -> object:
@@ -286,7 +279,7 @@ def _typed_records(spec: TableSpec, records: Sequence[Mapping[str, object]], cus
         for name in columns:
             if name not in known:
                 typed[name] = _typed_custom([r.get(name) for r in records], custom_kinds.get(name))
-    except _NotSimple:
+    except NotSimple:
         return None
     n = len(records)
     if spec.name == "leads":
@@ -296,91 +289,49 @@ def _typed_records(spec: TableSpec, records: Sequence[Mapping[str, object]], cus
                 return None
     if spec.name == "activities" and n:
         linked = np.zeros(n, dtype=bool)
-        for name in _ACTIVITY_LINKS:
+        for name in ACTIVITY_LINKS:
             linked |= ~typed[name].isna()
         if not linked.all():
             return None
     return pd.DataFrame(typed)  # from arrays: several times cheaper than from Series
 
 
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _NotSimple
-    return value.strip() or None
-
-
-def _category(value: object) -> str | None:
-    text = _text(value)
-    return (text.casefold() or None) if text is not None else None
-
-
-def _number(value: object) -> float:
-    if value is None:
-        return np.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _NotSimple
-    if isinstance(value, int) and abs(value) >= _INT_EXACT:
-        raise _NotSimple
-    v = float(value)
-    if np.isinf(v):
-        raise _NotSimple  # not a finite number: reported by coerce_table
-    return v
-
-
-def _timestamp_ns(value: object) -> int | None:
-    """Nanoseconds since the epoch, UTC (naive means UTC), by exact integer arithmetic."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime.datetime):
-        raise _NotSimple
-    offset = value.utcoffset()
-    if offset is not None and (offset.seconds % 60 or offset.microseconds):
-        raise _NotSimple  # an offset in seconds: its ISO text is not one pandas parses
-    since = value - (_EPOCH if offset is not None else _EPOCH_NAIVE)
-    ns = (since.days * 86_400 + since.seconds) * 1_000_000_000 + since.microseconds * 1_000
-    if not _TS_MIN.value <= ns <= _TS_MAX.value:
-        raise _NotSimple  # outside 1677-2262: reported by coerce_table
-    return ns
-
-
 def _typed_column(col: Column, values: list) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """One contract column as the array of its typed frame column."""
     kind = col.kind
     if kind is Kind.TIMESTAMP:
-        ns = [_timestamp_ns(v) for v in values]
+        ns = [timestamp_ns(v) for v in values]
         if col.required and None in ns:
-            raise _NotSimple
+            raise NotSimple
         wall = np.array([v if v is not None else _NAT for v in ns], dtype=np.int64).view("datetime64[ns]")
         return pd.array(wall, dtype=_UTC_NS)
     if kind is Kind.NUMBER:
-        v = np.array([_number(x) for x in values], dtype="float64")
+        v = np.array([number_value(x) for x in values], dtype="float64")
         if col.min_value is not None and (v < col.min_value).any():
-            raise _NotSimple
+            raise NotSimple
         if col.required and np.isnan(v).any():
-            raise _NotSimple
+            raise NotSimple
         return v
     if kind is Kind.ID:
-        text = [_text(v) for v in values]
+        text = [text_value(v) for v in values]
     elif kind is Kind.CATEGORY:
-        text = [_category(v) for v in values]
+        text = [category_value(v) for v in values]
     else:  # dates and outcomes are not in the record tables
-        raise _NotSimple
+        raise NotSimple
     if col.required and None in text:
-        raise _NotSimple
+        raise NotSimple
     if col.unique and len(set(text)) < len(text):
-        raise _NotSimple  # duplicates (missing values are caught above: unique columns are required)
+        raise NotSimple  # duplicates (missing values are caught above: unique columns are required)
     return pd.array(text, dtype=_STR)
 
 
 def _typed_custom(values: list, kind: Kind | None) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """A custom field: forced to its training kind, or (no kind) numbers when all are numbers."""
     if kind is Kind.CATEGORY:
-        return pd.array([_category(v) for v in values], dtype=_STR)
+        return pd.array([category_value(v) for v in values], dtype=_STR)
     if kind is Kind.NUMBER or all(v is None or isinstance(v, (int, float)) for v in values):
-        return np.array([_number(v) for v in values], dtype="float64")
-    raise _NotSimple  # text of no known kind: coerce_table decides whether it is all numbers
+        return np.array([number_value(v) for v in values], dtype="float64")
+    raise NotSimple  # text of no known kind: coerce_table decides whether it is all numbers
 
 
 def write_export(export: Export, dest: str | Path, *, fmt: Literal["csv", "parquet"] = "csv") -> None:
@@ -593,7 +544,7 @@ def _iso_text(values: pd.Series) -> pd.Series:
 
 def _in_range(ts: pd.Series) -> pd.Series:
     """Timestamps outside what ``datetime64[ns]`` holds become missing; the result is ns, UTC."""
-    ok = ts.isna() | ((ts >= _TS_MIN) & (ts <= _TS_MAX))
+    ok = ts.isna() | ((ts >= TS_MIN) & (ts <= TS_MAX))
     return ts.where(ok).astype(_UTC_NS)
 
 
@@ -743,7 +694,7 @@ def _check_rows(problems: _Problems, spec: TableSpec, frame: pd.DataFrame, typed
             problems.add(typed[name] < typed["created_at"], name, f"{name} before created_at", shown(name))
     if spec.name == "activities":
         linked = np.zeros(len(frame), dtype=bool)
-        for name in _ACTIVITY_LINKS:
+        for name in ACTIVITY_LINKS:
             linked |= present[name]
         problems.add(~linked, NO_LINK_COLUMN, REASON_NO_LINK)
 
