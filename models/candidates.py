@@ -311,11 +311,13 @@ def paired_gain(before: np.ndarray, after: np.ndarray, groups: np.ndarray | None
 
 
 def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal: pd.DataFrame,
-           y_cal: np.ndarray, roles: dict[str, str]) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+           y_cal: np.ndarray, roles: dict[str, str], groups: np.ndarray | None = None,
+           ) -> tuple[str, pd.DataFrame, dict[str, Any]]:
     """The candidate chosen on the validation window: the *simplest* (ladder order, the blend last) whose log
     loss is within one standard error of the best one's (the paired standard error of the per-row loss
-    differences; the one-standard-error rule, so a noise-level win of a complex model does not count);
-    the blend of the two best is tried and kept only when it beats both.
+    differences, clustered by ``groups`` when given, e.g. the lead of each snapshot: :func:`paired_gain`;
+    the one-standard-error rule, so a noise-level win of a complex model does not count); the blend of the
+    two best is tried and kept only when it beats both.
 
     Returns the name, one row per candidate (``role``, ``validation_log_loss``, ``validation_roc_auc``,
     ``chosen``) and the models (with the blend)."""
@@ -336,9 +338,8 @@ def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal
     for name in models:  # ladder order: the simplest first (the blend was added last)
         if name == "blend" and best != "blend":
             continue
-        diff = losses[name] - losses[best]
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        if name == best or diff.mean() <= max(se, TIE):
+        worse, se = paired_gain(losses[name], losses[best], groups)
+        if name == best or worse <= max(se, TIE):
             best = name
             break
     table = pd.DataFrame({"role": [roles[n] for n in scores],
@@ -382,24 +383,29 @@ def calibration_rows(cal: pd.DataFrame, share: float, time: str = "as_of") -> pd
 CALIBRATION_MIN_GAIN = 1e-3
 
 
-def _default_unless_beaten(losses: dict[object, np.ndarray]) -> object:
+def _default_unless_beaten(losses: dict[object, np.ndarray], groups: np.ndarray | None = None) -> object:
     """The first key (the default) unless the key with the lowest mean row loss beats it by more than one
-    paired standard error and :data:`CALIBRATION_MIN_GAIN`."""
+    paired standard error (clustered by ``groups``: :func:`paired_gain`) and :data:`CALIBRATION_MIN_GAIN`."""
     default = next(iter(losses))
     best = min(losses, key=lambda k: losses[k].mean())
-    diff = losses[default] - losses[best]
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-    return best if diff.mean() > max(se, CALIBRATION_MIN_GAIN) else default
+    gain, se = paired_gain(losses[default], losses[best], groups)
+    return best if gain > max(se, CALIBRATION_MIN_GAIN) else default
+
+
+def _groups(frame: pd.DataFrame, column: str | None) -> np.ndarray | None:
+    """The cluster key of each row of ``frame`` (``column``), or None (rows independent) without one."""
+    return frame[column].to_numpy() if column is not None and column in frame.columns else None
 
 
 def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: list[str], label: str = "label",
                        methods: Sequence[str] = CALIBRATION_METHODS,
-                       shares: Sequence[float] = CALIBRATION_SHARES) -> Calibration:
+                       shares: Sequence[float] = CALIBRATION_SHARES, groups: str | None = None) -> Calibration:
     """The calibration map and window of ``model`` (fitted before ``cal``) chosen on ``val``: every map fitted on
     every window (the most recent ``share`` of ``cal``; one with fewer than :data:`MIN_CLASS_ROWS` of a class, or
     a spline with too few rows for a knot, is not tried) and scored on ``val``; Platt on all of ``cal`` unless
     the one with the lowest validation log loss beats it by more than one paired standard error and
-    :data:`CALIBRATION_MIN_GAIN`. Only ``cal`` and ``val`` are read: nothing after ``val``."""
+    :data:`CALIBRATION_MIN_GAIN` (``groups``: the column of ``val`` the error is clustered by). Only ``cal`` and
+    ``val`` are read: nothing after ``val``."""
     raw_val, y_val = model.raw_score(val[cols]), val[label].to_numpy(dtype=int)
     losses: dict[tuple[str, float], np.ndarray] = {}
     grid = []
@@ -421,7 +427,7 @@ def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: l
                          "validation_calibration_error": m["calibration_error"]})
     if not losses:
         return Calibration()
-    method, share = _default_unless_beaten(losses)  # type: ignore[misc]
+    method, share = _default_unless_beaten(losses, _groups(val, groups))  # type: ignore[misc]
     table = pd.DataFrame(grid)
     table["chosen"] = [(r["method"], r["window"]) == (method, "all" if share >= 1 else f"most recent {share:.0%}")
                        for _, r in table.iterrows()]
@@ -490,18 +496,21 @@ def _fit_rows(candidate: Candidate, fit: pd.DataFrame, cal: pd.DataFrame, cols: 
 def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.DataFrame, val: pd.DataFrame,
                          cols: list[str], cutoff: pd.Timestamp, label: str = "label",
                          histories: Sequence[int | None] = HISTORIES,
-                         half_lives: Sequence[int | None] = HALF_LIVES) -> Choice:
+                         half_lives: Sequence[int | None] = HALF_LIVES, groups: str | None = None) -> Choice:
     """Every rung fitted on ``fit`` (calibrated on ``cal``) and compared on ``val`` (:func:`choose`); then, for
     the winner (a blend: its better member; LightGBM: its conservative rung, :data:`PROXY`, to keep training
     time), the history lengths and recency weightings, each kept only if it lowers the validation log loss
     of all the history, unweighted, by more than one paired standard error (the rule :func:`choose` applies
     to the candidates: a noise-level win does not throw history away) and more than the best point so far
-    (one point at a time: every point is one more fit). ``cutoff``: what the fit may know."""
+    (one point at a time: every point is one more fit). ``cutoff``: what the fit may know. ``groups``: the
+    column of ``val`` whose rows are one record seen at several snapshot times (a lead open for weeks); every
+    standard error here is clustered by it (:func:`paired_gain`)."""
     by_name = {c.name: c for c in rungs}
     models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, None, None, label) for c in rungs}
     y_val = val[label].to_numpy()
+    g = _groups(val, groups)
     name, table, models = choose(models, val[cols], y_val, cal[cols], cal[label].to_numpy(),
-                                 {c.name: c.role for c in rungs})
+                                 {c.name: c.role for c in rungs}, g)
     members = tuple(models["blend"].member_names) if name == "blend" else (name,)
     base = PROXY.get(members[0], members[0])
     best = (float(table.loc[base, "validation_log_loss"]), None, None)
@@ -518,13 +527,12 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
             model = _fit_rows(by_name[base], fit, cal, cols, cutoff, history, half_life, label)
             p = model.predict_proba(val[cols])
             loss = classification_metrics(y_val, p)["log_loss"]
-            gain = all_rows - row_log_losses(y_val, p)
-            se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+            gain, se = paired_gain(all_rows, row_log_losses(y_val, p), g)
             grid.append({"candidate": base, "history_days": history or "all", "half_life_days": half_life or "none",
                          "validation_log_loss": loss})
-            if loss < best[0] - TIE and gain.mean() > max(se, TIE):
+            if loss < best[0] - TIE and gain > max(se, TIE):
                 best = (loss, history, half_life)
-    calibration = choose_calibration(models[name], cal, val, cols, label)
+    calibration = choose_calibration(models[name], cal, val, cols, label, groups=groups)
     return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), calibrate(models[name], cal, cols,
                                                                                          calibration, label),
                   calibration)

@@ -223,7 +223,8 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
     except NotEnoughHistory as exc:
         return None, f"no validation window ({exc.missing})", None
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
-    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff)
+    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff,
+                                  groups="lead_id")  # a lead open for weeks is one observation, not several
     return choice, val.describe()["evaluate"], val
 
 

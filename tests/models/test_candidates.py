@@ -163,3 +163,24 @@ def test_the_decided_share_is_the_delays_distribution_and_too_little_is_refused(
     assert recent_outcomes(X, np.full(50, 30.0), np.arange(50) < 10, np.ones(5), pd.Series(range(50))) is None
     kept = recent_outcomes(X, np.full(50, 30.0), np.arange(50) < 10, np.ones(20), pd.Series(range(50)))
     assert kept is not None and kept.rate == pytest.approx(0.2) and kept.effective_n == 50
+
+
+def test_paired_gain_clusters_the_rows_of_one_record():
+    """The standard error of a mean loss difference: the plain one without groups; clustered, it treats a
+    lead's (or a deal's) snapshots as one observation, so the same differences spread over 10 records
+    instead of 300 carry a larger error; an even difference has none."""
+    from models.candidates import _default_unless_beaten, paired_gain
+
+    rng = np.random.default_rng(5)
+    per_record = np.repeat(rng.normal(0.0, 0.05, 10), 30)
+    diff = 0.003 + per_record - per_record.mean() + rng.normal(0.0, 0.005, 300)
+    before = np.full(300, 0.3)
+    mean, se = paired_gain(before, before - diff)
+    assert mean == pytest.approx(diff.mean()) and se == pytest.approx(diff.std(ddof=1) / np.sqrt(300))
+    mean_g, se_g = paired_gain(before, before - diff, np.repeat(np.arange(10), 30))
+    assert mean_g == pytest.approx(mean) and se_g > 3 * se
+    assert paired_gain(before, before - 0.01, np.arange(300)) == pytest.approx((0.01, 0.0))
+    # the calibration choice: a map that wins by about one plain error keeps the default once clustered
+    losses = {"default": before, "other": before - diff}
+    assert _default_unless_beaten(losses) == ("other" if mean > max(se, 0.001) else "default")
+    assert _default_unless_beaten(losses, np.repeat(np.arange(10), 30)) == "default"
