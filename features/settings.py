@@ -13,17 +13,23 @@ on Linux). Any command run from a subfolder of a project therefore reads the pro
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from features.errors import FunnelcastError
 
-__all__ = ["HOME_DIR", "MARKER", "Settings", "StoreNotFound", "find_home", "get_settings", "redact_uri"]
+__all__ = ["HOME_DIR", "MARKER", "Settings", "SettingsProblem", "StoreNotFound", "find_home", "get_settings",
+           "redact_uri"]
+
+#: A list setting: a JSON list (``'["a", "b"]'``) or comma-separated text (``a,b``) in the environment.
+StrList = Annotated[list[str], NoDecode]
 
 #: The project folder's name, and the marker file whose folder gets one.
 HOME_DIR = ".funnelcast"
@@ -79,23 +85,23 @@ class Settings(BaseSettings):
         None, description="Where a new MLflow experiment stores its models: a folder every host mounts at the same "
         "path, or a bucket URI (s3://..., gs://...); default: mlartifacts under home, or the tracking server's own "
         "artifact root when the tracking URI is a server (http://, https://)")
-    open_stages: tuple[str, ...] = ("qualification", "proposal", "contract")
+    open_stages: Annotated[tuple[str, ...], NoDecode] = ("qualification", "proposal", "contract")
     horizon_days: int | None = Field(None, gt=0, description="Label horizon of lead_quality and stage_conversion; default: chosen from the data")
     snapshot_every_days: int = Field(14, gt=0)
     max_batch: int = Field(1000, gt=0)
     model_alias: str = "champion"
-    api_key_hashes: list[str] = Field(
+    api_key_hashes: StrList = Field(
         default_factory=list,
         description="SHA-256 hex digests of accepted API keys (FUNNELCAST_API_KEY_HASHES='[\"..\"]')",
     )
-    api_keys: list[str] = Field(
+    api_keys: StrList = Field(
         default_factory=list,
         description="Plain API keys, hashed on read and never kept (for local use and tests)",
     )
-    admin_api_key_hashes: list[str] = Field(
+    admin_api_key_hashes: StrList = Field(
         default_factory=list, description="SHA-256 hex digests of admin keys (model reload); also valid as API keys"
     )
-    admin_api_keys: list[str] = Field(default_factory=list, description="Plain admin keys, hashed on read (local use)")
+    admin_api_keys: StrList = Field(default_factory=list, description="Plain admin keys, hashed on read (local use)")
     api_keys_file: Path | None = Field(
         None,
         description="JSON list of hashed keys with scope and optional expiry, re-read when it changes "
@@ -114,7 +120,7 @@ class Settings(BaseSettings):
     min_export_share: float = Field(
         0.8, ge=0, le=1, description="Refuse an export (refresh, funnel, forecast) holding fewer than this share of any "
         "table's rows at training from the same source, or older events; 0: off")
-    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
+    cors_origins: StrList = Field(default_factory=list, description="Browser origins allowed (CORS closed if empty)")
     refresh_every: float = Field(
         0, ge=0, description="`serve` refreshes the scored snapshot every N seconds (or '15m', '2h'); 0: off "
         "(run `funnelcast refresh` from cron instead)"
@@ -165,9 +171,14 @@ class Settings(BaseSettings):
     @field_validator("open_stages", mode="before")
     @classmethod
     def _stages_from_str(cls, v: object) -> object:
-        if isinstance(v, str):
-            return tuple(s.strip().casefold() for s in v.split(",") if s.strip())
-        return v
+        v = _list_from_str(v)
+        return tuple(s.strip().casefold() for s in v if isinstance(s, str) and s.strip()) if isinstance(v, list) else v
+
+    @field_validator("api_key_hashes", "api_keys", "admin_api_key_hashes", "admin_api_keys", "cors_origins",
+                     mode="before")
+    @classmethod
+    def _strings_from_str(cls, v: object) -> object:
+        return _list_from_str(v)
 
     @field_validator("refresh_every", mode="before")
     @classmethod
@@ -237,6 +248,40 @@ class Settings(BaseSettings):
         return self.store_url or f"sqlite:///{(self.home / 'operations.db').resolve()}"
 
 
+def _list_from_str(v: object) -> object:
+    """A list setting as the environment gives it: a JSON list, or comma-separated values (blanks dropped)."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg} at character {exc.pos}); write it as "
+                             "'[\"a\", \"b\"]' or as a,b") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class SettingsProblem(FunnelcastError):
+    """A setting (a ``FUNNELCAST_*`` variable or a ``.env`` line) that cannot be read: which one, and why."""
+
+
+def _setting_problem(exc: Exception) -> SettingsProblem:
+    if isinstance(exc, ValidationError):
+        lines = []
+        for e in exc.errors():
+            name = "_".join(str(p) for p in e["loc"]).upper()
+            got = "" if "KEY" in name else f" (got {e.get('input')!r})"  # never echo a key
+            lines.append(f"FUNNELCAST_{name}: {e['msg']}{got}")
+        return SettingsProblem("invalid settings:\n  " + "\n  ".join(lines))
+    return SettingsProblem(f"invalid settings: {exc}")
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment and ``.env``; :class:`SettingsProblem` (no traceback at the CLI)
+    names the variable that cannot be read."""
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise _setting_problem(exc) from None

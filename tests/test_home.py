@@ -145,3 +145,31 @@ def test_client_reasons_carry_no_sql_and_no_absolute_paths():
     assert "<server>/mlflow.db" in shown and "<server>/model" in shown
     assert public_reason("models:/lead_quality/3 at https://mlflow.example/a") == \
         "models:/lead_quality/3 at https://mlflow.example/a"
+
+
+@pytest.mark.parametrize("raw, expected", [("dev-key", ["dev-key"]), (" a , b ,", ["a", "b"]),
+                                           ('["a", "b"]', ["a", "b"])])
+def test_list_settings_take_comma_separated_text_or_a_json_list(raw, expected, monkeypatch, fresh_settings):
+    from features.settings import get_settings
+
+    monkeypatch.setenv("FUNNELCAST_API_KEYS", raw)
+    monkeypatch.setenv("FUNNELCAST_CORS_ORIGINS", "http://crm.example,http://localhost:3000")
+    monkeypatch.setenv("FUNNELCAST_OPEN_STAGES", "Qualification, Proposal")
+    s = get_settings()
+    assert s.api_keys == expected
+    assert s.cors_origins == ["http://crm.example", "http://localhost:3000"]
+    assert s.open_stages == ("qualification", "proposal")
+
+
+def test_an_unreadable_setting_is_named_without_a_traceback_or_the_key(monkeypatch, capsys, fresh_settings):
+    """A variable the settings cannot read stops the command with its name and what is wrong (exit 2), never
+    a pydantic traceback; a key's value is not echoed."""
+    from training.cli import main
+
+    monkeypatch.setenv("FUNNELCAST_API_KEYS", '["secret-123"')
+    monkeypatch.setenv("FUNNELCAST_PORT", "eighty")
+    assert main(["funnel"]) == 2
+    err = capsys.readouterr().err
+    assert "FUNNELCAST_API_KEYS: Value error, not a JSON list" in err and "secret-123" not in err
+    assert "FUNNELCAST_PORT: Input should be a valid integer" in err and "'eighty'" in err
+    assert "Traceback" not in err

@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
-    announce(args, settings)
     try:
+        settings = get_settings()
+        announce(args, settings)
         return int(args.func(args, settings) or 0)
     except FunnelcastError as exc:
         print(f"error: {exc}", file=sys.stderr)
