@@ -172,8 +172,7 @@ def _choose(rows: pd.DataFrame, spec: AccountFeatureSpec, cfg: AccountConfig) ->
     except FunnelcastError as exc:
         return None, f"no validation window ({exc}): the regularised logistic regression, unchosen"
     cutoff = val["as_of"].min().normalize()
-    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, val, spec.feature_names, cutoff,
-                                  groups="account_id")  # a customer seen at several snapshot times is one
+    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, val, spec.feature_names, cutoff)  # one row a customer
     return choice, f"{val['as_of'].min().date()}..{val['as_of'].max().date()} ({len(val)})"
 
 
