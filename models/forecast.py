@@ -370,6 +370,10 @@ ADDITIVE = ("won_so_far", "won_deals", "open_deals", "open_pipeline", "expected_
 DAY = pd.Timedelta(days=1)
 
 
+def _days_text(days: int) -> str:
+    return f"{days} day" if days == 1 else f"{days} days"
+
+
 def period_bounds(as_of: pd.Timestamp, period: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The calendar month or quarter (UTC) holding ``as_of``, as ``[start, end)``."""
     if period not in PERIODS:
@@ -511,7 +515,7 @@ def period_forecast(
     teams = rollup(groups, draws, _team_of(groups["group"], export), "team") if by == "owner_id" else None
     total = rollup(groups, draws, pd.Series("all", index=groups.index), "group")
     how = ("none (open deals only)" if flow is None else
-           f"run rate: deals created and won within {max(int(np.ceil((end - as_of) / DAY)), 1)} days, in "
+           f"run rate: deals created and won within {_days_text(max(int(np.ceil((end - as_of) / DAY)), 1))}, in "
            f"{flow.windows} past windows before as_of (half-life {flow.half_life_windows:g} windows, chosen on earlier "
            f"origins), scaled by the lead flow "
            f"x{flow.lead_flow_factor:.2f}; amounts drawn from those wins")

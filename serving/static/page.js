@@ -9,15 +9,20 @@ const UNASSIGNED = "unassigned";
 const TRENDS = {improving: ["▲", "improving"], declining: ["▼", "declining"], steady: ["▶", "steady"]};
 const state = {forecast: null};
 
-async function api(path, tries = 8) {
-  // a 503 with Retry-After (the first scored snapshot being built, or the server busy) is waited out
-  for (let i = 0; ; i++) {
+async function api(path, patience = 300) {
+  // a 503 with Retry-After (the first scored snapshot being built, or the server busy) is waited out, for up to
+  // `patience` seconds in all: the first refresh of a year of CRM history takes a minute or more, and a manager
+  // who opened the page then should see the figures arrive, not "retry in a minute"
+  const start = Date.now();
+  for (;;) {
     const r = await fetch(path, {headers: {"X-API-Key": $("key").value}});
     const body = await r.json().catch(() => ({}));
     if (r.ok) return body;
-    const wait = Number(r.headers.get("Retry-After"));
-    if (r.status !== 503 || !wait || i + 1 >= tries) throw new Error(body.detail || r.status);
-    await new Promise((done) => setTimeout(done, Math.min(wait, 5) * 1000));
+    const wait = Math.min(Number(r.headers.get("Retry-After")), 10);
+    if (r.status !== 503 || !wait || (Date.now() - start) / 1000 + wait > patience) {
+      throw new Error(body.detail || r.status);
+    }
+    await new Promise((done) => setTimeout(done, wait * 1000));
   }
 }
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -388,6 +389,41 @@ def test_managers_page_in_a_headless_browser(page_app, tmp_path):
             page.wait_for_function(
                 "o => [...document.querySelectorAll('#worklist tbody tr')].every(r => r.dataset.owner === o)", arg=owner,
                 timeout=30000)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_the_page_waits_out_a_first_refresh_longer_than_a_few_retries(page_app):
+    """While the first scored snapshot is built the API answers 503 with Retry-After; the page keeps asking
+    (here 12 times, each after 1 s: past the eight tries it used to give up after) and then draws the funnel,
+    instead of leaving the manager a red "retry in a minute"."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, thread, port = _serve(page_app)
+    busy = {"left": 12}
+
+    def first_refresh(route):
+        if busy["left"] > 0:
+            busy["left"] -= 1
+            route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                          body='{"detail": "no scored snapshot yet: a refresh is running; retry in a minute"}')
+        else:
+            route.continue_()
+
+    try:
+        with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
+            browser, page = _open(sync_api, p, port)
+            page.route("**/v1/funnel", first_refresh)
+            page.fill("#key", KEY)
+            page.click("#connect")
+            for _ in range(240):  # the server's own first refresh (the routed 503s come on top of it)
+                if client.get("/v1/funnel").status_code == 200:
+                    break
+                time.sleep(0.5)
+            _check_funnel(page, client)
+            assert busy["left"] == 0 and "not available" not in page.inner_text("#bottleneck")
             browser.close()
     finally:
         server.should_exit = True
