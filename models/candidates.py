@@ -73,9 +73,10 @@ from models.explain import design_rows
 from models.metrics import classification_metrics
 
 __all__ = ["CALIBRATION_SHARES", "BlendClassifier", "Calibration", "Candidate", "Choice", "LogisticClassifier",
-           "NaiveBayesClassifier", "RecentOutcomes", "calibrate", "calibration_rows", "candidate_table", "choose",
-           "choose_calibration", "choose_on_validation", "decided_share", "fit_candidate", "fit_every", "ladder",
-           "platt", "recent_outcomes", "recent_rate_shift", "training_rows"]
+           "NaiveBayesClassifier", "RecentOutcomes", "beats", "calibrate", "calibration_rows", "candidate_table",
+           "choose", "choose_calibration", "choose_on_validation", "decided_share", "fit_candidate", "fit_every",
+           "ladder", "paired_gain", "platt", "recent_outcomes", "recent_rate_shift", "row_log_losses",
+           "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
 #: faster learning rate (fewer rounds: the cheap rung of the ladder).
@@ -310,6 +311,15 @@ def paired_gain(before: np.ndarray, after: np.ndarray, groups: np.ndarray | None
     return mean, (float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / n) if g > 1 else 0.0)
 
 
+def beats(before: np.ndarray, after: np.ndarray, groups: np.ndarray | None = None,
+          floor: float = TIE) -> tuple[bool, float, float]:
+    """Whether ``after`` (per-row losses) beats ``before`` on the same rows by more than one paired standard
+    error (:func:`paired_gain`, clustered by ``groups``) and more than ``floor``: the rule every choice on a
+    validation window follows, so a noise-level win changes nothing. Returns it, the gain and its error."""
+    gain, se = paired_gain(before, after, groups)
+    return bool(gain > max(se, floor)), gain, se
+
+
 def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal: pd.DataFrame,
            y_cal: np.ndarray, roles: dict[str, str], groups: np.ndarray | None = None,
            ) -> tuple[str, pd.DataFrame, dict[str, Any]]:
@@ -338,8 +348,7 @@ def choose(models: dict[str, Any], X_val: pd.DataFrame, y_val: np.ndarray, X_cal
     for name in models:  # ladder order: the simplest first (the blend was added last)
         if name == "blend" and best != "blend":
             continue
-        worse, se = paired_gain(losses[name], losses[best], groups)
-        if name == best or worse <= max(se, TIE):
+        if name == best or not beats(losses[name], losses[best], groups)[0]:
             best = name
             break
     table = pd.DataFrame({"role": [roles[n] for n in scores],
@@ -388,8 +397,7 @@ def _default_unless_beaten(losses: dict[object, np.ndarray], groups: np.ndarray 
     paired standard error (clustered by ``groups``: :func:`paired_gain`) and :data:`CALIBRATION_MIN_GAIN`."""
     default = next(iter(losses))
     best = min(losses, key=lambda k: losses[k].mean())
-    gain, se = paired_gain(losses[default], losses[best], groups)
-    return best if gain > max(se, CALIBRATION_MIN_GAIN) else default
+    return best if beats(losses[default], losses[best], groups, CALIBRATION_MIN_GAIN)[0] else default
 
 
 def _groups(frame: pd.DataFrame, column: str | None) -> np.ndarray | None:
@@ -527,10 +535,9 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
             model = _fit_rows(by_name[base], fit, cal, cols, cutoff, history, half_life, label)
             p = model.predict_proba(val[cols])
             loss = classification_metrics(y_val, p)["log_loss"]
-            gain, se = paired_gain(all_rows, row_log_losses(y_val, p), g)
             grid.append({"candidate": base, "history_days": history or "all", "half_life_days": half_life or "none",
                          "validation_log_loss": loss})
-            if loss < best[0] - TIE and gain > max(se, TIE):
+            if loss < best[0] - TIE and beats(all_rows, row_log_losses(y_val, p), g)[0]:
                 best = (loss, history, half_life)
     calibration = choose_calibration(models[name], cal, val, cols, label, groups=groups)
     return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), calibrate(models[name], cal, cols,

@@ -50,7 +50,7 @@ from models.deals import (
     timing_columns,
     timing_distribution,
 )
-from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, paired_gain, row_log_losses, training_rows
+from models.candidates import HALF_LIVES, HISTORIES, TIE, base_rate_shift, beats, row_log_losses, training_rows
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier
 from models.explain import shap_summary_plot
@@ -406,9 +406,9 @@ def criterion_rows(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarra
 def _kept(before: np.ndarray, after: np.ndarray, rows: pd.DataFrame) -> tuple[bool, float, float]:
     """Is ``after`` (per-row :func:`criterion_rows`) better than ``before`` by more than one paired
     standard error, clustered by deal, and more than ``TIE``: the rule the lead task's history, calibration
-    and candidates follow, so a noise-level win does not change the model. Returns it, the gain and its error."""
-    gain, se = paired_gain(before, after, rows["opportunity_id"].to_numpy())
-    return bool(gain > max(se, TIE)), gain, se
+    and candidates follow (``models.candidates.beats``), so a noise-level win does not change the model.
+    Returns it, the gain and its error."""
+    return beats(before, after, rows["opportunity_id"].to_numpy())
 
 
 def _criterion(m: dict[str, float]) -> float:
@@ -507,7 +507,8 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     if cfg.choose_history and chosen in per_row:
         fixed, history, base = choose_history(spec, fixed, hazard, val["rows"], val["outcomes"], base)
     calendar = choose_calendar(spec, fixed, val, base) if cfg.timing_calendar is None else {}
-    fixed = replace(fixed, choose_history=False, timing_calendar=calendar.get("chosen", cfg.timing_calendar is not False))
+    fixed = replace(fixed, choose_history=False,
+                    timing_calendar=calendar["chosen"] if cfg.timing_calendar is None else cfg.timing_calendar)
     return fixed, {"window": window_label(window) if window else "none", "chosen": chosen,
                    "note": note if len(cands) > 1 else None,
                    "criterion": "mean log loss of P(won within the horizon) and P(won)",
