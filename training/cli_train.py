@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from features.contract import Export
+from features.errors import FunnelcastError
 from features.engine import add_engine_args, engine_from, engine_session
 from features.settings import Settings
 from models.tasks import Task
@@ -28,6 +29,13 @@ from training.tasks import TASKS, task_definition
 __all__ = ["generate", "register", "score_task", "task_config", "train_tasks"]
 
 TASK_NAMES = [t.value for t in TASKS]
+
+
+class NothingTrained(FunnelcastError):
+    """``run``: no task could be trained on the export (each one's reason in the message)."""
+
+    def __init__(self, why: str):
+        super().__init__(f"no task could be trained on this export: {why}")
 
 
 def generate(out: Path, seed: int, scale: float, settings: Settings) -> None:
@@ -90,8 +98,13 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
                 as_of: pd.Timestamp | None = None, horizon_days: int | None = None,
                 snapshot_every_days: int | None = None, seed: int = 0, exclude: Sequence[str] = (),
                 overrides: dict[str, Any] | None = None, default_params: bool = False,
-                use_outcomes: bool = True, force: bool = False) -> list[Any]:
-    """Train, evaluate, log and register each of ``tasks`` on the export at ``source``; the results."""
+                use_outcomes: bool = True, force: bool = False,
+                skipped: list[tuple[Task, str]] | None = None) -> list[Any]:
+    """Train, evaluate, log and register each of ``tasks`` on the export at ``source``; the results.
+
+    ``skipped``: when given, a task the data cannot train (a ``FunnelcastError``: too little history, too few
+    customers) is reported on stderr and appended there as (task, why), and the other tasks still train;
+    without it, the error stops the command (one task asked for)."""
     source, export = load_export_from(source, settings, skip_bad_rows)
     cutoff = as_of or export.exported_at
     if export.exported_at is not None and cutoff > export.exported_at:
@@ -103,7 +116,14 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
                                      seed=seed, exclude=exclude, overrides=overrides or {},
                                      default_params=default_params)
         outcomes = _stored_outcomes(settings, task, cutoff) if use_outcomes else None
-        result = train(task, export, cutoff, cfg, progress=True, outcomes=outcomes)
+        try:
+            result = train(task, export, cutoff, cfg, progress=True, outcomes=outcomes)
+        except FunnelcastError as exc:
+            if skipped is None:
+                raise
+            print(f"error: {task}: {exc}; {task} not trained, the other tasks go on", file=sys.stderr)
+            skipped.append((task, str(exc)))
+            continue
         cfg = result.config if result.config is not None else cfg  # its horizon resolved
         result.scorer.metadata["params_source"] = params_source
         print(f"{task}: {_chosen_text(result.chosen)}")
@@ -132,13 +152,27 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {"timing_layout": args.timing_layout} if args.timing_layout else {}
+    tasks = [Task(t) for t in (args.task or TASK_NAMES)]
+    skipped: list[tuple[Task, str]] = []
     with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: a cluster for the command
-        train_tasks([Task(t) for t in (args.task or TASK_NAMES)], settings, source=args.data,
-                    skip_bad_rows=args.skip_bad_rows, as_of=args.as_of, horizon_days=args.horizon,
-                    snapshot_every_days=args.snapshot_every, seed=args.seed, exclude=args.exclude or (),
-                    overrides=overrides, default_params=args.default_params, use_outcomes=not args.no_outcomes,
-                    force=args.force)
+        results = train_tasks(tasks, settings, source=args.data,
+                              skip_bad_rows=args.skip_bad_rows, as_of=args.as_of, horizon_days=args.horizon,
+                              snapshot_every_days=args.snapshot_every, seed=args.seed, exclude=args.exclude or (),
+                              overrides=overrides, default_params=args.default_params,
+                              use_outcomes=not args.no_outcomes, force=args.force,
+                              skipped=skipped if len(tasks) > 1 else None)
+    if skipped:
+        print(_skipped_text(results, skipped), file=sys.stderr)
+        return 2
     return 0
+
+
+def _skipped_text(results: Sequence[Any], skipped: Sequence[tuple[Task, str]]) -> str:
+    """The closing lines of a training run in which some tasks could not be trained."""
+    trained = ", ".join(str(r.scorer.task) for r in results) or "none"
+    lines = [f"trained: {trained}; not trained: {', '.join(str(t) for t, _ in skipped)}"]
+    lines += [f"  {t}: {why}" for t, why in skipped]
+    return "\n".join(lines)
 
 
 def score_task(task: Task, export: Export, settings: Settings, as_of: pd.Timestamp | None, out: Path) -> pd.DataFrame:
@@ -184,11 +218,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     source, export = load_export_from(source, settings, args.skip_bad_rows)
     client = mlflow_client(settings, create=True)
     before = {t: champion_of(client, t.value, settings.model_alias) for t in TASKS}
-    for result in train_tasks(list(TASKS), settings, source=source, skip_bad_rows=args.skip_bad_rows, seed=args.seed):
+    skipped: list[tuple[Task, str]] = []
+    results = train_tasks(list(TASKS), settings, source=source, skip_bad_rows=args.skip_bad_rows, seed=args.seed,
+                          skipped=skipped)
+    for result in results:
         v, v_source = before[Task(result.scorer.task)]
         row = promote_trained(result, export, client, settings, before=v, before_source=v_source, source=source,
                               replace_other_source=True)
         print(f"{row.task}: @{settings.model_alias} v{row.champion_after} ({row.reason})")
+    if skipped:
+        print(_skipped_text(results, skipped), file=sys.stderr)
+        if not results:
+            raise NothingTrained("; ".join(f"{t}: {why}" for t, why in skipped))
+        print("the API serves the trained tasks; the others answer 503 until they are trained", file=sys.stderr)
     if args.no_serve:
         return 0
     if args.data:

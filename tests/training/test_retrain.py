@@ -70,3 +70,20 @@ def test_a_champion_trained_on_another_source_is_replaced_only_when_asked(projec
     assert row.promoted and row.champion_after == "2" and "another data source" in row.reason
     aliases = client.get_registered_model("lead_quality").aliases
     assert str(aliases["champion"]) == "2" and str(aliases["previous_champion"]) == "1"
+
+
+def test_train_of_several_tasks_trains_the_others_when_one_has_too_little_data(project, capsys):
+    """A young CRM: too few customers for high_value must not stop lead_quality (exit 2, both named)."""
+    from training.cli import main
+
+    assert main(["generate", "--seed", "3", "--scale", "0.05"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--task", "high_value", "lead_quality"]) == 2
+    captured = capsys.readouterr()
+    assert "error: high_value: only " in captured.err and "high_value not trained, the other tasks go on" in captured.err
+    assert "trained: lead_quality; not trained: high_value" in captured.err
+    assert "Traceback" not in captured.err
+    assert "registered lead_quality version 1" in captured.out and _champion("lead_quality") == "1"
+    # one task asked for: its error is the command's, as before
+    assert main(["train", "--task", "high_value"]) == 2
+    assert "error: only " in capsys.readouterr().err
