@@ -157,11 +157,13 @@ class LogisticClassifier(_Calibrated):
     """A regularised logistic regression (scikit-learn pipeline per feature, see the module docstring)."""
 
     def __init__(self, categorical_features: Sequence[str] = (), C: float | None = None, min_frequency: int = 20,
-                 random_state: int = 0):
+                 random_state: int = 0, columns: Sequence[str] | None = None):
         self.categorical_features = categorical_features
         self.C = C
         self.min_frequency = min_frequency
         self.random_state = random_state
+        #: Only these features (None: every one); the others get a zero contribution (a task's one-field baseline).
+        self.columns = columns
 
     def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
         cats = {c: X[c].astype("str").where(X[c].notna(), "(missing)").astype(object) for c in self.categories_}
@@ -184,8 +186,14 @@ class LogisticClassifier(_Calibrated):
     def fit(self, X: pd.DataFrame, y: np.ndarray, X_cal: pd.DataFrame | None = None,
             y_cal: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> LogisticClassifier:
         self._categories(X)
-        self.numeric_ = [c for c in X.columns if c not in self.categories_ and X[c].notna().any()]
+        keep = set(X.columns if self.columns is None else self.columns)
+        self.categories_ = {c: v for c, v in self.categories_.items() if c in keep}
+        # every feature: those with a value; the named ones (``columns``) even without (then a constant)
+        self.numeric_ = [c for c in X.columns if c in keep and c not in self.categories_
+                         and c not in self.categorical_features and (self.columns is not None or X[c].notna().any())]
         self.used_ = [c for c in X.columns if c in self.categories_ or c in self.numeric_]
+        if not self.used_:
+            raise ValueError(f"none of the columns {sorted(keep)} is in the frame")
         self.skewed_ = {c for c in self.numeric_ if abs(float(X[c].astype(float).skew() or 0.0)) > 2}
         self.design_ = self._design()
         T, y = self.design_.fit_transform(self._frame(X)), np.asarray(y, dtype=int)

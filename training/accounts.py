@@ -25,7 +25,8 @@ from features.customers import AccountFeatureSpec, customer_value
 from features.engine import account_snapshots  # the pandas one, or per account partition in a Dask session
 from features.errors import FunnelcastError
 from models.accounts import AccountScorer, ValueRegressor
-from models.candidates import Choice, candidate_table, choose_on_validation, fit_candidate, fit_every, ladder
+from models.candidates import (Candidate, Choice, LogisticClassifier, candidate_table, choose_on_validation,
+                               fit_candidate, fit_every, ladder)
 from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS, CalibratedBoostedClassifier, calibrated_contributions
 from models.explain import Contributions, log_odds_contributions, shap_summary_plot
@@ -86,8 +87,11 @@ def customer_fold(times: pd.Series) -> TimeFold:
     return TimeFold(horizon="1d", evaluate=f"{evaluate}d", calibrate=f"{max((q75 - q50).days, 1)}d")
 
 
-#: The task's own baseline in the candidate table: the first deal's amount alone (``baseline_first_deal``).
+#: The task's own baseline: the first deal's amount alone (``baseline_first_deal``), the simplest rung of
+#: the ladder (a one-field logistic regression, so its probabilities are calibrated like the others').
 FIRST_DEAL = "first_deal"
+#: The feature the first-deal baseline reads.
+FIRST_DEAL_FIELD = "first_deal_amount"
 
 
 class TooFewCustomers(FunnelcastError, ValueError):
@@ -134,8 +138,16 @@ def fit_high_value_classifier(train: pd.DataFrame, spec: AccountFeatureSpec, cfg
 
 
 def _rungs(spec: AccountFeatureSpec, cfg: AccountConfig) -> list:
-    """The ladder of ``models.candidates`` with high_value's LightGBM settings."""
-    return ladder(spec.categorical_features, {**ACCOUNT_PARAMS, **cfg.params}, cfg.seed, conservative=CONSERVATIVE_ACCOUNT)
+    """The ladder of ``models.candidates`` with high_value's LightGBM settings, after the task's own baseline
+    as a model (:data:`FIRST_DEAL`: the first deal's amount alone in a logistic regression, calibrated like
+    every rung) when that field is a feature."""
+    rungs = ladder(spec.categorical_features, {**ACCOUNT_PARAMS, **cfg.params}, cfg.seed,
+                   conservative=CONSERVATIVE_ACCOUNT)
+    if FIRST_DEAL_FIELD not in spec.feature_names:
+        return rungs
+    first = Candidate(FIRST_DEAL, "baseline",
+                      lambda: LogisticClassifier((), random_state=cfg.seed, columns=(FIRST_DEAL_FIELD,)))
+    return [first, *rungs]
 
 
 @dataclass
@@ -401,8 +413,11 @@ class HighValue:
         X, y = ev[snapshots.spec.feature_names], ev["label"].to_numpy()
         preds = {name: m.predict_proba(X) for name, m in model.models.items()}
         metrics = {name: classification_metrics(y, p) for name, p in preds.items()}
-        amount = ev["first_deal_amount"].fillna(ev["first_deal_amount"].median()).to_numpy(dtype=float)
-        baseline = classification_metrics(y, (amount.argsort().argsort() + 0.5) / len(amount))
+        if FIRST_DEAL in metrics:  # the rung: the amount's rank, calibrated
+            baseline = metrics[FIRST_DEAL]
+        else:  # the field is excluded: the amount's rank as a score (its AUC; no calibrated figure)
+            amount = ev[FIRST_DEAL_FIELD].fillna(ev[FIRST_DEAL_FIELD].median()).to_numpy(dtype=float)
+            baseline = classification_metrics(y, (amount.argsort().argsort() + 0.5) / len(amount))
         chosen = dict(metrics[model.name])
         pred = model.regressor.predict(X)
         chosen["value_mae"] = float(np.mean(np.abs(pred - ev["value"].to_numpy())))

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 _LOAD = """
 import json, sys
 import pandas as pd
+import pytest
 from features.io import load_export
 from models.registry import configure, load_scorer
 
@@ -120,9 +122,12 @@ def test_promotion_refits_the_candidate_the_ladder_chooses_before_the_window(acc
     before = snaps[snaps["as_of"] < window.start].sort_values("as_of", kind="stable")
     choice, _ = _choose(before, spec, recipe)
     kinds = {"naive_bayes": NaiveBayesClassifier, "logistic": LogisticClassifier, "blend": BlendClassifier,
-             "lgbm": CalibratedBoostedClassifier, "lgbm_conservative": CalibratedBoostedClassifier}
+             "lgbm": CalibratedBoostedClassifier, "lgbm_conservative": CalibratedBoostedClassifier,
+             "first_deal": LogisticClassifier}
     model = comparison.refit(export, recipe, window)
     assert type(model) is kinds[choice.name if choice else "logistic"]
+    if choice is not None and choice.name == "first_deal":  # the one-field baseline reads its field only
+        assert model.used_ == ["first_deal_amount"]
     if choice is not None and choice.name == "lgbm_conservative":  # the conservative rung's own settings
         assert model.params["num_leaves"] == 3
     m = comparison.evaluate(export, model, window)
@@ -150,3 +155,39 @@ def test_a_refit_takes_whichever_rung_validation_chose(account_sample, monkeypat
 
         monkeypatch.setattr(accounts, "choose_on_validation", forced)
         assert type(comparison.refit(export, recipe, window)) is kind
+
+
+def test_the_first_deal_baseline_is_a_calibrated_rung_of_the_ladder(account_sample):
+    """The task's own baseline is the best plain version of itself (issue 15, item 5): the first deal's amount
+    in a one-field logistic regression, calibrated like every rung and chosen by the same rule (so on a small
+    CRM a model no better than the amount is not fielded over it), not the amount's rank read as a probability."""
+    from models.candidates import LogisticClassifier
+    from models.metrics import classification_metrics
+    from training.accounts import FIRST_DEAL, _rungs
+
+    _, _, cfg, result = account_sample
+    spec = result.scorer.spec
+    rungs = _rungs(spec, cfg)
+    assert rungs[0].name == FIRST_DEAL and rungs[0].role == "baseline"  # the simplest rung
+    table = result.candidates
+    assert np.isfinite(table.loc[FIRST_DEAL, "validation_log_loss"])  # seen by the choice
+    ev = result.evaluation
+    y = ev["label"].to_numpy()
+    amount = result.snapshots.set_index("account_id").loc[ev["account_id"], "first_deal_amount"].to_numpy(dtype=float)
+    known = np.isfinite(amount)
+    assert known.sum() > 20
+    # the amount's own ranking (a positive coefficient on one field; a missing amount is its own level) ...
+    p = ev["p_first_deal"].to_numpy()[known]
+    assert np.all(np.diff(p[np.argsort(amount[known], kind="stable")]) >= -1e-12)
+    amount = np.where(known, amount, np.nanmedian(amount))
+    # ... but calibrated: better than the rank read as a probability
+    rank = classification_metrics(y, (amount.argsort().argsort() + 0.5) / len(amount))
+    assert table.loc[FIRST_DEAL, "log_loss"] < rank["log_loss"] and table.loc[FIRST_DEAL, "brier"] < rank["brier"]
+    # one field: every other feature's contribution is zero
+    cols = spec.feature_names
+    rows = result.snapshots[cols].head(30)
+    model = rungs[0].make().fit(result.snapshots[cols], result.snapshots["label"].to_numpy())
+    assert isinstance(model, LogisticClassifier) and model.used_ == ["first_deal_amount"]
+    contrib = model.contributions(rows)
+    others = [i for i, c in enumerate(cols) if c != "first_deal_amount"]
+    assert np.all(contrib[:, others] == 0) and contrib[:, cols.index("first_deal_amount")].std() > 0
