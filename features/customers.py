@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export, custom_columns
+from features.errors import NothingToLearnFrom
 from features.pit import known_as_of, rows_before
 
 __all__ = [
@@ -64,6 +65,17 @@ def customer_value(opportunities: pd.DataFrame, as_of: pd.Timestamp, window_days
     out["complete"] = out["first_won_at"] + window <= as_of
     out.index.name = "account_id"
     return out
+
+
+def _customers_found(opportunities: pd.DataFrame, values: pd.DataFrame, cutoff: pd.Timestamp) -> str:
+    """What an export holds for high_value, in words (for the error that it holds too little)."""
+    if opportunities.empty:
+        return "no opportunities"
+    if values.empty:
+        return f"{len(opportunities):,} opportunities, none won before {cutoff.date()}"
+    first = values["first_won_at"].min()
+    return (f"{len(values):,} customers (accounts with a won deal), the first won on {first.date()}, "
+            f"{(cutoff - first).days} days before the cutoff")
 
 
 def high_value_threshold(values: pd.Series, quantile: float = 0.8) -> float:
@@ -267,9 +279,10 @@ def _account_snapshots(
     values = customer_value(export.opportunities, cutoff, spec.window_days)
     done = values[values["complete"]]
     if done.empty:
-        raise ValueError(
-            f"no customer's {spec.window_days}-day value is complete before {cutoff.date()}: the history is too short"
-        )
+        raise NothingToLearnFrom(
+            f"high_value needs customers whose first won deal is at least {spec.window_days} days before the "
+            f"cutoff {cutoff.date()} (their value over that window is then complete)",
+            _customers_found(export.opportunities, values, cutoff))
     if threshold is None:
         threshold = high_value_threshold(done["value"], quantile)
     # weekly snapshot times (the early-signal window itself is exact: early_days after the win)

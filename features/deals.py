@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from features.columns import activity_rows, first_rows_before, joined_columns, kind_counts, latest, take
 from features.contract import DEFAULT_OPEN_STAGES, TERMINAL_STAGES, Export
+from features.errors import NothingToLearnFrom
 from features.leads import snapshot_times  # the deals' snapshot times are the leads'
 from features.pit import NEVER, TimeOrder, epoch_ns, known_as_of, rows_before
 from features.specs import FeatureSpec
@@ -645,7 +646,8 @@ def _snapshot_frame(
 
 def _concat_snapshots(parts: list[pd.DataFrame]) -> pd.DataFrame:
     if not parts:
-        raise ValueError("no deal was open at any snapshot time: the export is too short or empty")
+        raise NothingToLearnFrom("stage_conversion needs deals open at the snapshot times",
+                                 "no deal open at any of them: the export is too short or has no opportunities")
     return pd.concat(parts, ignore_index=True)
 
 

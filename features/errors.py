@@ -105,3 +105,12 @@ class ExportSourceError(FunnelcastError):
     def __init__(self, where: str, reason: str):
         self.where, self.reason = where, reason
         super().__init__(f"cannot read the CRM export {where}: {reason}")
+
+
+class NothingToLearnFrom(FunnelcastError, ValueError):
+    """The export holds no record a task learns from at the cutoff (no lead or deal open at any snapshot time,
+    no customer with a complete value): what the task needs and what the export has."""
+
+    def __init__(self, task_needs: str, found: str):
+        self.task_needs, self.found = task_needs, found
+        super().__init__(f"{task_needs}; the export has {found}")

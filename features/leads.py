@@ -36,6 +36,7 @@ from features.columns import (
     take,
 )
 from features.contract import Export
+from features.errors import NothingToLearnFrom
 from features.pit import TimeOrder, epoch_ns, known_as_of, open_leads, rows_before
 from features.specs import FeatureSpec
 
@@ -269,7 +270,8 @@ def _snapshot_frame(leads: pd.DataFrame, accounts: pd.DataFrame, activities: pd.
 
 def _concat_snapshots(parts: list[pd.DataFrame]) -> pd.DataFrame:
     if not parts:
-        raise ValueError("no lead was open at any snapshot time: the export is too short or empty")
+        raise NothingToLearnFrom("lead_quality needs leads open at the snapshot times",
+                                 "no lead open at any of them: the export is too short or has no leads")
     return pd.concat(parts, ignore_index=True)
 
 

@@ -121,7 +121,8 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
         except FunnelcastError as exc:
             if skipped is None:
                 raise
-            print(f"error: {task}: {exc}; {task} not trained, the other tasks go on", file=sys.stderr)
+            why = str(exc) if str(exc).startswith(str(task)) else f"{task}: {exc}"
+            print(f"error: {why}; {task} not trained, the other tasks go on", file=sys.stderr)
             skipped.append((task, str(exc)))
             continue
         cfg = result.config if result.config is not None else cfg  # its horizon resolved
@@ -171,7 +172,7 @@ def _skipped_text(results: Sequence[Any], skipped: Sequence[tuple[Task, str]]) -
     """The closing lines of a training run in which some tasks could not be trained."""
     trained = ", ".join(str(r.scorer.task) for r in results) or "none"
     lines = [f"trained: {trained}; not trained: {', '.join(str(t) for t, _ in skipped)}"]
-    lines += [f"  {t}: {why}" for t, why in skipped]
+    lines += [f"  {why}" if why.startswith(str(t)) else f"  {t}: {why}" for t, why in skipped]
     return "\n".join(lines)
 
 

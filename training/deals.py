@@ -35,7 +35,7 @@ from features.deals import (
     snapshot_times,
 )
 from features.engine import deal_snapshots  # the pandas one, or per deal partition in a Dask session
-from features.errors import FunnelcastError
+from features.errors import FunnelcastError, NothingToLearnFrom
 from features.pit import decision_times
 from models.deals import (
     N_PERIODS,
@@ -205,6 +205,8 @@ def build_snapshots(
     spec: DealFeatureSpec | None = None,
 ) -> tuple[DealFeatureSpec, pd.DataFrame]:
     """The spec (point-in-time at ``cutoff``) and the snapshots up to ``cutoff``."""
+    if export.opportunities.empty:
+        raise NothingToLearnFrom("stage_conversion needs deals open at the snapshot times", "no opportunities")
     start = export.opportunities["created_at"].min() + pd.Timedelta(days=cfg.warmup_days)
     times = snapshot_times(start, cutoff, cfg.snapshot_every_days)
     spec = spec or DealFeatureSpec.from_export(export, horizon_days=cfg.horizon_days, exclude=cfg.exclude, as_of=cutoff)
@@ -1090,6 +1092,9 @@ class StageConversion:
 
     def decision_durations(self, export: Export, cutoff: pd.Timestamp) -> pd.Series:
         """Created to closed (won or lost), of the deals closed before ``cutoff`` (indexed by creation time)."""
+        if export.opportunities.empty:  # a leads-only export: say so, not "0 decided records"
+            raise NothingToLearnFrom("stage_conversion needs opportunities (deals) and their stage history",
+                                     "no opportunities")
         return decision_times(export.opportunities, "closed_at", cutoff)
 
     def config(self, *, horizon_days: int | None, snapshot_every_days: int, seed: int,

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Export
+from features.errors import NothingToLearnFrom
 from features.engine import lead_snapshots  # the pandas one, or per entity partition in a Dask session
 from features.leads import (
     LeadFeatureSpec,
@@ -449,6 +450,8 @@ class LeadQuality:
     def snapshots(self, export: Export, cutoff: pd.Timestamp, config: TrainConfig, *, progress: bool = False,
                   outcomes: pd.DataFrame | None = None) -> Snapshots:
         h = pd.Timedelta(days=config.horizon_days)
+        if export.leads.empty:
+            raise NothingToLearnFrom("lead_quality needs leads open at the snapshot times", "no leads")
         start = export.leads["created_at"].min() + pd.Timedelta(days=config.warmup_days)
         times = snapshot_times(start, cutoff - h, config.snapshot_every_days)
         spec = LeadFeatureSpec.from_export(export, horizon_days=config.horizon_days, exclude=config.exclude,
@@ -469,6 +472,8 @@ class LeadQuality:
         The label is "converted within the horizon", so the horizon is to hold most conversions.
         Disqualifications are left out: CRMs often disqualify in bulk clean-ups of stale leads (the
         sample after a year), which would say more about the clean-up than about when leads decide."""
+        if export.leads.empty:  # a deals-only export: say so, not "0 decided records"
+            raise NothingToLearnFrom("lead_quality needs leads", "no leads")
         return decision_times(export.leads, "converted_at", cutoff)
 
     def enough(self, snapshots: Snapshots) -> Any:

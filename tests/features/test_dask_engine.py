@@ -202,8 +202,11 @@ def test_dask_account_snapshots_equal_the_pandas_ones(account_export, cluster, t
 def test_dask_account_snapshots_of_a_history_too_short_say_so(account_export, cluster):
     spec = AccountFeatureSpec.from_export(account_export)
     early = account_export.opportunities["created_at"].min() + pd.Timedelta(days=30)
-    with pytest.raises(ValueError, match="no customer's 365-day value is complete"):
+    from features.errors import NothingToLearnFrom
+
+    with pytest.raises(NothingToLearnFrom, match="first won deal is at least 365 days before the cutoff") as caught:
         dask_account_snapshots(account_export, early, spec)
+    assert "the export has " in str(caught.value)  # what it found
 
 
 def test_backtest_snapshots_are_built_per_deal_partition_in_a_session(sample_export, cluster, monkeypatch):

@@ -87,3 +87,33 @@ def test_train_of_several_tasks_trains_the_others_when_one_has_too_little_data(p
     # one task asked for: its error is the command's, as before
     assert main(["train", "--task", "high_value"]) == 2
     assert "error: only " in capsys.readouterr().err
+
+
+def test_a_leads_only_export_trains_lead_quality_and_says_what_the_other_tasks_need(project, tmp_path, capsys):
+    """An export with leads and no deals (X Education's shape): no traceback, each task's need and what was found."""
+    import shutil
+
+    import pandas as pd
+
+    from training.cli import main
+
+    assert main(["generate", "--out", str(tmp_path / "s"), "--seed", "3", "--scale", "0.05"]) == 0
+    leads_only = tmp_path / "leads_only"
+    shutil.copytree(tmp_path / "s" / "export", leads_only)
+    for table in ("opportunities", "stage_history"):
+        path = leads_only / f"{table}.csv"
+        pd.read_csv(path, nrows=0).to_csv(path, index=False)  # the header only
+    leads = pd.read_csv(leads_only / "leads.csv", dtype=str, keep_default_na=False)
+    leads.assign(opportunity_id="").to_csv(leads_only / "leads.csv", index=False)  # converted, no deal record
+    acts = pd.read_csv(leads_only / "activities.csv", dtype=str, keep_default_na=False)
+    acts[acts["opportunity_id"] == ""].to_csv(leads_only / "activities.csv", index=False)
+    capsys.readouterr()
+    assert main(["train", "--data", str(leads_only)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "stage_conversion needs opportunities (deals) and their stage history; the export has no opportunities" in err
+    assert "high_value needs customers whose first won deal is at least 365 days before the cutoff" in err
+    assert "trained: lead_quality; not trained: high_value, stage_conversion" in err
+    # asked alone, the task's need is the command's error
+    assert main(["train", "--task", "stage_conversion", "--data", str(leads_only), "--horizon", "30d"]) == 2
+    assert "stage_conversion needs deals open at the snapshot times" in capsys.readouterr().err
