@@ -259,7 +259,8 @@ def decided_deals(export: Export, as_of: pd.Timestamp) -> pd.DataFrame:
     out["amount"] = out["opportunity_id"].map(amounts)
     info = opps.set_index("opportunity_id")
     for c in ("owner_id", "account_id", "created_at"):
-        out[c] = out["opportunity_id"].map(info[c])
+        # an export without decided deals (or without deals): empty columns of the table's types
+        out[c] = out["opportunity_id"].map(info[c]) if len(out) else pd.Series(dtype=info[c].dtype)
     return out
 
 

@@ -94,8 +94,11 @@ class InvalidRecord(FunnelcastError):
 
 
 class ModelNotAvailable(FunnelcastError):
-    def __init__(self, name: str, reason: str):
-        self.name = name
+    """A task's model is not loaded; ``transient``: it may be soon (the server starting, a store it could not
+    read), so a client should retry; not when no version holds the alias (that takes a train or a promote)."""
+
+    def __init__(self, name: str, reason: str, transient: bool = True):
+        self.name, self.reason, self.transient = name, reason, transient
         super().__init__(f"model {name!r} is not available: {reason}")
 
 

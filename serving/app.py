@@ -75,8 +75,8 @@ def load_models(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, s
     for task in SERVED_TASKS:
         try:
             models[task.value] = load_scorer(client, task.value, settings.model_alias)
-        except ModelNotAvailable as exc:  # not registered (no version at the alias)
-            problems[task.value] = public_reason(exc)
+        except ModelNotAvailable as exc:  # not registered (no version at the alias); the 503 names the model
+            problems[task.value] = public_reason(exc.reason)
         except FunnelcastError as exc:
             problems[task.value] = public_reason(exc)
         except Exception as exc:  # noqa: BLE001 - reported through /readyz, not raised

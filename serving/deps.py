@@ -65,7 +65,8 @@ def model_dependency(task: Task) -> Callable[[Request], Awaitable[LoadedModel]]:
         loaded = request.app.state.models.get(task.value)
         if loaded is None:
             reason = request.app.state.load_errors.get(task.value, f"not loaded; run `funnelcast train --task {task}`")
-            raise ModelNotAvailable(task.value, reason)
+            # starting up, or a store that could not be read, may pass; a model never registered does not
+            raise ModelNotAvailable(task.value, reason, transient=reason == "starting" or LOAD_FAILED in reason)
         return loaded
 
     loaded_model.__name__ = f"{task.value}_model"

@@ -110,7 +110,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ModelNotAvailable)
     async def _no_model(request: Request, exc: ModelNotAvailable) -> JSONResponse:
-        return JSONResponse(_body(client_safe(str(exc)), [], request), status_code=503, headers={"Retry-After": "60"})
+        headers = {"Retry-After": "60"} if exc.transient else {}  # a page or client does not wait for a train
+        return JSONResponse(_body(client_safe(str(exc)), [], request), status_code=503, headers=headers)
 
     @app.exception_handler(InvalidRecord)
     async def _invalid(request: Request, exc: InvalidRecord) -> JSONResponse:

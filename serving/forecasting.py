@@ -75,6 +75,9 @@ def _stages(frame: pd.DataFrame) -> list[FunnelStage]:
 def funnel_answer(export: Export, as_of: datetime | None = None, by: str = "none",
                   period_days: int = 91) -> FunnelResponse:
     """The funnel over ``export`` (what ``GET /v1/funnel`` answers; the refresh stores it)."""
+    if export.stage_history.empty:
+        raise RequestProblem("the export has no deal stage history (no opportunities): there is no funnel to report",
+                             [("stage_history", "empty in the export")])
     report = funnel_report(export, _as_of(as_of, export), period_days=period_days, by=by)
     if not report.bottleneck:  # no stage had a deal in the period: nothing to report on
         entered = export.stage_history["entered_at"]

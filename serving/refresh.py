@@ -163,7 +163,10 @@ def _payloads(export: Export, models: Mapping[str, LoadedModel]) -> dict[str, An
     """The JSON of the funnel and forecast answers of :data:`PAYLOADS` (forecast: with a deal model)."""
     out: dict[str, Any] = {}
     for params in PAYLOADS["funnel"]:
-        out[payload_key("funnel", params)] = funnel_answer(export, **params).model_dump(mode="json")
+        try:
+            out[payload_key("funnel", params)] = funnel_answer(export, **params).model_dump(mode="json")
+        except RequestProblem:  # no deal in the period (a leads-only export): the route answers why, live
+            continue
     deal_model = models.get(Task.STAGE_CONVERSION.value)
     if deal_model is not None:
         for params in PAYLOADS["forecast"]:

@@ -9,10 +9,11 @@ const UNASSIGNED = "unassigned";
 const TRENDS = {improving: ["▲", "improving"], declining: ["▼", "declining"], steady: ["▶", "steady"]};
 const state = {forecast: null};
 
-async function api(path, patience = 300) {
+async function api(path, patience = 300, waiting = null) {
   // a 503 with Retry-After (the first scored snapshot being built, or the server busy) is waited out, for up to
   // `patience` seconds in all: the first refresh of a year of CRM history takes a minute or more, and a manager
-  // who opened the page then should see the figures arrive, not "retry in a minute"
+  // who opened the page then should see the figures arrive, not "retry in a minute"; `waiting(detail)` is told
+  // what the server said meanwhile (a failed refresh names its reason), so the section does not just spin
   const start = Date.now();
   for (;;) {
     const r = await fetch(path, {headers: {"X-API-Key": $("key").value}});
@@ -20,10 +21,18 @@ async function api(path, patience = 300) {
     if (r.ok) return body;
     const wait = Math.min(Number(r.headers.get("Retry-After")), 10);
     if (r.status !== 503 || !wait || (Date.now() - start) / 1000 + wait > patience) {
-      throw new Error(body.detail || r.status);
+      const e = new Error(body.detail || r.status);
+      e.status = r.status;
+      throw e;
     }
+    if (waiting && body.detail) waiting(body.detail);
     await new Promise((done) => setTimeout(done, wait * 1000));
   }
+}
+
+function waitingIn(id) {
+  // the `waiting` callback of api() for the section whose state line is `id`
+  return (detail) => setState(id, `loading… the server says: ${detail}`, "note loading");
 }
 
 function setState(id, text, cls = "note") { const el = $(id); el.className = cls; el.textContent = text; }
@@ -112,7 +121,7 @@ async function loadWorklist() {
   if ($("team").value) q.set("team", $("team").value);
   setState("worklist-state", "loading…", "note loading");
   try {
-    const w = await api("/v1/worklist?" + q);
+    const w = await api("/v1/worklist?" + q, 300, waitingIn("worklist-state"));
     fillSelect($("owner"), w.owners); fillSelect($("team"), w.teams);
     freshness(w);
     $("missing").textContent = w.missing.length ? "Not shown: " + w.missing.join("; ") : "";
@@ -121,8 +130,13 @@ async function loadWorklist() {
     $("per-effort").textContent = w.effort_unit === "rep touches" ? "value per rep touch" : "value per effort";
     $("worklist").querySelector("tbody").innerHTML = w.items.map(itemRow).join("");
     $("download").disabled = false;
-    setState("worklist-state", `${w.items.length} items, the most expected value per ${w.effort_unit === "rep touches" ? "rep touch" : "unit of effort"} first. Click an owner for their list.`);
-  } catch (e) { setState("worklist-state", "Worklist not available: " + e.message, "error"); }
+    setState("worklist-state", `${w.items.length} item${w.items.length === 1 ? "" : "s"}, the most expected value per ${w.effort_unit === "rep touches" ? "rep touch" : "unit of effort"} first. Click an owner for their list.`);
+  } catch (e) {
+    setState("worklist-state", "Worklist not available: " + e.message, "error");
+    if (e.status && e.status !== 401 && e.status !== 403) {  // the key was accepted: say so, not "Not connected."
+      setState("freshness", "Connected; no scored snapshot to show yet (see the prioritised list below).");
+    }
+  }
 }
 
 function csvField(v) {
@@ -232,7 +246,7 @@ async function loadForecast() {
   setState("forecast-note", "loading…", "note loading");
   try {
     const q = period === "rolling" ? "by=owner_id&sims=2000" : `period=${period}&by=owner_id&sims=2000`;
-    const fc = normaliseForecast(await api("/v1/forecast?" + q), period);
+    const fc = normaliseForecast(await api("/v1/forecast?" + q, 300, waitingIn("forecast-note")), period);
     state.forecast = fc;
     const reps = fc.groups.filter((g) => g.is_rep).length;
     const total = fc.total ? fc.total.expected : fc.groups.reduce((a, g) => a + g.expected, 0);
@@ -266,7 +280,7 @@ function funnelChart(stages, bottleneck) {
 
 async function loadFunnel() {
   try {
-    const f = await api("/v1/funnel");
+    const f = await api("/v1/funnel", 300, waitingIn("bottleneck"));
     setState("bottleneck", `Bottleneck: ${f.bottleneck}.`, "");
     $("funnel-summary").textContent = f.summary;
     $("funnel-chart").innerHTML = funnelChart(f.overall, f.bottleneck);

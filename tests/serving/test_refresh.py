@@ -278,3 +278,29 @@ def test_a_refresh_whose_child_process_fails_is_recorded_and_the_last_good_snaps
     assert r.status_code == 503 and "child process failed" in r.json()["detail"] and "cannot pickle" in r.json()["detail"]
     assert ready["status"] == "failed" and "child process failed" in ready["error"]
     assert ready["snapshot_id"] == good["snapshot_id"] and w.json()["snapshot_id"] == good["snapshot_id"]
+
+
+def test_a_leads_only_crm_refreshes_and_each_missing_part_says_why(sample_export, lead_scorer, tmp_path):
+    """A CRM with leads and no deals (X Education's shape): the refresh succeeds and scores the leads; the
+    funnel says the export has no deals (422); the forecast names its missing model at once, without a
+    Retry-After a page would wait out (nothing changes until a model is trained)."""
+    from dataclasses import replace
+
+    leads_only = replace(
+        sample_export,
+        opportunities=sample_export.opportunities.iloc[:0], stage_history=sample_export.stage_history.iloc[:0],
+        leads=sample_export.leads.assign(opportunity_id=None),
+        activities=sample_export.activities[sample_export.activities["opportunity_id"].isna()])
+    url = _crm(leads_only, tmp_path)
+    models = {"lead_quality": LoadedModel("lead_quality", "1", "champion", None, lead_scorer)}
+    with TestClient(create_app(_settings(tmp_path, url), preloaded=models), headers={"X-API-Key": KEY}) as c:
+        refreshed = c.post("/v1/admin/refresh", headers={"X-API-Key": ADMIN})
+        assert refreshed.status_code == 200, refreshed.text
+        w = c.get("/v1/worklist", params={"limit": 1000})
+        funnel = c.get("/v1/funnel")
+        forecast = c.get("/v1/forecast", params={"by": "owner_id"})
+    assert w.status_code == 200 and w.json()["items"] and {i["kind"] for i in w.json()["items"]} == {"lead"}
+    assert any("stage_conversion" in m for m in w.json()["missing"])
+    assert funnel.status_code == 422 and "no deal stage history" in funnel.json()["detail"]
+    assert forecast.status_code == 503 and "stage_conversion" in forecast.json()["detail"]
+    assert "Retry-After" not in forecast.headers
