@@ -210,7 +210,7 @@ def build_task(definition: TaskDefinition, export: Export, cutoff: pd.Timestamp,
     snaps = snapshots if snapshots is not None else definition.snapshots(export, cutoff, config, progress=progress,
                                                                           outcomes=outcomes)
     # a task may say what a split is missing (e.g. too few decided records per class): the fold shrinks for it
-    enough = definition.enough(snaps) if hasattr(definition, "enough") else None
+    enough = definition.enough(snaps, config) if hasattr(definition, "enough") else None
     split = definition.fold(config, snaps).split(snaps.times, snaps.cutoff, enough)
     evaluation = definition.evaluate(definition.fit(export, snaps, split, config), snaps, split, config)
     result = definition.final(export, snaps, split, evaluation, config)

@@ -271,6 +271,10 @@ def _timing_constraints(cols: list[str]) -> list[list[int]]:
     return [with_stage, [i for i in range(len(cols)) if i != j]]
 
 
+class TooFewOutcomes(FunnelcastError, ValueError):
+    """A deal model's fit or calibration window holds too few deals of a class to learn from."""
+
+
 def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
                 label: str, what: str) -> CalibratedBoostedClassifier:
     timing = "period" in cols
@@ -281,7 +285,7 @@ def _classifier(spec: DealFeatureSpec, cfg: DealTrainConfig, fit: pd.DataFrame, 
     for name, part in (("fit", fit), ("calibration", cal)):
         pos = int(part[label].sum())
         if not _enough(part, label):
-            raise ValueError(
+            raise TooFewOutcomes(
                 f"{what}: {pos} positive(s) among {len(part)} rows in the {name} window: too few to learn from "
                 f"(at least {MIN_POSITIVES} of each class); train with --as-of later or on a longer export"
             )
@@ -624,6 +628,20 @@ def fit_and_calibration_rows(snaps: pd.DataFrame, cutoff: pd.Timestamp, cfg: Dea
         if rows_suffice(rows):
             break
     return rows  # if even the widest window is short, the fit names what is missing
+
+
+def rows_shortfall(rows: dict[str, Any]) -> str | None:
+    """What :func:`rows_suffice` finds missing, in words (None: nothing), for the fold to shrink or to say."""
+    parts = [("next-stage", rows["next_stage"], ("label",)), ("timing", rows["hazard"], ("won_label", "lost_label"))]
+    for model, (fit, cal), labels in parts:
+        for window, part in (("fit", fit), ("calibration", cal)):
+            for y in labels:
+                if not _enough(part, y):
+                    what = {"label": "reached the next stage", "won_label": "won", "lost_label": "lost"}[y]
+                    return (f"the {model} model's {window} window holds {len(part)} deal snapshots, {int(part[y].sum())} "
+                            f"{what} (at least {MIN_POSITIVES} of each class; the fit window's labels must be known "
+                            "before the calibration window starts)")
+    return None
 
 
 def rows_suffice(rows: dict[str, Any]) -> bool:
@@ -1118,6 +1136,14 @@ class StageConversion:
 
     def fold(self, config: DealTrainConfig, snapshots: Snapshots) -> TimeFold:
         return config.fold
+
+    def enough(self, snapshots: Snapshots, config: DealTrainConfig) -> Any:
+        """What a split leaves the deal models short of (:func:`rows_shortfall` of the rows
+        :func:`fit_and_calibration_rows` gives at its cutoff), for the fold to shrink its windows: with a
+        long horizon on a short history, the fit rows, labelled before calibration starts, can be none."""
+        def missing(split: Split) -> str | None:
+            return rows_shortfall(fit_and_calibration_rows(snapshots.frame, split.cutoff, config))
+        return missing
 
     def fit(self, export: Export, snapshots: Snapshots, split: Split, config: DealTrainConfig) -> DealScorer:
         """Every deal model with labels censored where the evaluation window starts (no surrogate)."""

@@ -476,7 +476,7 @@ class LeadQuality:
             raise NothingToLearnFrom("lead_quality needs leads", "no leads")
         return decision_times(export.leads, "converted_at", cutoff)
 
-    def enough(self, snapshots: Snapshots) -> Any:
+    def enough(self, snapshots: Snapshots, config: TrainConfig | None = None) -> Any:
         """What a split of the snapshots is missing (leads of each class per window), for the fold to shrink."""
         return _enough(snapshots.frame)
 
