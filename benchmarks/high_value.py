@@ -29,7 +29,7 @@ def run(sample: Path, seed: int, scale: float) -> dict[str, object]:
     if not (sample / "export" / "leads.csv").exists():
         generate_sample(sample, seed=seed, scale=scale, progress=True)
     export, _ = load_export(sample / "export")
-    result = build_high_value_model(export, AccountConfig(seed=seed), export.exported_at)
+    result = build_high_value_model(export, AccountConfig(), export.exported_at)  # the settings `train` uses
     table = result.candidates
     chosen = str(table.index[table["chosen"]][0])
     print(f"\nseed {seed}, scale {scale:g}: {len(result.snapshots)} customers; validation {result.windows['validate']}, "
