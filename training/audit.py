@@ -315,6 +315,30 @@ def audit_leads(
     return AuditReport(findings=findings, split=split, notes=notes)
 
 
+#: A stored field whose one-feature model ranks the evaluation window at least this well is named by
+#: `funnelcast train` as a probable leak (stricter than the audit's suspicion: a warning, not a verdict).
+TRAIN_LEAK_AUC = 0.95
+
+
+def leak_warnings(fit: pd.DataFrame, y_fit: np.ndarray, later: pd.DataFrame, y_later: np.ndarray,
+                  columns: list[str], categorical: set[str] | list[str] | tuple[str, ...],
+                  threshold: float = TRAIN_LEAK_AUC) -> list[str]:
+    """The warnings `funnelcast train` prints for the stored ``columns`` whose one-feature model
+    (:func:`single_feature_auc`, fitted on ``fit``) ranks ``later`` at ROC AUC ``threshold`` or more:
+    a field that predictive on its own is, in a CRM export, nearly always filled in because of the
+    outcome, and a model trained on it looks brilliant and is useless."""
+    out = []
+    for c in columns:
+        if c not in fit or c not in later:
+            continue
+        auc = single_feature_auc(fit[c], y_fit, later[c], y_later, c not in categorical)
+        if np.isfinite(auc) and auc >= threshold:
+            out.append(f"possible leak: {c} alone ranks the evaluation window at ROC AUC {auc:.3f}; a stored field "
+                       "that predictive is usually filled in because of the outcome; check with `funnelcast audit` "
+                       f"and train with --exclude {c} if it is")
+    return out
+
+
 def write_exclude(report: AuditReport, path: str | Path) -> Path:
     """The suspects, one per line: ``funnelcast train --exclude $(cat FILE)``."""
     p = Path(path)

@@ -271,6 +271,10 @@ def _timing_constraints(cols: list[str]) -> list[list[int]]:
     return [with_stage, [i for i in range(len(cols)) if i != j]]
 
 
+#: A deal model ranking decided deals better than this on the evaluation window is named a probable leak.
+NEAR_PERFECT_AUC = 0.99
+
+
 class TooFewOutcomes(FunnelcastError, ValueError):
     """A deal model's fit or calibration window holds too few deals of a class to learn from."""
 
@@ -1185,6 +1189,13 @@ class StageConversion:
         note = win_reliability(evaluation.frame)
         if note.small:
             result.warnings.append(note.warning())
+        auc = float(evaluation.metrics.get("win_roc_auc", float("nan")))
+        if auc >= NEAR_PERFECT_AUC:  # no CRM predicts its deals' outcomes that well from what is known while open
+            result.warnings.append(
+                f"possible leak: P(won) ranks the decided deals of the evaluation window at ROC AUC {auc:.3f}; a deal "
+                "field set at or after the close (an amount entered when won, a reason filled in when lost) usually "
+                "explains that; look at the reasons of `funnelcast score --task stage_conversion` and train with "
+                "--exclude FIELD")
         if "base_rate_shift" in meta:  # the evaluation window's shift, or the latest decided window's at the fit
             result.chosen["base_rate_shift"] = meta["base_rate_shift"]
             result.warnings.append(f"base-rate shift of won within {config.horizon_days} d: "

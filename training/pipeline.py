@@ -86,7 +86,12 @@ def result_baselines(result: TrainResult) -> dict[str, dict[str, float]]:
     """Every baseline's evaluation-window metrics: the task's own (under its prefix) and the
     candidates whose role is ``baseline``."""
     definition = task_definition(result.scorer.task)
-    out = {definition.baseline: dict(result.baseline_metrics)}
+    named = (result.chosen or {}).get("baseline_name")
+    cands = result.candidates
+    # the task's own baseline figures are one of the ladder's baselines (lead_quality: the better of the two
+    # on the evaluation window): named once, by that name
+    own = not (named and cands is not None and named in cands.index and cands.loc[named, "role"] == "baseline")
+    out = {definition.baseline: dict(result.baseline_metrics)} if own else {}
     if result.candidates is not None:
         for name, row in result.candidates[result.candidates["role"] == "baseline"].iterrows():
             if f"baseline_{name}" != definition.baseline:

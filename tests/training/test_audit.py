@@ -109,3 +109,30 @@ def test_the_windows_are_a_horizon_apart(planted):
     cut = export.leads["created_at"].min() + pd.Timedelta(days=200)  # too short for the gap: adjacent, and said so
     short = audit_leads(export, cutoff=cut, snapshot_every_days=28, horizon_days=91)
     assert any("adjacent" in n for n in short.notes)
+
+
+def test_train_names_a_stored_field_that_predicts_the_outcome_alone(planted, train_config):
+    """`funnelcast train` does not wait for `funnelcast audit`: a field filled in because of the outcome
+    (lead_status is 'qualified' for every converted lead) is named in a warning with its AUC; a clean field
+    (favourite_colour) and the point-in-time features are not."""
+    from dataclasses import replace as with_
+
+    from training.train import build_lead_model
+
+    export, _ = planted
+    result = build_lead_model(export, with_(train_config, snapshot_every_days=28), export.exported_at)
+    leaks = [w for w in result.warnings if w.startswith("possible leak:")]
+    assert any("lead_status alone ranks the evaluation window at ROC AUC" in w and "--exclude lead_status" in w
+               for w in leaks), result.warnings
+    assert not any("favourite_colour" in w or "activities" in w for w in leaks)
+
+
+def test_leak_warnings_need_a_field_that_ranks_almost_perfectly():
+    from training.audit import TRAIN_LEAK_AUC, leak_warnings
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.3).astype(int)
+    frame = pd.DataFrame({"status": np.where(y == 1, "won", "open"),
+                          "noisy": np.where(rng.random(4000) < 0.7, y, 1 - y).astype(str)})
+    warned = leak_warnings(frame[:3000], y[:3000], frame[3000:], y[3000:], ["status", "noisy"], {"status", "noisy"})
+    assert len(warned) == 1 and "status alone" in warned[0] and TRAIN_LEAK_AUC == 0.95

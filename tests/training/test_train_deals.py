@@ -311,3 +311,16 @@ def test_the_summary_says_how_reliable_the_win_auc_is(deal_result):
     assert f"won (decided deals): ROC AUC {note.auc:.3f} +/- {note.se:.3f}" in text
     assert ("small data" in text) == note.small
     assert any("small data" in w for w in deal_result.warnings) == note.small
+
+
+def test_a_deal_field_that_gives_the_outcome_away_is_named_a_possible_leak(sample_export, deal_cfg, deal_result):
+    """A field set because of the close (here the product of every won deal relabelled) makes P(won) near
+    perfect on the evaluation window; train says so. The plain sample does not trigger it."""
+    from dataclasses import replace
+
+    assert not [w for w in deal_result.warnings if w.startswith("possible leak")]
+    opps = sample_export.opportunities.copy()
+    opps["product"] = np.where(opps["outcome"] == "won", "won-pack", opps["product"].astype(object))
+    leaky = build_deal_model(replace(sample_export, opportunities=opps), deal_cfg, sample_export.exported_at)
+    warned = [w for w in leaky.warnings if w.startswith("possible leak")]
+    assert warned and "P(won) ranks the decided deals" in warned[0] and "--exclude" in warned[0], leaky.warnings
