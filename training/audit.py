@@ -327,16 +327,22 @@ def leak_warnings(fit: pd.DataFrame, y_fit: np.ndarray, later: pd.DataFrame, y_l
     (:func:`single_feature_auc`, fitted on ``fit``) ranks ``later`` at ROC AUC ``threshold`` or more:
     a field that predictive on its own is, in a CRM export, nearly always filled in because of the
     outcome, and a model trained on it looks brilliant and is useless."""
-    out = []
+    found = {}
     for c in columns:
         if c not in fit or c not in later:
             continue
         auc = single_feature_auc(fit[c], y_fit, later[c], y_later, c not in categorical)
         if np.isfinite(auc) and auc >= threshold:
-            out.append(f"possible leak: {c} alone ranks the evaluation window at ROC AUC {auc:.3f}; a stored field "
-                       "that predictive is usually filled in because of the outcome; check with `funnelcast audit` "
-                       f"and train with --exclude {c} if it is")
-    return out
+            found[c] = auc
+    if not found:
+        return []
+    names = sorted(found, key=lambda c: -found[c])
+    which = ", ".join(f"{c} {found[c]:.3f}" for c in names)
+    one = len(names) == 1
+    return [f"possible leak: {'this stored field' if one else f'{len(names)} stored fields'} alone "
+            f"rank{'s' if one else ''} the evaluation window at ROC AUC {threshold:g} or more ({which}); a field that "
+            "predictive is usually filled in because of the outcome; check with `funnelcast audit` and train with "
+            f"--exclude {' '.join(names)} if {'it is' if one else 'they are'}"]
 
 
 def write_exclude(report: AuditReport, path: str | Path) -> Path:

@@ -3,6 +3,7 @@ Tags and Lead Quality are flagged (skipped without ../shared/data); suspects can
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,8 +123,9 @@ def test_train_names_a_stored_field_that_predicts_the_outcome_alone(planted, tra
     export, _ = planted
     result = build_lead_model(export, with_(train_config, snapshot_every_days=28), export.exported_at)
     leaks = [w for w in result.warnings if w.startswith("possible leak:")]
-    assert any("lead_status alone ranks the evaluation window at ROC AUC" in w and "--exclude lead_status" in w
-               for w in leaks), result.warnings
+    assert len(leaks) == 1, result.warnings
+    assert re.search(r"lead_status (1\.000|0\.9[5-9]\d)", leaks[0]), leaks[0]
+    assert "--exclude" in leaks[0] and "lead_status" in leaks[0].split("--exclude")[1]
     assert not any("favourite_colour" in w or "activities" in w for w in leaks)
 
 
@@ -135,4 +137,5 @@ def test_leak_warnings_need_a_field_that_ranks_almost_perfectly():
     frame = pd.DataFrame({"status": np.where(y == 1, "won", "open"),
                           "noisy": np.where(rng.random(4000) < 0.7, y, 1 - y).astype(str)})
     warned = leak_warnings(frame[:3000], y[:3000], frame[3000:], y[3000:], ["status", "noisy"], {"status", "noisy"})
-    assert len(warned) == 1 and "status alone" in warned[0] and TRAIN_LEAK_AUC == 0.95
+    assert len(warned) == 1 and "this stored field alone ranks" in warned[0] and "(status 1.000)" in warned[0]
+    assert "noisy" not in warned[0] and warned[0].endswith("--exclude status if it is") and TRAIN_LEAK_AUC == 0.95
