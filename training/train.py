@@ -294,14 +294,25 @@ def _decide_recent(export: Export, snaps: pd.DataFrame, spec: LeadFeatureSpec, c
     return True, f"on: no validation window, and {sharp.replace('in training', 'in calibration')} recently"
 
 
+#: The largest move to the recent rate, in log-odds (odds x20): beyond it the recent leads do not look
+#: like the calibration window's to the model (a field that reads differently on open leads, such as one
+#: filled in at the outcome), and moving would only make every score extreme; the model is left as calibrated.
+MAX_RATE_SHIFT = 3.0
+
+
 def _move_to_recent(models: dict[str, Any], recent: RecentOutcomes | None) -> dict[str, float]:
-    """Each model's calibrated intercept moved to the recent rate (the blend last: it reads its members)."""
+    """Each model's calibrated intercept moved to the recent rate (the blend last: it reads its members);
+    the shift of each, or the one refused (beyond :data:`MAX_RATE_SHIFT`, not applied) under ``"<name> refused"``."""
     if recent is None:
         return {}
     shifts = {}
     for name in sorted(models, key=lambda n: n == "blend"):
-        shifts[name] = recent_rate_shift(models[name], recent)
-        models[name].calib_intercept_ += shifts[name]
+        b = recent_rate_shift(models[name], recent)
+        if abs(b) > MAX_RATE_SHIFT:
+            shifts[f"{name} refused"] = b
+            continue
+        shifts[name] = b
+        models[name].calib_intercept_ += b
     return shifts
 
 
@@ -352,7 +363,11 @@ def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp]
     chosen: dict[str, object] = {"recent_rate": fold_models.recent_why}
     recent = _final_recent(export, snaps, times, spec, cfg, cutoff, final_plan) if fold_models.recent else None
     if recent is not None:
-        chosen["recent_rate_shift"] = round(_move_to_recent({"final": final}, recent)["final"], 4)
+        moved = _move_to_recent({"final": final}, recent)
+        if "final" in moved:
+            chosen["recent_rate_shift"] = round(moved["final"], 4)
+        else:
+            chosen["recent_rate_shift_refused"] = round(moved["final refused"], 4)
     every = _rows(snaps, final_plan.fit + final_plan.calibrate)
     # drift reference: the final model's latest training rows (its calibration window) and their scores
     recent = _rows(snaps, final_plan.calibrate)[cols]
@@ -543,10 +558,18 @@ class LeadQuality:
                          "calibrate_days": split.calibrate_days,
                          "calibration_window_days": round(min(calibration.share, 1.0) * split.calibrate_days),
                          **chosen}
+        if "recent_rate_shift_refused" in chosen:
+            result.warnings.append(
+                f"the recent conversions would move the registered model by {chosen['recent_rate_shift_refused']:+.3f} "
+                f"log-odds, beyond +/-{MAX_RATE_SHIFT:g}: the leads open now do not look like the calibration window's "
+                "to it (often a field that reads differently on open leads, filled in at the outcome); left as "
+                "calibrated")
         if shift or "recent_rate_shift" in chosen:
             moved = (f"the models' intercepts were moved to the recent rate (the registered one's by "
                      f"{chosen['recent_rate_shift']:+.3f} log-odds), estimated from the conversions decided so far "
                      "of the leads open in the last horizon" if "recent_rate_shift" in chosen else
+                     "the evaluation window's models were moved to the recent rate, the registered one was left as "
+                     "calibrated (above)" if "recent_rate_shift_refused" in chosen else
                      f"not corrected for ({fold_models.recent_why})")
             result.warnings.append(f"base-rate shift: {shift or 'the recent rate differs from calibration'}; {moved}")
         if split.evaluate_days < config.eval_days:

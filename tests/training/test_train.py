@@ -264,3 +264,19 @@ def test_the_recent_rate_counts_conversions_decided_by_the_cutoff_like_a_naive_l
     np.testing.assert_allclose(later.share, got.share)
     # what training decided about it is logged with the model
     assert trained.chosen["recent_rate"].split(":")[0] in ("on", "off")
+
+
+def test_a_move_to_the_recent_rate_beyond_the_limit_is_refused_not_applied(monkeypatch):
+    """A recent rate that would move a model by 6.6 log-odds (Maven with its leaking close_value: open leads
+    all score near 0) says the recent leads do not look like calibration's; the model stays as calibrated."""
+    from types import SimpleNamespace
+
+    import training.train as tt
+
+    calls = iter([0.4, 6.6])
+    monkeypatch.setattr(tt, "recent_rate_shift", lambda model, recent: next(calls))
+    models = {"lgbm": SimpleNamespace(calib_intercept_=0.1), "logistic": SimpleNamespace(calib_intercept_=-0.2)}
+    shifts = tt._move_to_recent(models, recent=object())  # type: ignore[arg-type]
+    assert shifts == {"lgbm": 0.4, "logistic refused": 6.6}
+    assert models["lgbm"].calib_intercept_ == pytest.approx(0.5) and models["logistic"].calib_intercept_ == -0.2
+    assert tt.MAX_RATE_SHIFT == 3.0
