@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.errors import NothingToLearnFrom
 from features.settings import Settings
 from models.forecast import CRM_CATEGORIES, UNASSIGNED
 from models.tasks import Task
@@ -93,7 +94,14 @@ def cmd_funnel(args: argparse.Namespace, settings: Settings) -> int:
     _, export = load_data(args, settings)
     as_of = args.as_of or export.exported_at
     by = grouping(args.by)
+    if export.stage_history.empty:
+        raise NothingToLearnFrom("the funnel needs deals and their stage history", "no opportunities")
     report = funnel_report(export, as_of, period_days=args.horizon, by=by)
+    if not report.bottleneck:  # no stage had a deal in the period
+        entered = export.stage_history["entered_at"]
+        raise NothingToLearnFrom(f"the funnel needs deals in the period {report.start.date()}..{report.end.date()}",
+                                 f"none in it (its stage history spans {entered.min().date()} to "
+                                 f"{entered.max().date()}); pass an --as-of within that span")
     shown = report.table if by != "none" else report.overall
     print(f"funnel {report.start.date()}..{report.end.date()} (entries in the period, what became of them by its end)")
     print(shown.round(3).to_string(index=False))

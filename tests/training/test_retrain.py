@@ -117,3 +117,8 @@ def test_a_leads_only_export_trains_lead_quality_and_says_what_the_other_tasks_n
     # asked alone, the task's need is the command's error
     assert main(["train", "--task", "stage_conversion", "--data", str(leads_only), "--horizon", "30d"]) == 2
     assert "stage_conversion needs deals open at the snapshot times" in capsys.readouterr().err
+    # the deal commands say the same, no traceback (funnel once ended in a KeyError)
+    assert main(["funnel", "--data", str(leads_only)]) == 2
+    assert "the funnel needs deals and their stage history; the export has no opportunities" in capsys.readouterr().err
+    assert main(["funnel", "--data", str(tmp_path / "s" / "export"), "--as-of", "1999-01-01"]) == 2  # before it
+    assert "pass an --as-of within that span" in capsys.readouterr().err
