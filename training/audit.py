@@ -247,6 +247,13 @@ def _finding(name: str, numeric: bool, e: _Evidence, thresholds: AuditThresholds
     return f
 
 
+def stored_fields(spec: LeadFeatureSpec) -> list[str]:
+    """The lead model's features that are fields stored in the export (the lead's and its account's, custom
+    fields included), as against those funnelcast computes point-in-time: the ones that can leak."""
+    return [*spec.lead_categoricals, *spec.lead_numerics,
+            *(f"account_{c}" for c in (*spec.account_categoricals, *spec.account_numerics))]
+
+
 def audit_leads(
     export: Export,
     *,
@@ -287,8 +294,7 @@ def audit_leads(
     y_all = snaps["label"].to_numpy(dtype=bool)
     verdict = min(y_ev.sum(), (1 - y_ev).sum()) >= thresholds.min_rows
 
-    stored = set(spec.lead_categoricals) | set(spec.lead_numerics)
-    stored |= {f"account_{c}" for c in (*spec.account_categoricals, *spec.account_numerics)}
+    stored = set(stored_fields(spec))
     categorical = set(spec.categorical_features)
     leads = export.leads
     dated = {c: date_after_outcome(leads, c) for c in spec.lead_categoricals if c in leads}

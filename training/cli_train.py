@@ -103,8 +103,8 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
     """Train, evaluate, log and register each of ``tasks`` on the export at ``source``; the results.
 
     ``skipped``: when given, a task the data cannot train (a ``FunnelcastError``: too little history, too few
-    customers) is reported on stderr and appended there as (task, why), and the other tasks still train;
-    without it, the error stops the command (one task asked for)."""
+    customers) is reported on stderr and appended there as (task, why: the error, naming the task), and the
+    other tasks still train; without it, the error stops the command (one task asked for)."""
     source, export = load_export_from(source, settings, skip_bad_rows)
     cutoff = as_of or export.exported_at
     if export.exported_at is not None and cutoff > export.exported_at:
@@ -121,9 +121,9 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
         except FunnelcastError as exc:
             if skipped is None:
                 raise
-            why = str(exc) if str(exc).startswith(str(task)) else f"{task}: {exc}"
+            why = str(exc) if str(exc).startswith(str(task)) else f"{task}: {exc}"  # the task named once
             print(f"error: {why}; {task} not trained, the other tasks go on", file=sys.stderr)
-            skipped.append((task, str(exc)))
+            skipped.append((task, why))
             continue
         cfg = result.config if result.config is not None else cfg  # its horizon resolved
         result.scorer.metadata["params_source"] = params_source
@@ -172,7 +172,7 @@ def _skipped_text(results: Sequence[Any], skipped: Sequence[tuple[Task, str]]) -
     """The closing lines of a training run in which some tasks could not be trained."""
     trained = ", ".join(str(r.scorer.task) for r in results) or "none"
     lines = [f"trained: {trained}; not trained: {', '.join(str(t) for t, _ in skipped)}"]
-    lines += [f"  {why}" if why.startswith(str(t)) else f"  {t}: {why}" for t, why in skipped]
+    lines += [f"  {why}" for _, why in skipped]
     return "\n".join(lines)
 
 
@@ -230,7 +230,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if skipped:
         print(_skipped_text(results, skipped), file=sys.stderr)
         if not results:
-            raise NothingTrained("; ".join(f"{t}: {why}" for t, why in skipped))
+            raise NothingTrained("; ".join(why for _, why in skipped))
         print("the API serves the trained tasks; the others answer 503 until they are trained", file=sys.stderr)
     if args.no_serve:
         return 0

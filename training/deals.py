@@ -650,9 +650,8 @@ def rows_shortfall(rows: dict[str, Any]) -> str | None:
 
 def rows_suffice(rows: dict[str, Any]) -> bool:
     """Whether every deal model's fit and calibration rows (:func:`fit_and_calibration_rows`)
-    hold at least ``MIN_POSITIVES`` of each class."""
-    return (all(_enough(part, "label") for part in rows["next_stage"])
-            and all(_enough(part, y) for part in rows["hazard"] for y in ("won_label", "lost_label")))
+    hold at least ``MIN_POSITIVES`` of each class (:func:`rows_shortfall` finds nothing missing)."""
+    return rows_shortfall(rows) is None
 
 
 def _rows_at(snaps: pd.DataFrame, ns_known: pd.DataFrame, hz_known: pd.DataFrame, cutoff: pd.Timestamp,

@@ -76,7 +76,7 @@ from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
 from models.tasks import Evaluation, Scored, Snapshots, Task, TrainResult, build_task
-from training.audit import leak_warnings
+from training.audit import leak_warnings, stored_fields
 from training.outcomes import apply_outcomes
 from training.promote import Check, Window, config_from, reliability, window_label
 from training.provenance import export_fingerprint
@@ -578,10 +578,8 @@ class LeadQuality:
                                    f"{metrics[result.chosen['candidate']]['n']:.0f} evaluation rows, so the figures "
                                    "are less reliable")
         spec = snapshots.spec
-        stored = [*spec.lead_categoricals, *spec.lead_numerics,
-                  *(f"account_{c}" for c in (*spec.account_categoricals, *spec.account_numerics))]
         result.warnings += leak_warnings(train_rows, train_rows["label"].to_numpy(), ev, ev["label"].to_numpy(),
-                                         stored, set(spec.categorical_features))
+                                         stored_fields(spec), set(spec.categorical_features))
         note = reliability(evaluation.metrics, "distinct leads", n=ev["lead_id"].nunique(),
                            positives=ev.loc[ev["label"] == 1, "lead_id"].nunique())
         if note.small:
