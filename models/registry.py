@@ -192,12 +192,48 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
     return LoadedModel(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, scorer=scorer)
 
 
+#: The registered-model tag that says why the last ``funnelcast train`` could not train a task (the export
+#: had nothing to learn from, too little history); removed when a version of the task is registered.
+NOT_TRAINED_TAG = "not_trained"
+
+
+def not_trained_reason(client: MlflowClient, name: str) -> str | None:
+    """Why the last training of ``name`` did not train it (:data:`NOT_TRAINED_TAG`), or None."""
+    try:
+        return client.get_registered_model(name).tags.get(NOT_TRAINED_TAG) or None
+    except MlflowException:
+        return None
+
+
+def record_not_trained(client: MlflowClient, name: str, why: str, data_source: str) -> None:
+    """Record on the registered model ``name`` (created without versions if new) that the export at
+    ``data_source`` could not train it and why: the API's 503 and ``/readyz`` then say so instead of
+    asking for a training that would fail the same way."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    client.set_registered_model_tag(name, NOT_TRAINED_TAG, why[:500])
+    client.set_registered_model_tag(name, f"{NOT_TRAINED_TAG}_source", data_source[:500])
+
+
+def clear_not_trained(client: MlflowClient, name: str) -> None:
+    """Forget :func:`record_not_trained` of ``name`` (a version of it was just registered)."""
+    tags = client.get_registered_model(name).tags
+    for tag in (NOT_TRAINED_TAG, f"{NOT_TRAINED_TAG}_source"):
+        if tag in tags:
+            client.delete_registered_model_tag(name, tag)
+
+
 def _why_no_alias(client: MlflowClient, name: str, alias: str) -> str:
     """Why ``name`` has no ``alias``: never trained, or its version refused by the baseline floor."""
     try:
         refused = [mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get("floor") == "refused"]
     except MlflowException:
         refused = []
+    why_not = not_trained_reason(client, name)
+    if why_not and not refused:
+        return f"not trained on the last export: {why_not}"
     if refused:
         mv = max(refused, key=lambda v: int(v.version))
         return (f"version {mv.version} was not made {alias!r} by the baseline floor ({mv.tags.get('floor_reason', '')}); "

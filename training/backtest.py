@@ -27,6 +27,7 @@ from features.contract import Export
 from features.deals import deal_outcomes
 from models.forecast import UNASSIGNED, forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
+from features.errors import FunnelcastError
 from training.deals import DealTrainConfig, fit_deal_scorer
 from training.pipeline import experiment_id
 
@@ -51,6 +52,8 @@ class BacktestResult:
     waterfall: pd.DataFrame  # per origin: what happened to the starting pipeline
     deals: pd.DataFrame  # per origin and deal: p_win_within_horizon, stage rate, outcome
     seconds: float = 0.0
+    #: Origins with too little history before them to train on, and why (the backtest runs the others).
+    skipped: list[tuple[pd.Timestamp, str]] = field(default_factory=list)
 
 
 def origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
@@ -88,25 +91,58 @@ def _waterfall(pipe: pd.DataFrame, origin: pd.Timestamp, end: pd.Timestamp, new_
     }
 
 
+class NoOriginToBacktest(FunnelcastError, ValueError):
+    """No origin of a backtest has history enough before it to train the deal models on."""
+
+
+def _fit_or_skip(export: Export, snaps: pd.DataFrame, spec, origin: pd.Timestamp, dc: DealTrainConfig,
+                 skipped: list[tuple[pd.Timestamp, str]]):
+    """The deal models fitted at ``origin``, or None (and ``origin`` and why in ``skipped``) when the history
+    before it is too short to train on: a young export's first origins are left out, not the whole backtest."""
+    try:
+        return fit_deal_scorer(export, snaps, spec, origin, dc, surrogate=False)
+    except FunnelcastError as exc:
+        skipped.append((origin, str(exc)))
+        return None
+
+
+def _none_left(skipped: list[tuple[pd.Timestamp, str]], what: str) -> NoOriginToBacktest:
+    first, last = skipped[0][0], skipped[-1][0]
+    return NoOriginToBacktest(
+        f"backtest: none of the {len(skipped)} {what} ({first.date()} to {last.date()}) has history enough before "
+        f"it to train the deal models on; at the latest: {skipped[-1][1]}")
+
+
+def skipped_text(skipped: list[tuple[pd.Timestamp, str]], done: int, what: str = "origin") -> str:
+    """The note a backtest prints when it left out origins: how many, which, and the latest one's reason."""
+    dates = ", ".join(str(o.date()) for o, _ in skipped)
+    return (f"note: {len(skipped)} {what}(s) left out for too little history before them ({dates}); the backtest "
+            f"covers the other {done}. The latest left out: {skipped[-1][1]}")
+
+
 def run_backtest(export: Export, cfg: BacktestConfig, progress: bool = True) -> BacktestResult:
     """Every origin: fit on the past, forecast the next horizon per group, compare with what happened."""
     start_time = time.perf_counter()
     times = origins(export, cfg)
     spec, snaps = _snapshots(export, times, cfg.deal, progress)
     outcomes = deal_outcomes(export)
-    rows, group_rows, waterfall, deal_rows = [], [], [], []
+    rows, group_rows, waterfall, deal_rows, skipped = [], [], [], [], []
     for origin in tqdm(times, desc="backtest origins", disable=not progress, unit="origin"):
-        scorer = fit_deal_scorer(export, snaps, spec, origin, cfg.deal, surrogate=False)
+        scorer = _fit_or_skip(export, snaps, spec, origin, cfg.deal, skipped)
+        if scorer is None:
+            continue
         r, g, w, d = _backtest_origin(export, cfg, scorer, snaps[snaps["as_of"] == origin], outcomes, origin)
         rows += r
         group_rows.append(g)
         waterfall.append(w)
         deal_rows.append(d)
+    if not rows:
+        raise _none_left(skipped, "origins")
     per_origin = pd.DataFrame(rows)
     groups_all = pd.concat(group_rows, ignore_index=True)
     return BacktestResult(per_origin=per_origin, overall=_overall(per_origin, groups_all), groups=groups_all,
                           waterfall=pd.DataFrame(waterfall), deals=pd.concat(deal_rows, ignore_index=True),
-                          seconds=time.perf_counter() - start_time)
+                          seconds=time.perf_counter() - start_time, skipped=skipped)
 
 
 def _actual(export: Export, outcomes: pd.DataFrame, ids: np.ndarray, groups: pd.Series, origin: pd.Timestamp,
@@ -259,6 +295,7 @@ def write_report(result: BacktestResult, out: Path, title: str = "Forecast accur
         f"{origins.nunique()} origins from {origins.min().date()} to {origins.max().date()}, "
         f"forecasting the next horizon's bookings per group; {result.seconds:.0f} s.",
         "",
+        *([skipped_text(result.skipped, origins.nunique()).replace("note: ", "Note: ", 1), ""] if result.skipped else []),
         "## Overall (mean over origins; `wape_pooled` over every origin and group)",
         "",
         fmt(result.overall.round(4)),
@@ -333,6 +370,7 @@ class PeriodBacktestResult:
     overall: pd.DataFrame  # one row per method
     groups: pd.DataFrame  # per period and group: the forecasts and the actual bookings
     seconds: float = 0.0
+    skipped: list[tuple[pd.Timestamp, str]] = field(default_factory=list)  # as BacktestResult.skipped
 
 
 def period_origins(export: Export, cfg: PeriodBacktestConfig) -> list[tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]]:
@@ -399,12 +437,16 @@ def run_period_backtest(export: Export, cfg: PeriodBacktestConfig, progress: boo
     start_time = time.perf_counter()
     periods = period_origins(export, cfg)
     spec, snaps = _snapshots(export, [o for _, o, _ in periods], cfg.deal, progress)
-    groups, rows = [], []
+    groups, rows, skipped = [], [], []
     for start, origin, end in tqdm(periods, desc=f"backtest {cfg.period}s", disable=not progress, unit=cfg.period):
-        scorer = fit_deal_scorer(export, snaps, spec, origin, cfg.deal, surrogate=False)
+        scorer = _fit_or_skip(export, snaps, spec, origin, cfg.deal, skipped)
+        if scorer is None:
+            continue
         g = _period_groups(export, scorer, cfg, start, origin, end)
         groups.append(g)
         rows += _period_rows(g, cfg.by)
+    if not rows:
+        raise _none_left(skipped, f"{cfg.period}s' origins")
     per_origin = pd.DataFrame(rows)
     overall = (per_origin.groupby("method", sort=False)
                [["wape", "bias", "within_10pct", "total_error"]].mean().reset_index())
@@ -412,7 +454,7 @@ def run_period_backtest(export: Export, cfg: PeriodBacktestConfig, progress: boo
     cov = per_origin.loc[per_origin["method"] == "funnelcast", "coverage_p10_p90"].mean()
     overall["coverage_p10_p90"] = np.where(overall["method"] == "funnelcast", cov, np.nan)
     return PeriodBacktestResult(per_origin=per_origin, overall=overall, groups=pd.concat(groups, ignore_index=True),
-                                seconds=time.perf_counter() - start_time)
+                                seconds=time.perf_counter() - start_time, skipped=skipped)
 
 
 def write_period_report(result: PeriodBacktestResult, out: Path, cfg: PeriodBacktestConfig) -> list[Path]:
@@ -462,5 +504,5 @@ def log_period_backtest(result: PeriodBacktestResult, client, experiment: str, a
 
 
 __all__ = ["BacktestConfig", "BacktestResult", "PeriodBacktestConfig", "PeriodBacktestResult", "accuracy", "origins",
-           "log_backtest", "log_period_backtest", "period_origins", "run_backtest", "run_period_backtest", "write_period_report",
+           "NoOriginToBacktest", "log_backtest", "log_period_backtest", "period_origins", "run_backtest", "run_period_backtest", "write_period_report",
            "write_report"]

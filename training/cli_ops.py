@@ -150,7 +150,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     AUC/Brier and the pipeline waterfall, for funnelcast, the weighted pipeline and the reps' close
     dates. Writes OUT/report.md with plots and CSVs, and logs the figures to MLflow.
     """
-    from training.backtest import BacktestConfig, log_backtest, run_backtest, write_report
+    from training.backtest import BacktestConfig, log_backtest, run_backtest, skipped_text, write_report
     from models.tasks import resolve_horizon
     from training.tasks import task_definition
 
@@ -166,6 +166,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
                          deal=replace(deal, timing_layout=args.timing_layout))
     with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: snapshots and fits on a cluster
         result = run_backtest(export, cfg, progress=True)
+    if result.skipped:
+        print(skipped_text(result.skipped, result.per_origin["origin"].nunique()), file=sys.stderr)
     out = Path(args.out)
     write_report(result, out)
     print(result.overall.round(4).to_string(index=False))
@@ -180,7 +182,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
 def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
     """``backtest --period month|quarter``: the calendar-period forecast at past periods (training.backtest)."""
     from models.tasks import resolve_horizon
-    from training.backtest import PeriodBacktestConfig, log_period_backtest, run_period_backtest, write_period_report
+    from training.backtest import (PeriodBacktestConfig, log_period_backtest, run_period_backtest, skipped_text,
+                                   write_period_report)
     from training.tasks import task_definition
 
     source, export = load_data(args, settings)
@@ -191,6 +194,8 @@ def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
                                by=grouping(args.by), deal=replace(deal, timing_layout=args.timing_layout))
     with engine_session(engine_from(args, settings, announce=True)):
         result = run_period_backtest(export, cfg, progress=True)
+    if result.skipped:
+        print(skipped_text(result.skipped, result.per_origin["origin"].nunique(), cfg.period), file=sys.stderr)
     out = Path(args.out)
     paths = write_period_report(result, out, cfg)
     print(result.overall.round(4).to_string(index=False))

@@ -20,6 +20,7 @@ from features.contract import Export
 from features.errors import FunnelcastError
 from features.engine import add_engine_args, engine_from, engine_session
 from features.settings import Settings
+from models.registry import record_not_trained
 from models.tasks import Task
 from training.cli_common import (as_of_arg, data_args, horizon, load_data, load_export_from, mlflow_client,
                                  run_plugin_command, tuned_params)
@@ -119,9 +120,10 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
         try:
             result = train(task, export, cutoff, cfg, progress=True, outcomes=outcomes)
         except FunnelcastError as exc:
+            why = str(exc) if str(exc).startswith(str(task)) else f"{task}: {exc}"  # the task named once
+            record_not_trained(client, task.value, why, source)  # the API says why, not "run train"
             if skipped is None:
                 raise
-            why = str(exc) if str(exc).startswith(str(task)) else f"{task}: {exc}"  # the task named once
             print(f"error: {why}; {task} not trained, the other tasks go on", file=sys.stderr)
             skipped.append((task, why))
             continue

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from features.contract import Export
 from features.profile import source_key
-from models.registry import ScorerModel
+from models.registry import ScorerModel, clear_not_trained
 from models.tasks import Task, TrainResult, build_task
 from training.promote import Floor, floor
 from training.provenance import provenance_tags
@@ -144,6 +144,7 @@ def _register(client: MlflowClient, scorer: Any, version: str, alias: str, chall
     client.set_model_version_tag(name, version, "trained_until", str(scorer.trained_until))
     client.set_model_version_tag(name, version, "floor", outcome)
     client.set_model_version_tag(name, version, "floor_reason", reason[:500])
+    clear_not_trained(client, name)
     return aliases
 
 

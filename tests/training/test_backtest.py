@@ -30,3 +30,33 @@ def test_backtest_on_a_few_origins(sample_export, tmp_path):
     paths = write_report(result, tmp_path / "bt")
     assert (tmp_path / "bt" / "report.md").read_text().startswith("# Forecast accuracy review")
     assert all(p.exists() for p in paths)
+
+
+def test_origins_with_too_little_history_before_them_are_left_out_and_named(sample_export, tmp_path):
+    """A young export: the first origins come before the deal history; the backtest runs the later ones."""
+    import dataclasses
+
+    import pytest
+
+    from training.backtest import NoOriginToBacktest, skipped_text
+
+    start = sample_export.opportunities["created_at"].min()
+    span = (sample_export.exported_at - start).days + 200  # the first origin about 200 days before any deal
+    cfg = BacktestConfig(every=f"{span // 2}d", span=f"{span}d", n_sims=200,
+                         deal=DealTrainConfig(snapshot_every_days=28, seed=7))
+    times = origins(sample_export, cfg)
+    assert times[0] < start
+    result = run_backtest(sample_export, cfg, progress=False)
+    assert [o for o, _ in result.skipped][0] == times[0]
+    assert "too few to learn from" in result.skipped[0][1] or "needs" in result.skipped[0][1]
+    ran = set(result.per_origin["origin"])
+    assert ran and ran.isdisjoint(o for o, _ in result.skipped) and ran | {o for o, _ in result.skipped} == set(times)
+    note = skipped_text(result.skipped, len(ran))
+    assert note.startswith(f"note: {len(result.skipped)} origin(s) left out") and str(times[0].date()) in note
+    write_report(result, tmp_path / "bt")
+    assert str(times[0].date()) in (tmp_path / "bt" / "report.md").read_text()
+    # every origin too early: one clear error, not a traceback from the first fit
+    early = BacktestConfig(every="56d", span="112d", n_sims=200, deal=DealTrainConfig(snapshot_every_days=28, seed=7))
+    young = dataclasses.replace(sample_export, exported_at=start + pd.Timedelta(days=120))
+    with pytest.raises(NoOriginToBacktest, match=r"backtest: none of the \d+ origins .* has history enough"):
+        run_backtest(young, early, progress=False)

@@ -74,6 +74,7 @@ def test_a_champion_trained_on_another_source_is_replaced_only_when_asked(projec
 
 def test_train_of_several_tasks_trains_the_others_when_one_has_too_little_data(project, capsys):
     """A young CRM: too few customers for high_value must not stop lead_quality (exit 2, both named)."""
+    from features.settings import get_settings
     from training.cli import main
 
     assert main(["generate", "--seed", "3", "--scale", "0.05"]) == 0
@@ -87,6 +88,11 @@ def test_train_of_several_tasks_trains_the_others_when_one_has_too_little_data(p
     # one task asked for: its error is the command's, as before
     assert main(["train", "--task", "high_value"]) == 2
     assert "error: only " in capsys.readouterr().err
+    from models.registry import configure, not_trained_reason
+
+    client = configure(get_settings().resolved_tracking_uri())
+    assert not_trained_reason(client, "high_value").startswith("high_value: only ")
+    assert not_trained_reason(client, "lead_quality") is None  # trained: nothing recorded
 
 
 def test_a_leads_only_export_trains_lead_quality_and_says_what_the_other_tasks_need(project, tmp_path, capsys):
@@ -114,6 +120,15 @@ def test_a_leads_only_export_trains_lead_quality_and_says_what_the_other_tasks_n
     assert "stage_conversion needs opportunities (deals) and their stage history; the export has no opportunities" in err
     assert "high_value needs customers whose first won deal is at least 365 days before the cutoff" in err
     assert "trained: lead_quality; not trained: high_value, stage_conversion" in err
+    # the API says why a task has no model, not "run funnelcast train" (which would fail the same way)
+    from features.settings import get_settings
+    from serving.app import load_models
+
+    models, problems = load_models(get_settings())
+    assert set(models) == {"lead_quality"}
+    assert problems["stage_conversion"].startswith("not trained on the last export: stage_conversion needs "
+                                                   "opportunities (deals) and their stage history")
+    assert "high_value needs customers" in problems["high_value"]
     # asked alone, the task's need is the command's error
     assert main(["train", "--task", "stage_conversion", "--data", str(leads_only), "--horizon", "30d"]) == 2
     assert "stage_conversion needs deals open at the snapshot times" in capsys.readouterr().err
