@@ -410,9 +410,11 @@ def efforts_of(payload: Mapping[str, Any] | None) -> tuple[Efforts, dict[str, st
 
 def ranked(frame: pd.DataFrame, efforts: Efforts, deal_stage: Mapping[str, str], id_column: str = "id") -> pd.DataFrame:
     """``frame`` with each item's ``effort`` and ``value_per_effort`` (expected value / effort), best
-    first (ties by id)."""
+    first; ties by probability, then id. An export without any deal amount (a leads-only CRM) gives every
+    lead an expected value of 0: the list is then its probabilities, best first, not its ids in order."""
     ids = frame[id_column].astype(str)
     stages = ids.map(dict(deal_stage)).where(frame["kind"] == "deal")
     effort = efforts.item_efforts(frame["kind"], stages)
     out = frame.assign(effort=effort, value_per_effort=frame["expected_value"].to_numpy(dtype=float) / effort)
-    return out.sort_values(["value_per_effort", id_column], ascending=[False, True], ignore_index=True)
+    return out.sort_values(["value_per_effort", "probability", id_column], ascending=[False, False, True],
+                           ignore_index=True)

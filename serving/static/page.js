@@ -130,7 +130,10 @@ async function loadWorklist() {
     $("per-effort").textContent = w.effort_unit === "rep touches" ? "value per rep touch" : "value per effort";
     $("worklist").querySelector("tbody").innerHTML = w.items.map(itemRow).join("");
     $("download").disabled = false;
-    setState("worklist-state", `${w.items.length} item${w.items.length === 1 ? "" : "s"}, the most expected value per ${w.effort_unit === "rep touches" ? "rep touch" : "unit of effort"} first. Click an owner for their list.`);
+    const valued = w.items.some((x) => x.expected_value > 0);  // a leads-only CRM has no deal amounts
+    const order = valued ? `the most expected value per ${w.effort_unit === "rep touches" ? "rep touch" : "unit of effort"} first`
+      : "the most likely first (the export has no deal amounts, so no expected value)";
+    setState("worklist-state", `${w.items.length} item${w.items.length === 1 ? "" : "s"}, ${order}. Click an owner for their list.`);
   } catch (e) {
     setState("worklist-state", "Worklist not available: " + e.message, "error");
     if (e.status && e.status !== 401 && e.status !== 403) {  // the key was accepted: say so, not "Not connected."

@@ -250,7 +250,7 @@ def test_labels_say_what_a_person_says():
 
 def test_ranked_uses_each_deals_stage_effort_and_the_overrides():
     frame = pd.DataFrame({"kind": ["lead", "deal", "deal", "account"], "id": ["l", "d1", "d2", "a"],
-                          "expected_value": [100.0, 900.0, 900.0, 1700.0]})
+                          "expected_value": [100.0, 900.0, 900.0, 1700.0], "probability": [0.5, 0.3, 0.3, 0.4]})
     payload = {"efforts": Efforts(as_of="t", lead=Effort("lead", 2.0, "data", 30, "r"),
                                   deal=Effort("deal", 15.0, "data", 30, "r"),
                                   account=Effort("account", 17.0, "data", 30, "r"),
@@ -262,5 +262,9 @@ def test_ranked_uses_each_deals_stage_effort_and_the_overrides():
     assert out["effort"].tolist() == [3.0, 17.0, 15.0, 2.0]
     flat = ranked(frame, efforts.overridden({"deal": 1.0}, "request"), stages)
     assert flat.set_index("id").loc[["d1", "d2"], "value_per_effort"].tolist() == [900.0, 900.0]
+    # no deal amounts anywhere (a leads-only CRM): every value is 0 and the likeliest come first, not the ids
+    leads = pd.DataFrame({"kind": "lead", "id": ["a1", "b2", "c3", "d4"], "expected_value": 0.0,
+                          "probability": [0.02, 0.61, 0.10, 0.61]})
+    assert ranked(leads, efforts, {})["id"].tolist() == ["b2", "d4", "c3", "a1"]
     old, _ = efforts_of(None)  # a snapshot stored before efforts were measured
     assert {e.source for e in old.rows()} == {"default"} and "funnelcast refresh" in old.lead.rule
