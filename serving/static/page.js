@@ -111,6 +111,7 @@ function effortsText(w) {
   const sources = new Set(e.map((x) => x.source));
   const how = sources.size === 1 && sources.has("data")
     ? `the median rep touches it took to win each, measured on your CRM data before ${when(w.as_of).slice(0, 10)}`
+    : new Set(e.map((x) => x.rule)).size === 1 ? e[0].rule  // one reason for all (say, no deal won yet): said once
     : e.map((x) => `${x.kind}${x.stage ? " in " + x.stage : ""}: ${x.rule}`).join("; ");
   return `Effort per item, in ${esc(unit)}: lead ${one("lead")} · deal ${deal} · account ${one("account")} (${esc(how)}).`;
 }
