@@ -217,9 +217,11 @@ def record_not_trained(client: MlflowClient, name: str, why: str, data_source: s
     client.set_registered_model_tag(name, f"{NOT_TRAINED_TAG}_source", data_source[:500])
 
 
-def clear_not_trained(client: MlflowClient, name: str) -> None:
-    """Forget :func:`record_not_trained` of ``name`` (a version of it was just registered)."""
-    tags = client.get_registered_model(name).tags
+def clear_not_trained(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> None:
+    """Forget :func:`record_not_trained` of ``name`` (a version of it was just registered); ``tags``, the
+    registered model's tags when the caller has just read them, saves reading them again."""
+    if tags is None:
+        tags = client.get_registered_model(name).tags
     for tag in (NOT_TRAINED_TAG, f"{NOT_TRAINED_TAG}_source"):
         if tag in tags:
             client.delete_registered_model_tag(name, tag)

@@ -27,8 +27,10 @@ from features.contract import Export
 from features.deals import deal_outcomes
 from models.forecast import UNASSIGNED, forecast_table, group_keys, new_deal_flow
 from models.metrics import classification_metrics
-from features.errors import FunnelcastError
-from training.deals import DealTrainConfig, fit_deal_scorer
+from features.errors import FunnelcastError, NothingToLearnFrom
+from models.folds import NotEnoughHistory
+from models.windows import NoDecisions
+from training.deals import DealTrainConfig, TooFewOutcomes, fit_deal_scorer
 from training.pipeline import experiment_id
 
 DAY = pd.Timedelta(days=1)
@@ -95,13 +97,18 @@ class NoOriginToBacktest(FunnelcastError, ValueError):
     """No origin of a backtest has history enough before it to train the deal models on."""
 
 
+#: What fitting at an origin raises when the history before it is too short (a bad setting or export fails the
+#: backtest at once instead of being reported as "too little history").
+TOO_LITTLE_HISTORY = (TooFewOutcomes, NothingToLearnFrom, NoDecisions, NotEnoughHistory)
+
+
 def _fit_or_skip(export: Export, snaps: pd.DataFrame, spec, origin: pd.Timestamp, dc: DealTrainConfig,
                  skipped: list[tuple[pd.Timestamp, str]]):
     """The deal models fitted at ``origin``, or None (and ``origin`` and why in ``skipped``) when the history
     before it is too short to train on: a young export's first origins are left out, not the whole backtest."""
     try:
         return fit_deal_scorer(export, snaps, spec, origin, dc, surrogate=False)
-    except FunnelcastError as exc:
+    except TOO_LITTLE_HISTORY as exc:
         skipped.append((origin, str(exc)))
         return None
 

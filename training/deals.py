@@ -1051,21 +1051,36 @@ class DealComparison:
         spec, snaps = build_snapshots(export, export.exported_at, recipe)
         fold = TimeFold(horizon=recipe.horizon_days, evaluate=evaluate, calibrate=recipe.calib_days)
         window = fold.split(snaps["as_of"], export.exported_at).evaluate
-        return Window(window[0], window_label(window), (spec, snaps, window))
+        # the last item: the specs and snapshots built for this window's refits and evaluations, so the two
+        # recipes of a comparison (the same horizon, exclusions and snapshot times) share one build
+        return Window(window[0], window_label(window), (spec, snaps, window, {}))
+
+    @staticmethod
+    def _snapshots(export: Export, recipe: Any, spec: DealFeatureSpec, window: Window) -> pd.DataFrame:
+        """The snapshots of ``spec`` at ``recipe``'s times, built once per window."""
+        cache = window.data[3]
+        key = ("snapshots", id(spec), recipe.warmup_days, recipe.snapshot_every_days)
+        if key not in cache:  # the spec is kept beside its snapshots: its id stays its own
+            cache[key] = (spec, build_snapshots(export, export.exported_at, recipe, spec=spec)[1])
+        return cache[key][1]
 
     def learned_from(self, export: Export, model: Any, window: Window) -> bool:
         return model.trained_until > window.start
 
     def refit(self, export: Export, recipe: Any, window: Window) -> Any:
-        s = DealFeatureSpec.from_export(export, horizon_days=recipe.horizon_days, exclude=recipe.exclude,
-                                        as_of=window.start)
-        _, sn = build_snapshots(export, export.exported_at, recipe, spec=s)
-        return fit_deal_scorer(export, sn, s, window.start, recipe, surrogate=False)
+        cache = window.data[3]
+        key = ("spec", recipe.horizon_days, tuple(recipe.exclude))
+        if key not in cache:
+            cache[key] = DealFeatureSpec.from_export(export, horizon_days=recipe.horizon_days, exclude=recipe.exclude,
+                                                     as_of=window.start)
+        s = cache[key]
+        return fit_deal_scorer(export, self._snapshots(export, recipe, s, window), s, window.start, recipe,
+                               surrogate=False)
 
     def evaluate(self, export: Export, model: Any, window: Window) -> dict[str, float]:
-        spec, snaps, times = window.data
+        spec, snaps, times, _ = window.data
         if model.spec.feature_names != spec.feature_names:  # each model's own features (a refit or registered spec may differ)
-            _, snaps = build_snapshots(export, export.exported_at, self.recipe(model), spec=model.spec)
+            snaps = self._snapshots(export, self.recipe(model), model.spec, window)
         rows = snaps[snaps["as_of"].isin(times)]
         ev = evaluation_frame(model, rows, export.exported_at)
         metrics, _ = deal_metrics(ev)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,23 @@ def _write_report(result: TrainResult, cfg: Any, folder: Path) -> None:
     task_definition(result.scorer.task).write_report(result, cfg, folder)
 
 
+#: What a logged scorer needs to load and score: funnelcast (the scorer's classes) and the libraries whose
+#: objects its pickle holds, pinned to the versions installed. Stated, not inferred: MLflow's inference loads
+#: the model in a child process to see what it imports (about 3 s per model logged) and missed LightGBM.
+MODEL_PACKAGES = ("funnelcast", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "pyarrow", "cloudpickle")
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements of a logged scorer (``requirements.txt`` beside it; MLflow adds its own)."""
+    out = []
+    for package in MODEL_PACKAGES:
+        try:
+            out.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:  # e.g. run from a source tree without installing funnelcast
+            continue
+    return out
+
+
 def _log_model(scorer: Any, snapshots: pd.DataFrame, folder: Path) -> str:
     """Log the pyfunc of ``scorer`` and register it; returns the new version."""
     name = scorer.task
@@ -127,7 +145,8 @@ def _log_model(scorer: Any, snapshots: pd.DataFrame, folder: Path) -> str:
     signature = infer_signature(example, pd.DataFrame({"probability": scorer.predict_proba(example)}))
     info = mlflow.pyfunc.log_model(name=name, python_model=ScorerModel(),
                                    artifacts={"scorer": str(folder / "scorer.joblib")}, signature=signature,
-                                   input_example=example, registered_model_name=name)
+                                   input_example=example, registered_model_name=name,
+                                   pip_requirements=model_requirements())
     return str(info.registered_model_version)
 
 
@@ -137,14 +156,15 @@ def _register(client: MlflowClient, scorer: Any, version: str, alias: str, chall
     refused it) and its trained_until and floor tags."""
     name = scorer.task
     aliases = [challenger_alias]
-    if alias not in client.get_registered_model(name).aliases and outcome != "refused":
+    registered = client.get_registered_model(name)
+    if alias not in registered.aliases and outcome != "refused":
         aliases.append(alias)  # a first model becomes champion directly
     for a in aliases:
         client.set_registered_model_alias(name, a, version)
     client.set_model_version_tag(name, version, "trained_until", str(scorer.trained_until))
     client.set_model_version_tag(name, version, "floor", outcome)
     client.set_model_version_tag(name, version, "floor_reason", reason[:500])
-    clear_not_trained(client, name)
+    clear_not_trained(client, name, registered.tags)
     return aliases
 
 
