@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.errors import ModelNotAvailable
+from features.profile import source_key
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,9 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise ModelNotAvailable(name, _why_no_alias(client, name, alias)) from exc
+    stale = _trained_on_another_export(client, name, mv)
+    if stale:
+        raise ModelNotAvailable(name, stale)
     # models:/ URIs resolve through MLflow's global URIs: point them at this client's store
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
@@ -225,6 +229,24 @@ def clear_not_trained(client: MlflowClient, name: str, tags: dict[str, str] | No
     for tag in (NOT_TRAINED_TAG, f"{NOT_TRAINED_TAG}_source"):
         if tag in tags:
             client.delete_registered_model_tag(name, tag)
+
+
+def _trained_on_another_export(client: MlflowClient, name: str, mv: Any) -> str | None:
+    """Why version ``mv`` of ``name`` is not served, or None: the last training could not train ``name``
+    on its export (:func:`record_not_trained`) and ``mv`` was trained on another one. Serving it would
+    score one CRM's records with a model of another's (the sample's, after a first ``funnelcast run``)."""
+    try:
+        tags = client.get_registered_model(name).tags
+        why, where = tags.get(NOT_TRAINED_TAG), tags.get(f"{NOT_TRAINED_TAG}_source")
+        if not (why and where and mv.run_id):
+            return None
+        trained_on = client.get_run(mv.run_id).data.tags.get("data_source")
+    except MlflowException:
+        return None
+    if trained_on is None or source_key(trained_on) == source_key(where):
+        return None  # the same export, trained earlier: still the best model there is for it
+    return (f"not trained on the last export: {why}; version {mv.version} was trained on another export and is "
+            "not served for this one")
 
 
 def _why_no_alias(client: MlflowClient, name: str, alias: str) -> str:

@@ -46,3 +46,36 @@ def test_the_alias_is_resolved_once_and_that_version_loaded(mlflow_store, monkey
     monkeypatch.setattr(mlflow.pyfunc, "load_model", recording)
     loaded = load_scorer(mlflow_store["client"], "lead_quality", "champion")
     assert uris == [f"models:/lead_quality/{loaded.version}"] and loaded.version == mlflow_store["version"]
+
+
+def test_a_logged_model_lists_what_it_needs_to_load_at_the_installed_versions(mlflow_store):
+    from importlib import metadata
+
+    mlflow.set_tracking_uri(mlflow_store["uri"])
+    mlflow.set_registry_uri(mlflow_store["uri"])
+    path = mlflow.pyfunc.get_model_dependencies(f"models:/lead_quality/{mlflow_store['version']}")
+    lines = set(open(path).read().split())
+    for package in ("funnelcast", "lightgbm", "scikit-learn", "pandas", "numpy", "mlflow"):
+        assert f"{package}=={metadata.version(package)}" in lines, (package, lines)
+
+
+def _client(model_tags: dict[str, str], run_source: str | None):
+    run = SimpleNamespace(data=SimpleNamespace(tags={} if run_source is None else {"data_source": run_source}))
+    return SimpleNamespace(get_registered_model=lambda name: SimpleNamespace(tags=model_tags),
+                           get_run=lambda run_id: run)
+
+
+def test_a_champion_of_another_export_is_not_served_when_the_last_export_could_not_train_its_task(tmp_path):
+    """After a first `funnelcast run` on the sample, a leads-only CRM cannot train stage_conversion: the
+    sample's deal model must not go on scoring that CRM's deals. The same export trained earlier is served."""
+    from models.registry import NOT_TRAINED_TAG, _trained_on_another_export
+
+    mv = SimpleNamespace(version="3", run_id="r")
+    failed = {NOT_TRAINED_TAG: "stage_conversion needs opportunities", f"{NOT_TRAINED_TAG}_source": str(tmp_path / "crm")}
+    why = _trained_on_another_export(_client(failed, str(tmp_path / "sample")), "stage_conversion", mv)
+    assert why == ("not trained on the last export: stage_conversion needs opportunities; version 3 was trained on "
+                   "another export and is not served for this one")
+    # the same export (written another way), a version without a recorded source, nothing recorded: served
+    assert _trained_on_another_export(_client(failed, str(tmp_path / "x" / ".." / "crm")), "stage_conversion", mv) is None
+    assert _trained_on_another_export(_client(failed, None), "stage_conversion", mv) is None
+    assert _trained_on_another_export(_client({}, str(tmp_path / "sample")), "stage_conversion", mv) is None
