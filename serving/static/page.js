@@ -288,12 +288,16 @@ async function loadFunnel() {
     setState("bottleneck", `Bottleneck: ${f.bottleneck}.`, "");
     $("funnel-summary").textContent = f.summary;
     $("funnel-chart").innerHTML = funnelChart(f.overall, f.bottleneck);
+    $("funnel-body").hidden = false;  // the table and its note, hidden while there is no funnel to show
     $("funnel").querySelector("tbody").innerHTML = f.overall.map((r) =>
       `<tr${r.stage === f.bottleneck ? ' class="bottleneck"' : ""}><td>${esc(r.stage)}</td><td class="num">${fmt(r.entered)}</td>` +
       `<td class="num">${fmt(r.moved_on)}</td><td class="num">${fmt(r.lost)}</td><td class="num">${fmt(r.still_open)}</td>` +
       `<td class="num">${r.conversion == null ? "" : fmt(r.conversion * 100) + "%"}</td>` +
       `<td class="num">${r.median_days == null ? "" : fmt(r.median_days)}</td><td class="num">${fmt(r.value_lost)}</td></tr>`).join("");
-  } catch (e) { setState("bottleneck", "Funnel not available: " + e.message, "error"); }
+  } catch (e) {
+    $("funnel-body").hidden = true;
+    setState("bottleneck", "Funnel not available: " + e.message, "error");
+  }
 }
 
 function metricOf(metrics, ...names) {
@@ -363,11 +367,15 @@ async function loadTraits() {
     const el = $("traits-chart");
     el.className = "";
     el.innerHTML = traitsChart(t.traits);
+    $("traits").hidden = !t.traits.length;  // an empty table's header says nothing
     $("traits").querySelector("tbody").innerHTML = t.traits.map((r) =>
       `<tr><td title="${esc(r.trait)}">${esc(cap(r.label || r.trait))}</td><td class="num">${fmt(r.accounts)}</td><td class="num">${fmt(r.lift, 2)}x</td>` +
       `<td class="num">${r.heldout_lift == null ? "" : `${fmt(r.heldout_lift, 2)}x (${fmt(r.heldout_low, 2)}–${fmt(r.heldout_high, 2)})`}</td>` +
       `<td class="num">${fmt(r.stability * 100)}%</td></tr>`).join("");
-  } catch (e) { setState("traits-chart", "Traits not available: " + e.message, "error"); }
+  } catch (e) {
+    $("traits").hidden = true;
+    setState("traits-chart", "Traits not available: " + e.message, "error");
+  }
 }
 
 function connect() {
