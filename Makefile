@@ -28,7 +28,7 @@ browser:
 
 test: install browser
 	$(BIN)/python .ci/audit.py
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile  # a worker per core (pytest-xdist), a file per worker
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(VENV)/site  # a broken link or anchor fails
 
 bench: install

@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+# LightGBM's OpenMP threads sleep instead of spinning while they wait: with the suite's two workers
+# (pytest-xdist, `make test`) each fit's threads would otherwise spin against the other worker's on
+# two cores (a tuning test went from 13 s to 94 s). Read by libgomp when LightGBM loads, so set first;
+# child processes (the CLI and server tests) inherit it. It changes no result, only how threads wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 #: A PostgreSQL server for the tests (`.ci/run` starts one): read before the FUNNELCAST_* variables go
 POSTGRES_URL = os.environ.get("FUNNELCAST_TEST_POSTGRES_URL")
 
