@@ -19,8 +19,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #: A PostgreSQL server for the tests (`.ci/run` starts one): read before the FUNNELCAST_* variables go
 POSTGRES_URL = os.environ.get("FUNNELCAST_TEST_POSTGRES_URL")
 
-# tests configure everything explicitly: a developer's FUNNELCAST_* / MLflow settings must not leak in
-for _name in [n for n in os.environ if n.startswith("FUNNELCAST_") or n == "MLFLOW_TRACKING_URI"]:
+# tests configure everything explicitly: a developer's FUNNELCAST_* / MLflow settings must not leak in.
+# FUNNELCAST_TEST_* stay: they configure the tests themselves, and the pytest-xdist workers, started
+# after this file ran in the main process, read them from the environment they inherit.
+for _name in [n for n in os.environ if (n.startswith("FUNNELCAST_") and not n.startswith("FUNNELCAST_TEST_"))
+              or n == "MLFLOW_TRACKING_URI"]:
     del os.environ[_name]
 
 SEED = 7
