@@ -199,6 +199,9 @@ def load_scorer(client: MlflowClient, name: str, alias: str = "champion") -> Loa
 #: The registered-model tag that says why the last ``funnelcast train`` could not train a task (the export
 #: had nothing to learn from, too little history); removed when a version of the task is registered.
 NOT_TRAINED_TAG = "not_trained"
+#: How the reason a task has no served model starts when its last training could not train it (``/readyz``
+#: reports such a task as ``not_trained``).
+NOT_TRAINED_PREFIX = "not trained on the last export"
 
 
 def not_trained_reason(client: MlflowClient, name: str) -> str | None:
@@ -245,7 +248,7 @@ def _trained_on_another_export(client: MlflowClient, name: str, mv: Any) -> str 
         return None
     if trained_on is None or source_key(trained_on) == source_key(where):
         return None  # the same export, trained earlier: still the best model there is for it
-    return (f"not trained on the last export: {why}; version {mv.version} was trained on another export and is "
+    return (f"{NOT_TRAINED_PREFIX}: {why}; version {mv.version} was trained on another export and is "
             "not served for this one")
 
 
@@ -257,7 +260,7 @@ def _why_no_alias(client: MlflowClient, name: str, alias: str) -> str:
         refused = []
     why_not = not_trained_reason(client, name)
     if why_not and not refused:
-        return f"not trained on the last export: {why_not}"
+        return f"{NOT_TRAINED_PREFIX}: {why_not}"
     if refused:
         mv = max(refused, key=lambda v: int(v.version))
         return (f"version {mv.version} was not made {alias!r} by the baseline floor ({mv.tags.get('floor_reason', '')}); "

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from features.settings import Settings, StoreNotFound
-from models.registry import describe_versions
+from models.registry import NOT_TRAINED_PREFIX, describe_versions
 from models.tasks import Task
 from serving.deps import (
     LOAD_FAILED,
@@ -58,6 +58,8 @@ def _task_states(state: Any) -> dict[str, TaskReadiness]:
             out[task.value] = TaskReadiness(state="loaded", version=model.version)
         elif reason is not None and reason.startswith(LOAD_FAILED):
             out[task.value] = TaskReadiness(state="failed", reason=client_safe(reason))
+        elif reason is not None and reason.startswith(NOT_TRAINED_PREFIX):  # the export cannot train it (yet)
+            out[task.value] = TaskReadiness(state="not_trained", reason=client_safe(reason))
         else:
             out[task.value] = TaskReadiness(state="not_registered", reason=client_safe(reason or "not registered"))
     return out

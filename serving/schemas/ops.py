@@ -44,7 +44,7 @@ class Health(BaseModel):
 
 
 class TaskReadiness(BaseModel):
-    state: Literal["loaded", "failed", "not_registered"]
+    state: Literal["loaded", "failed", "not_trained", "not_registered"]
     version: str | None = Field(None, description="The version served (state loaded)")
     reason: str | None = Field(None, description="Why it is not loaded")
 

@@ -444,3 +444,20 @@ def test_a_store_trained_after_start_is_picked_up_by_the_alias_poll(tmp_path, tr
     assert ready.status_code == 200 and ready.json()["store"]["state"] == "present"
     assert ready.json()["tasks"]["lead_quality"] == {"state": "loaded", "version": "1", "reason": None}
     assert listed.status_code == 200 and [m["loaded"] for m in listed.json()["models"]] == [True]
+
+
+def test_readiness_names_a_task_its_export_cannot_train_apart_from_one_never_registered():
+    from types import SimpleNamespace
+
+    from serving.routes_admin import _task_states
+
+    state = SimpleNamespace(models={}, load_errors={
+        "lead_quality": "no version has the alias 'champion' yet; run `funnelcast train --task lead_quality`",
+        "stage_conversion": "not trained on the last export: stage_conversion needs opportunities (deals) and their "
+                            "stage history; the export has no opportunities",
+        "high_value": "loading failed: OSError: disk"})
+    states = _task_states(state)
+    assert states["lead_quality"].state == "not_registered"
+    assert states["stage_conversion"].state == "not_trained"
+    assert states["stage_conversion"].reason.startswith("not trained on the last export: stage_conversion needs")
+    assert states["high_value"].state == "failed"
