@@ -84,6 +84,7 @@ def truth_comparison(sample: Path, cfg: DealTrainConfig, progress: bool = True, 
                            for k, v in choice.get("candidates", {}).items())
                        + f"; history {choice.get('history_days') or 'all'} d, half-life "
                          f"{choice.get('half_life_days') or 'none'}"
+                       + f"; refit on the calibration window {'yes' if scorer.metadata.get('refit_timing') else 'no'}"
                        + (f"; base-rate shift {scorer.metadata['base_rate_shift']:+.3f} ({scorer.metadata['base_rate_note']})"
                           if "base_rate_shift" in scorer.metadata else ""))
         opps = export.opportunities.set_index("opportunity_id")

@@ -39,12 +39,15 @@ def main() -> None:
     ap.add_argument("--samples", default=".funnelcast/bench-samples", help="folder of the --seeds samples")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--origins", type=int, default=4, help="how many of the truth's as_of times to use (latest first)")
+    ap.add_argument("--no-refit", action="store_true",
+                    help="never let the models learn again on the calibration window (TrainConfig.choose_refit off)")
     args = ap.parse_args()
     if not args.seeds:
-        run(Path(args.sample), args.seed, args.scale, args.origins)
+        run(Path(args.sample), args.seed, args.scale, args.origins, not args.no_refit)
         return
     suffix = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
-    results = [run(Path(args.samples) / f"seed-{seed}{suffix}", seed, args.scale, args.origins) for seed in args.seeds]
+    results = [run(Path(args.samples) / f"seed-{seed}{suffix}", seed, args.scale, args.origins, not args.no_refit)
+               for seed in args.seeds]
     table = pd.DataFrame(results).set_index("seed")
     print(f"\nSeeds {', '.join(map(str, args.seeds))} at scale {args.scale:g} (pooled over the origins of each):")
     print(table.round(4).to_string())
@@ -52,7 +55,7 @@ def main() -> None:
     print(f"mean AUC gap to the truth {mean:.4f} (target <= 0.005: {'OK' if mean <= 0.005 else 'MISSED'})")
 
 
-def run(sample: Path, seed: int, scale: float, n_origins: int) -> dict[str, float]:
+def run(sample: Path, seed: int, scale: float, n_origins: int, refit: bool = True) -> dict[str, float]:
     """The benchmark on one sample (generated with ``seed`` and ``scale`` if absent); its pooled figures."""
     if not (sample / "export" / "leads.csv").exists():
         generate_sample(sample, seed=seed, scale=scale, progress=True)
@@ -67,7 +70,7 @@ def run(sample: Path, seed: int, scale: float, n_origins: int) -> dict[str, floa
         as_of = pd.Timestamp(as_of)
         t0 = time.perf_counter()
         # the truth is P(convert within 91 days): the generator's horizon, set here (train chooses its own)
-        result = build_lead_model(export, TrainConfig(horizon_days=91, seed=seed), as_of)
+        result = build_lead_model(export, TrainConfig(horizon_days=91, seed=seed, choose_refit=refit), as_of)
         fit_s = time.perf_counter() - t0
         scorer = result.scorer
         leads = open_leads(export.leads, as_of)
@@ -100,6 +103,7 @@ def run(sample: Path, seed: int, scale: float, n_origins: int) -> dict[str, floa
                 "chosen": result.chosen["candidate"],
                 "history": result.chosen.get("history_days", "all"),
                 "half_life": result.chosen.get("half_life_days", "none"),
+                "refit": result.chosen.get("refit_on_calibration", "no"),
                 "eval_days": result.chosen["evaluate_days"],
                 **{f"auc_{k}": m[k]["roc_auc"] for k in m},
                 **{f"brier_{k}": m[k]["brier"] for k in m},

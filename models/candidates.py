@@ -45,6 +45,7 @@ calibration window is used.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,8 +75,8 @@ from models.metrics import classification_metrics
 
 __all__ = ["CALIBRATION_SHARES", "BlendClassifier", "Calibration", "Candidate", "Choice", "LogisticClassifier",
            "NaiveBayesClassifier", "RecentOutcomes", "beats", "calibrate", "calibration_rows", "candidate_table",
-           "choose", "choose_calibration", "choose_on_validation", "decided_share", "fit_candidate", "fit_every",
-           "ladder", "paired_gain", "platt", "recent_outcomes", "recent_rate_shift", "row_log_losses",
+           "choose", "choose_calibration", "choose_on_validation", "choose_refit", "decided_share", "fit_candidate",
+           "fit_every", "ladder", "paired_gain", "platt", "recent_outcomes", "recent_rate_shift", "row_log_losses",
            "training_rows"]
 
 #: Conservative LightGBM settings over the shared defaults: 3 leaves, 100 rows a leaf, strong L2, and a
@@ -94,6 +95,8 @@ C_GRID = (0.05, 1.0)
 FAST_DESIGN_ROWS = 200
 #: Two validation log losses closer than this are a tie (broken by ROC AUC).
 TIE = 1e-4
+#: The attributes of a fitted calibration map (what a refit keeps).
+CALIBRATION_STATE = ("calib_slope_", "calib_intercept_", "calib_knots_", "calib_slopes_", "calibration_method_")
 
 
 class _Calibrated(LogOddsCalibration):
@@ -109,6 +112,20 @@ class _Calibrated(LogOddsCalibration):
         self.calib_slope_, self.calib_intercept_, self.calib_knots_, self.calib_slopes_ = 1.0, 0.0, np.empty(0), None
         if X_cal is not None and y_cal is not None and len(X_cal):
             self.set_calibration(self.raw_score(X_cal), np.asarray(y_cal, dtype=int), method)
+
+    def _calibration_state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in CALIBRATION_STATE if hasattr(self, k)}
+
+    def refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> _Calibrated:
+        """Learn again on ``X`` (e.g. the fit and calibration windows together) with the settings the first fit
+        chose, keeping the calibration map fitted before (see :func:`refitted`)."""
+        state = self._calibration_state()
+        self._refit(X, y, sample_weight)
+        self.__dict__.update(state)
+        return self
+
+    def _refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        self.fit(X, y, sample_weight=sample_weight)
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         return self.contributions(X).sum(axis=1)
@@ -221,6 +238,13 @@ class LogisticClassifier(_Calibrated):
         self._calibrate(X_cal, y_cal)
         return self
 
+    def _refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        C, self.C = self.C, self.C_  # the strength the calibration window chose
+        try:
+            self.fit(X, y, sample_weight=sample_weight)
+        finally:
+            self.C = C
+
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         T = design_rows(self.design_, X) if len(X) < FAST_DESIGN_ROWS else None  # the same numbers, in numpy
         if T is None:
@@ -253,6 +277,10 @@ class BlendClassifier(_Calibrated):
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         return np.mean([calibrated_contributions(m, m.contributions(X)) for m in self.members], axis=0)
+
+    def _refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        for m in self.members:  # each keeps its own map; the blend keeps its own
+            m.refit(X, y, sample_weight=sample_weight)
 
     def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         return self.members[0].unseen_categories(X)
@@ -486,10 +514,18 @@ class Choice:
     model: Any = field(default=None, compare=False, repr=False)
     #: The calibration map and window chosen for the candidate (:func:`choose_calibration`).
     calibration: Calibration = field(default_factory=Calibration)
+    #: Whether the models learn again on the fit and calibration windows together once calibrated
+    #: (:func:`choose_refit`), and the validation figures that decided it.
+    refit: bool = False
+    refit_note: str = ""
 
     def params(self) -> dict[str, object]:
-        return {"candidate": self.name, "history_days": self.history_days or "all",
-                "half_life_days": self.half_life_days or "none", **self.calibration.params()}
+        out: dict[str, object] = {"candidate": self.name, "history_days": self.history_days or "all",
+                                  "half_life_days": self.half_life_days or "none", **self.calibration.params(),
+                                  "refit_on_calibration": "yes" if self.refit else "no"}
+        if self.refit_note:
+            out["refit_note"] = self.refit_note
+        return out
 
 
 def training_rows(rows: pd.DataFrame, cutoff: pd.Timestamp, history_days: int | None, half_life_days: int | None,
@@ -512,7 +548,8 @@ def _fit_rows(candidate: Candidate, fit: pd.DataFrame, cal: pd.DataFrame, cols: 
 def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.DataFrame, val: pd.DataFrame,
                          cols: list[str], cutoff: pd.Timestamp, label: str = "label",
                          histories: Sequence[int | None] = HISTORIES,
-                         half_lives: Sequence[int | None] = HALF_LIVES, groups: str | None = None) -> Choice:
+                         half_lives: Sequence[int | None] = HALF_LIVES, groups: str | None = None,
+                         refit: bool = True) -> Choice:
     """Every rung fitted on ``fit`` (calibrated on ``cal``) and compared on ``val`` (:func:`choose`); then, for
     the winner (a blend: its better member; LightGBM: its conservative rung, :data:`PROXY`, to keep training
     time), the history lengths and recency weightings, each kept only if it lowers the validation log loss
@@ -520,7 +557,8 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
     to the candidates: a noise-level win does not throw history away) and more than the best point so far
     (one point at a time: every point is one more fit). ``cutoff``: what the fit may know. ``groups``: the
     column of ``val`` whose rows are one record seen at several snapshot times (a lead open for weeks); every
-    standard error here is clustered by it (:func:`paired_gain`)."""
+    standard error here is clustered by it (:func:`paired_gain`). Last, with ``refit``, whether the calibrated
+    models learn again on ``fit`` and ``cal`` together (:func:`choose_refit`)."""
     by_name = {c.name: c for c in rungs}
     models = {c.name: _fit_rows(c, fit, cal, cols, cutoff, None, None, label) for c in rungs}
     y_val = val[label].to_numpy()
@@ -548,9 +586,40 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
             if loss < best[0] - TIE and beats(all_rows, row_log_losses(y_val, p), g)[0]:
                 best = (loss, history, half_life)
     calibration = choose_calibration(models[name], cal, val, cols, label, groups=groups)
-    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), calibrate(models[name], cal, cols,
-                                                                                         calibration, label),
-                  calibration)
+    model = calibrate(models[name], cal, cols, calibration, label)
+    if refit and best[1] is None and best[2] is None:
+        keep, note, again = choose_refit(model, fit, cal, val, cols, cutoff, label, g)
+    else:  # a shorter history or a recency weighting already leans on the recent rows (and was chosen without it)
+        keep, note, again = False, "not tried: a shorter history or a recency weighting was chosen" if refit else "", None
+    return Choice(name, members, best[1], best[2], table, pd.DataFrame(grid), again if keep else model,
+                  calibration, keep, note)
+
+
+def refit_rows(fit: pd.DataFrame, cal: pd.DataFrame, cutoff: pd.Timestamp, history_days: int | None,
+               half_life_days: int | None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The rows a refit learns from: the fit and calibration windows together, with the chosen history and
+    weighting (:func:`training_rows`)."""
+    return training_rows(pd.concat([fit, cal]), cutoff, history_days, half_life_days)
+
+
+def choose_refit(model: Any, fit: pd.DataFrame, cal: pd.DataFrame, val: pd.DataFrame, cols: list[str],
+                 cutoff: pd.Timestamp, label: str = "label", groups: np.ndarray | None = None,
+                 ) -> tuple[bool, str, Any]:
+    """Whether the calibrated ``model`` should learn again on the fit and calibration windows together, keeping
+    its settings (rounds, strength) and its calibration map (``refit``): the calibration window is the most
+    recent decided data, which the fit window lacks, and on a small or drifting CRM a model without it lags;
+    but the map was fitted on the scores of a model that had not seen those rows, so the refitted model may be
+    over-confident. Decided on the validation window, like every choice: kept only when the refitted copy
+    beats the model as calibrated by more than one paired standard error (clustered by ``groups``) and
+    :data:`TIE`. Returns the decision, the figures that made it and the refitted copy."""
+    rows, w = refit_rows(fit, cal, cutoff, None, None)
+    again = copy.deepcopy(model).refit(rows[cols], rows[label].to_numpy(), sample_weight=w)
+    y_val = val[label].to_numpy()
+    before, after = (row_log_losses(y_val, m.predict_proba(val[cols])) for m in (model, again))
+    keep, gain, se = beats(before, after, groups)
+    note = (f"validation log loss {before.mean():.4f} as fitted, {after.mean():.4f} refitted on the calibration "
+            f"window too (gain {gain:+.4f} +/- {se:.4f})")
+    return keep, note, again
 
 
 def fit_every(rungs: list[Candidate], choice: Choice, fit: pd.DataFrame, cal: pd.DataFrame, cols: list[str],
@@ -567,6 +636,11 @@ def fit_every(rungs: list[Candidate], choice: Choice, fit: pd.DataFrame, cal: pd
         if all(p in models for p in pair):
             blend = BlendClassifier([models[p] for p in pair], pair).fit(X_cal=cal[cols], y_cal=cal[label].to_numpy())
             models["blend"] = calibrate(blend, cal, cols, choice.calibration, label)
+    if choice.refit:  # every map is fitted by now; the blend's members are refitted with the single models
+        rows, w = refit_rows(fit, cal, cutoff, choice.history_days, choice.half_life_days)
+        for name, model in models.items():
+            if name != "blend":
+                model.refit(rows[cols], rows[label].to_numpy(), sample_weight=w)
     return models
 
 

@@ -283,16 +283,19 @@ class CalibratedBoostedClassifier(LogOddsCalibration):
             self.set_calibration(self.raw_score(X_cal), np.asarray(y_cal, dtype=int), self.calibration)
         return self
 
-    def refit(self, X: pd.DataFrame, y: np.ndarray) -> CalibratedBoostedClassifier:
+    def refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None,
+              ) -> CalibratedBoostedClassifier:
         """Grow the trees again on ``X`` (which may include the calibration window's rows) for the
-        number of rounds early stopping chose, keeping the categories and the Platt scaling.
+        number of rounds early stopping chose, keeping the categories and the calibration map.
 
         For when the calibration window is recent data the final model should not do without."""
         params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
         if (client := active_client()) is not None and grows_on_cluster(params):
-            self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, None, max(self.n_rounds_, 1))
+            self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, sample_weight,
+                                                                  max(self.n_rounds_, 1))
             return self
-        train = lgb.Dataset(self._frame(X), label=np.asarray(y), categorical_feature=list(self.categories_) or "auto")
+        train = lgb.Dataset(self._frame(X), label=np.asarray(y), weight=sample_weight,
+                            categorical_feature=list(self.categories_) or "auto")
         self.booster_ = lgb.train(params, train, num_boost_round=max(self.n_rounds_, 1))
         self.n_rounds_ = int(self.booster_.current_iteration())
         return self

@@ -89,7 +89,8 @@ def _chosen_text(chosen: dict[str, object]) -> str:
         parts.append(f"evaluation window {chosen['evaluate_days']}d, calibration window {chosen['calibrate_days']}d")
     if "candidate" in chosen:
         parts.append(f"model {chosen['candidate']} chosen on {chosen.get('chosen_on', 'the validation window')} (history "
-                     f"{chosen.get('history_days', 'all')}, half-life {chosen.get('half_life_days', 'none')})")
+                     f"{chosen.get('history_days', 'all')}, half-life {chosen.get('half_life_days', 'none')}"
+                     f"{', refitted on the calibration window too' if chosen.get('refit_on_calibration') == 'yes' else ''})")
     if chosen.get("baseline_name"):  # the tasks whose floor compares with one named baseline
         parts.append(f"best baseline on the evaluation window: {chosen['baseline_name']}")
     return "; ".join(parts)

@@ -130,10 +130,12 @@ class DealTrainConfig:
     exclude: tuple[str, ...] = ()
     seed: int = 0
     #: After early stopping and calibration, grow the timing models' trees again on every row known
-    #: at the cutoff (their fit rows stop where the calibration window starts). Off by default: on
-    #: the sample it helped (win AUC 0.7578 -> 0.7668), on Maven CRM it turned P(won within 30 d)
-    #: from AUC 0.60 to 0.42 (the rounds and Platt scaling found on the earlier rows did not carry).
-    refit_timing: bool = False
+    #: at the cutoff (their fit rows stop where the calibration window starts), with the rounds and the
+    #: calibration found before. ``None`` (the default): chosen per fit on the validation window
+    #: (:func:`choose_refit`), since neither way wins everywhere: fixed on, on the sample it helped (win AUC
+    #: 0.7578 -> 0.7668), on Maven CRM it turned P(won within 30 d) from AUC 0.60 to 0.42 (the rounds
+    #: and the calibration found on the earlier rows did not carry); ``True`` / ``False`` fix it.
+    refit_timing: bool | None = None
     #: The timing models' training history, in days of fit snapshots counted back from the latest
     #: (``None``: all of it), and their recency half-life in days (``None``: every row weighs the
     #: same); see :func:`models.candidates.training_rows`.
@@ -192,7 +194,7 @@ class DealTrainConfig:
     def chosen_per_fit(self) -> bool:
         """Whether the timing layout, its LightGBM rung or its history is chosen per fit (:func:`choose_timing`)."""
         return (self.timing_layout is None or (self.timing_lgbm is None and self.timing_params is None)
-                or self.choose_history or self.timing_calendar is None)
+                or self.choose_history or self.timing_calendar is None or self.refit_timing is None)
 
 
 @dataclass(kw_only=True)
@@ -385,19 +387,45 @@ def win_scores(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray | 
     return out
 
 
+def refit_timing_models(win: Any, loss: Any, every: pd.DataFrame, cols: list[str], cfg: DealTrainConfig) -> None:
+    """Grow the timing models' trees again on ``every`` hazard row known at the cutoff (the fit rows stop where
+    the calibration window starts), with the rounds and the calibration found on the fit rows, the chosen
+    history and weighting applied as at the fit (``cfg.refit_timing``)."""
+    weight = None
+    if len(every) and (cfg.history_days or cfg.half_life_days):
+        every, weight = training_rows(every, every["as_of"].max(), cfg.history_days, cfg.half_life_days)
+    if isinstance(win, SplitHazard):
+        win.close_hazard.refit(every[cols], every["closed"].to_numpy(), sample_weight=weight)
+        closes = every["closed"].to_numpy() == 1
+        win.win_share.refit(every.loc[closes, cols], every.loc[closes, "won_label"].to_numpy(),
+                            sample_weight=None if weight is None else weight[closes])
+    else:
+        win.refit(every[cols], every["won_label"].to_numpy(), sample_weight=weight)
+        loss.refit(every[cols], every["lost_label"].to_numpy(), sample_weight=weight)
+
+
 def _timing_predictions(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
-                        rows: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        rows: pd.DataFrame, fitted: tuple[Any, Any] | None = None,
+                        every: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
     """P(won) and P(won within the horizon) of ``rows`` from a timing candidate fitted on ``hazard`` (fit,
-    calibration) rows (or ``fitted``)."""
-    win, loss = fitted or timing_models(spec, cfg, *hazard, model_columns(spec, cfg, timing=True))
+    calibration) rows (or ``fitted``); refitted on ``every`` (the hazard rows known at the cutoff) when
+    ``cfg.refit_timing``."""
+    if fitted is None:
+        cols = model_columns(spec, cfg, timing=True)
+        fitted = timing_models(spec, cfg, *hazard, cols)
+        if cfg.refit_timing and every is not None:
+            refit_timing_models(*fitted, every, cols, cfg)
+    win, loss = fitted
     mass = timing_distribution(win, loss, rows[spec.feature_names], cfg.n_periods, cfg.period_days)
     return mass.sum(axis=1), mass_within(mass, cfg.horizon_days, cfg.period_days, cfg.n_periods)
 
 
 def _timing_scores(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
-                   rows: pd.DataFrame, outcomes: pd.DataFrame, fitted: tuple[Any, Any] | None = None) -> dict[str, float]:
-    """A timing candidate fitted on ``hazard`` (fit, calibration) rows (or ``fitted``), scored on ``rows``."""
-    return win_scores(outcomes, *_timing_predictions(spec, cfg, hazard, rows, fitted))
+                   rows: pd.DataFrame, outcomes: pd.DataFrame, fitted: tuple[Any, Any] | None = None,
+                   every: pd.DataFrame | None = None) -> dict[str, float]:
+    """A timing candidate fitted on ``hazard`` (fit, calibration) rows (or ``fitted``; refitted on ``every``
+    when ``cfg.refit_timing``), scored on ``rows``."""
+    return win_scores(outcomes, *_timing_predictions(spec, cfg, hazard, rows, fitted, every))
 
 
 def criterion_rows(outcomes: pd.DataFrame, p_win: np.ndarray, p_win_h: np.ndarray) -> np.ndarray:
@@ -517,14 +545,39 @@ def choose_timing(snaps: pd.DataFrame, spec: DealFeatureSpec, cutoff: pd.Timesta
     if cfg.choose_history and chosen in per_row:
         fixed, history, base = choose_history(spec, fixed, hazard, val["rows"], val["outcomes"], base)
     calendar = choose_calendar(spec, fixed, val, base) if cfg.timing_calendar is None else {}
+    base = calendar.pop("criterion_rows", base)
     fixed = replace(fixed, choose_history=False,
                     timing_calendar=calendar["chosen"] if cfg.timing_calendar is None else cfg.timing_calendar)
+    refit = choose_refit(spec, fixed, val, snaps, base) if cfg.refit_timing is None else {}
+    fixed = replace(fixed, refit_timing=refit["chosen"] if cfg.refit_timing is None else cfg.refit_timing)
     return fixed, {"window": window_label(window) if window else "none", "chosen": chosen,
                    "note": note if len(cands) > 1 else None,
                    "criterion": "mean log loss of P(won within the horizon) and P(won)",
                    "candidates": table, "history": history,
                    "history_days": fixed.history_days, "half_life_days": fixed.half_life_days,
-                   "calendar": calendar}
+                   "calendar": calendar, "refit": refit}
+
+
+def choose_refit(spec: DealFeatureSpec, cfg: DealTrainConfig, val: dict[str, Any] | None, snaps: pd.DataFrame,
+                 base: np.ndarray | None) -> dict[str, Any]:
+    """Whether the timing models grow their trees again on every hazard row known at the cutoff
+    (:func:`refit_timing_models`): the chosen candidate (``cfg``; ``base``, its :func:`criterion_rows` on the
+    validation window as fitted) refitted on the rows known where the validation window starts, and kept only
+    when that lowers the criterion by more than one paired standard error (clustered by deal) and ``TIE``
+    (:func:`_kept`). The calibration window's outcomes are the most recent a fit has; but the rounds and the
+    calibration were found on the rows before them, and on a CRM whose timing moves they do not carry (Maven
+    CRM). Without a validation window, no refit."""
+    if val is None or val.get("hazard") is None or base is None:
+        return {"chosen": False, "note": "no validation window to choose on"}
+    every = hazard_rows(snaps, val["window"][0], cfg.period_days, cfg.n_periods)
+    try:
+        after = criterion_rows(val["outcomes"], *_timing_predictions(spec, replace(cfg, refit_timing=True),
+                                                                     val["hazard"], val["rows"], every=every))
+    except (ValueError, FunnelcastError):
+        return {"chosen": False, "note": "the refitted models could not be fitted"}
+    kept, gain, se = _kept(base, after, val["rows"])
+    return {"chosen": kept, "validation_log_loss_as_fitted": float(np.mean(base)),
+            "validation_log_loss_refitted": float(np.mean(after)), "gain": gain, "standard_error": se}
 
 
 def model_columns(spec: DealFeatureSpec, cfg: DealTrainConfig, timing: bool = False) -> list[str]:
@@ -558,7 +611,8 @@ def choose_calendar(spec: DealFeatureSpec, cfg: DealTrainConfig, val: dict[str, 
         return {"chosen": True, "note": "no model could be fitted without the calendar"}
     kept, gain, se = _kept(without, with_calendar, val["rows"])
     return {"chosen": kept, "validation_log_loss_with": float(np.mean(with_calendar)),
-            "validation_log_loss_without": float(np.mean(without)), "gain": gain, "standard_error": se}
+            "validation_log_loss_without": float(np.mean(without)), "gain": gain, "standard_error": se,
+            "criterion_rows": with_calendar if kept else without}
 
 
 def choose_history(spec: DealFeatureSpec, cfg: DealTrainConfig, hazard: tuple[pd.DataFrame, pd.DataFrame],
@@ -689,14 +743,7 @@ def fit_deal_scorer(
         # the fit rows stop where the calibration window starts (see fit_and_calibration_rows): with
         # the rounds and the calibration found there, grow the trees again on every hazard row known
         # at the cutoff, so the last months' outcomes are not left out of the final model
-        every = hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods)
-        if isinstance(win, SplitHazard):
-            win.close_hazard.refit(every[tcols], every["closed"].to_numpy())
-            closes = every[every["closed"] == 1]
-            win.win_share.refit(closes[tcols], closes["won_label"].to_numpy())
-        else:
-            win.refit(every[tcols], every["won_label"].to_numpy())
-            loss.refit(every[tcols], every["lost_label"].to_numpy())
+        refit_timing_models(win, loss, hazard_rows(snaps, cutoff, cfg.period_days, cfg.n_periods), tcols, cfg)
     scorer = DealScorer(
         spec=spec,
         context=deal_context(export, cutoff, cfg.horizon_days),
@@ -709,7 +756,7 @@ def fit_deal_scorer(
         metadata={"calibration_days": int(rows["calib_days"]), "timing_layout": cfg.timing_layout,
                   "timing_lgbm": cfg.timing_lgbm or "current", "timing_choice": choice,
                   "history_days": cfg.history_days, "half_life_days": cfg.half_life_days,
-                  "timing_calendar": cfg.timing_calendar},
+                  "timing_calendar": cfg.timing_calendar, "refit_timing": bool(cfg.refit_timing)},
     )
     if cfg.correct_base_rate:
         correct_base_rate(scorer, snaps, cutoff, cfg)
@@ -826,20 +873,22 @@ def deal_candidates(model: DealScorer, snapshots: Snapshots, split: Split, cfg: 
                                                      "candidates": {}}
     # every candidate with the chosen model's history and weighting (a like-for-like comparison)
     drift = {"history_days": model.metadata.get("history_days"), "half_life_days": model.metadata.get("half_life_days"),
-             "choose_history": False}
+             "choose_history": False, "refit_timing": bool(model.metadata.get("refit_timing"))}
     cands = {n: replace(c, **drift) for n, c in (timing_candidates(cfg) if cfg.chosen_per_fit
                                                   else {choice["chosen"]: cfg}).items()}
     hazard = fit_and_calibration_rows(snaps, E, cfg)["hazard"] if len(cands) > 1 else None
+    every = hazard_rows(snaps, E, cfg.period_days, cfg.n_periods) if len(cands) > 1 and drift["refit_timing"] else None
     table = {}
     for name, c in cands.items():
         fitted = (model.win_hazard, model.loss_hazard) if name == choice["chosen"] else None
         try:
-            m = _timing_scores(spec, c, hazard, rows, outcomes, fitted)
+            m = _timing_scores(spec, c, hazard, rows, outcomes, fitted, every)
         except (ValueError, FunnelcastError):
             m = {}
         table[name] = {"role": "model", "layout": c.timing_layout, "lgbm": c.timing_lgbm,
                        "history_days": c.history_days, "half_life_days": c.half_life_days,
-                       **choice["candidates"].get(name, {}), "chosen": name == choice["chosen"], **m}
+                       "refit_timing": bool(c.refit_timing), **choice["candidates"].get(name, {}),
+                       "chosen": name == choice["chosen"], **m}
     table["stage"] = {"role": "baseline", "chosen": False,
                                **win_scores(outcomes, frame["stage_win_rate"].to_numpy(),
                                             frame["stage_win_rate"].to_numpy())}
@@ -931,6 +980,11 @@ def correct_base_rate(scorer: DealScorer, snaps: pd.DataFrame, cutoff: pd.Timest
         b = shift_win_rate(scorer, latest[scorer.spec.feature_names], float(won_h.mean()))
         scorer.metadata["base_rate_shift"] = round(float(scorer.metadata.get("base_rate_shift", 0.0)) + b, 4)
         scorer.metadata["base_rate_note"] = note or "the evaluation window's rate differed sharply from training's"
+
+
+def _flag(value: Any) -> bool:
+    """A yes/no cell of the candidates table (missing: no)."""
+    return bool(value) if isinstance(value, (bool, np.bool_)) else False
 
 
 def _days_or_none(value: Any) -> int | None:
@@ -1185,7 +1239,9 @@ class StageConversion:
             row = evaluation.candidates[evaluation.candidates["chosen"].astype(bool)].iloc[0]
             fixed = replace(config, timing_layout=row["layout"], timing_lgbm=row["lgbm"], choose_history=False,
                             history_days=_days_or_none(row.get("history_days")),
-                            half_life_days=_days_or_none(row.get("half_life_days")))
+                            half_life_days=_days_or_none(row.get("half_life_days")),
+                            refit_timing=_flag(row.get("refit_timing")) if config.refit_timing is None
+                            else config.refit_timing)
         shift = win_rate_shift(snapshots.frame, split.cutoff, evaluation.frame, config.horizon_days)
         scorer = _final_deal_scorer(export, snapshots, fixed, recipe=config, shift=shift is not None)
         windows = {"evaluate": split.describe()["evaluate"], "fit_until": str(split.cutoff.date()),

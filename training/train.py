@@ -103,6 +103,9 @@ class TrainConfig:
     seed: int = 0
     #: Choose the model on a validation window (False: the current LightGBM, as before the ladder).
     choose: bool = True
+    #: Try, on the validation window, letting the calibrated models learn again on the calibration
+    #: window's rows too (:func:`models.candidates.choose_refit`); False: never refit.
+    choose_refit: bool = True
 
     @property
     def fold(self) -> TimeFold:
@@ -226,7 +229,7 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
         return None, f"no validation window ({exc.missing})", None
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
     choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff,
-                                  groups="lead_id")  # a lead open for weeks is one observation, not several
+                                  groups="lead_id", refit=cfg.choose_refit)  # a lead open for weeks is one observation, not several
     return choice, val.describe()["evaluate"], val
 
 

@@ -17,6 +17,7 @@ from training.deals import (
     _timing_predictions,
     _validation_rows,
     choose_calendar,
+    choose_refit,
     choose_timing,
     criterion_rows,
     model_columns,
@@ -110,3 +111,27 @@ def test_the_choice_is_recorded_and_reads_nothing_after_the_cutoff(deal_snapshot
     again, choice_again = choose_timing(rewritten, spec, cutoff, fixed_cfg)
     assert again.timing_calendar == fixed.timing_calendar
     assert choice_again["calendar"] == choice["calendar"]
+    assert again.refit_timing == fixed.refit_timing and choice_again["refit"] == choice["refit"]
+
+
+def test_the_refit_is_kept_only_when_it_lowers_the_validation_criterion(deal_snapshot_frame, fixed_cfg, cutoff):
+    """``choose_refit``: the chosen candidate grown again on every hazard row known where the validation window
+    starts, kept by the rule of every choice (a gain beyond one standard error clustered by deal, and ``TIE``)."""
+    spec, snaps = deal_snapshot_frame
+    val = _validation_rows(snaps, cutoff, fixed_cfg)
+    cfg = replace(fixed_cfg, timing_calendar=True)
+    base = criterion_rows(val["outcomes"], *_timing_predictions(spec, cfg, val["hazard"], val["rows"]))
+    got = choose_refit(spec, cfg, val, snaps, base)
+    refitted = got["validation_log_loss_refitted"]
+    assert np.isfinite(refitted) and refitted != pytest.approx(got["validation_log_loss_as_fitted"], abs=1e-9)
+    assert got["validation_log_loss_as_fitted"] == pytest.approx(np.mean(base))
+    assert got["chosen"] == (got["gain"] > max(got["standard_error"], TIE))
+    # the rule on a made-up baseline: far worse than the refit keeps it, far better refuses it
+    assert choose_refit(spec, cfg, val, snaps, base + 1.0)["chosen"] is True
+    assert choose_refit(spec, cfg, val, snaps, base - 1.0)["chosen"] is False
+    assert choose_refit(spec, cfg, None, snaps, base)["chosen"] is False  # no window: no refit
+    # chosen per fit by default, fixed when set
+    fixed, choice = choose_timing(snaps, spec, cutoff, cfg)
+    assert fixed.refit_timing is choice["refit"]["chosen"]
+    off, choice_off = choose_timing(snaps, spec, cutoff, replace(cfg, refit_timing=False))
+    assert off.refit_timing is False and choice_off["refit"] == {}
