@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     horizon_days: int | None = Field(None, gt=0, description="Label horizon of lead_quality and stage_conversion; default: chosen from the data")
     snapshot_every_days: int = Field(14, gt=0)
     max_batch: int = Field(1000, gt=0)
+    train_threads: int | None = Field(
+        None, ge=0, description="LightGBM threads of each model fit in training (train, retrain, run, backtest, "
+        "promote, tune); default: the models' own (2, or 1 for the deal models, which fit many small "
+        "models); 0: every core. A shared machine wants fewer, a large dedicated one more")
     model_alias: str = "champion"
     api_key_hashes: StrList = Field(
         default_factory=list,

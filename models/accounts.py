@@ -21,6 +21,7 @@ import pandas as pd
 from features.contract import Export
 from features.customers import AccountFeatureSpec, account_features
 from models.base import ClassifierScorer
+from models.estimators import train_params
 from models.explain import to_probability, top_reasons
 from models.tasks import Task
 
@@ -63,7 +64,8 @@ class ValueRegressor:
         cats = [j for j, c in enumerate(self.feature_names_) if c in self.codes_]
         data = lgb.Dataset(self._matrix(X), label=np.asarray(value, dtype=float), categorical_feature=cats or "auto",
                            free_raw_data=False)
-        self.booster_ = lgb.train({**REGRESSOR_PARAMS, "seed": self.random_state}, data, num_boost_round=self.n_rounds)
+        self.booster_ = lgb.train(train_params({**REGRESSOR_PARAMS, "seed": self.random_state}), data,
+                                  num_boost_round=self.n_rounds)
         return self
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

@@ -58,6 +58,25 @@ DEFAULT_PARAMS: dict[str, Any] = {
 #: Rows from which prediction uses every core.
 _PARALLEL_ROWS = 200
 
+#: LightGBM threads of every training fit in this process, over each model's own ``num_threads``
+#: (``None``: the models' own, 2 or 1; ``0``: LightGBM's default, every core). A property of the
+#: machine, not of a model: set at the edge from ``FUNNELCAST_TRAIN_THREADS`` (:func:`set_train_threads`),
+#: never logged with a model's recipe.
+_TRAIN_THREADS: int | None = None
+
+
+def set_train_threads(threads: int | None) -> None:
+    """Set (or, with ``None``, clear) the LightGBM threads every training fit of this process uses."""
+    global _TRAIN_THREADS
+    if threads is not None and threads < 0:
+        raise ValueError(f"train threads must be 0 (every core) or more, not {threads}")
+    _TRAIN_THREADS = threads
+
+
+def train_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the process's training threads (:func:`set_train_threads`) when set."""
+    return params if _TRAIN_THREADS is None else {**params, "num_threads": _TRAIN_THREADS}
+
 
 #: The maps from raw to calibrated log-odds a model may be calibrated with (see the module docstring).
 CALIBRATION_METHODS = ("platt", "spline")
@@ -258,7 +277,7 @@ class CalibratedBoostedClassifier(LogOddsCalibration):
         self.categories_ = {
             c: sorted(X[c].dropna().astype("str").unique().tolist()) for c in self.categorical_features if c in X
         }
-        params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
+        params = train_params({**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state})
         train = lgb.Dataset(self._frame(X), label=np.asarray(y), weight=sample_weight,
                             categorical_feature=list(self.categories_) or "auto")
         callbacks = []
@@ -289,7 +308,7 @@ class CalibratedBoostedClassifier(LogOddsCalibration):
         number of rounds early stopping chose, keeping the categories and the calibration map.
 
         For when the calibration window is recent data the final model should not do without."""
-        params = {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state}
+        params = train_params({**DEFAULT_PARAMS, **(self.params or {}), "seed": self.random_state})
         if (client := active_client()) is not None and grows_on_cluster(params):
             self.booster_, self.n_rounds_ = self._grow_on_cluster(client, params, X, y, sample_weight,
                                                                   max(self.n_rounds_, 1))

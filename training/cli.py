@@ -11,6 +11,7 @@ import sys
 
 from features.errors import FunnelcastError
 from features.settings import get_settings
+from models.estimators import set_train_threads
 from training import cli_accounts, cli_adapters, cli_deals, cli_ops, cli_retrain, cli_train
 from training.cli_common import announce, plugin_commands
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
+        set_train_threads(settings.train_threads)
         announce(args, settings)
         return int(args.func(args, settings) or 0)
     except FunnelcastError as exc:

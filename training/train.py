@@ -639,6 +639,8 @@ class LeadQuality:
                        f"{'whole' if chosen['calibration_window'] == 'all' else chosen['calibration_window']} "
                        f"calibration window ({chosen['calibration_window_days']}d of {chosen['calibrate_days']}d)"
                        if "calibration_method" in chosen else "")
+        if chosen.get("refit_on_calibration") == "yes":
+            calibration += "; the models refitted on the calibration window too (chosen on validation)"
         return (f"validation window {result.windows.get('validate') or 'none'}, evaluation window "
                 f"{result.windows['evaluate']}{calibration}\n{text}\n{note.describe()}")
 
