@@ -39,14 +39,15 @@ def main() -> None:
     ap.add_argument("--samples", default=".funnelcast/bench-samples", help="folder of the --seeds samples")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--origins", type=int, default=4, help="how many of the truth's as_of times to use (latest first)")
-    ap.add_argument("--no-refit", action="store_true",
-                    help="never let the models learn again on the calibration window (TrainConfig.choose_refit off)")
+    ap.add_argument("--refit", action="store_true",
+                    help="let the validation window choose whether the models learn again on the calibration window "
+                         "(TrainConfig.choose_refit, off by default)")
     args = ap.parse_args()
     if not args.seeds:
-        run(Path(args.sample), args.seed, args.scale, args.origins, not args.no_refit)
+        run(Path(args.sample), args.seed, args.scale, args.origins, args.refit)
         return
     suffix = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
-    results = [run(Path(args.samples) / f"seed-{seed}{suffix}", seed, args.scale, args.origins, not args.no_refit)
+    results = [run(Path(args.samples) / f"seed-{seed}{suffix}", seed, args.scale, args.origins, args.refit)
                for seed in args.seeds]
     table = pd.DataFrame(results).set_index("seed")
     print(f"\nSeeds {', '.join(map(str, args.seeds))} at scale {args.scale:g} (pooled over the origins of each):")
@@ -55,7 +56,7 @@ def main() -> None:
     print(f"mean AUC gap to the truth {mean:.4f} (target <= 0.005: {'OK' if mean <= 0.005 else 'MISSED'})")
 
 
-def run(sample: Path, seed: int, scale: float, n_origins: int, refit: bool = True) -> dict[str, float]:
+def run(sample: Path, seed: int, scale: float, n_origins: int, refit: bool = False) -> dict[str, float]:
     """The benchmark on one sample (generated with ``seed`` and ``scale`` if absent); its pooled figures."""
     if not (sample / "export" / "leads.csv").exists():
         generate_sample(sample, seed=seed, scale=scale, progress=True)

@@ -549,7 +549,7 @@ def choose_on_validation(rungs: list[Candidate], fit: pd.DataFrame, cal: pd.Data
                          cols: list[str], cutoff: pd.Timestamp, label: str = "label",
                          histories: Sequence[int | None] = HISTORIES,
                          half_lives: Sequence[int | None] = HALF_LIVES, groups: str | None = None,
-                         refit: bool = True) -> Choice:
+                         refit: bool = False) -> Choice:
     """Every rung fitted on ``fit`` (calibrated on ``cal``) and compared on ``val`` (:func:`choose`); then, for
     the winner (a blend: its better member; LightGBM: its conservative rung, :data:`PROXY`, to keep training
     time), the history lengths and recency weightings, each kept only if it lowers the validation log loss

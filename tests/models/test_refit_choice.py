@@ -63,7 +63,7 @@ def test_a_drift_only_the_calibration_window_shows_makes_the_refit_win_and_fit_e
     fit, cal, val = (_rows(3000, 10, 500, 150, 0.0), _rows(1500, 11, 150, 60, 1.5), _rows(1500, 12, 60, 1, 1.5))
     rungs = [r for r in _rungs() if r.name == "logistic"]
     choice = choose_on_validation(rungs, fit, cal, val, COLS, CUTOFF, groups="lead_id", histories=(None,),
-                                  half_lives=(None,))  # all the history, unweighted: the refit alone
+                                  half_lives=(None,), refit=True)  # all the history, unweighted: the refit alone
     assert choice.refit and "refitted on the calibration window too" in choice.refit_note
     assert choice.params()["refit_on_calibration"] == "yes"
     refitted = fit_every(rungs, choice, fit, cal, COLS, CUTOFF)["logistic"]
@@ -74,9 +74,12 @@ def test_a_drift_only_the_calibration_window_shows_makes_the_refit_win_and_fit_e
     assert loss["refit"] < loss["plain"]
     off = choose_on_validation(rungs, fit, cal, val, COLS, CUTOFF, groups="lead_id", refit=False)
     assert not off.refit and off.params()["refit_on_calibration"] == "no"
+    from training.train import TrainConfig
+
+    assert TrainConfig().choose_refit is False  # off by default (docs/benchmarks.md says why)
     # with the default grid the same drift makes a recency weighting win first; the refit, which leans on the
     # recent rows too and was not chosen beside it, is then not tried
-    weighted = choose_on_validation(rungs, fit, cal, val, COLS, CUTOFF, groups="lead_id")
+    weighted = choose_on_validation(rungs, fit, cal, val, COLS, CUTOFF, groups="lead_id", refit=True)
     assert weighted.half_life_days is not None and not weighted.refit and "not tried" in weighted.refit_note
 
 
@@ -85,5 +88,6 @@ def test_a_stationary_history_is_not_refitted_for_a_noise_level_gain(seed):
     fit = _rows(4000, 20 + seed, 700, 150, 1.0)
     cal, val = _rows(600, 30 + seed, 150, 60, 1.0), _rows(1500, 40 + seed, 60, 1, 1.0)
     rungs = [r for r in _rungs() if r.name == "logistic"]
-    choice = choose_on_validation(rungs, fit, cal, val, COLS, CUTOFF, groups="lead_id")
-    assert not choice.refit, choice.refit_note
+    choice = choose_on_validation(rungs, fit, cal, val, COLS, CUTOFF, groups="lead_id", histories=(None,),
+                                  half_lives=(None,), refit=True)
+    assert not choice.refit and "gain" in choice.refit_note, choice.refit_note

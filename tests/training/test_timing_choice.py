@@ -12,6 +12,7 @@ import pytest
 from features.deals import CALENDAR_FEATURES, PERIOD_CALENDAR_FEATURES
 from models.candidates import TIE
 from training.deals import (
+    DealTrainConfig,
     _criterion,
     _kept,
     _timing_predictions,
@@ -101,6 +102,7 @@ def test_the_choice_is_recorded_and_reads_nothing_after_the_cutoff(deal_snapshot
     spec, snaps = deal_snapshot_frame
     times = np.sort(snaps["as_of"].unique())
     cutoff = times[int(len(times) * 0.8)]
+    fixed_cfg = replace(fixed_cfg, refit_timing=None)  # the refit chosen too
     fixed, choice = choose_timing(snaps, spec, cutoff, fixed_cfg)
     assert fixed.timing_calendar in (True, False) and fixed.timing_calendar == choice["calendar"]["chosen"]
     rewritten = snaps.copy()
@@ -119,7 +121,7 @@ def test_the_refit_is_kept_only_when_it_lowers_the_validation_criterion(deal_sna
     starts, kept by the rule of every choice (a gain beyond one standard error clustered by deal, and ``TIE``)."""
     spec, snaps = deal_snapshot_frame
     val = _validation_rows(snaps, cutoff, fixed_cfg)
-    cfg = replace(fixed_cfg, timing_calendar=True)
+    cfg = replace(fixed_cfg, timing_calendar=True, refit_timing=None)
     base = criterion_rows(val["outcomes"], *_timing_predictions(spec, cfg, val["hazard"], val["rows"]))
     got = choose_refit(spec, cfg, val, snaps, base)
     refitted = got["validation_log_loss_refitted"]
@@ -130,8 +132,9 @@ def test_the_refit_is_kept_only_when_it_lowers_the_validation_criterion(deal_sna
     assert choose_refit(spec, cfg, val, snaps, base + 1.0)["chosen"] is True
     assert choose_refit(spec, cfg, val, snaps, base - 1.0)["chosen"] is False
     assert choose_refit(spec, cfg, None, snaps, base)["chosen"] is False  # no window: no refit
-    # chosen per fit by default, fixed when set
+    # chosen per fit with None, fixed when set (off by default)
     fixed, choice = choose_timing(snaps, spec, cutoff, cfg)
     assert fixed.refit_timing is choice["refit"]["chosen"]
     off, choice_off = choose_timing(snaps, spec, cutoff, replace(cfg, refit_timing=False))
     assert off.refit_timing is False and choice_off["refit"] == {}
+    assert DealTrainConfig().refit_timing is False
