@@ -118,7 +118,7 @@ class _Calibrated(LogOddsCalibration):
 
     def refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> _Calibrated:
         """Learn again on ``X`` (e.g. the fit and calibration windows together) with the settings the first fit
-        chose, keeping the calibration map fitted before (see :func:`refitted`)."""
+        chose, keeping the calibration map fitted before (see :func:`choose_refit`)."""
         state = self._calibration_state()
         self._refit(X, y, sample_weight)
         self.__dict__.update(state)

@@ -134,9 +134,9 @@ class DealTrainConfig:
     #: calibration found before. ``None``: chosen per fit on the validation window (:func:`choose_refit`),
     #: since neither fixed way wins everywhere: fixed on, on the sample it once helped (win AUC 0.7578 ->
     #: 0.7668), on Maven CRM it turned P(won within 30 d) from AUC 0.60 to 0.42 (the rounds and the
-    #: calibration found on the earlier rows did not carry). ``False`` (the default): chosen per fit, it
-    #: moved the win AUC gap to the truth within noise on the seeds the defaults are chosen on (seeds 0,
-    #: 5, 6, 7, 8: mean 0.0146 -> 0.0141), for one more timing fit per choice (docs/benchmarks.md).
+    #: calibration found on the earlier rows did not carry). ``False`` by default: the per-fit choice
+    #: moved the win AUC gap to the truth only within noise on the seeds the defaults are chosen on (seeds
+    #: 0, 5, 6, 7, 8: mean 0.0146 -> 0.0141), for one more timing fit per choice (docs/benchmarks.md).
     refit_timing: bool | None = False
     #: The timing models' training history, in days of fit snapshots counted back from the latest
     #: (``None``: all of it), and their recency half-life in days (``None``: every row weighs the

@@ -230,8 +230,9 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
     except NotEnoughHistory as exc:
         return None, f"no validation window ({exc.missing})", None
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
+    # groups: a lead open for weeks is one observation, not several
     choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff,
-                                  groups="lead_id", refit=cfg.choose_refit)  # a lead open for weeks is one observation, not several
+                                  groups="lead_id", refit=cfg.choose_refit)
     return choice, val.describe()["evaluate"], val
 
 

@@ -4,6 +4,7 @@ validation window decides whether it is done (a drift the fit window does not sh
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -67,7 +68,7 @@ def test_a_drift_only_the_calibration_window_shows_makes_the_refit_win_and_fit_e
     assert choice.refit and "refitted on the calibration window too" in choice.refit_note
     assert choice.params()["refit_on_calibration"] == "yes"
     refitted = fit_every(rungs, choice, fit, cal, COLS, CUTOFF)["logistic"]
-    plain = fit_every(rungs, choice.__class__(**{**choice.__dict__, "refit": False}), fit, cal, COLS, CUTOFF)["logistic"]
+    plain = fit_every(rungs, dataclasses.replace(choice, refit=False), fit, cal, COLS, CUTOFF)["logistic"]
     y = val["label"].to_numpy()
     loss = {k: -np.mean(y * np.log(m.predict_proba(val[COLS])) + (1 - y) * np.log(1 - m.predict_proba(val[COLS])))
             for k, m in (("refit", refitted), ("plain", plain))}
