@@ -72,19 +72,35 @@ def _stages(frame: pd.DataFrame) -> list[FunnelStage]:
     return out
 
 
+def _no_stage_history(export: Export) -> str:
+    """Why there is no funnel at all, in the words of ``funnelcast funnel`` (training/cli_deals.py says
+    the same by hand: serving and training do not import each other; a test compares the two)."""
+    n = len(export.opportunities)
+    deals = f"{n:,} opportunities" if n else "no opportunities"
+    return (f"the funnel needs deals and their stage history; the export has {deals} and no stage_history rows: "
+            "include the deals and each one's stage changes (stage_history) in the export")
+
+
+def _no_deal_in_period(export: Export, start: pd.Timestamp, end: pd.Timestamp) -> tuple[str, str]:
+    """Why the period ``[start, end)`` has no funnel, and the range of ``as_of`` whose period holds
+    deals (after the first stage entry, up to the last one plus the period, never past the export)."""
+    entered = export.stage_history["entered_at"]
+    first, last = entered.min(), entered.max()
+    low = (first + pd.Timedelta(days=1)).date()
+    high = min(last + (end - start), export.exported_at).date()
+    return (f"the funnel needs deals that entered a stage from {start.date()} to {end.date()}; the export has none "
+            f"then (its deals entered stages from {first.date()} to {last.date()})", f"from {low} to {high}")
+
+
 def funnel_answer(export: Export, as_of: datetime | None = None, by: str = "none",
                   period_days: int = 91) -> FunnelResponse:
     """The funnel over ``export`` (what ``GET /v1/funnel`` answers; the refresh stores it)."""
     if export.stage_history.empty:
-        raise RequestProblem("the export has no deal stage history (no opportunities): there is no funnel to report",
-                             [("stage_history", "empty in the export")])
+        raise RequestProblem(_no_stage_history(export), [("stage_history", "no rows in the export")])
     report = funnel_report(export, _as_of(as_of, export), period_days=period_days, by=by)
     if not report.bottleneck:  # no stage had a deal in the period: nothing to report on
-        entered = export.stage_history["entered_at"]
-        span = f"{entered.min().date()} to {entered.max().date()}" if len(entered) else "empty"
-        raise RequestProblem(
-            f"no deal was in the funnel from {report.start.date()} to {report.end.date()}: choose as_of within the "
-            f"export's stage history ({span})", [("as_of", f"the export's stage history is {span}")])
+        found, span = _no_deal_in_period(export, report.start, report.end)
+        raise RequestProblem(f"{found}: choose an as_of {span}", [("as_of", f"choose one {span}")])
     return FunnelResponse(start=report.start.to_pydatetime(), end=report.end.to_pydatetime(), by=by,
                           bottleneck=report.bottleneck, most_changed=report.most_changed, summary=report.summary(),
                           stages=_stages(report.table), overall=_stages(report.overall))

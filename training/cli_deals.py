@@ -94,14 +94,22 @@ def cmd_funnel(args: argparse.Namespace, settings: Settings) -> int:
     _, export = load_data(args, settings)
     as_of = args.as_of or export.exported_at
     by = grouping(args.by)
+    # the API's /v1/funnel says the same (serving/forecasting.py, by hand: training does not import serving)
     if export.stage_history.empty:
-        raise NothingToLearnFrom("the funnel needs deals and their stage history", "no opportunities")
+        n = len(export.opportunities)
+        raise NothingToLearnFrom("the funnel needs deals and their stage history",
+                                 f"{f'{n:,} opportunities' if n else 'no opportunities'} and no stage_history rows: "
+                                 "include the deals and each one's stage changes (stage_history) in the export")
     report = funnel_report(export, as_of, period_days=args.horizon, by=by)
     if not report.bottleneck:  # no stage had a deal in the period
         entered = export.stage_history["entered_at"]
-        raise NothingToLearnFrom(f"the funnel needs deals in the period {report.start.date()}..{report.end.date()}",
-                                 f"none in it (its stage history spans {entered.min().date()} to "
-                                 f"{entered.max().date()}); pass an --as-of within that span")
+        first, last = entered.min(), entered.max()
+        low = (first + pd.Timedelta(days=1)).date()
+        high = min(last + (report.end - report.start), export.exported_at).date()
+        raise NothingToLearnFrom(
+            f"the funnel needs deals that entered a stage from {report.start.date()} to {report.end.date()}",
+            f"none then (its deals entered stages from {first.date()} to {last.date()}): choose an --as-of "
+            f"from {low} to {high}")
     shown = report.table if by != "none" else report.overall
     print(f"funnel {report.start.date()}..{report.end.date()} (entries in the period, what became of them by its end)")
     print(shown.round(3).to_string(index=False))

@@ -106,7 +106,8 @@ def test_funnel_before_the_data_is_a_422_naming_as_of(client, sample_export):
     """Was ``KeyError: ''``: a period with no deal in it."""
     r = client.get("/v1/funnel", params={"as_of": "1950-01-01T00:00:00Z"})
     assert r.status_code == 422, r.text
-    assert _paths(r) == ["as_of"] and "no deal" in r.json()["detail"]
+    assert _paths(r) == ["as_of"] and "the export has none then" in r.json()["detail"]
+    assert "choose an as_of from " in r.json()["detail"]
 
 
 @pytest.mark.parametrize("value", ["Infinity", "1e309", "NaN"])

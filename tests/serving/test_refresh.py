@@ -301,6 +301,6 @@ def test_a_leads_only_crm_refreshes_and_each_missing_part_says_why(sample_export
         forecast = c.get("/v1/forecast", params={"by": "owner_id"})
     assert w.status_code == 200 and w.json()["items"] and {i["kind"] for i in w.json()["items"]} == {"lead"}
     assert any("stage_conversion" in m for m in w.json()["missing"])
-    assert funnel.status_code == 422 and "no deal stage history" in funnel.json()["detail"]
+    assert funnel.status_code == 422 and "no stage_history rows" in funnel.json()["detail"]
     assert forecast.status_code == 503 and "stage_conversion" in forecast.json()["detail"]
     assert "Retry-After" not in forecast.headers

@@ -134,6 +134,8 @@ def test_a_leads_only_export_trains_lead_quality_and_says_what_the_other_tasks_n
     assert "stage_conversion needs deals open at the snapshot times" in capsys.readouterr().err
     # the deal commands say the same, no traceback (funnel once ended in a KeyError)
     assert main(["funnel", "--data", str(leads_only)]) == 2
-    assert "the funnel needs deals and their stage history; the export has no opportunities" in capsys.readouterr().err
+    assert ("the funnel needs deals and their stage history; the export has no opportunities and no stage_history "
+            "rows") in capsys.readouterr().err
     assert main(["funnel", "--data", str(tmp_path / "s" / "export"), "--as-of", "1999-01-01"]) == 2  # before it
-    assert "pass an --as-of within that span" in capsys.readouterr().err
+    assert "; the export has none then (its deals entered stages from " in (err := capsys.readouterr().err)
+    assert "choose an --as-of from " in err
