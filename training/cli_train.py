@@ -31,6 +31,11 @@ __all__ = ["generate", "register", "score_task", "task_config", "train_tasks"]
 
 TASK_NAMES = [t.value for t in TASKS]
 
+#: What ``train --refit`` sets, as overrides of the task configs (each task takes the fields it has):
+#: ``choose`` tries lead_quality's refit on the calibration window (``choose_refit``) and leaves
+#: stage_conversion's timing refit to the per-fit choice (``refit_timing`` None); ``off``, the defaults.
+REFIT_OVERRIDES: dict[str, dict[str, Any]] = {"off": {}, "choose": {"choose_refit": True, "refit_timing": None}}
+
 
 class NothingTrained(FunnelcastError):
     """``run``: no task could be trained on the export (each one's reason in the message)."""
@@ -90,10 +95,19 @@ def _chosen_text(chosen: dict[str, object]) -> str:
     if "candidate" in chosen:
         parts.append(f"model {chosen['candidate']} chosen on {chosen.get('chosen_on', 'the validation window')} (history "
                      f"{chosen.get('history_days', 'all')}, half-life {chosen.get('half_life_days', 'none')}"
-                     f"{', refitted on the calibration window too' if chosen.get('refit_on_calibration') == 'yes' else ''})")
+                     f"{_refit_text(chosen)})")
     if chosen.get("baseline_name"):  # the tasks whose floor compares with one named baseline
         parts.append(f"best baseline on the evaluation window: {chosen['baseline_name']}")
     return "; ".join(parts)
+
+
+def _refit_text(chosen: dict[str, object]) -> str:
+    """Whether the chosen model was refitted on the calibration window and, when the refit was tried
+    (``train --refit choose``), the validation figures that decided it; nothing when it was not tried."""
+    kept, note = chosen.get("refit_on_calibration") == "yes", chosen.get("refit_note")
+    if note:
+        return f", refit on the calibration window {'kept' if kept else 'not kept'}: {note}"
+    return ", refitted on the calibration window too" if kept else ""
 
 
 def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None = None, skip_bad_rows: bool = False,
@@ -156,6 +170,7 @@ def train_tasks(tasks: Sequence[Task], settings: Settings, *, source: str | None
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {"timing_layout": args.timing_layout} if args.timing_layout else {}
+    overrides |= REFIT_OVERRIDES[args.refit]
     tasks = [Task(t) for t in (args.task or TASK_NAMES)]
     skipped: list[tuple[Task, str]] = []
     with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: a cluster for the command
@@ -265,6 +280,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--timing-layout", choices=("competing_risks", "close_share"),
                    help="stage_conversion's timing model: separate win and loss hazards, or a close hazard times "
                    "P(won | closes) (default: chosen per fit on a validation window)")
+    t.add_argument("--refit", choices=tuple(REFIT_OVERRIDES), default="off",
+                   help="choose: for lead_quality and stage_conversion (its timing models), try refitting the "
+                   "chosen model on the most recent decided window (the calibration window) too, and keep the "
+                   "refit only when it beats the model as calibrated on the validation window; off (the default): "
+                   "no refit, since on the benchmark samples it did not pay on average (docs/benchmarks.md)")
     t.add_argument("--default-params", action="store_true", help="ignore the parameters of `funnelcast tune`")
     t.add_argument("--force", action="store_true", help="make a first version champion even when it is below the "
                    "best simple baseline on the evaluation window (the baseline floor)")

@@ -902,6 +902,7 @@ def deal_candidates(model: DealScorer, snapshots: Snapshots, split: Split, cfg: 
     first = ["role", "validation_log_loss", "validation_roc_auc", "chosen"]
     out = out.reindex(columns=[*first, *(c for c in out.columns if c not in first)])
     out.attrs["validation"] = choice.get("window", "")
+    out.attrs["refit"] = choice.get("refit") or {}  # the refit's choice ({}: not tried), for the chosen settings
     return out
 
 
@@ -1257,7 +1258,14 @@ class StageConversion:
                                  candidates=evaluation.candidates)
         result.chosen = {"candidate": candidate_name(meta["timing_layout"] or DEFAULT_CANDIDATE[0], meta["timing_lgbm"]),
                          "history_days": meta.get("history_days") or "all",
-                         "half_life_days": meta.get("half_life_days") or "none"}
+                         "half_life_days": meta.get("half_life_days") or "none",
+                         "refit_on_calibration": "yes" if meta.get("refit_timing") else "no"}
+        refit = evaluation.candidates.attrs.get("refit") if evaluation.candidates is not None else None
+        if refit:  # tried on the validation window (refit_timing None): what decided it
+            result.chosen["refit_note"] = refit.get("note") or (
+                f"validation criterion {refit['validation_log_loss_as_fitted']:.4f} as fitted, "
+                f"{refit['validation_log_loss_refitted']:.4f} refitted on every row known before the window "
+                f"(gain {refit['gain']:+.4f} +/- {refit['standard_error']:.4f})")
         note = win_reliability(evaluation.frame)
         if note.small:
             result.warnings.append(note.warning())
