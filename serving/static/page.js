@@ -8,34 +8,134 @@ const cap = (s) => { const t = String(s ?? ""); return t.charAt(0).toUpperCase()
 const UNASSIGNED = "unassigned";
 const TRENDS = {improving: ["▲", "improving"], declining: ["▼", "declining"], steady: ["▶", "steady"]};
 const state = {forecast: null};
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+const refused = (e) => e.status === 401 || e.status === 403;
+
+// The connection as the page knows it, for the line under the key: whether the key was accepted (any answer to it
+// but 401/403), and from /readyz (no key needed) whether the server has scores yet. A freshly started server
+// computes its first scores on the first request (half a minute on the sample, minutes on a big CRM): the page says so and
+// which time it started waiting, and every section that waits asks again the moment /readyz shows the scores.
+let conn = null;
+
+function newConnection() {
+  const c = {accepted: false, refused: null, shown: false, settled: false, firstScores: false, since: null,
+    failed: null, noModels: false};
+  c.scored = new Promise((done) => { c.markScored = done; });
+  return c;
+}
+
+function settle(c) {
+  // /readyz has said what it will (scores there, or the refresh failed), or the page connected again: the waits
+  // of the sections end now and later ones sleep their Retry-After (a busy server, not the first refresh)
+  c.settled = true;
+  c.firstScores = false;
+  c.markScored();
+}
 
 async function api(path, patience = 300, waiting = null) {
   // a 503 with Retry-After (the first scored snapshot being built, or the server busy) is waited out, for up to
-  // `patience` seconds in all: the first refresh of a year of CRM history takes a minute or more, and a manager
-  // who opened the page then should see the figures arrive, not "retry in a minute"; `waiting(detail)` is told
-  // what the server said meanwhile (a failed refresh names its reason), so the section does not just spin
-  const start = Date.now();
+  // `patience` seconds in all, and for as long as /readyz says the first scores are still being computed: a
+  // manager who opened the page then should see the figures arrive, not "retry in a minute"; `waiting(detail)`
+  // is told what the server said meanwhile (a failed refresh names its reason), so the section does not just spin
+  const start = Date.now(), c = conn;
   for (;;) {
     const r = await fetch(path, {headers: {"X-API-Key": $("key").value}});
     const body = await r.json().catch(() => ({}));
+    if (c && c === conn) keyAnswered(r.status, body.detail);
     if (r.ok) return body;
     const wait = Math.min(Number(r.headers.get("Retry-After")), 10);
-    if (r.status !== 503 || !wait || (Date.now() - start) / 1000 + wait > patience) {
+    const late = (Date.now() - start) / 1000 + wait > patience && !(c && c.firstScores);
+    if (r.status !== 503 || !wait || late) {
       const e = new Error(body.detail || r.status);
       e.status = r.status;
       throw e;
     }
     if (waiting && body.detail) waiting(body.detail);
-    await new Promise((done) => setTimeout(done, wait * 1000));
+    await (c && !c.settled ? Promise.race([sleep(wait * 1000), c.scored]) : sleep(wait * 1000));
   }
 }
 
-function waitingIn(id) {
-  // the `waiting` callback of api() for the section whose state line is `id`
-  return (detail) => setState(id, `loading… the server says: ${detail}`, "note loading");
+function keyAnswered(status, detail) {
+  if (status === 401 || status === 403) conn.refused = detail || String(status);
+  else conn.accepted = true;
+  banner();
 }
 
-function setState(id, text, cls = "note") { const el = $(id); el.className = cls; el.textContent = text; }
+async function watchReadiness(c) {
+  // polls /readyz every 2 s while the server has no scored snapshot and its refresh has not failed
+  while (c === conn && !c.settled) {
+    const ready = await fetch("/readyz").then((r) => r.json()).catch(() => null);
+    if (c !== conn || c.settled) return;
+    if (c.refused) { settle(c); return; }  // nothing will be computed for a refused key
+    const snap = ready && ready.snapshot;
+    c.noModels = !!ready && !Object.keys(ready.models || {}).length;
+    if (!snap || snap.snapshot_id != null || snap.status === "failed") {
+      c.failed = snap && snap.snapshot_id == null && snap.status === "failed" ? snap.error || "unknown reason" : null;
+      settle(c);
+      banner();
+      return;
+    }
+    if (!c.firstScores) { c.firstScores = true; c.since = new Date(); }
+    banner();
+    await sleep(2000);
+  }
+}
+
+function clock(t) { return t.toISOString().slice(11, 16) + " UTC"; }  // as the page's other times read
+
+function banner() {
+  // the line under the key while the worklist has not drawn its own (freshness() writes it then), and the
+  // "loading…" line of each section still waiting
+  for (const id of waits.keys()) showWait(id);
+  if (!conn || conn.shown) return;
+  if (conn.refused) {
+    setState("freshness", `Not connected: the server did not accept this API key (${conn.refused}). ` +
+      "Check the key and press Connect again.", "error");
+  } else if (!conn.accepted) {
+    setState("freshness", "Connecting…", "note loading");
+  } else if (conn.firstScores) {
+    const so = `(waiting since ${clock(conn.since)}, ${ageText((Date.now() - conn.since) / 1000)} so far)`;
+    setState("freshness", conn.noModels
+      ? `Connected. The server is reading the CRM data for the first time ${so}; no model is trained yet, so the ` +
+        "prioritised list will stay empty until an admin trains one."
+      : `Connected. The first scores are being computed ${so}: the list appears here by itself when they are ` +
+        "ready, no need to reload.");
+  } else if (conn.failed) {
+    setState("freshness", `Connected, but the server could not compute scores: ${conn.failed}`, "error");
+  } else {
+    setState("freshness", "Connected; no scored snapshot to show yet (see the prioritised list below).");
+  }
+}
+
+const waits = new Map();  // the state line of each section still waiting -> what the server last said ("" if nothing)
+
+function showWait(id) {
+  const detail = waits.get(id);
+  const first = conn && conn.firstScores && conn.accepted;
+  const text = first ? `loading… waiting for the server's first ${conn.noModels ? "read of the data" : "scores"} (see above)`
+    : detail ? `loading… the server says: ${detail}` : "loading…";
+  setState(id, text, "note loading");
+}
+
+function waitingIn(id) {
+  // shows "loading…" in the section whose state line is `id`; returns the `waiting` callback of api() for it
+  waits.set(id, "");
+  showWait(id);
+  return (detail) => { if (waits.has(id)) { waits.set(id, detail); showWait(id); } };
+}
+
+function setState(id, text, cls = "note") {
+  const el = $(id);
+  el.className = cls;
+  el.textContent = text;
+  if (!cls.includes("loading")) waits.delete(id);  // an answer: no longer waiting
+}
+
+function failed(id, what, e) {
+  // a refused key is said once, under the key field; each section then just says it has nothing
+  if (refused(e)) setState(id, "Not loaded: the API key was not accepted (see above).", "note");
+  else setState(id, `${what} not available: ${e.message}`, "error");
+}
 
 function fillSelect(sel, values) {
   if (sel.options.length > 1) return;
@@ -61,11 +161,13 @@ function freshness(w) {
   const at = w.refreshed_at || w.as_of;
   const age = w.age_seconds ?? (Date.now() - Date.parse(at)) / 1000;
   const el = $("freshness");
+  if (conn) { conn.shown = true; settle(conn); }  // the list is here: nothing waits for first scores any more
   el.className = age > 86400 ? "stale" : "note";
   el.dataset.age = String(Math.round(age));
-  el.textContent = w.refreshed_at
-    ? `Scores refreshed ${when(w.refreshed_at)} (${ageText(age)} ago) from data as of ${when(w.as_of)}.`
-    : `Data as of ${when(w.as_of)} (${ageText(age)} old); scores computed when first asked.`;
+  const none = !w.items.length && w.missing.length ? " Nothing could be scored: see “Not shown” below." : "";
+  el.textContent = (w.refreshed_at
+    ? `${none ? "Refreshed" : "Scores refreshed"} ${when(w.refreshed_at)} (${ageText(age)} ago) from data as of ${when(w.as_of)}.`
+    : `Data as of ${when(w.as_of)} (${ageText(age)} old); scores computed when first asked.`) + none;
 }
 
 function trendCell(it) {
@@ -120,26 +222,29 @@ async function loadWorklist() {
   const q = new URLSearchParams({limit: "50"});
   if ($("owner").value) q.set("owner", $("owner").value);
   if ($("team").value) q.set("team", $("team").value);
-  setState("worklist-state", "loading…", "note loading");
+  const waiting = waitingIn("worklist-state");
   try {
-    const w = await api("/v1/worklist?" + q, 300, waitingIn("worklist-state"));
+    const w = await api("/v1/worklist?" + q, 300, waiting);
     fillSelect($("owner"), w.owners); fillSelect($("team"), w.teams);
     freshness(w);
     $("missing").textContent = w.missing.length ? "Not shown: " + w.missing.join("; ") : "";
-    $("efforts").textContent = effortsText(w);
+    $("efforts").textContent = w.items.length ? effortsText(w) : "";
     $("efforts").title = w.efforts.map((x) => `${x.kind}${x.stage ? " in " + x.stage : ""}: ${x.effort} (${x.rule})`).join("\n");
     $("per-effort").textContent = w.effort_unit === "rep touches" ? "value per rep touch" : "value per effort";
     $("worklist").querySelector("tbody").innerHTML = w.items.map(itemRow).join("");
-    $("download").disabled = false;
+    $("worklist").hidden = $("download").disabled = !w.items.length;  // a header without rows says nothing
+    if (!w.items.length) {
+      setState("worklist-state", w.missing.length ? "Nothing to show: no lead, deal or account could be scored."
+        : "Nothing to show: no open lead, deal or account" + ($("owner").value || $("team").value ? " for this owner or team." : "."));
+      return;
+    }
     const valued = w.items.some((x) => x.expected_value > 0);  // a leads-only CRM has no deal amounts
     const order = valued ? `the most expected value per ${w.effort_unit === "rep touches" ? "rep touch" : "unit of effort"} first`
       : "the most likely first (the export has no deal amounts, so no expected value)";
     setState("worklist-state", `${w.items.length} item${w.items.length === 1 ? "" : "s"}, ${order}. Click an owner for their list.`);
   } catch (e) {
-    setState("worklist-state", "Worklist not available: " + e.message, "error");
-    if (e.status && e.status !== 401 && e.status !== 403) {  // the key was accepted: say so, not "Not connected."
-      setState("freshness", "Connected; no scored snapshot to show yet (see the prioritised list below).");
-    }
+    failed("worklist-state", "Worklist", e);
+    banner();  // the line under the key says what the connection is (a refused key, a failed refresh)
   }
 }
 
@@ -190,7 +295,7 @@ async function openRep(owner) {
       `${scoreCell(it)}${trendCell(it)}<td class="num">${fmt(it.expected_value)}</td>${whyCell(it)}</tr>`).join("");
     setState("drill-summary", `${count("deal")} deals, ${count("lead")} leads, ${count("account")} accounts; ` +
       `expected value ${fmt(total)}.` + repForecastLine(owner));
-  } catch (e) { setState("drill-summary", "Not available: " + e.message, "error"); }
+  } catch (e) { failed("drill-summary", "The rep's list", e); }
   $("drill").scrollIntoView({block: "nearest"});
 }
 
@@ -247,10 +352,10 @@ function teamRows(fc) {
 
 async function loadForecast() {
   const period = $("period").value;
-  setState("forecast-note", "loading…", "note loading");
+  const waiting = waitingIn("forecast-note");
   try {
     const q = period === "rolling" ? "by=owner_id&sims=2000" : `period=${period}&by=owner_id&sims=2000`;
-    const fc = normaliseForecast(await api("/v1/forecast?" + q, 300, waitingIn("forecast-note")), period);
+    const fc = normaliseForecast(await api("/v1/forecast?" + q, 300, waiting), period);
     state.forecast = fc;
     const reps = fc.groups.filter((g) => g.is_rep).length;
     const total = fc.total ? fc.total.expected : fc.groups.reduce((a, g) => a + g.expected, 0);
@@ -260,7 +365,7 @@ async function loadForecast() {
       (fc.newDeals ? ` Deals not yet created: ${fc.newDeals}.` : ""));
     $("forecast-chart").innerHTML = forecastChart(fc.groups);
     $("forecast-teams").innerHTML = teamRows(fc);
-  } catch (e) { setState("forecast-note", "Forecast not available: " + e.message, "error"); }
+  } catch (e) { failed("forecast-note", "Forecast", e); }
 }
 
 function funnelLabel(st) {
@@ -296,7 +401,7 @@ async function loadFunnel() {
       `<td class="num">${r.median_days == null ? "" : fmt(r.median_days)}</td><td class="num">${fmt(r.value_lost)}</td></tr>`).join("");
   } catch (e) {
     $("funnel-body").hidden = true;
-    setState("bottleneck", "Funnel not available: " + e.message, "error");
+    failed("bottleneck", "Funnel", e);
   }
 }
 
@@ -336,13 +441,13 @@ function accuracyBlock(m, perf) {
 async function loadAccuracy() {
   try {
     const models = served((await api("/v1/models")).models);
-    if (!models.length) { setState("accuracy", "No registered model.", "note"); return; }
+    if (!models.length) { setState("accuracy", "No model is trained yet: nothing to measure.", "note"); return; }
     const perfs = await Promise.all(models.map((m) => api(`/v1/models/${m.name}/performance`).catch(() => null)));
     const el = $("accuracy");
     el.className = "";
     el.innerHTML = models.map((m, i) => accuracyBlock(m, perfs[i])).join("<hr>") +
       "<p class='note'>AUC and calibration from the evaluation window at training; live figures from the outcomes reported since.</p>";
-  } catch (e) { setState("accuracy", "Model accuracy not available: " + e.message, "error"); }
+  } catch (e) { failed("accuracy", "Model accuracy", e); }
 }
 
 function traitsChart(traits) {
@@ -374,13 +479,17 @@ async function loadTraits() {
       `<td class="num">${fmt(r.stability * 100)}%</td></tr>`).join("");
   } catch (e) {
     $("traits").hidden = true;
-    setState("traits-chart", "Traits not available: " + e.message, "error");
+    failed("traits-chart", "Traits", e);
   }
 }
 
 function connect() {
   localStorage.setItem("funnelcast-key", $("key").value);
   $("status").textContent = "";
+  if (conn) settle(conn);  // the previous connection's waits end now
+  conn = newConnection();
+  banner();
+  watchReadiness(conn);
   // no section waits for another: each draws when its own answer arrives
   return Promise.allSettled([loadWorklist(), loadForecast(), loadFunnel(), loadAccuracy(), loadTraits()]);
 }

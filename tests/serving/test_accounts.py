@@ -428,3 +428,70 @@ def test_the_page_waits_out_a_first_refresh_longer_than_a_few_retries(page_app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_list_arrives(page_app):
+    """A refused key is said once under the key field (each section: "not loaded"). While the server computes its
+    first scores (/readyz: no snapshot yet; the worklist a 503 with Retry-After) the page says it is connected and
+    waiting, since when, with the list's table hidden; when /readyz shows the snapshot the list is asked again at
+    once (before its Retry-After of 10 s runs out) and drawn, without a reload."""
+    import json
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, thread, port = _serve(page_app)
+    busy, asked = {"on": True}, []
+
+    def readyz(route):  # the real readiness, with no snapshot while "busy"
+        answer = route.fetch()
+        body = answer.json()
+        if busy["on"]:
+            body["snapshot"] = {"snapshot_id": None, "status": "none", "error": "no refresh yet"}
+        route.fulfill(response=answer, body=json.dumps(body))
+
+    def worklist(route):
+        asked.append((time.monotonic(), busy["on"]))
+        if busy["on"]:
+            route.fulfill(status=503, headers={"Retry-After": "10", "Content-Type": "application/json"},
+                          body='{"detail": "no scored snapshot yet: a refresh is running; retry in a minute"}')
+        else:
+            route.continue_()
+
+    try:
+        with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
+            assert client.get("/v1/worklist").status_code == 200  # the real snapshot, there when "busy" ends
+            browser, page = _open(sync_api, p, port)
+            page.fill("#key", "not-the-key")
+            page.click("#connect")
+            page.wait_for_function("() => document.querySelector('#freshness').textContent.includes('did not accept')",
+                                   timeout=30000)
+            page.wait_for_function("() => document.querySelectorAll('.loading').length === 0", timeout=30000)
+            assert page.get_attribute("#freshness", "class") == "error"
+            for id_ in ("worklist-state", "forecast-note", "bottleneck", "accuracy", "traits-chart"):
+                assert page.inner_text(f"#{id_}") == "Not loaded: the API key was not accepted (see above)."
+            assert not page.is_visible("#worklist")
+
+            page.route("**/readyz", readyz)
+            page.route("**/v1/worklist?*", worklist)
+            page.fill("#key", KEY)
+            page.click("#connect")
+            page.wait_for_function("() => document.querySelector('#freshness').textContent"
+                                   ".includes('first scores are being computed')", timeout=30000)
+            page.wait_for_function("() => /server's first scores/.test(document.querySelector('#worklist-state')"
+                                   ".textContent)", timeout=30000)
+            fresh = page.inner_text("#freshness")
+            assert fresh.startswith("Connected.") and "waiting since " in fresh and " UTC" in fresh
+            assert not page.is_visible("#worklist") and page.is_disabled("#download")
+            assert asked and all(on for _, on in asked)
+
+            busy["on"] = False
+            released = time.monotonic()
+            page.locator("#worklist tbody tr").first.wait_for(timeout=30000)
+            assert page.is_visible("#worklist") and page.locator("#worklist tbody tr").count() == 50
+            assert page.inner_text("#freshness").startswith("Scores refreshed ")
+            after = [t for t, on in asked if not on]
+            assert after and after[0] - released < 9  # woken by /readyz, not by the 10 s Retry-After
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
