@@ -50,7 +50,7 @@ class Scorer(ABC):
         """Per-feature contributions to the score of each row, in calibrated log-odds."""
         m = self.explained
         # the model reads its columns by name: no X[feature_names_] copy (a tenth of a lead's scoring time)
-        return log_odds_contributions(calibrated_contributions(m, m.contributions(X)), m.feature_names_)
+        return log_odds_contributions(calibrated_contributions(m, m.contributions(X), X), m.feature_names_)
 
     def check_as_of(self, as_of: pd.Timestamp, records: pd.DataFrame | None = None, id_column: str = "",
                     entity: str = "") -> None:

@@ -65,8 +65,9 @@ from models.estimators import (
     CalibratedBoostedClassifier,
     LogOddsCalibration,
     calibrated_contributions,
-    calibrated_log_odds,
+    calibrated_score,
     fit_log_odds_map,
+    lifetime_offset,
     platt,
     ramps,
 )
@@ -134,7 +135,7 @@ class _Calibrated(LogOddsCalibration):
         raise NotImplementedError
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.calibrated_log_odds(self.raw_score(X))))
+        return 1.0 / (1.0 + np.exp(-calibrated_score(self, X)))
 
     def unseen_categories(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         out = {}
@@ -276,7 +277,7 @@ class BlendClassifier(_Calibrated):
         return self
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
-        return np.mean([calibrated_contributions(m, m.contributions(X)) for m in self.members], axis=0)
+        return np.mean([calibrated_contributions(m, m.contributions(X), X) for m in self.members], axis=0)
 
     def _refit(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None) -> None:
         for m in self.members:  # each keeps its own map; the blend keeps its own
@@ -451,6 +452,7 @@ def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: l
     :data:`CALIBRATION_MIN_GAIN` (``groups``: the column of ``val`` the error is clustered by). Only ``cal`` and
     ``val`` are read: nothing after ``val``."""
     raw_val, y_val = model.raw_score(val[cols]), val[label].to_numpy(dtype=int)
+    age_val = lifetime_offset(model, val[cols])  # the age correction is added after the map
     losses: dict[tuple[str, float], np.ndarray] = {}
     grid = []
     for share in shares:
@@ -463,7 +465,7 @@ def choose_calibration(model: Any, cal: pd.DataFrame, val: pd.DataFrame, cols: l
             intercept, knots, slopes = fit_log_odds_map(raw, y, method)
             if method != "platt" and not len(knots):
                 continue
-            p = 1.0 / (1.0 + np.exp(-(intercept + ramps(raw_val, knots) @ slopes)))
+            p = 1.0 / (1.0 + np.exp(-(intercept + ramps(raw_val, knots) @ slopes + age_val)))
             losses[(method, share)] = row_log_losses(y_val, p)
             m = classification_metrics(y_val, p)
             grid.append({"method": method, "window": "all" if share >= 1 else f"most recent {share:.0%}",
@@ -703,7 +705,7 @@ def shift_to_rate(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
     returns the shift (log-odds)."""
     from models.estimators import _intercept_shift
 
-    z = calibrated_log_odds(model, model.raw_score(X))
+    z = calibrated_score(model, X)
     shift = _intercept_shift(z, np.asarray(y, dtype=float))
     model.calib_intercept_ += shift
     return shift
@@ -777,7 +779,7 @@ def recent_rate_shift(model: Any, recent: RecentOutcomes) -> float:
     from scipy.optimize import brentq
     from scipy.special import expit
 
-    z = calibrated_log_odds(model, model.raw_score(recent.X))
+    z = calibrated_score(model, recent.X)
     target = float(recent.decided.sum())
     cap = float(recent.share.sum()) - 1e-9
     target = min(max(target, 1e-9), cap)

@@ -173,6 +173,10 @@ class LogOddsCalibration:
     calib_slopes_: np.ndarray | None = None
     #: The map used (``CALIBRATION_METHODS``; ``intercept``: a shift of the log-odds only).
     calibration_method_: str = "platt"
+    #: The correction of the calibrated log-odds of leads older than the model's range
+    #: (:mod:`models.lifetime`: an odds ratio, added after the map); None: none (every model but the lead
+    #: task's, and those pickled before it).
+    lifetime_: Any = None
 
     def set_calibration(self, raw: np.ndarray, y: np.ndarray, method: str = "platt") -> None:
         """Fit the calibration map ``method`` of the raw log-odds ``raw`` to the outcomes ``y``."""
@@ -202,12 +206,32 @@ def calibrated_log_odds(model: Any, raw: np.ndarray) -> np.ndarray:
     return model.calib_slope_ * np.asarray(raw, dtype=float) + model.calib_intercept_
 
 
-def calibrated_contributions(model: Any, contrib: np.ndarray) -> np.ndarray:
+def lifetime_offset(model: Any, X: pd.DataFrame) -> np.ndarray | float:
+    """The correction of ``model``'s calibrated log-odds by the rows' age (:mod:`models.lifetime`), 0 without one."""
+    limit = getattr(model, "lifetime_", None)
+    return 0.0 if limit is None else limit.offset(X)
+
+
+def calibrated_score(model: Any, X: pd.DataFrame) -> np.ndarray:
+    """``model``'s calibrated log-odds of the rows ``X``: its map of the raw score, and the age correction."""
+    return calibrated_log_odds(model, model.raw_score(X)) + lifetime_offset(model, X)
+
+
+def calibrated_contributions(model: Any, contrib: np.ndarray, X: pd.DataFrame | None = None) -> np.ndarray:
     """Raw log-odds contributions (features..., base last; ``base + sum == raw``) in the calibrated
     log-odds of ``model``: each row's contributions times the secant slope of its map between the base
     and the row's raw score, the base mapped (see the module docstring); they sum to
-    ``model.calibrated_log_odds(raw)``. Under Platt, ``calib_slope_ * contributions``."""
-    contrib = np.asarray(contrib, dtype=float)
+    ``model.calibrated_log_odds(raw)``. Under Platt, ``calib_slope_ * contributions``. With the rows ``X``, the
+    age correction (:func:`lifetime_offset`) is added to the age feature's column (they sum to
+    :func:`calibrated_score`)."""
+    out = _calibrated_contributions(model, np.asarray(contrib, dtype=float))
+    limit = getattr(model, "lifetime_", None)
+    if X is not None and limit is not None:
+        out[:, model.feature_names_.index(limit.column)] += limit.offset(X)
+    return out
+
+
+def _calibrated_contributions(model: Any, contrib: np.ndarray) -> np.ndarray:
     out = np.empty_like(contrib)
     if not len(getattr(model, "calib_knots_", ())) or getattr(model, "calib_slopes_", None) is None:
         out[:, :-1] = contrib[:, :-1] * model.calib_slope_
@@ -396,7 +420,7 @@ class CalibratedBoostedClassifier(LogOddsCalibration):
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the positive class, one per row."""
-        return expit(self.calibrated_log_odds(self.raw_score(X)))
+        return expit(calibrated_score(self, X))
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """TreeSHAP values in raw log-odds, one column per feature plus the base value last."""

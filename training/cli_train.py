@@ -96,6 +96,8 @@ def _chosen_text(chosen: dict[str, object]) -> str:
         parts.append(f"model {chosen['candidate']} chosen on {chosen.get('chosen_on', 'the validation window')} (history "
                      f"{chosen.get('history_days', 'all')}, half-life {chosen.get('half_life_days', 'none')}"
                      f"{_refit_text(chosen)})")
+    if chosen.get("age_limit"):  # lead_quality: leads older than the model's range (models.lifetime)
+        parts.append(str(chosen["age_limit"]))
     if chosen.get("baseline_name"):  # the tasks whose floor compares with one named baseline
         parts.append(f"best baseline on the evaluation window: {chosen['baseline_name']}")
     return "; ".join(parts)

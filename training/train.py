@@ -57,6 +57,7 @@ from models.candidates import (
     TABLE_METRICS,
     TIE,
     Calibration,
+    Candidate,
     Choice,
     RecentOutcomes,
     base_rate_shift,
@@ -72,6 +73,7 @@ from models.drift import reference_profile
 from models.estimators import DEFAULT_PARAMS
 from models.explain import shap_summary_plot
 from models.folds import NotEnoughHistory, Split, TimeFold
+from models.lifetime import AgeLimit, age_limit
 from models.metrics import classification_metrics
 from models.plots import calibration_plot
 from models.scorer import LeadScorer, grade_cuts_from
@@ -156,8 +158,26 @@ def _rows(snaps: pd.DataFrame, times: list[pd.Timestamp]) -> pd.DataFrame:
     return snaps[snaps["as_of"].isin(times)]
 
 
-def _rungs(spec: LeadFeatureSpec, cfg: TrainConfig) -> list:
-    return ladder(spec.categorical_features, cfg.params, cfg.seed)
+def _rungs(spec: LeadFeatureSpec, cfg: TrainConfig, lifetime: AgeLimit | None = None) -> list:
+    """The ladder; with ``lifetime``, every rung corrects the leads older than its range (:mod:`models.lifetime`)."""
+    rungs = ladder(spec.categorical_features, cfg.params, cfg.seed)
+    if lifetime is None:
+        return rungs
+    return [Candidate(r.name, r.role, lambda make=r.make: _limited(make(), lifetime)) for r in rungs]
+
+
+def _limited(model: Any, lifetime: AgeLimit) -> Any:
+    model.lifetime_ = lifetime
+    return model
+
+
+def _lifetime(export: Export | None, snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec,
+              cfg: TrainConfig) -> AgeLimit | None:
+    """The age correction of the models fitted on ``split``'s fit window (:func:`models.lifetime.age_limit`,
+    with what is known at its cutoff), or None (no export, the age feature excluded, or nothing to correct)."""
+    if export is None or "lead_age_days" not in spec.feature_names:
+        return None
+    return age_limit(export.leads, split.cutoff, cfg.horizon_days, _rows(snaps, split.fit)["lead_age_days"])
 
 
 def _enough(snaps: pd.DataFrame) -> Any:
@@ -196,9 +216,9 @@ def _check_positives(snaps: pd.DataFrame, plan: Split) -> None:
 
 
 def _fit_models(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig, choice: Choice | None,
-                only_chosen: bool = False, fallback: str = "lgbm") -> dict[str, Any]:
+                only_chosen: bool = False, fallback: str = "lgbm", export: Export | None = None) -> dict[str, Any]:
     fit, cal = _rows(snaps, split.fit), _rows(snaps, split.calibrate)
-    rungs = _rungs(spec, cfg)
+    rungs = _rungs(spec, cfg, _lifetime(export, snaps, split, spec, cfg))
     if choice is None:  # no validation window: the current LightGBM (choice off, e.g. tuning: beside naive Bayes)
         keep = {fallback} if only_chosen else {"lgbm", "naive_bayes"} if not cfg.choose else {r.name for r in rungs}
         rungs = [r for r in rungs if r.name in keep]
@@ -220,7 +240,7 @@ def _fallback(models: dict[str, Any], cal: pd.DataFrame, cols: list[str], roles:
 
 
 def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: TrainConfig,
-            ) -> tuple[Choice | None, str, Split | None]:
+            export: Export | None = None) -> tuple[Choice | None, str, Split | None]:
     """The candidate, history and weighting chosen on the validation split before ``split``'s evaluation
     window, and that split (None, and why, when the history has no room for one)."""
     if not cfg.choose:
@@ -231,7 +251,8 @@ def _choose(snaps: pd.DataFrame, split: Split, spec: LeadFeatureSpec, cfg: Train
         return None, f"no validation window ({exc.missing})", None
     fit, cal, ev = (_rows(snaps, t) for t in (val.fit, val.calibrate, val.evaluate))
     # groups: a lead open for weeks is one observation, not several
-    choice = choose_on_validation(_rungs(spec, cfg), fit, cal, ev, spec.feature_names, val.cutoff,
+    choice = choose_on_validation(_rungs(spec, cfg, _lifetime(export, snaps, val, spec, cfg)), fit, cal, ev,
+                                  spec.feature_names, val.cutoff,
                                   groups="lead_id", refit=cfg.choose_refit)
     return choice, val.describe()["evaluate"], val
 
@@ -364,9 +385,13 @@ def _final_scorer(export: Export, snaps: pd.DataFrame, times: list[pd.Timestamp]
     cols = spec.feature_names
     final_plan = cfg.fold.final(times, calibrate=split.calibrate_days or None)
     choice = fold_models.choice
-    models = _fit_models(snaps, final_plan, spec, cfg, choice, only_chosen=True, fallback=fold_models.fallback)
+    models = _fit_models(snaps, final_plan, spec, cfg, choice, only_chosen=True, fallback=fold_models.fallback,
+                         export=export)
     final = models[fold_models.name]
     chosen: dict[str, object] = {"recent_rate": fold_models.recent_why}
+    limit = next((m.lifetime_ for m in [final, *getattr(final, "members", [])] if m.lifetime_ is not None), None)
+    if limit is not None:
+        chosen["age_limit"] = limit.describe()
     recent = _final_recent(export, snaps, times, spec, cfg, cutoff, final_plan) if fold_models.recent else None
     if recent is not None:
         moved = _move_to_recent({"final": final}, recent)
@@ -506,8 +531,8 @@ class LeadQuality:
         """The candidates chosen on the validation window, every one fitted on the split's fit window."""
         snaps, spec = snapshots.frame, snapshots.spec
         _check_positives(snaps, split)
-        choice, validation, val = _choose(snaps, split, spec, config)
-        models = _fit_models(snaps, split, spec, config, choice)
+        choice, validation, val = _choose(snaps, split, spec, config, export)
+        models = _fit_models(snaps, split, spec, config, choice, export=export)
         roles = {r.name: r.role for r in _rungs(spec, config)} | {"blend": "model"}
         fallback = "lgbm"
         if config.choose and choice is None:

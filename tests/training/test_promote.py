@@ -114,8 +114,9 @@ def test_models_trained_before_the_window_are_compared_as_registered(store, samp
     client, home = store
     start = task_comparison(Task.LEAD_QUALITY).window(sample_export, train_config, "91d").start
     older = start - pd.Timedelta(days=60)
+    # the weak LightGBM itself (choice off: the ladder would pick a baseline over it)
     weak_cfg = TrainConfig(**{**train_config.__dict__, "params": {"num_leaves": 2, "learning_rate": 0.3,
-                                                                  "min_child_samples": 2000}})
+                                                                  "min_child_samples": 2000}, "choose": False})
     champ = _register(build_lead_model(sample_export, weak_cfg, older), client, weak_cfg, home, force=True)
     good = _register(build_lead_model(sample_export, train_config, start), client, train_config, home)
     d = promote(sample_export, client, experiment="promote-tests")
