@@ -280,3 +280,23 @@ def test_a_move_to_the_recent_rate_beyond_the_limit_is_refused_not_applied(monke
     assert shifts == {"lgbm": 0.4, "logistic refused": 6.6}
     assert models["lgbm"].calib_intercept_ == pytest.approx(0.5) and models["logistic"].calib_intercept_ == -0.2
     assert tt.MAX_RATE_SHIFT == 3.0
+
+
+def test_leads_older_than_the_model_saw_are_scored_by_the_conversion_curve(sample_export, train_config, trained):
+    """The registered model's age correction (models.lifetime) is estimated at the cutoff from the sample's leads,
+    applied to its probability and its reasons alike, and said in what training logs."""
+    from models.lifetime import age_limit
+
+    model = trained.scorer.classifier
+    limits = [m.lifetime_ for m in [model, *getattr(model, "members", [])] if m.lifetime_ is not None]
+    assert limits  # the sample's history has leads older than any in the registered model's fit window
+    limit = limits[0]
+    assert trained.chosen["age_limit"] == limit.describe()
+    again = age_limit(sample_export.leads, trained.plan.cutoff, train_config.horizon_days, pd.Series([0.0]))
+    assert again is not None  # the curve is read from the export's leads
+    as_of = sample_export.exported_at
+    leads = open_leads(sample_export.leads, as_of)
+    X = trained.scorer.features(leads, sample_export.accounts, sample_export.activities, as_of)
+    contrib = trained.scorer.explain(X)
+    p = trained.scorer.predict_proba(X)
+    np.testing.assert_allclose(1 / (1 + np.exp(-(contrib.base + contrib.values.sum(axis=1)))), p, atol=1e-9)
