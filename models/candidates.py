@@ -619,8 +619,7 @@ def choose_refit(model: Any, fit: pd.DataFrame, cal: pd.DataFrame, val: pd.DataF
     y_val = val[label].to_numpy()
     before, after = (row_log_losses(y_val, m.predict_proba(val[cols])) for m in (model, again))
     keep, gain, se = beats(before, after, groups)
-    note = (f"validation log loss {before.mean():.4f} as fitted, {after.mean():.4f} refitted on the calibration "
-            f"window too (gain {gain:+.4f} +/- {se:.4f})")
+    note = f"validation log loss {before.mean():.4f} as fitted, {after.mean():.4f} refitted (gain {gain:+.4f} +/- {se:.4f})"
     return keep, note, again
 
 
