@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         0, ge=0, description="`serve` refreshes the scored snapshot every N seconds (or '15m', '2h'); 0: off "
         "(run `funnelcast refresh` from cron instead)"
     )
+    refresh_at_start: bool = Field(
+        True, description="`serve` starts the first refresh in the background at start when the CRM source is "
+        "configured (FUNNELCAST_DATA, or the sample under home) and no scored snapshot of the loaded models from it "
+        "exists yet, so the first manager does not wait for it; false: the first worklist, funnel or forecast "
+        "request runs it (with FUNNELCAST_REFRESH_EVERY the schedule refreshes at start anyway)"
+    )
     refresh_process: bool = Field(
         True, description="`serve` runs each refresh in a child process at a lower priority (see refresh_nice), so "
         "scoring keeps the worker's CPU and the export never stays in its memory; false: in a worker thread"

@@ -3,7 +3,9 @@
 Nothing is built at import time. The lifespan loads the champion models from the MLflow
 registry; when none is registered yet the app still starts, ``/readyz`` says why it is not
 ready and scoring answers 503 with the reason. With ``FUNNELCAST_REFRESH_EVERY`` the lifespan
-also refreshes the scored snapshot at start and then on that schedule.
+also refreshes the scored snapshot at start and then on that schedule; without it, it starts the
+first refresh in the background when the configured source has no current snapshot
+(``FUNNELCAST_REFRESH_AT_START``, on by default).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from serving.middleware import (
     RateLimiter,
     RequestContextMiddleware,
 )
-from serving.refresh import Refresher, refresh_every
+from serving.refresh import Refresher, refresh_at_start, refresh_every
 from serving.store import FilePresence
 from serving.security import allow_origins
 
@@ -167,10 +169,13 @@ def create_app(settings: Settings | None = None, preloaded: dict[str, LoadedMode
             log.info("serving %s version %s (@%s)", name, m.version, m.alias)
         poller = routes_ops.start_alias_polling(app.state, settings.reload_poll_seconds) if preloaded is None else None
         schedule = asyncio.create_task(refresh_every(app.state, settings.refresh_every)) if settings.refresh_every else None
+        # the first scores before the first manager asks (the thread, or None: not needed or not wanted)
+        app.state.first_refresh = refresh_at_start(app.state) if schedule is None and settings.refresh_at_start else None
         yield
         for task in (poller, schedule):
             if task is not None:
                 task.cancel()
+        app.state.refresher.stop()  # a refresh still running (the first one, say) does not hold the shutdown up
         if (ops := getattr(app.state, "ops_store", None)) is not None and not ops.flush_scores():
             log.error("shutting down with served scores not yet written to the operations database")
 

@@ -119,9 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve``, ``refresh`` and ``export-scores`` to the ``funnelcast`` subcommands."""
     v = sub.add_parser("serve", help="serve the scoring API and the managers' page",
                        description="Serve the scoring API, its OpenAPI docs (/docs) and the managers' page (/) with "
-                       "uvicorn, with the @champion of every task. With FUNNELCAST_REFRESH_EVERY (e.g. 15m) it also "
-                       "refreshes the scored snapshot at start and on that schedule (with --workers > 1 each worker "
-                       "would: use cron and `funnelcast refresh` instead).")
+                       "uvicorn, with the @champion of every task. At start it computes the first scored snapshot "
+                       "in the background when the configured source has none of the loaded models yet "
+                       "(FUNNELCAST_REFRESH_AT_START, on by default); with FUNNELCAST_REFRESH_EVERY (e.g. 15m) it "
+                       "refreshes at start and on that schedule (with --workers > 1 each worker would do either: "
+                       "turn both off and use cron and `funnelcast refresh` instead).")
     v.add_argument("--host", help="bind address (default FUNNELCAST_HOST or 127.0.0.1)")
     v.add_argument("--port", type=int, help="port (default FUNNELCAST_PORT or 8000)")
     v.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")

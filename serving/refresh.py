@@ -9,8 +9,11 @@ in one transaction (:mod:`serving.snapshots`). A refresh that fails is stored as
 snapshot with its error; the API keeps serving the last good one.
 
 Entry points: ``funnelcast refresh`` (serving/cli.py), ``POST /v1/admin/refresh``, the schedule
-in ``serve`` (``FUNNELCAST_REFRESH_EVERY``), a model reload, and the first request of
-``/v1/worklist``, ``/v1/funnel`` or ``/v1/forecast`` when no snapshot exists yet.
+in ``serve`` (``FUNNELCAST_REFRESH_EVERY``), the start of ``serve`` when the configured source has no
+snapshot of the loaded models yet (``FUNNELCAST_REFRESH_AT_START``, in the background: meanwhile
+``/readyz`` says ``refreshing`` and the routes below answer 503 at once), a model reload, and the
+first request of ``/v1/worklist``, ``/v1/funnel`` or ``/v1/forecast`` when no snapshot exists yet
+and none is being computed.
 
 In the API a refresh runs in a child process (``FUNNELCAST_REFRESH_PROCESS``, on by default),
 started with ``multiprocessing``'s spawn method (a fork of a threaded server is unsafe) at a lower
@@ -28,6 +31,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +46,7 @@ from fastapi import Request
 from features.contract import Export
 from features.errors import FunnelcastError
 from features.io import load_export
-from features.settings import Settings
+from features.settings import Settings, redact_uri
 from models.registry import LoadedModel
 from models.tasks import Task
 from models.worklist import WORK_COLUMNS, account_items, deal_items, effort_payload, efforts_of, lead_items, trend
@@ -53,7 +57,7 @@ from serving.deps import refuse_shrunken, state_cached
 from serving.store import OperationsStore
 
 __all__ = ["RefreshResult", "Refresher", "configured_source", "refresh", "refresher", "snapshot_answer",
-           "latest_snapshot", "PAYLOADS"]
+           "latest_snapshot", "refresh_at_start", "PAYLOADS"]
 
 log = logging.getLogger("funnelcast.refresh")
 
@@ -229,6 +233,14 @@ class Refresher:
         self.frames: dict[int, pd.DataFrame] = {}  # a snapshot's scores, by snapshot id (new id: new frame)
         self._waiting: threading.Thread | None = None  # the background refresh not yet started, if any
         self._waiting_lock = threading.Lock()
+        self.started_at: datetime | None = None  # when the refresh running now in this process started
+        self.child_pid: int | None = None  # the child process of the refresh running now (refresh_process)
+        self.stopping = False  # the server is shutting down: a refresh's child that ends is not a failure
+
+    @property
+    def busy(self) -> bool:
+        """A refresh runs in this process, or a background one waits to start."""
+        return self._waiting is not None or self.lock.locked()
 
     def run(self, wait: bool = True) -> RefreshResult | None:
         """Refresh now; with ``wait=False`` give up (``None``) when a refresh is already running."""
@@ -240,6 +252,13 @@ class Refresher:
             self.lock.release()
 
     def _run_locked(self) -> RefreshResult:
+        self.started_at = datetime.now(UTC)  # /readyz: refreshing since then
+        try:
+            return self._refresh_locked()
+        finally:
+            self.started_at = None
+
+    def _refresh_locked(self) -> RefreshResult:
         settings = self.state.settings
         if settings.refresh_process and not _in_memory(self.store.ops.url):
             result = self._in_child(settings)
@@ -266,13 +285,21 @@ class Refresher:
         records = context.Queue()  # the child's log records, handled here by this process's loggers
         listener = logging.handlers.QueueListener(records, _Forward())
         listener.start()
+        versions = {name: str(m.version) for name, m in models.items()}
         try:
             with ProcessPoolExecutor(1, mp_context=context, initializer=_child_started,
                                      initargs=(settings.refresh_nice, records)) as pool:
+                self.child_pid = pool.submit(os.getpid).result()  # the one child, which :meth:`stop` may end
+                if self.stopping:
+                    raise _Stopped
                 return pool.submit(_refresh_in_child, settings, models, load_errors).result()
         except Exception as exc:  # noqa: BLE001 - the child died or could not start: recorded, the last good stays
+            if self.stopping:  # ended by the server's shutdown: nothing to record, the next start refreshes
+                log.warning("refresh stopped: the server is shutting down")
+                return RefreshResult(status="stopped", source=configured_source(settings), store=self.store.ops.url,
+                                     refreshed_at=now, models=versions, error="stopped: the server shut down",
+                                     duration_seconds=time.perf_counter() - started)
             log.exception("the refresh's child process failed")
-            versions = {name: str(m.version) for name, m in models.items()}
             error = f"the refresh's child process failed: {type(exc).__name__}: {exc}"
             row = {"as_of": None, "refreshed_at": now, "source": configured_source(settings), "status": "failed",
                    "error": error, "models": versions, "counts": {}, "missing": [], "bad_rows": 0,
@@ -282,8 +309,22 @@ class Refresher:
                                  models=versions, error=error, snapshot_id=snapshot_id,
                                  duration_seconds=row["duration_seconds"])
         finally:
+            self.child_pid = None
             listener.stop()
             records.close()
+
+    def stop(self) -> None:
+        """At the server's shutdown: end the refresh's child process, if one runs, instead of waiting for
+        it (a first refresh of a large CRM takes minutes); its snapshot is not written. A refresh in a
+        worker thread (``FUNNELCAST_REFRESH_PROCESS=false``) ends with the process."""
+        self.stopping = True
+        pid = self.child_pid
+        if pid is not None:
+            log.warning("shutting down: ending the refresh's child process %s", pid)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:  # it had just finished
+                pass
 
     def run_in_background(self) -> threading.Thread:
         """Refresh in a thread, after the refresh running now (if any). Calls while one such refresh
@@ -314,6 +355,10 @@ class Refresher:
         return frame
 
 
+class _Stopped(Exception):
+    """The server shut down before the refresh's child process began the refresh."""
+
+
 def _in_memory(url: str) -> bool:
     """An in-memory SQLite store: another process cannot see it, so the refresh stays in this one."""
     return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
@@ -327,7 +372,10 @@ class _Forward(logging.Handler):
 
 
 def _child_started(nice: int, records: Any) -> None:
-    """The refresh's child process: nicer than its worker, its log records sent to the worker."""
+    """The refresh's child process: nicer than its worker, its log records sent to the worker. Ctrl+C in
+    the server's terminal reaches the whole process group: the server shuts down and ends this child
+    (:meth:`Refresher.stop`), which does not fail on its own with a KeyboardInterrupt meanwhile."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(nice)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
@@ -350,11 +398,16 @@ def refresher(state: Any) -> Refresher:
 
 
 def latest_snapshot(state: Any) -> SnapshotRow:
-    """The latest good snapshot; when there is none yet, one refresh now (one at a time) or a 503."""
+    """The latest good snapshot; when there is none yet, one refresh now (one at a time) or a 503.
+
+    While a refresh runs (or waits to start) in this process, the answer is a 503 at once, not a
+    request held open until the scores are there."""
     r = refresher(state)
     snap = r.store.latest()
     if snap is not None:
         return snap
+    if r.busy:
+        raise _being_computed(r)
     attempt = r.store.latest(ok_only=False)
     if attempt is not None and attempt.age_seconds() < RETRY_FAILED_SECONDS:  # a request does not retry it at once
         raise RequestProblem(f"no scored snapshot yet: the last refresh failed ({client_safe(attempt.error or '')}); fix it and run "
@@ -364,10 +417,53 @@ def latest_snapshot(state: Any) -> SnapshotRow:
     if snap is not None:
         return snap
     if result is None:
-        raise RequestProblem("no scored snapshot yet: a refresh is running; retry in a minute, or run "
-                             "`funnelcast refresh`", status_code=503, headers={"Retry-After": "30"})
+        raise _being_computed(r)
     raise RequestProblem(f"no scored snapshot yet: the refresh failed ({client_safe(result.error or '')}); fix it and run "
                          "`funnelcast refresh`", status_code=503, headers={"Retry-After": "60"})
+
+
+#: Retry-After of a request while the first scores are computed (the managers' page wakes on /readyz sooner).
+COMPUTING_RETRY_SECONDS = 10
+
+
+def _being_computed(r: Refresher) -> RequestProblem:
+    """The 503 of a request that arrives while the first snapshot is being computed: what is happening,
+    since when, and what to do (wait; /readyz says when it is done)."""
+    started = r.started_at
+    since = (f"started {started:%H:%M:%S} UTC, {max(0.0, (datetime.now(UTC) - started).total_seconds()):.0f} s ago"
+             if started is not None else "about to start")
+    return RequestProblem(
+        f"no scored snapshot yet: a refresh is running to compute the first scores ({since}; about half a minute "
+        "on a small CRM, minutes on a large one); retry after the Retry-After seconds, or watch GET /readyz, whose "
+        "snapshot.status turns from refreshing to ok when the scores are there", status_code=503,
+        headers={"Retry-After": str(COMPUTING_RETRY_SECONDS)})
+
+
+def _has_source(settings: Settings) -> bool:
+    """A CRM source is configured: ``FUNNELCAST_DATA``, or the sample export under home."""
+    return bool(settings.data) or settings.sample_export.is_dir()
+
+
+def refresh_at_start(state: Any) -> threading.Thread | None:
+    """At the app's start: the first refresh in the background (its thread), when a source is configured
+    and no good snapshot scored by the loaded models' versions from that source exists yet; else ``None``
+    (the latest snapshot is current: it is served until the next refresh)."""
+    settings: Settings = state.settings
+    if not _has_source(settings):
+        return None
+    r = refresher(state)
+    try:
+        snap = r.store.latest()
+    except Exception:  # noqa: BLE001 - a store that cannot be read at start: the first request tries again
+        log.exception("cannot read the latest snapshot at start; the first request will refresh")
+        return None
+    versions = {name: str(m.version) for name, m in state.models.items()}
+    if snap is not None and snap.models == versions and snap.source == configured_source(settings):
+        return None
+    why = ("no scored snapshot yet" if snap is None else
+           f"snapshot {snap.id} was scored by {snap.models or 'no model'} from {redact_uri(snap.source)}")
+    log.info("refreshing at start in the background: %s", why)
+    return r.run_in_background()
 
 
 def snapshot_answer(request: Request, name: str, params: dict[str, Any]) -> Any | None:

@@ -126,8 +126,9 @@ def readyz(request: Request):
     says whether the MLflow store is there (missing: which one and what to run; it is checked on
     every call and never created; gone: deleted while the server ran, not ready though the loaded
     models keep scoring); ``operations`` the same of the operations database (none: no operations
-    store yet, a read never creates one; gone: not ready); ``snapshot`` says which scored snapshot is served, its age, and
-    why the latest refresh failed if it did."""
+    store yet, a read never creates one; gone: not ready); ``snapshot`` says which scored snapshot is served, its age,
+    why the latest refresh failed if it did, and since when a refresh runs (``refreshing`` while there is no
+    snapshot yet: the first scores are being computed)."""
     state = request.app.state
     loaded = {name: m.version for name, m in state.models.items()}
     tasks = _task_states(state)
@@ -149,18 +150,22 @@ def readyz(request: Request):
 
 
 def snapshot_state(state) -> SnapshotState | None:
-    """The served snapshot (the latest good one) and the latest refresh's status and error."""
+    """The served snapshot (the latest good one), the latest refresh's status and error, and when the
+    refresh running now started; ``refreshing`` while the first snapshot is being computed."""
     try:
         store = state.refresher.store
         good, latest = store.latest(), store.latest(ok_only=False)
     except Exception as exc:  # noqa: BLE001 - readiness must answer even when the database does not
         return SnapshotState(status="failed", error=f"cannot read the operations database: {client_safe(str(exc))}")
+    started = state.refresher.started_at
+    if good is None and (started is not None or state.refresher.busy):
+        return SnapshotState(status="refreshing", refresh_started_at=started)
     if latest is None:
         if store.ops.status() == NOT_YET:
             return SnapshotState(status="none", error="no operations store yet: no refresh has run; run "
                                  "`funnelcast refresh` or POST /v1/admin/refresh")
         return SnapshotState(status="none", error="no refresh yet: run `funnelcast refresh`")
-    out = SnapshotState(status=latest.status, error=latest.error)
+    out = SnapshotState(status=latest.status, error=latest.error, refresh_started_at=started)
     if good is not None:
         out = out.model_copy(update={"snapshot_id": good.id, "as_of": good.as_of, "refreshed_at": good.refreshed_at,
                                      "age_seconds": good.age_seconds()})

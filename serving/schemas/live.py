@@ -12,8 +12,11 @@ class SnapshotState(BaseModel):
     as_of: datetime | None = Field(None, description="The export time the served snapshot scored")
     refreshed_at: datetime | None = Field(None, description="When the served snapshot was scored")
     age_seconds: float | None = None
-    status: str = Field(description="ok, failed (the latest refresh failed: the last good snapshot is served) or none")
+    status: str = Field(description="ok, failed (the latest refresh failed: the last good snapshot is served), "
+                        "refreshing (no snapshot yet: the first is being computed, since refresh_started_at) or none")
     error: str | None = Field(None, description="Why the latest refresh failed")
+    refresh_started_at: datetime | None = Field(
+        None, description="When the refresh running now in this server process started (null: none is running)")
 
 
 class RefreshResponse(BaseModel):

@@ -13,13 +13,14 @@ const refused = (e) => e.status === 401 || e.status === 403;
 
 // The connection as the page knows it, for the line under the key: whether the key was accepted (any answer to it
 // but 401/403), and from /readyz (no key needed) whether the server has scores yet. A freshly started server
-// computes its first scores on the first request (half a minute on the sample, minutes on a big CRM): the page says so and
-// which time it started waiting, and every section that waits asks again the moment /readyz shows the scores.
+// computes its first scores in the background (half a minute on the sample, minutes on a big CRM): the page says so and
+// since when (the refresh's start from /readyz, else when the page began waiting), and every section that waits asks
+// again the moment /readyz shows the scores.
 let conn = null;
 
 function newConnection() {
   const c = {accepted: false, refused: null, shown: false, settled: false, firstScores: false, since: null,
-    failed: null, noModels: false};
+    started: null, failed: null, noModels: false};
   c.scored = new Promise((done) => { c.markScored = done; });
   return c;
 }
@@ -76,6 +77,8 @@ async function watchReadiness(c) {
       return;
     }
     if (!c.firstScores) { c.firstScores = true; c.since = new Date(); }
+    const started = snap.refresh_started_at ? new Date(snap.refresh_started_at) : null;  // the server's refresh
+    c.started = started && !Number.isNaN(started.getTime()) ? started : null;
     banner();
     await sleep(2000);
   }
@@ -94,7 +97,9 @@ function banner() {
   } else if (!conn.accepted) {
     setState("freshness", "Connecting…", "note loading");
   } else if (conn.firstScores) {
-    const so = `(waiting since ${clock(conn.since)}, ${ageText((Date.now() - conn.since) / 1000)} so far)`;
+    const so = conn.started
+      ? `(started ${clock(conn.started)}, ${ageText((Date.now() - conn.started) / 1000)} so far)`
+      : `(waiting since ${clock(conn.since)}, ${ageText((Date.now() - conn.since) / 1000)} so far)`;
     setState("freshness", conn.noModels
       ? `Connected. The server is reading the CRM data for the first time ${so}; no model is trained yet, so the ` +
         "prioritised list will stay empty until an admin trains one."

@@ -433,20 +433,23 @@ def test_the_page_waits_out_a_first_refresh_longer_than_a_few_retries(page_app):
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
 def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_list_arrives(page_app):
     """A refused key is said once under the key field (each section: "not loaded"). While the server computes its
-    first scores (/readyz: no snapshot yet; the worklist a 503 with Retry-After) the page says it is connected and
-    waiting, since when, with the list's table hidden; when /readyz shows the snapshot the list is asked again at
-    once (before its Retry-After of 10 s runs out) and drawn, without a reload."""
+    first scores (/readyz: refreshing, since when; the worklist a 503 with Retry-After) the page says it is connected
+    and waiting, since when the server's refresh started, with the list's table hidden; when /readyz shows the
+    snapshot the list is asked again at once (before its Retry-After of 10 s runs out) and drawn, without a reload."""
     import json
+    from datetime import UTC, datetime, timedelta
 
     sync_api = pytest.importorskip("playwright.sync_api")
     server, thread, port = _serve(page_app)
     busy, asked = {"on": True}, []
+    began = datetime.now(UTC) - timedelta(minutes=3)  # the server's first refresh, started before the page opened
 
-    def readyz(route):  # the real readiness, with no snapshot while "busy"
+    def readyz(route):  # the real readiness, with the first refresh still running while "busy"
         answer = route.fetch()
         body = answer.json()
         if busy["on"]:
-            body["snapshot"] = {"snapshot_id": None, "status": "none", "error": "no refresh yet"}
+            body["snapshot"] = {"snapshot_id": None, "status": "refreshing", "error": None,
+                                "refresh_started_at": began.isoformat()}
         route.fulfill(response=answer, body=json.dumps(body))
 
     def worklist(route):
@@ -480,7 +483,8 @@ def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_
             page.wait_for_function("() => /server's first scores/.test(document.querySelector('#worklist-state')"
                                    ".textContent)", timeout=30000)
             fresh = page.inner_text("#freshness")
-            assert fresh.startswith("Connected.") and "waiting since " in fresh and " UTC" in fresh
+            assert fresh.startswith("Connected.") and f"(started {began:%H:%M} UTC, " in fresh and " so far)" in fresh
+            assert "waiting since" not in fresh  # the refresh's own start, not when this page began to wait
             assert not page.is_visible("#worklist") and page.is_disabled("#download")
             assert asked and all(on for _, on in asked)
 

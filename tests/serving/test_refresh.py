@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -304,3 +305,108 @@ def test_a_leads_only_crm_refreshes_and_each_missing_part_says_why(sample_export
     assert funnel.status_code == 422 and "no stage_history rows" in funnel.json()["detail"]
     assert forecast.status_code == 503 and "stage_conversion" in forecast.json()["detail"]
     assert "Retry-After" not in forecast.headers
+
+
+def _held_refreshes(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Refreshes that wait for ``release`` once started (``started`` set): a refresh caught while it runs."""
+    started, release = threading.Event(), threading.Event()
+    run = refresh_module.Refresher._refresh_locked
+
+    def held(self):
+        started.set()
+        assert release.wait(timeout=120), "the test never released the refresh"
+        return run(self)
+
+    monkeypatch.setattr(refresh_module.Refresher, "_refresh_locked", held)
+    return started, release
+
+
+def test_a_server_with_an_export_and_no_snapshot_refreshes_at_start_and_answers_503_at_once_meanwhile(
+        sample_dir, models, tmp_path, monkeypatch):
+    """No request starts it: the lifespan does. While it runs /readyz says refreshing (since when) and the
+    worklist answers a 503 with Retry-After at once, saying what is happening and what to do; then ready."""
+    started, release = _held_refreshes(monkeypatch)
+    settings = _settings(tmp_path, str(sample_dir / "export")).model_copy(update={"refresh_at_start": True})
+    app = create_app(settings, preloaded=models)
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        assert started.wait(timeout=30)  # without any request
+        ready = c.get("/readyz").json()["snapshot"]
+        assert ready["status"] == "refreshing" and ready["snapshot_id"] is None and ready["error"] is None
+        since = pd.Timestamp(ready["refresh_started_at"])
+        assert 0 <= (pd.Timestamp.now(tz="UTC") - since).total_seconds() < 60
+        for path in ("/v1/worklist", "/v1/funnel", "/v1/forecast"):
+            asked = time.perf_counter()
+            r = c.get(path)
+            assert r.status_code == 503 and time.perf_counter() - asked < 2.0, (path, r.text)
+            assert r.headers["Retry-After"] == "10"
+            detail = r.json()["detail"]
+            assert "a refresh is running to compute the first scores" in detail, detail
+            assert f"started {since:%H:%M:%S} UTC" in detail and "GET /readyz" in detail
+            assert "funnelcast refresh" not in detail  # a second refresh would not help: it is running
+        assert app.state.refresher.store.count() == 0
+        release.set()
+        app.state.first_refresh.join(timeout=120)
+        ready = c.get("/readyz").json()["snapshot"]
+        assert ready["status"] == "ok" and ready["snapshot_id"] is not None and ready["refresh_started_at"] is None
+        w = c.get("/v1/worklist")
+        assert w.status_code == 200 and w.json()["snapshot_id"] == ready["snapshot_id"]
+        assert app.state.refresher.store.count() == 1
+
+
+def test_the_refresh_at_start_runs_only_without_a_current_snapshot_and_only_with_a_source(sample_dir, models,
+                                                                                         tmp_path):
+    """A restart over a snapshot of the same models and source serves it; other model versions (a new
+    champion while the server was down) refresh at start; no source configured, or the setting off: no
+    refresh at start (the first request runs it, as before)."""
+    settings = _settings(tmp_path, str(sample_dir / "export")).model_copy(update={"refresh_at_start": True})
+    with TestClient(create_app(settings, preloaded=models)) as c:
+        c.app.state.first_refresh.join(timeout=120)
+        assert c.app.state.refresher.store.count() == 1
+    with TestClient(create_app(settings, preloaded=models)) as c:
+        assert c.app.state.first_refresh is None  # the snapshot there is current
+    newer = {**models, "lead_quality": LoadedModel("lead_quality", "5", "champion", None, models["lead_quality"].scorer)}
+    with TestClient(create_app(settings, preloaded=newer)) as c:
+        c.app.state.first_refresh.join(timeout=120)
+        assert c.app.state.refresher.store.latest().models["lead_quality"] == "5"
+    no_source = settings.model_copy(update={"data": None, "home": tmp_path / "empty-home"})
+    with TestClient(create_app(no_source, preloaded=models)) as c:
+        assert c.app.state.first_refresh is None and c.get("/readyz").json()["snapshot"]["status"] == "none"
+    off = _settings(tmp_path / "off", str(sample_dir / "export"))
+    assert not off.refresh_at_start  # tests/serving/conftest.py turns it off for the other tests
+    with TestClient(create_app(off, preloaded=models)) as c:
+        assert c.app.state.first_refresh is None and c.app.state.refresher.store.count() == 0
+    assert Settings.model_fields["refresh_at_start"].default is True
+
+
+def _refresh_that_never_ends(settings, models, load_errors):
+    """The refresh's child process, stuck (a first refresh of years of a large CRM): says it started, then waits."""
+    import os
+
+    (settings.home / "refresh-child.pid").write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+def test_a_shutdown_during_the_first_refresh_ends_its_child_process_and_records_nothing(sample_dir, models, tmp_path,
+                                                                                        monkeypatch):
+    """The server stops at once instead of waiting out the refresh (a Ctrl+C right after `serve`); no failed
+    snapshot is recorded for it, so the next start refreshes again."""
+    import os
+
+    monkeypatch.setattr(refresh_module, "_refresh_in_child", _refresh_that_never_ends)
+    settings = _settings(tmp_path, str(sample_dir / "export")).model_copy(update={"refresh_at_start": True})
+    settings.home.mkdir(parents=True)
+    marker = settings.home / "refresh-child.pid"
+    app = create_app(settings, preloaded=models)
+    with TestClient(app) as c:
+        for _ in range(600):  # the spawned child imports the scoring libraries first
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.1)
+        child = int(marker.read_text())
+        assert c.get("/readyz").json()["snapshot"]["status"] == "refreshing"
+        stopping = time.perf_counter()
+    app.state.first_refresh.join(timeout=30)
+    assert not app.state.first_refresh.is_alive() and time.perf_counter() - stopping < 30
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert app.state.refresher.store.count() == 0
