@@ -15,6 +15,7 @@ horizon) and of the stage win rate, and a waterfall of the starting pipeline.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class BacktestResult:
     seconds: float = 0.0
     #: Origins with too little history before them to train on, and why (the backtest runs the others).
     skipped: list[tuple[pd.Timestamp, str]] = field(default_factory=list)
+    #: What the user of ``funnelcast backtest`` can do about the origins left out (its own options).
+    remedy: str = ""
 
 
 def origins(export: Export, cfg: BacktestConfig) -> list[pd.Timestamp]:
@@ -102,6 +105,16 @@ class NoOriginToBacktest(FunnelcastError, ValueError):
 TOO_LITTLE_HISTORY = (TooFewOutcomes, NothingToLearnFrom, NoDecisions, NotEnoughHistory)
 
 
+#: The advice that ends the errors of :data:`TOO_LITTLE_HISTORY`, written for `funnelcast train` ("train with
+#: --as-of later", "a later --as-of", "pass --horizon"): the backtest has no --as-of, and says its own remedy.
+_TRAIN_ADVICE = re.compile(r"[;.] (?:train (?:with|on)|pass --)\b.*$", re.IGNORECASE | re.DOTALL)
+
+
+def _why_too_early(exc: Exception) -> str:
+    """What was missing at an origin, without training's advice (the backtest adds its own)."""
+    return _TRAIN_ADVICE.sub("", str(exc)).rstrip(" ;.")
+
+
 def _fit_or_skip(export: Export, snaps: pd.DataFrame, spec, origin: pd.Timestamp, dc: DealTrainConfig,
                  skipped: list[tuple[pd.Timestamp, str]]):
     """The deal models fitted at ``origin``, or None (and ``origin`` and why in ``skipped``) when the history
@@ -109,22 +122,45 @@ def _fit_or_skip(export: Export, snaps: pd.DataFrame, spec, origin: pd.Timestamp
     try:
         return fit_deal_scorer(export, snaps, spec, origin, dc, surrogate=False)
     except TOO_LITTLE_HISTORY as exc:
-        skipped.append((origin, str(exc)))
+        skipped.append((origin, _why_too_early(exc)))
         return None
 
 
-def _none_left(skipped: list[tuple[pd.Timestamp, str]], what: str) -> NoOriginToBacktest:
+def _origins_remedy(times: list[pd.Timestamp], skipped: list[tuple[pd.Timestamp, str]]) -> str:
+    """What to give `funnelcast backtest` to leave out the origins too early for their history: a --span
+    starting at the first origin that had it (the early ones are the ones left out), else a longer export."""
+    left_out = {o for o, _ in skipped}
+    kept = [o for o in times if o not in left_out]
+    if kept and max(left_out) < kept[0]:
+        return (f"To backtest only the origins with history enough, give --span {(times[-1] - kept[0]).days}d "
+                f"(the origins from {kept[0].date()} on); a longer export gives the early ones their history.")
+    return "A shorter --span starts the origins later; a longer export gives the early ones their history."
+
+
+def _periods_remedy(periods: list[tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]],
+                    skipped: list[tuple[pd.Timestamp, str]], cfg: PeriodBacktestConfig) -> str:
+    """What to give `funnelcast backtest --period` to leave out the periods too early for their history."""
+    left_out = {o for o, _ in skipped}
+    kept = [o for _, o, _ in periods if o not in left_out]
+    if kept and max(left_out) < kept[0]:
+        return (f"To backtest only the {cfg.period}s with history enough, give --periods {len(kept)}; a longer "
+                "export gives the early ones their history.")
+    return f"Fewer --periods leave the early {cfg.period}s out; a longer export gives them their history."
+
+
+def _none_left(skipped: list[tuple[pd.Timestamp, str]], what: str, remedy: str) -> NoOriginToBacktest:
     first, last = skipped[0][0], skipped[-1][0]
     return NoOriginToBacktest(
         f"backtest: none of the {len(skipped)} {what} ({first.date()} to {last.date()}) has history enough before "
-        f"it to train the deal models on; at the latest: {skipped[-1][1]}")
+        f"it to train the deal models on; at the latest: {skipped[-1][1]}. {remedy}")
 
 
-def skipped_text(skipped: list[tuple[pd.Timestamp, str]], done: int, what: str = "origin") -> str:
-    """The note a backtest prints when it left out origins: how many, which, and the latest one's reason."""
+def skipped_text(skipped: list[tuple[pd.Timestamp, str]], done: int, what: str = "origin", remedy: str = "") -> str:
+    """The note a backtest prints when it left out origins: how many, which, the latest one's reason, and
+    ``remedy``: what to give the backtest instead (:attr:`BacktestResult.remedy`)."""
     dates = ", ".join(str(o.date()) for o, _ in skipped)
     return (f"note: {len(skipped)} {what}(s) left out for too little history before them ({dates}); the backtest "
-            f"covers the other {done}. The latest left out: {skipped[-1][1]}")
+            f"covers the other {done}. The latest left out: {skipped[-1][1]}." + (f" {remedy}" if remedy else ""))
 
 
 def run_backtest(export: Export, cfg: BacktestConfig, progress: bool = True) -> BacktestResult:
@@ -144,12 +180,14 @@ def run_backtest(export: Export, cfg: BacktestConfig, progress: bool = True) -> 
         waterfall.append(w)
         deal_rows.append(d)
     if not rows:
-        raise _none_left(skipped, "origins")
+        raise _none_left(skipped, "origins", "A shorter --horizon moves the latest origin later (it is a horizon "
+                         "before the export); else backtest a longer export.")
     per_origin = pd.DataFrame(rows)
     groups_all = pd.concat(group_rows, ignore_index=True)
     return BacktestResult(per_origin=per_origin, overall=_overall(per_origin, groups_all), groups=groups_all,
                           waterfall=pd.DataFrame(waterfall), deals=pd.concat(deal_rows, ignore_index=True),
-                          seconds=time.perf_counter() - start_time, skipped=skipped)
+                          seconds=time.perf_counter() - start_time, skipped=skipped,
+                          remedy=_origins_remedy(times, skipped) if skipped else "")
 
 
 def _actual(export: Export, outcomes: pd.DataFrame, ids: np.ndarray, groups: pd.Series, origin: pd.Timestamp,
@@ -302,7 +340,8 @@ def write_report(result: BacktestResult, out: Path, title: str = "Forecast accur
         f"{origins.nunique()} origins from {origins.min().date()} to {origins.max().date()}, "
         f"forecasting the next horizon's bookings per group; {result.seconds:.0f} s.",
         "",
-        *([skipped_text(result.skipped, origins.nunique()).replace("note: ", "Note: ", 1), ""] if result.skipped else []),
+        *([skipped_text(result.skipped, origins.nunique(), remedy=result.remedy).replace("note: ", "Note: ", 1), ""]
+          if result.skipped else []),
         "## Overall (mean over origins; `wape_pooled` over every origin and group)",
         "",
         fmt(result.overall.round(4)),
@@ -378,6 +417,7 @@ class PeriodBacktestResult:
     groups: pd.DataFrame  # per period and group: the forecasts and the actual bookings
     seconds: float = 0.0
     skipped: list[tuple[pd.Timestamp, str]] = field(default_factory=list)  # as BacktestResult.skipped
+    remedy: str = ""  # as BacktestResult.remedy
 
 
 def period_origins(export: Export, cfg: PeriodBacktestConfig) -> list[tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]]:
@@ -453,7 +493,9 @@ def run_period_backtest(export: Export, cfg: PeriodBacktestConfig, progress: boo
         groups.append(g)
         rows += _period_rows(g, cfg.by)
     if not rows:
-        raise _none_left(skipped, f"{cfg.period}s' origins")
+        later = ("With --period month (the latest month starts after the latest quarter) or a later --at-day the "
+                 "origins come later" if cfg.period == "quarter" else "With a later --at-day the origins come later")
+        raise _none_left(skipped, f"{cfg.period}s' origins", f"{later}; else backtest a longer export.")
     per_origin = pd.DataFrame(rows)
     overall = (per_origin.groupby("method", sort=False)
                [["wape", "bias", "within_10pct", "total_error"]].mean().reset_index())
@@ -461,7 +503,8 @@ def run_period_backtest(export: Export, cfg: PeriodBacktestConfig, progress: boo
     cov = per_origin.loc[per_origin["method"] == "funnelcast", "coverage_p10_p90"].mean()
     overall["coverage_p10_p90"] = np.where(overall["method"] == "funnelcast", cov, np.nan)
     return PeriodBacktestResult(per_origin=per_origin, overall=overall, groups=pd.concat(groups, ignore_index=True),
-                                seconds=time.perf_counter() - start_time, skipped=skipped)
+                                seconds=time.perf_counter() - start_time, skipped=skipped,
+                                remedy=_periods_remedy(periods, skipped, cfg) if skipped else "")
 
 
 def write_period_report(result: PeriodBacktestResult, out: Path, cfg: PeriodBacktestConfig) -> list[Path]:

@@ -150,24 +150,24 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     AUC/Brier and the pipeline waterfall, for funnelcast, the weighted pipeline and the reps' close
     dates. Writes OUT/report.md with plots and CSVs, and logs the figures to MLflow.
     """
-    from training.backtest import BacktestConfig, log_backtest, run_backtest, skipped_text, write_report
-    from models.tasks import resolve_horizon
-    from training.tasks import task_definition
+    from training.backtest import BacktestConfig, log_backtest, origins, run_backtest, skipped_text, write_report
 
     if args.period:
         return _backtest_periods(args, settings)
 
     source, export = load_data(args, settings)
-    deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
-                                                         snapshot_every_days=settings.snapshot_every_days,
-                                                         seed=args.seed)
-    deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
+    deal = _backtest_deal_config(args, settings, export)
     cfg = BacktestConfig(every=args.every, span=args.span, n_sims=args.sims, by=grouping(args.by),
                          deal=replace(deal, timing_layout=args.timing_layout))
+    times = origins(export, cfg)
+    print(f"backtest: {len(times)} origins every {_days(args.every)} from {times[0].date()} to {times[-1].date()} "
+          f"(the last {_days(args.span)}, the latest a horizon before the export), each forecasting the next "
+          f"{deal.horizon_days}d by {cfg.by}")
     with engine_session(engine_from(args, settings, announce=True)):  # --engine dask: snapshots and fits on a cluster
         result = run_backtest(export, cfg, progress=True)
     if result.skipped:
-        print(skipped_text(result.skipped, result.per_origin["origin"].nunique()), file=sys.stderr)
+        print(skipped_text(result.skipped, result.per_origin["origin"].nunique(), remedy=result.remedy),
+              file=sys.stderr)
     out = Path(args.out)
     write_report(result, out)
     print(result.overall.round(4).to_string(index=False))
@@ -179,23 +179,43 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
-    """``backtest --period month|quarter``: the calendar-period forecast at past periods (training.backtest)."""
+def _days(duration: pd.Timedelta) -> str:
+    """A whole-day duration as the flags take it (``28d``)."""
+    return f"{duration.days}d" if duration == pd.Timedelta(days=duration.days) else str(duration)
+
+
+def _backtest_deal_config(args: argparse.Namespace, settings: Settings, export: Any) -> Any:
+    """stage_conversion's config of a backtest, its horizon resolved (--horizon, FUNNELCAST_HORIZON_DAYS,
+    else chosen from the export's decisions), and the horizon printed first with where it came from, as
+    `funnelcast train` says it: the backtest's origins and forecasts depend on it."""
     from models.tasks import resolve_horizon
-    from training.backtest import (PeriodBacktestConfig, log_period_backtest, run_period_backtest, skipped_text,
-                                   write_period_report)
     from training.tasks import task_definition
 
+    definition = task_definition(Task.STAGE_CONVERSION)
+    deal = definition.config(horizon_days=args.horizon or settings.horizon_days,
+                             snapshot_every_days=settings.snapshot_every_days, seed=args.seed)
+    deal, chosen = resolve_horizon(definition, export, export.exported_at, deal)
+    print(f"backtest: stage_conversion {chosen.describe()}")
+    return deal
+
+
+def _backtest_periods(args: argparse.Namespace, settings: Settings) -> int:
+    """``backtest --period month|quarter``: the calendar-period forecast at past periods (training.backtest)."""
+    from training.backtest import (PeriodBacktestConfig, log_period_backtest, period_origins, run_period_backtest,
+                                   skipped_text, write_period_report)
+
     source, export = load_data(args, settings)
-    deal = task_definition(Task.STAGE_CONVERSION).config(horizon_days=args.horizon or settings.horizon_days,
-                                                         snapshot_every_days=settings.snapshot_every_days, seed=args.seed)
-    deal = resolve_horizon(task_definition(Task.STAGE_CONVERSION), export, export.exported_at, deal)[0]
+    deal = _backtest_deal_config(args, settings, export)
     cfg = PeriodBacktestConfig(period=args.period, periods=args.periods, at_day=args.at_day, n_sims=args.sims,
                                by=grouping(args.by), deal=replace(deal, timing_layout=args.timing_layout))
+    periods = period_origins(export, cfg)
+    print(f"backtest: the last {len(periods)} complete {cfg.period}s, from {periods[0][0].date()} to "
+          f"{(periods[-1][2] - pd.Timedelta(days=1)).date()}, each forecast at day {cfg.at_day} by {cfg.by}")
     with engine_session(engine_from(args, settings, announce=True)):
         result = run_period_backtest(export, cfg, progress=True)
     if result.skipped:
-        print(skipped_text(result.skipped, result.per_origin["origin"].nunique(), cfg.period), file=sys.stderr)
+        print(skipped_text(result.skipped, result.per_origin["origin"].nunique(), cfg.period, remedy=result.remedy),
+              file=sys.stderr)
     out = Path(args.out)
     paths = write_period_report(result, out, cfg)
     print(result.overall.round(4).to_string(index=False))

@@ -56,7 +56,12 @@ def test_backtest_period_command(sample_dir, tmp_path, monkeypatch, capsys):
         out = tmp_path / "bt"
         assert main(["backtest", "--data", str(sample_dir / "export"), "--period", "month", "--periods", "2",
                      "--sims", "200", "--no-mlflow", "--out", str(out)]) == 0
-        assert "funnelcast" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "funnelcast" in printed
+        # first what the forecasts depend on: the horizon and where it came from, then the periods
+        said = [line for line in printed.splitlines() if line.startswith("backtest: ")]
+        assert said[0].startswith("backtest: stage_conversion horizon ") and "d chosen from the data (90% of " in said[0]
+        assert said[1].startswith("backtest: the last 2 complete months, from ") and "at day 0 by owner_id" in said[1]
         assert len(pd.read_csv(out / "period_per_origin.csv")) == 6
     finally:
         get_settings.cache_clear()
