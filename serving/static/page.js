@@ -149,7 +149,7 @@ function fillSelect(sel, values) {
 
 function ageText(seconds) {
   const s = Math.max(0, seconds);
-  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 59.5) return `${Math.round(s)} s`;
   if (s < 5400) return `${Math.round(s / 60)} min`;
   if (s < 2 * 86400) return `${Math.round(s / 3600)} h`;
   return `${Math.round(s / 86400)} days`;
@@ -161,17 +161,31 @@ function when(iso) {
   return Number.isNaN(t.getTime()) ? String(iso) : t.toISOString().slice(0, 16).replace("T", " ") + " UTC";
 }
 
+// The freshness line's snapshot and when the page received it: the line's "N min ago" is counted on from there
+// every 30 s, so a page left open does not keep saying "20 s ago".
+let fresh = null;
+const FRESHNESS_TICK_MS = 30000;
+
 function freshness(w) {
-  // from the refresh job's snapshot when the API has one (refreshed_at, age_seconds), else the data's as_of
+  // from the refresh job's snapshot when the API has one (refreshed_at, age_seconds), else the data's as_of.
+  // A snapshot's refreshed_at is when its refresh started (the API says nothing of when it finished), so the line
+  // says so rather than "refreshed" at that time
   const at = w.refreshed_at || w.as_of;
-  const age = w.age_seconds ?? (Date.now() - Date.parse(at)) / 1000;
-  const el = $("freshness");
+  fresh = {w, age: w.age_seconds ?? (Date.now() - Date.parse(at)) / 1000, received: Date.now()};
   if (conn) { conn.shown = true; settle(conn); }  // the list is here: nothing waits for first scores any more
+  showFreshness();
+}
+
+function showFreshness() {
+  if (!fresh) return;
+  const {w} = fresh, age = fresh.age + (Date.now() - fresh.received) / 1000;
+  const el = $("freshness");
   el.className = age > 86400 ? "stale" : "note";
   el.dataset.age = String(Math.round(age));
   const none = !w.items.length && w.missing.length ? " Nothing could be scored: see “Not shown” below." : "";
   el.textContent = (w.refreshed_at
-    ? `${none ? "Refreshed" : "Scores refreshed"} ${when(w.refreshed_at)} (${ageText(age)} ago) from data as of ${when(w.as_of)}.`
+    ? `${none ? "Refresh started" : "Scores computed by a refresh started"} ${when(w.refreshed_at)} (${ageText(age)} ago) ` +
+      `from data as of ${when(w.as_of)}.`
     : `Data as of ${when(w.as_of)} (${ageText(age)} old); scores computed when first asked.`) + none;
 }
 
@@ -455,19 +469,43 @@ async function loadAccuracy() {
   } catch (e) { failed("accuracy", "Model accuracy", e); }
 }
 
+function wrapLabel(text, width, lines) {
+  // `text` in at most `lines` lines of at most `width` characters, broken between words; what does not fit ends
+  // in "…" (the full text is the label's tooltip, and the table below)
+  const out = [];
+  let line = "";
+  for (const word of text.split(/\s+/)) {
+    if (line && (line + " " + word).length > width) { out.push(line); line = word; } else line = line ? line + " " + word : word;
+  }
+  if (line) out.push(line);
+  if (out.length <= lines) return out;
+  const kept = out.slice(0, lines);
+  kept[lines - 1] = kept[lines - 1].slice(0, width - 1).replace(/\s*$/, "") + "…";
+  return kept;
+}
+
 function traitsChart(traits) {
   if (!traits.length) return "<p class='note'>No trait beats the base with confidence.</p>";
-  const w = 760, row = 26, left = 420, max = Math.max(...traits.map((t) => t.heldout_high || t.lift)) * 1.05;
+  // labels on the left, wrapped to the room kept for them (about 6 px a character at 11 px, wide ones included),
+  // bars after it: a long trait never runs into its bar; the chart scales down in a narrow window
+  const w = 760, left = 320, chars = 46, line = 13, pad = 6, max = Math.max(...traits.map((t) => t.heldout_high || t.lift)) * 1.05;
   const x = (v) => left + (w - left - 10) * v / max;
-  let s = `<svg id="traits-svg" width="${w}" height="${row * traits.length + 24}" role="img" aria-label="trait lift">`;
+  const rows = traits.map((t) => wrapLabel(cap(t.label || t.trait), chars, 3));
+  const heights = rows.map((r) => Math.max(26, r.length * line + pad + 2));
+  const tops = heights.map((_, i) => heights.slice(0, i).reduce((a, h) => a + h, 0));
+  const height = heights.reduce((a, h) => a + h, 0);
+  let s = `<svg id="traits-svg" viewBox="0 0 ${w} ${height + 24}" width="${w}" height="${height + 24}" ` +
+    `style="max-width:100%;height:auto" role="img" aria-label="trait lift">`;
   traits.forEach((t, i) => {
-    const y = i * row + 4, lift = t.heldout_lift ?? t.lift;
-    s += `<text x="0" y="${y + 15}" font-size="11">${esc(cap(t.label || t.trait))}</text>`;
-    s += `<rect x="${left}" y="${y + 3}" width="${x(lift) - left}" height="16" fill="#3b7dd8"><title>${fmt(lift, 2)}x</title></rect>`;
-    if (t.heldout_low != null) s += `<line x1="${x(t.heldout_low)}" x2="${x(t.heldout_high)}" y1="${y + 11}" y2="${y + 11}" stroke="#000"/>`;
+    const y = tops[i], mid = y + heights[i] / 2, lift = t.heldout_lift ?? t.lift, full = cap(t.label || t.trait);
+    const first = mid - (rows[i].length - 1) * line / 2 + 4;
+    s += `<text class="trait-label" x="0" y="${first}" font-size="11"><title>${esc(full)}</title>` +
+      rows[i].map((l, k) => `<tspan x="0" y="${first + k * line}">${esc(l)}</tspan>`).join("") + "</text>";
+    s += `<rect class="trait-bar" x="${left}" y="${mid - 8}" width="${x(lift) - left}" height="16" fill="#3b7dd8"><title>${esc(full)}: ${fmt(lift, 2)}x</title></rect>`;
+    if (t.heldout_low != null) s += `<line x1="${x(t.heldout_low)}" x2="${x(t.heldout_high)}" y1="${mid}" y2="${mid}" stroke="#000"/>`;
   });
-  s += `<line x1="${x(1)}" x2="${x(1)}" y1="0" y2="${row * traits.length + 4}" stroke="#999" stroke-dasharray="3"/>`;
-  s += `<text x="${x(1) + 3}" y="${row * traits.length + 18}" font-size="10">1x = average customer</text></svg>`;
+  s += `<line x1="${x(1)}" x2="${x(1)}" y1="0" y2="${height + 4}" stroke="#999" stroke-dasharray="3"/>`;
+  s += `<text x="${x(1) + 3}" y="${height + 18}" font-size="10">1x = average customer</text></svg>`;
   return s;
 }
 
@@ -491,6 +529,7 @@ async function loadTraits() {
 function connect() {
   localStorage.setItem("funnelcast-key", $("key").value);
   $("status").textContent = "";
+  fresh = null;  // this connection's list says how fresh it is
   if (conn) settle(conn);  // the previous connection's waits end now
   conn = newConnection();
   banner();
@@ -510,4 +549,5 @@ $("owner").addEventListener("change", loadWorklist);
 $("download").addEventListener("click", () => downloadList().catch((e) => setState("worklist-state", "Download failed: " + e.message, "error")));
 $("team").addEventListener("change", loadWorklist);
 $("period").addEventListener("change", loadForecast);
+setInterval(showFreshness, FRESHNESS_TICK_MS);
 if ($("key").value) connect();

@@ -492,9 +492,79 @@ def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_
             released = time.monotonic()
             page.locator("#worklist tbody tr").first.wait_for(timeout=30000)
             assert page.is_visible("#worklist") and page.locator("#worklist tbody tr").count() == 50
-            assert page.inner_text("#freshness").startswith("Scores refreshed ")
+            assert page.inner_text("#freshness").startswith("Scores computed by a refresh started ")
             after = [t for t, on in asked if not on]
             assert after and after[0] - released < 9  # woken by /readyz, not by the 10 s Retry-After
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_the_freshness_line_keeps_counting_and_trait_labels_stay_clear_of_their_bars(page_app):
+    """The line under the key says when the scores' refresh started (the snapshot's refreshed_at is its start),
+    and its "ago" goes on counting while the page stays open: seconds, then minutes, then hours. The traits
+    chart wraps a long label (a longer one ends in "…", the full text its tooltip) so that no label runs into
+    a bar, at the default width and in a narrow window."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, thread, port = _serve(page_app)
+    started = datetime.now(UTC) - timedelta(seconds=20)
+    long_label = ("Industry is software and company size (employees) at least 200 and budget (thousands) at least "
+                  "100 and tech stack is aws and lead source is paid_search and company revenue at least 200,000,000")
+
+    def worklist(route):  # the real list, from a snapshot whose refresh started 20 s ago
+        body = route.fetch().json()
+        body.update(refreshed_at=started.isoformat(), age_seconds=20.0)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    def traits(route):  # the real traits, the first with a label longer than three lines of the chart
+        body = route.fetch().json()
+        body["traits"][0]["label"] = long_label
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    def overlaps():  # label boxes that reach past the left edge of the bars
+        return page.evaluate("""() => {
+          const left = Math.min(...[...document.querySelectorAll('#traits-svg .trait-bar')].map(
+            (r) => r.getBoundingClientRect().left));
+          return [...document.querySelectorAll('#traits-svg .trait-label')]
+            .filter((t) => t.getBoundingClientRect().right > left - 2).map((t) => t.textContent);
+        }""")
+
+    try:
+        with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
+            assert client.get("/v1/worklist").status_code == 200 and client.get("/v1/traits").json()["traits"]
+            browser, page = _open(sync_api, p, port)
+            page.clock.install()  # the page's clock (Date, timers), moved on below; it runs as usual meanwhile
+            page.reload()  # the page's timers set on the installed clock
+            page.route("**/v1/worklist?*", worklist)
+            page.route("**/v1/traits", traits)
+            page.fill("#key", KEY)
+            page.click("#connect")
+            page.locator("#worklist tbody tr").first.wait_for(timeout=60000)
+            fresh = page.inner_text("#freshness")
+            assert fresh.startswith(f"Scores computed by a refresh started {started:%Y-%m-%d %H:%M} UTC (")
+            assert " s ago) from data as of " in fresh and "refreshed" not in fresh
+            page.clock.fast_forward("01:40")  # 20 s + 100 s: two minutes, without a reload or a new request
+            page.wait_for_function("() => document.querySelector('#freshness').textContent.includes('(2 min ago)')",
+                                   timeout=10000)
+            page.clock.fast_forward("03:00:00")
+            page.wait_for_function("() => document.querySelector('#freshness').textContent.includes('(3 h ago)')",
+                                   timeout=10000)
+            assert int(page.get_attribute("#freshness", "data-age")) > 3 * 3600
+
+            page.wait_for_function("() => document.querySelector('#traits-svg') !== null", timeout=60000)
+            first = page.locator("#traits-svg .trait-label").first
+            assert first.locator("title").text_content() == long_label  # the full text on hover
+            assert first.locator("tspan").count() == 3 and first.locator("tspan").last.text_content().endswith("…")
+            assert overlaps() == []
+            page.set_viewport_size({"width": 800, "height": 900})
+            assert overlaps() == []
+            svg = page.locator("#traits-svg").bounding_box()
+            assert svg["x"] + svg["width"] <= 800  # scaled down to the window, not cut off
             browser.close()
     finally:
         server.should_exit = True
