@@ -8,6 +8,7 @@ training and serving never import each other.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from features.engine import add_engine_args, engine_from, engine_session
 from features.errors import FunnelcastError
 from features.settings import Settings
 
-__all__ = ["CRM_FIELDS", "export_scores", "register", "serve"]
+__all__ = ["CRM_FIELDS", "export_scores", "log_config", "register", "serve"]
 
 #: Per CRM: the id column its import matches records on, then our columns as its custom fields.
 CRM_FIELDS = {
@@ -35,13 +36,29 @@ CRM_OBJECTS = {"salesforce": {"lead": "Lead", "deal": "Opportunity", "account": 
                "hubspot": {"lead": "Contacts", "deal": "Deals", "account": "Companies"}}
 
 
+def log_config() -> dict:
+    """uvicorn's logging configuration plus the ``funnelcast`` loggers at INFO on the console, as uvicorn's
+    lines read (``INFO:     funnelcast.refresh: refreshing at start ...``): without it ``funnelcast.*`` had no
+    handler, and the refresh's lines were lost. They do not propagate, so nothing prints them twice (the JSON
+    access lines of ``funnelcast.access`` keep their own handler); uvicorn applies it in every worker."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["funnelcast"] = {"()": "uvicorn.logging.DefaultFormatter",
+                                          "fmt": "%(levelprefix)s %(name)s: %(message)s", "use_colors": None}
+    config["handlers"]["funnelcast"] = {"formatter": "funnelcast", "class": "logging.StreamHandler",
+                                        "stream": "ext://sys.stderr"}
+    config["loggers"]["funnelcast"] = {"handlers": ["funnelcast"], "level": "INFO", "propagate": False}
+    return config
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int = 1) -> None:
     """Serve the API on ``host:port`` (the settings' by default) with ``workers`` processes."""
     import uvicorn
 
     # uvicorn's worker processes import the app factory by name
     uvicorn.run("serving.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers)
+                workers=workers, log_config=log_config())
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

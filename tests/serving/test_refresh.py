@@ -410,3 +410,27 @@ def test_a_shutdown_during_the_first_refresh_ends_its_child_process_and_records_
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
     assert app.state.refresher.store.count() == 0
+
+
+def test_serve_prints_the_funnelcast_lines_once_beside_uvicorns(monkeypatch):
+    """`funnelcast serve` hands uvicorn a logging configuration with the funnelcast loggers on the console at INFO
+    ("refreshing at start" was lost: the logger had no handler), printed once, as uvicorn's lines read; the JSON
+    access lines keep their own handler. Applied in a fresh interpreter, as uvicorn does in each worker."""
+    import json
+    import subprocess
+    import sys
+
+    from serving import cli
+
+    given = {}
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: given.update(kw))
+    cli.serve(Settings(api_keys=["k"]), port=1)
+    assert given["log_config"] == cli.log_config()
+    script = ("import json, logging, logging.config, sys; logging.config.dictConfig(json.loads(sys.argv[1])); "
+              "logging.getLogger('funnelcast.refresh').info('refreshing at start'); "
+              "logging.getLogger('funnelcast.serving').debug('not shown'); "
+              "logging.getLogger('uvicorn.error').info('Started server process')")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(cli.log_config())], capture_output=True,
+                          text=True, timeout=60, check=True)
+    lines = done.stderr.splitlines()
+    assert lines == ["INFO:     funnelcast.refresh: refreshing at start", "INFO:     Started server process"]
