@@ -3,6 +3,7 @@ managers' page in a real headless browser (Debian's chromium; skipped when absen
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -235,14 +236,26 @@ def page_app(lead_scorer, account_result, deal_scorer, sample_dir, tmp_path_fact
     return create_app(settings, preloaded=models)
 
 
-def _serve(app):
+@contextlib.contextmanager
+def _served(app):
+    """``app`` served on a free local port in a thread (yields the port), stopped on the way out."""
     import uvicorn
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    return server, thread, port
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _first_refresh_answer(route, retry_after: int) -> None:
+    """The API's answer while its first scored snapshot is being built: a 503 with Retry-After."""
+    route.fulfill(status=503, headers={"Retry-After": str(retry_after), "Content-Type": "application/json"},
+                  body='{"detail": "no scored snapshot yet: a refresh is running; retry in a minute"}')
 
 
 def _open(sync_api, p, port):
@@ -363,8 +376,7 @@ def _check_accuracy(page, client):
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
 def test_managers_page_in_a_headless_browser(page_app, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    server, thread, port = _serve(page_app)
-    try:
+    with _served(page_app) as port:
         with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
             browser, page = _open(sync_api, p, port)
             page.fill("#key", KEY)
@@ -392,9 +404,6 @@ def test_managers_page_in_a_headless_browser(page_app, tmp_path):
                 "o => [...document.querySelectorAll('#worklist tbody tr')].every(r => r.dataset.owner === o)", arg=owner,
                 timeout=30000)
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
@@ -403,18 +412,16 @@ def test_the_page_waits_out_a_first_refresh_longer_than_a_few_retries(page_app):
     (here 12 times, each after 1 s: past the eight tries it used to give up after) and then draws the funnel,
     instead of leaving the manager a red "retry in a minute"."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    server, thread, port = _serve(page_app)
     busy = {"left": 12}
 
     def first_refresh(route):
         if busy["left"] > 0:
             busy["left"] -= 1
-            route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/json"},
-                          body='{"detail": "no scored snapshot yet: a refresh is running; retry in a minute"}')
+            _first_refresh_answer(route, retry_after=1)
         else:
             route.continue_()
 
-    try:
+    with _served(page_app) as port:
         with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
             browser, page = _open(sync_api, p, port)
             page.route("**/v1/funnel", first_refresh)
@@ -427,9 +434,6 @@ def test_the_page_waits_out_a_first_refresh_longer_than_a_few_retries(page_app):
             _check_funnel(page, client)
             assert busy["left"] == 0 and "not available" not in page.inner_text("#bottleneck")
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
@@ -442,7 +446,6 @@ def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_
     from datetime import UTC, datetime, timedelta
 
     sync_api = pytest.importorskip("playwright.sync_api")
-    server, thread, port = _serve(page_app)
     busy, asked = {"on": True}, []
     began = datetime.now(UTC) - timedelta(minutes=3)  # the server's first refresh, started before the page opened
 
@@ -457,12 +460,11 @@ def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_
     def worklist(route):
         asked.append((time.monotonic(), busy["on"]))
         if busy["on"]:
-            route.fulfill(status=503, headers={"Retry-After": "10", "Content-Type": "application/json"},
-                          body='{"detail": "no scored snapshot yet: a refresh is running; retry in a minute"}')
+            _first_refresh_answer(route, retry_after=10)
         else:
             route.continue_()
 
-    try:
+    with _served(page_app) as port:
         with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
             assert client.get("/v1/worklist").status_code == 200  # the real snapshot, there when "busy" ends
             browser, page = _open(sync_api, p, port)
@@ -498,9 +500,6 @@ def test_the_page_says_a_refused_key_once_and_shows_the_first_refresh_until_the_
             after = [t for t, on in asked if not on]
             assert after and after[0] - released < 9  # woken by /readyz, not by the 10 s Retry-After
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
@@ -513,7 +512,6 @@ def test_the_freshness_line_keeps_counting_and_trait_labels_stay_clear_of_their_
     from datetime import UTC, datetime, timedelta
 
     sync_api = pytest.importorskip("playwright.sync_api")
-    server, thread, port = _serve(page_app)
     started = datetime.now(UTC) - timedelta(seconds=20)
     long_label = ("Industry is software and company size (employees) at least 200 and budget (thousands) at least "
                   "100 and tech stack is aws and lead source is paid_search and company revenue at least 200,000,000")
@@ -536,7 +534,7 @@ def test_the_freshness_line_keeps_counting_and_trait_labels_stay_clear_of_their_
             .filter((t) => t.getBoundingClientRect().right > left - 2).map((t) => t.textContent);
         }""")
 
-    try:
+    with _served(page_app) as port:
         with TestClient(page_app, headers={"X-API-Key": KEY}) as client, sync_api.sync_playwright() as p:
             assert client.get("/v1/worklist").status_code == 200 and client.get("/v1/traits").json()["traits"]
             browser, page = _open(sync_api, p, port)
@@ -568,6 +566,3 @@ def test_the_freshness_line_keeps_counting_and_trait_labels_stay_clear_of_their_
             svg = page.locator("#traits-svg").bounding_box()
             assert svg["x"] + svg["width"] <= 800  # scaled down to the window, not cut off
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
