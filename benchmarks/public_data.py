@@ -126,6 +126,19 @@ def in_sample_bounds(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _lifetime_rows(export, later: pd.DataFrame, ev: pd.DataFrame, cutoff: pd.Timestamp) -> str:
+    """The evaluation rows older than any lead that converted before ``cutoff`` took to convert: how many, how
+    many of them converted, and what the model gave them (what the age correction of models.lifetime is for)."""
+    leads = export.leads.drop_duplicates("lead_id", keep="last")
+    done = leads[leads["converted_at"] < cutoff]
+    longest = float(((done["converted_at"] - done["created_at"]) / pd.Timedelta(days=1)).max())
+    old = (later["lead_age_days"] > longest).to_numpy()
+    return (f"the longest creation-to-conversion before the cutoff: {longest:.0f} d; evaluation rows older than "
+            f"that: {old.mean():.1%} ({old.sum()}), converted {ev['label'].to_numpy()[old].mean():.1%}, "
+            f"mean probability {ev['p_model'].to_numpy()[old].mean():.1%}" if old.any() else
+            f"the longest creation-to-conversion before the cutoff: {longest:.0f} d; no evaluation row is older")
+
+
 def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
     imported = import_export(ds.mapping, data / ds.folder, skip_bad_rows=True)
@@ -179,6 +192,7 @@ def run(ds: Dataset, data: Path, seed: int) -> tuple[list[dict], dict]:
             "calibration_noise": calibration_noise(ev["p_model"].to_numpy(), seed),
             "calibration_grid": res.calibration_grid,
             "in_sample": in_sample_bounds(ev["p_model"].to_numpy(), y),
+            "lifetime": _lifetime_rows(export, later, ev, plan.cutoff),
             "reliability": calibration_table(y, ev["p_model"].to_numpy()).assign(
                 gap=lambda t: t["observed"] - t["predicted"]),
         }
@@ -214,6 +228,7 @@ def main() -> None:
             print(f"  excluded as leaking: {info['excluded']}")
             print(f"  chosen: {info['chosen']}")
             print(f"  moved to the recent rate: {info['chosen'].get('recent_rate', 'n/a')}")
+            print(f"  leads older than the model saw: {info['chosen'].get('age_limit', 'none')}; {info['lifetime']}")
             mean, high = info["calibration_noise"]
             print(f"  calibration error (10 equal-frequency bins) of a perfectly calibrated model with funnelcast's "
                   "probabilities on these rows: "
